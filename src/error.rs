@@ -1,0 +1,74 @@
+//! Typed errors for every fallible operation in the library.
+//!
+//! Nothing in the crate panics on user input: malformed files, bad shapes, non-finite
+//! numbers and impossible configurations all come back as a [`VidkvError`] whose message
+//! names the offending tensor, field or value.
+
+use thiserror::Error;
+
+/// Every error the library returns.
+#[derive(Debug, Error)]
+pub enum VidkvError {
+    /// A configuration value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A preset name that the library does not know.
+    #[error("unknown preset `{name}` (known presets: {known})")]
+    UnknownPreset { name: String, known: String },
+
+    /// A tensor has a shape that does not fit the operation.
+    #[error("shape mismatch for `{tensor}`: {detail}")]
+    ShapeMismatch { tensor: String, detail: String },
+
+    /// A tensor holds NaN or infinity.
+    #[error("tensor `{tensor}` holds a non-finite value ({value}) at index {index:?}")]
+    NonFinite {
+        tensor: String,
+        index: Vec<usize>,
+        value: f32,
+    },
+
+    /// A tensor holds a value that f16 storage cannot represent.
+    #[error("tensor `{tensor}` holds {value} at index {index:?}, outside the f16 range ±65504 used by the packed format")]
+    OutOfRange {
+        tensor: String,
+        index: Vec<usize>,
+        value: f32,
+    },
+
+    /// A tensor that the operation needs is absent.
+    #[error("missing tensor `{0}`")]
+    MissingTensor(String),
+
+    /// A tensor stored with an element type the loader does not read.
+    #[error("tensor `{tensor}` has unsupported dtype {dtype} (supported: F32, F16, BF16)")]
+    UnsupportedDtype { tensor: String, dtype: String },
+
+    /// A tensor with zero elements where data is required.
+    #[error("tensor `{0}` is empty")]
+    EmptyTensor(String),
+
+    /// The safetensors container itself is unreadable (empty, truncated, corrupted header).
+    #[error("cannot read safetensors data: {0}")]
+    Safetensors(String),
+
+    /// The JSON sidecar is malformed or inconsistent with the tensors.
+    #[error("malformed sidecar: {0}")]
+    Sidecar(String),
+
+    /// Packed data whose sizes or fields are inconsistent.
+    #[error("corrupted packed data: {0}")]
+    CorruptPacked(String),
+
+    /// A file system error, with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results carrying a [`VidkvError`].
+pub type Result<T> = std::result::Result<T, VidkvError>;

@@ -1,0 +1,26 @@
+//! # vidkv
+//!
+//! VidKV (arXiv 2503.16257) KV-cache quantization for video LLMs: keys at ~1.5 bits (2-bit
+//! outlier channels plus 1-bit signs of a real DFT over the other channels), values at
+//! 1.58 bits (ternary per channel, 2-bit for semantically protected tokens), exact
+//! attention sinks and a recent-token window.
+//!
+//! Data flow (see `docs/ARCHITECTURE.md`): [`io`] loads tensors → [`config`] plans which
+//! tokens are quantized → [`packed`] quantizes with the [`reference`] math and stores bit
+//! planes → [`reference::attention`] attends straight from the packed codes → [`report`]
+//! measures error and effective bits.
+
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod packed;
+pub mod reference;
+pub mod report;
+pub mod tensor;
+
+pub use config::{QuantConfig, TokenPlan, PRESET_NAMES};
+pub use error::{Result, VidkvError};
+pub use packed::{CacheShape, PackedCache, SizeReport};
+pub use tensor::Tensor;

@@ -1,0 +1,570 @@
+//! The packed cache format: quantize, store, dequantize, and account for every bit.
+//!
+//! A [`PackedCache`] holds one [`PackedHead`] per (layer, KV head), layer-major. Each head
+//! splits its tokens by a [`TokenPlan`]: exact f16 sinks, a quantized range in whole
+//! groups, and an exact f16 tail (residual window plus any incomplete group). The quantized
+//! range is stored in the bit planes of [`planes`]. `docs/FORMAT.md` describes the layout
+//! word by word; [`SizeReport`] counts every stored word, metadata included.
+
+pub mod planes;
+mod size;
+
+pub use size::{estimate_size, SizeReport};
+
+use crate::config::{Grouping, KeyScheme, QuantConfig, TokenPlan, ValueScheme};
+use crate::error::{Result, VidkvError};
+use crate::reference::rdft::CompactRdft;
+use crate::reference::split::{
+    accumulate_min_max, empty_min_max, outlier_count, split_by_range, ChannelSplit,
+};
+use crate::tensor::{check_quantizable, Tensor};
+use planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+
+/// Dimensions of a cache: `[layers, kv_heads, tokens, head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheShape {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub tokens: usize,
+    pub head_dim: usize,
+}
+
+impl CacheShape {
+    /// Elements in one of K or V.
+    pub fn elements(&self) -> usize {
+        self.layers * self.kv_heads * self.tokens * self.head_dim
+    }
+}
+
+/// Keys of the quantized range of one head.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PackedKeys {
+    /// Nothing quantized (`fp16`): every token is in the exact rows.
+    Exact,
+    /// 2-bit on every channel; rows are channels (per-channel) or tokens (per-token).
+    TwoBit {
+        grouping: Grouping,
+        plane: TwoBitPlane,
+    },
+    /// VidKV mixed precision.
+    Mixed(MixedKeys),
+}
+
+/// VidKV keys: 2-bit outlier channels and 1-bit (optionally DFT-domain) normal channels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MixedKeys {
+    /// Bit c set when channel c is an outlier; ⌈d/32⌉ words.
+    pub outlier_mask: Vec<u32>,
+    /// Rows are the outlier channels in ascending order; elements run along tokens.
+    pub outliers: TwoBitPlane,
+    /// Rows are the compact DFT coefficients of the normal channels (or the normal channels
+    /// themselves when `fft` is off); elements run along tokens.
+    pub normals: SignPlane,
+    pub fft: bool,
+}
+
+impl MixedKeys {
+    /// The channel split recorded in the mask.
+    pub fn split(&self, head_dim: usize) -> ChannelSplit {
+        let (outliers, normals) =
+            (0..head_dim).partition(|&c| self.outlier_mask[c / 32] >> (c % 32) & 1 == 1);
+        ChannelSplit { outliers, normals }
+    }
+}
+
+/// Values of the quantized range of one head.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PackedValues {
+    /// Nothing quantized (`fp16`).
+    Exact,
+    /// 2-bit; rows are channels (per-channel) or tokens (per-token).
+    TwoBit {
+        grouping: Grouping,
+        plane: TwoBitPlane,
+    },
+    /// Ternary per channel over the unprotected tokens (in position order), and 2-bit per
+    /// channel over the protected (STP) tokens (in position order).
+    Ternary {
+        plane: TernaryPlane,
+        protected: TwoBitPlane,
+    },
+}
+
+/// One (layer, KV head) of a packed cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedHead {
+    pub plan: TokenPlan,
+    pub head_dim: usize,
+    /// Exact keys: the sinks, then the tail.
+    pub exact_keys: ExactRows,
+    /// Exact values: the sinks, then the tail.
+    pub exact_values: ExactRows,
+    pub keys: PackedKeys,
+    pub values: PackedValues,
+}
+
+/// A whole quantized K/V cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedCache {
+    pub shape: CacheShape,
+    pub config: QuantConfig,
+    /// STP-protected token positions inside the quantized range, ascending, shared by all
+    /// layers and heads.
+    pub protected: Vec<u32>,
+    /// Layer-major: head `(l, h)` is at `l * kv_heads + h`.
+    pub heads: Vec<PackedHead>,
+}
+
+impl PackedCache {
+    /// Quantizes `k` and `v` (`[layers, kv_heads, tokens, head_dim]`).
+    ///
+    /// `protected` lists STP token positions (ascending, unique, < tokens); positions that
+    /// fall in the exact sinks or tail are already exact and are dropped. It must be empty
+    /// unless the value scheme is ternary.
+    pub fn quantize(
+        k: &Tensor,
+        v: &Tensor,
+        config: &QuantConfig,
+        protected: &[u32],
+    ) -> Result<Self> {
+        config.validate()?;
+        let shape = cache_shape(k, v)?;
+        check_quantizable("k", &k.data, &k.shape)?;
+        check_quantizable("v", &v.data, &v.shape)?;
+        let plan = config.plan(shape.tokens);
+        let protected = protected_in_range(protected, plan, config)?;
+        let head_len = shape.tokens * shape.head_dim;
+        let layer_len = shape.kv_heads * head_len;
+        let mut heads = Vec::with_capacity(shape.layers * shape.kv_heads);
+        for l in 0..shape.layers {
+            let k_layer = &k.data[l * layer_len..(l + 1) * layer_len];
+            let v_layer = &v.data[l * layer_len..(l + 1) * layer_len];
+            heads.extend(quantize_layer(
+                k_layer, v_layer, shape, config, plan, &protected,
+            ));
+        }
+        Ok(PackedCache {
+            shape,
+            config: config.clone(),
+            protected,
+            heads,
+        })
+    }
+
+    /// Head `(layer, kv_head)`.
+    pub fn head(&self, layer: usize, kv_head: usize) -> &PackedHead {
+        &self.heads[layer * self.shape.kv_heads + kv_head]
+    }
+
+    /// Dense K̂ and V̂, `[layers, kv_heads, tokens, head_dim]`.
+    pub fn dequantize(&self) -> (Tensor, Tensor) {
+        let dims = vec![
+            self.shape.layers,
+            self.shape.kv_heads,
+            self.shape.tokens,
+            self.shape.head_dim,
+        ];
+        let mut k = Vec::with_capacity(self.shape.elements());
+        let mut v = Vec::with_capacity(self.shape.elements());
+        for head in &self.heads {
+            k.extend(head.dequantize_keys());
+            v.extend(head.dequantize_values(&self.protected));
+        }
+        (
+            Tensor {
+                shape: dims.clone(),
+                data: k,
+            },
+            Tensor {
+                shape: dims,
+                data: v,
+            },
+        )
+    }
+
+    /// Stored bytes and effective bits per element, every word counted.
+    pub fn size(&self) -> SizeReport {
+        size::measure(self)
+    }
+}
+
+fn cache_shape(k: &Tensor, v: &Tensor) -> Result<CacheShape> {
+    if k.shape.len() != 4 {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "k".into(),
+            detail: format!(
+                "expected [layers, kv_heads, tokens, head_dim], got {:?}",
+                k.shape
+            ),
+        });
+    }
+    if v.shape != k.shape {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "v".into(),
+            detail: format!("v has shape {:?} but k has {:?}", v.shape, k.shape),
+        });
+    }
+    let shape = CacheShape {
+        layers: k.shape[0],
+        kv_heads: k.shape[1],
+        tokens: k.shape[2],
+        head_dim: k.shape[3],
+    };
+    if shape.elements() == 0 {
+        return Err(VidkvError::EmptyTensor("k".into()));
+    }
+    Ok(shape)
+}
+
+fn protected_in_range(
+    protected: &[u32],
+    plan: TokenPlan,
+    config: &QuantConfig,
+) -> Result<Vec<u32>> {
+    if protected.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(VidkvError::InvalidConfig(
+            "protected positions must be ascending and unique".into(),
+        ));
+    }
+    if let Some(&last) = protected.last() {
+        if last as usize >= plan.tokens {
+            return Err(VidkvError::InvalidConfig(format!(
+                "protected position {last} is beyond the {} tokens",
+                plan.tokens
+            )));
+        }
+        if !matches!(config.values, ValueScheme::Ternary { .. }) {
+            return Err(VidkvError::InvalidConfig(
+                "protected (STP) tokens need the ternary value scheme".into(),
+            ));
+        }
+    }
+    let range = plan.quantized_start()..plan.quantized_end();
+    Ok(protected
+        .iter()
+        .copied()
+        .filter(|&p| range.contains(&(p as usize)))
+        .collect())
+}
+
+/// Quantizes the heads of one layer (`k_layer`, `v_layer`: `[kv_heads, tokens, head_dim]`).
+fn quantize_layer(
+    k_layer: &[f32],
+    v_layer: &[f32],
+    shape: CacheShape,
+    config: &QuantConfig,
+    plan: TokenPlan,
+    protected: &[u32],
+) -> Vec<PackedHead> {
+    let d = shape.head_dim;
+    let head_len = shape.tokens * d;
+    let range = plan.quantized_start() * d..plan.quantized_end() * d;
+    let quantized_rows = |x: &[f32]| x[range.clone()].to_vec();
+    let layer_split = match config.keys {
+        KeyScheme::Mixed {
+            outlier_ratio,
+            split: crate::config::SplitGranularity::PerLayer,
+            ..
+        } => {
+            let mut min_max = empty_min_max(d);
+            for head in k_layer.chunks_exact(head_len) {
+                accumulate_min_max(&quantized_rows(head), d, &mut min_max);
+            }
+            Some(split_by_range(&min_max, outlier_count(d, outlier_ratio)))
+        }
+        _ => None,
+    };
+    k_layer
+        .chunks_exact(head_len)
+        .zip(v_layer.chunks_exact(head_len))
+        .map(|(k_head, v_head)| {
+            let keys = quantize_keys(&quantized_rows(k_head), d, config, layer_split.as_ref());
+            let values = quantize_values(&quantized_rows(v_head), d, config, plan, protected);
+            PackedHead {
+                plan,
+                head_dim: d,
+                exact_keys: exact_rows(k_head, d, plan),
+                exact_values: exact_rows(v_head, d, plan),
+                keys,
+                values,
+            }
+        })
+        .collect()
+}
+
+fn exact_rows(head: &[f32], d: usize, plan: TokenPlan) -> ExactRows {
+    let mut rows = head[..plan.sinks * d].to_vec();
+    rows.extend_from_slice(&head[plan.quantized_end() * d..]);
+    ExactRows::from_rows(&rows, d)
+}
+
+/// Columns `channels` of a row-major `[tokens, d]` matrix, as rows `[channels, tokens]`.
+fn gather_channels(x: &[f32], d: usize, channels: impl Iterator<Item = usize>) -> Vec<f32> {
+    channels
+        .flat_map(|c| x.chunks_exact(d).map(move |row| row[c]))
+        .collect()
+}
+
+fn quantize_keys(
+    x: &[f32],
+    d: usize,
+    config: &QuantConfig,
+    layer_split: Option<&ChannelSplit>,
+) -> PackedKeys {
+    let tokens = x.len() / d;
+    let g = config.group_size;
+    match config.keys {
+        KeyScheme::Fp16 => PackedKeys::Exact,
+        KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
+            grouping,
+            plane: two_bit_plane(x, d, grouping, g),
+        },
+        KeyScheme::Mixed {
+            outlier_ratio, fft, ..
+        } => {
+            let split = layer_split.cloned().unwrap_or_else(|| {
+                let mut min_max = empty_min_max(d);
+                accumulate_min_max(x, d, &mut min_max);
+                split_by_range(&min_max, outlier_count(d, outlier_ratio))
+            });
+            let mut outlier_mask = vec![0u32; d.div_ceil(32)];
+            for &c in &split.outliers {
+                outlier_mask[c / 32] |= 1 << (c % 32);
+            }
+            let outlier_rows = gather_channels(x, d, split.outliers.iter().copied());
+            let outliers = TwoBitPlane::quantize(
+                &outlier_rows,
+                GroupedShape {
+                    rows: split.outliers.len(),
+                    len: tokens,
+                    group_size: g,
+                },
+            );
+            let n = split.normals.len();
+            let mut normal_tokens: Vec<f32> = x
+                .chunks_exact(d)
+                .flat_map(|row| split.normals.iter().map(move |&c| row[c]))
+                .collect();
+            if fft && n > 0 {
+                let rdft = CompactRdft::new(n);
+                let mut coefficients = vec![0.0; n];
+                for row in normal_tokens.chunks_exact_mut(n) {
+                    rdft.forward(row, &mut coefficients);
+                    row.copy_from_slice(&coefficients);
+                }
+            }
+            let normal_rows = gather_channels(&normal_tokens, n.max(1), 0..n);
+            let normals = SignPlane::quantize(
+                &normal_rows,
+                GroupedShape {
+                    rows: n,
+                    len: tokens,
+                    group_size: g,
+                },
+            );
+            PackedKeys::Mixed(MixedKeys {
+                outlier_mask,
+                outliers,
+                normals,
+                fft,
+            })
+        }
+    }
+}
+
+fn two_bit_plane(x: &[f32], d: usize, grouping: Grouping, group_size: usize) -> TwoBitPlane {
+    let tokens = x.len() / d;
+    match grouping {
+        Grouping::PerChannel => TwoBitPlane::quantize(
+            &gather_channels(x, d, 0..d),
+            GroupedShape {
+                rows: d,
+                len: tokens,
+                group_size,
+            },
+        ),
+        Grouping::PerToken => TwoBitPlane::quantize(
+            x,
+            GroupedShape {
+                rows: tokens,
+                len: d,
+                group_size,
+            },
+        ),
+    }
+}
+
+fn quantize_values(
+    x: &[f32],
+    d: usize,
+    config: &QuantConfig,
+    plan: TokenPlan,
+    protected: &[u32],
+) -> PackedValues {
+    let g = config.group_size;
+    match config.values {
+        ValueScheme::Fp16 => PackedValues::Exact,
+        ValueScheme::TwoBit { grouping } => PackedValues::TwoBit {
+            grouping,
+            plane: two_bit_plane(x, d, grouping, g),
+        },
+        ValueScheme::Ternary { gamma, scale } => {
+            let start = plan.quantized_start();
+            let mut is_protected = vec![false; x.len() / d];
+            for &p in protected {
+                is_protected[p as usize - start] = true;
+            }
+            let mut plain_rows = Vec::new();
+            let mut kept_rows = Vec::new();
+            for (row, &p) in x.chunks_exact(d).zip(&is_protected) {
+                if p {
+                    kept_rows.extend_from_slice(row);
+                } else {
+                    plain_rows.extend_from_slice(row);
+                }
+            }
+            PackedValues::Ternary {
+                plane: TernaryPlane::quantize(
+                    &gather_channels(&plain_rows, d, 0..d),
+                    GroupedShape {
+                        rows: d,
+                        len: plain_rows.len() / d,
+                        group_size: g,
+                    },
+                    gamma,
+                    scale,
+                ),
+                protected: TwoBitPlane::quantize(
+                    &gather_channels(&kept_rows, d, 0..d),
+                    GroupedShape {
+                        rows: d,
+                        len: kept_rows.len() / d,
+                        group_size: g,
+                    },
+                ),
+            }
+        }
+    }
+}
+
+impl PackedHead {
+    /// Dense K̂ of this head, `[tokens, head_dim]`.
+    pub fn dequantize_keys(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let mut out = vec![0.0; self.plan.tokens * d];
+        self.fill_exact(&self.exact_keys, &mut out);
+        let start = self.plan.quantized_start();
+        let q = &mut out[start * d..self.plan.quantized_end() * d];
+        match &self.keys {
+            PackedKeys::Exact => {}
+            PackedKeys::TwoBit { grouping, plane } => fill_two_bit(plane, *grouping, d, q),
+            PackedKeys::Mixed(mixed) => {
+                let split = mixed.split(d);
+                for (row, &c) in split.outliers.iter().enumerate() {
+                    for (t, token) in q.chunks_exact_mut(d).enumerate() {
+                        token[c] = mixed.outliers.value(row, t);
+                    }
+                }
+                let n = split.normals.len();
+                if n > 0 {
+                    let rdft = mixed.fft.then(|| CompactRdft::new(n));
+                    let mut coefficients = vec![0.0; n];
+                    let mut channels = vec![0.0; n];
+                    for (t, token) in q.chunks_exact_mut(d).enumerate() {
+                        for (j, c) in coefficients.iter_mut().enumerate() {
+                            *c = mixed.normals.value(j, t);
+                        }
+                        match &rdft {
+                            Some(rdft) => rdft.inverse(&coefficients, &mut channels),
+                            None => channels.copy_from_slice(&coefficients),
+                        }
+                        for (&c, &value) in split.normals.iter().zip(&channels) {
+                            token[c] = value;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Dense V̂ of this head, `[tokens, head_dim]`; `protected` is the cache's STP list.
+    pub fn dequantize_values(&self, protected: &[u32]) -> Vec<f32> {
+        let d = self.head_dim;
+        let mut out = vec![0.0; self.plan.tokens * d];
+        self.fill_exact(&self.exact_values, &mut out);
+        let start = self.plan.quantized_start();
+        let q = &mut out[start * d..self.plan.quantized_end() * d];
+        match &self.values {
+            PackedValues::Exact => {}
+            PackedValues::TwoBit { grouping, plane } => fill_two_bit(plane, *grouping, d, q),
+            PackedValues::Ternary {
+                plane,
+                protected: kept,
+            } => {
+                for (t, slot) in self.value_slots(protected).enumerate() {
+                    let token = &mut q[t * d..(t + 1) * d];
+                    for (c, x) in token.iter_mut().enumerate() {
+                        *x = match slot {
+                            ValueSlot::Plain(i) => plane.value(c, i),
+                            ValueSlot::Protected(i) => kept.value(c, i),
+                        };
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Where each quantized token's value lives, in token order.
+    pub fn value_slots<'a>(&self, protected: &'a [u32]) -> impl Iterator<Item = ValueSlot> + 'a {
+        let start = self.plan.quantized_start();
+        let end = self.plan.quantized_end();
+        let mut next = protected.iter().peekable();
+        let (mut plain, mut kept) = (0usize, 0usize);
+        (start..end).map(move |t| {
+            if next.next_if(|&&p| p as usize == t).is_some() {
+                kept += 1;
+                ValueSlot::Protected(kept - 1)
+            } else {
+                plain += 1;
+                ValueSlot::Plain(plain - 1)
+            }
+        })
+    }
+
+    fn fill_exact(&self, exact: &ExactRows, out: &mut [f32]) {
+        let d = self.head_dim;
+        let exact_tokens = (0..self.plan.sinks).chain(self.plan.quantized_end()..self.plan.tokens);
+        for (row, t) in exact_tokens.enumerate() {
+            for c in 0..d {
+                out[t * d + c] = exact.value(row, c);
+            }
+        }
+    }
+
+    /// Positions of the exact rows, in storage order (sinks, then tail).
+    pub fn exact_positions(&self) -> impl Iterator<Item = usize> {
+        (0..self.plan.sinks).chain(self.plan.quantized_end()..self.plan.tokens)
+    }
+}
+
+/// Where one quantized token's value is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueSlot {
+    /// Element `i` of the ternary plane's rows.
+    Plain(usize),
+    /// Element `i` of the protected 2-bit plane's rows.
+    Protected(usize),
+}
+
+fn fill_two_bit(plane: &TwoBitPlane, grouping: Grouping, d: usize, out: &mut [f32]) {
+    for (t, token) in out.chunks_exact_mut(d).enumerate() {
+        for (c, x) in token.iter_mut().enumerate() {
+            *x = match grouping {
+                Grouping::PerChannel => plane.value(c, t),
+                Grouping::PerToken => plane.value(t, c),
+            };
+        }
+    }
+}

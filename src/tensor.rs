@@ -1,0 +1,83 @@
+//! A minimal dense f32 tensor and the input checks every entry point runs.
+
+use crate::error::{Result, VidkvError};
+
+/// Largest finite f16 value: the packed format stores exact tokens, scales and minimums as f16.
+pub const F16_MAX: f32 = 65504.0;
+
+/// A row-major f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor from a shape and matching data.
+    pub fn new(name: &str, shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let expected = element_count(name, &shape)?;
+        if expected != data.len() {
+            return Err(VidkvError::ShapeMismatch {
+                tensor: name.into(),
+                detail: format!(
+                    "shape {shape:?} needs {expected} elements, got {}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(Tensor { shape, data })
+    }
+
+    /// Size of dimension `i`.
+    pub fn dim(&self, i: usize) -> usize {
+        self.shape[i]
+    }
+}
+
+/// Product of the dimensions, with overflow reported as an error.
+pub fn element_count(name: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| VidkvError::ShapeMismatch {
+            tensor: name.into(),
+            detail: format!("shape {shape:?} overflows the address space"),
+        })
+}
+
+/// Multi-dimensional index of flat position `flat` in `shape`.
+pub fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (slot, &d) in index.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *slot = flat % d;
+            flat /= d;
+        }
+    }
+    index
+}
+
+/// Fails on the first NaN or infinity, naming the tensor and the index.
+pub fn check_finite(name: &str, data: &[f32], shape: &[usize]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(VidkvError::NonFinite {
+            tensor: name.into(),
+            index: unravel(i, shape),
+            value: data[i],
+        }),
+    }
+}
+
+/// Fails on the first value that f16 storage cannot hold (|x| > 65504) or that is not finite.
+pub fn check_quantizable(name: &str, data: &[f32], shape: &[usize]) -> Result<()> {
+    check_finite(name, data, shape)?;
+    match data.iter().position(|v| v.abs() > F16_MAX) {
+        None => Ok(()),
+        Some(i) => Err(VidkvError::OutOfRange {
+            tensor: name.into(),
+            index: unravel(i, shape),
+            value: data[i],
+        }),
+    }
+}
