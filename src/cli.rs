@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{QuantConfig, PRESET_NAMES};
 use crate::error::{Result, VidkvError};
 use crate::io::KvSample;
+use crate::packed::{estimate_size, CacheShape};
 use crate::report::{evaluate, to_json, to_table, FileReport};
 
 /// The real samples bundled with the binary (cut from ../shared/data by scripts/make_sample.py).
@@ -42,6 +43,28 @@ struct Cli {
 enum Command {
     /// Quantize K/V tensors with each preset and report errors and effective bits.
     Report(ReportArgs),
+    /// Stored bytes and effective bits per element of each preset for a cache shape,
+    /// without data (default: one Qwen2-7B-shaped model at 16k tokens).
+    Sizes(SizesArgs),
+}
+
+#[derive(Args, Debug)]
+struct SizesArgs {
+    #[arg(long, default_value_t = 28)]
+    layers: usize,
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Context length in tokens (repeatable).
+    #[arg(long = "tokens", default_values_t = [4096usize, 16384, 65536])]
+    tokens: Vec<usize>,
+    /// A preset (repeatable). Default: all of them.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Default)]
@@ -70,6 +93,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Report(args)) => run_report(&args),
+        Some(Command::Sizes(args)) => run_sizes(&args),
         None => run_report(&ReportArgs::default()),
     };
     match result {
@@ -82,7 +106,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run_report(args: &ReportArgs) -> Result<()> {
-    let presets = resolve_presets(args)?;
+    let presets = resolve_presets(&args.presets, args.sinks, args.residual)?;
     let samples = if args.inputs.is_empty() {
         BUNDLED
             .iter()
@@ -113,20 +137,77 @@ fn run_report(args: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn resolve_presets(args: &ReportArgs) -> Result<Vec<(String, QuantConfig)>> {
-    let names: Vec<String> = if args.presets.is_empty() {
+fn run_sizes(args: &SizesArgs) -> Result<()> {
+    let presets = resolve_presets(&args.presets, None, None)?;
+    let mut rows = Vec::new();
+    for &tokens in &args.tokens {
+        let shape = CacheShape {
+            layers: args.layers,
+            kv_heads: args.kv_heads,
+            tokens,
+            head_dim: args.head_dim,
+        };
+        if shape.elements() == 0 {
+            return Err(VidkvError::InvalidConfig(
+                "every dimension of the cache shape must be at least 1".into(),
+            ));
+        }
+        for (name, config) in &presets {
+            rows.push((name.clone(), tokens, estimate_size(shape, config, 0)));
+        }
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "shape": {"layers": args.layers, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
+            "sizes": rows.iter().map(|(name, tokens, s)| serde_json::json!({
+                "preset": name, "tokens": tokens, "bytes": s.total_bytes(),
+                "bits_per_element": {"k": s.key_bits(), "v": s.value_bits(), "all": s.all_bits()},
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "{} layers x {} KV heads x head_dim {}",
+            args.layers, args.kv_heads, args.head_dim
+        );
+        println!(
+            "  {:<14} {:>8} {:>14} {:>7} {:>7} {:>7} {:>8}",
+            "preset", "tokens", "bytes", "bits_k", "bits_v", "bits", "vs fp16"
+        );
+        for (name, tokens, s) in &rows {
+            println!(
+                "  {:<14} {:>8} {:>14} {:>7.3} {:>7.3} {:>7.3} {:>7.1}%",
+                name,
+                tokens,
+                s.total_bytes(),
+                s.key_bits(),
+                s.value_bits(),
+                s.all_bits(),
+                s.all_bits() / 16.0 * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+fn resolve_presets(
+    requested: &[String],
+    sinks: Option<usize>,
+    residual: Option<usize>,
+) -> Result<Vec<(String, QuantConfig)>> {
+    let names: Vec<String> = if requested.is_empty() {
         PRESET_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
-        args.presets.clone()
+        requested.to_vec()
     };
     names
         .into_iter()
         .map(|name| {
             let mut config = QuantConfig::preset(&name)?;
-            if let Some(s) = args.sinks {
+            if let Some(s) = sinks {
                 config.sinks = s;
             }
-            if let Some(r) = args.residual {
+            if let Some(r) = residual {
                 config.residual = r;
             }
             config.validate()?;

@@ -132,7 +132,7 @@ impl QuantConfig {
                 keys: KeyScheme::Mixed {
                     outlier_ratio: VIDKV_OUTLIER_RATIO,
                     fft: true,
-                    split: SplitGranularity::PerHead,
+                    split: VIDKV_SPLIT,
                 },
                 values: ValueScheme::Ternary {
                     gamma: VIDKV_GAMMA,
@@ -249,6 +249,8 @@ pub const VIDKV_SINKS: usize = 1;
 /// Residual window of the `vidkv` preset.
 pub const VIDKV_RESIDUAL: usize = 64;
 /// Outlier-channel ratio ρ of the `vidkv` preset.
-pub const VIDKV_OUTLIER_RATIO: f32 = 0.4;
-/// Ternary threshold γ of the `vidkv` preset.
+pub const VIDKV_OUTLIER_RATIO: f32 = 0.375;
+/// Key channel split granularity of the `vidkv` preset.
+pub const VIDKV_SPLIT: SplitGranularity = SplitGranularity::PerLayer;
+/// Ternary threshold γ of the `vidkv` preset (with the least-squares scale).
 pub const VIDKV_GAMMA: f32 = 0.7;

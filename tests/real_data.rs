@@ -48,7 +48,11 @@ fn dev_file_metrics_match_the_independent_implementation() {
             let m = evaluate(&sample, preset, &QuantConfig::preset(preset).unwrap()).unwrap();
             assert_within_1pct(&format!("{file} {preset} k_rel_mse"), m.k_rel_mse, k);
             assert_within_1pct(&format!("{file} {preset} v_rel_mse"), m.v_rel_mse, v);
-            assert_within_1pct(&format!("{file} {preset} attn_rel_err"), m.attn_rel_err, attn);
+            assert_within_1pct(
+                &format!("{file} {preset} attn_rel_err"),
+                m.attn_rel_err,
+                attn,
+            );
         }
     }
 }
@@ -58,8 +62,12 @@ fn vidkv_preset_beats_the_paper_configuration_on_real_data() {
     for file in ["smollm2_text_dev", "dinov2_video_dev"] {
         let sample = shared_sample(file);
         let ours = evaluate(&sample, "vidkv", &QuantConfig::preset("vidkv").unwrap()).unwrap();
-        let paper =
-            evaluate(&sample, "vidkv-paper", &QuantConfig::preset("vidkv-paper").unwrap()).unwrap();
+        let paper = evaluate(
+            &sample,
+            "vidkv-paper",
+            &QuantConfig::preset("vidkv-paper").unwrap(),
+        )
+        .unwrap();
         assert!(
             ours.attn_rel_err < paper.attn_rel_err,
             "{file}: vidkv {} vs vidkv-paper {}",
