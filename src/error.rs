@@ -61,6 +61,18 @@ pub enum VidkvError {
     #[error("corrupted packed data: {0}")]
     CorruptPacked(String),
 
+    /// No GPU adapter could be found (or none matched `VIDKV_ADAPTER`).
+    #[error("no GPU adapter found{detail}. On headless Linux install Mesa's Vulkan software driver: `apt-get install mesa-vulkan-drivers` (Debian/Ubuntu); elsewhere install your GPU's Vulkan, Metal or DX12 driver")]
+    NoAdapter { detail: String },
+
+    /// The GPU rejected a command (validation, out of memory, pipeline creation).
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    /// The GPU device was lost (driver reset, removal); the context must be recreated.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+
     /// A file system error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod io;
 pub mod packed;
 pub mod reference;

@@ -105,8 +105,8 @@ proptest! {
             let mut trits = vec![0i8; group.len()];
             let s = quantize_ternary(group, gamma, rule, &mut trits);
             prop_assert_eq!(plane.scale(r, g), f16_round(s));
-            let mean = group.iter().map(|v| f64::from(v.abs())).sum::<f64>() / group.len() as f64;
-            let alpha = gamma * mean as f32;
+            let mean = group.iter().fold(0.0f32, |s, v| s + v.abs()) / group.len() as f32;
+            let alpha = gamma * mean;
             for (i, &x) in group.iter().enumerate() {
                 let at = g * shape.group_size + i;
                 let expected = if x > alpha { 1 } else if x < -alpha { -1 } else { 0 };

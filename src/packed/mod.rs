@@ -127,12 +127,11 @@ impl PackedCache {
         config: &QuantConfig,
         protected: &[u32],
     ) -> Result<Self> {
-        config.validate()?;
-        let shape = cache_shape(k, v)?;
-        check_quantizable("k", &k.data, &k.shape)?;
-        check_quantizable("v", &v.data, &v.shape)?;
-        let plan = config.plan(shape.tokens);
-        let protected = protected_in_range(protected, plan, config)?;
+        let Prepared {
+            shape,
+            plan,
+            protected,
+        } = prepare(k, v, config, protected)?;
         let head_len = shape.tokens * shape.head_dim;
         let layer_len = shape.kv_heads * head_len;
         let mut heads = Vec::with_capacity(shape.layers * shape.kv_heads);
@@ -186,6 +185,33 @@ impl PackedCache {
     pub fn size(&self) -> SizeReport {
         size::measure(self)
     }
+}
+
+/// Validated inputs of a quantization: shape, token plan and in-range STP positions.
+pub(crate) struct Prepared {
+    pub shape: CacheShape,
+    pub plan: TokenPlan,
+    pub protected: Vec<u32>,
+}
+
+/// Checks the configuration, shapes, values and STP list shared by the CPU and GPU paths.
+pub(crate) fn prepare(
+    k: &Tensor,
+    v: &Tensor,
+    config: &QuantConfig,
+    protected: &[u32],
+) -> Result<Prepared> {
+    config.validate()?;
+    let shape = cache_shape(k, v)?;
+    check_quantizable("k", &k.data, &k.shape)?;
+    check_quantizable("v", &v.data, &v.shape)?;
+    let plan = config.plan(shape.tokens);
+    let protected = protected_in_range(protected, plan, config)?;
+    Ok(Prepared {
+        shape,
+        plan,
+        protected,
+    })
 }
 
 fn cache_shape(k: &Tensor, v: &Tensor) -> Result<CacheShape> {
@@ -293,9 +319,39 @@ fn quantize_layer(
 }
 
 fn exact_rows(head: &[f32], d: usize, plan: TokenPlan) -> ExactRows {
+    ExactRows::from_rows(&exact_source_rows(head, d, plan), d)
+}
+
+/// The rows of a `[tokens, d]` head that stay exact: the sinks, then the tail.
+pub(crate) fn exact_source_rows(head: &[f32], d: usize, plan: TokenPlan) -> Vec<f32> {
     let mut rows = head[..plan.sinks * d].to_vec();
     rows.extend_from_slice(&head[plan.quantized_end() * d..]);
-    ExactRows::from_rows(&rows, d)
+    rows
+}
+
+/// Splits the quantized value rows (`[quantized tokens, d]`) into (unprotected, protected)
+/// rows, each in position order.
+pub(crate) fn split_value_rows(
+    x: &[f32],
+    d: usize,
+    plan: TokenPlan,
+    protected: &[u32],
+) -> (Vec<f32>, Vec<f32>) {
+    let start = plan.quantized_start();
+    let mut is_protected = vec![false; x.len() / d];
+    for &p in protected {
+        is_protected[p as usize - start] = true;
+    }
+    let mut plain_rows = Vec::new();
+    let mut kept_rows = Vec::new();
+    for (row, &p) in x.chunks_exact(d).zip(&is_protected) {
+        if p {
+            kept_rows.extend_from_slice(row);
+        } else {
+            plain_rows.extend_from_slice(row);
+        }
+    }
+    (plain_rows, kept_rows)
 }
 
 /// Columns `channels` of a row-major `[tokens, d]` matrix, as rows `[channels, tokens]`.
@@ -409,20 +465,7 @@ fn quantize_values(
             plane: two_bit_plane(x, d, grouping, g),
         },
         ValueScheme::Ternary { gamma, scale } => {
-            let start = plan.quantized_start();
-            let mut is_protected = vec![false; x.len() / d];
-            for &p in protected {
-                is_protected[p as usize - start] = true;
-            }
-            let mut plain_rows = Vec::new();
-            let mut kept_rows = Vec::new();
-            for (row, &p) in x.chunks_exact(d).zip(&is_protected) {
-                if p {
-                    kept_rows.extend_from_slice(row);
-                } else {
-                    plain_rows.extend_from_slice(row);
-                }
-            }
+            let (plain_rows, kept_rows) = split_value_rows(x, d, plan, protected);
             PackedValues::Ternary {
                 plane: TernaryPlane::quantize(
                     &gather_channels(&plain_rows, d, 0..d),

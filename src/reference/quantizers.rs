@@ -107,11 +107,11 @@ pub fn dequantize_ternary(trit: i8, scale: f32) -> f32 {
     f32::from(trit) * scale
 }
 
-/// mean |x|, accumulated in f64 so that the result does not depend on summation order
-/// beyond f32 rounding of the final value.
+/// mean |x|, summed in f32 in element order: the exact order the GPU kernels use, so that
+/// both produce the same scales.
 pub fn abs_mean(x: &[f32]) -> f32 {
     if x.is_empty() {
         return 0.0;
     }
-    (x.iter().map(|v| f64::from(v.abs())).sum::<f64>() / x.len() as f64) as f32
+    x.iter().fold(0.0f32, |s, v| s + v.abs()) / x.len() as f32
 }

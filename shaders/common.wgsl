@@ -1,0 +1,96 @@
+// common.wgsl — helpers shared by every vidkv kernel. The host prepends this file to each
+// kernel's source, so a kernel file is never compiled alone.
+//
+// Contents: the uniform parameter block every kernel reads (binding 0 of group 0), the
+// linear invocation index of a 2-D dispatch, exact f32 → f16 conversion (round to nearest
+// even, identical to the CPU's `half` crate on every backend), f16 pair packing, 2-bit and
+// ternary code rules, and the real-DFT twiddle lookup.
+
+const WORKGROUP_SIZE: u32 = 64u;
+const MAX_GROUP_SIZE: u32 = 128u;
+
+// One parameter block for all kernels; each kernel documents the fields it reads.
+struct Params {
+    // Channels per input row (head_dim).
+    width: u32,
+    // Plane rows handled by the dispatch (channels, DFT coefficients or tokens).
+    rows: u32,
+    // Elements per plane row (tokens for per-channel planes, channels for per-token ones).
+    len: u32,
+    group_size: u32,
+    // Groups per plane row in the whole plane.
+    groups: u32,
+    // First group of the plane that this dispatch covers.
+    group_offset: u32,
+    // Groups covered by this dispatch.
+    group_count: u32,
+    // First plane row that this dispatch covers (per-token planes are chunked by rows).
+    row_offset: u32,
+    // Number of invocations that do work; the rest of the last workgroup returns.
+    invocations: u32,
+    // Ternary threshold γ and scale rule (0: mean |x|, 1: least squares).
+    gamma: f32,
+    scale_rule: u32,
+    // Length of the real DFT (normal channels).
+    dft_len: u32,
+    // Outlier channels (first entries of the channel order list).
+    outliers: u32,
+    // Work blocks (channel statistics) and their token span.
+    blocks: u32,
+    block_tokens: u32,
+    // Offset (in blocks) where this dispatch writes its channel statistics.
+    block_offset: u32,
+}
+
+// Index of this invocation in a dispatch of (x, y, 1) workgroups of WORKGROUP_SIZE.
+fn linear_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
+    return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+}
+
+// f32 → f16 bits, rounding to nearest even. Inputs are finite and |x| ≤ 65504 (the host
+// checks); larger magnitudes saturate to infinity like the CPU conversion.
+fn f16_bits(x: f32) -> u32 {
+    let bits = bitcast<u32>(x);
+    let sign = (bits >> 16u) & 0x8000u;
+    let magnitude = bits & 0x7fffffffu;
+    if (magnitude >= 0x477ff000u) {
+        return sign | 0x7c00u;
+    }
+    if (magnitude < 0x38800000u) {
+        // Below 2^-14: an f16 subnormal in steps of 2^-24 (scaling by 2^24 is exact).
+        return sign | u32(round(bitcast<f32>(magnitude) * 16777216.0));
+    }
+    let rebased = magnitude - 0x38000000u;
+    let rounded = rebased + 0xfffu + ((rebased >> 13u) & 1u);
+    return sign | (rounded >> 13u);
+}
+
+// Two f32 values as f16 in one word, the first in the low half (like pack2x16float).
+fn pack_f16_pair(lo: f32, hi: f32) -> u32 {
+    return f16_bits(lo) | (f16_bits(hi) << 16u);
+}
+
+// The 2-bit code of v for a group minimum and scale: round_half_even(clamp((v − min)/s, 0, 3)).
+fn two_bit_code(v: f32, group_min: f32, scale: f32) -> u32 {
+    if (scale > 0.0) {
+        return u32(round(clamp((v - group_min) / scale, 0.0, 3.0)));
+    }
+    return 0u;
+}
+
+// The ternary digit (t + 1 ∈ {0, 1, 2}) of v for threshold α; comparisons are strict.
+fn ternary_digit(v: f32, threshold: f32) -> u32 {
+    if (v > threshold) {
+        return 2u;
+    }
+    if (v < -threshold) {
+        return 0u;
+    }
+    return 1u;
+}
+
+// Entry of the twiddle table for frequency j and sample m: the table holds
+// (cos 2πk/n, sin 2πk/n) for k = 0…n−1, computed by the host in f64, so k = j·m mod n.
+fn twiddle_index(j: u32, m: u32, n: u32) -> u32 {
+    return (j * m) % n;
+}

@@ -1,0 +1,14 @@
+//! GPU execution through wgpu and WGSL: the runtime and one module per kernel family.
+//!
+//! - [`runtime`]: adapter/device selection, pipelines, buffers, dispatch, errors.
+//! - [`quantize`]: channel split, 2-bit, real DFT + sign, ternary and exact-row kernels that
+//!   write exactly the packed format of [`crate::packed`].
+//! - [`dequantize`]: packed planes back to dense f32.
+//! - [`shaders`]: the WGSL sources.
+
+pub mod dequantize;
+pub mod quantize;
+pub mod runtime;
+pub mod shaders;
+
+pub use runtime::{GpuContext, GpuOptions};

@@ -1,0 +1,541 @@
+//! GPU quantization: the kernels of `shaders/` driven to write exactly the packed format
+//! of [`crate::packed`] (same planes, same words), so [`quantize_cache`] returns a
+//! [`PackedCache`] that compares word for word with [`PackedCache::quantize`].
+//!
+//! Every input matrix is cut into chunks of whole groups that fit the storage-binding
+//! limit, and every dispatch grid is split to respect the per-dimension workgroup limit,
+//! so arbitrarily long heads quantize without a validation error.
+
+use std::sync::Arc;
+
+use super::runtime::{GpuContext, Params};
+use super::shaders::{
+    CHANNEL_RANGE, CHANNEL_SPLIT, PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT,
+    REAL_DFT,
+};
+use crate::config::{
+    Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
+};
+use crate::error::{Result, VidkvError};
+use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use crate::packed::{
+    exact_source_rows, prepare, split_value_rows, MixedKeys, PackedCache, PackedHead, PackedKeys,
+    PackedValues, Prepared,
+};
+use crate::reference::split::outlier_count;
+use crate::tensor::Tensor;
+
+/// Tokens per block of the channel-statistics kernel.
+const RANGE_BLOCK_TOKENS: u32 = 256;
+/// Largest head_dim the channel-split kernel handles (one workgroup of 256).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Quantizes `k` and `v` (`[layers, kv_heads, tokens, head_dim]`) on the GPU. Same
+/// arguments, checks and result as [`PackedCache::quantize`].
+pub fn quantize_cache(
+    ctx: &GpuContext,
+    k: &Tensor,
+    v: &Tensor,
+    config: &QuantConfig,
+    protected: &[u32],
+) -> Result<PackedCache> {
+    let Prepared {
+        shape,
+        plan,
+        protected,
+    } = prepare(k, v, config, protected)?;
+    let _exclusive = ctx.exclusive();
+    let d = shape.head_dim;
+    if d > MAX_HEAD_DIM {
+        return Err(VidkvError::InvalidConfig(format!(
+            "the GPU kernels support head_dim up to {MAX_HEAD_DIM}, got {d}"
+        )));
+    }
+    let head_len = shape.tokens * d;
+    let quantized = plan.quantized_start() * d..plan.quantized_end() * d;
+    let mut heads = Vec::with_capacity(shape.layers * shape.kv_heads);
+    for l in 0..shape.layers {
+        let layer = |t, h| head_slice(t, l * shape.kv_heads + h, head_len);
+        let layer_split = match config.keys {
+            KeyScheme::Mixed {
+                outlier_ratio,
+                split: SplitGranularity::PerLayer,
+                ..
+            } => {
+                let inputs: Vec<&[f32]> = (0..shape.kv_heads)
+                    .map(|h| &layer(k, h)[quantized.clone()])
+                    .collect();
+                Some(channel_split(
+                    ctx,
+                    &inputs,
+                    d,
+                    outlier_count(d, outlier_ratio),
+                    config.group_size,
+                )?)
+            }
+            _ => None,
+        };
+        for h in 0..shape.kv_heads {
+            let (k_head, v_head) = (layer(k, h), layer(v, h));
+            let keys = quantize_keys(
+                ctx,
+                &k_head[quantized.clone()],
+                d,
+                config,
+                layer_split.as_ref(),
+            )?;
+            let values =
+                quantize_values(ctx, &v_head[quantized.clone()], d, config, plan, &protected)?;
+            heads.push(PackedHead {
+                plan,
+                head_dim: d,
+                exact_keys: exact(ctx, &exact_source_rows(k_head, d, plan), d)?,
+                exact_values: exact(ctx, &exact_source_rows(v_head, d, plan), d)?,
+                keys,
+                values,
+            });
+        }
+    }
+    Ok(PackedCache {
+        shape,
+        config: config.clone(),
+        protected,
+        heads,
+    })
+}
+
+fn head_slice(t: &Tensor, index: usize, head_len: usize) -> &[f32] {
+    &t.data[index * head_len..(index + 1) * head_len]
+}
+
+/// A channel split living on the GPU: the channel order list and its mask.
+pub struct GpuSplit {
+    /// u32 channel order: outliers ascending, then normals ascending.
+    pub order: Arc<wgpu::Buffer>,
+    /// The outlier mask, read back.
+    pub mask: Vec<u32>,
+    pub outliers: usize,
+}
+
+/// Tokens per chunk of a `[tokens, width]` f32 matrix: whole groups within the binding limit.
+pub(crate) fn chunk_tokens(ctx: &GpuContext, width: usize, group_size: usize) -> Result<usize> {
+    let per_token = (width * 4) as u64;
+    let groups = ctx.max_data_bytes() / per_token / group_size as u64;
+    if groups == 0 {
+        return Err(VidkvError::Gpu(format!(
+            "one group of {group_size} tokens × {width} channels exceeds the {} byte binding limit",
+            ctx.max_binding_bytes()
+        )));
+    }
+    Ok((groups as usize * group_size).min(u32::MAX as usize / width))
+}
+
+/// Ranks channels by range over the given heads' rows (`[tokens, width]` each).
+pub fn channel_split(
+    ctx: &GpuContext,
+    inputs: &[&[f32]],
+    width: usize,
+    outliers: usize,
+    group_size: usize,
+) -> Result<GpuSplit> {
+    let chunk = chunk_tokens(ctx, width, group_size)?;
+    let total_blocks: usize = inputs
+        .iter()
+        .flat_map(|x| x.chunks(chunk * width))
+        .map(|c| (c.len() / width).div_ceil(RANGE_BLOCK_TOKENS as usize))
+        .sum();
+    let ranges = ctx.buffer("split ranges", (total_blocks.max(1) * width * 8) as u64)?;
+    let mut block_offset = 0usize;
+    for input in inputs {
+        for rows in input.chunks(chunk * width) {
+            let tokens = rows.len() / width;
+            let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
+            let buffer = ctx.upload("input", rows)?;
+            let mut batch = ctx.batch();
+            batch.dispatch(
+                &CHANNEL_RANGE,
+                "main",
+                Params {
+                    width: width as u32,
+                    len: tokens as u32,
+                    block_tokens: RANGE_BLOCK_TOKENS,
+                    block_offset: block_offset as u32,
+                    invocations: (blocks * width) as u32,
+                    ..Default::default()
+                },
+                &[&buffer, &ranges],
+            );
+            batch.submit()?;
+            block_offset += blocks;
+        }
+    }
+    let order = ctx.buffer("split order", (width * 4) as u64)?;
+    let mask_words = width.div_ceil(32);
+    let mask = ctx.output("split mask", mask_words)?;
+    let mut batch = ctx.batch();
+    batch.dispatch_single(
+        &CHANNEL_SPLIT,
+        "main",
+        Params {
+            width: width as u32,
+            blocks: block_offset as u32,
+            outliers: outliers as u32,
+            invocations: width as u32,
+            ..Default::default()
+        },
+        &[&ranges, &order, &mask],
+    );
+    batch.submit()?;
+    Ok(GpuSplit {
+        order,
+        mask: ctx.read_output(&mask, "split mask", mask_words)?,
+        outliers,
+    })
+}
+
+fn quantize_keys(
+    ctx: &GpuContext,
+    x: &[f32],
+    d: usize,
+    config: &QuantConfig,
+    layer_split: Option<&GpuSplit>,
+) -> Result<PackedKeys> {
+    let g = config.group_size;
+    Ok(match config.keys {
+        KeyScheme::Fp16 => PackedKeys::Exact,
+        KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
+            grouping,
+            plane: two_bit(ctx, x, d, grouping, g)?,
+        },
+        KeyScheme::Mixed {
+            outlier_ratio, fft, ..
+        } => {
+            let own_split;
+            let split = match layer_split {
+                Some(s) => s,
+                None => {
+                    own_split = channel_split(ctx, &[x], d, outlier_count(d, outlier_ratio), g)?;
+                    &own_split
+                }
+            };
+            PackedKeys::Mixed(MixedKeys {
+                outlier_mask: split.mask.clone(),
+                outliers: two_bit_channels(ctx, x, d, &split.order, split.outliers, g)?,
+                normals: sign_plane(ctx, x, d, split, fft, g)?,
+                fft,
+            })
+        }
+    })
+}
+
+fn quantize_values(
+    ctx: &GpuContext,
+    x: &[f32],
+    d: usize,
+    config: &QuantConfig,
+    plan: crate::config::TokenPlan,
+    protected: &[u32],
+) -> Result<PackedValues> {
+    let g = config.group_size;
+    Ok(match config.values {
+        ValueScheme::Fp16 => PackedValues::Exact,
+        ValueScheme::TwoBit { grouping } => PackedValues::TwoBit {
+            grouping,
+            plane: two_bit(ctx, x, d, grouping, g)?,
+        },
+        ValueScheme::Ternary { gamma, scale } => {
+            let (plain, kept) = split_value_rows(x, d, plan, protected);
+            PackedValues::Ternary {
+                plane: ternary(ctx, &plain, d, g, gamma, scale)?,
+                protected: two_bit(ctx, &kept, d, Grouping::PerChannel, g)?,
+            }
+        }
+    })
+}
+
+fn identity_channels(ctx: &GpuContext, width: usize) -> Result<Arc<wgpu::Buffer>> {
+    let channels: Vec<u32> = (0..width as u32).collect();
+    ctx.upload("identity channels", &channels)
+}
+
+fn two_bit(
+    ctx: &GpuContext,
+    x: &[f32],
+    d: usize,
+    grouping: Grouping,
+    g: usize,
+) -> Result<TwoBitPlane> {
+    match grouping {
+        Grouping::PerChannel => {
+            let identity = identity_channels(ctx, d)?;
+            two_bit_channels(ctx, x, d, &identity, d, g)
+        }
+        Grouping::PerToken => two_bit_tokens(ctx, x, d, g),
+    }
+}
+
+/// 2-bit plane whose row r is input channel `channels[r]`, r < `rows`, over all tokens of `x`.
+fn two_bit_channels(
+    ctx: &GpuContext,
+    x: &[f32],
+    width: usize,
+    channels: &wgpu::Buffer,
+    rows: usize,
+    g: usize,
+) -> Result<TwoBitPlane> {
+    let shape = GroupedShape {
+        rows,
+        len: x.len() / width,
+        group_size: g,
+    };
+    let groups = shape.groups();
+    let code_words = rows * groups * TwoBitPlane::words_per_group(g);
+    let codes = ctx.output("two-bit codes", code_words)?;
+    let params = ctx.output("two-bit params", rows * groups)?;
+    let chunk = chunk_tokens(ctx, width, g)?;
+    for (index, input) in x.chunks(chunk * width).enumerate() {
+        let tokens = input.len() / width;
+        let group_count = tokens.div_ceil(g);
+        let buffer = ctx.upload("input", input)?;
+        let mut batch = ctx.batch();
+        batch.dispatch(
+            &QUANTIZE_TWO_BIT,
+            "per_channel",
+            Params {
+                width: width as u32,
+                rows: rows as u32,
+                len: shape.len as u32,
+                group_size: g as u32,
+                groups: groups as u32,
+                group_offset: (index * chunk / g) as u32,
+                group_count: group_count as u32,
+                invocations: (rows * group_count) as u32,
+                ..Default::default()
+            },
+            &[&buffer, channels, &codes, &params],
+        );
+        batch.submit()?;
+    }
+    Ok(TwoBitPlane {
+        shape,
+        codes: ctx.read_output(&codes, "two-bit codes", code_words)?,
+        params: ctx.read_output(&params, "two-bit params", rows * groups)?,
+    })
+}
+
+/// 2-bit plane whose rows are the tokens of `x`, grouped along channels.
+fn two_bit_tokens(ctx: &GpuContext, x: &[f32], width: usize, g: usize) -> Result<TwoBitPlane> {
+    let shape = GroupedShape {
+        rows: x.len() / width,
+        len: width,
+        group_size: g,
+    };
+    let groups = shape.groups();
+    let code_words = shape.rows * groups * TwoBitPlane::words_per_group(g);
+    let codes = ctx.output("two-bit codes", code_words)?;
+    let params = ctx.output("two-bit params", shape.rows * groups)?;
+    let identity = identity_channels(ctx, width)?;
+    let chunk = chunk_tokens(ctx, width, 1)?;
+    for (index, input) in x.chunks(chunk * width).enumerate() {
+        let rows = input.len() / width;
+        let buffer = ctx.upload("input", input)?;
+        let mut batch = ctx.batch();
+        batch.dispatch(
+            &QUANTIZE_TWO_BIT,
+            "per_token",
+            Params {
+                width: width as u32,
+                rows: rows as u32,
+                len: width as u32,
+                group_size: g as u32,
+                groups: groups as u32,
+                row_offset: (index * chunk) as u32,
+                invocations: (rows * groups) as u32,
+                ..Default::default()
+            },
+            &[&buffer, &identity, &codes, &params],
+        );
+        batch.submit()?;
+    }
+    Ok(TwoBitPlane {
+        shape,
+        codes: ctx.read_output(&codes, "two-bit codes", code_words)?,
+        params: ctx.read_output(&params, "two-bit params", shape.rows * groups)?,
+    })
+}
+
+/// The real-DFT twiddle table (cos 2πk/n, sin 2πk/n), computed in f64.
+pub(crate) fn twiddles(n: usize) -> Vec<[f32; 2]> {
+    (0..n)
+        .map(|k| {
+            let angle = 2.0 * std::f64::consts::PI * k as f64 / n as f64;
+            [angle.cos() as f32, angle.sin() as f32]
+        })
+        .collect()
+}
+
+/// Sign plane over the normal channels: of their compact DFT when `fft`, else of themselves.
+fn sign_plane(
+    ctx: &GpuContext,
+    x: &[f32],
+    width: usize,
+    split: &GpuSplit,
+    fft: bool,
+    g: usize,
+) -> Result<SignPlane> {
+    let n = width - split.outliers;
+    let shape = GroupedShape {
+        rows: n,
+        len: x.len() / width,
+        group_size: g,
+    };
+    let groups = shape.groups();
+    let code_words = n * groups * SignPlane::words_per_group(g);
+    let scale_words = n.div_ceil(2) * groups;
+    if n == 0 {
+        return Ok(SignPlane {
+            shape,
+            codes: Vec::new(),
+            scales: Vec::new(),
+        });
+    }
+    let codes = ctx.output("sign codes", code_words)?;
+    let scales = ctx.output("sign scales", scale_words)?;
+    let table = ctx.upload("twiddles", &twiddles(n))?;
+    let chunk = chunk_tokens(ctx, width, g)?;
+    for (index, input) in x.chunks(chunk * width).enumerate() {
+        let tokens = input.len() / width;
+        let group_count = tokens.div_ceil(g);
+        let buffer = ctx.upload("input", input)?;
+        let params = Params {
+            width: width as u32,
+            rows: n as u32,
+            len: shape.len as u32,
+            group_size: g as u32,
+            groups: groups as u32,
+            group_offset: (index * chunk / g) as u32,
+            group_count: group_count as u32,
+            outliers: split.outliers as u32,
+            dft_len: n as u32,
+            invocations: (n.div_ceil(2) * group_count) as u32,
+            ..Default::default()
+        };
+        let mut batch = ctx.batch();
+        if fft {
+            let coefficients = ctx.buffer("dft coefficients", (n * tokens * 4) as u64)?;
+            batch.dispatch(
+                &REAL_DFT,
+                "main",
+                Params {
+                    len: tokens as u32,
+                    invocations: tokens as u32,
+                    ..params
+                },
+                &[&buffer, &split.order, &table, &coefficients],
+            );
+            batch.dispatch(
+                &QUANTIZE_SIGN,
+                "from_coefficients",
+                params,
+                &[&coefficients, &split.order, &codes, &scales],
+            );
+        } else {
+            batch.dispatch(
+                &QUANTIZE_SIGN,
+                "from_channels",
+                params,
+                &[&buffer, &split.order, &codes, &scales],
+            );
+        }
+        batch.submit()?;
+    }
+    Ok(SignPlane {
+        shape,
+        codes: ctx.read_output(&codes, "sign codes", code_words)?,
+        scales: ctx.read_output(&scales, "sign scales", scale_words)?,
+    })
+}
+
+fn ternary(
+    ctx: &GpuContext,
+    x: &[f32],
+    width: usize,
+    g: usize,
+    gamma: f32,
+    rule: TernaryScale,
+) -> Result<TernaryPlane> {
+    let shape = GroupedShape {
+        rows: width,
+        len: x.len() / width,
+        group_size: g,
+    };
+    let groups = shape.groups();
+    let code_words = width.div_ceil(5) * groups * TernaryPlane::words_per_record(g);
+    let scale_words = width.div_ceil(2) * groups;
+    let codes = ctx.output("ternary codes", code_words)?;
+    let scales = ctx.output("ternary scales", scale_words)?;
+    let chunk = chunk_tokens(ctx, width, g)?;
+    for (index, input) in x.chunks(chunk * width).enumerate() {
+        let tokens = input.len() / width;
+        let group_count = tokens.div_ceil(g);
+        let buffer = ctx.upload("input", input)?;
+        let mut batch = ctx.batch();
+        batch.dispatch(
+            &QUANTIZE_TERNARY,
+            "main",
+            Params {
+                width: width as u32,
+                rows: width as u32,
+                len: shape.len as u32,
+                group_size: g as u32,
+                groups: groups as u32,
+                group_offset: (index * chunk / g) as u32,
+                group_count: group_count as u32,
+                gamma,
+                scale_rule: u32::from(rule == TernaryScale::LeastSquares),
+                invocations: (width.div_ceil(10) * group_count) as u32,
+                ..Default::default()
+            },
+            &[&buffer, &codes, &scales],
+        );
+        batch.submit()?;
+    }
+    Ok(TernaryPlane {
+        shape,
+        codes: ctx.read_output(&codes, "ternary codes", code_words)?,
+        scales: ctx.read_output(&scales, "ternary scales", scale_words)?,
+    })
+}
+
+/// Exact rows as f16 pairs, chunked by rows (each chunk is packed and read back alone, so
+/// the packed rows never need one binding of their own).
+fn exact(ctx: &GpuContext, rows: &[f32], width: usize) -> Result<ExactRows> {
+    let count = rows.len() / width;
+    let mut data = Vec::with_capacity(ExactRows::words(count, width));
+    let chunk = chunk_tokens(ctx, width, 1)?;
+    for input in rows.chunks(chunk * width) {
+        let chunk_rows = input.len() / width;
+        let words = ExactRows::words(chunk_rows, width);
+        let output = ctx.output("exact rows", words)?;
+        let buffer = ctx.upload("input", input)?;
+        let mut batch = ctx.batch();
+        batch.dispatch(
+            &PACK_EXACT,
+            "main",
+            Params {
+                width: width as u32,
+                rows: chunk_rows as u32,
+                invocations: words as u32,
+                ..Default::default()
+            },
+            &[&buffer, &output],
+        );
+        batch.submit()?;
+        data.extend(ctx.read_output(&output, "exact rows", words)?);
+    }
+    Ok(ExactRows {
+        rows: count,
+        width,
+        data,
+    })
+}

@@ -1,0 +1,361 @@
+//! GPU quantization and dequantization against the CPU reference, on lavapipe in CI.
+//!
+//! A missing adapter fails these tests with the runtime's message (how to install one);
+//! nothing is skipped. Every GPU output is read back with its guard words checked, so an
+//! out-of-bounds write fails the call.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+
+use vidkv::config::{
+    Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
+};
+use vidkv::gpu::dequantize::dequantize_cache;
+use vidkv::gpu::quantize::quantize_cache;
+use vidkv::gpu::{GpuContext, GpuOptions};
+use vidkv::io::KvSample;
+use vidkv::packed::planes::{SignPlane, TernaryPlane, TwoBitPlane};
+use vidkv::packed::{PackedCache, PackedKeys, PackedValues};
+use vidkv::report::relative_l2;
+use vidkv::{Tensor, VidkvError, PRESET_NAMES};
+
+fn gpu() -> &'static GpuContext {
+    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
+    CONTEXT.get_or_init(|| {
+        GpuContext::new(&GpuOptions::default())
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    })
+}
+
+/// Differences between a CPU and a GPU plane set.
+#[derive(Default, Debug)]
+struct Diff {
+    codes: usize,
+    code_mismatches: usize,
+    metadata: usize,
+    metadata_ulp: usize,
+}
+
+impl Diff {
+    fn metadata(&mut self, cpu: f32, gpu: f32) {
+        self.metadata += 1;
+        if cpu == gpu {
+            return;
+        }
+        // A one-ulp f16 difference can only come from an f32 value rounding differently,
+        // i.e. an f32 difference at the rounding boundary; count it.
+        let (a, b) = (
+            half::f16::from_f32(cpu).to_bits(),
+            half::f16::from_f32(gpu).to_bits(),
+        );
+        assert!(a.abs_diff(b) <= 1, "metadata {cpu} vs {gpu}");
+        self.metadata_ulp += 1;
+    }
+
+    fn two_bit(&mut self, cpu: &TwoBitPlane, gpu: &TwoBitPlane) {
+        assert_eq!(cpu.shape, gpu.shape);
+        let s = cpu.shape;
+        for r in 0..s.rows {
+            for g in 0..s.groups() {
+                let (a, b) = (cpu.params(r, g), gpu.params(r, g));
+                self.metadata(a.scale, b.scale);
+                self.metadata(a.min, b.min);
+            }
+            for i in 0..s.len {
+                self.codes += 1;
+                self.code_mismatches += usize::from(cpu.code(r, i) != gpu.code(r, i));
+            }
+        }
+    }
+
+    fn sign(&mut self, cpu: &SignPlane, gpu: &SignPlane) {
+        assert_eq!(cpu.shape, gpu.shape);
+        let s = cpu.shape;
+        for r in 0..s.rows {
+            for g in 0..s.groups() {
+                self.metadata(cpu.scale(r, g), gpu.scale(r, g));
+            }
+            for i in 0..s.len {
+                self.codes += 1;
+                self.code_mismatches += usize::from(cpu.code(r, i) != gpu.code(r, i));
+            }
+        }
+    }
+
+    fn ternary(&mut self, cpu: &TernaryPlane, gpu: &TernaryPlane) {
+        assert_eq!(cpu.shape, gpu.shape);
+        let s = cpu.shape;
+        for r in 0..s.rows {
+            for g in 0..s.groups() {
+                self.metadata(cpu.scale(r, g), gpu.scale(r, g));
+            }
+            for i in 0..s.len {
+                self.codes += 1;
+                self.code_mismatches += usize::from(cpu.trit(r, i) != gpu.trit(r, i));
+            }
+        }
+    }
+
+    /// Boundary cases allowed: at most 1 in 10⁴ codes (and a handful in small cases).
+    fn assert_tiny(&self, what: &str) {
+        let allowed = 2 + self.codes / 10_000;
+        assert!(
+            self.code_mismatches <= allowed,
+            "{what}: {} of {} codes differ (allowed {allowed})",
+            self.code_mismatches,
+            self.codes
+        );
+        assert!(
+            self.metadata_ulp <= 2 + self.metadata / 1000,
+            "{what}: {} of {} scales/mins differ by an f16 ulp",
+            self.metadata_ulp,
+            self.metadata
+        );
+    }
+}
+
+fn compare(cpu: &PackedCache, gpu: &PackedCache, what: &str) -> Diff {
+    assert_eq!(cpu.shape, gpu.shape);
+    assert_eq!(cpu.protected, gpu.protected);
+    let mut diff = Diff::default();
+    for (c, g) in cpu.heads.iter().zip(&gpu.heads) {
+        assert_eq!(c.plan, g.plan);
+        assert_eq!(c.exact_keys, g.exact_keys, "{what}: exact keys");
+        assert_eq!(c.exact_values, g.exact_values, "{what}: exact values");
+        match (&c.keys, &g.keys) {
+            (PackedKeys::Exact, PackedKeys::Exact) => {}
+            (PackedKeys::TwoBit { plane: a, .. }, PackedKeys::TwoBit { plane: b, .. }) => {
+                diff.two_bit(a, b)
+            }
+            (PackedKeys::Mixed(a), PackedKeys::Mixed(b)) => {
+                assert_eq!(a.outlier_mask, b.outlier_mask, "{what}: channel split");
+                diff.two_bit(&a.outliers, &b.outliers);
+                diff.sign(&a.normals, &b.normals);
+            }
+            other => panic!("{what}: key schemes differ: {other:?}"),
+        }
+        match (&c.values, &g.values) {
+            (PackedValues::Exact, PackedValues::Exact) => {}
+            (PackedValues::TwoBit { plane: a, .. }, PackedValues::TwoBit { plane: b, .. }) => {
+                diff.two_bit(a, b)
+            }
+            (
+                PackedValues::Ternary {
+                    plane: a,
+                    protected: pa,
+                },
+                PackedValues::Ternary {
+                    plane: b,
+                    protected: pb,
+                },
+            ) => {
+                diff.ternary(a, b);
+                diff.two_bit(pa, pb);
+            }
+            other => panic!("{what}: value schemes differ: {other:?}"),
+        }
+    }
+    if diff.code_mismatches + diff.metadata_ulp > 0 {
+        eprintln!("{what}: boundary cases {diff:?}");
+    }
+    diff.assert_tiny(what);
+    diff
+}
+
+fn check_round_trip(k: &Tensor, v: &Tensor, config: &QuantConfig, protected: &[u32], what: &str) {
+    let cpu = PackedCache::quantize(k, v, config, protected).unwrap();
+    let gpu_cache = quantize_cache(gpu(), k, v, config, protected).unwrap();
+    compare(&cpu, &gpu_cache, what);
+    let (k_cpu, v_cpu) = cpu.dequantize();
+    let (k_gpu, v_gpu) = dequantize_cache(gpu(), &cpu).unwrap();
+    assert!(
+        relative_l2(&k_gpu.data, &k_cpu.data) < 1e-5,
+        "{what}: dequantized K"
+    );
+    assert!(
+        relative_l2(&v_gpu.data, &v_cpu.data) < 1e-5,
+        "{what}: dequantized V"
+    );
+}
+
+fn shared_sample(name: &str) -> KvSample {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let bytes = std::fs::read(dir.join(format!("{name}.safetensors")))
+        .unwrap_or_else(|e| panic!("the real dev files in ../shared/data are needed: {e}"));
+    let sidecar = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+    KvSample::from_bytes(name, &bytes, Some(&sidecar)).unwrap()
+}
+
+#[test]
+fn real_dev_files_match_the_cpu_for_every_preset() {
+    for file in ["smollm2_text_dev", "dinov2_video_dev"] {
+        let sample = shared_sample(file);
+        for preset in PRESET_NAMES {
+            let config = QuantConfig::preset(preset).unwrap();
+            check_round_trip(
+                &sample.k,
+                &sample.v,
+                &config,
+                &[],
+                &format!("{file} {preset}"),
+            );
+        }
+        // STP: every seventh token protected.
+        let protected: Vec<u32> = (3..sample.k.dim(2) as u32).step_by(7).collect();
+        let config = QuantConfig::preset("vidkv").unwrap();
+        check_round_trip(
+            &sample.k,
+            &sample.v,
+            &config,
+            &protected,
+            &format!("{file} vidkv+STP"),
+        );
+    }
+}
+
+fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let data = (0..shape.iter().product::<usize>())
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            let channel = i % shape[3];
+            noise * (1.0 + (channel % 5) as f32) + if channel % 11 == 0 { 3.0 } else { 0.0 }
+        })
+        .collect();
+    Tensor::new("x", shape.to_vec(), data).unwrap()
+}
+
+fn config_strategy() -> impl Strategy<Value = QuantConfig> {
+    (
+        prop::sample::select(PRESET_NAMES.to_vec()),
+        prop::sample::select(vec![8usize, 16, 32, 64]),
+        0usize..5,
+        0usize..3,
+        prop::sample::select(vec![0.0f32, 0.25, 0.4, 0.5, 1.0]),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(preset, group_size, sinks, residual_groups, rho, fft, per_layer)| {
+                let mut config = QuantConfig::preset(preset).unwrap();
+                config.group_size = group_size;
+                config.sinks = sinks;
+                config.residual = residual_groups * group_size;
+                if let KeyScheme::Mixed { .. } = config.keys {
+                    config.keys = KeyScheme::Mixed {
+                        outlier_ratio: rho,
+                        fft,
+                        split: if per_layer {
+                            SplitGranularity::PerLayer
+                        } else {
+                            SplitGranularity::PerHead
+                        },
+                    };
+                }
+                config
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn generated_shapes_match_the_cpu(
+        d in prop::sample::select(vec![64usize, 80, 96, 112, 128, 256]),
+        tokens in 1usize..5000,
+        heads in 1usize..9,
+        config in config_strategy(),
+        seed in any::<u64>(),
+        stp in any::<bool>(),
+    ) {
+        // Keep each case small enough for the CPU side: at most ~1.2M elements.
+        let tokens = tokens.min(1_200_000 / (d * heads)).max(1);
+        let k = random_tensor([1, heads, tokens, d], seed);
+        let v = random_tensor([1, heads, tokens, d], seed ^ 1);
+        let protected: Vec<u32> = if stp && matches!(config.values, ValueScheme::Ternary { .. }) {
+            (0..tokens as u32).filter(|t| t % 5 == 2).collect()
+        } else {
+            Vec::new()
+        };
+        check_round_trip(&k, &v, &config, &protected, &format!("d={d} tokens={tokens} heads={heads} {config:?}"));
+    }
+}
+
+#[test]
+fn chunked_inputs_match_the_cpu() {
+    // A 48 KiB binding limit forces several chunks per head for every kernel.
+    let small = GpuContext::new(&GpuOptions {
+        max_binding_bytes: Some(48 * 1024),
+        ..Default::default()
+    })
+    .unwrap();
+    let k = random_tensor([2, 2, 700, 64], 5);
+    let v = random_tensor([2, 2, 700, 64], 6);
+    let configs = [
+        QuantConfig::preset("vidkv").unwrap(),
+        QuantConfig::preset("kivi2").unwrap(),
+        QuantConfig::preset("fp16").unwrap(),
+        QuantConfig {
+            keys: KeyScheme::Mixed {
+                outlier_ratio: 0.5,
+                fft: false,
+                split: SplitGranularity::PerHead,
+            },
+            values: ValueScheme::TwoBit {
+                grouping: Grouping::PerChannel,
+            },
+            ..QuantConfig::preset("vidkv").unwrap()
+        },
+        QuantConfig {
+            values: ValueScheme::Ternary {
+                gamma: 0.5,
+                scale: TernaryScale::AbsMean,
+            },
+            ..QuantConfig::preset("vidkv").unwrap()
+        },
+    ];
+    for config in configs {
+        let protected: Vec<u32> = if matches!(config.values, ValueScheme::Ternary { .. }) {
+            (1..700).step_by(4).collect()
+        } else {
+            Vec::new()
+        };
+        let cpu = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
+        let chunked = quantize_cache(&small, &k, &v, &config, &protected).unwrap();
+        compare(&cpu, &chunked, &format!("chunked {config:?}"));
+        let (k_cpu, v_cpu) = cpu.dequantize();
+        let (k_gpu, v_gpu) = dequantize_cache(&small, &cpu).unwrap();
+        assert!(relative_l2(&k_gpu.data, &k_cpu.data) < 1e-5);
+        assert!(relative_l2(&v_gpu.data, &v_cpu.data) < 1e-5);
+    }
+}
+
+#[test]
+fn a_64k_token_8_head_d128_layer_quantizes_without_error() {
+    let k = random_tensor([1, 8, 65536, 128], 11);
+    let v = random_tensor([1, 8, 65536, 128], 12);
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let gpu_cache = quantize_cache(gpu(), &k, &v, &config, &[]).unwrap();
+    let cpu = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+    let diff = compare(&cpu, &gpu_cache, "64k layer");
+    assert!(diff.codes > 100_000_000);
+    assert_eq!(gpu_cache.size(), cpu.size());
+}
+
+#[test]
+fn an_unknown_adapter_is_a_typed_error_that_says_how_to_get_one() {
+    let err = GpuContext::new(&GpuOptions {
+        adapter: Some("no-such-adapter-anywhere".into()),
+        ..Default::default()
+    })
+    .err()
+    .expect("no adapter should match");
+    assert!(matches!(err, VidkvError::NoAdapter { .. }));
+    assert!(err.to_string().contains("mesa-vulkan-drivers"), "{err}");
+}

@@ -1,0 +1,91 @@
+//! Every shader is parsed and validated with naga and translated to SPIR-V, MSL, HLSL and
+//! GLSL, so that the Vulkan, Metal, DX12 and GL compiles are checked on Linux.
+
+use naga::back::{glsl, hlsl, msl, spv};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::ShaderStage;
+
+use vidkv::gpu::shaders::ALL;
+
+#[test]
+fn every_shader_validates_and_translates_to_every_backend() {
+    for kernel in ALL {
+        let source = kernel.composed_source();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
+        // The portable kernels need no optional feature: only pack/unpack2x16float, which
+        // core WebGPU guarantees (wgpu's downlevel flag SHADER_F16_IN_F32).
+        let info = Validator::new(
+            ValidationFlags::all(),
+            Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
+        let declared: Vec<&str> = module
+            .entry_points
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            declared, kernel.entry_points,
+            "{}: entry points",
+            kernel.name
+        );
+
+        for entry in kernel.entry_points {
+            let spirv = spv::write_vec(
+                &module,
+                &info,
+                &spv::Options::default(),
+                Some(&spv::PipelineOptions {
+                    shader_stage: ShaderStage::Compute,
+                    entry_point: entry.to_string(),
+                }),
+            )
+            .unwrap_or_else(|e| panic!("{}::{entry} SPIR-V: {e}", kernel.name));
+            assert_eq!(spirv[0], 0x0723_0203, "SPIR-V magic");
+
+            msl::write_string(
+                &module,
+                &info,
+                &msl::Options::default(),
+                &msl::PipelineOptions {
+                    entry_point: Some((ShaderStage::Compute, entry.to_string())),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{}::{entry} MSL: {e}", kernel.name));
+
+            let hlsl_options = hlsl::Options::default();
+            let hlsl_pipeline = hlsl::PipelineOptions {
+                entry_point: Some((ShaderStage::Compute, entry.to_string())),
+            };
+            let mut hlsl_out = String::new();
+            hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)
+                .write(&module, &info, None)
+                .unwrap_or_else(|e| panic!("{}::{entry} HLSL: {e}", kernel.name));
+
+            let glsl_options = glsl::Options {
+                version: glsl::Version::new_gles(310),
+                ..Default::default()
+            };
+            let glsl_pipeline = glsl::PipelineOptions {
+                shader_stage: ShaderStage::Compute,
+                entry_point: entry.to_string(),
+                multiview: None,
+            };
+            let mut glsl_out = String::new();
+            glsl::Writer::new(
+                &mut glsl_out,
+                &module,
+                &info,
+                &glsl_options,
+                &glsl_pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut w| w.write())
+            .unwrap_or_else(|e| panic!("{}::{entry} GLSL: {e}", kernel.name));
+            assert!(glsl_out.contains("void main"));
+        }
+    }
+}
