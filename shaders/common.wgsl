@@ -89,8 +89,10 @@ fn ternary_digit(v: f32, threshold: f32) -> u32 {
     return 1u;
 }
 
-// Entry of the twiddle table for frequency j and sample m: the table holds
-// (cos 2πk/n, sin 2πk/n) for k = 0…n−1, computed by the host in f64, so k = j·m mod n.
-fn twiddle_index(j: u32, m: u32, n: u32) -> u32 {
-    return (j * m) % n;
+// The twiddle table holds (cos 2πk/n, sin 2πk/n) for k = 0…n−1, computed by the host in
+// f64; frequency j at sample m uses entry k = j·m mod n. Loops walk k incrementally:
+// from entry k, the next sample (or frequency) of step `step` < n is this entry.
+fn next_twiddle_index(k: u32, step: u32, n: u32) -> u32 {
+    let next = k + step;
+    return select(next, next - n, next >= n);
 }

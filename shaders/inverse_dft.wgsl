@@ -33,8 +33,10 @@ fn main(
             let nyquist = coefficients[(n - 1u) * stride + token];
             x = x + select(nyquist, -nyquist, (m & 1u) == 1u);
         }
+        var k = m;
         for (var j = 1u; 2u * j < n; j = j + 1u) {
-            let w = twiddles[twiddle_index(j, m, n)];
+            let w = twiddles[k];
+            k = next_twiddle_index(k, m, n);
             let re = coefficients[(2u * j - 1u) * stride + token];
             let im = coefficients[(2u * j) * stride + token];
             x = x + 2.0 * (re * w.x - im * w.y);

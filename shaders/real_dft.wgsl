@@ -43,10 +43,13 @@ fn main(
     for (var j = 1u; 2u * j < n; j = j + 1u) {
         var re = 0.0;
         var im = 0.0;
+        // k = j·m mod n, advanced by j per sample instead of a modulo per product.
+        var k = 0u;
         for (var m = 0u; m < n; m = m + 1u) {
-            let w = twiddles[twiddle_index(j, m, n)];
+            let w = twiddles[k];
             re = re + samples[m] * w.x;
             im = im - samples[m] * w.y;
+            k = next_twiddle_index(k, j, n);
         }
         coefficients[(2u * j - 1u) * stride + token] = re;
         coefficients[(2u * j) * stride + token] = im;

@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::quantize_throughput;
 use crate::config::{QuantConfig, PRESET_NAMES};
 use crate::error::{Result, VidkvError};
+use crate::gpu::{GpuContext, GpuOptions};
 use crate::io::KvSample;
 use crate::packed::{estimate_size, CacheShape};
-use crate::report::{evaluate, to_json, to_table, FileReport};
+use crate::report::{evaluate_on, to_json, to_table, Device, FileReport};
 
 /// The real samples bundled with the binary (cut from ../shared/data by scripts/make_sample.py).
 const BUNDLED: [(&str, &[u8], &str); 2] = [
@@ -46,6 +48,38 @@ enum Command {
     /// Stored bytes and effective bits per element of each preset for a cache shape,
     /// without data (default: one Qwen2-7B-shaped model at 16k tokens).
     Sizes(SizesArgs),
+    /// Benchmarks (`vidkv bench quantize`).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Quantization throughput per preset, CPU reference and GPU kernels in one run, on one
+    /// layer of a Qwen2-7B-shaped cache (4 KV heads, d = 128, 16k tokens by default).
+    Quantize(BenchQuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchQuantizeArgs {
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Timed runs per case (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A preset (repeatable). Default: all of them.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
+    /// Where to run besides the CPU reference (`cpu` runs the reference alone).
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -86,14 +120,45 @@ struct ReportArgs {
     /// Override the exact residual window of every preset (a multiple of the group size).
     #[arg(long)]
     residual: Option<usize>,
+    /// Where quantization runs: `gpu` (the WGSL kernels) or `cpu` (the reference).
+    /// Default: gpu when an adapter exists, else cpu with a notice.
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceChoice {
+    Gpu,
+    Cpu,
+}
+
+/// Opens the GPU for `--device gpu`, or when no device was asked for and one exists.
+fn open_device(choice: Option<DeviceChoice>) -> Result<Option<GpuContext>> {
+    match choice {
+        Some(DeviceChoice::Cpu) => Ok(None),
+        Some(DeviceChoice::Gpu) => GpuContext::new(&GpuOptions::default()).map(Some),
+        None => match GpuContext::new(&GpuOptions::default()) {
+            Ok(ctx) => Ok(Some(ctx)),
+            Err(e) => {
+                eprintln!("notice: running on the CPU reference ({e})");
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
+    // Mesa prints a harmless warning on every start when XDG_RUNTIME_DIR is unset (as on
+    // headless servers); point it at the temporary directory before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Report(args)) => run_report(&args),
         Some(Command::Sizes(args)) => run_sizes(&args),
+        Some(Command::Bench(BenchCommand::Quantize(args))) => run_bench_quantize(&args),
         None => run_report(&ReportArgs::default()),
     };
     match result {
@@ -118,11 +183,13 @@ fn run_report(args: &ReportArgs) -> Result<()> {
             .map(|p| read_sample(p))
             .collect::<Result<Vec<_>>>()?
     };
+    let gpu = open_device(args.device)?;
+    let device = gpu.as_ref().map_or(Device::Cpu, Device::Gpu);
     let mut reports = Vec::with_capacity(samples.len());
     for sample in &samples {
         let presets = presets
             .iter()
-            .map(|(name, config)| evaluate(sample, name, config))
+            .map(|(name, config)| evaluate_on(device, sample, name, config))
             .collect::<Result<Vec<_>>>()?;
         reports.push(FileReport {
             file: sample.name.clone(),
@@ -130,9 +197,70 @@ fn run_report(args: &ReportArgs) -> Result<()> {
         });
     }
     if args.json {
-        println!("{}", to_json(&reports));
+        println!("{}", to_json(&reports, &device.describe()));
     } else {
-        print!("{}", to_table(&reports));
+        print!("{}", to_table(&reports, &device.describe()));
+    }
+    Ok(())
+}
+
+fn run_bench_quantize(args: &BenchQuantizeArgs) -> Result<()> {
+    let presets = resolve_presets(&args.presets, None, None)?;
+    let shape = CacheShape {
+        layers: 1,
+        kv_heads: args.kv_heads,
+        tokens: args.tokens,
+        head_dim: args.head_dim,
+    };
+    if shape.elements() == 0 {
+        return Err(VidkvError::InvalidConfig(
+            "tokens, kv_heads and head_dim must be at least 1".into(),
+        ));
+    }
+    let gpu = open_device(args.device)?;
+    let device = gpu.as_ref().map_or(Device::Cpu, Device::Gpu).describe();
+    let results = quantize_throughput(gpu.as_ref(), shape, &presets, args.runs)?;
+    if args.json {
+        let doc = serde_json::json!({
+            "adapter": device,
+            "shape": {"layers": 1, "kv_heads": args.kv_heads, "tokens": args.tokens, "head_dim": args.head_dim},
+            "results": results.iter().map(|r| serde_json::json!({
+                "preset": r.preset,
+                "cpu_median_ms": r.cpu_median_ms,
+                "cpu_tokens_per_s": r.cpu_tokens_per_s(),
+                "gpu_median_ms": r.gpu_median_ms,
+                "gpu_tokens_per_s": r.gpu_tokens_per_s(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    println!(
+        "quantize one layer: {} KV heads x {} tokens x d {}; device: {device}",
+        args.kv_heads, args.tokens, args.head_dim
+    );
+    println!(
+        "  {:<14} {:>12} {:>14} {:>12} {:>14} {:>9}",
+        "preset", "cpu ms", "cpu tokens/s", "gpu ms", "gpu tokens/s", "gpu/cpu"
+    );
+    for r in &results {
+        let (gpu_ms, gpu_rate, ratio) = match (r.gpu_median_ms, r.gpu_tokens_per_s()) {
+            (Some(ms), Some(rate)) => (
+                format!("{ms:.1}"),
+                format!("{rate:.0}"),
+                format!("{:.2}x", r.cpu_median_ms / ms),
+            ),
+            _ => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "  {:<14} {:>12.1} {:>14.0} {:>12} {:>14} {:>9}",
+            r.preset,
+            r.cpu_median_ms,
+            r.cpu_tokens_per_s(),
+            gpu_ms,
+            gpu_rate,
+            ratio
+        );
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! planes → [`reference::attention`] attends straight from the packed codes → [`report`]
 //! measures error and effective bits.
 
+pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;

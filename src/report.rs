@@ -9,6 +9,9 @@ use serde_json::json;
 
 use crate::config::QuantConfig;
 use crate::error::Result;
+use crate::gpu::dequantize::dequantize_cache;
+use crate::gpu::quantize::quantize_cache;
+use crate::gpu::GpuContext;
 use crate::io::KvSample;
 use crate::packed::PackedCache;
 use crate::reference::attention::{attend_dense, kv_head_for};
@@ -32,10 +35,49 @@ pub struct FileReport {
     pub presets: Vec<PresetMetrics>,
 }
 
-/// Quantizes `sample` under `config` and measures it.
+/// Where quantization and dequantization run.
+#[derive(Clone, Copy)]
+pub enum Device<'a> {
+    /// The CPU reference.
+    Cpu,
+    /// The WGSL kernels on a GPU.
+    Gpu(&'a GpuContext),
+}
+
+impl Device<'_> {
+    /// A short description for reports: `cpu` or the adapter's name.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu (reference)".into(),
+            Device::Gpu(ctx) => ctx.adapter_name(),
+        }
+    }
+}
+
+/// Quantizes `sample` under `config` on the CPU and measures it.
 pub fn evaluate(sample: &KvSample, preset: &str, config: &QuantConfig) -> Result<PresetMetrics> {
-    let cache = PackedCache::quantize(&sample.k, &sample.v, config, &[])?;
-    let (k_hat, v_hat) = cache.dequantize();
+    evaluate_on(Device::Cpu, sample, preset, config)
+}
+
+/// Quantizes and dequantizes `sample` under `config` on `device` and measures it.
+pub fn evaluate_on(
+    device: Device<'_>,
+    sample: &KvSample,
+    preset: &str,
+    config: &QuantConfig,
+) -> Result<PresetMetrics> {
+    let (cache, (k_hat, v_hat)) = match device {
+        Device::Cpu => {
+            let cache = PackedCache::quantize(&sample.k, &sample.v, config, &[])?;
+            let dense = cache.dequantize();
+            (cache, dense)
+        }
+        Device::Gpu(ctx) => {
+            let cache = quantize_cache(ctx, &sample.k, &sample.v, config, &[])?;
+            let dense = dequantize_cache(ctx, &cache)?;
+            (cache, dense)
+        }
+    };
     let size = cache.size();
     Ok(PresetMetrics {
         preset: preset.to_string(),
@@ -110,9 +152,10 @@ pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
-/// The report as one JSON document (the CLI's `--json` format).
-pub fn to_json(reports: &[FileReport]) -> serde_json::Value {
+/// The report as one JSON document (the CLI's `--json` format); `device` names where it ran.
+pub fn to_json(reports: &[FileReport], device: &str) -> serde_json::Value {
     json!({
+        "device": device,
         "files": reports.iter().map(|r| json!({
             "file": r.file,
             "presets": r.presets.iter().map(|m| json!({
@@ -126,9 +169,9 @@ pub fn to_json(reports: &[FileReport]) -> serde_json::Value {
     })
 }
 
-/// The report as an aligned text table.
-pub fn to_table(reports: &[FileReport]) -> String {
-    let mut out = String::new();
+/// The report as an aligned text table; `device` names where it ran.
+pub fn to_table(reports: &[FileReport], device: &str) -> String {
+    let mut out = format!("device: {device}\n");
     for r in reports {
         out.push_str(&format!("{}\n", r.file));
         out.push_str(&format!(

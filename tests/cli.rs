@@ -1,0 +1,81 @@
+//! The command line end to end: the main job, JSON output, and GPU/CPU agreement.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn vidkv(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vidkv {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_slice(&vidkv(args).stdout).expect("one JSON document on stdout")
+}
+
+#[test]
+fn the_main_job_prints_every_preset_for_both_bundled_samples() {
+    let out = String::from_utf8(vidkv(&[]).stdout).unwrap();
+    for needle in [
+        "device:",
+        "smollm2_text_sample",
+        "dinov2_video_sample",
+        "fp16",
+        "kivi2",
+        "vidkv-paper",
+        "k2v2-channel",
+        "vidkv ",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
+}
+
+#[test]
+fn gpu_and_cpu_report_the_same_numbers() {
+    let gpu = json(&["report", "--json", "--device", "gpu"]);
+    let cpu = json(&["report", "--json", "--device", "cpu"]);
+    assert!(
+        gpu["device"].as_str().unwrap().contains('('),
+        "adapter named: {}",
+        gpu["device"]
+    );
+    assert_eq!(cpu["device"], "cpu (reference)");
+    let files = gpu["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    for (g, c) in files.iter().zip(cpu["files"].as_array().unwrap()) {
+        assert_eq!(g["file"], c["file"]);
+        let presets = g["presets"].as_array().unwrap();
+        assert_eq!(presets.len(), 5);
+        for (gp, cp) in presets.iter().zip(c["presets"].as_array().unwrap()) {
+            for key in ["k_rel_mse", "v_rel_mse", "attn_rel_err"] {
+                let (a, b) = (gp[key].as_f64().unwrap(), cp[key].as_f64().unwrap());
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1e-12),
+                    "{} {key}: gpu {a} cpu {b}",
+                    gp["preset"]
+                );
+            }
+            assert_eq!(gp["bits_per_element"], cp["bits_per_element"]);
+        }
+    }
+}
+
+#[test]
+fn sizes_reports_vidkv_within_the_bit_budget() {
+    let doc = json(&["sizes", "--tokens", "16384", "--json"]);
+    let vidkv = doc["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["preset"] == "vidkv")
+        .unwrap();
+    assert!(vidkv["bits_per_element"]["all"].as_f64().unwrap() <= 2.2);
+}
