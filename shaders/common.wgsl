@@ -40,6 +40,23 @@ struct Params {
     block_tokens: u32,
     // Offset (in blocks) where this dispatch writes its channel statistics.
     block_offset: u32,
+    // Attention: KV heads, query rows per KV head (GQA group × query positions), query
+    // positions per query head (M), query rows handled by this dispatch (a tile), first
+    // absolute position of the segment, its length in tokens, splits before this segment,
+    // tokens per split, total splits of the context, first stored row/element of the
+    // segment, whether values carry an STP position list, and the softmax scale 1/√d.
+    kv_heads: u32,
+    rows_per_head: u32,
+    queries: u32,
+    tile_rows: u32,
+    segment_start: u32,
+    segment_len: u32,
+    split_offset: u32,
+    split_size: u32,
+    total_splits: u32,
+    segment_first: u32,
+    stp: u32,
+    scale: f32,
 }
 
 // Index of this invocation in a dispatch of (x, y, 1) workgroups of WORKGROUP_SIZE.
@@ -95,4 +112,32 @@ fn ternary_digit(v: f32, threshold: f32) -> u32 {
 fn next_twiddle_index(k: u32, step: u32, n: u32) -> u32 {
     let next = k + step;
     return select(next, next - n, next >= n);
+}
+
+// Attention query rows: rows of KV head h are its GQA group's query heads × the query
+// positions, head-major; a dispatch handles the tile of rows starting at row_offset.
+struct QueryRow {
+    // Row index over all KV heads.
+    row: u32,
+    kv_head: u32,
+    // Query head (over all query heads) and query position index.
+    q_head: u32,
+    query: u32,
+}
+
+fn query_row(row_in_tile: u32) -> QueryRow {
+    let row = params.row_offset + row_in_tile;
+    let kv_head = row / params.rows_per_head;
+    let within = row % params.rows_per_head;
+    let group = params.rows_per_head / params.queries;
+    return QueryRow(row, kv_head, kv_head * group + within / params.queries, within % params.queries);
+}
+
+// The value of f16 number i (0…7) of a vec4<u32> of packed pairs.
+fn unpack_f16_octet(words: vec4<u32>) -> array<f32, 8> {
+    let a = unpack2x16float(words.x);
+    let b = unpack2x16float(words.y);
+    let c = unpack2x16float(words.z);
+    let d = unpack2x16float(words.w);
+    return array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
 }

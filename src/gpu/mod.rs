@@ -4,8 +4,10 @@
 //! - [`quantize`]: channel split, 2-bit, real DFT + sign, ternary and exact-row kernels that
 //!   write exactly the packed format of [`crate::packed`].
 //! - [`dequantize`]: packed planes back to dense f32.
+//! - [`attention`]: fused attention on the packed cache, and the f16 baseline.
 //! - [`shaders`]: the WGSL sources.
 
+pub mod attention;
 pub mod dequantize;
 pub mod quantize;
 pub mod runtime;

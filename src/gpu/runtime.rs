@@ -45,6 +45,18 @@ pub struct Params {
     pub blocks: u32,
     pub block_tokens: u32,
     pub block_offset: u32,
+    pub kv_heads: u32,
+    pub rows_per_head: u32,
+    pub queries: u32,
+    pub tile_rows: u32,
+    pub segment_start: u32,
+    pub segment_len: u32,
+    pub split_offset: u32,
+    pub split_size: u32,
+    pub total_splits: u32,
+    pub segment_first: u32,
+    pub stp: u32,
+    pub scale: f32,
 }
 
 /// How to pick the adapter and which limits to honour.
@@ -318,6 +330,31 @@ impl GpuContext {
     pub fn upload<T: Pod>(&self, role: &'static str, data: &[T]) -> Result<Arc<wgpu::Buffer>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.buffer(role, bytes.len() as u64)?;
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buffer, 0, bytes);
+        }
+        Ok(buffer)
+    }
+
+    /// A storage buffer owned by the caller (not pooled), filled with `data`.
+    pub fn create_storage<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let size = (bytes.len() as u64).max(16).next_multiple_of(16);
+        if size > self.max_binding {
+            return Err(VidkvError::Gpu(format!(
+                "`{label}` needs {size} bytes, over the {} byte storage binding limit",
+                self.max_binding
+            )));
+        }
+        self.check_lost()?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
         if !bytes.is_empty() {
             self.queue.write_buffer(&buffer, 0, bytes);
         }

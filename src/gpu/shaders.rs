@@ -37,9 +37,18 @@ pub const DEQUANTIZE_SIGN: Kernel = kernel!("dequantize_sign", ["to_coefficients
 pub const INVERSE_DFT: Kernel = kernel!("inverse_dft", ["main"]);
 pub const DEQUANTIZE_TERNARY: Kernel = kernel!("dequantize_ternary", ["main"]);
 pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
+pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
+pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
+pub const ATTENTION_SCORES_PACKED: Kernel = kernel!("attention_scores_packed", ["main"]);
+pub const ATTENTION_SOFTMAX: Kernel = kernel!("attention_softmax", ["main"]);
+pub const ATTENTION_VALUES_EXACT: Kernel = kernel!("attention_values_exact", ["main"]);
+pub const ATTENTION_VALUES_TERNARY: Kernel = kernel!("attention_values_ternary", ["main"]);
+pub const ATTENTION_VALUES_TWO_BIT: Kernel =
+    kernel!("attention_values_two_bit", ["per_channel", "per_token"]);
+pub const ATTENTION_COMBINE: Kernel = kernel!("attention_combine", ["main"]);
 
 /// Every kernel, in pipeline order.
-pub const ALL: [Kernel; 12] = [
+pub const ALL: [Kernel; 20] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -52,6 +61,14 @@ pub const ALL: [Kernel; 12] = [
     INVERSE_DFT,
     DEQUANTIZE_TERNARY,
     UNPACK_EXACT,
+    ATTENTION_QUERIES,
+    ATTENTION_SCORES_EXACT,
+    ATTENTION_SCORES_PACKED,
+    ATTENTION_SOFTMAX,
+    ATTENTION_VALUES_EXACT,
+    ATTENTION_VALUES_TERNARY,
+    ATTENTION_VALUES_TWO_BIT,
+    ATTENTION_COMBINE,
 ];
 
 impl Kernel {

@@ -1,0 +1,645 @@
+//! Attention straight from the packed cache on the GPU (and the f16 baseline with the same
+//! structure): `softmax(q·Kᵀ/√d + mask)·V` for M query rows per query head, GQA, over the
+//! exact sinks, the quantized history and the exact recent window, with no dense K̂ or V̂.
+//!
+//! A call runs, per tile of query rows:
+//! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
+//!    channels, then Mᵀq over the DFT-domain normal channels);
+//! 2. per segment (sinks, quantized history, tail) — `attention_scores_*` writes q·k for the
+//!    segment's tokens, `attention_softmax` turns each split of [`SPLIT_TOKENS`] into
+//!    weights with a split-local maximum and sum, and `attention_values_*` accumulates
+//!    Σ p·v per split;
+//! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
+//!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
+//!
+//! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
+
+use super::quantize::twiddles;
+use super::runtime::{GpuContext, Params};
+use super::shaders::{
+    ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED,
+    ATTENTION_SOFTMAX, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY, ATTENTION_VALUES_TWO_BIT,
+};
+use crate::config::{Grouping, TokenPlan};
+use crate::error::{Result, VidkvError};
+use crate::packed::{PackedCache, PackedKeys, PackedValues, ValueSlot};
+use crate::tensor::check_finite;
+
+/// Tokens per split of the softmax (a multiple of every supported group size).
+pub const SPLIT_TOKENS: usize = 1024;
+
+enum Keys {
+    /// Only exact rows (fp16).
+    Exact,
+    /// Per-channel 2-bit rows (`outliers` of them) and sign rows (`normals`).
+    Packed {
+        outliers: usize,
+        normals: usize,
+        fft: bool,
+        codes: wgpu::Buffer,
+        scale_min: wgpu::Buffer,
+        sign_codes: wgpu::Buffer,
+        sign_scales: wgpu::Buffer,
+    },
+}
+
+enum Values {
+    Exact,
+    TwoBit {
+        grouping: Grouping,
+        rows: usize,
+        groups: usize,
+        codes: wgpu::Buffer,
+        scale_min: wgpu::Buffer,
+    },
+    Ternary {
+        groups: usize,
+        kept_groups: usize,
+        plain: usize,
+        stp: bool,
+        codes: wgpu::Buffer,
+        scales: wgpu::Buffer,
+        kept_codes: wgpu::Buffer,
+        kept_params: wgpu::Buffer,
+        positions: wgpu::Buffer,
+        /// Per split of the quantized segment: (first ternary element, count, first
+        /// protected element, count).
+        split_elements: wgpu::Buffer,
+    },
+}
+
+/// One layer of a packed cache resident on the GPU, ready for [`attend`].
+pub struct GpuLayer {
+    kv_heads: usize,
+    head_dim: usize,
+    group_size: usize,
+    plan: TokenPlan,
+    exact_keys: wgpu::Buffer,
+    exact_values: wgpu::Buffer,
+    /// Channel order per KV head: outliers ascending, then normals ascending.
+    order: wgpu::Buffer,
+    twiddles: wgpu::Buffer,
+    keys: Keys,
+    values: Values,
+}
+
+/// A contiguous run of positions stored one way.
+#[derive(Clone, Copy, Debug)]
+enum SegmentKind {
+    /// Exact rows starting at this row of the exact-row array.
+    Exact {
+        first_row: usize,
+    },
+    Quantized,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    kind: SegmentKind,
+    start: usize,
+    len: usize,
+    split_offset: usize,
+}
+
+impl Segment {
+    fn splits(&self) -> usize {
+        self.len.div_ceil(SPLIT_TOKENS)
+    }
+}
+
+impl GpuLayer {
+    /// Uploads layer `layer` of `cache`. The fused kernels need per-channel keys and a
+    /// head_dim that is a multiple of 8 (every supported model's is).
+    pub fn upload(ctx: &GpuContext, cache: &PackedCache, layer: usize) -> Result<Self> {
+        let shape = cache.shape;
+        let d = shape.head_dim;
+        if d % 8 != 0 || d > super::quantize::MAX_HEAD_DIM {
+            return Err(VidkvError::InvalidConfig(format!(
+                "GPU attention needs a head_dim that is a multiple of 8 up to {}, got {d}",
+                super::quantize::MAX_HEAD_DIM
+            )));
+        }
+        if layer >= shape.layers {
+            return Err(VidkvError::InvalidConfig(format!(
+                "layer {layer} is beyond the cache's {} layers",
+                shape.layers
+            )));
+        }
+        let heads = &cache.heads[layer * shape.kv_heads..(layer + 1) * shape.kv_heads];
+        let plan = heads[0].plan;
+        let concat = |f: &dyn Fn(&crate::packed::PackedHead) -> Vec<u32>| -> Vec<u32> {
+            heads.iter().flat_map(f).collect()
+        };
+        let exact_keys =
+            ctx.create_storage("exact keys", &concat(&|h| h.exact_keys.data.clone()))?;
+        let exact_values =
+            ctx.create_storage("exact values", &concat(&|h| h.exact_values.data.clone()))?;
+        let identity: Vec<u32> = (0..d as u32).collect();
+        let mut order = Vec::with_capacity(d * heads.len());
+        let keys = match &heads[0].keys {
+            PackedKeys::Exact => {
+                heads.iter().for_each(|_| order.extend(&identity));
+                Keys::Exact
+            }
+            PackedKeys::TwoBit {
+                grouping: Grouping::PerToken,
+                ..
+            } => {
+                return Err(VidkvError::InvalidConfig(
+                    "GPU attention reads per-channel keys; per-token key grouping is not supported"
+                        .into(),
+                ))
+            }
+            PackedKeys::TwoBit { .. } => {
+                heads.iter().for_each(|_| order.extend(&identity));
+                let plane = |h: &crate::packed::PackedHead| match &h.keys {
+                    PackedKeys::TwoBit { plane, .. } => plane.clone(),
+                    _ => unreachable!("all heads of a cache share a scheme"),
+                };
+                Keys::Packed {
+                    outliers: d,
+                    normals: 0,
+                    fft: false,
+                    codes: ctx.create_storage("key codes", &concat(&|h| plane(h).codes))?,
+                    scale_min: ctx.create_storage("key params", &concat(&|h| plane(h).params))?,
+                    sign_codes: ctx.create_storage("key sign codes", &[0u32])?,
+                    sign_scales: ctx.create_storage("key sign scales", &[0u32])?,
+                }
+            }
+            PackedKeys::Mixed(first) => {
+                let mixed = |h: &crate::packed::PackedHead| match &h.keys {
+                    PackedKeys::Mixed(m) => m.clone(),
+                    _ => unreachable!("all heads of a cache share a scheme"),
+                };
+                for head in heads {
+                    let split = mixed(head).split(d);
+                    order.extend(
+                        split
+                            .outliers
+                            .iter()
+                            .chain(&split.normals)
+                            .map(|&c| c as u32),
+                    );
+                }
+                let outliers = first.outliers.shape.rows;
+                Keys::Packed {
+                    outliers,
+                    normals: d - outliers,
+                    fft: first.fft,
+                    codes: ctx
+                        .create_storage("key codes", &concat(&|h| mixed(h).outliers.codes))?,
+                    scale_min: ctx
+                        .create_storage("key params", &concat(&|h| mixed(h).outliers.params))?,
+                    sign_codes: ctx
+                        .create_storage("key sign codes", &concat(&|h| mixed(h).normals.codes))?,
+                    sign_scales: ctx
+                        .create_storage("key sign scales", &concat(&|h| mixed(h).normals.scales))?,
+                }
+            }
+        };
+        let values = match &heads[0].values {
+            PackedValues::Exact => Values::Exact,
+            PackedValues::TwoBit { grouping, plane } => {
+                let two_bit = |h: &crate::packed::PackedHead| match &h.values {
+                    PackedValues::TwoBit { plane, .. } => plane.clone(),
+                    _ => unreachable!("all heads of a cache share a scheme"),
+                };
+                Values::TwoBit {
+                    grouping: *grouping,
+                    rows: plane.shape.rows,
+                    groups: plane.shape.groups(),
+                    codes: ctx.create_storage("value codes", &concat(&|h| two_bit(h).codes))?,
+                    scale_min: ctx
+                        .create_storage("value params", &concat(&|h| two_bit(h).params))?,
+                }
+            }
+            PackedValues::Ternary { plane, protected } => {
+                let ternary = |h: &crate::packed::PackedHead| match &h.values {
+                    PackedValues::Ternary { plane, protected } => {
+                        (plane.clone(), protected.clone())
+                    }
+                    _ => unreachable!("all heads of a cache share a scheme"),
+                };
+                let slots: Vec<ValueSlot> = heads[0].value_slots(&cache.protected).collect();
+                let (positions, split_elements) = stp_layout(&slots, plan.quantized_start());
+                Values::Ternary {
+                    groups: plane.shape.groups(),
+                    kept_groups: protected.shape.groups(),
+                    plain: plane.shape.len,
+                    stp: protected.shape.len > 0,
+                    codes: ctx.create_storage("value codes", &concat(&|h| ternary(h).0.codes))?,
+                    scales: ctx
+                        .create_storage("value scales", &concat(&|h| ternary(h).0.scales))?,
+                    kept_codes: ctx
+                        .create_storage("protected codes", &concat(&|h| ternary(h).1.codes))?,
+                    kept_params: ctx
+                        .create_storage("protected params", &concat(&|h| ternary(h).1.params))?,
+                    positions: if protected.shape.len > 0 {
+                        ctx.create_storage("value positions", &positions)?
+                    } else {
+                        ctx.create_storage("value positions", &[0u32])?
+                    },
+                    split_elements: ctx.create_storage("split elements", &split_elements)?,
+                }
+            }
+        };
+        let normals = match keys {
+            Keys::Packed { normals, .. } => normals,
+            Keys::Exact => 0,
+        };
+        Ok(GpuLayer {
+            kv_heads: shape.kv_heads,
+            head_dim: d,
+            group_size: cache.config.group_size,
+            plan,
+            exact_keys,
+            exact_values,
+            order: ctx.create_storage("channel order", &order)?,
+            twiddles: ctx.create_storage("twiddles", &twiddles(normals.max(1)))?,
+            keys,
+            values,
+        })
+    }
+
+    /// Tokens in the layer.
+    pub fn tokens(&self) -> usize {
+        self.plan.tokens
+    }
+
+    /// Bytes of cache this layer stores on the GPU (what one full attention pass reads).
+    pub fn cache_bytes(&self) -> u64 {
+        let mut total = self.exact_keys.size() + self.exact_values.size();
+        if let Keys::Packed {
+            codes,
+            scale_min,
+            sign_codes,
+            sign_scales,
+            ..
+        } = &self.keys
+        {
+            total += codes.size() + scale_min.size() + sign_codes.size() + sign_scales.size();
+        }
+        total += match &self.values {
+            Values::Exact => 0,
+            Values::TwoBit {
+                codes, scale_min, ..
+            } => codes.size() + scale_min.size(),
+            Values::Ternary {
+                codes,
+                scales,
+                kept_codes,
+                kept_params,
+                positions,
+                stp,
+                ..
+            } => {
+                codes.size()
+                    + scales.size()
+                    + if *stp {
+                        kept_codes.size() + kept_params.size() + positions.size()
+                    } else {
+                        0
+                    }
+            }
+        };
+        total
+    }
+
+    fn segments(&self) -> Vec<Segment> {
+        let plan = self.plan;
+        let mut segments = Vec::with_capacity(3);
+        let mut split_offset = 0;
+        let mut push = |kind, start, len| {
+            if len > 0 {
+                let segment = Segment {
+                    kind,
+                    start,
+                    len,
+                    split_offset,
+                };
+                split_offset += segment.splits();
+                segments.push(segment);
+            }
+        };
+        push(SegmentKind::Exact { first_row: 0 }, 0, plan.sinks);
+        push(
+            SegmentKind::Quantized,
+            plan.quantized_start(),
+            plan.quantized,
+        );
+        push(
+            SegmentKind::Exact {
+                first_row: plan.sinks,
+            },
+            plan.quantized_end(),
+            plan.tail(),
+        );
+        segments
+    }
+}
+
+/// The ternary elements' positions (then the protected ones) and, per split of the
+/// quantized segment, which elements of each plane fall in it.
+fn stp_layout(slots: &[ValueSlot], start: usize) -> (Vec<u32>, Vec<[u32; 4]>) {
+    let mut plain = Vec::new();
+    let mut kept = Vec::new();
+    let mut splits = Vec::new();
+    for (chunk_index, chunk) in slots.chunks(SPLIT_TOKENS).enumerate() {
+        let (plain_first, kept_first) = (plain.len(), kept.len());
+        for (i, slot) in chunk.iter().enumerate() {
+            let position = (start + chunk_index * SPLIT_TOKENS + i) as u32;
+            match slot {
+                ValueSlot::Plain(_) => plain.push(position),
+                ValueSlot::Protected(_) => kept.push(position),
+            }
+        }
+        splits.push([
+            plain_first as u32,
+            (plain.len() - plain_first) as u32,
+            kept_first as u32,
+            (kept.len() - kept_first) as u32,
+        ]);
+    }
+    plain.extend(kept);
+    (plain, splits)
+}
+
+/// Attention of `q` (`[q_heads, queries, head_dim]`, f32) over `layer`, where query
+/// position index m sees the positions `visible[m] = (lo, hi)`, `lo..hi`. Returns
+/// `[q_heads, queries, head_dim]`. Query head h reads KV head h / (q_heads / kv_heads).
+pub fn attend(
+    ctx: &GpuContext,
+    layer: &GpuLayer,
+    q: &[f32],
+    q_heads: usize,
+    visible: &[(u32, u32)],
+) -> Result<Vec<f32>> {
+    let d = layer.head_dim;
+    let queries = visible.len();
+    if q_heads == 0 || q_heads % layer.kv_heads != 0 {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "q".into(),
+            detail: format!(
+                "{q_heads} query heads are not a positive multiple of {} KV heads",
+                layer.kv_heads
+            ),
+        });
+    }
+    if queries == 0 || q.len() != q_heads * queries * d {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "q".into(),
+            detail: format!(
+                "expected {q_heads} heads × {queries} queries × {d} = {} values, got {}",
+                q_heads * queries * d,
+                q.len()
+            ),
+        });
+    }
+    check_finite("q", q, &[q_heads, queries, d])?;
+    if let Some(&(lo, hi)) = visible
+        .iter()
+        .find(|&&(lo, hi)| lo >= hi || hi as usize > layer.tokens())
+    {
+        return Err(VidkvError::InvalidConfig(format!(
+            "visible range {lo}..{hi} is empty or beyond the {} tokens",
+            layer.tokens()
+        )));
+    }
+    let _exclusive = ctx.exclusive();
+    let rows_per_head = (q_heads / layer.kv_heads) * queries;
+    let total_rows = rows_per_head * layer.kv_heads;
+    let segments = layer.segments();
+    let total_splits: usize = segments.iter().map(Segment::splits).sum();
+    let longest = segments.iter().map(|s| s.len).max().unwrap_or(1);
+    let per_row = (longest.max(total_splits * d) * 4) as u64;
+    let tile_rows = ((ctx.max_data_bytes() / per_row) as usize).clamp(1, total_rows);
+
+    let q_buffer = ctx.upload("attention q", q)?;
+    let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
+    let visible_buffer = ctx.upload("attention visible", &visible_flat)?;
+    let output_words = q_heads * queries * d;
+    let output = ctx.output("attention output", output_words)?;
+    let natural = ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?;
+    let planar = ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?;
+    let scores = ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?;
+    let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
+    let partial = ctx.buffer(
+        "attention partial",
+        (tile_rows * total_splits * d * 4) as u64,
+    )?;
+    let (outliers, normals, fft) = match layer.keys {
+        Keys::Packed {
+            outliers,
+            normals,
+            fft,
+            ..
+        } => (outliers, normals, fft),
+        Keys::Exact => (d, 0, false),
+    };
+    let base = Params {
+        width: d as u32,
+        group_size: layer.group_size as u32,
+        outliers: outliers as u32,
+        dft_len: normals as u32,
+        scale_rule: u32::from(fft),
+        scale: 1.0 / (d as f32).sqrt(),
+        kv_heads: layer.kv_heads as u32,
+        rows_per_head: rows_per_head as u32,
+        queries: queries as u32,
+        total_splits: total_splits as u32,
+        split_size: SPLIT_TOKENS as u32,
+        ..Default::default()
+    };
+    let mut row_offset = 0;
+    while row_offset < total_rows {
+        let rows = tile_rows.min(total_rows - row_offset);
+        let tile = Params {
+            row_offset: row_offset as u32,
+            tile_rows: rows as u32,
+            ..base
+        };
+        let mut batch = ctx.batch();
+        batch.dispatch(
+            &ATTENTION_QUERIES,
+            "main",
+            Params {
+                invocations: (rows * d) as u32,
+                ..tile
+            },
+            &[&q_buffer, &layer.order, &layer.twiddles, &natural, &planar],
+        );
+        for segment in &segments {
+            let seg = Params {
+                segment_start: segment.start as u32,
+                segment_len: segment.len as u32,
+                split_offset: segment.split_offset as u32,
+                ..tile
+            };
+            record_scores(
+                &mut batch, layer, segment, seg, rows, &natural, &planar, &scores,
+            );
+            batch.dispatch(
+                &ATTENTION_SOFTMAX,
+                "main",
+                Params {
+                    invocations: (rows * segment.splits()) as u32,
+                    ..seg
+                },
+                &[&visible_buffer, &scores, &stats],
+            );
+            record_values(&mut batch, layer, segment, seg, rows, &scores, &partial);
+        }
+        batch.dispatch(
+            &ATTENTION_COMBINE,
+            "main",
+            Params {
+                invocations: (rows * d) as u32,
+                ..tile
+            },
+            &[&stats, &partial, &output],
+        );
+        batch.submit()?;
+        row_offset += rows;
+    }
+    let words = ctx.read_output(&output, "attention output", output_words)?;
+    Ok(words.into_iter().map(f32::from_bits).collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_scores(
+    batch: &mut super::runtime::Batch<'_>,
+    layer: &GpuLayer,
+    segment: &Segment,
+    seg: Params,
+    rows: usize,
+    natural: &wgpu::Buffer,
+    planar: &wgpu::Buffer,
+    scores: &wgpu::Buffer,
+) {
+    match (segment.kind, &layer.keys) {
+        (SegmentKind::Exact { first_row }, _) => batch.dispatch(
+            &ATTENTION_SCORES_EXACT,
+            "main",
+            Params {
+                rows: layer.plan.exact() as u32,
+                segment_first: first_row as u32,
+                invocations: (rows * segment.len.div_ceil(32)) as u32,
+                ..seg
+            },
+            &[natural, &layer.exact_keys, scores],
+        ),
+        (
+            SegmentKind::Quantized,
+            Keys::Packed {
+                codes,
+                scale_min,
+                sign_codes,
+                sign_scales,
+                ..
+            },
+        ) => {
+            let groups = segment.len / layer.group_size;
+            batch.dispatch(
+                &ATTENTION_SCORES_PACKED,
+                "main",
+                Params {
+                    groups: groups as u32,
+                    invocations: (rows * groups * layer.group_size.div_ceil(32)) as u32,
+                    ..seg
+                },
+                &[planar, codes, scale_min, sign_codes, sign_scales, scores],
+            );
+        }
+        (SegmentKind::Quantized, Keys::Exact) => {
+            unreachable!("an fp16 cache has no quantized segment")
+        }
+    }
+}
+
+fn record_values(
+    batch: &mut super::runtime::Batch<'_>,
+    layer: &GpuLayer,
+    segment: &Segment,
+    seg: Params,
+    rows: usize,
+    scores: &wgpu::Buffer,
+    partial: &wgpu::Buffer,
+) {
+    let d = layer.head_dim;
+    let splits = segment.splits();
+    match (segment.kind, &layer.values) {
+        (SegmentKind::Exact { first_row }, _) => batch.dispatch(
+            &ATTENTION_VALUES_EXACT,
+            "main",
+            Params {
+                rows: layer.plan.exact() as u32,
+                segment_first: first_row as u32,
+                invocations: (rows * splits * d / 8) as u32,
+                ..seg
+            },
+            &[scores, &layer.exact_values, partial],
+        ),
+        (
+            SegmentKind::Quantized,
+            Values::TwoBit {
+                grouping,
+                rows: plane_rows,
+                groups,
+                codes,
+                scale_min,
+            },
+        ) => batch.dispatch(
+            &ATTENTION_VALUES_TWO_BIT,
+            match grouping {
+                Grouping::PerChannel => "per_channel",
+                Grouping::PerToken => "per_token",
+            },
+            Params {
+                rows: *plane_rows as u32,
+                groups: *groups as u32,
+                invocations: (rows * splits * d / 8) as u32,
+                ..seg
+            },
+            &[scores, codes, scale_min, partial],
+        ),
+        (
+            SegmentKind::Quantized,
+            Values::Ternary {
+                groups,
+                kept_groups,
+                plain,
+                stp,
+                codes,
+                scales,
+                kept_codes,
+                kept_params,
+                positions,
+                split_elements,
+            },
+        ) => batch.dispatch(
+            &ATTENTION_VALUES_TERNARY,
+            "main",
+            Params {
+                groups: *groups as u32,
+                blocks: *kept_groups as u32,
+                len: *plain as u32,
+                stp: u32::from(*stp),
+                invocations: (rows * splits * d.div_ceil(5)) as u32,
+                ..seg
+            },
+            &[
+                scores,
+                split_elements,
+                codes,
+                scales,
+                kept_codes,
+                kept_params,
+                positions,
+                partial,
+            ],
+        ),
+        (SegmentKind::Quantized, Values::Exact) => {
+            unreachable!("an fp16 cache has no quantized segment")
+        }
+    }
+}
