@@ -5,14 +5,15 @@
 //
 // Bindings: 0 params (uniform Params: width = d, outliers = k two-bit rows, dft_len = n
 //           sign rows, group_size, groups (per plane row), segment_len, rows_per_head,
-//           queries, row_offset, invocations = tile rows · groups · ⌈group_size/32⌉)
+//           queries, row_offset, invocations = groups · ⌈group_size/32⌉ per row)
 //           1 queries     (storage, read): f32 [tile rows][d], plane order, scaled
 //           2 codes       (storage, read): u32 [kv_heads][k][groups][⌈2G/32⌉]
 //           3 scale_min   (storage, read): u32 [kv_heads][k][groups], f16 scale + min
 //           4 sign_codes  (storage, read): u32 [kv_heads][n][groups][⌈G/32⌉]
 //           5 sign_scales (storage, read): u32 [kv_heads][⌈n/2⌉][groups], f16 pairs
-//           6 scores      (storage, read_write): f32 [tile rows][segment_len]
-// Dispatch: one invocation per (tile row, 32-token slice); 2-D grid of WORKGROUP_SIZE.
+//           6 scores      (storage, read_write): f32 [tile rows][score_stride()]
+// Dispatch: grid (⌈slices/WORKGROUP_SIZE⌉, tile rows): workgroup y is the query row, so its
+// query loads are uniform; one invocation per 32-token slice of a group.
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> queries: array<f32>;
@@ -28,27 +29,33 @@ fn main(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let index = linear_index(workgroup, workgroups, local);
-    if (index >= params.invocations) {
+    let item = workgroup.x * WORKGROUP_SIZE + local;
+    if (item >= params.invocations) {
         return;
     }
     let g_size = params.group_size;
     let slices = (g_size + 31u) / 32u;
-    let per_row = params.groups * slices;
-    let tile_row = index / per_row;
-    let group = (index % per_row) / slices;
-    let slice = index % slices;
+    let tile_row = workgroup.y;
+    let group = item / slices;
+    let slice = item % slices;
     let count = min(32u, g_size - slice * 32u);
     let r = query_row(tile_row);
     let d = params.width;
     let k = params.outliers;
     let n = params.dft_len;
-    var acc: array<f32, 32>;
-    for (var t = 0u; t < 32u; t = t + 1u) {
-        acc[t] = 0.0;
-    }
+    // 32 accumulators as eight vec4s with constant indices: dynamically indexed arrays
+    // would live in memory on CPU drivers.
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
     var bias = 0.0;
     let two_bit_words = (2u * g_size + 31u) / 32u;
+    let shifts2 = vec4<u32>(0u, 2u, 4u, 6u);
     for (var c = 0u; c < k; c = c + 1u) {
         let qc = queries[tile_row * d + c];
         let record = (r.kv_head * k + c) * params.groups + group;
@@ -61,23 +68,35 @@ fn main(
         if (count > 16u) {
             high = codes[word_base + 1u];
         }
-        for (var t = 0u; t < 16u; t = t + 1u) {
-            acc[t] = acc[t] + qs * f32((low >> (2u * t)) & 3u);
-            acc[t + 16u] = acc[t + 16u] + qs * f32((high >> (2u * t)) & 3u);
-        }
+        a0 = a0 + qs * vec4<f32>((vec4<u32>(low) >> shifts2) & vec4<u32>(3u));
+        a1 = a1 + qs * vec4<f32>((vec4<u32>(low >> 8u) >> shifts2) & vec4<u32>(3u));
+        a2 = a2 + qs * vec4<f32>((vec4<u32>(low >> 16u) >> shifts2) & vec4<u32>(3u));
+        a3 = a3 + qs * vec4<f32>((vec4<u32>(low >> 24u) >> shifts2) & vec4<u32>(3u));
+        a4 = a4 + qs * vec4<f32>((vec4<u32>(high) >> shifts2) & vec4<u32>(3u));
+        a5 = a5 + qs * vec4<f32>((vec4<u32>(high >> 8u) >> shifts2) & vec4<u32>(3u));
+        a6 = a6 + qs * vec4<f32>((vec4<u32>(high >> 16u) >> shifts2) & vec4<u32>(3u));
+        a7 = a7 + qs * vec4<f32>((vec4<u32>(high >> 24u) >> shifts2) & vec4<u32>(3u));
     }
     let sign_words = (g_size + 31u) / 32u;
+    let shifts1 = vec4<u32>(0u, 1u, 2u, 3u);
+    let one = vec4<u32>(1u);
     for (var j = 0u; j < n; j = j + 1u) {
         let qj = queries[tile_row * d + k + j];
         let pair = unpack2x16float(sign_scales[(r.kv_head * ((n + 1u) / 2u) + j / 2u) * params.groups + group]);
-        let qs = qj * select(pair.x, pair.y, (j & 1u) == 1u);
+        let qs = vec4<f32>(qj * select(pair.x, pair.y, (j & 1u) == 1u));
         let word = sign_codes[((r.kv_head * n + j) * params.groups + group) * sign_words + slice];
-        for (var t = 0u; t < 32u; t = t + 1u) {
-            acc[t] = acc[t] + select(-qs, qs, ((word >> t) & 1u) == 1u);
-        }
+        a0 = a0 + select(-qs, qs, ((vec4<u32>(word) >> shifts1) & one) == one);
+        a1 = a1 + select(-qs, qs, ((vec4<u32>(word >> 4u) >> shifts1) & one) == one);
+        a2 = a2 + select(-qs, qs, ((vec4<u32>(word >> 8u) >> shifts1) & one) == one);
+        a3 = a3 + select(-qs, qs, ((vec4<u32>(word >> 12u) >> shifts1) & one) == one);
+        a4 = a4 + select(-qs, qs, ((vec4<u32>(word >> 16u) >> shifts1) & one) == one);
+        a5 = a5 + select(-qs, qs, ((vec4<u32>(word >> 20u) >> shifts1) & one) == one);
+        a6 = a6 + select(-qs, qs, ((vec4<u32>(word >> 24u) >> shifts1) & one) == one);
+        a7 = a7 + select(-qs, qs, ((vec4<u32>(word >> 28u) >> shifts1) & one) == one);
     }
+    let acc = array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
     let first = group * g_size + slice * 32u;
     for (var t = 0u; t < count; t = t + 1u) {
-        scores[tile_row * params.segment_len + first + t] = acc[t] + bias;
+        scores[tile_row * score_stride() + first + t] = acc[t / 4u][t % 4u] + bias;
     }
 }

@@ -7,7 +7,8 @@
 //           total_splits, rows_per_head, queries, row_offset,
 //           invocations = tile rows · splits of the segment)
 //           1 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
-//           2 scores  (storage, read_write): f32 [tile rows][segment_len]
+//           2 scores  (storage, read_write): f32 [tile rows][score_stride()]; the
+//             padding after the segment's last token is set to 0
 //           3 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
 // Dispatch: one invocation per (tile row, split); 2-D grid of WORKGROUP_SIZE.
 
@@ -35,7 +36,7 @@ fn main(
     let range = visible[r.query];
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
-    let base = tile_row * params.segment_len;
+    let base = tile_row * score_stride();
     var m = LOWEST;
     for (var t = first; t < end; t = t + 1u) {
         let position = params.segment_start + t;
@@ -52,6 +53,11 @@ fn main(
         }
         scores[base + t] = p;
         l = l + p;
+    }
+    if (end == params.segment_len) {
+        for (var t = end; t < score_stride(); t = t + 1u) {
+            scores[base + t] = 0.0;
+        }
     }
     stats[tile_row * params.total_splits + params.split_offset + split] = vec2<f32>(m, l);
 }

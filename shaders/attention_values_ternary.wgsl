@@ -7,8 +7,8 @@
 //           channel, blocks = protected-plane groups per channel, len = ternary elements
 //           (offset of the protected positions in `positions`), stp (1: positions are
 //           listed), segment_start, segment_len, split_offset, total_splits, rows_per_head,
-//           queries, row_offset, invocations = tile rows · splits · ⌈d/5⌉)
-//           1 weights     (storage, read): f32 [tile rows][segment_len]
+//           queries, row_offset)
+//           1 weights     (storage, read): vec4<f32> [tile rows][score_stride()/4]
 //           2 split_elements (storage, read): vec4<u32> per split of the segment:
 //             (first ternary element, count, first protected element, count)
 //           3 codes       (storage, read): u32 [kv_heads][⌈d/5⌉][groups][⌈G/4⌉]
@@ -18,10 +18,11 @@
 //           7 positions   (storage, read): u32 [len + protected]: absolute positions of the
 //             ternary elements, then of the protected elements (read when stp = 1)
 //           8 partial     (storage, read_write): f32 [tile rows][total_splits][d]
-// Dispatch: one invocation per (tile row, split, five-channel block); 2-D grid.
+// Dispatch: grid (splits of the segment, tile rows); the VALUE_LANES invocations of a
+// workgroup share its weights (uniform loads) and take the five-channel blocks in turn.
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weights: array<f32>;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> split_elements: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> codes: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
@@ -31,81 +32,164 @@
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 
 fn channel_scale(kv_head: u32, channel: u32, group: u32) -> f32 {
+    if (channel >= params.width) {
+        return 0.0;
+    }
     let half_rows = (params.width + 1u) / 2u;
     let pair = unpack2x16float(scales[(kv_head * half_rows + channel / 2u) * params.groups + group]);
     return select(pair.x, pair.y, (channel & 1u) == 1u);
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
+// x̂ of element i of a protected-plane group for one channel (0 past the last channel).
+fn kept_value(kv_head: u32, channel: u32, group: u32, i: u32) -> f32 {
+    if (channel >= params.width) {
+        return 0.0;
+    }
+    let words = (2u * params.group_size + 31u) / 32u;
+    let record = (kv_head * params.width + channel) * params.blocks + group;
+    let code = f32((kept_codes[record * words + i / 16u] >> (2u * (i % 16u))) & 3u);
+    let q = unpack2x16float(kept_params[record]);
+    return code * q.x + q.y;
+}
+
+// Base-3 digits 0…3 of byte `k` of a word (the trits of channels 5b…5b+3, plus one).
+// Exact float arithmetic: cheaper than integer division on CPU drivers.
+fn digits(word: u32, k: u32) -> vec4<f32> {
+    var rest = f32((word >> (8u * k)) & 0xffu);
+    var out = vec4<f32>(0.0);
+    var next = floor(rest * (1.0 / 3.0) + 0.1);
+    out.x = rest - 3.0 * next;
+    rest = next;
+    next = floor(rest * (1.0 / 3.0) + 0.1);
+    out.y = rest - 3.0 * next;
+    rest = next;
+    next = floor(rest * (1.0 / 3.0) + 0.1);
+    out.z = rest - 3.0 * next;
+    rest = next;
+    next = floor(rest * (1.0 / 3.0) + 0.1);
+    out.w = rest - 3.0 * next;
+    return out;
+}
+
+// Base-3 digit 4 of byte `k` of a word: ⌊byte / 81⌋.
+fn digit4(word: u32, k: u32) -> f32 {
+    return floor(f32((word >> (8u * k)) & 0xffu) * (1.0 / 81.0) + 0.01);
+}
+
+fn weight_of(tile_row: u32, element: u32, listed: bool) -> f32 {
+    var position = params.segment_start + element;
+    if (listed) {
+        position = positions[element];
+    }
+    let at = tile_row * score_stride() + position - params.segment_start;
+    return weights[at / 4u][at % 4u];
+}
+
+@compute @workgroup_size(VALUE_LANES)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let index = linear_index(workgroup, workgroups, local);
-    if (index >= params.invocations) {
-        return;
-    }
     let d = params.width;
     let g_size = params.group_size;
     let blocks5 = (d + 4u) / 5u;
-    let splits = (params.segment_len + params.split_size - 1u) / params.split_size;
-    let block = index % blocks5;
-    let split = (index / blocks5) % splits;
-    let tile_row = index / (blocks5 * splits);
-    let r = query_row(tile_row);
+    let split = workgroup.x;
+    let tile_row = workgroup.y;
+    let kv_head = query_row(tile_row).kv_head;
     let elements = split_elements[split];
-    let row_weights = tile_row * params.segment_len;
     let record_words = (g_size + 3u) / 4u;
-    var acc = array<f32, 5>(0.0, 0.0, 0.0, 0.0, 0.0);
-    var sums = array<f32, 5>(0.0, 0.0, 0.0, 0.0, 0.0);
+    let listed = params.stp == 1u;
     let end = elements.x + elements.y;
-    for (var e = elements.x; e < end; e = e + 1u) {
-        var position = params.segment_start + e;
-        if (params.stp == 1u) {
-            position = positions[e];
-        }
-        let p = weights[row_weights + position - params.segment_start];
-        let group = e / g_size;
-        let i = e % g_size;
-        let word = codes[((r.kv_head * blocks5 + block) * params.groups + group) * record_words + i / 4u];
-        var byte = (word >> (8u * (i % 4u))) & 0xffu;
-        for (var j = 0u; j < 5u; j = j + 1u) {
-            sums[j] = sums[j] + p * (f32(byte % 3u) - 1.0);
-            byte = byte / 3u;
-        }
-        if (i == g_size - 1u || e + 1u == end) {
-            for (var j = 0u; j < 5u; j = j + 1u) {
-                let channel = 5u * block + j;
-                if (channel < d) {
-                    acc[j] = acc[j] + sums[j] * channel_scale(r.kv_head, channel, group);
+    for (var block = local; block < blocks5; block = block + VALUE_LANES) {
+        var acc = vec4<f32>(0.0);
+        var acc4 = 0.0;
+        var s0 = 0.0;
+        var s1 = 0.0;
+        var s2 = 0.0;
+        var s3 = 0.0;
+        var s4 = 0.0;
+        // Group by group, so that the only divisions by the group size are per group.
+        var e = elements.x;
+        while (e < end) {
+            let group = e / g_size;
+            let first_i = e % g_size;
+            let count = min(end - e, g_size - first_i);
+            let record = ((kv_head * blocks5 + block) * params.groups + group) * record_words;
+            var word = codes[record + first_i / 4u];
+            // t = digit − 1 (subtracting Σ p afterwards would cancel catastrophically).
+            if (listed || first_i % 4u != 0u || count % 4u != 0u) {
+                for (var i = first_i; i < first_i + count; i = i + 1u) {
+                    if (i % 4u == 0u) {
+                        word = codes[record + i / 4u];
+                    }
+                    let p = weight_of(tile_row, e + i - first_i, listed);
+                    let t = digits(word, i % 4u) - vec4<f32>(1.0);
+                    s0 = s0 + p * t.x;
+                    s1 = s1 + p * t.y;
+                    s2 = s2 + p * t.z;
+                    s3 = s3 + p * t.w;
+                    s4 = s4 + p * (digit4(word, i % 4u) - 1.0);
                 }
-                sums[j] = 0.0;
+            } else {
+                // Whole aligned words: four tokens per weight load and per code load.
+                let row_weights = (tile_row * score_stride() + e) / 4u;
+                for (var i = first_i; i < first_i + count; i = i + 4u) {
+                    let p = weights[row_weights + (i - first_i) / 4u];
+                    let w = codes[record + i / 4u];
+                    let one = vec4<f32>(1.0);
+                    let d0 = digits(w, 0u) - one;
+                    let d1 = digits(w, 1u) - one;
+                    let d2 = digits(w, 2u) - one;
+                    let d3 = digits(w, 3u) - one;
+                    s0 = s0 + dot(p, vec4<f32>(d0.x, d1.x, d2.x, d3.x));
+                    s1 = s1 + dot(p, vec4<f32>(d0.y, d1.y, d2.y, d3.y));
+                    s2 = s2 + dot(p, vec4<f32>(d0.z, d1.z, d2.z, d3.z));
+                    s3 = s3 + dot(p, vec4<f32>(d0.w, d1.w, d2.w, d3.w));
+                    s4 = s4 + dot(p, vec4<f32>(digit4(w, 0u), digit4(w, 1u), digit4(w, 2u), digit4(w, 3u)) - one);
+                }
             }
+            let c = 5u * block;
+            acc = acc + vec4<f32>(
+                s0 * channel_scale(kv_head, c, group),
+                s1 * channel_scale(kv_head, c + 1u, group),
+                s2 * channel_scale(kv_head, c + 2u, group),
+                s3 * channel_scale(kv_head, c + 3u, group),
+            );
+            acc4 = acc4 + s4 * channel_scale(kv_head, c + 4u, group);
+            s0 = 0.0;
+            s1 = 0.0;
+            s2 = 0.0;
+            s3 = 0.0;
+            s4 = 0.0;
+            e = e + count;
         }
-    }
-    let kept_words = (2u * g_size + 31u) / 32u;
-    let kept_end = elements.z + elements.w;
-    for (var e = elements.z; e < kept_end; e = e + 1u) {
-        let p = weights[row_weights + positions[params.len + e] - params.segment_start];
-        let group = e / g_size;
-        let i = e % g_size;
-        for (var j = 0u; j < 5u; j = j + 1u) {
-            let channel = 5u * block + j;
-            if (channel < d) {
-                let record = (r.kv_head * d + channel) * params.blocks + group;
-                let word = kept_codes[record * kept_words + i / 16u];
-                let code = f32((word >> (2u * (i % 16u))) & 3u);
-                let q = unpack2x16float(kept_params[record]);
-                acc[j] = acc[j] + p * (code * q.x + q.y);
-            }
+        let kept_end = elements.z + elements.w;
+        let c = 5u * block;
+        for (var e = elements.z; e < kept_end; e = e + 1u) {
+            let p = weight_of(tile_row, params.len + e, true);
+            let group = e / g_size;
+            let i = e % g_size;
+            acc = acc + p * vec4<f32>(
+                kept_value(kv_head, c, group, i),
+                kept_value(kv_head, c + 1u, group, i),
+                kept_value(kv_head, c + 2u, group, i),
+                kept_value(kv_head, c + 3u, group, i),
+            );
+            acc4 = acc4 + p * kept_value(kv_head, c + 4u, group, i);
         }
-    }
-    let out = (tile_row * params.total_splits + params.split_offset + split) * d;
-    for (var j = 0u; j < 5u; j = j + 1u) {
-        let channel = 5u * block + j;
-        if (channel < d) {
-            partial[out + channel] = acc[j];
+        let out = (tile_row * params.total_splits + params.split_offset + split) * d + c;
+        partial[out] = acc.x;
+        if (c + 1u < d) {
+            partial[out + 1u] = acc.y;
+        }
+        if (c + 2u < d) {
+            partial[out + 2u] = acc.z;
+        }
+        if (c + 3u < d) {
+            partial[out + 3u] = acc.w;
+        }
+        if (c + 4u < d) {
+            partial[out + 4u] = acc4;
         }
     }
 }

@@ -7,6 +7,8 @@
 // ternary code rules, and the real-DFT twiddle lookup.
 
 const WORKGROUP_SIZE: u32 = 64u;
+// Invocations of the attention value kernels: one workgroup per (split, query row).
+const VALUE_LANES: u32 = 32u;
 const MAX_GROUP_SIZE: u32 = 128u;
 
 // One parameter block for all kernels; each kernel documents the fields it reads.
@@ -114,8 +116,9 @@ fn next_twiddle_index(k: u32, step: u32, n: u32) -> u32 {
     return select(next, next - n, next >= n);
 }
 
-// Attention query rows: rows of KV head h are its GQA group's query heads × the query
-// positions, head-major; a dispatch handles the tile of rows starting at row_offset.
+// Attention query rows: rows of KV head h are its query positions × its GQA group's query
+// heads, position-major, so the g rows that share (KV head, position) are adjacent; a
+// dispatch handles the tile of rows starting at row_offset (tiles hold whole such runs).
 struct QueryRow {
     // Row index over all KV heads.
     row: u32,
@@ -130,7 +133,13 @@ fn query_row(row_in_tile: u32) -> QueryRow {
     let kv_head = row / params.rows_per_head;
     let within = row % params.rows_per_head;
     let group = params.rows_per_head / params.queries;
-    return QueryRow(row, kv_head, kv_head * group + within / params.queries, within % params.queries);
+    return QueryRow(row, kv_head, kv_head * group + within % group, within / group);
+}
+
+// Floats between the score rows of consecutive query rows: the segment length rounded up
+// to a multiple of 4, so that weights can be read as aligned vec4s.
+fn score_stride() -> u32 {
+    return (params.segment_len + 3u) & ~3u;
 }
 
 // The value of f16 number i (0…7) of a vec4<u32> of packed pairs.

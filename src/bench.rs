@@ -1,5 +1,6 @@
-//! Benchmarks behind `vidkv bench`: quantization throughput, CPU reference against the GPU
-//! kernels, measured in one run on the same synthetic cache.
+//! Benchmarks behind `vidkv bench`: quantization throughput (CPU reference against the GPU
+//! kernels) and decode-attention latency of each preset against the fp16 baseline, each
+//! measured in one run on the same synthetic cache.
 //!
 //! Timings are wall clock around whole calls (upload, kernels and read-back included for the
 //! GPU), after one warm-up call that pays the pipelines' compilation. Compare figures only
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use crate::config::QuantConfig;
 use crate::error::Result;
+use crate::gpu::attention::{attend, GpuLayer};
 use crate::gpu::quantize::quantize_cache;
 use crate::gpu::GpuContext;
 use crate::packed::{CacheShape, PackedCache};
@@ -99,4 +101,107 @@ pub fn quantize_throughput(
             })
         })
         .collect()
+}
+
+/// One decode-attention case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionResult {
+    pub preset: String,
+    pub context: usize,
+    /// Median time of one decode step (GPU timestamps when available, else wall clock).
+    pub median_ms: f64,
+    /// Median wall-clock time of the call (upload of the query and read-back included).
+    pub wall_median_ms: f64,
+    /// fp16 median at the same context divided by this median (> 1: faster than fp16).
+    pub ratio_to_fp16: f64,
+    /// Bytes of cache the step reads (every stored word of the layer).
+    pub bytes_read: u64,
+    pub gb_per_s: f64,
+}
+
+/// Decode latency (one query position per query head, all of the context visible) of each
+/// preset at each context, for one layer of `kv_heads` KV heads and `q_heads` query heads.
+/// The first preset should be `fp16`, the baseline of `ratio_to_fp16`.
+pub fn attention_latency(
+    ctx: &GpuContext,
+    contexts: &[usize],
+    presets: &[(String, QuantConfig)],
+    kv_heads: usize,
+    q_heads: usize,
+    head_dim: usize,
+    runs: usize,
+) -> Result<(Vec<AttentionResult>, bool)> {
+    let timestamps = ctx.start_profiling();
+    let mut results = Vec::new();
+    for &context in contexts {
+        let shape = CacheShape {
+            layers: 1,
+            kv_heads,
+            tokens: context,
+            head_dim,
+        };
+        let k = synthetic_tensor(shape, 3);
+        let v = synthetic_tensor(shape, 4);
+        let q: Vec<f32> = synthetic_tensor(
+            CacheShape {
+                layers: 1,
+                kv_heads: q_heads,
+                tokens: 1,
+                head_dim,
+            },
+            5,
+        )
+        .data
+        .iter()
+        .map(|x| x * 0.3)
+        .collect();
+        let visible = [(0u32, context as u32)];
+        let layers = presets
+            .iter()
+            .map(|(_, config)| {
+                let cache = PackedCache::quantize(&k, &v, config, &[])?;
+                GpuLayer::upload(ctx, &cache, 0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for layer in &layers {
+            for _ in 0..2 {
+                attend(ctx, layer, &q, q_heads, &visible)?;
+            }
+        }
+        ctx.take_gpu_time_ms();
+        // Round-robin over the presets, so that drift of a shared machine hits all alike.
+        let mut gpu_times = vec![Vec::with_capacity(runs); layers.len()];
+        let mut wall_times = vec![Vec::with_capacity(runs); layers.len()];
+        for _ in 0..runs.max(1) {
+            for (i, layer) in layers.iter().enumerate() {
+                let start = Instant::now();
+                attend(ctx, layer, &q, q_heads, &visible)?;
+                wall_times[i].push(start.elapsed().as_secs_f64() * 1e3);
+                if let Some(ms) = ctx.take_gpu_time_ms() {
+                    gpu_times[i].push(ms);
+                }
+            }
+        }
+        let mut baseline = None;
+        for (i, ((name, _), layer)) in presets.iter().zip(&layers).enumerate() {
+            let wall_median_ms = median(wall_times[i].clone());
+            let median_ms = if gpu_times[i].is_empty() {
+                wall_median_ms
+            } else {
+                median(gpu_times[i].clone())
+            };
+            let fp16 = *baseline.get_or_insert(median_ms);
+            let bytes_read = layer.cache_bytes();
+            results.push(AttentionResult {
+                preset: name.clone(),
+                context,
+                median_ms,
+                wall_median_ms,
+                ratio_to_fp16: fp16 / median_ms,
+                bytes_read,
+                gb_per_s: bytes_read as f64 / (median_ms / 1e3) / 1e9,
+            });
+        }
+    }
+    Ok((results, timestamps))
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::quantize_throughput;
+use crate::bench::{attention_latency, quantize_throughput};
 use crate::config::{QuantConfig, PRESET_NAMES};
 use crate::error::{Result, VidkvError};
 use crate::gpu::{GpuContext, GpuOptions};
@@ -58,6 +58,31 @@ enum BenchCommand {
     /// Quantization throughput per preset, CPU reference and GPU kernels in one run, on one
     /// layer of a Qwen2-7B-shaped cache (4 KV heads, d = 128, 16k tokens by default).
     Quantize(BenchQuantizeArgs),
+    /// Decode-attention latency on the GPU per preset and context, against the fp16
+    /// baseline in the same run (Qwen2-7B shape: 28 query heads, 4 KV heads, d = 128).
+    Attention(BenchAttentionArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchAttentionArgs {
+    /// Context length in tokens (repeatable). Default: 1024, 4096, 16384, 65536.
+    #[arg(long = "context", value_name = "N")]
+    contexts: Vec<usize>,
+    #[arg(long, default_value_t = 28)]
+    q_heads: usize,
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Timed runs per case (after two warm-ups); the median is reported.
+    #[arg(long, default_value_t = 9)]
+    runs: usize,
+    /// A preset besides the fp16 baseline (repeatable). Default: kivi2, vidkv-paper, vidkv.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +184,7 @@ pub fn main() -> ExitCode {
         Some(Command::Report(args)) => run_report(&args),
         Some(Command::Sizes(args)) => run_sizes(&args),
         Some(Command::Bench(BenchCommand::Quantize(args))) => run_bench_quantize(&args),
+        Some(Command::Bench(BenchCommand::Attention(args))) => run_bench_attention(&args),
         None => run_report(&ReportArgs::default()),
     };
     match result {
@@ -200,6 +226,87 @@ fn run_report(args: &ReportArgs) -> Result<()> {
         println!("{}", to_json(&reports, &device.describe()));
     } else {
         print!("{}", to_table(&reports, &device.describe()));
+    }
+    Ok(())
+}
+
+fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
+    let mut names = vec!["fp16".to_string()];
+    if args.presets.is_empty() {
+        names.extend(["kivi2", "vidkv-paper", "vidkv"].map(String::from));
+    } else {
+        names.extend(args.presets.iter().filter(|p| *p != "fp16").cloned());
+    }
+    let presets = resolve_presets(&names, None, None)?;
+    let contexts = if args.contexts.is_empty() {
+        vec![1024, 4096, 16384, 65536]
+    } else {
+        args.contexts.clone()
+    };
+    if contexts.contains(&0)
+        || args.kv_heads == 0
+        || args.head_dim == 0
+        || args.q_heads % args.kv_heads.max(1) != 0
+    {
+        return Err(VidkvError::InvalidConfig(
+            "contexts and head counts must be positive, q_heads a multiple of kv_heads".into(),
+        ));
+    }
+    let gpu = GpuContext::new(&GpuOptions::default())?;
+    let (results, timestamps) = attention_latency(
+        &gpu,
+        &contexts,
+        &presets,
+        args.kv_heads,
+        args.q_heads,
+        args.head_dim,
+        args.runs,
+    )?;
+    let timing = if timestamps {
+        "gpu timestamps"
+    } else {
+        "wall clock"
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "adapter": gpu.adapter_name(),
+            "timing": timing,
+            "shape": {"q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "layers": 1},
+            "results": results.iter().map(|r| serde_json::json!({
+                "preset": r.preset,
+                "context": r.context,
+                "median_ms": r.median_ms,
+                "wall_median_ms": r.wall_median_ms,
+                "ratio_to_fp16": r.ratio_to_fp16,
+                "bytes_read": r.bytes_read,
+                "gb_per_s": r.gb_per_s,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    println!(
+        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; timing: {timing}",
+        args.q_heads,
+        args.kv_heads,
+        args.head_dim,
+        gpu.adapter_name()
+    );
+    println!(
+        "  {:<14} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
+        "preset", "context", "median ms", "wall ms", "vs fp16", "bytes read", "GB/s"
+    );
+    for r in &results {
+        println!(
+            "  {:<14} {:>8} {:>11.3} {:>9.3} {:>8.2}x {:>13} {:>8.2}",
+            r.preset,
+            r.context,
+            r.median_ms,
+            r.wall_median_ms,
+            r.ratio_to_fp16,
+            r.bytes_read,
+            r.gb_per_s
+        );
     }
     Ok(())
 }

@@ -410,9 +410,19 @@ pub fn attend(
     let total_rows = rows_per_head * layer.kv_heads;
     let segments = layer.segments();
     let total_splits: usize = segments.iter().map(Segment::splits).sum();
-    let longest = segments.iter().map(|s| s.len).max().unwrap_or(1);
+    // Score rows are padded to a multiple of 4 floats (`score_stride` in the shaders).
+    let longest = segments
+        .iter()
+        .map(|s| s.len.next_multiple_of(4))
+        .max()
+        .unwrap_or(4);
     let per_row = (longest.max(total_splits * d) * 4) as u64;
-    let tile_rows = ((ctx.max_data_bytes() / per_row) as usize).clamp(1, total_rows);
+    // Tiles hold whole runs of the `gqa` rows that share a KV head and a query position.
+    let gqa = q_heads / layer.kv_heads;
+    let tile_rows = ((ctx.max_data_bytes() / per_row) as usize)
+        .clamp(1, total_rows)
+        .min(ctx.max_workgroups_per_dimension() as usize);
+    let tile_rows = (tile_rows / gqa).max(1) * gqa;
 
     let q_buffer = ctx.upload("attention q", q)?;
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
@@ -505,6 +515,14 @@ pub fn attend(
     Ok(words.into_iter().map(f32::from_bits).collect())
 }
 
+/// The grid of a per-row kernel: `items` invocations in x for each of `rows` rows in y.
+fn per_row_grid(items: usize, rows: usize) -> (u32, u32) {
+    (
+        items.div_ceil(super::runtime::WORKGROUP_SIZE as usize) as u32,
+        rows as u32,
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn record_scores(
     batch: &mut super::runtime::Batch<'_>,
@@ -517,17 +535,21 @@ fn record_scores(
     scores: &wgpu::Buffer,
 ) {
     match (segment.kind, &layer.keys) {
-        (SegmentKind::Exact { first_row }, _) => batch.dispatch(
-            &ATTENTION_SCORES_EXACT,
-            "main",
-            Params {
-                rows: layer.plan.exact() as u32,
-                segment_first: first_row as u32,
-                invocations: (rows * segment.len.div_ceil(32)) as u32,
-                ..seg
-            },
-            &[natural, &layer.exact_keys, scores],
-        ),
+        (SegmentKind::Exact { first_row }, _) => {
+            let blocks = segment.len.div_ceil(32);
+            batch.dispatch_grid(
+                &ATTENTION_SCORES_EXACT,
+                "main",
+                Params {
+                    rows: layer.plan.exact() as u32,
+                    segment_first: first_row as u32,
+                    invocations: blocks as u32,
+                    ..seg
+                },
+                &[natural, &layer.exact_keys, scores],
+                per_row_grid(blocks, rows),
+            )
+        }
         (
             SegmentKind::Quantized,
             Keys::Packed {
@@ -539,15 +561,17 @@ fn record_scores(
             },
         ) => {
             let groups = segment.len / layer.group_size;
-            batch.dispatch(
+            let slices = groups * layer.group_size.div_ceil(32);
+            batch.dispatch_grid(
                 &ATTENTION_SCORES_PACKED,
                 "main",
                 Params {
                     groups: groups as u32,
-                    invocations: (rows * groups * layer.group_size.div_ceil(32)) as u32,
+                    invocations: slices as u32,
                     ..seg
                 },
                 &[planar, codes, scale_min, sign_codes, sign_scales, scores],
+                per_row_grid(slices, rows),
             );
         }
         (SegmentKind::Quantized, Keys::Exact) => {
@@ -565,19 +589,18 @@ fn record_values(
     scores: &wgpu::Buffer,
     partial: &wgpu::Buffer,
 ) {
-    let d = layer.head_dim;
-    let splits = segment.splits();
+    let grid = (segment.splits() as u32, rows as u32);
     match (segment.kind, &layer.values) {
-        (SegmentKind::Exact { first_row }, _) => batch.dispatch(
+        (SegmentKind::Exact { first_row }, _) => batch.dispatch_grid(
             &ATTENTION_VALUES_EXACT,
             "main",
             Params {
                 rows: layer.plan.exact() as u32,
                 segment_first: first_row as u32,
-                invocations: (rows * splits * d / 8) as u32,
                 ..seg
             },
             &[scores, &layer.exact_values, partial],
+            grid,
         ),
         (
             SegmentKind::Quantized,
@@ -588,7 +611,7 @@ fn record_values(
                 codes,
                 scale_min,
             },
-        ) => batch.dispatch(
+        ) => batch.dispatch_grid(
             &ATTENTION_VALUES_TWO_BIT,
             match grouping {
                 Grouping::PerChannel => "per_channel",
@@ -597,10 +620,10 @@ fn record_values(
             Params {
                 rows: *plane_rows as u32,
                 groups: *groups as u32,
-                invocations: (rows * splits * d / 8) as u32,
                 ..seg
             },
             &[scores, codes, scale_min, partial],
+            grid,
         ),
         (
             SegmentKind::Quantized,
@@ -616,7 +639,7 @@ fn record_values(
                 positions,
                 split_elements,
             },
-        ) => batch.dispatch(
+        ) => batch.dispatch_grid(
             &ATTENTION_VALUES_TERNARY,
             "main",
             Params {
@@ -624,7 +647,6 @@ fn record_values(
                 blocks: *kept_groups as u32,
                 len: *plain as u32,
                 stp: u32::from(*stp),
-                invocations: (rows * splits * d.div_ceil(5)) as u32,
                 ..seg
             },
             &[
@@ -637,6 +659,7 @@ fn record_values(
                 positions,
                 partial,
             ],
+            grid,
         ),
         (SegmentKind::Quantized, Values::Exact) => {
             unreachable!("an fp16 cache has no quantized segment")

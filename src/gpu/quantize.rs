@@ -173,7 +173,7 @@ pub fn channel_split(
     let mask_words = width.div_ceil(32);
     let mask = ctx.output("split mask", mask_words)?;
     let mut batch = ctx.batch();
-    batch.dispatch_single(
+    batch.dispatch_grid(
         &CHANNEL_SPLIT,
         "main",
         Params {
@@ -184,6 +184,7 @@ pub fn channel_split(
             ..Default::default()
         },
         &[&ranges, &order, &mask],
+        (1, 1),
     );
     batch.submit()?;
     Ok(GpuSplit {

@@ -93,6 +93,15 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
     exclusive: Mutex<()>,
+    /// Accumulated GPU time of submitted batches, when profiling is on.
+    profile: Mutex<Option<Profile>>,
+}
+
+/// GPU-side timing of batches with timestamp queries.
+struct Profile {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    nanoseconds: f64,
 }
 
 /// A compute pipeline and the bindings of group 0 its entry point uses.
@@ -161,7 +170,8 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
-                required_features: wgpu::Features::empty(),
+                // Timestamp queries are optional: requested where offered, for benchmarks.
+                required_features: features & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -201,6 +211,7 @@ impl GpuContext {
             lost,
             uncaptured,
             exclusive: Mutex::new(()),
+            profile: Mutex::new(None),
         })
     }
 
@@ -222,6 +233,11 @@ impl GpuContext {
     /// Largest storage binding the kernels may use, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Workgroups allowed per grid dimension.
+    pub fn max_workgroups_per_dimension(&self) -> u32 {
+        self.max_workgroups
     }
 
     /// Bytes of one binding left for data once the guard words are reserved.
@@ -336,6 +352,44 @@ impl GpuContext {
         Ok(buffer)
     }
 
+    /// Starts measuring GPU time with timestamp queries, if the adapter has them; returns
+    /// whether it does. [`GpuContext::take_gpu_time_ms`] reads and resets the total.
+    pub fn start_profiling(&self) -> bool {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return false;
+        }
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("vidkv timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp resolve"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        *self.profile.lock().expect("profile") = Some(Profile {
+            queries,
+            resolve,
+            nanoseconds: 0.0,
+        });
+        true
+    }
+
+    /// GPU time of the batches submitted since the last call, in milliseconds (None when
+    /// profiling is off).
+    pub fn take_gpu_time_ms(&self) -> Option<f64> {
+        let mut profile = self.profile.lock().expect("profile");
+        profile
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.nanoseconds) / 1e6)
+    }
+
     /// A storage buffer owned by the caller (not pooled), filled with `data`.
     pub fn create_storage<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
@@ -388,15 +442,56 @@ impl GpuContext {
 
     /// Starts a batch of dispatches recorded into one command buffer.
     pub fn batch(&self) -> Batch<'_> {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vidkv"),
+            });
+        let profiled = self.timestamp_pass(&mut encoder, 0);
         Batch {
             context: self,
-            encoder: self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("vidkv"),
-                }),
+            encoder,
             error: None,
+            profiled,
         }
+    }
+
+    /// Records an empty pass that writes timestamp `index` when profiling; returns whether
+    /// it did.
+    fn timestamp_pass(&self, encoder: &mut wgpu::CommandEncoder, index: u32) -> bool {
+        let profile = self.profile.lock().expect("profile");
+        let Some(p) = profile.as_ref() else {
+            return false;
+        };
+        let writes = wgpu::ComputePassTimestampWrites {
+            query_set: &p.queries,
+            beginning_of_pass_write_index: (index == 0).then_some(0),
+            end_of_pass_write_index: (index == 1).then_some(1),
+        };
+        drop(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("timestamp"),
+            timestamp_writes: Some(writes),
+        }));
+        if index == 1 {
+            encoder.resolve_query_set(&p.queries, 0..2, &p.resolve, 0);
+        }
+        true
+    }
+
+    /// Adds the GPU time of the batch just waited for to the profile.
+    fn record_gpu_time(&self) -> Result<()> {
+        let resolve = match self.profile.lock().expect("profile").as_ref() {
+            Some(p) => p.resolve.clone(),
+            None => return Ok(()),
+        };
+        let stamps = self.read_words(&resolve, 4)?;
+        let start = u64::from(stamps[0]) | (u64::from(stamps[1]) << 32);
+        let end = u64::from(stamps[2]) | (u64::from(stamps[3]) << 32);
+        let period = f64::from(self.queue.get_timestamp_period());
+        if let Some(p) = self.profile.lock().expect("profile").as_mut() {
+            p.nanoseconds += end.saturating_sub(start) as f64 * period;
+        }
+        Ok(())
     }
 
     /// Copies the first `words` u32 of `buffer` back to the host.
@@ -514,6 +609,8 @@ pub struct Batch<'a> {
     context: &'a GpuContext,
     encoder: wgpu::CommandEncoder,
     error: Option<VidkvError>,
+    /// Whether the batch opened with a timestamp (profiling was on).
+    profiled: bool,
 }
 
 impl Batch<'_> {
@@ -535,18 +632,29 @@ impl Batch<'_> {
         }
     }
 
-    /// Records a single-workgroup kernel (one workgroup whatever `params.invocations`).
-    pub fn dispatch_single(
+    /// Records a kernel over an explicit (x, y) grid of workgroups; the kernel reads its
+    /// coordinates from `workgroup_id`. Nothing is recorded when either side is 0.
+    pub fn dispatch_grid(
         &mut self,
         kernel: &Kernel,
         entry: &'static str,
         params: Params,
         buffers: &[&wgpu::Buffer],
+        grid: (u32, u32),
     ) {
-        if self.error.is_some() {
+        if self.error.is_some() || grid.0 == 0 || grid.1 == 0 {
             return;
         }
-        if let Err(e) = self.record(kernel, entry, params, buffers, (1, 1)) {
+        let limit = self.context.max_workgroups;
+        let result = if grid.0 > limit || grid.1 > limit {
+            Err(VidkvError::Gpu(format!(
+                "grid {grid:?} of {} exceeds {limit} workgroups per dimension",
+                kernel.name
+            )))
+        } else {
+            self.record(kernel, entry, params, buffers, grid)
+        };
+        if let Err(e) = result {
             self.error = Some(e);
         }
     }
@@ -617,10 +725,17 @@ impl Batch<'_> {
     }
 
     /// Submits the batch and waits for it.
-    pub fn submit(self) -> Result<()> {
+    pub fn submit(mut self) -> Result<()> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        self.context.submit(self.encoder)
+        if self.profiled {
+            self.context.timestamp_pass(&mut self.encoder, 1);
+        }
+        self.context.submit(self.encoder)?;
+        if self.profiled {
+            self.context.record_gpu_time()?;
+        }
+        Ok(())
     }
 }
