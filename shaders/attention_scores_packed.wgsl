@@ -78,21 +78,23 @@ fn main(
         a7 = a7 + qs * vec4<f32>((vec4<u32>(high >> 24u) >> shifts2) & vec4<u32>(3u));
     }
     let sign_words = (g_size + 31u) / 32u;
-    let shifts1 = vec4<u32>(0u, 1u, 2u, 3u);
-    let one = vec4<u32>(1u);
+    // ±qs by flipping the float sign bit where a code bit is 0: bit i of `flip`, moved to
+    // bit 31, is xored into qs.
+    let to_sign = vec4<u32>(31u, 30u, 29u, 28u);
+    let sign_bit = vec4<u32>(0x80000000u);
     for (var j = 0u; j < n; j = j + 1u) {
         let qj = queries[tile_row * d + k + j];
         let pair = unpack2x16float(sign_scales[(r.kv_head * ((n + 1u) / 2u) + j / 2u) * params.groups + group]);
-        let qs = vec4<f32>(qj * select(pair.x, pair.y, (j & 1u) == 1u));
-        let word = sign_codes[((r.kv_head * n + j) * params.groups + group) * sign_words + slice];
-        a0 = a0 + select(-qs, qs, ((vec4<u32>(word) >> shifts1) & one) == one);
-        a1 = a1 + select(-qs, qs, ((vec4<u32>(word >> 4u) >> shifts1) & one) == one);
-        a2 = a2 + select(-qs, qs, ((vec4<u32>(word >> 8u) >> shifts1) & one) == one);
-        a3 = a3 + select(-qs, qs, ((vec4<u32>(word >> 12u) >> shifts1) & one) == one);
-        a4 = a4 + select(-qs, qs, ((vec4<u32>(word >> 16u) >> shifts1) & one) == one);
-        a5 = a5 + select(-qs, qs, ((vec4<u32>(word >> 20u) >> shifts1) & one) == one);
-        a6 = a6 + select(-qs, qs, ((vec4<u32>(word >> 24u) >> shifts1) & one) == one);
-        a7 = a7 + select(-qs, qs, ((vec4<u32>(word >> 28u) >> shifts1) & one) == one);
+        let qs = vec4<u32>(bitcast<u32>(qj * select(pair.x, pair.y, (j & 1u) == 1u)));
+        let flip = ~sign_codes[((r.kv_head * n + j) * params.groups + group) * sign_words + slice];
+        a0 = a0 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip) << to_sign) & sign_bit));
+        a1 = a1 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 4u) << to_sign) & sign_bit));
+        a2 = a2 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 8u) << to_sign) & sign_bit));
+        a3 = a3 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 12u) << to_sign) & sign_bit));
+        a4 = a4 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 16u) << to_sign) & sign_bit));
+        a5 = a5 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 20u) << to_sign) & sign_bit));
+        a6 = a6 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 24u) << to_sign) & sign_bit));
+        a7 = a7 + bitcast<vec4<f32>>(qs ^ ((vec4<u32>(flip >> 28u) << to_sign) & sign_bit));
     }
     let acc = array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
     let first = group * g_size + slice * 32u;

@@ -52,28 +52,19 @@ fn kept_value(kv_head: u32, channel: u32, group: u32, i: u32) -> f32 {
     return code * q.x + q.y;
 }
 
-// Base-3 digits 0…3 of byte `k` of a word (the trits of channels 5b…5b+3, plus one).
-// Exact float arithmetic: cheaper than integer division on CPU drivers.
-fn digits(word: u32, k: u32) -> vec4<f32> {
-    var rest = f32((word >> (8u * k)) & 0xffu);
-    var out = vec4<f32>(0.0);
-    var next = floor(rest * (1.0 / 3.0) + 0.1);
-    out.x = rest - 3.0 * next;
-    rest = next;
-    next = floor(rest * (1.0 / 3.0) + 0.1);
-    out.y = rest - 3.0 * next;
-    rest = next;
-    next = floor(rest * (1.0 / 3.0) + 0.1);
-    out.z = rest - 3.0 * next;
-    rest = next;
-    next = floor(rest * (1.0 / 3.0) + 0.1);
-    out.w = rest - 3.0 * next;
-    return out;
+// The five trits (base-3 digits − 1) of byte `k` of a word: digits 0…3 and digit 4.
+// qᵢ = ⌊byte / 3^(i+1)⌋ comes from exact float arithmetic (the offset 0.01 is below every
+// fractional gap of a byte < 243), which is cheaper than integer division on CPU drivers.
+struct Trits {
+    low: vec4<f32>,
+    high: f32,
 }
 
-// Base-3 digit 4 of byte `k` of a word: ⌊byte / 81⌋.
-fn digit4(word: u32, k: u32) -> f32 {
-    return floor(f32((word >> (8u * k)) & 0xffu) * (1.0 / 81.0) + 0.01);
+fn trits(word: u32, k: u32) -> Trits {
+    let byte = f32((word >> (8u * k)) & 0xffu);
+    let q = floor(byte * vec4<f32>(1.0 / 3.0, 1.0 / 9.0, 1.0 / 27.0, 1.0 / 81.0) + vec4<f32>(0.01));
+    let digits = vec4<f32>(byte, q.x, q.y, q.z) - 3.0 * q;
+    return Trits(digits - vec4<f32>(1.0), q.w - 1.0);
 }
 
 fn weight_of(tile_row: u32, element: u32, listed: bool) -> f32 {
@@ -123,12 +114,12 @@ fn main(
                         word = codes[record + i / 4u];
                     }
                     let p = weight_of(tile_row, e + i - first_i, listed);
-                    let t = digits(word, i % 4u) - vec4<f32>(1.0);
-                    s0 = s0 + p * t.x;
-                    s1 = s1 + p * t.y;
-                    s2 = s2 + p * t.z;
-                    s3 = s3 + p * t.w;
-                    s4 = s4 + p * (digit4(word, i % 4u) - 1.0);
+                    let t = trits(word, i % 4u);
+                    s0 = s0 + p * t.low.x;
+                    s1 = s1 + p * t.low.y;
+                    s2 = s2 + p * t.low.z;
+                    s3 = s3 + p * t.low.w;
+                    s4 = s4 + p * t.high;
                 }
             } else {
                 // Whole aligned words: four tokens per weight load and per code load.
@@ -136,16 +127,15 @@ fn main(
                 for (var i = first_i; i < first_i + count; i = i + 4u) {
                     let p = weights[row_weights + (i - first_i) / 4u];
                     let w = codes[record + i / 4u];
-                    let one = vec4<f32>(1.0);
-                    let d0 = digits(w, 0u) - one;
-                    let d1 = digits(w, 1u) - one;
-                    let d2 = digits(w, 2u) - one;
-                    let d3 = digits(w, 3u) - one;
-                    s0 = s0 + dot(p, vec4<f32>(d0.x, d1.x, d2.x, d3.x));
-                    s1 = s1 + dot(p, vec4<f32>(d0.y, d1.y, d2.y, d3.y));
-                    s2 = s2 + dot(p, vec4<f32>(d0.z, d1.z, d2.z, d3.z));
-                    s3 = s3 + dot(p, vec4<f32>(d0.w, d1.w, d2.w, d3.w));
-                    s4 = s4 + dot(p, vec4<f32>(digit4(w, 0u), digit4(w, 1u), digit4(w, 2u), digit4(w, 3u)) - one);
+                    let t0 = trits(w, 0u);
+                    let t1 = trits(w, 1u);
+                    let t2 = trits(w, 2u);
+                    let t3 = trits(w, 3u);
+                    s0 = s0 + dot(p, vec4<f32>(t0.low.x, t1.low.x, t2.low.x, t3.low.x));
+                    s1 = s1 + dot(p, vec4<f32>(t0.low.y, t1.low.y, t2.low.y, t3.low.y));
+                    s2 = s2 + dot(p, vec4<f32>(t0.low.z, t1.low.z, t2.low.z, t3.low.z));
+                    s3 = s3 + dot(p, vec4<f32>(t0.low.w, t1.low.w, t2.low.w, t3.low.w));
+                    s4 = s4 + dot(p, vec4<f32>(t0.high, t1.high, t2.high, t3.high));
                 }
             }
             let c = 5u * block;
