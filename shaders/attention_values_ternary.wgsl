@@ -19,7 +19,10 @@
 //             ternary elements, then of the protected elements (read when stp = 1)
 //           8 partial     (storage, read_write): f32 [tile rows][total_splits][d]
 // Dispatch: grid (splits of the segment, tile rows); the VALUE_LANES invocations of a
-// workgroup share its weights (uniform loads) and take the five-channel blocks in turn.
+// workgroup share its weights and take the five-channel blocks in turn, in uniform control
+// flow (idle invocations compute without storing), so that a variant may use subgroups.
+// The entry point and `aligned_run` come from a variant file appended to this one:
+// attention_values_ternary_portable.wgsl or attention_values_ternary_subgroup.wgsl.
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
@@ -52,6 +55,12 @@ fn kept_value(kv_head: u32, channel: u32, group: u32, i: u32) -> f32 {
     return code * q.x + q.y;
 }
 
+// Per-channel sums of a block's five channels.
+struct TritSums {
+    low: vec4<f32>,
+    high: f32,
+}
+
 // The five trits (base-3 digits − 1) of byte `k` of a word: digits 0…3 and digit 4.
 // qᵢ = ⌊byte / 3^(i+1)⌋ comes from exact float arithmetic (the offset 0.01 is below every
 // fractional gap of a byte < 243), which is cheaper than integer division on CPU drivers.
@@ -76,11 +85,9 @@ fn weight_of(tile_row: u32, element: u32, listed: bool) -> f32 {
     return weights[at / 4u][at % 4u];
 }
 
-@compute @workgroup_size(VALUE_LANES)
-fn main(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
+// The kernel body; `lane` and `lanes` are the invocation's subgroup index and the
+// subgroup size for the subgroup variant (0 and 1 in the portable one).
+fn ternary_main(workgroup: vec3<u32>, local: u32, lane: u32, lanes: u32) {
     let d = params.width;
     let g_size = params.group_size;
     let blocks5 = (d + 4u) / 5u;
@@ -91,7 +98,9 @@ fn main(
     let record_words = (g_size + 3u) / 4u;
     let listed = params.stp == 1u;
     let end = elements.x + elements.y;
-    for (var block = local; block < blocks5; block = block + VALUE_LANES) {
+    for (var first_block = 0u; first_block < blocks5; first_block = first_block + VALUE_LANES) {
+        let in_range = first_block + local < blocks5;
+        let block = min(first_block + local, blocks5 - 1u);
         var acc = vec4<f32>(0.0);
         var acc4 = 0.0;
         var s0 = 0.0;
@@ -122,21 +131,12 @@ fn main(
                     s4 = s4 + p * t.high;
                 }
             } else {
-                // Whole aligned words: four tokens per weight load and per code load.
-                let row_weights = (tile_row * score_stride() + e) / 4u;
-                for (var i = first_i; i < first_i + count; i = i + 4u) {
-                    let p = weights[row_weights + (i - first_i) / 4u];
-                    let w = codes[record + i / 4u];
-                    let t0 = trits(w, 0u);
-                    let t1 = trits(w, 1u);
-                    let t2 = trits(w, 2u);
-                    let t3 = trits(w, 3u);
-                    s0 = s0 + dot(p, vec4<f32>(t0.low.x, t1.low.x, t2.low.x, t3.low.x));
-                    s1 = s1 + dot(p, vec4<f32>(t0.low.y, t1.low.y, t2.low.y, t3.low.y));
-                    s2 = s2 + dot(p, vec4<f32>(t0.low.z, t1.low.z, t2.low.z, t3.low.z));
-                    s3 = s3 + dot(p, vec4<f32>(t0.low.w, t1.low.w, t2.low.w, t3.low.w));
-                    s4 = s4 + dot(p, vec4<f32>(t0.high, t1.high, t2.high, t3.high));
-                }
+                let sums = aligned_run(tile_row * score_stride() + e, record + first_i / 4u, count, lane, lanes);
+                s0 = s0 + sums.low.x;
+                s1 = s1 + sums.low.y;
+                s2 = s2 + sums.low.z;
+                s3 = s3 + sums.low.w;
+                s4 = s4 + sums.high;
             }
             let c = 5u * block;
             acc = acc + vec4<f32>(
@@ -166,6 +166,9 @@ fn main(
                 kept_value(kv_head, c + 3u, group, i),
             );
             acc4 = acc4 + p * kept_value(kv_head, c + 4u, group, i);
+        }
+        if (!in_range) {
+            continue;
         }
         let out = (tile_row * params.total_splits + params.split_offset + split) * d + c;
         partial[out] = acc.x;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::config::QuantConfig;
 use crate::error::Result;
-use crate::gpu::attention::{attend, GpuLayer};
+use crate::gpu::attention::{attend_with, GpuLayer, Kernels};
 use crate::gpu::quantize::quantize_cache;
 use crate::gpu::GpuContext;
 use crate::packed::{CacheShape, PackedCache};
@@ -156,26 +156,33 @@ pub fn attention_latency(
         .map(|x| x * 0.3)
         .collect();
         let visible = [(0u32, context as u32)];
-        let layers = presets
-            .iter()
-            .map(|(_, config)| {
-                let cache = PackedCache::quantize(&k, &v, config, &[])?;
-                GpuLayer::upload(ctx, &cache, 0)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for layer in &layers {
+        // Each preset with the fastest kernels, and quantized presets also with the
+        // portable kernels when the adapter has a fast path.
+        let mut cases = Vec::new();
+        for (name, config) in presets {
+            let cache = PackedCache::quantize(&k, &v, config, &[])?;
+            let layer = GpuLayer::upload(ctx, &cache, 0)?;
+            if ctx.uses_subgroups() && !config.is_fp16() {
+                cases.push((format!("{name} (portable)"), Kernels::Portable, layer));
+                let layer = GpuLayer::upload(ctx, &cache, 0)?;
+                cases.push((name.clone(), Kernels::Fastest, layer));
+            } else {
+                cases.push((name.clone(), Kernels::Fastest, layer));
+            }
+        }
+        for (_, kernels, layer) in &cases {
             for _ in 0..2 {
-                attend(ctx, layer, &q, q_heads, &visible)?;
+                attend_with(ctx, layer, &q, q_heads, &visible, *kernels)?;
             }
         }
         ctx.take_gpu_time_ms();
         // Round-robin over the presets, so that drift of a shared machine hits all alike.
-        let mut gpu_times = vec![Vec::with_capacity(runs); layers.len()];
-        let mut wall_times = vec![Vec::with_capacity(runs); layers.len()];
+        let mut gpu_times = vec![Vec::with_capacity(runs); cases.len()];
+        let mut wall_times = vec![Vec::with_capacity(runs); cases.len()];
         for _ in 0..runs.max(1) {
-            for (i, layer) in layers.iter().enumerate() {
+            for (i, (_, kernels, layer)) in cases.iter().enumerate() {
                 let start = Instant::now();
-                attend(ctx, layer, &q, q_heads, &visible)?;
+                attend_with(ctx, layer, &q, q_heads, &visible, *kernels)?;
                 wall_times[i].push(start.elapsed().as_secs_f64() * 1e3);
                 if let Some(ms) = ctx.take_gpu_time_ms() {
                     gpu_times[i].push(ms);
@@ -183,7 +190,7 @@ pub fn attention_latency(
             }
         }
         let mut baseline = None;
-        for (i, ((name, _), layer)) in presets.iter().zip(&layers).enumerate() {
+        for (i, (name, _, layer)) in cases.iter().enumerate() {
             let wall_median_ms = median(wall_times[i].clone());
             let median_ms = if gpu_times[i].is_empty() {
                 wall_median_ms

@@ -1,7 +1,8 @@
 //! Fused GPU attention on the packed cache against the CPU reference attention over the
 //! dequantized cache: relative error ≤ 1e-4 per output row, on the real dev files for every
 //! preset and on generated cases (head_dim 64–256, GQA 1/2/7, M = 1…64, contexts 1…20k).
-//! The output is read back with its guard words checked.
+//! The output is read back with its guard words checked. Every case runs with the fast
+//! paths the adapter offers (subgroups on lavapipe) and with the portable kernels.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 
 use vidkv::config::{QuantConfig, ValueScheme};
-use vidkv::gpu::attention::{attend, GpuLayer};
+use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::io::KvSample;
 use vidkv::reference::attention::{attend_dense, AttentionMask};
@@ -49,7 +50,16 @@ fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) ->
     for layer in 0..shape.layers {
         let gpu_layer = GpuLayer::upload(gpu(), cache, layer).unwrap();
         let q_layer = &q.data[layer * q_heads * queries * d..(layer + 1) * q_heads * queries * d];
-        let out = attend(gpu(), &gpu_layer, q_layer, q_heads, visible).unwrap();
+        // The fast paths the adapter offers, and the portable kernels, always both.
+        let outputs: Vec<(Kernels, Vec<f32>)> = [Kernels::Fastest, Kernels::Portable]
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    attend_with(gpu(), &gpu_layer, q_layer, q_heads, visible, k).unwrap(),
+                )
+            })
+            .collect();
         for qh in 0..q_heads {
             let h = qh / (q_heads / shape.kv_heads);
             let at = (layer * shape.kv_heads + h) * head_len;
@@ -64,12 +74,14 @@ fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) ->
                     &v_hat.data[at..at + head_len],
                     &mask,
                 );
-                let err = relative_l2(&out[row..row + d], &expected);
-                worst = worst.max(err);
-                assert!(
-                    err <= 1e-4,
-                    "{what}: layer {layer} head {qh} query {m}: relative error {err}"
-                );
+                for (kernels, out) in &outputs {
+                    let err = relative_l2(&out[row..row + d], &expected);
+                    worst = worst.max(err);
+                    assert!(
+                        err <= 1e-4,
+                        "{what} ({kernels:?}): layer {layer} head {qh} query {m}: relative error {err}"
+                    );
+                }
             }
         }
     }

@@ -14,13 +14,17 @@ fn every_shader_validates_and_translates_to_every_backend() {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
         // The portable kernels need no optional feature: only pack/unpack2x16float, which
-        // core WebGPU guarantees (wgpu's downlevel flag SHADER_F16_IN_F32).
-        let info = Validator::new(
-            ValidationFlags::all(),
-            Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
+        // core WebGPU guarantees (wgpu's downlevel flag SHADER_F16_IN_F32). Fast paths
+        // declare the subgroup feature they need, and only that.
+        let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if kernel.needs_subgroups {
+            capabilities |= Capabilities::SUBGROUP;
+        }
+        let info = Validator::new(ValidationFlags::all(), capabilities)
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
         let declared: Vec<&str> = module
             .entry_points
             .iter()
@@ -33,10 +37,19 @@ fn every_shader_validates_and_translates_to_every_backend() {
         );
 
         for entry in kernel.entry_points {
+            // Subgroup operations need SPIR-V 1.3, MSL 2.1 and shader model 6.0.
+            let spv_options = spv::Options {
+                lang_version: if kernel.needs_subgroups {
+                    (1, 3)
+                } else {
+                    (1, 0)
+                },
+                ..Default::default()
+            };
             let spirv = spv::write_vec(
                 &module,
                 &info,
-                &spv::Options::default(),
+                &spv_options,
                 Some(&spv::PipelineOptions {
                     shader_stage: ShaderStage::Compute,
                     entry_point: entry.to_string(),
@@ -45,10 +58,18 @@ fn every_shader_validates_and_translates_to_every_backend() {
             .unwrap_or_else(|e| panic!("{}::{entry} SPIR-V: {e}", kernel.name));
             assert_eq!(spirv[0], 0x0723_0203, "SPIR-V magic");
 
+            let msl_options = msl::Options {
+                lang_version: if kernel.needs_subgroups {
+                    (2, 1)
+                } else {
+                    (1, 0)
+                },
+                ..Default::default()
+            };
             msl::write_string(
                 &module,
                 &info,
-                &msl::Options::default(),
+                &msl_options,
                 &msl::PipelineOptions {
                     entry_point: Some((ShaderStage::Compute, entry.to_string())),
                     ..Default::default()
@@ -56,7 +77,14 @@ fn every_shader_validates_and_translates_to_every_backend() {
             )
             .unwrap_or_else(|e| panic!("{}::{entry} MSL: {e}", kernel.name));
 
-            let hlsl_options = hlsl::Options::default();
+            let hlsl_options = hlsl::Options {
+                shader_model: if kernel.needs_subgroups {
+                    hlsl::ShaderModel::V6_0
+                } else {
+                    hlsl::Options::default().shader_model
+                },
+                ..Default::default()
+            };
             let hlsl_pipeline = hlsl::PipelineOptions {
                 entry_point: Some((ShaderStage::Compute, entry.to_string())),
             };
@@ -65,6 +93,10 @@ fn every_shader_validates_and_translates_to_every_backend() {
                 .write(&module, &info, None)
                 .unwrap_or_else(|e| panic!("{}::{entry} HLSL: {e}", kernel.name));
 
+            // wgpu's GL backend offers no subgroups, so the fast paths never run on GL.
+            if kernel.needs_subgroups {
+                continue;
+            }
             let glsl_options = glsl::Options {
                 version: glsl::Version::new_gles(310),
                 ..Default::default()

@@ -18,7 +18,8 @@ use super::quantize::twiddles;
 use super::runtime::{GpuContext, Params};
 use super::shaders::{
     ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED,
-    ATTENTION_SOFTMAX, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY, ATTENTION_VALUES_TWO_BIT,
+    ATTENTION_SOFTMAX, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY,
+    ATTENTION_VALUES_TERNARY_SUBGROUP, ATTENTION_VALUES_TWO_BIT,
 };
 use crate::config::{Grouping, TokenPlan};
 use crate::error::{Result, VidkvError};
@@ -364,6 +365,15 @@ fn stp_layout(slots: &[ValueSlot], start: usize) -> (Vec<u32>, Vec<[u32; 4]>) {
     (plain, splits)
 }
 
+/// Which kernels an attention call may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fast paths the adapter supports (subgroups), else the portable kernels.
+    Fastest,
+    /// The portable kernels only.
+    Portable,
+}
+
 /// Attention of `q` (`[q_heads, queries, head_dim]`, f32) over `layer`, where query
 /// position index m sees the positions `visible[m] = (lo, hi)`, `lo..hi`. Returns
 /// `[q_heads, queries, head_dim]`. Query head h reads KV head h / (q_heads / kv_heads).
@@ -374,6 +384,20 @@ pub fn attend(
     q_heads: usize,
     visible: &[(u32, u32)],
 ) -> Result<Vec<f32>> {
+    attend_with(ctx, layer, q, q_heads, visible, Kernels::Fastest)
+}
+
+/// [`attend`] with a choice of kernels (to test or benchmark the portable path on an
+/// adapter that has fast paths).
+pub fn attend_with(
+    ctx: &GpuContext,
+    layer: &GpuLayer,
+    q: &[f32],
+    q_heads: usize,
+    visible: &[(u32, u32)],
+    kernels: Kernels,
+) -> Result<Vec<f32>> {
+    let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
     let d = layer.head_dim;
     let queries = visible.len();
     if q_heads == 0 || q_heads % layer.kv_heads != 0 {
@@ -497,7 +521,9 @@ pub fn attend(
                 },
                 &[&visible_buffer, &scores, &stats],
             );
-            record_values(&mut batch, layer, segment, seg, rows, &scores, &partial);
+            record_values(
+                subgroups, &mut batch, layer, segment, seg, rows, &scores, &partial,
+            );
         }
         batch.dispatch(
             &ATTENTION_COMBINE,
@@ -581,6 +607,7 @@ fn record_scores(
 }
 
 fn record_values(
+    subgroups: bool,
     batch: &mut super::runtime::Batch<'_>,
     layer: &GpuLayer,
     segment: &Segment,
@@ -640,7 +667,11 @@ fn record_values(
                 split_elements,
             },
         ) => batch.dispatch_grid(
-            &ATTENTION_VALUES_TERNARY,
+            if subgroups {
+                &ATTENTION_VALUES_TERNARY_SUBGROUP
+            } else {
+                &ATTENTION_VALUES_TERNARY
+            },
             "main",
             Params {
                 groups: *groups as u32,

@@ -68,6 +68,8 @@ pub struct GpuOptions {
     /// Cap on the bytes of one storage binding, below the device's own limit (to exercise
     /// or emulate WebGPU's 128 MiB default on larger devices).
     pub max_binding_bytes: Option<u64>,
+    /// Use only the portable kernels even where the adapter offers subgroups.
+    pub portable_only: bool,
 }
 
 impl Default for GpuOptions {
@@ -76,6 +78,7 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             adapter: None,
             max_binding_bytes: None,
+            portable_only: false,
         }
     }
 }
@@ -88,6 +91,7 @@ pub struct GpuContext {
     features: wgpu::Features,
     max_binding: u64,
     max_workgroups: u32,
+    subgroups: bool,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -170,8 +174,10 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
-                // Timestamp queries are optional: requested where offered, for benchmarks.
-                required_features: features & wgpu::Features::TIMESTAMP_QUERY,
+                // Optional features, requested where offered: timestamp queries (for
+                // benchmarks) and subgroups (for the fast paths).
+                required_features: features
+                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP),
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -206,6 +212,7 @@ impl GpuContext {
             features,
             max_binding,
             max_workgroups: limits.max_compute_workgroups_per_dimension,
+            subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
             pipelines: Mutex::new(HashMap::new()),
             buffers: Mutex::new(HashMap::new()),
             lost,
@@ -233,6 +240,12 @@ impl GpuContext {
     /// Largest storage binding the kernels may use, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Whether the subgroup fast paths are used (the adapter has subgroups and the options
+    /// did not ask for portable kernels only).
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
     }
 
     /// Workgroups allowed per grid dimension.
@@ -586,6 +599,8 @@ fn used_bindings(kernel: &Kernel, entry: &str) -> Result<Vec<u32>> {
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     )
+    .subgroup_stages(naga::valid::ShaderStages::all())
+    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
     .validate(&module)
     .map_err(|e| invalid(e.to_string()))?;
     let index = module

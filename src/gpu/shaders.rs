@@ -7,12 +7,16 @@
 /// Helpers shared by every kernel (parameter block, f16 packing, code rules, twiddles).
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
-/// One shader file and its compute entry points.
+/// One kernel: its shader file (plus, for variants, the file appended to it), its compute
+/// entry points, and whether it needs the adapter's subgroup feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
+    /// A variant file appended after `source` (empty for single-file kernels).
+    pub variant: &'static str,
     pub entry_points: &'static [&'static str],
+    pub needs_subgroups: bool,
 }
 
 macro_rules! kernel {
@@ -20,7 +24,18 @@ macro_rules! kernel {
         Kernel {
             name: $name,
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            variant: "",
             entry_points: &[$($entry),+],
+            needs_subgroups: false,
+        }
+    };
+    ($name:literal + $variant:literal, [$($entry:literal),+], $subgroups:expr) => {
+        Kernel {
+            name: concat!($name, "+", $variant),
+            source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            variant: include_str!(concat!("../../shaders/", $name, "_", $variant, ".wgsl")),
+            entry_points: &[$($entry),+],
+            needs_subgroups: $subgroups,
         }
     };
 }
@@ -42,13 +57,17 @@ pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["m
 pub const ATTENTION_SCORES_PACKED: Kernel = kernel!("attention_scores_packed", ["main"]);
 pub const ATTENTION_SOFTMAX: Kernel = kernel!("attention_softmax", ["main"]);
 pub const ATTENTION_VALUES_EXACT: Kernel = kernel!("attention_values_exact", ["main"]);
-pub const ATTENTION_VALUES_TERNARY: Kernel = kernel!("attention_values_ternary", ["main"]);
+pub const ATTENTION_VALUES_TERNARY: Kernel =
+    kernel!("attention_values_ternary" + "portable", ["main"], false);
+/// The subgroup fast path of [`ATTENTION_VALUES_TERNARY`].
+pub const ATTENTION_VALUES_TERNARY_SUBGROUP: Kernel =
+    kernel!("attention_values_ternary" + "subgroup", ["main"], true);
 pub const ATTENTION_VALUES_TWO_BIT: Kernel =
     kernel!("attention_values_two_bit", ["per_channel", "per_token"]);
 pub const ATTENTION_COMBINE: Kernel = kernel!("attention_combine", ["main"]);
 
 /// Every kernel, in pipeline order.
-pub const ALL: [Kernel; 20] = [
+pub const ALL: [Kernel; 21] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -67,13 +86,14 @@ pub const ALL: [Kernel; 20] = [
     ATTENTION_SOFTMAX,
     ATTENTION_VALUES_EXACT,
     ATTENTION_VALUES_TERNARY,
+    ATTENTION_VALUES_TERNARY_SUBGROUP,
     ATTENTION_VALUES_TWO_BIT,
     ATTENTION_COMBINE,
 ];
 
 impl Kernel {
-    /// `common.wgsl` followed by this kernel's file: the module the GPU compiles.
+    /// `common.wgsl`, this kernel's file and its variant: the module the GPU compiles.
     pub fn composed_source(&self) -> String {
-        format!("{COMMON}\n{}", self.source)
+        format!("{COMMON}\n{}\n{}", self.source, self.variant)
     }
 }
