@@ -453,14 +453,16 @@ pub fn attend_with(
     let visible_buffer = ctx.upload("attention visible", &visible_flat)?;
     let output_words = q_heads * queries * d;
     let output = ctx.output("attention output", output_words)?;
-    let natural = ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?;
-    let planar = ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?;
-    let scores = ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?;
+    let scratch = Scratch {
+        natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
+        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
+        scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
+        partial: ctx.buffer(
+            "attention partial",
+            (tile_rows * total_splits * d * 4) as u64,
+        )?,
+    };
     let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
-    let partial = ctx.buffer(
-        "attention partial",
-        (tile_rows * total_splits * d * 4) as u64,
-    )?;
     let (outliers, normals, fft) = match layer.keys {
         Keys::Packed {
             outliers,
@@ -500,7 +502,13 @@ pub fn attend_with(
                 invocations: (rows * d) as u32,
                 ..tile
             },
-            &[&q_buffer, &layer.order, &layer.twiddles, &natural, &planar],
+            &[
+                &q_buffer,
+                &layer.order,
+                &layer.twiddles,
+                &scratch.natural,
+                &scratch.planar,
+            ],
         );
         for segment in &segments {
             let seg = Params {
@@ -509,9 +517,7 @@ pub fn attend_with(
                 split_offset: segment.split_offset as u32,
                 ..tile
             };
-            record_scores(
-                &mut batch, layer, segment, seg, rows, &natural, &planar, &scores,
-            );
+            record_scores(&mut batch, layer, segment, seg, rows, &scratch);
             batch.dispatch(
                 &ATTENTION_SOFTMAX,
                 "main",
@@ -519,11 +525,9 @@ pub fn attend_with(
                     invocations: (rows * segment.splits()) as u32,
                     ..seg
                 },
-                &[&visible_buffer, &scores, &stats],
+                &[&visible_buffer, &scratch.scores, &stats],
             );
-            record_values(
-                subgroups, &mut batch, layer, segment, seg, rows, &scores, &partial,
-            );
+            record_values(subgroups, &mut batch, layer, segment, seg, rows, &scratch);
         }
         batch.dispatch(
             &ATTENTION_COMBINE,
@@ -532,7 +536,7 @@ pub fn attend_with(
                 invocations: (rows * d) as u32,
                 ..tile
             },
-            &[&stats, &partial, &output],
+            &[&stats, &scratch.partial, &output],
         );
         batch.submit()?;
         row_offset += rows;
@@ -549,17 +553,23 @@ fn per_row_grid(items: usize, rows: usize) -> (u32, u32) {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The intermediate buffers of one attention call.
+struct Scratch {
+    natural: std::sync::Arc<wgpu::Buffer>,
+    planar: std::sync::Arc<wgpu::Buffer>,
+    scores: std::sync::Arc<wgpu::Buffer>,
+    partial: std::sync::Arc<wgpu::Buffer>,
+}
+
 fn record_scores(
     batch: &mut super::runtime::Batch<'_>,
     layer: &GpuLayer,
     segment: &Segment,
     seg: Params,
     rows: usize,
-    natural: &wgpu::Buffer,
-    planar: &wgpu::Buffer,
-    scores: &wgpu::Buffer,
+    scratch: &Scratch,
 ) {
+    let (natural, planar, scores) = (&*scratch.natural, &*scratch.planar, &*scratch.scores);
     match (segment.kind, &layer.keys) {
         (SegmentKind::Exact { first_row }, _) => {
             let blocks = segment.len.div_ceil(32);
@@ -613,9 +623,9 @@ fn record_values(
     segment: &Segment,
     seg: Params,
     rows: usize,
-    scores: &wgpu::Buffer,
-    partial: &wgpu::Buffer,
+    scratch: &Scratch,
 ) {
+    let (scores, partial) = (&*scratch.scores, &*scratch.partial);
     let grid = (segment.splits() as u32, rows as u32);
     match (segment.kind, &layer.values) {
         (SegmentKind::Exact { first_row }, _) => batch.dispatch_grid(
