@@ -293,12 +293,12 @@ fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         gpu.adapter_name()
     );
     println!(
-        "  {:<14} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
+        "  {:<24} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
         "preset", "context", "median ms", "wall ms", "vs fp16", "bytes read", "GB/s"
     );
     for r in &results {
         println!(
-            "  {:<14} {:>8} {:>11.3} {:>9.3} {:>8.2}x {:>13} {:>8.2}",
+            "  {:<24} {:>8} {:>11.3} {:>9.3} {:>8.2}x {:>13} {:>8.2}",
             r.preset,
             r.context,
             r.median_ms,
