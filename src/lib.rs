@@ -18,6 +18,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod packed;
+pub mod persist;
 pub mod reference;
 pub mod report;
 pub mod tensor;

@@ -1,0 +1,442 @@
+//! Saving and loading a packed cache: safetensors with metadata.
+//!
+//! The file holds one flat `U32` tensor per stored plane array of every head
+//! (`l{layer}.h{head}.{array}`), the STP position list (`protected`), and metadata:
+//! `format` = `vidkv-cache`, `version`, `shape` (JSON), `config` (JSON). Loading checks the
+//! format and version, parses the configuration, recomputes every array's expected length
+//! from the shape and configuration, and checks each array's contents (trit bytes, masks,
+//! finite f16 metadata, sorted STP positions), so a truncated, corrupted or mismatched file
+//! is a typed error, never a panic.
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{serialize, TensorView};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+
+use crate::config::{
+    Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
+};
+use crate::error::{Result, VidkvError};
+use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
+use crate::reference::split::outlier_count;
+
+/// The format name stored in the metadata.
+pub const FORMAT: &str = "vidkv-cache";
+/// The format version this library writes and reads.
+pub const VERSION: u32 = 1;
+
+fn corrupt(msg: impl Into<String>) -> VidkvError {
+    VidkvError::CorruptPacked(msg.into())
+}
+
+/// The configuration as JSON.
+pub fn config_to_json(config: &QuantConfig) -> Value {
+    let grouping = |g: Grouping| match g {
+        Grouping::PerChannel => "per_channel",
+        Grouping::PerToken => "per_token",
+    };
+    let keys = match config.keys {
+        KeyScheme::Fp16 => json!({"type": "fp16"}),
+        KeyScheme::TwoBit { grouping: g } => json!({"type": "two_bit", "grouping": grouping(g)}),
+        KeyScheme::Mixed {
+            outlier_ratio,
+            fft,
+            split,
+        } => json!({
+            "type": "mixed",
+            "outlier_ratio": outlier_ratio,
+            "fft": fft,
+            "split": match split { SplitGranularity::PerHead => "per_head", SplitGranularity::PerLayer => "per_layer" },
+        }),
+    };
+    let values = match config.values {
+        ValueScheme::Fp16 => json!({"type": "fp16"}),
+        ValueScheme::TwoBit { grouping: g } => json!({"type": "two_bit", "grouping": grouping(g)}),
+        ValueScheme::Ternary { gamma, scale } => json!({
+            "type": "ternary",
+            "gamma": gamma,
+            "scale": match scale { TernaryScale::AbsMean => "abs_mean", TernaryScale::LeastSquares => "least_squares" },
+        }),
+    };
+    json!({
+        "group_size": config.group_size,
+        "sinks": config.sinks,
+        "residual": config.residual,
+        "keys": keys,
+        "values": values,
+        "stp_ratio": config.stp_ratio,
+    })
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value> {
+    v.get(name)
+        .ok_or_else(|| corrupt(format!("configuration lacks `{name}`")))
+}
+
+fn usize_field(v: &Value, name: &str) -> Result<usize> {
+    field(v, name)?
+        .as_u64()
+        .and_then(|x| usize::try_from(x).ok())
+        .ok_or_else(|| corrupt(format!("`{name}` is not a count")))
+}
+
+fn f32_field(v: &Value, name: &str) -> Result<f32> {
+    field(v, name)?
+        .as_f64()
+        .map(|x| x as f32)
+        .ok_or_else(|| corrupt(format!("`{name}` is not a number")))
+}
+
+fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str> {
+    field(v, name)?
+        .as_str()
+        .ok_or_else(|| corrupt(format!("`{name}` is not a string")))
+}
+
+fn grouping_field(v: &Value) -> Result<Grouping> {
+    match str_field(v, "grouping")? {
+        "per_channel" => Ok(Grouping::PerChannel),
+        "per_token" => Ok(Grouping::PerToken),
+        other => Err(corrupt(format!("unknown grouping `{other}`"))),
+    }
+}
+
+/// Parses and validates a configuration written by [`config_to_json`].
+pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
+    let keys = field(v, "keys")?;
+    let values = field(v, "values")?;
+    let config = QuantConfig {
+        group_size: usize_field(v, "group_size")?,
+        sinks: usize_field(v, "sinks")?,
+        residual: usize_field(v, "residual")?,
+        stp_ratio: f32_field(v, "stp_ratio")?,
+        keys: match str_field(keys, "type")? {
+            "fp16" => KeyScheme::Fp16,
+            "two_bit" => KeyScheme::TwoBit {
+                grouping: grouping_field(keys)?,
+            },
+            "mixed" => KeyScheme::Mixed {
+                outlier_ratio: f32_field(keys, "outlier_ratio")?,
+                fft: field(keys, "fft")?
+                    .as_bool()
+                    .ok_or_else(|| corrupt("`fft` is not a boolean"))?,
+                split: match str_field(keys, "split")? {
+                    "per_head" => SplitGranularity::PerHead,
+                    "per_layer" => SplitGranularity::PerLayer,
+                    other => return Err(corrupt(format!("unknown split `{other}`"))),
+                },
+            },
+            other => return Err(corrupt(format!("unknown key scheme `{other}`"))),
+        },
+        values: match str_field(values, "type")? {
+            "fp16" => ValueScheme::Fp16,
+            "two_bit" => ValueScheme::TwoBit {
+                grouping: grouping_field(values)?,
+            },
+            "ternary" => ValueScheme::Ternary {
+                gamma: f32_field(values, "gamma")?,
+                scale: match str_field(values, "scale")? {
+                    "abs_mean" => TernaryScale::AbsMean,
+                    "least_squares" => TernaryScale::LeastSquares,
+                    other => return Err(corrupt(format!("unknown ternary scale `{other}`"))),
+                },
+            },
+            other => return Err(corrupt(format!("unknown value scheme `{other}`"))),
+        },
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The named u32 arrays of one head, in a fixed order.
+fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
+    let mut arrays = vec![
+        ("exact_keys", head.exact_keys.data.as_slice()),
+        ("exact_values", head.exact_values.data.as_slice()),
+    ];
+    match &head.keys {
+        PackedKeys::Exact => {}
+        PackedKeys::TwoBit { plane, .. } => {
+            arrays.push(("key_codes", &plane.codes));
+            arrays.push(("key_params", &plane.params));
+        }
+        PackedKeys::Mixed(m) => {
+            arrays.push(("key_mask", &m.outlier_mask));
+            arrays.push(("key_codes", &m.outliers.codes));
+            arrays.push(("key_params", &m.outliers.params));
+            arrays.push(("key_signs", &m.normals.codes));
+            arrays.push(("key_sign_scales", &m.normals.scales));
+        }
+    }
+    match &head.values {
+        PackedValues::Exact => {}
+        PackedValues::TwoBit { plane, .. } => {
+            arrays.push(("value_codes", &plane.codes));
+            arrays.push(("value_params", &plane.params));
+        }
+        PackedValues::Ternary { plane, protected } => {
+            arrays.push(("value_trits", &plane.codes));
+            arrays.push(("value_scales", &plane.scales));
+            arrays.push(("protected_codes", &protected.codes));
+            arrays.push(("protected_params", &protected.params));
+        }
+    }
+    arrays
+}
+
+impl PackedCache {
+    /// The cache as safetensors bytes (see the module docs for the layout).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut buffers: Vec<(String, Vec<u8>)> = Vec::new();
+        for (index, head) in self.heads.iter().enumerate() {
+            let (l, h) = (index / self.shape.kv_heads, index % self.shape.kv_heads);
+            for (name, words) in head_arrays(head) {
+                buffers.push((
+                    format!("l{l}.h{h}.{name}"),
+                    bytemuck::cast_slice(words).to_vec(),
+                ));
+            }
+        }
+        buffers.push((
+            "protected".into(),
+            bytemuck::cast_slice(&self.protected).to_vec(),
+        ));
+        let views = buffers
+            .iter()
+            .map(|(name, bytes)| {
+                TensorView::new(Dtype::U32, vec![bytes.len() / 4], bytes)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|e| VidkvError::Safetensors(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let s = self.shape;
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("version".to_string(), VERSION.to_string()),
+            (
+                "shape".to_string(),
+                json!({"layers": s.layers, "kv_heads": s.kv_heads, "tokens": s.tokens, "head_dim": s.head_dim}).to_string(),
+            ),
+            ("config".to_string(), config_to_json(&self.config).to_string()),
+        ]);
+        serialize(views, Some(metadata)).map_err(|e| VidkvError::Safetensors(e.to_string()))
+    }
+
+    /// Parses and validates a cache written by [`PackedCache::to_safetensors`].
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| corrupt("no metadata: not a vidkv cache file"))?;
+        let get = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| corrupt(format!("metadata lacks `{key}`: not a vidkv cache file")))
+        };
+        if get("format")? != FORMAT {
+            return Err(corrupt(format!(
+                "format is `{}`, expected `{FORMAT}`",
+                get("format")?
+            )));
+        }
+        if get("version")? != &VERSION.to_string() {
+            return Err(corrupt(format!(
+                "format version {} is not supported (this library reads {VERSION})",
+                get("version")?
+            )));
+        }
+        let parse = |key: &str| -> Result<Value> {
+            serde_json::from_str(get(key)?)
+                .map_err(|e| corrupt(format!("`{key}` is not JSON: {e}")))
+        };
+        let shape_json = parse("shape")?;
+        let shape = CacheShape {
+            layers: usize_field(&shape_json, "layers")?,
+            kv_heads: usize_field(&shape_json, "kv_heads")?,
+            tokens: usize_field(&shape_json, "tokens")?,
+            head_dim: usize_field(&shape_json, "head_dim")?,
+        };
+        let heads = shape
+            .layers
+            .checked_mul(shape.kv_heads)
+            .filter(|&n| n > 0 && shape.tokens > 0 && shape.head_dim > 0)
+            .ok_or_else(|| corrupt("the cache shape is empty or overflows"))?;
+        let config = config_from_json(&parse("config")?)?;
+        let plan = config.plan(shape.tokens);
+        let array = |name: &str, expected: usize| -> Result<Vec<u32>> {
+            let view = st
+                .tensor(name)
+                .map_err(|_| corrupt(format!("missing array `{name}`")))?;
+            if view.dtype() != Dtype::U32 || view.shape() != [expected] {
+                return Err(corrupt(format!(
+                    "array `{name}` is {:?} {:?}, expected U32 [{expected}]",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            Ok(bytemuck::pod_collect_to_vec(view.data()))
+        };
+        let protected_view = st
+            .tensor("protected")
+            .map_err(|_| corrupt("missing array `protected`"))?;
+        if protected_view.dtype() != Dtype::U32 || protected_view.shape().len() != 1 {
+            return Err(corrupt("array `protected` is not a U32 list"));
+        }
+        let protected: Vec<u32> = bytemuck::pod_collect_to_vec(protected_view.data());
+        if protected.windows(2).any(|w| w[0] >= w[1])
+            || protected
+                .iter()
+                .any(|&p| !(plan.quantized_start()..plan.quantized_end()).contains(&(p as usize)))
+        {
+            return Err(corrupt(
+                "STP positions are unsorted or outside the quantized range",
+            ));
+        }
+        if !protected.is_empty() && !matches!(config.values, ValueScheme::Ternary { .. }) {
+            return Err(corrupt("STP positions without ternary values"));
+        }
+        let d = shape.head_dim;
+        let g = config.group_size;
+        let nq = plan.quantized;
+        let channel_rows = |len| GroupedShape {
+            rows: d,
+            len,
+            group_size: g,
+        };
+        let mut cache_heads = Vec::with_capacity(heads);
+        for index in 0..heads {
+            let prefix = format!("l{}.h{}.", index / shape.kv_heads, index % shape.kv_heads);
+            let named = |name: &str, expected: usize| array(&format!("{prefix}{name}"), expected);
+            let exact = |name: &str| -> Result<ExactRows> {
+                let rows = ExactRows {
+                    rows: plan.exact(),
+                    width: d,
+                    data: named(name, ExactRows::words(plan.exact(), d))?,
+                };
+                check_f16_words(&rows.data, name)?;
+                Ok(rows)
+            };
+            let two_bit = |name: &str, shape: GroupedShape| -> Result<TwoBitPlane> {
+                let plane = TwoBitPlane {
+                    shape,
+                    codes: named(
+                        &format!("{name}_codes"),
+                        shape.rows * shape.groups() * TwoBitPlane::words_per_group(g),
+                    )?,
+                    params: named(&format!("{name}_params"), shape.rows * shape.groups())?,
+                };
+                plane.validate()?;
+                check_f16_words(&plane.params, name)?;
+                Ok(plane)
+            };
+            let per_token = |len: usize, grouping: Grouping| match grouping {
+                Grouping::PerChannel => channel_rows(len),
+                Grouping::PerToken => GroupedShape {
+                    rows: len,
+                    len: d,
+                    group_size: g,
+                },
+            };
+            let keys = match config.keys {
+                KeyScheme::Fp16 => PackedKeys::Exact,
+                KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
+                    grouping,
+                    plane: two_bit("key", per_token(nq, grouping))?,
+                },
+                KeyScheme::Mixed {
+                    outlier_ratio, fft, ..
+                } => {
+                    let k = outlier_count(d, outlier_ratio);
+                    let mask = named("key_mask", d.div_ceil(32))?;
+                    let set: u32 = mask.iter().map(|w| w.count_ones()).sum();
+                    let stray = d % 32 != 0 && mask.last().is_some_and(|&w| w >> (d % 32) != 0);
+                    if set as usize != k || stray {
+                        return Err(corrupt(format!(
+                            "{prefix}key_mask marks {set} channels, expected {k}"
+                        )));
+                    }
+                    let normals = GroupedShape {
+                        rows: d - k,
+                        len: nq,
+                        group_size: g,
+                    };
+                    let signs = SignPlane {
+                        shape: normals,
+                        codes: named(
+                            "key_signs",
+                            SignPlane::words(normals) - (d - k).div_ceil(2) * normals.groups(),
+                        )?,
+                        scales: named("key_sign_scales", (d - k).div_ceil(2) * normals.groups())?,
+                    };
+                    signs.validate()?;
+                    check_f16_words(&signs.scales, "key_sign_scales")?;
+                    PackedKeys::Mixed(MixedKeys {
+                        outlier_mask: mask,
+                        outliers: two_bit(
+                            "key",
+                            GroupedShape {
+                                rows: k,
+                                len: nq,
+                                group_size: g,
+                            },
+                        )?,
+                        normals: signs,
+                        fft,
+                    })
+                }
+            };
+            let values = match config.values {
+                ValueScheme::Fp16 => PackedValues::Exact,
+                ValueScheme::TwoBit { grouping } => PackedValues::TwoBit {
+                    grouping,
+                    plane: two_bit("value", per_token(nq, grouping))?,
+                },
+                ValueScheme::Ternary { .. } => {
+                    let plain = channel_rows(nq - protected.len());
+                    let scales = d.div_ceil(2) * plain.groups();
+                    let plane = TernaryPlane {
+                        shape: plain,
+                        codes: named("value_trits", TernaryPlane::words(plain) - scales)?,
+                        scales: named("value_scales", scales)?,
+                    };
+                    plane.validate()?;
+                    check_f16_words(&plane.scales, "value_scales")?;
+                    PackedValues::Ternary {
+                        plane,
+                        protected: two_bit("protected", channel_rows(protected.len()))?,
+                    }
+                }
+            };
+            cache_heads.push(PackedHead {
+                plan,
+                head_dim: d,
+                exact_keys: exact("exact_keys")?,
+                exact_values: exact("exact_values")?,
+                keys,
+                values,
+            });
+        }
+        Ok(PackedCache {
+            shape,
+            config,
+            protected,
+            heads: cache_heads,
+        })
+    }
+}
+
+/// Fails when an array of f16 pairs holds infinity or NaN (a corrupted file).
+fn check_f16_words(words: &[u32], name: &str) -> Result<()> {
+    let bad = |half: u32| half & 0x7c00 == 0x7c00;
+    match words.iter().position(|&w| bad(w & 0xffff) || bad(w >> 16)) {
+        None => Ok(()),
+        Some(i) => Err(corrupt(format!(
+            "`{name}` holds a non-finite f16 in word {i}"
+        ))),
+    }
+}

@@ -1,0 +1,160 @@
+//! Saving and loading compressed caches: exact round trips, the size of a 16k-token video
+//! prefix against its f16 form, and corrupted files as typed errors (fuzzed).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use proptest::prelude::*;
+
+use vidkv::io::KvSample;
+use vidkv::{PackedCache, QuantConfig, Tensor, VidkvError, PRESET_NAMES};
+
+fn video_sample() -> KvSample {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let bytes = std::fs::read(dir.join("dinov2_video_dev.safetensors"))
+        .unwrap_or_else(|e| panic!("the real dev files in ../shared/data are needed: {e}"));
+    let sidecar = std::fs::read_to_string(dir.join("dinov2_video_dev.json")).unwrap();
+    KvSample::from_bytes("video", &bytes, Some(&sidecar)).unwrap()
+}
+
+fn small_tensor(seed: u32) -> Tensor {
+    let data = (0..2 * 2 * 100 * 16)
+        .map(|i: u32| {
+            ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 250.0 - 2.0
+        })
+        .collect();
+    Tensor::new("x", vec![2, 2, 100, 16], data).unwrap()
+}
+
+#[test]
+fn every_preset_round_trips_exactly() {
+    let (k, v) = (small_tensor(1), small_tensor(2));
+    for preset in PRESET_NAMES {
+        let mut config = QuantConfig::preset(preset).unwrap();
+        config.group_size = 16;
+        config.residual = config.residual.min(16);
+        let protected: Vec<u32> = if preset.starts_with("vidkv") {
+            vec![3, 9, 40, 41]
+        } else {
+            vec![]
+        };
+        let cache = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
+        let loaded = PackedCache::from_safetensors(&cache.to_safetensors().unwrap()).unwrap();
+        assert_eq!(loaded, cache, "{preset}");
+    }
+}
+
+#[test]
+fn a_16k_token_video_prefix_is_at_least_7x_smaller_than_f16() {
+    // The real video K/V (2,048 tokens of 8 frames) repeated to 16,384 tokens.
+    let sample = video_sample();
+    let tile = |t: &Tensor| {
+        let [l, h, tokens, d] = [0, 1, 2, 3].map(|i| t.dim(i));
+        let mut data = Vec::with_capacity(t.data.len() * 8);
+        for head in t.data.chunks_exact(tokens * d) {
+            for _ in 0..8 {
+                data.extend_from_slice(head);
+            }
+        }
+        Tensor::new("x", vec![l, h, tokens * 8, d], data).unwrap()
+    };
+    let (k, v) = (tile(&sample.k), tile(&sample.v));
+    let saved = |preset: &str| {
+        PackedCache::quantize(&k, &v, &QuantConfig::preset(preset).unwrap(), &[])
+            .unwrap()
+            .to_safetensors()
+            .unwrap()
+            .len()
+    };
+    let (f16, vidkv) = (saved("fp16"), saved("vidkv"));
+    let ratio = f16 as f64 / vidkv as f64;
+    eprintln!("16k-token video prefix: fp16 {f16} bytes, vidkv {vidkv} bytes, {ratio:.2}x");
+    assert!(ratio >= 7.0, "only {ratio:.2}x smaller");
+}
+
+#[test]
+fn damaged_files_are_typed_errors() {
+    let cache = PackedCache::quantize(
+        &small_tensor(1),
+        &small_tensor(2),
+        &QuantConfig::preset("vidkv").unwrap(),
+        &[],
+    )
+    .unwrap();
+    let bytes = cache.to_safetensors().unwrap();
+    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            PackedCache::from_safetensors(&bytes[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    // A model input file is not a cache.
+    let sample = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/smollm2_text_sample.safetensors"),
+    )
+    .unwrap();
+    assert!(matches!(
+        PackedCache::from_safetensors(&sample),
+        Err(VidkvError::CorruptPacked(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn mutated_files_never_panic(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        preset in prop::sample::select(PRESET_NAMES.to_vec()),
+    ) {
+        let cache = PackedCache::quantize(&small_tensor(3), &small_tensor(4), &QuantConfig::preset(preset).unwrap(), &[]).unwrap();
+        let mut bytes = cache.to_safetensors().unwrap();
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if let Ok(loaded) = PackedCache::from_safetensors(&bytes) {
+            // Whatever loads is usable.
+            let _ = loaded.dequantize();
+            let _ = loaded.size();
+        }
+    }
+}
+
+#[test]
+fn cli_quantize_then_inspect() {
+    let dir = std::env::temp_dir().join(format!("vidkv-persist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("cache.safetensors");
+    let input =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/dinov2_video_sample.safetensors");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vidkv"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let q = run(&[
+        "quantize",
+        "--input",
+        input.to_str().unwrap(),
+        "--preset",
+        "vidkv",
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let i = run(&["inspect", out.to_str().unwrap(), "--json"]);
+    assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(doc["preset"], "vidkv");
+    assert_eq!(doc["shape"]["tokens"], 1024);
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, b"not a cache").unwrap();
+    let b = run(&["inspect", bad.to_str().unwrap()]);
+    assert!(!b.status.success());
+    assert!(String::from_utf8_lossy(&b.stderr).contains("error:"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
