@@ -9,8 +9,8 @@
 //           listed), segment_start, segment_len, split_offset, total_splits, rows_per_head,
 //           queries, row_offset)
 //           1 weights     (storage, read): vec4<f32> [tile rows][score_stride()/4]
-//           2 split_elements (storage, read): vec4<u32> per split of the segment:
-//             (first ternary element, count, first protected element, count)
+//           2 split_elements (storage, read): vec4<u32> per split of the segment, read when
+//             stp = 1: (first ternary element, count, first protected element, count)
 //           3 codes       (storage, read): u32 [kv_heads][⌈d/5⌉][groups][⌈G/4⌉]
 //           4 scales      (storage, read): u32 [kv_heads][⌈d/2⌉][groups], f16 pairs
 //           5 kept_codes  (storage, read): u32 [kv_heads][d][blocks][⌈2G/32⌉]
@@ -94,7 +94,12 @@ fn ternary_main(workgroup: vec3<u32>, local: u32, lane: u32, lanes: u32) {
     let split = workgroup.x;
     let tile_row = workgroup.y;
     let kv_head = query_row(tile_row).kv_head;
-    let elements = split_elements[split];
+    // Without STP list, the split's elements are its positions.
+    let first = split * params.split_size;
+    var elements = vec4<u32>(first, min(params.split_size, params.segment_len - first), 0u, 0u);
+    if (params.stp == 1u) {
+        elements = split_elements[split];
+    }
     let record_words = (g_size + 3u) / 4u;
     let listed = params.stp == 1u;
     let end = elements.x + elements.y;

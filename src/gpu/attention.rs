@@ -23,20 +23,41 @@ use super::shaders::{
 };
 use crate::config::{Grouping, TokenPlan};
 use crate::error::{Result, VidkvError};
-use crate::packed::{PackedCache, PackedKeys, PackedValues, ValueSlot};
+use crate::packed::{PackedCache, PackedHead, PackedKeys, PackedValues, ValueSlot};
 use crate::tensor::check_finite;
 
 /// Tokens per split of the softmax (a multiple of every supported group size).
 pub const SPLIT_TOKENS: usize = 1024;
 
-enum Keys {
-    /// Only exact rows (fp16).
-    Exact,
-    /// Per-channel 2-bit rows (`outliers` of them) and sign rows (`normals`).
+/// Where a layer's keys come from, shared by all its quantized segments: how many 2-bit
+/// outlier rows and sign rows each group has, and the channel order (per KV head: outliers
+/// ascending, then normals ascending) with the twiddles of the normals' DFT.
+pub(crate) struct KeyLayout {
+    pub outliers: usize,
+    pub normals: usize,
+    pub fft: bool,
+    pub order: wgpu::Buffer,
+    pub twiddles: wgpu::Buffer,
+}
+
+impl KeyLayout {
+    /// Layout of a layer whose keys are exact or 2-bit on every channel (identity order).
+    pub fn identity(ctx: &GpuContext, kv_heads: usize, head_dim: usize) -> Result<Self> {
+        let order: Vec<u32> = (0..kv_heads).flat_map(|_| 0..head_dim as u32).collect();
+        Ok(KeyLayout {
+            outliers: head_dim,
+            normals: 0,
+            fft: false,
+            order: ctx.create_storage("channel order", &order)?,
+            twiddles: ctx.create_storage("twiddles", &twiddles(1))?,
+        })
+    }
+}
+
+/// Packed keys of a quantized segment, all KV heads, planes of `groups` groups per row.
+pub(crate) enum PackedKeyPlanes {
+    /// 2-bit rows (the layout's outliers, or every channel) and sign rows.
     Packed {
-        outliers: usize,
-        normals: usize,
-        fft: bool,
         codes: wgpu::Buffer,
         scale_min: wgpu::Buffer,
         sign_codes: wgpu::Buffer,
@@ -44,29 +65,76 @@ enum Keys {
     },
 }
 
-enum Values {
-    Exact,
+/// Packed values of a quantized segment, all KV heads.
+pub(crate) enum PackedValuePlanes {
     TwoBit {
         grouping: Grouping,
+        /// Plane rows per KV head (channels, or token capacity per token).
         rows: usize,
+        /// Groups per plane row (capacity per channel, or channel groups per token).
         groups: usize,
         codes: wgpu::Buffer,
         scale_min: wgpu::Buffer,
     },
     Ternary {
+        /// Groups per channel row of the ternary plane (its capacity).
         groups: usize,
         kept_groups: usize,
+        /// Ternary elements (offset of the protected positions in `positions`).
         plain: usize,
+        /// Whether STP positions are listed (else element i is position start + i).
         stp: bool,
         codes: wgpu::Buffer,
         scales: wgpu::Buffer,
         kept_codes: wgpu::Buffer,
         kept_params: wgpu::Buffer,
         positions: wgpu::Buffer,
-        /// Per split of the quantized segment: (first ternary element, count, first
-        /// protected element, count).
+        /// Per split under STP: (first ternary element, count, first protected, count).
         split_elements: wgpu::Buffer,
     },
+}
+
+/// The planes of one quantized segment (a chunk of a cache, or a whole packed layer).
+pub(crate) struct PackedPlanes {
+    /// Groups per plane row of the key planes and of per-channel value planes.
+    pub groups: usize,
+    pub keys: PackedKeyPlanes,
+    pub values: PackedValuePlanes,
+}
+
+/// How a segment of positions is stored.
+pub(crate) enum SegmentData<'a> {
+    /// Exact f16 rows `[kv_heads][rows_per_head][d/2]`, starting at `first_row`.
+    Exact {
+        keys: &'a wgpu::Buffer,
+        values: &'a wgpu::Buffer,
+        rows_per_head: usize,
+        first_row: usize,
+    },
+    /// Whole quantized groups.
+    Packed(&'a PackedPlanes),
+}
+
+/// A run of `len` positions from `start`, stored one way.
+pub(crate) struct SegmentRef<'a> {
+    pub start: usize,
+    pub len: usize,
+    pub data: SegmentData<'a>,
+}
+
+impl SegmentRef<'_> {
+    fn splits(&self) -> usize {
+        self.len.div_ceil(SPLIT_TOKENS)
+    }
+}
+
+/// What an attention call needs to know about a layer beyond its segments.
+pub(crate) struct LayerGeometry<'a> {
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub group_size: usize,
+    pub tokens: usize,
+    pub layout: &'a KeyLayout,
 }
 
 /// One layer of a packed cache resident on the GPU, ready for [`attend`].
@@ -77,35 +145,8 @@ pub struct GpuLayer {
     plan: TokenPlan,
     exact_keys: wgpu::Buffer,
     exact_values: wgpu::Buffer,
-    /// Channel order per KV head: outliers ascending, then normals ascending.
-    order: wgpu::Buffer,
-    twiddles: wgpu::Buffer,
-    keys: Keys,
-    values: Values,
-}
-
-/// A contiguous run of positions stored one way.
-#[derive(Clone, Copy, Debug)]
-enum SegmentKind {
-    /// Exact rows starting at this row of the exact-row array.
-    Exact {
-        first_row: usize,
-    },
-    Quantized,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    kind: SegmentKind,
-    start: usize,
-    len: usize,
-    split_offset: usize,
-}
-
-impl Segment {
-    fn splits(&self) -> usize {
-        self.len.div_ceil(SPLIT_TOKENS)
-    }
+    layout: KeyLayout,
+    planes: Option<PackedPlanes>,
 }
 
 impl GpuLayer {
@@ -114,12 +155,7 @@ impl GpuLayer {
     pub fn upload(ctx: &GpuContext, cache: &PackedCache, layer: usize) -> Result<Self> {
         let shape = cache.shape;
         let d = shape.head_dim;
-        if d % 8 != 0 || d > super::quantize::MAX_HEAD_DIM {
-            return Err(VidkvError::InvalidConfig(format!(
-                "GPU attention needs a head_dim that is a multiple of 8 up to {}, got {d}",
-                super::quantize::MAX_HEAD_DIM
-            )));
-        }
+        check_head_dim(d)?;
         if layer >= shape.layers {
             return Err(VidkvError::InvalidConfig(format!(
                 "layer {layer} is beyond the cache's {} layers",
@@ -128,125 +164,154 @@ impl GpuLayer {
         }
         let heads = &cache.heads[layer * shape.kv_heads..(layer + 1) * shape.kv_heads];
         let plan = heads[0].plan;
-        let concat = |f: &dyn Fn(&crate::packed::PackedHead) -> Vec<u32>| -> Vec<u32> {
+        let concat = |f: &dyn Fn(&PackedHead) -> Vec<u32>| -> Vec<u32> {
             heads.iter().flat_map(f).collect()
         };
         let exact_keys =
             ctx.create_storage("exact keys", &concat(&|h| h.exact_keys.data.clone()))?;
         let exact_values =
             ctx.create_storage("exact values", &concat(&|h| h.exact_values.data.clone()))?;
-        let identity: Vec<u32> = (0..d as u32).collect();
-        let mut order = Vec::with_capacity(d * heads.len());
-        let keys = match &heads[0].keys {
-            PackedKeys::Exact => {
-                heads.iter().for_each(|_| order.extend(&identity));
-                Keys::Exact
-            }
-            PackedKeys::TwoBit {
-                grouping: Grouping::PerToken,
-                ..
-            } => {
-                return Err(VidkvError::InvalidConfig(
+        let layout =
+            match &heads[0].keys {
+                PackedKeys::Mixed(first) => {
+                    let mut order = Vec::with_capacity(d * heads.len());
+                    for head in heads {
+                        let PackedKeys::Mixed(m) = &head.keys else {
+                            unreachable!("all heads of a cache share a scheme")
+                        };
+                        let split = m.split(d);
+                        order.extend(
+                            split
+                                .outliers
+                                .iter()
+                                .chain(&split.normals)
+                                .map(|&c| c as u32),
+                        );
+                    }
+                    let normals = d - first.outliers.shape.rows;
+                    KeyLayout {
+                        outliers: first.outliers.shape.rows,
+                        normals,
+                        fft: first.fft,
+                        order: ctx.create_storage("channel order", &order)?,
+                        twiddles: ctx.create_storage("twiddles", &twiddles(normals.max(1)))?,
+                    }
+                }
+                PackedKeys::TwoBit {
+                    grouping: Grouping::PerToken,
+                    ..
+                } => return Err(VidkvError::InvalidConfig(
                     "GPU attention reads per-channel keys; per-token key grouping is not supported"
                         .into(),
-                ))
-            }
-            PackedKeys::TwoBit { .. } => {
-                heads.iter().for_each(|_| order.extend(&identity));
-                let plane = |h: &crate::packed::PackedHead| match &h.keys {
-                    PackedKeys::TwoBit { plane, .. } => plane.clone(),
-                    _ => unreachable!("all heads of a cache share a scheme"),
-                };
-                Keys::Packed {
-                    outliers: d,
-                    normals: 0,
-                    fft: false,
-                    codes: ctx.create_storage("key codes", &concat(&|h| plane(h).codes))?,
-                    scale_min: ctx.create_storage("key params", &concat(&|h| plane(h).params))?,
-                    sign_codes: ctx.create_storage("key sign codes", &[0u32])?,
-                    sign_scales: ctx.create_storage("key sign scales", &[0u32])?,
-                }
-            }
-            PackedKeys::Mixed(first) => {
-                let mixed = |h: &crate::packed::PackedHead| match &h.keys {
-                    PackedKeys::Mixed(m) => m.clone(),
-                    _ => unreachable!("all heads of a cache share a scheme"),
-                };
-                for head in heads {
-                    let split = mixed(head).split(d);
-                    order.extend(
-                        split
-                            .outliers
-                            .iter()
-                            .chain(&split.normals)
-                            .map(|&c| c as u32),
-                    );
-                }
-                let outliers = first.outliers.shape.rows;
-                Keys::Packed {
-                    outliers,
-                    normals: d - outliers,
-                    fft: first.fft,
-                    codes: ctx
-                        .create_storage("key codes", &concat(&|h| mixed(h).outliers.codes))?,
-                    scale_min: ctx
-                        .create_storage("key params", &concat(&|h| mixed(h).outliers.params))?,
-                    sign_codes: ctx
-                        .create_storage("key sign codes", &concat(&|h| mixed(h).normals.codes))?,
-                    sign_scales: ctx
-                        .create_storage("key sign scales", &concat(&|h| mixed(h).normals.scales))?,
-                }
-            }
-        };
-        let values = match &heads[0].values {
-            PackedValues::Exact => Values::Exact,
-            PackedValues::TwoBit { grouping, plane } => {
-                let two_bit = |h: &crate::packed::PackedHead| match &h.values {
-                    PackedValues::TwoBit { plane, .. } => plane.clone(),
-                    _ => unreachable!("all heads of a cache share a scheme"),
-                };
-                Values::TwoBit {
-                    grouping: *grouping,
-                    rows: plane.shape.rows,
-                    groups: plane.shape.groups(),
-                    codes: ctx.create_storage("value codes", &concat(&|h| two_bit(h).codes))?,
-                    scale_min: ctx
-                        .create_storage("value params", &concat(&|h| two_bit(h).params))?,
-                }
-            }
-            PackedValues::Ternary { plane, protected } => {
-                let ternary = |h: &crate::packed::PackedHead| match &h.values {
-                    PackedValues::Ternary { plane, protected } => {
-                        (plane.clone(), protected.clone())
+                )),
+                _ => KeyLayout::identity(ctx, shape.kv_heads, d)?,
+            };
+        let planes = match (&heads[0].keys, &heads[0].values) {
+            (PackedKeys::Exact, _) => None,
+            (first_keys, first_values) => {
+                let groups = plan.quantized / cache.config.group_size;
+                let keys = match first_keys {
+                    PackedKeys::TwoBit { .. } => {
+                        let plane = |h: &PackedHead| match &h.keys {
+                            PackedKeys::TwoBit { plane, .. } => plane.clone(),
+                            _ => unreachable!("all heads of a cache share a scheme"),
+                        };
+                        PackedKeyPlanes::Packed {
+                            codes: ctx.create_storage("key codes", &concat(&|h| plane(h).codes))?,
+                            scale_min: ctx
+                                .create_storage("key params", &concat(&|h| plane(h).params))?,
+                            sign_codes: ctx.create_storage("key sign codes", &[0u32])?,
+                            sign_scales: ctx.create_storage("key sign scales", &[0u32])?,
+                        }
                     }
-                    _ => unreachable!("all heads of a cache share a scheme"),
+                    _ => {
+                        let mixed = |h: &PackedHead| match &h.keys {
+                            PackedKeys::Mixed(m) => m.clone(),
+                            _ => unreachable!("all heads of a cache share a scheme"),
+                        };
+                        PackedKeyPlanes::Packed {
+                            codes: ctx.create_storage(
+                                "key codes",
+                                &concat(&|h| mixed(h).outliers.codes),
+                            )?,
+                            scale_min: ctx.create_storage(
+                                "key params",
+                                &concat(&|h| mixed(h).outliers.params),
+                            )?,
+                            sign_codes: ctx.create_storage(
+                                "key sign codes",
+                                &concat(&|h| mixed(h).normals.codes),
+                            )?,
+                            sign_scales: ctx.create_storage(
+                                "key sign scales",
+                                &concat(&|h| mixed(h).normals.scales),
+                            )?,
+                        }
+                    }
                 };
-                let slots: Vec<ValueSlot> = heads[0].value_slots(&cache.protected).collect();
-                let (positions, split_elements) = stp_layout(&slots, plan.quantized_start());
-                Values::Ternary {
-                    groups: plane.shape.groups(),
-                    kept_groups: protected.shape.groups(),
-                    plain: plane.shape.len,
-                    stp: protected.shape.len > 0,
-                    codes: ctx.create_storage("value codes", &concat(&|h| ternary(h).0.codes))?,
-                    scales: ctx
-                        .create_storage("value scales", &concat(&|h| ternary(h).0.scales))?,
-                    kept_codes: ctx
-                        .create_storage("protected codes", &concat(&|h| ternary(h).1.codes))?,
-                    kept_params: ctx
-                        .create_storage("protected params", &concat(&|h| ternary(h).1.params))?,
-                    positions: if protected.shape.len > 0 {
-                        ctx.create_storage("value positions", &positions)?
-                    } else {
-                        ctx.create_storage("value positions", &[0u32])?
-                    },
-                    split_elements: ctx.create_storage("split elements", &split_elements)?,
-                }
+                let values = match first_values {
+                    PackedValues::TwoBit { grouping, plane } => {
+                        let two_bit = |h: &PackedHead| match &h.values {
+                            PackedValues::TwoBit { plane, .. } => plane.clone(),
+                            _ => unreachable!("all heads of a cache share a scheme"),
+                        };
+                        PackedValuePlanes::TwoBit {
+                            grouping: *grouping,
+                            rows: plane.shape.rows,
+                            groups: plane.shape.groups(),
+                            codes: ctx
+                                .create_storage("value codes", &concat(&|h| two_bit(h).codes))?,
+                            scale_min: ctx
+                                .create_storage("value params", &concat(&|h| two_bit(h).params))?,
+                        }
+                    }
+                    PackedValues::Ternary { plane, protected } => {
+                        let ternary = |h: &PackedHead| match &h.values {
+                            PackedValues::Ternary { plane, protected } => {
+                                (plane.clone(), protected.clone())
+                            }
+                            _ => unreachable!("all heads of a cache share a scheme"),
+                        };
+                        let slots: Vec<ValueSlot> =
+                            heads[0].value_slots(&cache.protected).collect();
+                        let (positions, split_elements) =
+                            stp_layout(&slots, plan.quantized_start());
+                        let stp = protected.shape.len > 0;
+                        PackedValuePlanes::Ternary {
+                            groups: plane.shape.groups(),
+                            kept_groups: protected.shape.groups(),
+                            plain: plane.shape.len,
+                            stp,
+                            codes: ctx
+                                .create_storage("value codes", &concat(&|h| ternary(h).0.codes))?,
+                            scales: ctx.create_storage(
+                                "value scales",
+                                &concat(&|h| ternary(h).0.scales),
+                            )?,
+                            kept_codes: ctx.create_storage(
+                                "protected codes",
+                                &concat(&|h| ternary(h).1.codes),
+                            )?,
+                            kept_params: ctx.create_storage(
+                                "protected params",
+                                &concat(&|h| ternary(h).1.params),
+                            )?,
+                            positions: ctx.create_storage(
+                                "value positions",
+                                if stp { &positions[..] } else { &[0u32][..] },
+                            )?,
+                            split_elements: ctx
+                                .create_storage("split elements", &split_elements)?,
+                        }
+                    }
+                    PackedValues::Exact => unreachable!("keys and values are quantized together"),
+                };
+                Some(PackedPlanes {
+                    groups,
+                    keys,
+                    values,
+                })
             }
-        };
-        let normals = match keys {
-            Keys::Packed { normals, .. } => normals,
-            Keys::Exact => 0,
         };
         Ok(GpuLayer {
             kv_heads: shape.kv_heads,
@@ -255,10 +320,8 @@ impl GpuLayer {
             plan,
             exact_keys,
             exact_values,
-            order: ctx.create_storage("channel order", &order)?,
-            twiddles: ctx.create_storage("twiddles", &twiddles(normals.max(1)))?,
-            keys,
-            values,
+            layout,
+            planes,
         })
     }
 
@@ -269,23 +332,66 @@ impl GpuLayer {
 
     /// Bytes of cache this layer stores on the GPU (what one full attention pass reads).
     pub fn cache_bytes(&self) -> u64 {
-        let mut total = self.exact_keys.size() + self.exact_values.size();
-        if let Keys::Packed {
+        self.exact_keys.size()
+            + self.exact_values.size()
+            + self.planes.as_ref().map_or(0, PackedPlanes::bytes)
+    }
+
+    fn segments(&self) -> Vec<SegmentRef<'_>> {
+        let plan = self.plan;
+        let exact = |first_row| SegmentData::Exact {
+            keys: &self.exact_keys,
+            values: &self.exact_values,
+            rows_per_head: plan.exact(),
+            first_row,
+        };
+        let mut segments = vec![SegmentRef {
+            start: 0,
+            len: plan.sinks,
+            data: exact(0),
+        }];
+        if let Some(planes) = &self.planes {
+            segments.push(SegmentRef {
+                start: plan.quantized_start(),
+                len: plan.quantized,
+                data: SegmentData::Packed(planes),
+            });
+        }
+        segments.push(SegmentRef {
+            start: plan.quantized_end(),
+            len: plan.tail(),
+            data: exact(plan.sinks),
+        });
+        segments.retain(|s| s.len > 0);
+        segments
+    }
+
+    fn geometry(&self) -> LayerGeometry<'_> {
+        LayerGeometry {
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            group_size: self.group_size,
+            tokens: self.plan.tokens,
+            layout: &self.layout,
+        }
+    }
+}
+
+impl PackedPlanes {
+    /// Bytes of the planes (positions only when STP lists them).
+    pub(crate) fn bytes(&self) -> u64 {
+        let PackedKeyPlanes::Packed {
             codes,
             scale_min,
             sign_codes,
             sign_scales,
-            ..
-        } = &self.keys
-        {
-            total += codes.size() + scale_min.size() + sign_codes.size() + sign_scales.size();
-        }
-        total += match &self.values {
-            Values::Exact => 0,
-            Values::TwoBit {
+        } = &self.keys;
+        let keys = codes.size() + scale_min.size() + sign_codes.size() + sign_scales.size();
+        keys + match &self.values {
+            PackedValuePlanes::TwoBit {
                 codes, scale_min, ..
             } => codes.size() + scale_min.size(),
-            Values::Ternary {
+            PackedValuePlanes::Ternary {
                 codes,
                 scales,
                 kept_codes,
@@ -302,40 +408,7 @@ impl GpuLayer {
                         0
                     }
             }
-        };
-        total
-    }
-
-    fn segments(&self) -> Vec<Segment> {
-        let plan = self.plan;
-        let mut segments = Vec::with_capacity(3);
-        let mut split_offset = 0;
-        let mut push = |kind, start, len| {
-            if len > 0 {
-                let segment = Segment {
-                    kind,
-                    start,
-                    len,
-                    split_offset,
-                };
-                split_offset += segment.splits();
-                segments.push(segment);
-            }
-        };
-        push(SegmentKind::Exact { first_row: 0 }, 0, plan.sinks);
-        push(
-            SegmentKind::Quantized,
-            plan.quantized_start(),
-            plan.quantized,
-        );
-        push(
-            SegmentKind::Exact {
-                first_row: plan.sinks,
-            },
-            plan.quantized_end(),
-            plan.tail(),
-        );
-        segments
+        }
     }
 }
 
@@ -363,6 +436,17 @@ fn stp_layout(slots: &[ValueSlot], start: usize) -> (Vec<u32>, Vec<[u32; 4]>) {
     }
     plain.extend(kept);
     (plain, splits)
+}
+
+/// The fused kernels' requirement on head_dim.
+pub(crate) fn check_head_dim(d: usize) -> Result<()> {
+    if d % 8 != 0 || d > super::quantize::MAX_HEAD_DIM {
+        return Err(VidkvError::InvalidConfig(format!(
+            "GPU attention needs a head_dim that is a multiple of 8 up to {}, got {d}",
+            super::quantize::MAX_HEAD_DIM
+        )));
+    }
+    Ok(())
 }
 
 /// Which kernels an attention call may use.
@@ -397,6 +481,27 @@ pub fn attend_with(
     visible: &[(u32, u32)],
     kernels: Kernels,
 ) -> Result<Vec<f32>> {
+    attend_segments(
+        ctx,
+        &layer.geometry(),
+        &layer.segments(),
+        q,
+        q_heads,
+        visible,
+        kernels,
+    )
+}
+
+/// Attention over the segments of one layer (see [`attend`] for `q` and `visible`).
+pub(crate) fn attend_segments(
+    ctx: &GpuContext,
+    layer: &LayerGeometry<'_>,
+    segments: &[SegmentRef<'_>],
+    q: &[f32],
+    q_heads: usize,
+    visible: &[(u32, u32)],
+    kernels: Kernels,
+) -> Result<Vec<f32>> {
     let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
     let d = layer.head_dim;
     let queries = visible.len();
@@ -422,18 +527,22 @@ pub fn attend_with(
     check_finite("q", q, &[q_heads, queries, d])?;
     if let Some(&(lo, hi)) = visible
         .iter()
-        .find(|&&(lo, hi)| lo >= hi || hi as usize > layer.tokens())
+        .find(|&&(lo, hi)| lo >= hi || hi as usize > layer.tokens)
     {
         return Err(VidkvError::InvalidConfig(format!(
             "visible range {lo}..{hi} is empty or beyond the {} tokens",
-            layer.tokens()
+            layer.tokens
         )));
     }
     let _exclusive = ctx.exclusive();
     let rows_per_head = (q_heads / layer.kv_heads) * queries;
     let total_rows = rows_per_head * layer.kv_heads;
-    let segments = layer.segments();
-    let total_splits: usize = segments.iter().map(Segment::splits).sum();
+    let mut split_offsets = Vec::with_capacity(segments.len());
+    let mut total_splits = 0;
+    for segment in segments {
+        split_offsets.push(total_splits);
+        total_splits += segment.splits();
+    }
     // Score rows are padded to a multiple of 4 floats (`score_stride` in the shaders).
     let longest = segments
         .iter()
@@ -463,21 +572,12 @@ pub fn attend_with(
         )?,
     };
     let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
-    let (outliers, normals, fft) = match layer.keys {
-        Keys::Packed {
-            outliers,
-            normals,
-            fft,
-            ..
-        } => (outliers, normals, fft),
-        Keys::Exact => (d, 0, false),
-    };
     let base = Params {
         width: d as u32,
         group_size: layer.group_size as u32,
-        outliers: outliers as u32,
-        dft_len: normals as u32,
-        scale_rule: u32::from(fft),
+        outliers: layer.layout.outliers as u32,
+        dft_len: layer.layout.normals as u32,
+        scale_rule: u32::from(layer.layout.fft),
         scale: 1.0 / (d as f32).sqrt(),
         kv_heads: layer.kv_heads as u32,
         rows_per_head: rows_per_head as u32,
@@ -504,17 +604,17 @@ pub fn attend_with(
             },
             &[
                 &q_buffer,
-                &layer.order,
-                &layer.twiddles,
+                &layer.layout.order,
+                &layer.layout.twiddles,
                 &scratch.natural,
                 &scratch.planar,
             ],
         );
-        for segment in &segments {
+        for (segment, &split_offset) in segments.iter().zip(&split_offsets) {
             let seg = Params {
                 segment_start: segment.start as u32,
                 segment_len: segment.len as u32,
-                split_offset: segment.split_offset as u32,
+                split_offset: split_offset as u32,
                 ..tile
             };
             record_scores(&mut batch, layer, segment, seg, rows, &scratch);
@@ -527,7 +627,7 @@ pub fn attend_with(
                 },
                 &[&visible_buffer, &scratch.scores, &stats],
             );
-            record_values(subgroups, &mut batch, layer, segment, seg, rows, &scratch);
+            record_values(subgroups, &mut batch, segment, seg, rows, &scratch);
         }
         batch.dispatch(
             &ATTENTION_COMBINE,
@@ -563,46 +663,47 @@ struct Scratch {
 
 fn record_scores(
     batch: &mut super::runtime::Batch<'_>,
-    layer: &GpuLayer,
-    segment: &Segment,
+    layer: &LayerGeometry<'_>,
+    segment: &SegmentRef<'_>,
     seg: Params,
     rows: usize,
     scratch: &Scratch,
 ) {
     let (natural, planar, scores) = (&*scratch.natural, &*scratch.planar, &*scratch.scores);
-    match (segment.kind, &layer.keys) {
-        (SegmentKind::Exact { first_row }, _) => {
+    match &segment.data {
+        SegmentData::Exact {
+            keys,
+            rows_per_head,
+            first_row,
+            ..
+        } => {
             let blocks = segment.len.div_ceil(32);
             batch.dispatch_grid(
                 &ATTENTION_SCORES_EXACT,
                 "main",
                 Params {
-                    rows: layer.plan.exact() as u32,
-                    segment_first: first_row as u32,
+                    rows: *rows_per_head as u32,
+                    segment_first: *first_row as u32,
                     invocations: blocks as u32,
                     ..seg
                 },
-                &[natural, &layer.exact_keys, scores],
+                &[natural, keys, scores],
                 per_row_grid(blocks, rows),
             )
         }
-        (
-            SegmentKind::Quantized,
-            Keys::Packed {
+        SegmentData::Packed(planes) => {
+            let PackedKeyPlanes::Packed {
                 codes,
                 scale_min,
                 sign_codes,
                 sign_scales,
-                ..
-            },
-        ) => {
-            let groups = segment.len / layer.group_size;
-            let slices = groups * layer.group_size.div_ceil(32);
+            } = &planes.keys;
+            let slices = (segment.len / layer.group_size) * layer.group_size.div_ceil(32);
             batch.dispatch_grid(
                 &ATTENTION_SCORES_PACKED,
                 "main",
                 Params {
-                    groups: groups as u32,
+                    groups: planes.groups as u32,
                     invocations: slices as u32,
                     ..seg
                 },
@@ -610,61 +711,58 @@ fn record_scores(
                 per_row_grid(slices, rows),
             );
         }
-        (SegmentKind::Quantized, Keys::Exact) => {
-            unreachable!("an fp16 cache has no quantized segment")
-        }
     }
 }
 
 fn record_values(
     subgroups: bool,
     batch: &mut super::runtime::Batch<'_>,
-    layer: &GpuLayer,
-    segment: &Segment,
+    segment: &SegmentRef<'_>,
     seg: Params,
     rows: usize,
     scratch: &Scratch,
 ) {
     let (scores, partial) = (&*scratch.scores, &*scratch.partial);
     let grid = (segment.splits() as u32, rows as u32);
-    match (segment.kind, &layer.values) {
-        (SegmentKind::Exact { first_row }, _) => batch.dispatch_grid(
+    match &segment.data {
+        SegmentData::Exact {
+            values,
+            rows_per_head,
+            first_row,
+            ..
+        } => batch.dispatch_grid(
             &ATTENTION_VALUES_EXACT,
             "main",
             Params {
-                rows: layer.plan.exact() as u32,
-                segment_first: first_row as u32,
+                rows: *rows_per_head as u32,
+                segment_first: *first_row as u32,
                 ..seg
             },
-            &[scores, &layer.exact_values, partial],
+            &[scores, values, partial],
             grid,
         ),
-        (
-            SegmentKind::Quantized,
-            Values::TwoBit {
+        SegmentData::Packed(planes) => match &planes.values {
+            PackedValuePlanes::TwoBit {
                 grouping,
                 rows: plane_rows,
                 groups,
                 codes,
                 scale_min,
-            },
-        ) => batch.dispatch_grid(
-            &ATTENTION_VALUES_TWO_BIT,
-            match grouping {
-                Grouping::PerChannel => "per_channel",
-                Grouping::PerToken => "per_token",
-            },
-            Params {
-                rows: *plane_rows as u32,
-                groups: *groups as u32,
-                ..seg
-            },
-            &[scores, codes, scale_min, partial],
-            grid,
-        ),
-        (
-            SegmentKind::Quantized,
-            Values::Ternary {
+            } => batch.dispatch_grid(
+                &ATTENTION_VALUES_TWO_BIT,
+                match grouping {
+                    Grouping::PerChannel => "per_channel",
+                    Grouping::PerToken => "per_token",
+                },
+                Params {
+                    rows: *plane_rows as u32,
+                    groups: *groups as u32,
+                    ..seg
+                },
+                &[scores, codes, scale_min, partial],
+                grid,
+            ),
+            PackedValuePlanes::Ternary {
                 groups,
                 kept_groups,
                 plain,
@@ -675,35 +773,32 @@ fn record_values(
                 kept_params,
                 positions,
                 split_elements,
-            },
-        ) => batch.dispatch_grid(
-            if subgroups {
-                &ATTENTION_VALUES_TERNARY_SUBGROUP
-            } else {
-                &ATTENTION_VALUES_TERNARY
-            },
-            "main",
-            Params {
-                groups: *groups as u32,
-                blocks: *kept_groups as u32,
-                len: *plain as u32,
-                stp: u32::from(*stp),
-                ..seg
-            },
-            &[
-                scores,
-                split_elements,
-                codes,
-                scales,
-                kept_codes,
-                kept_params,
-                positions,
-                partial,
-            ],
-            grid,
-        ),
-        (SegmentKind::Quantized, Values::Exact) => {
-            unreachable!("an fp16 cache has no quantized segment")
-        }
+            } => batch.dispatch_grid(
+                if subgroups {
+                    &ATTENTION_VALUES_TERNARY_SUBGROUP
+                } else {
+                    &ATTENTION_VALUES_TERNARY
+                },
+                "main",
+                Params {
+                    groups: *groups as u32,
+                    blocks: *kept_groups as u32,
+                    len: *plain as u32,
+                    stp: u32::from(*stp),
+                    ..seg
+                },
+                &[
+                    scores,
+                    split_elements,
+                    codes,
+                    scales,
+                    kept_codes,
+                    kept_params,
+                    positions,
+                    partial,
+                ],
+                grid,
+            ),
+        },
     }
 }
