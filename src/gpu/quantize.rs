@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::runtime::{GpuContext, Params};
+use super::runtime::{Batch, Bound, GpuContext, Params};
 use super::shaders::{
     CHANNEL_RANGE, CHANNEL_SPLIT, PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT,
     REAL_DFT,
@@ -276,6 +276,183 @@ fn two_bit(
 }
 
 /// 2-bit plane whose row r is input channel `channels[r]`, r < `rows`, over all tokens of `x`.
+/// Where a dispatch writes in a plane: rows of `len` elements in `groups` groups (the plane's
+/// row stride), groups `group_offset..group_offset + group_count` coming from an input
+/// buffer whose first token is element `group_offset · group_size`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GroupWindow {
+    pub len: usize,
+    pub groups: usize,
+    pub group_offset: usize,
+    pub group_count: usize,
+}
+
+/// Records 2-bit quantization of plane rows that are input channels `channels[r]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_two_bit_channels(
+    batch: &mut Batch<'_>,
+    input: &wgpu::Buffer,
+    width: usize,
+    channels: &wgpu::Buffer,
+    rows: usize,
+    g: usize,
+    window: GroupWindow,
+    outputs: [Bound<'_>; 2],
+) {
+    batch.dispatch_bound(
+        &QUANTIZE_TWO_BIT,
+        "per_channel",
+        Params {
+            width: width as u32,
+            rows: rows as u32,
+            len: window.len as u32,
+            group_size: g as u32,
+            groups: window.groups as u32,
+            group_offset: window.group_offset as u32,
+            group_count: window.group_count as u32,
+            invocations: (rows * window.group_count) as u32,
+            ..Default::default()
+        },
+        &[input.into(), channels.into(), outputs[0], outputs[1]],
+    );
+}
+
+/// Records 2-bit quantization of `rows` input tokens grouped along channels, written as
+/// plane rows `row_offset…`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_two_bit_tokens(
+    batch: &mut Batch<'_>,
+    input: &wgpu::Buffer,
+    width: usize,
+    channels: &wgpu::Buffer,
+    rows: usize,
+    row_offset: usize,
+    g: usize,
+    outputs: [Bound<'_>; 2],
+) {
+    let groups = width.div_ceil(g);
+    batch.dispatch_bound(
+        &QUANTIZE_TWO_BIT,
+        "per_token",
+        Params {
+            width: width as u32,
+            rows: rows as u32,
+            len: width as u32,
+            group_size: g as u32,
+            groups: groups as u32,
+            row_offset: row_offset as u32,
+            invocations: (rows * groups) as u32,
+            ..Default::default()
+        },
+        &[input.into(), channels.into(), outputs[0], outputs[1]],
+    );
+}
+
+/// The normal channels of a key split: `outliers` first entries of `order` are skipped.
+pub(crate) struct NormalChannels<'a> {
+    pub order: &'a wgpu::Buffer,
+    pub outliers: usize,
+    pub fft: bool,
+    pub twiddles: &'a wgpu::Buffer,
+}
+
+/// Records the (optional) real DFT and the sign quantization of the normal channels of
+/// `tokens` input tokens.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_signs(
+    ctx: &GpuContext,
+    batch: &mut Batch<'_>,
+    input: &wgpu::Buffer,
+    width: usize,
+    normals: &NormalChannels<'_>,
+    g: usize,
+    window: GroupWindow,
+    tokens: usize,
+    outputs: [Bound<'_>; 2],
+) -> Result<()> {
+    let n = width - normals.outliers;
+    let params = Params {
+        width: width as u32,
+        rows: n as u32,
+        len: window.len as u32,
+        group_size: g as u32,
+        groups: window.groups as u32,
+        group_offset: window.group_offset as u32,
+        group_count: window.group_count as u32,
+        outliers: normals.outliers as u32,
+        dft_len: n as u32,
+        invocations: (n.div_ceil(2) * window.group_count) as u32,
+        ..Default::default()
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    if normals.fft {
+        let coefficients = ctx.buffer("dft coefficients", (n * tokens * 4) as u64)?;
+        batch.dispatch(
+            &REAL_DFT,
+            "main",
+            Params {
+                len: tokens as u32,
+                invocations: tokens as u32,
+                ..params
+            },
+            &[input, normals.order, normals.twiddles, &coefficients],
+        );
+        batch.dispatch_bound(
+            &QUANTIZE_SIGN,
+            "from_coefficients",
+            params,
+            &[
+                (&*coefficients).into(),
+                normals.order.into(),
+                outputs[0],
+                outputs[1],
+            ],
+        );
+    } else {
+        batch.dispatch_bound(
+            &QUANTIZE_SIGN,
+            "from_channels",
+            params,
+            &[input.into(), normals.order.into(), outputs[0], outputs[1]],
+        );
+    }
+    Ok(())
+}
+
+/// Records ternary quantization of every channel of the input tokens.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_ternary(
+    batch: &mut Batch<'_>,
+    input: &wgpu::Buffer,
+    width: usize,
+    g: usize,
+    gamma: f32,
+    rule: TernaryScale,
+    window: GroupWindow,
+    outputs: [Bound<'_>; 2],
+) {
+    batch.dispatch_bound(
+        &QUANTIZE_TERNARY,
+        "main",
+        Params {
+            width: width as u32,
+            rows: width as u32,
+            len: window.len as u32,
+            group_size: g as u32,
+            groups: window.groups as u32,
+            group_offset: window.group_offset as u32,
+            group_count: window.group_count as u32,
+            gamma,
+            scale_rule: u32::from(rule == TernaryScale::LeastSquares),
+            invocations: (width.div_ceil(10) * window.group_count) as u32,
+            ..Default::default()
+        },
+        &[input.into(), outputs[0], outputs[1]],
+    );
+}
+
 fn two_bit_channels(
     ctx: &GpuContext,
     x: &[f32],
@@ -299,21 +476,21 @@ fn two_bit_channels(
         let group_count = tokens.div_ceil(g);
         let buffer = ctx.upload("input", input)?;
         let mut batch = ctx.batch();
-        batch.dispatch(
-            &QUANTIZE_TWO_BIT,
-            "per_channel",
-            Params {
-                width: width as u32,
-                rows: rows as u32,
-                len: shape.len as u32,
-                group_size: g as u32,
-                groups: groups as u32,
-                group_offset: (index * chunk / g) as u32,
-                group_count: group_count as u32,
-                invocations: (rows * group_count) as u32,
-                ..Default::default()
-            },
-            &[&buffer, channels, &codes, &params],
+        let window = GroupWindow {
+            len: shape.len,
+            groups,
+            group_offset: index * chunk / g,
+            group_count,
+        };
+        record_two_bit_channels(
+            &mut batch,
+            &buffer,
+            width,
+            channels,
+            rows,
+            g,
+            window,
+            [(&*codes).into(), (&*params).into()],
         );
         batch.submit()?;
     }
@@ -341,20 +518,15 @@ fn two_bit_tokens(ctx: &GpuContext, x: &[f32], width: usize, g: usize) -> Result
         let rows = input.len() / width;
         let buffer = ctx.upload("input", input)?;
         let mut batch = ctx.batch();
-        batch.dispatch(
-            &QUANTIZE_TWO_BIT,
-            "per_token",
-            Params {
-                width: width as u32,
-                rows: rows as u32,
-                len: width as u32,
-                group_size: g as u32,
-                groups: groups as u32,
-                row_offset: (index * chunk) as u32,
-                invocations: (rows * groups) as u32,
-                ..Default::default()
-            },
-            &[&buffer, &identity, &codes, &params],
+        record_two_bit_tokens(
+            &mut batch,
+            &buffer,
+            width,
+            &identity,
+            rows,
+            index * chunk,
+            g,
+            [(&*codes).into(), (&*params).into()],
         );
         batch.submit()?;
     }
@@ -408,46 +580,30 @@ fn sign_plane(
         let tokens = input.len() / width;
         let group_count = tokens.div_ceil(g);
         let buffer = ctx.upload("input", input)?;
-        let params = Params {
-            width: width as u32,
-            rows: n as u32,
-            len: shape.len as u32,
-            group_size: g as u32,
-            groups: groups as u32,
-            group_offset: (index * chunk / g) as u32,
-            group_count: group_count as u32,
-            outliers: split.outliers as u32,
-            dft_len: n as u32,
-            invocations: (n.div_ceil(2) * group_count) as u32,
-            ..Default::default()
-        };
         let mut batch = ctx.batch();
-        if fft {
-            let coefficients = ctx.buffer("dft coefficients", (n * tokens * 4) as u64)?;
-            batch.dispatch(
-                &REAL_DFT,
-                "main",
-                Params {
-                    len: tokens as u32,
-                    invocations: tokens as u32,
-                    ..params
-                },
-                &[&buffer, &split.order, &table, &coefficients],
-            );
-            batch.dispatch(
-                &QUANTIZE_SIGN,
-                "from_coefficients",
-                params,
-                &[&coefficients, &split.order, &codes, &scales],
-            );
-        } else {
-            batch.dispatch(
-                &QUANTIZE_SIGN,
-                "from_channels",
-                params,
-                &[&buffer, &split.order, &codes, &scales],
-            );
-        }
+        let window = GroupWindow {
+            len: shape.len,
+            groups,
+            group_offset: index * chunk / g,
+            group_count,
+        };
+        let normals = NormalChannels {
+            order: &split.order,
+            outliers: split.outliers,
+            fft,
+            twiddles: &table,
+        };
+        record_signs(
+            ctx,
+            &mut batch,
+            &buffer,
+            width,
+            &normals,
+            g,
+            window,
+            tokens,
+            [(&*codes).into(), (&*scales).into()],
+        )?;
         batch.submit()?;
     }
     Ok(SignPlane {
@@ -481,23 +637,21 @@ fn ternary(
         let group_count = tokens.div_ceil(g);
         let buffer = ctx.upload("input", input)?;
         let mut batch = ctx.batch();
-        batch.dispatch(
-            &QUANTIZE_TERNARY,
-            "main",
-            Params {
-                width: width as u32,
-                rows: width as u32,
-                len: shape.len as u32,
-                group_size: g as u32,
-                groups: groups as u32,
-                group_offset: (index * chunk / g) as u32,
-                group_count: group_count as u32,
-                gamma,
-                scale_rule: u32::from(rule == TernaryScale::LeastSquares),
-                invocations: (width.div_ceil(10) * group_count) as u32,
-                ..Default::default()
-            },
-            &[&buffer, &codes, &scales],
+        let window = GroupWindow {
+            len: shape.len,
+            groups,
+            group_offset: index * chunk / g,
+            group_count,
+        };
+        record_ternary(
+            &mut batch,
+            &buffer,
+            width,
+            g,
+            gamma,
+            rule,
+            window,
+            [(&*codes).into(), (&*scales).into()],
         );
         batch.submit()?;
     }

@@ -619,6 +619,44 @@ fn used_bindings(kernel: &Kernel, entry: &str) -> Result<Vec<u32>> {
     Ok(bindings)
 }
 
+/// A buffer bound to a kernel: whole, or a byte range (offset aligned to the device's
+/// `min_storage_buffer_offset_alignment`).
+#[derive(Clone, Copy)]
+pub struct Bound<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub range: Option<(u64, u64)>,
+}
+
+impl<'a> Bound<'a> {
+    /// `size` bytes of `buffer` from `offset`.
+    pub fn range(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        Bound {
+            buffer,
+            range: Some((offset, size)),
+        }
+    }
+
+    fn resource(&self) -> wgpu::BindingResource<'a> {
+        match self.range {
+            None => self.buffer.as_entire_binding(),
+            Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset,
+                size: std::num::NonZeroU64::new(size),
+            }),
+        }
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Bound<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Bound {
+            buffer,
+            range: None,
+        }
+    }
+}
+
 /// Dispatches recorded into one command buffer, submitted together.
 pub struct Batch<'a> {
     context: &'a GpuContext,
@@ -638,6 +676,18 @@ impl Batch<'_> {
         entry: &'static str,
         params: Params,
         buffers: &[&wgpu::Buffer],
+    ) {
+        let bound: Vec<Bound<'_>> = buffers.iter().map(|&b| Bound::from(b)).collect();
+        self.dispatch_bound(kernel, entry, params, &bound);
+    }
+
+    /// [`Batch::dispatch`] with buffers that may be bound by range.
+    pub fn dispatch_bound(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[Bound<'_>],
     ) {
         if self.error.is_some() || params.invocations == 0 {
             return;
@@ -661,13 +711,14 @@ impl Batch<'_> {
             return;
         }
         let limit = self.context.max_workgroups;
+        let bound: Vec<Bound<'_>> = buffers.iter().map(|&b| Bound::from(b)).collect();
         let result = if grid.0 > limit || grid.1 > limit {
             Err(VidkvError::Gpu(format!(
                 "grid {grid:?} of {} exceeds {limit} workgroups per dimension",
                 kernel.name
             )))
         } else {
-            self.record(kernel, entry, params, buffers, grid)
+            self.record(kernel, entry, params, &bound, grid)
         };
         if let Err(e) = result {
             self.error = Some(e);
@@ -679,7 +730,7 @@ impl Batch<'_> {
         kernel: &Kernel,
         entry: &'static str,
         params: Params,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[Bound<'_>],
     ) -> Result<()> {
         let grid = self.context.grid(params.invocations)?;
         self.record(kernel, entry, params, buffers, grid)
@@ -690,7 +741,7 @@ impl Batch<'_> {
         kernel: &Kernel,
         entry: &'static str,
         params: Params,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[Bound<'_>],
         grid: (u32, u32),
     ) -> Result<()> {
         let device = &self.context.device;
@@ -713,7 +764,7 @@ impl Batch<'_> {
                 .filter(|(binding, _)| pipeline.bindings.contains(binding))
                 .map(|(binding, b)| wgpu::BindGroupEntry {
                     binding,
-                    resource: b.as_entire_binding(),
+                    resource: b.resource(),
                 }),
         );
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
