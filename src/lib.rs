@@ -11,6 +11,7 @@
 //! measures error and effective bits.
 
 pub mod bench;
+pub mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod reference;
 pub mod report;
 pub mod tensor;
 
+pub use cache::{KvCache, ModelShape};
 pub use config::{QuantConfig, TokenPlan, PRESET_NAMES};
 pub use error::{Result, VidkvError};
 pub use packed::{CacheShape, PackedCache, SizeReport};

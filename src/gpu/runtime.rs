@@ -428,6 +428,35 @@ impl GpuContext {
         Ok(buffer)
     }
 
+    /// A zero-filled storage buffer of `words` u32 owned by the caller (wgpu zero-fills
+    /// new buffers, so nothing is uploaded).
+    pub fn create_zeroed(&self, label: &str, words: usize) -> Result<wgpu::Buffer> {
+        let size = ((words * 4) as u64).max(16).next_multiple_of(16);
+        if size > self.max_binding {
+            return Err(VidkvError::Gpu(format!(
+                "`{label}` needs {size} bytes, over the {} byte storage binding limit",
+                self.max_binding
+            )));
+        }
+        self.check_lost()?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Writes `data` into `buffer` at byte `offset` (applied before the next submission).
+    pub fn write<T: Pod>(&self, buffer: &wgpu::Buffer, offset: u64, data: &[T]) {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(buffer, offset, bytes);
+        }
+    }
+
     /// A pooled buffer for an output of `words` u32, with [`GUARD_WORDS`] guard words
     /// written right after it; [`GpuContext::read_output`] checks them.
     pub fn output(&self, role: &'static str, words: usize) -> Result<Arc<wgpu::Buffer>> {
@@ -788,6 +817,21 @@ impl Batch<'_> {
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, 1);
         Ok(())
+    }
+
+    /// Records a copy of `size` bytes between buffers (offsets and size multiples of 4).
+    pub fn copy(
+        &mut self,
+        from: &wgpu::Buffer,
+        from_offset: u64,
+        to: &wgpu::Buffer,
+        to_offset: u64,
+        size: u64,
+    ) {
+        if self.error.is_none() && size > 0 {
+            self.encoder
+                .copy_buffer_to_buffer(from, from_offset, to, to_offset, size);
+        }
     }
 
     /// Submits the batch and waits for it.

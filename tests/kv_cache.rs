@@ -1,0 +1,264 @@
+//! The GPU-resident KvCache: incremental quantization matches quantizing all at once,
+//! each group is quantized exactly once, memory accounting, and typed errors.
+
+use std::sync::OnceLock;
+
+use vidkv::bench::synthetic_tensor;
+use vidkv::gpu::attention::{attend, GpuLayer};
+use vidkv::gpu::{GpuContext, GpuOptions};
+use vidkv::packed::estimate_size;
+use vidkv::report::relative_l2;
+use vidkv::{CacheShape, KvCache, ModelShape, PackedCache, QuantConfig, Tensor, VidkvError};
+
+fn gpu() -> &'static GpuContext {
+    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
+    CONTEXT.get_or_init(|| {
+        GpuContext::new(&GpuOptions::default())
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    })
+}
+
+const SHAPE: ModelShape = ModelShape {
+    layers: 2,
+    q_heads: 6,
+    kv_heads: 2,
+    head_dim: 64,
+};
+
+fn tensors(tokens: usize) -> (Tensor, Tensor) {
+    let shape = CacheShape {
+        layers: SHAPE.layers,
+        kv_heads: SHAPE.kv_heads,
+        tokens,
+        head_dim: SHAPE.head_dim,
+    };
+    (synthetic_tensor(shape, 21), synthetic_tensor(shape, 22))
+}
+
+/// Tokens `from..to` of layer `l` as `[kv_heads, n, d]`.
+fn slice(t: &Tensor, l: usize, from: usize, to: usize) -> Vec<f32> {
+    let (h, tokens, d) = (t.dim(1), t.dim(2), t.dim(3));
+    (0..h)
+        .flat_map(|head| {
+            let base = (l * h + head) * tokens * d;
+            t.data[base + from * d..base + to * d].to_vec()
+        })
+        .collect()
+}
+
+/// Fills a cache with `prefill` tokens, then appends the rest in pieces of `step`.
+fn fill(
+    config: &QuantConfig,
+    k: &Tensor,
+    v: &Tensor,
+    prefill: usize,
+    step: usize,
+) -> KvCache<'static> {
+    let tokens = k.dim(2);
+    let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+    for l in 0..SHAPE.layers {
+        cache
+            .prefill(l, &slice(k, l, 0, prefill), &slice(v, l, 0, prefill))
+            .unwrap();
+        let mut at = prefill;
+        while at < tokens {
+            let to = (at + step).min(tokens);
+            cache
+                .append(l, &slice(k, l, at, to), &slice(v, l, at, to))
+                .unwrap();
+            at = to;
+        }
+    }
+    cache
+}
+
+fn queries(m: usize) -> Vec<f32> {
+    synthetic_tensor(
+        CacheShape {
+            layers: 1,
+            kv_heads: SHAPE.q_heads,
+            tokens: m,
+            head_dim: SHAPE.head_dim,
+        },
+        23,
+    )
+    .data
+    .iter()
+    .map(|x| 0.3 * x)
+    .collect()
+}
+
+#[test]
+fn incremental_equals_all_at_once_where_the_split_cannot_differ() {
+    let tokens = 700;
+    let (k, v) = tensors(tokens);
+    let q = queries(3);
+    let visible = [(0u32, 700u32), (5, 650), (0, 1)];
+    // Presets without a learned channel split, and vidkv filled by one prefill.
+    for (preset, prefill, step) in [
+        ("kivi2", 700, 1),
+        ("k2v2-channel", 700, 1),
+        ("kivi2", 100, 1),
+        ("k2v2-channel", 37, 45),
+        ("fp16", 10, 333),
+        ("vidkv", 700, 1),
+        ("vidkv-paper", 700, 1),
+    ] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let cache = fill(&config, &k, &v, prefill, step);
+        let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        for l in 0..SHAPE.layers {
+            let expected = attend(
+                gpu(),
+                &GpuLayer::upload(gpu(), &packed, l).unwrap(),
+                &q,
+                SHAPE.q_heads,
+                &visible,
+            )
+            .unwrap();
+            let got = cache.attend(l, &q, &visible).unwrap();
+            let err = relative_l2(&got, &expected);
+            assert!(err < 1e-5, "{preset} layer {l}: relative error {err}");
+        }
+        assert_eq!(cache.bytes(), packed.size().total_bytes(), "{preset}");
+    }
+}
+
+#[test]
+fn a_frozen_split_keeps_vidkv_close_to_all_at_once() {
+    // Prefill 2,000 tokens, then 1,000 more one token at a time: the split comes from the
+    // prefill only, so the result differs from quantizing everything at once, but not by
+    // more than the quantization error itself.
+    let tokens = 3000;
+    let (k, v) = tensors(tokens);
+    let q = queries(1);
+    let visible = [(0u32, tokens as u32)];
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let cache = fill(&config, &k, &v, 2000, 1);
+    let exact = PackedCache::quantize(&k, &v, &QuantConfig::preset("fp16").unwrap(), &[]).unwrap();
+    let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+    for l in 0..SHAPE.layers {
+        let reference = attend(
+            gpu(),
+            &GpuLayer::upload(gpu(), &exact, l).unwrap(),
+            &q,
+            SHAPE.q_heads,
+            &visible,
+        )
+        .unwrap();
+        let static_err = relative_l2(
+            &attend(
+                gpu(),
+                &GpuLayer::upload(gpu(), &packed, l).unwrap(),
+                &q,
+                SHAPE.q_heads,
+                &visible,
+            )
+            .unwrap(),
+            &reference,
+        );
+        let incremental_err = relative_l2(&cache.attend(l, &q, &visible).unwrap(), &reference);
+        assert!(
+            incremental_err < 2.0 * static_err + 1e-3,
+            "layer {l}: {incremental_err} vs {static_err}"
+        );
+    }
+}
+
+#[test]
+fn each_group_is_quantized_once_when_it_completes() {
+    let config = QuantConfig::preset("vidkv").unwrap(); // 1 sink, 64-token window, G = 32
+    let (k, v) = tensors(400);
+    let mut cache = KvCache::new(SHAPE, config, gpu()).unwrap();
+    cache
+        .prefill(0, &slice(&k, 0, 0, 200), &slice(&v, 0, 0, 200))
+        .unwrap();
+    // 200 tokens: 1 sink, then ⌊(199 − 64) / 32⌋ = 4 groups.
+    assert_eq!(cache.groups_quantized(), 4);
+    let mut expected = 4;
+    for t in 200..400 {
+        cache
+            .append(0, &slice(&k, 0, t, t + 1), &slice(&v, 0, t, t + 1))
+            .unwrap();
+        let groups = ((t + 1 - 1 - 64) / 32) as u64;
+        assert_eq!(cache.groups_quantized(), groups, "after token {t}");
+        assert!(
+            groups - expected <= 1,
+            "at most one group per one-token append"
+        );
+        expected = groups;
+    }
+    assert_eq!(cache.len(0), 400);
+    assert_eq!(cache.len(1), 0);
+}
+
+#[test]
+fn memory_accounting_matches_the_format() {
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let (k, v) = tensors(1000);
+    let cache = fill(&config, &k, &v, 900, 7);
+    let expected = estimate_size(
+        CacheShape {
+            layers: 2,
+            kv_heads: 2,
+            tokens: 1000,
+            head_dim: 64,
+        },
+        &config,
+        0,
+    );
+    assert_eq!(cache.bytes(), expected.total_bytes());
+    assert!((cache.bits_per_element() - expected.all_bits()).abs() < 1e-12);
+}
+
+#[test]
+fn bad_calls_are_typed_errors() {
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+    let (k, v) = tensors(64);
+    assert!(matches!(
+        cache.attend(0, &queries(1), &[(0, 1)]),
+        Err(VidkvError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        cache.append(0, &[1.0; 5], &[1.0; 5]),
+        Err(VidkvError::ShapeMismatch { .. })
+    ));
+    assert!(cache
+        .append(9, &slice(&k, 0, 0, 1), &slice(&v, 0, 0, 1))
+        .is_err());
+    let mut bad = slice(&k, 0, 0, 2);
+    bad[3] = f32::NAN;
+    assert!(matches!(
+        cache.append(0, &bad, &slice(&v, 0, 0, 2)),
+        Err(VidkvError::NonFinite { .. })
+    ));
+    cache
+        .prefill(0, &slice(&k, 0, 0, 64), &slice(&v, 0, 0, 64))
+        .unwrap();
+    assert!(cache
+        .prefill(0, &slice(&k, 0, 0, 1), &slice(&v, 0, 0, 1))
+        .is_err());
+    assert!(cache.attend(0, &queries(1), &[(0, 65)]).is_err());
+    assert!(cache.attend_causal(0, &[0.0; 3]).is_err());
+    assert!(KvCache::new(
+        ModelShape {
+            head_dim: 60,
+            ..SHAPE
+        },
+        config.clone(),
+        gpu()
+    )
+    .is_err());
+    assert!(KvCache::new(
+        ModelShape {
+            q_heads: 5,
+            ..SHAPE
+        },
+        config,
+        gpu()
+    )
+    .is_err());
+    cache.clear();
+    assert!(cache.is_empty());
+}
