@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use crate::cache::{KvCache, ModelShape};
 use crate::config::QuantConfig;
 use crate::error::Result;
 use crate::gpu::attention::{attend_with, GpuLayer, Kernels};
@@ -211,4 +212,85 @@ pub fn attention_latency(
         }
     }
     Ok((results, timestamps))
+}
+
+/// One decode step of a whole-model cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheStepResult {
+    pub preset: String,
+    /// Median wall-clock time of a step: append one token to every layer, then attend in
+    /// every layer (uploads and output read-backs included).
+    pub wall_median_ms: f64,
+    /// Median GPU time of a step (sum of its batches), when timestamps are available.
+    pub gpu_median_ms: Option<f64>,
+    /// Stored bytes of the cache after the steps.
+    pub bytes: usize,
+}
+
+/// Decode-step latency of a [`KvCache`] per preset for a model of `shape` filled with
+/// `context` tokens per layer.
+pub fn cache_decode_step(
+    ctx: &GpuContext,
+    shape: ModelShape,
+    context: usize,
+    presets: &[(String, QuantConfig)],
+    runs: usize,
+) -> Result<Vec<CacheStepResult>> {
+    let timestamps = ctx.start_profiling();
+    let layer_shape = CacheShape {
+        layers: 1,
+        kv_heads: shape.kv_heads,
+        tokens: context,
+        head_dim: shape.head_dim,
+    };
+    let step_shape = CacheShape {
+        tokens: 1,
+        ..layer_shape
+    };
+    let query = synthetic_tensor(
+        CacheShape {
+            kv_heads: shape.q_heads,
+            ..step_shape
+        },
+        9,
+    )
+    .data
+    .iter()
+    .map(|x| 0.3 * x)
+    .collect::<Vec<f32>>();
+    let mut results = Vec::new();
+    for (name, config) in presets {
+        let mut cache = KvCache::new(shape, config.clone(), ctx)?;
+        for layer in 0..shape.layers {
+            let k = synthetic_tensor(layer_shape, 100 + layer as u64);
+            let v = synthetic_tensor(layer_shape, 200 + layer as u64);
+            cache.prefill(layer, &k.data, &v.data)?;
+        }
+        let mut walls = Vec::with_capacity(runs);
+        let mut gpus = Vec::with_capacity(runs);
+        for run in 0..runs.max(1) + 1 {
+            let k = synthetic_tensor(step_shape, 300 + run as u64).data;
+            let v = synthetic_tensor(step_shape, 400 + run as u64).data;
+            ctx.take_gpu_time_ms();
+            let start = Instant::now();
+            for layer in 0..shape.layers {
+                cache.append(layer, &k, &v)?;
+                cache.attend_causal(layer, &query)?;
+            }
+            // The first step warms the pipelines up and is not counted.
+            if run > 0 {
+                walls.push(start.elapsed().as_secs_f64() * 1e3);
+                if let Some(ms) = ctx.take_gpu_time_ms() {
+                    gpus.push(ms);
+                }
+            }
+        }
+        results.push(CacheStepResult {
+            preset: name.clone(),
+            wall_median_ms: median(walls),
+            gpu_median_ms: (timestamps && !gpus.is_empty()).then(|| median(gpus)),
+            bytes: cache.bytes(),
+        });
+    }
+    Ok(results)
 }

@@ -90,6 +90,30 @@ enum BenchCommand {
     /// Decode-attention latency on the GPU per preset and context, against the fp16
     /// baseline in the same run (Qwen2-7B shape: 28 query heads, 4 KV heads, d = 128).
     Attention(BenchAttentionArgs),
+    /// One decode step of a whole-model KvCache (append one token to every layer, attend
+    /// in every layer), vidkv against an f16 cache behind the same API, and their memory.
+    Cache(BenchCacheArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchCacheArgs {
+    #[arg(long, default_value_t = 28)]
+    layers: usize,
+    #[arg(long, default_value_t = 28)]
+    q_heads: usize,
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Tokens per layer before the timed steps.
+    #[arg(long, default_value_t = 16384)]
+    context: usize,
+    /// Timed steps per preset (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +238,7 @@ pub fn main() -> ExitCode {
         Some(Command::Sizes(args)) => run_sizes(&args),
         Some(Command::Bench(BenchCommand::Quantize(args))) => run_bench_quantize(&args),
         Some(Command::Bench(BenchCommand::Attention(args))) => run_bench_attention(&args),
+        Some(Command::Bench(BenchCommand::Cache(args))) => run_bench_cache(&args),
         Some(Command::Quantize(args)) => run_quantize(&args),
         Some(Command::Inspect(args)) => run_inspect(&args),
         None => run_report(&ReportArgs::default()),
@@ -257,6 +282,68 @@ fn run_report(args: &ReportArgs) -> Result<()> {
         println!("{}", to_json(&reports, &device.describe()));
     } else {
         print!("{}", to_table(&reports, &device.describe()));
+    }
+    Ok(())
+}
+
+fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
+    let shape = crate::cache::ModelShape {
+        layers: args.layers,
+        q_heads: args.q_heads,
+        kv_heads: args.kv_heads,
+        head_dim: args.head_dim,
+    };
+    if args.context == 0 {
+        return Err(VidkvError::InvalidConfig(
+            "the context must hold at least one token".into(),
+        ));
+    }
+    let presets = resolve_presets(&["fp16".to_string(), "vidkv".to_string()], None, None)?;
+    let gpu = GpuContext::new(&GpuOptions::default())?;
+    let results = crate::bench::cache_decode_step(&gpu, shape, args.context, &presets, args.runs)?;
+    let fp16 = &results[0];
+    let speed = |r: &crate::bench::CacheStepResult| fp16.wall_median_ms / r.wall_median_ms;
+    if args.json {
+        let doc = serde_json::json!({
+            "adapter": gpu.adapter_name(),
+            "shape": {"layers": args.layers, "q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
+            "context": args.context,
+            "results": results.iter().map(|r| serde_json::json!({
+                "preset": r.preset,
+                "wall_median_ms": r.wall_median_ms,
+                "gpu_median_ms": r.gpu_median_ms,
+                "ratio_to_fp16": speed(r),
+                "bytes": r.bytes,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    println!(
+        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}",
+        args.layers,
+        args.q_heads,
+        args.kv_heads,
+        args.head_dim,
+        args.context,
+        gpu.adapter_name()
+    );
+    println!(
+        "  {:<8} {:>12} {:>12} {:>9} {:>14}",
+        "cache", "wall ms", "gpu ms", "vs fp16", "bytes"
+    );
+    for r in &results {
+        let gpu_ms = r
+            .gpu_median_ms
+            .map_or("-".to_string(), |ms| format!("{ms:.1}"));
+        println!(
+            "  {:<8} {:>12.1} {:>12} {:>8.2}x {:>14}",
+            r.preset,
+            r.wall_median_ms,
+            gpu_ms,
+            speed(r),
+            r.bytes
+        );
     }
     Ok(())
 }
