@@ -11,15 +11,19 @@
 //! ([`crate::gpu::attention`]); a decode step uploads the new token and the query and
 //! reads back only the output.
 //!
-//! Not yet supported: STP protection inside a growing cache (use [`crate::PackedCache`]
-//! with a protected list), per-token key grouping, and inputs that are already wgpu
-//! buffers.
+//! STP: [`KvCache::protect`] (before the prefill) keeps the chosen tokens' values at 2 bits;
+//! the protected set applies to the prefill, whose quantized part is then packed in one
+//! segment with its STP lists (the prefill's planes make one trip through host memory);
+//! tokens appended later are never protected, as in the paper's code.
+//!
+//! Not yet supported: per-token key grouping, inputs that are already wgpu buffers, and
+//! saving a growing cache (a [`crate::PackedCache`] saves and loads).
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, SplitGranularity, ValueScheme};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{
-    attend_segments, check_head_dim, Kernels, KeyLayout, LayerGeometry, PackedKeyPlanes,
-    PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,
+    attend_segments, check_head_dim, upload_planes, Kernels, KeyLayout, LayerGeometry,
+    PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,
 };
 use crate::gpu::quantize::{
     channel_split, record_signs, record_ternary, record_two_bit_channels, record_two_bit_tokens,
@@ -29,7 +33,7 @@ use crate::gpu::runtime::{Bound, GpuContext};
 use crate::packed::planes::{pack_f16_slice, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::{estimate_size, CacheShape};
 use crate::reference::split::outlier_count;
-use crate::tensor::check_quantizable;
+use crate::tensor::{check_quantizable, Tensor};
 
 /// Groups of quantized storage per chunk (8,192 tokens at the default group size).
 pub const CHUNK_GROUPS: usize = 256;
@@ -111,6 +115,10 @@ struct LayerState {
     exact_chunks: Vec<(ExactStore, usize)>,
     chunks: Vec<Chunk>,
     layout: Option<KeyLayout>,
+    /// Tokens quantized so far (they follow the sinks).
+    quantized: usize,
+    /// The prefill's quantized tokens packed with their STP lists, when tokens are protected.
+    prefill: Option<(Chunk, usize)>,
 }
 
 /// A KV cache for a whole model, resident on the GPU (see the module docs).
@@ -121,6 +129,8 @@ pub struct KvCache<'g> {
     layers: Vec<LayerState>,
     identity: wgpu::Buffer,
     groups_quantized: u64,
+    /// STP-protected positions (ascending), applied to each layer's prefill.
+    protected: Vec<u32>,
 }
 
 impl<'g> KvCache<'g> {
@@ -152,6 +162,7 @@ impl<'g> KvCache<'g> {
             layers: Vec::new(),
             identity: gpu.create_storage("identity channels", &identity)?,
             groups_quantized: 0,
+            protected: Vec::new(),
         };
         cache.clear();
         Ok(cache)
@@ -183,6 +194,48 @@ impl<'g> KvCache<'g> {
         self.groups_quantized
     }
 
+    /// Protects token positions (STP: their values keep 2 bits instead of ternary). Call it
+    /// before any layer is filled; it applies to the prefills. Needs ternary values.
+    pub fn protect(&mut self, positions: &[u32]) -> Result<()> {
+        if !self.is_empty() {
+            return Err(VidkvError::InvalidConfig(
+                "protect the tokens before the prefill (the cache already holds tokens)".into(),
+            ));
+        }
+        if !matches!(self.config.values, ValueScheme::Ternary { .. }) && !positions.is_empty() {
+            return Err(VidkvError::InvalidConfig(
+                "protected (STP) tokens need the ternary value scheme".into(),
+            ));
+        }
+        if positions.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(VidkvError::InvalidConfig(
+                "protected positions must be ascending and unique".into(),
+            ));
+        }
+        self.protected = positions.to_vec();
+        Ok(())
+    }
+
+    /// The visual tokens to protect: the configured share (`stp_ratio`) of the visual
+    /// tokens with the largest mean dot product with the text tokens (see
+    /// [`crate::reference::stp::select_salient_tokens`]); `visual` and `text` are row-major
+    /// `[tokens, dim]` embeddings and `visual_start` the position of the first visual token.
+    pub fn salient_tokens(
+        &self,
+        visual: &[f32],
+        text: &[f32],
+        dim: usize,
+        visual_start: usize,
+    ) -> Result<Vec<u32>> {
+        crate::reference::stp::select_salient_tokens(
+            visual,
+            text,
+            dim,
+            self.config.stp_ratio,
+            visual_start,
+        )
+    }
+
     /// Drops every token (and the frozen channel splits).
     pub fn clear(&mut self) {
         self.layers = (0..self.shape.layers)
@@ -212,7 +265,13 @@ impl<'g> KvCache<'g> {
             value_bytes: 0,
             elements: 0,
         };
+        // The STP list is stored once per cache (as in the format), not once per layer.
+        let mut list_charged = false;
         for layer in &self.layers {
+            let protected = layer
+                .prefill
+                .as_ref()
+                .map_or(0, |(_, protected)| *protected);
             let s = estimate_size(
                 CacheShape {
                     layers: 1,
@@ -221,11 +280,17 @@ impl<'g> KvCache<'g> {
                     head_dim: self.shape.head_dim,
                 },
                 &self.config,
-                0,
+                protected,
             );
             total.key_bytes += s.key_bytes;
             total.value_bytes += s.value_bytes;
             total.elements += s.elements;
+            if protected > 0 {
+                if list_charged {
+                    total.value_bytes -= 4 * protected;
+                }
+                list_charged = true;
+            }
         }
         total
     }
@@ -266,6 +331,12 @@ impl<'g> KvCache<'g> {
         check_quantizable("v", v, &[h, n, d])?;
         if n == 0 {
             return Ok(());
+        }
+        if self.len(layer) == 0 && !self.protected.is_empty() && !self.config.is_fp16() {
+            let plan = self.config.plan(n);
+            if plan.quantized > 0 {
+                return self.prefill_protected(layer, k, v, n);
+            }
         }
         // The quantization kernels use the context's pooled buffers.
         let _exclusive = self.gpu.exclusive();
@@ -326,6 +397,69 @@ impl<'g> KvCache<'g> {
                 &state.window_values[head][range],
             );
         }
+        Ok(())
+    }
+
+    /// A prefill with protected tokens: its quantized part is packed with STP lists.
+    fn prefill_protected(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) -> Result<()> {
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let ctx = self.gpu;
+        let plan = self.config.plan(n);
+        let dims = vec![1, h, n, d];
+        let packed = crate::gpu::quantize::quantize_cache(
+            ctx,
+            &Tensor::new("k", dims.clone(), k.to_vec())?,
+            &Tensor::new("v", dims, v.to_vec())?,
+            &self.config,
+            &self.protected,
+        )?;
+        let (layout, planes) = upload_planes(
+            ctx,
+            &packed.heads,
+            &packed.protected,
+            self.config.group_size,
+        )?;
+        let planes = planes.expect("a quantized preset with quantized tokens has planes");
+        let _exclusive = ctx.exclusive();
+        let state = &mut self.layers[layer];
+        if plan.sinks > 0 {
+            let store = ExactStore::new(ctx, h, d, self.config.sinks)?;
+            for head in 0..h {
+                let rows = head * n * d..(head * n + plan.sinks) * d;
+                store.write(ctx, head, 0, d, &k[rows.clone()], &v[rows]);
+            }
+            state.sinks = Some(store);
+        }
+        state.window_keys = (0..h)
+            .map(|head| k[(head * n + plan.quantized_end()) * d..(head + 1) * n * d].to_vec())
+            .collect();
+        state.window_values = (0..h)
+            .map(|head| v[(head * n + plan.quantized_end()) * d..(head + 1) * n * d].to_vec())
+            .collect();
+        let window = ExactStore::new(ctx, h, d, self.config.residual + self.config.group_size)?;
+        for head in 0..h {
+            window.write(
+                ctx,
+                head,
+                0,
+                d,
+                &state.window_keys[head],
+                &state.window_values[head],
+            );
+        }
+        state.window = Some(window);
+        state.layout = Some(layout);
+        state.quantized = plan.quantized;
+        state.prefill = Some((
+            Chunk {
+                start: plan.quantized_start(),
+                groups: plan.quantized / self.config.group_size,
+                planes,
+            },
+            packed.protected.len(),
+        ));
+        state.tokens = n;
+        self.groups_quantized += (plan.quantized / self.config.group_size) as u64;
         Ok(())
     }
 
@@ -717,7 +851,7 @@ impl<'g> KvCache<'g> {
             if let Some(store) = &state.sinks {
                 segments.push(store.segment(0, sinks));
             }
-            for chunk in &state.chunks {
+            for chunk in state.prefill.iter().map(|(c, _)| c).chain(&state.chunks) {
                 segments.push(SegmentRef {
                     start: chunk.start,
                     len: chunk.groups * g,

@@ -262,3 +262,45 @@ fn bad_calls_are_typed_errors() {
     cache.clear();
     assert!(cache.is_empty());
 }
+
+#[test]
+fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
+    let (k, v) = tensors(700);
+    let q = queries(2);
+    let visible = [(0u32, 700u32), (100, 600)];
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let protected: Vec<u32> = (0..700).filter(|t| t % 5 == 2).collect();
+    let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+    cache.protect(&protected).unwrap();
+    for l in 0..SHAPE.layers {
+        cache
+            .prefill(l, &slice(&k, l, 0, 700), &slice(&v, l, 0, 700))
+            .unwrap();
+    }
+    let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
+    assert_eq!(cache.bytes(), packed.size().total_bytes());
+    for l in 0..SHAPE.layers {
+        let expected = attend(
+            gpu(),
+            &GpuLayer::upload(gpu(), &packed, l).unwrap(),
+            &q,
+            SHAPE.q_heads,
+            &visible,
+        )
+        .unwrap();
+        let err = relative_l2(&cache.attend(l, &q, &visible).unwrap(), &expected);
+        assert!(err < 1e-5, "layer {l}: relative error {err}");
+    }
+    // Later tokens go to ordinary chunks after the protected prefill.
+    let (k2, v2) = tensors(900);
+    for t in 700..900 {
+        cache
+            .append(0, &slice(&k2, 0, t, t + 1), &slice(&v2, 0, t, t + 1))
+            .unwrap();
+    }
+    let out = cache.attend_causal(0, &queries(1)).unwrap();
+    assert!(out.iter().all(|x| x.is_finite()));
+    assert!(cache.protect(&[1]).is_err(), "protect after the prefill");
+    let mut kivi = KvCache::new(SHAPE, QuantConfig::preset("kivi2").unwrap(), gpu()).unwrap();
+    assert!(kivi.protect(&[1, 2]).is_err(), "STP needs ternary values");
+}

@@ -171,148 +171,8 @@ impl GpuLayer {
             ctx.create_storage("exact keys", &concat(&|h| h.exact_keys.data.clone()))?;
         let exact_values =
             ctx.create_storage("exact values", &concat(&|h| h.exact_values.data.clone()))?;
-        let layout =
-            match &heads[0].keys {
-                PackedKeys::Mixed(first) => {
-                    let mut order = Vec::with_capacity(d * heads.len());
-                    for head in heads {
-                        let PackedKeys::Mixed(m) = &head.keys else {
-                            unreachable!("all heads of a cache share a scheme")
-                        };
-                        let split = m.split(d);
-                        order.extend(
-                            split
-                                .outliers
-                                .iter()
-                                .chain(&split.normals)
-                                .map(|&c| c as u32),
-                        );
-                    }
-                    let normals = d - first.outliers.shape.rows;
-                    KeyLayout {
-                        outliers: first.outliers.shape.rows,
-                        normals,
-                        fft: first.fft,
-                        order: ctx.create_storage("channel order", &order)?,
-                        twiddles: ctx.create_storage("twiddles", &twiddles(normals.max(1)))?,
-                    }
-                }
-                PackedKeys::TwoBit {
-                    grouping: Grouping::PerToken,
-                    ..
-                } => return Err(VidkvError::InvalidConfig(
-                    "GPU attention reads per-channel keys; per-token key grouping is not supported"
-                        .into(),
-                )),
-                _ => KeyLayout::identity(ctx, shape.kv_heads, d)?,
-            };
-        let planes = match (&heads[0].keys, &heads[0].values) {
-            (PackedKeys::Exact, _) => None,
-            (first_keys, first_values) => {
-                let groups = plan.quantized / cache.config.group_size;
-                let keys = match first_keys {
-                    PackedKeys::TwoBit { .. } => {
-                        let plane = |h: &PackedHead| match &h.keys {
-                            PackedKeys::TwoBit { plane, .. } => plane.clone(),
-                            _ => unreachable!("all heads of a cache share a scheme"),
-                        };
-                        PackedKeyPlanes::Packed {
-                            codes: ctx.create_storage("key codes", &concat(&|h| plane(h).codes))?,
-                            scale_min: ctx
-                                .create_storage("key params", &concat(&|h| plane(h).params))?,
-                            sign_codes: ctx.create_storage("key sign codes", &[0u32])?,
-                            sign_scales: ctx.create_storage("key sign scales", &[0u32])?,
-                        }
-                    }
-                    _ => {
-                        let mixed = |h: &PackedHead| match &h.keys {
-                            PackedKeys::Mixed(m) => m.clone(),
-                            _ => unreachable!("all heads of a cache share a scheme"),
-                        };
-                        PackedKeyPlanes::Packed {
-                            codes: ctx.create_storage(
-                                "key codes",
-                                &concat(&|h| mixed(h).outliers.codes),
-                            )?,
-                            scale_min: ctx.create_storage(
-                                "key params",
-                                &concat(&|h| mixed(h).outliers.params),
-                            )?,
-                            sign_codes: ctx.create_storage(
-                                "key sign codes",
-                                &concat(&|h| mixed(h).normals.codes),
-                            )?,
-                            sign_scales: ctx.create_storage(
-                                "key sign scales",
-                                &concat(&|h| mixed(h).normals.scales),
-                            )?,
-                        }
-                    }
-                };
-                let values = match first_values {
-                    PackedValues::TwoBit { grouping, plane } => {
-                        let two_bit = |h: &PackedHead| match &h.values {
-                            PackedValues::TwoBit { plane, .. } => plane.clone(),
-                            _ => unreachable!("all heads of a cache share a scheme"),
-                        };
-                        PackedValuePlanes::TwoBit {
-                            grouping: *grouping,
-                            rows: plane.shape.rows,
-                            groups: plane.shape.groups(),
-                            codes: ctx
-                                .create_storage("value codes", &concat(&|h| two_bit(h).codes))?,
-                            scale_min: ctx
-                                .create_storage("value params", &concat(&|h| two_bit(h).params))?,
-                        }
-                    }
-                    PackedValues::Ternary { plane, protected } => {
-                        let ternary = |h: &PackedHead| match &h.values {
-                            PackedValues::Ternary { plane, protected } => {
-                                (plane.clone(), protected.clone())
-                            }
-                            _ => unreachable!("all heads of a cache share a scheme"),
-                        };
-                        let slots: Vec<ValueSlot> =
-                            heads[0].value_slots(&cache.protected).collect();
-                        let (positions, split_elements) =
-                            stp_layout(&slots, plan.quantized_start());
-                        let stp = protected.shape.len > 0;
-                        PackedValuePlanes::Ternary {
-                            groups: plane.shape.groups(),
-                            kept_groups: protected.shape.groups(),
-                            plain: plane.shape.len,
-                            stp,
-                            codes: ctx
-                                .create_storage("value codes", &concat(&|h| ternary(h).0.codes))?,
-                            scales: ctx.create_storage(
-                                "value scales",
-                                &concat(&|h| ternary(h).0.scales),
-                            )?,
-                            kept_codes: ctx.create_storage(
-                                "protected codes",
-                                &concat(&|h| ternary(h).1.codes),
-                            )?,
-                            kept_params: ctx.create_storage(
-                                "protected params",
-                                &concat(&|h| ternary(h).1.params),
-                            )?,
-                            positions: ctx.create_storage(
-                                "value positions",
-                                if stp { &positions[..] } else { &[0u32][..] },
-                            )?,
-                            split_elements: ctx
-                                .create_storage("split elements", &split_elements)?,
-                        }
-                    }
-                    PackedValues::Exact => unreachable!("keys and values are quantized together"),
-                };
-                Some(PackedPlanes {
-                    groups,
-                    keys,
-                    values,
-                })
-            }
-        };
+        let (layout, planes) =
+            upload_planes(ctx, heads, &cache.protected, cache.config.group_size)?;
         Ok(GpuLayer {
             kv_heads: shape.kv_heads,
             head_dim: d,
@@ -410,6 +270,152 @@ impl PackedPlanes {
             }
         }
     }
+}
+
+/// Uploads the quantized planes of one layer's heads (all sharing a plan and scheme) and
+/// its key layout; `None` planes for an fp16 layer.
+pub(crate) fn upload_planes(
+    ctx: &GpuContext,
+    heads: &[PackedHead],
+    protected_positions: &[u32],
+    group_size: usize,
+) -> Result<(KeyLayout, Option<PackedPlanes>)> {
+    let d = heads[0].head_dim;
+    let plan = heads[0].plan;
+    let concat =
+        |f: &dyn Fn(&PackedHead) -> Vec<u32>| -> Vec<u32> { heads.iter().flat_map(f).collect() };
+    let layout = match &heads[0].keys {
+        PackedKeys::Mixed(first) => {
+            let mut order = Vec::with_capacity(d * heads.len());
+            for head in heads {
+                let PackedKeys::Mixed(m) = &head.keys else {
+                    unreachable!("all heads of a cache share a scheme")
+                };
+                let split = m.split(d);
+                order.extend(
+                    split
+                        .outliers
+                        .iter()
+                        .chain(&split.normals)
+                        .map(|&c| c as u32),
+                );
+            }
+            let normals = d - first.outliers.shape.rows;
+            KeyLayout {
+                outliers: first.outliers.shape.rows,
+                normals,
+                fft: first.fft,
+                order: ctx.create_storage("channel order", &order)?,
+                twiddles: ctx.create_storage("twiddles", &twiddles(normals.max(1)))?,
+            }
+        }
+        PackedKeys::TwoBit {
+            grouping: Grouping::PerToken,
+            ..
+        } => {
+            return Err(VidkvError::InvalidConfig(
+                "GPU attention reads per-channel keys; per-token key grouping is not supported"
+                    .into(),
+            ))
+        }
+        _ => KeyLayout::identity(ctx, heads.len(), d)?,
+    };
+    let planes = match (&heads[0].keys, &heads[0].values) {
+        (PackedKeys::Exact, _) => None,
+        (first_keys, first_values) => {
+            let groups = plan.quantized / group_size;
+            let keys = match first_keys {
+                PackedKeys::TwoBit { .. } => {
+                    let plane = |h: &PackedHead| match &h.keys {
+                        PackedKeys::TwoBit { plane, .. } => plane.clone(),
+                        _ => unreachable!("all heads of a cache share a scheme"),
+                    };
+                    PackedKeyPlanes::Packed {
+                        codes: ctx.create_storage("key codes", &concat(&|h| plane(h).codes))?,
+                        scale_min: ctx
+                            .create_storage("key params", &concat(&|h| plane(h).params))?,
+                        sign_codes: ctx.create_storage("key sign codes", &[0u32])?,
+                        sign_scales: ctx.create_storage("key sign scales", &[0u32])?,
+                    }
+                }
+                _ => {
+                    let mixed = |h: &PackedHead| match &h.keys {
+                        PackedKeys::Mixed(m) => m.clone(),
+                        _ => unreachable!("all heads of a cache share a scheme"),
+                    };
+                    PackedKeyPlanes::Packed {
+                        codes: ctx
+                            .create_storage("key codes", &concat(&|h| mixed(h).outliers.codes))?,
+                        scale_min: ctx
+                            .create_storage("key params", &concat(&|h| mixed(h).outliers.params))?,
+                        sign_codes: ctx.create_storage(
+                            "key sign codes",
+                            &concat(&|h| mixed(h).normals.codes),
+                        )?,
+                        sign_scales: ctx.create_storage(
+                            "key sign scales",
+                            &concat(&|h| mixed(h).normals.scales),
+                        )?,
+                    }
+                }
+            };
+            let values = match first_values {
+                PackedValues::TwoBit { grouping, plane } => {
+                    let two_bit = |h: &PackedHead| match &h.values {
+                        PackedValues::TwoBit { plane, .. } => plane.clone(),
+                        _ => unreachable!("all heads of a cache share a scheme"),
+                    };
+                    PackedValuePlanes::TwoBit {
+                        grouping: *grouping,
+                        rows: plane.shape.rows,
+                        groups: plane.shape.groups(),
+                        codes: ctx.create_storage("value codes", &concat(&|h| two_bit(h).codes))?,
+                        scale_min: ctx
+                            .create_storage("value params", &concat(&|h| two_bit(h).params))?,
+                    }
+                }
+                PackedValues::Ternary { plane, protected } => {
+                    let ternary = |h: &PackedHead| match &h.values {
+                        PackedValues::Ternary { plane, protected } => {
+                            (plane.clone(), protected.clone())
+                        }
+                        _ => unreachable!("all heads of a cache share a scheme"),
+                    };
+                    let slots: Vec<ValueSlot> = heads[0].value_slots(protected_positions).collect();
+                    let (positions, split_elements) = stp_layout(&slots, plan.quantized_start());
+                    let stp = protected.shape.len > 0;
+                    PackedValuePlanes::Ternary {
+                        groups: plane.shape.groups(),
+                        kept_groups: protected.shape.groups(),
+                        plain: plane.shape.len,
+                        stp,
+                        codes: ctx
+                            .create_storage("value codes", &concat(&|h| ternary(h).0.codes))?,
+                        scales: ctx
+                            .create_storage("value scales", &concat(&|h| ternary(h).0.scales))?,
+                        kept_codes: ctx
+                            .create_storage("protected codes", &concat(&|h| ternary(h).1.codes))?,
+                        kept_params: ctx.create_storage(
+                            "protected params",
+                            &concat(&|h| ternary(h).1.params),
+                        )?,
+                        positions: ctx.create_storage(
+                            "value positions",
+                            if stp { &positions[..] } else { &[0u32][..] },
+                        )?,
+                        split_elements: ctx.create_storage("split elements", &split_elements)?,
+                    }
+                }
+                PackedValues::Exact => unreachable!("keys and values are quantized together"),
+            };
+            Some(PackedPlanes {
+                groups,
+                keys,
+                values,
+            })
+        }
+    };
+    Ok((layout, planes))
 }
 
 /// The ternary elements' positions (then the protected ones) and, per split of the
