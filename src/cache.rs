@@ -16,8 +16,12 @@
 //! segment with its STP lists (the prefill's planes make one trip through host memory);
 //! tokens appended later are never protected, as in the paper's code.
 //!
-//! Not yet supported: per-token key grouping, inputs that are already wgpu buffers, and
-//! saving a growing cache (a [`crate::PackedCache`] saves and loads).
+//! Persistence: [`KvCache::save`] / [`KvCache::load`] use the [`crate::persist`] format
+//! (plus the model's `q_heads`); [`KvCache::to_packed`] gives the contents as a
+//! [`crate::PackedCache`]. A cache with protected tokens and groups quantized after its
+//! prefill cannot be saved in format version 1 (its ternary groups are not contiguous).
+//!
+//! Not yet supported: per-token key grouping, and inputs that are already wgpu buffers.
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, SplitGranularity, ValueScheme};
 use crate::error::{Result, VidkvError};
@@ -30,8 +34,12 @@ use crate::gpu::quantize::{
     twiddles, GroupWindow, NormalChannels,
 };
 use crate::gpu::runtime::{Bound, GpuContext};
-use crate::packed::planes::{pack_f16_slice, SignPlane, TernaryPlane, TwoBitPlane};
-use crate::packed::{estimate_size, CacheShape};
+use crate::packed::planes::{
+    pack_f16_slice, ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane,
+};
+use crate::packed::{
+    estimate_size, CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues,
+};
 use crate::reference::split::outlier_count;
 use crate::tensor::{check_quantizable, Tensor};
 
@@ -906,5 +914,577 @@ impl<'g> KvCache<'g> {
             .map(|m| (0, (tokens - queries + m + 1) as u32))
             .collect();
         self.attend(layer, q, &visible)
+    }
+}
+
+/// One quantized run of a layer, as stored: its planes and how many groups it holds.
+struct StoredRun<'a> {
+    planes: &'a PackedPlanes,
+    /// Filled groups of the key planes.
+    groups: usize,
+    /// Group stride and filled groups of per-channel value planes (a prefill run's ternary
+    /// plane covers only its unprotected tokens).
+    value_stride: usize,
+    value_groups: usize,
+}
+
+impl<'g> KvCache<'g> {
+    /// The cache as a [`PackedCache`] (every layer must hold the same number of tokens):
+    /// the planes are read back from the GPU and laid out as one run per head.
+    pub fn to_packed(&self) -> Result<PackedCache> {
+        let tokens = self.len(0);
+        if tokens == 0 || self.layers.iter().any(|l| l.tokens != tokens) {
+            return Err(VidkvError::InvalidConfig(
+                "saving needs every layer to hold the same, non-zero number of tokens".into(),
+            ));
+        }
+        let (h, d, g) = (
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.config.group_size,
+        );
+        let plan = self.config.plan(tokens);
+        let ctx = self.gpu;
+        let mut heads = Vec::with_capacity(self.shape.layers * h);
+        let mut protected = Vec::new();
+        for state in &self.layers {
+            if state.prefill.as_ref().is_some_and(|(_, p)| *p > 0) && !state.chunks.is_empty() {
+                return Err(VidkvError::InvalidConfig(
+                    "a cache with STP-protected tokens and groups quantized after the prefill cannot be saved in format version 1"
+                        .into(),
+                ));
+            }
+            if let Some((chunk, _)) = &state.prefill {
+                let end = chunk.start + chunk.groups * g;
+                protected = self
+                    .protected
+                    .iter()
+                    .copied()
+                    .filter(|&p| (chunk.start..end).contains(&(p as usize)))
+                    .collect();
+            }
+            let runs: Vec<StoredRun<'_>> = state
+                .prefill
+                .iter()
+                .map(|(c, _)| StoredRun::of(c, true))
+                .chain(state.chunks.iter().map(|c| StoredRun::of(c, false)))
+                .collect();
+            let exact_words =
+                |store: &Option<ExactStore>, rows: usize, keys: bool| -> Result<Vec<Vec<u32>>> {
+                    let Some(store) = store else {
+                        return Ok(vec![Vec::new(); h]);
+                    };
+                    let buffer = if keys { &store.keys } else { &store.values };
+                    let all = ctx.read_words(buffer, h * store.capacity * d / 2)?;
+                    Ok((0..h)
+                        .map(|head| all[head * store.capacity * d / 2..][..rows * d / 2].to_vec())
+                        .collect())
+                };
+            let (sink_keys, sink_values) = if self.config.is_fp16() {
+                (vec![Vec::new(); h], vec![Vec::new(); h])
+            } else {
+                (
+                    exact_words(&state.sinks, plan.sinks, true)?,
+                    exact_words(&state.sinks, plan.sinks, false)?,
+                )
+            };
+            let fp16_rows = |keys: bool| -> Result<Vec<Vec<u32>>> {
+                let mut out = vec![Vec::new(); h];
+                for (store, used) in &state.exact_chunks {
+                    for (head, rows) in exact_words(
+                        &Some(ExactStore {
+                            keys: store.keys.clone(),
+                            values: store.values.clone(),
+                            capacity: store.capacity,
+                        }),
+                        *used,
+                        keys,
+                    )?
+                    .into_iter()
+                    .enumerate()
+                    {
+                        out[head].extend(rows);
+                    }
+                }
+                Ok(out)
+            };
+            let (fp16_keys, fp16_values) = if self.config.is_fp16() {
+                (fp16_rows(true)?, fp16_rows(false)?)
+            } else {
+                (vec![Vec::new(); h], vec![Vec::new(); h])
+            };
+            let order = match &state.layout {
+                Some(layout)
+                    if layout.normals > 0
+                        || matches!(self.config.keys, KeyScheme::Mixed { .. }) =>
+                {
+                    Some((
+                        ctx.read_words(&layout.order, h * d)?,
+                        layout.outliers,
+                        layout.fft,
+                    ))
+                }
+                _ => None,
+            };
+            let reads = RunReads::read(ctx, &runs)?;
+            for head in 0..h {
+                let mut exact_keys = sink_keys[head].clone();
+                let mut exact_values = sink_values[head].clone();
+                exact_keys.extend(&fp16_keys[head]);
+                exact_values.extend(&fp16_values[head]);
+                for row in state
+                    .window_keys
+                    .get(head)
+                    .map(|w| w.chunks_exact(d))
+                    .into_iter()
+                    .flatten()
+                {
+                    exact_keys.extend(pack_f16_slice(row));
+                }
+                for row in state
+                    .window_values
+                    .get(head)
+                    .map(|w| w.chunks_exact(d))
+                    .into_iter()
+                    .flatten()
+                {
+                    exact_values.extend(pack_f16_slice(row));
+                }
+                heads.push(self.packed_head(
+                    plan,
+                    head,
+                    exact_keys,
+                    exact_values,
+                    &reads,
+                    &runs,
+                    order.as_ref(),
+                    protected.len(),
+                )?);
+            }
+        }
+        Ok(PackedCache {
+            shape: CacheShape {
+                layers: self.shape.layers,
+                kv_heads: h,
+                tokens,
+                head_dim: d,
+            },
+            config: self.config.clone(),
+            protected,
+            heads,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn packed_head(
+        &self,
+        plan: crate::config::TokenPlan,
+        head: usize,
+        exact_keys: Vec<u32>,
+        exact_values: Vec<u32>,
+        reads: &RunReads,
+        runs: &[StoredRun<'_>],
+        order: Option<&(Vec<u32>, usize, bool)>,
+        protected: usize,
+    ) -> Result<PackedHead> {
+        let (d, g) = (self.shape.head_dim, self.config.group_size);
+        let nq = plan.quantized;
+        let shape = |rows, len| GroupedShape {
+            rows,
+            len,
+            group_size: g,
+        };
+        let wpg2 = TwoBitPlane::words_per_group(g);
+        let keys = match self.config.keys {
+            KeyScheme::Fp16 => PackedKeys::Exact,
+            KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
+                grouping,
+                plane: TwoBitPlane {
+                    shape: shape(d, nq),
+                    codes: reads.rows(RunArray::KeyCodes, runs, head, d, wpg2),
+                    params: reads.rows(RunArray::KeyParams, runs, head, d, 1),
+                },
+            },
+            KeyScheme::Mixed { .. } => {
+                let (order, k, fft) = order
+                    .ok_or_else(|| VidkvError::InvalidConfig("no channel split to save".into()))?;
+                let mut outlier_mask = vec![0u32; d.div_ceil(32)];
+                for &c in &order[head * d..head * d + k] {
+                    outlier_mask[c as usize / 32] |= 1 << (c % 32);
+                }
+                let n = d - k;
+                PackedKeys::Mixed(MixedKeys {
+                    outlier_mask,
+                    outliers: TwoBitPlane {
+                        shape: shape(*k, nq),
+                        codes: reads.rows(RunArray::KeyCodes, runs, head, *k, wpg2),
+                        params: reads.rows(RunArray::KeyParams, runs, head, *k, 1),
+                    },
+                    normals: SignPlane {
+                        shape: shape(n, nq),
+                        codes: reads.rows(
+                            RunArray::SignCodes,
+                            runs,
+                            head,
+                            n,
+                            SignPlane::words_per_group(g),
+                        ),
+                        scales: reads.rows(RunArray::SignScales, runs, head, n.div_ceil(2), 1),
+                    },
+                    fft: *fft,
+                })
+            }
+        };
+        let values = match self.config.values {
+            ValueScheme::Fp16 => PackedValues::Exact,
+            ValueScheme::TwoBit {
+                grouping: Grouping::PerChannel,
+            } => PackedValues::TwoBit {
+                grouping: Grouping::PerChannel,
+                plane: TwoBitPlane {
+                    shape: shape(d, nq),
+                    codes: reads.rows(RunArray::ValueCodes, runs, head, d, wpg2),
+                    params: reads.rows(RunArray::ValueParams, runs, head, d, 1),
+                },
+            },
+            ValueScheme::TwoBit {
+                grouping: Grouping::PerToken,
+            } => {
+                let cg = d.div_ceil(g);
+                PackedValues::TwoBit {
+                    grouping: Grouping::PerToken,
+                    plane: TwoBitPlane {
+                        shape: GroupedShape {
+                            rows: nq,
+                            len: d,
+                            group_size: g,
+                        },
+                        codes: reads.token_rows(RunArray::ValueCodes, runs, head, g, cg * wpg2),
+                        params: reads.token_rows(RunArray::ValueParams, runs, head, g, cg),
+                    },
+                }
+            }
+            ValueScheme::Ternary { .. } => {
+                let plain = shape(d, nq - protected);
+                let (kept_codes, kept_params) = reads.kept(head, protected, d, g)?;
+                PackedValues::Ternary {
+                    plane: TernaryPlane {
+                        shape: plain,
+                        codes: reads.rows(
+                            RunArray::ValueCodes,
+                            runs,
+                            head,
+                            d.div_ceil(5),
+                            TernaryPlane::words_per_record(g),
+                        ),
+                        scales: reads.rows(RunArray::ValueParams, runs, head, d.div_ceil(2), 1),
+                    },
+                    protected: TwoBitPlane {
+                        shape: shape(d, protected),
+                        codes: kept_codes,
+                        params: kept_params,
+                    },
+                }
+            }
+        };
+        Ok(PackedHead {
+            plan,
+            head_dim: d,
+            exact_keys: ExactRows {
+                rows: plan.exact(),
+                width: d,
+                data: exact_keys,
+            },
+            exact_values: ExactRows {
+                rows: plan.exact(),
+                width: d,
+                data: exact_values,
+            },
+            keys,
+            values,
+        })
+    }
+
+    /// A cache holding the contents of `packed` (the model has `q_heads` query heads).
+    /// Quantized tokens become one stored run per layer; later tokens go to new chunks.
+    pub fn from_packed(packed: &PackedCache, q_heads: usize, gpu: &'g GpuContext) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        let s = packed.shape;
+        let shape = ModelShape {
+            layers: s.layers,
+            q_heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+        };
+        let mut cache = KvCache::new(shape, packed.config.clone(), gpu)?;
+        let (h, d, g) = (s.kv_heads, s.head_dim, packed.config.group_size);
+        let plan = packed.config.plan(s.tokens);
+        cache.protected = packed.protected.clone();
+        for l in 0..s.layers {
+            let heads = &packed.heads[l * h..(l + 1) * h];
+            let words_per_row = d / 2;
+            let exact_rows = |head: &PackedHead, keys: bool, from: usize, to: usize| -> Vec<u32> {
+                let rows = if keys {
+                    &head.exact_keys
+                } else {
+                    &head.exact_values
+                };
+                rows.data[from * words_per_row..to * words_per_row].to_vec()
+            };
+            let state = &mut cache.layers[l];
+            state.tokens = s.tokens;
+            if packed.config.is_fp16() {
+                let capacity = CHUNK_GROUPS * g;
+                let mut at = 0;
+                while at < s.tokens {
+                    let take = capacity.min(s.tokens - at);
+                    let store = ExactStore::new(gpu, h, d, capacity)?;
+                    for (i, head) in heads.iter().enumerate() {
+                        let offset = ((i * capacity) * words_per_row * 4) as u64;
+                        gpu.write(&store.keys, offset, &exact_rows(head, true, at, at + take));
+                        gpu.write(
+                            &store.values,
+                            offset,
+                            &exact_rows(head, false, at, at + take),
+                        );
+                    }
+                    state.exact_chunks.push((store, take));
+                    at += take;
+                }
+                continue;
+            }
+            if plan.sinks > 0 {
+                let store = ExactStore::new(gpu, h, d, packed.config.sinks)?;
+                for (i, head) in heads.iter().enumerate() {
+                    let offset = ((i * store.capacity) * words_per_row * 4) as u64;
+                    gpu.write(&store.keys, offset, &exact_rows(head, true, 0, plan.sinks));
+                    gpu.write(
+                        &store.values,
+                        offset,
+                        &exact_rows(head, false, 0, plan.sinks),
+                    );
+                }
+                state.sinks = Some(store);
+            }
+            let unpack = |words: Vec<u32>| -> Vec<f32> {
+                words
+                    .iter()
+                    .flat_map(|&w| {
+                        let (a, b) = crate::packed::planes::unpack_f16_pair(w);
+                        [a, b]
+                    })
+                    .collect()
+            };
+            state.window_keys = heads
+                .iter()
+                .map(|head| unpack(exact_rows(head, true, plan.sinks, plan.exact())))
+                .collect();
+            state.window_values = heads
+                .iter()
+                .map(|head| unpack(exact_rows(head, false, plan.sinks, plan.exact())))
+                .collect();
+            let window = ExactStore::new(gpu, h, d, packed.config.residual + g)?;
+            for i in 0..h {
+                window.write(gpu, i, 0, d, &state.window_keys[i], &state.window_values[i]);
+            }
+            state.window = Some(window);
+            if plan.quantized > 0 {
+                let (layout, planes) = upload_planes(gpu, heads, &packed.protected, g)?;
+                state.layout = Some(layout);
+                state.quantized = plan.quantized;
+                state.prefill = Some((
+                    Chunk {
+                        start: plan.quantized_start(),
+                        groups: plan.quantized / g,
+                        planes: planes.expect("quantized tokens have planes"),
+                    },
+                    packed.protected.len(),
+                ));
+            }
+        }
+        Ok(cache)
+    }
+
+    /// Saves the cache to `path` (safetensors, the [`crate::persist`] format plus the
+    /// model's `q_heads`).
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let extra = std::collections::HashMap::from([(
+            "q_heads".to_string(),
+            self.shape.q_heads.to_string(),
+        )]);
+        let bytes = self.to_packed()?.to_safetensors_with(extra)?;
+        std::fs::write(path, bytes).map_err(|source| VidkvError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Loads a cache saved by [`KvCache::save`], validating every field.
+    pub fn load(path: &std::path::Path, gpu: &'g GpuContext) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| VidkvError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (packed, meta) = PackedCache::from_safetensors_with(&bytes)?;
+        let q_heads = meta
+            .get("q_heads")
+            .and_then(|q| q.parse::<usize>().ok())
+            .ok_or_else(|| {
+                VidkvError::CorruptPacked(
+                    "metadata lacks the model's `q_heads`: not a saved KvCache".into(),
+                )
+            })?;
+        KvCache::from_packed(&packed, q_heads, gpu)
+    }
+}
+
+impl<'a> StoredRun<'a> {
+    /// The run of a chunk, or of a layer's prefill (`prefill`: its planes are exactly full).
+    fn of(c: &'a Chunk, prefill: bool) -> Self {
+        let value_stride = match &c.planes.values {
+            PackedValuePlanes::Ternary { groups, .. } => *groups,
+            PackedValuePlanes::TwoBit { .. } => c.planes.groups,
+        };
+        StoredRun {
+            planes: &c.planes,
+            groups: c.groups,
+            value_stride,
+            value_groups: if prefill { value_stride } else { c.groups },
+        }
+    }
+}
+
+/// The arrays of a stored run.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum RunArray {
+    KeyCodes,
+    KeyParams,
+    SignCodes,
+    SignScales,
+    ValueCodes,
+    ValueParams,
+}
+
+/// Every array of every run, read back once.
+struct RunReads {
+    /// Per run, per array: the whole buffer's words.
+    arrays: Vec<std::collections::HashMap<RunArray, Vec<u32>>>,
+    kept: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+impl RunReads {
+    fn read(ctx: &GpuContext, runs: &[StoredRun<'_>]) -> Result<Self> {
+        let mut arrays = Vec::with_capacity(runs.len());
+        let mut kept = Vec::with_capacity(runs.len());
+        for run in runs {
+            let mut map = std::collections::HashMap::new();
+            let all = |b: &wgpu::Buffer| ctx.read_words(b, (b.size() / 4) as usize);
+            let PackedKeyPlanes::Packed {
+                codes,
+                scale_min,
+                sign_codes,
+                sign_scales,
+            } = &run.planes.keys;
+            map.insert(RunArray::KeyCodes, all(codes)?);
+            map.insert(RunArray::KeyParams, all(scale_min)?);
+            map.insert(RunArray::SignCodes, all(sign_codes)?);
+            map.insert(RunArray::SignScales, all(sign_scales)?);
+            match &run.planes.values {
+                PackedValuePlanes::TwoBit {
+                    codes, scale_min, ..
+                } => {
+                    map.insert(RunArray::ValueCodes, all(codes)?);
+                    map.insert(RunArray::ValueParams, all(scale_min)?);
+                    kept.push((Vec::new(), Vec::new()));
+                }
+                PackedValuePlanes::Ternary {
+                    codes,
+                    scales,
+                    kept_codes,
+                    kept_params,
+                    ..
+                } => {
+                    map.insert(RunArray::ValueCodes, all(codes)?);
+                    map.insert(RunArray::ValueParams, all(scales)?);
+                    kept.push((all(kept_codes)?, all(kept_params)?));
+                }
+            }
+            arrays.push(map);
+        }
+        Ok(RunReads { arrays, kept })
+    }
+
+    /// Rows `0..rows` of head `head` of a `[head][row][stride][per_group]` array, each row
+    /// the concatenation of the runs' filled groups.
+    fn rows(
+        &self,
+        array: RunArray,
+        runs: &[StoredRun<'_>],
+        head: usize,
+        rows: usize,
+        per_group: usize,
+    ) -> Vec<u32> {
+        let values = matches!(array, RunArray::ValueCodes | RunArray::ValueParams);
+        let mut out = Vec::new();
+        for row in 0..rows {
+            for (run, map) in runs.iter().zip(&self.arrays) {
+                let words = &map[&array];
+                let (stride, filled) = if values {
+                    (run.value_stride, run.value_groups)
+                } else {
+                    (run.planes.groups, run.groups)
+                };
+                let base = (head * rows + row) * stride * per_group;
+                out.extend_from_slice(&words[base..base + filled * per_group]);
+            }
+        }
+        out
+    }
+
+    /// The token rows of head `head` of a per-token `[head][token][groups][..]` array.
+    fn token_rows(
+        &self,
+        array: RunArray,
+        runs: &[StoredRun<'_>],
+        head: usize,
+        g: usize,
+        per_token: usize,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (run, map) in runs.iter().zip(&self.arrays) {
+            let PackedValuePlanes::TwoBit { rows, .. } = &run.planes.values else {
+                unreachable!("per-token planes are 2-bit");
+            };
+            let base = head * rows * per_token;
+            out.extend_from_slice(&map[&array][base..base + run.groups * g * per_token]);
+        }
+        out
+    }
+
+    /// The protected plane of head `head` (only a prefill run has one).
+    fn kept(
+        &self,
+        head: usize,
+        protected: usize,
+        d: usize,
+        g: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        if protected == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (codes, params) = self
+            .kept
+            .first()
+            .ok_or_else(|| VidkvError::InvalidConfig("no protected plane".into()))?;
+        let groups = protected.div_ceil(g);
+        let wpg = TwoBitPlane::words_per_group(g);
+        let per_head_codes = d * groups * wpg;
+        let per_head_params = d * groups;
+        Ok((
+            codes[head * per_head_codes..(head + 1) * per_head_codes].to_vec(),
+            params[head * per_head_params..(head + 1) * per_head_params].to_vec(),
+        ))
     }
 }

@@ -189,6 +189,12 @@ fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
 impl PackedCache {
     /// The cache as safetensors bytes (see the module docs for the layout).
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        self.to_safetensors_with(HashMap::new())
+    }
+
+    /// [`PackedCache::to_safetensors`] with extra metadata entries (e.g. a model's
+    /// `q_heads`, which a [`crate::KvCache`] needs to load the file).
+    pub fn to_safetensors_with(&self, extra: HashMap<String, String>) -> Result<Vec<u8>> {
         let mut buffers: Vec<(String, Vec<u8>)> = Vec::new();
         for (index, head) in self.heads.iter().enumerate() {
             let (l, h) = (index / self.shape.kv_heads, index % self.shape.kv_heads);
@@ -221,11 +227,17 @@ impl PackedCache {
             ),
             ("config".to_string(), config_to_json(&self.config).to_string()),
         ]);
+        let metadata: HashMap<String, String> = extra.into_iter().chain(metadata).collect();
         serialize(views, Some(metadata)).map_err(|e| VidkvError::Safetensors(e.to_string()))
     }
 
     /// Parses and validates a cache written by [`PackedCache::to_safetensors`].
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
+        Self::from_safetensors_with(bytes).map(|(cache, _)| cache)
+    }
+
+    /// [`PackedCache::from_safetensors`], also returning the file's metadata entries.
+    pub fn from_safetensors_with(bytes: &[u8]) -> Result<(Self, HashMap<String, String>)> {
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| VidkvError::Safetensors(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -421,12 +433,15 @@ impl PackedCache {
                 values,
             });
         }
-        Ok(PackedCache {
-            shape,
-            config,
-            protected,
-            heads: cache_heads,
-        })
+        Ok((
+            PackedCache {
+                shape,
+                config,
+                protected,
+                heads: cache_heads,
+            },
+            meta.clone(),
+        ))
     }
 }
 

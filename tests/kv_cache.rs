@@ -304,3 +304,62 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     let mut kivi = KvCache::new(SHAPE, QuantConfig::preset("kivi2").unwrap(), gpu()).unwrap();
     assert!(kivi.protect(&[1, 2]).is_err(), "STP needs ternary values");
 }
+
+#[test]
+fn save_and_load_round_trip() {
+    let dir = std::env::temp_dir().join(format!("vidkv-kvcache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (k, v) = tensors(900);
+    let q = queries(2);
+    let visible = [(0u32, 900u32), (10, 400)];
+    for (preset, prefill, step, stp) in [
+        ("vidkv", 900, 1, true),
+        ("vidkv", 300, 41, false),
+        ("kivi2", 100, 9, false),
+        ("k2v2-channel", 500, 100, false),
+        ("vidkv-paper", 900, 1, false),
+        ("fp16", 300, 250, false),
+    ] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let protected: Vec<u32> = if stp {
+            (0..900).filter(|t| t % 7 == 3).collect()
+        } else {
+            vec![]
+        };
+        let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+        cache.protect(&protected).unwrap();
+        for l in 0..SHAPE.layers {
+            cache
+                .prefill(l, &slice(&k, l, 0, prefill), &slice(&v, l, 0, prefill))
+                .unwrap();
+            let mut at = prefill;
+            while at < 900 {
+                let to = (at + step).min(900);
+                cache
+                    .append(l, &slice(&k, l, at, to), &slice(&v, l, at, to))
+                    .unwrap();
+                at = to;
+            }
+        }
+        // Where the split cannot differ, the cache's contents are exactly the packed form.
+        if prefill == 900 || !preset.starts_with("vidkv") {
+            let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
+            assert_eq!(cache.to_packed().unwrap(), packed, "{preset}");
+        }
+        let path = dir.join(format!("{preset}-{prefill}.safetensors"));
+        cache.save(&path).unwrap();
+        let loaded = KvCache::load(&path, gpu()).unwrap();
+        assert_eq!(loaded.bytes(), cache.bytes(), "{preset}");
+        assert_eq!(loaded.len(1), 900);
+        for l in 0..SHAPE.layers {
+            let a = cache.attend(l, &q, &visible).unwrap();
+            let b = loaded.attend(l, &q, &visible).unwrap();
+            assert!(relative_l2(&b, &a) < 1e-5, "{preset} layer {l}");
+        }
+    }
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ").unwrap();
+    assert!(KvCache::load(&bad, gpu()).is_err());
+    assert!(KvCache::load(&dir.join("missing"), gpu()).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
