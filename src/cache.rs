@@ -2,10 +2,10 @@
 //!
 //! Per layer the cache keeps, on the GPU: the exact (f16) attention sinks, the quantized
 //! history in chunks of [`CHUNK_GROUPS`] groups (new chunks are allocated as the history
-//! grows; old data is never copied or re-quantized), and the exact recent window. Appended
-//! tokens wait in the window (and, as f32 originals, in a host-side mirror that is only
-//! ever uploaded) until at least `residual` newer tokens exist; then whole groups are
-//! quantized on the GPU straight into the current chunk. The key channel split is frozen
+//! grows; old data is never copied or re-quantized), and the exact recent window (f16 for
+//! attention, plus the f32 originals). Appended tokens — host slices, or wgpu buffers with
+//! [`KvCache::append_buffers`] — wait in the window until at least `residual` newer tokens
+//! exist; then whole groups are quantized on the GPU straight into the current chunk. The key channel split is frozen
 //! at the layer's first quantization (spec §2.5) and reused for every later group.
 //! Attention reads the sinks, every chunk and the window in place
 //! ([`crate::gpu::attention`]); a decode step uploads the new token and the query and
@@ -21,7 +21,7 @@
 //! [`crate::PackedCache`]. A cache with protected tokens and groups quantized after its
 //! prefill cannot be saved in format version 1 (its ternary groups are not contiguous).
 //!
-//! Not yet supported: per-token key grouping, and inputs that are already wgpu buffers.
+//! Not supported: per-token key grouping (attention reads per-channel keys).
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, SplitGranularity, ValueScheme};
 use crate::error::{Result, VidkvError};
@@ -30,8 +30,8 @@ use crate::gpu::attention::{
     PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,
 };
 use crate::gpu::quantize::{
-    channel_split, record_signs, record_ternary, record_two_bit_channels, record_two_bit_tokens,
-    twiddles, GroupWindow, NormalChannels,
+    channel_split_on_gpu, record_signs, record_ternary, record_two_bit_channels,
+    record_two_bit_tokens, twiddles, GroupWindow, NormalChannels,
 };
 use crate::gpu::runtime::{Bound, GpuContext};
 use crate::packed::planes::{
@@ -93,6 +93,24 @@ impl ExactStore {
     }
 }
 
+/// f32 rows of every KV head: `[kv_heads][capacity][head_dim]`.
+struct F32Rows {
+    keys: wgpu::Buffer,
+    values: wgpu::Buffer,
+    capacity: usize,
+}
+
+/// Rows `[kv_heads, n, head_dim]` of f32 keys or values, on the host or on the GPU.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Host(&'a [f32]),
+    Gpu(&'a wgpu::Buffer),
+}
+
+/// Exact stores hold a multiple of this many rows per head, so that every head's slice
+/// starts at a storage-offset-aligned byte offset.
+const ROW_ALIGN: usize = 64;
+
 /// A run of quantized groups starting at position `start`.
 struct Chunk {
     start: usize,
@@ -114,11 +132,11 @@ struct ChunkWords {
 struct LayerState {
     tokens: usize,
     sinks: Option<ExactStore>,
-    /// The exact recent window (quantized presets) on the GPU.
+    /// The exact recent window (quantized presets) as f16 rows, what attention reads.
     window: Option<ExactStore>,
-    /// f32 originals of the window, per KV head `[rows][d]`, waiting to be quantized.
-    window_keys: Vec<Vec<f32>>,
-    window_values: Vec<Vec<f32>>,
+    /// The window's f32 originals, waiting for their group to be quantized.
+    window_f32: Option<F32Rows>,
+    window_rows: usize,
     /// All tokens of an fp16 cache, in chunks of `CHUNK_GROUPS · group_size` rows.
     exact_chunks: Vec<(ExactStore, usize)>,
     chunks: Vec<Chunk>,
@@ -318,12 +336,7 @@ impl<'g> KvCache<'g> {
     /// Appends any number of tokens (`[kv_heads, n, head_dim]` row-major f32) to `layer`.
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
-        if layer >= self.shape.layers {
-            return Err(VidkvError::InvalidConfig(format!(
-                "layer {layer} is beyond the model's {} layers",
-                self.shape.layers
-            )));
-        }
+        self.check_layer(layer)?;
         if k.len() != v.len() || k.len() % (h * d) != 0 {
             return Err(VidkvError::ShapeMismatch {
                 tensor: "k/v".into(),
@@ -346,66 +359,309 @@ impl<'g> KvCache<'g> {
                 return self.prefill_protected(layer, k, v, n);
             }
         }
+        self.append_rows(layer, Rows::Host(k), Rows::Host(v), n)
+    }
+
+    /// Appends `tokens` tokens that already live on the GPU: `k` and `v` hold
+    /// `[kv_heads, tokens, head_dim]` f32 from their first byte (a host application on wgpu
+    /// never round-trips them through the CPU). The values are the caller's to keep finite
+    /// and within ±65504; they are not read back to check. With protected (STP) tokens, a
+    /// prefill from buffers is read back once to pack its STP lists.
+    pub fn append_buffers(
+        &mut self,
+        layer: usize,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        tokens: usize,
+    ) -> Result<()> {
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
+        self.check_layer(layer)?;
+        let bytes = (h * tokens * d * 4) as u64;
+        if k.size() < bytes || v.size() < bytes {
+            return Err(VidkvError::ShapeMismatch {
+                tensor: "k/v buffers".into(),
+                detail: format!(
+                    "{tokens} tokens of [{h} KV heads, {d}] f32 need {bytes} bytes; the buffers hold {} and {}",
+                    k.size(),
+                    v.size()
+                ),
+            });
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        if self.len(layer) == 0 && !self.protected.is_empty() && !self.config.is_fp16() {
+            let plan = self.config.plan(tokens);
+            if plan.quantized > 0 {
+                let words = h * tokens * d;
+                let read = |b: &wgpu::Buffer| -> Result<Vec<f32>> {
+                    Ok(self
+                        .gpu
+                        .read_words(b, words)?
+                        .into_iter()
+                        .map(f32::from_bits)
+                        .collect())
+                };
+                let (k, v) = (read(k)?, read(v)?);
+                return self.append(layer, &k, &v);
+            }
+        }
+        self.append_rows(layer, Rows::Gpu(k), Rows::Gpu(v), tokens)
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.shape.layers {
+            return Err(VidkvError::InvalidConfig(format!(
+                "layer {layer} is beyond the model's {} layers",
+                self.shape.layers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends `n` rows per head: sinks first, then the window, quantizing whole groups
+    /// that leave the window.
+    fn append_rows(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         // The quantization kernels use the context's pooled buffers.
         let _exclusive = self.gpu.exclusive();
         if self.config.is_fp16() {
             return self.append_exact(layer, k, v, n);
         }
+        let (h, d, g) = (
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.config.group_size,
+        );
         let ctx = self.gpu;
-        let g = self.config.group_size;
-        let sinks = self.config.sinks;
-        let state = &mut self.layers[layer];
-        let to_sinks = n.min(sinks.saturating_sub(state.tokens));
+        let (sinks, residual) = (self.config.sinks, self.config.residual);
+        let tokens = self.layers[layer].tokens;
+        let to_sinks = n.min(sinks.saturating_sub(tokens));
         if to_sinks > 0 {
-            if state.sinks.is_none() {
-                state.sinks = Some(ExactStore::new(ctx, h, d, sinks)?);
+            if self.layers[layer].sinks.is_none() {
+                self.layers[layer].sinks = Some(ExactStore::new(
+                    ctx,
+                    h,
+                    d,
+                    sinks.next_multiple_of(ROW_ALIGN),
+                )?);
             }
-            let store = state.sinks.as_ref().expect("just made");
+            let store = self.layers[layer].sinks.as_ref().expect("just made");
             for head in 0..h {
-                let rows = head * n * d..(head * n + to_sinks) * d;
-                store.write(ctx, head, state.tokens, d, &k[rows.clone()], &v[rows]);
+                self.write_exact(store, head, tokens, (k, v), n, 0, to_sinks)?;
             }
         }
-        if state.window_keys.is_empty() {
-            state.window_keys = vec![Vec::new(); h];
-            state.window_values = vec![Vec::new(); h];
-        }
-        let before = state.window_keys[0].len() / d;
+        let arriving = n - to_sinks;
+        let before = self.layers[layer].window_rows;
+        self.ensure_window(layer, before + arriving)?;
+        let window = self.layers[layer].window_f32.as_ref().expect("ensured");
+        let mut batch = ctx.batch();
         for head in 0..h {
-            let rows = (head * n + to_sinks) * d..(head + 1) * n * d;
-            state.window_keys[head].extend_from_slice(&k[rows.clone()]);
-            state.window_values[head].extend_from_slice(&v[rows]);
-        }
-        state.tokens += n;
-        let window = state.window_keys[0].len() / d;
-        let residual = self.config.residual;
-        let flush = if window >= residual + g {
-            (window - residual) / g
-        } else {
-            0
-        };
-        if flush > 0 {
-            self.quantize_window(layer, flush)?;
-        }
-        let state = &mut self.layers[layer];
-        if state.window.is_none() {
-            state.window = Some(ExactStore::new(ctx, h, d, residual + g)?);
-        }
-        let store = state.window.as_ref().expect("just made");
-        let rows = state.window_keys[0].len() / d;
-        let first = if flush > 0 { 0 } else { before };
-        for head in 0..h {
-            let range = first * d..rows * d;
-            store.write(
-                ctx,
+            let at = ((head * window.capacity + before) * d * 4) as u64;
+            self.copy_rows(&mut batch, k, n, head, to_sinks, arriving, &window.keys, at);
+            self.copy_rows(
+                &mut batch,
+                v,
+                n,
                 head,
-                first,
-                d,
-                &state.window_keys[head][range.clone()],
-                &state.window_values[head][range],
+                to_sinks,
+                arriving,
+                &window.values,
+                at,
             );
         }
+        batch.submit()?;
+        let state = &mut self.layers[layer];
+        state.tokens += n;
+        state.window_rows += arriving;
+        let rows = state.window_rows;
+        if rows >= residual + g {
+            let groups = (rows - residual) / g;
+            self.quantize_window(layer, groups)?;
+            self.shift_window(layer, groups * g)?;
+        }
+        self.repack_window(layer)
+    }
+
+    /// Copies `count` rows of head `head` starting at row `from` of `n`-row source rows
+    /// into `to` at byte `at` (host rows are written, GPU rows copied by the batch).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        batch: &mut crate::gpu::runtime::Batch<'_>,
+        source: Rows<'_>,
+        n: usize,
+        head: usize,
+        from: usize,
+        count: usize,
+        to: &wgpu::Buffer,
+        at: u64,
+    ) {
+        let d = self.shape.head_dim;
+        match source {
+            Rows::Host(data) => self.gpu.write(
+                to,
+                at,
+                &data[(head * n + from) * d..(head * n + from + count) * d],
+            ),
+            Rows::Gpu(buffer) => batch.copy(
+                buffer,
+                ((head * n + from) * d * 4) as u64,
+                to,
+                at,
+                (count * d * 4) as u64,
+            ),
+        }
+    }
+
+    /// Stores `count` rows (from row `from` of `n`-row sources) of head `head` as f16 in
+    /// `store` from row `row`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_exact(
+        &self,
+        store: &ExactStore,
+        head: usize,
+        row: usize,
+        (k, v): (Rows<'_>, Rows<'_>),
+        n: usize,
+        from: usize,
+        count: usize,
+    ) -> Result<()> {
+        let d = self.shape.head_dim;
+        let ctx = self.gpu;
+        if let (Rows::Host(k), Rows::Host(v)) = (k, v) {
+            let rows = (head * n + from) * d..(head * n + from + count) * d;
+            store.write(ctx, head, row, d, &k[rows.clone()], &v[rows]);
+            return Ok(());
+        }
+        let words = count * d / 2;
+        let at = ((head * store.capacity + row) * d / 2 * 4) as u64;
+        for (source, target) in [(k, &store.keys), (v, &store.values)] {
+            let staging = ctx.buffer("cache exact staging", (count * d * 4) as u64)?;
+            let packed = ctx.buffer("cache exact packed", (words * 4) as u64)?;
+            let mut batch = ctx.batch();
+            self.copy_rows(&mut batch, source, n, head, from, count, &staging, 0);
+            batch.dispatch(
+                &crate::gpu::shaders::PACK_EXACT,
+                "main",
+                crate::gpu::runtime::Params {
+                    width: d as u32,
+                    rows: count as u32,
+                    invocations: words as u32,
+                    ..Default::default()
+                },
+                &[&staging, &packed],
+            );
+            batch.copy(&packed, 0, target, at, (words * 4) as u64);
+            batch.submit()?;
+        }
         Ok(())
+    }
+
+    /// Grows the f32 window of `layer` to hold `rows` rows per head (old rows are copied).
+    fn ensure_window(&mut self, layer: usize, rows: usize) -> Result<()> {
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let ctx = self.gpu;
+        let floor = self.config.residual + self.config.group_size;
+        let state = &mut self.layers[layer];
+        let current = state.window_f32.as_ref().map_or(0, |w| w.capacity);
+        if rows <= current {
+            return Ok(());
+        }
+        let capacity = rows.max(2 * current).max(floor).next_multiple_of(ROW_ALIGN);
+        let grown = F32Rows {
+            keys: ctx.create_zeroed("window keys", h * capacity * d)?,
+            values: ctx.create_zeroed("window values", h * capacity * d)?,
+            capacity,
+        };
+        if let Some(old) = &state.window_f32 {
+            let mut batch = ctx.batch();
+            for head in 0..h {
+                let size = (state.window_rows * d * 4) as u64;
+                let (from, to) = (
+                    (head * old.capacity * d * 4) as u64,
+                    (head * capacity * d * 4) as u64,
+                );
+                batch.copy(&old.keys, from, &grown.keys, to, size);
+                batch.copy(&old.values, from, &grown.values, to, size);
+            }
+            batch.submit()?;
+        }
+        state.window_f32 = Some(grown);
+        Ok(())
+    }
+
+    /// Drops the first `rows` rows of the window (they were quantized), moving the rest to
+    /// the front.
+    fn shift_window(&mut self, layer: usize, rows: usize) -> Result<()> {
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let ctx = self.gpu;
+        let state = &mut self.layers[layer];
+        let window = state.window_f32.as_ref().expect("a window with rows");
+        let keep = state.window_rows - rows;
+        if keep > 0 {
+            let size = (keep * d * 4) as u64;
+            let temp = ctx.buffer("window shift", size)?;
+            let mut batch = ctx.batch();
+            for head in 0..h {
+                let base = (head * window.capacity * d * 4) as u64;
+                for buffer in [&window.keys, &window.values] {
+                    batch.copy(buffer, base + (rows * d * 4) as u64, &temp, 0, size);
+                    batch.copy(&temp, 0, buffer, base, size);
+                }
+            }
+            batch.submit()?;
+        }
+        state.window_rows = keep;
+        Ok(())
+    }
+
+    /// Rewrites the f16 window that attention reads from the f32 window.
+    fn repack_window(&mut self, layer: usize) -> Result<()> {
+        let (h, d, g) = (
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.config.group_size,
+        );
+        let ctx = self.gpu;
+        let capacity = (self.config.residual + g).next_multiple_of(ROW_ALIGN);
+        let state = &mut self.layers[layer];
+        if state.window.is_none() {
+            state.window = Some(ExactStore::new(ctx, h, d, capacity)?);
+        }
+        let rows = state.window_rows;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (f32_rows, store) = (
+            state.window_f32.as_ref().expect("a window with rows"),
+            state.window.as_ref().expect("just made"),
+        );
+        let words = rows * d / 2;
+        let mut batch = ctx.batch();
+        for head in 0..h {
+            let input_at = (head * f32_rows.capacity * d * 4) as u64;
+            let output_at = (head * store.capacity * d / 2 * 4) as u64;
+            for (input, output) in [
+                (&f32_rows.keys, &store.keys),
+                (&f32_rows.values, &store.values),
+            ] {
+                batch.dispatch_bound(
+                    &crate::gpu::shaders::PACK_EXACT,
+                    "main",
+                    crate::gpu::runtime::Params {
+                        width: d as u32,
+                        rows: rows as u32,
+                        invocations: words as u32,
+                        ..Default::default()
+                    },
+                    &[
+                        Bound::range(input, input_at, (rows * d * 4) as u64),
+                        Bound::range(output, output_at, (words * 4) as u64),
+                    ],
+                );
+            }
+        }
+        batch.submit()
     }
 
     /// A prefill with protected tokens: its quantized part is packed with STP lists.
@@ -429,33 +685,52 @@ impl<'g> KvCache<'g> {
         )?;
         let planes = planes.expect("a quantized preset with quantized tokens has planes");
         let _exclusive = ctx.exclusive();
-        let state = &mut self.layers[layer];
         if plan.sinks > 0 {
-            let store = ExactStore::new(ctx, h, d, self.config.sinks)?;
+            let store = ExactStore::new(ctx, h, d, self.config.sinks.next_multiple_of(ROW_ALIGN))?;
             for head in 0..h {
-                let rows = head * n * d..(head * n + plan.sinks) * d;
-                store.write(ctx, head, 0, d, &k[rows.clone()], &v[rows]);
+                self.write_exact(
+                    &store,
+                    head,
+                    0,
+                    (Rows::Host(k), Rows::Host(v)),
+                    n,
+                    0,
+                    plan.sinks,
+                )?;
             }
-            state.sinks = Some(store);
+            self.layers[layer].sinks = Some(store);
         }
-        state.window_keys = (0..h)
-            .map(|head| k[(head * n + plan.quantized_end()) * d..(head + 1) * n * d].to_vec())
-            .collect();
-        state.window_values = (0..h)
-            .map(|head| v[(head * n + plan.quantized_end()) * d..(head + 1) * n * d].to_vec())
-            .collect();
-        let window = ExactStore::new(ctx, h, d, self.config.residual + self.config.group_size)?;
+        let tail = plan.tail();
+        self.ensure_window(layer, tail)?;
+        let window = self.layers[layer].window_f32.as_ref().expect("ensured");
+        let mut batch = ctx.batch();
         for head in 0..h {
-            window.write(
-                ctx,
+            let at = (head * window.capacity * d * 4) as u64;
+            self.copy_rows(
+                &mut batch,
+                Rows::Host(k),
+                n,
                 head,
-                0,
-                d,
-                &state.window_keys[head],
-                &state.window_values[head],
+                plan.quantized_end(),
+                tail,
+                &window.keys,
+                at,
+            );
+            self.copy_rows(
+                &mut batch,
+                Rows::Host(v),
+                n,
+                head,
+                plan.quantized_end(),
+                tail,
+                &window.values,
+                at,
             );
         }
-        state.window = Some(window);
+        batch.submit()?;
+        self.layers[layer].window_rows = tail;
+        self.repack_window(layer)?;
+        let state = &mut self.layers[layer];
         state.layout = Some(layout);
         state.quantized = plan.quantized;
         state.prefill = Some((
@@ -471,13 +746,13 @@ impl<'g> KvCache<'g> {
         Ok(())
     }
 
-    fn append_exact(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) -> Result<()> {
+    fn append_exact(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
         let capacity = CHUNK_GROUPS * self.config.group_size;
         let ctx = self.gpu;
-        let state = &mut self.layers[layer];
         let mut done = 0;
         while done < n {
+            let state = &mut self.layers[layer];
             if state
                 .exact_chunks
                 .last()
@@ -487,16 +762,19 @@ impl<'g> KvCache<'g> {
                     .exact_chunks
                     .push((ExactStore::new(ctx, h, d, capacity)?, 0));
             }
-            let (store, used) = state.exact_chunks.last_mut().expect("just made");
+            let (store, used) = self.layers[layer].exact_chunks.last().expect("just made");
             let take = (capacity - *used).min(n - done);
             for head in 0..h {
-                let rows = (head * n + done) * d..(head * n + done + take) * d;
-                store.write(ctx, head, *used, d, &k[rows.clone()], &v[rows]);
+                self.write_exact(store, head, *used, (k, v), n, done, take)?;
             }
-            *used += take;
+            self.layers[layer]
+                .exact_chunks
+                .last_mut()
+                .expect("present")
+                .1 += take;
             done += take;
         }
-        state.tokens += n;
+        self.layers[layer].tokens += n;
         Ok(())
     }
 
@@ -505,18 +783,16 @@ impl<'g> KvCache<'g> {
         let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
         let g = self.config.group_size;
         let ctx = self.gpu;
-        let tokens = groups * g;
         if self.layers[layer].layout.is_none() {
-            let layout = self.freeze_split(layer, tokens)?;
+            let layout = self.freeze_split(layer, groups * g)?;
             self.layers[layer].layout = Some(layout);
         }
         let words = self.chunk_words();
         let mut done = 0;
         while done < groups {
-            let state = &mut self.layers[layer];
+            let state = &self.layers[layer];
             if state.chunks.last().is_none_or(|c| c.groups == CHUNK_GROUPS) {
-                let start =
-                    self.config.sinks + state.chunks.iter().map(|c| c.groups * g).sum::<usize>();
+                let start = self.config.sinks + state.quantized;
                 let planes = self.new_chunk_planes(&words)?;
                 self.layers[layer].chunks.push(Chunk {
                     start,
@@ -528,25 +804,27 @@ impl<'g> KvCache<'g> {
             let chunk = state.chunks.last().expect("just made");
             let take = (CHUNK_GROUPS - chunk.groups).min(groups - done);
             let layout = state.layout.as_ref().expect("frozen above");
+            let window = state
+                .window_f32
+                .as_ref()
+                .expect("groups come from the window");
+            let bytes = (take * g * d * 4) as u64;
             for head in 0..h {
-                let rows = done * g * d..(done + take) * g * d;
-                let input = ctx.upload("input", &state.window_keys[head][rows.clone()])?;
-                let values = ctx.upload("cache value input", &state.window_values[head][rows])?;
+                let input = ctx.buffer("input", bytes)?;
+                let values = ctx.buffer("cache value input", bytes)?;
+                let at = ((head * window.capacity + done * g) * d * 4) as u64;
+                let mut batch = ctx.batch();
+                batch.copy(&window.keys, at, &input, 0, bytes);
+                batch.copy(&window.values, at, &values, 0, bytes);
                 self.record_group_quantization(
-                    layer, chunk, layout, &words, head, take, &input, &values,
+                    &mut batch, chunk, layout, &words, head, take, &input, &values,
                 )?;
+                batch.submit()?;
             }
-            self.layers[layer]
-                .chunks
-                .last_mut()
-                .expect("present")
-                .groups += take;
+            let state = &mut self.layers[layer];
+            state.chunks.last_mut().expect("present").groups += take;
+            state.quantized += take * g;
             done += take;
-        }
-        let state = &mut self.layers[layer];
-        for head in 0..h {
-            state.window_keys[head].drain(..tokens * d);
-            state.window_values[head].drain(..tokens * d);
         }
         self.groups_quantized += groups as u64;
         Ok(())
@@ -555,7 +833,7 @@ impl<'g> KvCache<'g> {
     #[allow(clippy::too_many_arguments)]
     fn record_group_quantization(
         &self,
-        _layer: usize,
+        batch: &mut crate::gpu::runtime::Batch<'_>,
         chunk: &Chunk,
         layout: &KeyLayout,
         words: &ChunkWords,
@@ -577,7 +855,6 @@ impl<'g> KvCache<'g> {
             Bound::range(buffer, head as u64 * bytes, bytes.max(4))
         }
         let range = |buffer, per_head| head_range(buffer, head, per_head);
-        let mut batch = ctx.batch();
         let channels = ctx.buffer("cache head channels", (d * 4) as u64)?;
         batch.copy(
             &layout.order,
@@ -593,7 +870,7 @@ impl<'g> KvCache<'g> {
             sign_scales,
         } = &chunk.planes.keys;
         record_two_bit_channels(
-            &mut batch,
+            batch,
             keys_input,
             d,
             &channels,
@@ -614,7 +891,7 @@ impl<'g> KvCache<'g> {
             };
             record_signs(
                 ctx,
-                &mut batch,
+                batch,
                 keys_input,
                 d,
                 &normals,
@@ -636,7 +913,7 @@ impl<'g> KvCache<'g> {
                     grouping: Grouping::PerChannel,
                 },
             ) => record_two_bit_channels(
-                &mut batch,
+                batch,
                 values_input,
                 d,
                 &self.identity,
@@ -656,7 +933,7 @@ impl<'g> KvCache<'g> {
                     grouping: Grouping::PerToken,
                 },
             ) => record_two_bit_tokens(
-                &mut batch,
+                batch,
                 values_input,
                 d,
                 &self.identity,
@@ -672,7 +949,7 @@ impl<'g> KvCache<'g> {
                 PackedValuePlanes::Ternary { codes, scales, .. },
                 ValueScheme::Ternary { gamma, scale },
             ) => record_ternary(
-                &mut batch,
+                batch,
                 values_input,
                 d,
                 g,
@@ -686,7 +963,7 @@ impl<'g> KvCache<'g> {
             ),
             _ => unreachable!("chunk planes follow the configuration"),
         }
-        batch.submit()
+        Ok(())
     }
 
     /// Computes the layer's key channel split from the first `tokens` window tokens and
@@ -703,9 +980,18 @@ impl<'g> KvCache<'g> {
             _ => return KeyLayout::identity(ctx, h, d),
         };
         let k = outlier_count(d, outlier_ratio);
-        let window = &self.layers[layer].window_keys;
+        let window = self.layers[layer]
+            .window_f32
+            .as_ref()
+            .expect("the first groups come from the window");
         let order = ctx.create_zeroed("channel order", h * d)?;
-        let rows = |head: usize| &window[head][..tokens * d];
+        let rows = |head: usize| {
+            (
+                &window.keys,
+                (head * window.capacity * d * 4) as u64,
+                tokens,
+            )
+        };
         let copy = |split: &crate::gpu::quantize::GpuSplit, head: usize| -> Result<()> {
             let mut batch = ctx.batch();
             batch.copy(
@@ -719,15 +1005,15 @@ impl<'g> KvCache<'g> {
         };
         match split {
             SplitGranularity::PerLayer => {
-                let inputs: Vec<&[f32]> = (0..h).map(rows).collect();
-                let shared = channel_split(ctx, &inputs, d, k, self.config.group_size)?;
+                let inputs: Vec<_> = (0..h).map(rows).collect();
+                let shared = channel_split_on_gpu(ctx, &inputs, d, k)?;
                 for head in 0..h {
                     copy(&shared, head)?;
                 }
             }
             SplitGranularity::PerHead => {
                 for head in 0..h {
-                    let own = channel_split(ctx, &[rows(head)], d, k, self.config.group_size)?;
+                    let own = channel_split_on_gpu(ctx, &[rows(head)], d, k)?;
                     copy(&own, head)?;
                 }
             }
@@ -866,10 +1152,7 @@ impl<'g> KvCache<'g> {
                     data: SegmentData::Packed(&chunk.planes),
                 });
             }
-            let window = state
-                .window_keys
-                .first()
-                .map_or(0, |w| w.len() / self.shape.head_dim);
+            let window = state.window_rows;
             if let Some(store) = &state.window {
                 segments.push(store.segment(state.tokens - window, window));
             }
@@ -1026,30 +1309,18 @@ impl<'g> KvCache<'g> {
                 }
                 _ => None,
             };
+            let (window_keys, window_values) = (
+                exact_words(&state.window, state.window_rows, true)?,
+                exact_words(&state.window, state.window_rows, false)?,
+            );
             let reads = RunReads::read(ctx, &runs)?;
             for head in 0..h {
                 let mut exact_keys = sink_keys[head].clone();
                 let mut exact_values = sink_values[head].clone();
                 exact_keys.extend(&fp16_keys[head]);
                 exact_values.extend(&fp16_values[head]);
-                for row in state
-                    .window_keys
-                    .get(head)
-                    .map(|w| w.chunks_exact(d))
-                    .into_iter()
-                    .flatten()
-                {
-                    exact_keys.extend(pack_f16_slice(row));
-                }
-                for row in state
-                    .window_values
-                    .get(head)
-                    .map(|w| w.chunks_exact(d))
-                    .into_iter()
-                    .flatten()
-                {
-                    exact_values.extend(pack_f16_slice(row));
-                }
+                exact_keys.extend(&window_keys[head]);
+                exact_values.extend(&window_values[head]);
                 heads.push(self.packed_head(
                     plan,
                     head,
@@ -1256,7 +1527,8 @@ impl<'g> KvCache<'g> {
                 continue;
             }
             if plan.sinks > 0 {
-                let store = ExactStore::new(gpu, h, d, packed.config.sinks)?;
+                let store =
+                    ExactStore::new(gpu, h, d, packed.config.sinks.next_multiple_of(ROW_ALIGN))?;
                 for (i, head) in heads.iter().enumerate() {
                     let offset = ((i * store.capacity) * words_per_row * 4) as u64;
                     gpu.write(&store.keys, offset, &exact_rows(head, true, 0, plan.sinks));
@@ -1277,19 +1549,45 @@ impl<'g> KvCache<'g> {
                     })
                     .collect()
             };
-            state.window_keys = heads
-                .iter()
-                .map(|head| unpack(exact_rows(head, true, plan.sinks, plan.exact())))
-                .collect();
-            state.window_values = heads
-                .iter()
-                .map(|head| unpack(exact_rows(head, false, plan.sinks, plan.exact())))
-                .collect();
-            let window = ExactStore::new(gpu, h, d, packed.config.residual + g)?;
+            // The window's f32 rows come back from its f16 form.
+            let rows = |keys: bool| -> Vec<f32> {
+                heads
+                    .iter()
+                    .flat_map(|head| unpack(exact_rows(head, keys, plan.sinks, plan.exact())))
+                    .collect()
+            };
+            let (window_keys, window_values) = (rows(true), rows(false));
+            let tail = plan.tail();
+            cache.ensure_window(l, tail)?;
+            let window = cache.layers[l].window_f32.as_ref().expect("ensured");
+            let mut batch = gpu.batch();
             for i in 0..h {
-                window.write(gpu, i, 0, d, &state.window_keys[i], &state.window_values[i]);
+                let at = (i * window.capacity * d * 4) as u64;
+                cache.copy_rows(
+                    &mut batch,
+                    Rows::Host(&window_keys),
+                    tail,
+                    i,
+                    0,
+                    tail,
+                    &window.keys,
+                    at,
+                );
+                cache.copy_rows(
+                    &mut batch,
+                    Rows::Host(&window_values),
+                    tail,
+                    i,
+                    0,
+                    tail,
+                    &window.values,
+                    at,
+                );
             }
-            state.window = Some(window);
+            batch.submit()?;
+            cache.layers[l].window_rows = tail;
+            cache.repack_window(l)?;
+            let state = &mut cache.layers[l];
             if plan.quantized > 0 {
                 let (layout, planes) = upload_planes(gpu, heads, &packed.protected, g)?;
                 state.layout = Some(layout);

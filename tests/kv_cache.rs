@@ -363,3 +363,92 @@ fn save_and_load_round_trip() {
     assert!(KvCache::load(&dir.join("missing"), gpu()).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `rows` as a GPU buffer.
+fn gpu_buffer(rows: &[f32]) -> wgpu::Buffer {
+    gpu().create_storage("test rows", rows).unwrap()
+}
+
+#[test]
+fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
+    let (k, v) = tensors(800);
+    for (preset, stp) in [
+        ("vidkv", false),
+        ("vidkv", true),
+        ("kivi2", false),
+        ("fp16", false),
+    ] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let protected: Vec<u32> = if stp {
+            (0..600).filter(|t| t % 9 == 4).collect()
+        } else {
+            vec![]
+        };
+        let mut host = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+        let mut device = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+        host.protect(&protected).unwrap();
+        device.protect(&protected).unwrap();
+        for l in 0..SHAPE.layers {
+            for (from, to) in [(0, 600), (600, 601), (601, 700), (700, 800)] {
+                let (ks, vs) = (slice(&k, l, from, to), slice(&v, l, from, to));
+                host.append(l, &ks, &vs).unwrap();
+                device
+                    .append_buffers(l, &gpu_buffer(&ks), &gpu_buffer(&vs), to - from)
+                    .unwrap();
+            }
+        }
+        if !stp {
+            assert_eq!(
+                device.to_packed().unwrap(),
+                host.to_packed().unwrap(),
+                "{preset}"
+            );
+        }
+        let q = queries(1);
+        for l in 0..SHAPE.layers {
+            let a = host.attend_causal(l, &q).unwrap();
+            let b = device.attend_causal(l, &q).unwrap();
+            assert!(relative_l2(&b, &a) < 1e-6, "{preset} stp={stp} layer {l}");
+        }
+    }
+    let mut cache = KvCache::new(SHAPE, QuantConfig::preset("vidkv").unwrap(), gpu()).unwrap();
+    let small = gpu_buffer(&[0.0; 16]);
+    assert!(matches!(
+        cache.append_buffers(0, &small, &small, 4),
+        Err(VidkvError::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn groups_after_a_protected_prefill_attend_correctly() {
+    // A protected prefill, then more groups in chunks: the chunk positions must follow the
+    // prefill's quantized run. Compare with the same tokens without protection: both are
+    // quantizations of one cache, so their attention must agree to the quantization error.
+    let (k, v) = tensors(1200);
+    let q = queries(1);
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let protected: Vec<u32> = (0..600).filter(|t| t % 4 == 1).collect();
+    let fill = |protect: &[u32]| {
+        let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+        cache.protect(protect).unwrap();
+        cache
+            .prefill(0, &slice(&k, 0, 0, 600), &slice(&v, 0, 0, 600))
+            .unwrap();
+        cache
+            .append(0, &slice(&k, 0, 600, 1200), &slice(&v, 0, 600, 1200))
+            .unwrap();
+        cache
+    };
+    let (with, without) = (fill(&protected), fill(&[]));
+    let mut exact = KvCache::new(SHAPE, QuantConfig::preset("fp16").unwrap(), gpu()).unwrap();
+    exact
+        .prefill(0, &slice(&k, 0, 0, 1200), &slice(&v, 0, 0, 1200))
+        .unwrap();
+    let reference = exact.attend_causal(0, &q).unwrap();
+    let err_with = relative_l2(&with.attend_causal(0, &q).unwrap(), &reference);
+    let err_without = relative_l2(&without.attend_causal(0, &q).unwrap(), &reference);
+    assert!(
+        err_with <= err_without * 1.5 + 1e-3,
+        "with STP {err_with}, without {err_without}"
+    );
+}

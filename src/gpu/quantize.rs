@@ -130,6 +130,46 @@ pub(crate) fn chunk_tokens(ctx: &GpuContext, width: usize, group_size: usize) ->
     Ok((groups as usize * group_size).min(u32::MAX as usize / width))
 }
 
+/// Ranks channels by range over rows that already live on the GPU: each input is
+/// `tokens` rows `[tokens, width]` of f32 at a byte offset of a buffer (aligned to the
+/// device's storage offset alignment).
+pub fn channel_split_on_gpu(
+    ctx: &GpuContext,
+    inputs: &[(&wgpu::Buffer, u64, usize)],
+    width: usize,
+    outliers: usize,
+) -> Result<GpuSplit> {
+    let total_blocks: usize = inputs
+        .iter()
+        .map(|&(_, _, tokens)| tokens.div_ceil(RANGE_BLOCK_TOKENS as usize))
+        .sum();
+    let ranges = ctx.buffer("split ranges", (total_blocks.max(1) * width * 8) as u64)?;
+    let mut block_offset = 0usize;
+    let mut batch = ctx.batch();
+    for &(buffer, offset, tokens) in inputs {
+        let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
+        batch.dispatch_bound(
+            &CHANNEL_RANGE,
+            "main",
+            Params {
+                width: width as u32,
+                len: tokens as u32,
+                block_tokens: RANGE_BLOCK_TOKENS,
+                block_offset: block_offset as u32,
+                invocations: (blocks * width) as u32,
+                ..Default::default()
+            },
+            &[
+                Bound::range(buffer, offset, (tokens * width * 4) as u64),
+                (&*ranges).into(),
+            ],
+        );
+        block_offset += blocks;
+    }
+    batch.submit()?;
+    finish_split(ctx, &ranges, block_offset, width, outliers)
+}
+
 /// Ranks channels by range over the given heads' rows (`[tokens, width]` each).
 pub fn channel_split(
     ctx: &GpuContext,
@@ -169,6 +209,18 @@ pub fn channel_split(
             block_offset += blocks;
         }
     }
+    finish_split(ctx, &ranges, block_offset, width, outliers)
+}
+
+/// The split from `blocks` partial (min, max) blocks.
+fn finish_split(
+    ctx: &GpuContext,
+    ranges: &wgpu::Buffer,
+    blocks: usize,
+    width: usize,
+    outliers: usize,
+) -> Result<GpuSplit> {
+    let block_offset = blocks;
     let order = ctx.buffer("split order", (width * 4) as u64)?;
     let mask_words = width.div_ceil(32);
     let mask = ctx.output("split mask", mask_words)?;
@@ -183,7 +235,7 @@ pub fn channel_split(
             invocations: width as u32,
             ..Default::default()
         },
-        &[&ranges, &order, &mask],
+        &[ranges, &order, &mask],
         (1, 1),
     );
     batch.submit()?;
