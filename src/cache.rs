@@ -16,10 +16,11 @@
 //! segment with its STP lists (the prefill's planes make one trip through host memory);
 //! tokens appended later are never protected, as in the paper's code.
 //!
-//! Persistence: [`KvCache::save`] / [`KvCache::load`] use the [`crate::persist`] format
-//! (plus the model's `q_heads`); [`KvCache::to_packed`] gives the contents as a
-//! [`crate::PackedCache`]. A cache with protected tokens and groups quantized after its
-//! prefill cannot be saved in format version 1 (its ternary groups are not contiguous).
+//! Persistence: [`KvCache::save`] / [`KvCache::load`] store every quantized run (the
+//! prefill, each chunk) in the [`crate::persist`] plane layout with the metadata of
+//! [`KvCache::to_safetensors`]; [`KvCache::to_packed`] gives the contents as one
+//! [`crate::PackedCache`] where they fit one run per head (not when STP tokens are
+//! followed by later groups: their ternary groups are not contiguous).
 //!
 //! Not supported: per-token key grouping (attention reads per-channel keys).
 
@@ -115,6 +116,9 @@ const ROW_ALIGN: usize = 64;
 struct Chunk {
     start: usize,
     groups: usize,
+    /// Groups the planes can hold (CHUNK_GROUPS, or exactly `groups` for a prefill run or
+    /// a loaded run).
+    capacity: usize,
     planes: PackedPlanes,
 }
 
@@ -675,7 +679,13 @@ impl<'g> KvCache<'g> {
             &Tensor::new("k", dims.clone(), k.to_vec())?,
             &Tensor::new("v", dims, v.to_vec())?,
             &self.config,
-            &self.protected,
+            // Positions beyond the prefill are never protected (later tokens never are).
+            &self
+                .protected
+                .iter()
+                .copied()
+                .filter(|&p| (p as usize) < n)
+                .collect::<Vec<u32>>(),
         )?;
         let (layout, planes) = upload_planes(
             ctx,
@@ -737,6 +747,7 @@ impl<'g> KvCache<'g> {
             Chunk {
                 start: plan.quantized_start(),
                 groups: plan.quantized / self.config.group_size,
+                capacity: plan.quantized / self.config.group_size,
                 planes,
             },
             packed.protected.len(),
@@ -791,18 +802,19 @@ impl<'g> KvCache<'g> {
         let mut done = 0;
         while done < groups {
             let state = &self.layers[layer];
-            if state.chunks.last().is_none_or(|c| c.groups == CHUNK_GROUPS) {
+            if state.chunks.last().is_none_or(|c| c.groups == c.capacity) {
                 let start = self.config.sinks + state.quantized;
                 let planes = self.new_chunk_planes(&words)?;
                 self.layers[layer].chunks.push(Chunk {
                     start,
                     groups: 0,
+                    capacity: CHUNK_GROUPS,
                     planes,
                 });
             }
             let state = &self.layers[layer];
             let chunk = state.chunks.last().expect("just made");
-            let take = (CHUNK_GROUPS - chunk.groups).min(groups - done);
+            let take = (chunk.capacity - chunk.groups).min(groups - done);
             let layout = state.layout.as_ref().expect("frozen above");
             let window = state
                 .window_f32
@@ -1478,10 +1490,7 @@ impl<'g> KvCache<'g> {
 
     /// A cache holding the contents of `packed` (the model has `q_heads` query heads).
     /// Quantized tokens become one stored run per layer; later tokens go to new chunks.
-    pub fn from_packed(packed: &PackedCache, q_heads: usize, gpu: &'g GpuContext) -> Result<Self>
-    where
-        Self: Sized,
-    {
+    pub fn from_packed(packed: &PackedCache, q_heads: usize, gpu: &'g GpuContext) -> Result<Self> {
         let s = packed.shape;
         let shape = ModelShape {
             layers: s.layers,
@@ -1490,112 +1499,30 @@ impl<'g> KvCache<'g> {
             head_dim: s.head_dim,
         };
         let mut cache = KvCache::new(shape, packed.config.clone(), gpu)?;
-        let (h, d, g) = (s.kv_heads, s.head_dim, packed.config.group_size);
+        let (h, g) = (s.kv_heads, packed.config.group_size);
         let plan = packed.config.plan(s.tokens);
         cache.protected = packed.protected.clone();
         for l in 0..s.layers {
             let heads = &packed.heads[l * h..(l + 1) * h];
-            let words_per_row = d / 2;
-            let exact_rows = |head: &PackedHead, keys: bool, from: usize, to: usize| -> Vec<u32> {
-                let rows = if keys {
-                    &head.exact_keys
-                } else {
-                    &head.exact_values
-                };
-                rows.data[from * words_per_row..to * words_per_row].to_vec()
-            };
-            let state = &mut cache.layers[l];
-            state.tokens = s.tokens;
-            if packed.config.is_fp16() {
-                let capacity = CHUNK_GROUPS * g;
-                let mut at = 0;
-                while at < s.tokens {
-                    let take = capacity.min(s.tokens - at);
-                    let store = ExactStore::new(gpu, h, d, capacity)?;
-                    for (i, head) in heads.iter().enumerate() {
-                        let offset = ((i * capacity) * words_per_row * 4) as u64;
-                        gpu.write(&store.keys, offset, &exact_rows(head, true, at, at + take));
-                        gpu.write(
-                            &store.values,
-                            offset,
-                            &exact_rows(head, false, at, at + take),
-                        );
-                    }
-                    state.exact_chunks.push((store, take));
-                    at += take;
-                }
-                continue;
-            }
-            if plan.sinks > 0 {
-                let store =
-                    ExactStore::new(gpu, h, d, packed.config.sinks.next_multiple_of(ROW_ALIGN))?;
-                for (i, head) in heads.iter().enumerate() {
-                    let offset = ((i * store.capacity) * words_per_row * 4) as u64;
-                    gpu.write(&store.keys, offset, &exact_rows(head, true, 0, plan.sinks));
-                    gpu.write(
-                        &store.values,
-                        offset,
-                        &exact_rows(head, false, 0, plan.sinks),
-                    );
-                }
-                state.sinks = Some(store);
-            }
-            let unpack = |words: Vec<u32>| -> Vec<f32> {
-                words
-                    .iter()
-                    .flat_map(|&w| {
-                        let (a, b) = crate::packed::planes::unpack_f16_pair(w);
-                        [a, b]
-                    })
-                    .collect()
-            };
-            // The window's f32 rows come back from its f16 form.
-            let rows = |keys: bool| -> Vec<f32> {
-                heads
-                    .iter()
-                    .flat_map(|head| unpack(exact_rows(head, keys, plan.sinks, plan.exact())))
-                    .collect()
-            };
-            let (window_keys, window_values) = (rows(true), rows(false));
-            let tail = plan.tail();
-            cache.ensure_window(l, tail)?;
-            let window = cache.layers[l].window_f32.as_ref().expect("ensured");
-            let mut batch = gpu.batch();
-            for i in 0..h {
-                let at = (i * window.capacity * d * 4) as u64;
-                cache.copy_rows(
-                    &mut batch,
-                    Rows::Host(&window_keys),
-                    tail,
-                    i,
-                    0,
-                    tail,
-                    &window.keys,
-                    at,
-                );
-                cache.copy_rows(
-                    &mut batch,
-                    Rows::Host(&window_values),
-                    tail,
-                    i,
-                    0,
-                    tail,
-                    &window.values,
-                    at,
-                );
-            }
-            batch.submit()?;
-            cache.layers[l].window_rows = tail;
-            cache.repack_window(l)?;
-            let state = &mut cache.layers[l];
+            let keys: Vec<Vec<u32>> = heads
+                .iter()
+                .map(|head| head.exact_keys.data.clone())
+                .collect();
+            let values: Vec<Vec<u32>> = heads
+                .iter()
+                .map(|head| head.exact_values.data.clone())
+                .collect();
+            cache.restore_exact(l, s.tokens, &keys, &values)?;
             if plan.quantized > 0 {
                 let (layout, planes) = upload_planes(gpu, heads, &packed.protected, g)?;
+                let state = &mut cache.layers[l];
                 state.layout = Some(layout);
                 state.quantized = plan.quantized;
                 state.prefill = Some((
                     Chunk {
                         start: plan.quantized_start(),
                         groups: plan.quantized / g,
+                        capacity: plan.quantized / g,
                         planes: planes.expect("quantized tokens have planes"),
                     },
                     packed.protected.len(),
@@ -1605,38 +1532,464 @@ impl<'g> KvCache<'g> {
         Ok(cache)
     }
 
-    /// Saves the cache to `path` (safetensors, the [`crate::persist`] format plus the
-    /// model's `q_heads`).
+    /// Saves the cache to `path` (see [`KvCache::to_safetensors`]).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        let extra = std::collections::HashMap::from([(
-            "q_heads".to_string(),
-            self.shape.q_heads.to_string(),
-        )]);
-        let bytes = self.to_packed()?.to_safetensors_with(extra)?;
+        let bytes = self.to_safetensors()?;
         std::fs::write(path, bytes).map_err(|source| VidkvError::Io {
             path: path.display().to_string(),
             source,
         })
     }
 
-    /// Loads a cache saved by [`KvCache::save`], validating every field.
+    /// Loads a cache saved by [`KvCache::save`] (or a [`PackedCache`] file that names the
+    /// model's `q_heads`), validating every field.
     pub fn load(path: &std::path::Path, gpu: &'g GpuContext) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| VidkvError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let (packed, meta) = PackedCache::from_safetensors_with(&bytes)?;
-        let q_heads = meta
-            .get("q_heads")
-            .and_then(|q| q.parse::<usize>().ok())
-            .ok_or_else(|| {
-                VidkvError::CorruptPacked(
-                    "metadata lacks the model's `q_heads`: not a saved KvCache".into(),
+        Self::from_safetensors(&bytes, gpu)
+    }
+
+    /// The cache as safetensors bytes: the [`crate::persist`] layout with one quantized
+    /// run per chunk (`l{layer}.h{head}.r{run}.{array}`), each run's STP list
+    /// (`l{layer}.r{run}.protected`), the exact sinks and window of each head
+    /// (`l{layer}.h{head}.exact_keys` / `exact_values`), and metadata: `format` =
+    /// `vidkv-kvcache`, `version` = 2, `shape` (with `q_heads`), `config`, and per layer its
+    /// tokens and runs (`[start, groups, protected]`).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let (h, d, g) = (
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.config.group_size,
+        );
+        let ctx = self.gpu;
+        let mut arrays: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut layers_meta = Vec::with_capacity(self.shape.layers);
+        for (l, state) in self.layers.iter().enumerate() {
+            let plan = self.config.plan(state.tokens);
+            let exact = |store: &ExactStore, rows: usize, keys: bool| -> Result<Vec<Vec<u32>>> {
+                let buffer = if keys { &store.keys } else { &store.values };
+                let all = ctx.read_words(buffer, h * store.capacity * d / 2)?;
+                Ok((0..h)
+                    .map(|head| all[head * store.capacity * d / 2..][..rows * d / 2].to_vec())
+                    .collect())
+            };
+            let mut exact_keys = vec![Vec::new(); h];
+            let mut exact_values = vec![Vec::new(); h];
+            let mut add = |store: &ExactStore, rows: usize| -> Result<()> {
+                for (head, (k, v)) in exact(store, rows, true)?
+                    .into_iter()
+                    .zip(exact(store, rows, false)?)
+                    .enumerate()
+                {
+                    exact_keys[head].extend(k);
+                    exact_values[head].extend(v);
+                }
+                Ok(())
+            };
+            for (store, used) in &state.exact_chunks {
+                add(store, *used)?;
+            }
+            if let Some(store) = &state.sinks {
+                add(store, plan.sinks)?;
+            }
+            if let Some(store) = &state.window {
+                add(store, state.window_rows)?;
+            }
+            for head in 0..h {
+                arrays.push((
+                    format!("l{l}.h{head}.exact_keys"),
+                    std::mem::take(&mut exact_keys[head]),
+                ));
+                arrays.push((
+                    format!("l{l}.h{head}.exact_values"),
+                    std::mem::take(&mut exact_values[head]),
+                ));
+            }
+            let order = match &state.layout {
+                Some(layout) if matches!(self.config.keys, KeyScheme::Mixed { .. }) => Some((
+                    ctx.read_words(&layout.order, h * d)?,
+                    layout.outliers,
+                    layout.fft,
+                )),
+                _ => None,
+            };
+            let runs: Vec<(&Chunk, usize, bool)> = state
+                .prefill
+                .iter()
+                .map(|(c, p)| (c, *p, true))
+                .chain(state.chunks.iter().map(|c| (c, 0, false)))
+                .filter(|(c, _, _)| c.groups > 0)
+                .collect();
+            let mut runs_meta = Vec::with_capacity(runs.len());
+            for (r, &(chunk, protected, prefill)) in runs.iter().enumerate() {
+                let run = [StoredRun::of(chunk, prefill)];
+                let reads = RunReads::read(ctx, &run)?;
+                let tokens = chunk.groups * g;
+                let run_plan = crate::config::TokenPlan {
+                    tokens,
+                    sinks: 0,
+                    quantized: tokens,
+                };
+                for head in 0..h {
+                    let planes = self.packed_head(
+                        run_plan,
+                        head,
+                        Vec::new(),
+                        Vec::new(),
+                        &reads,
+                        &run,
+                        order.as_ref(),
+                        protected,
+                    )?;
+                    for (name, words) in crate::persist::head_arrays(&planes).into_iter().skip(2) {
+                        arrays.push((format!("l{l}.h{head}.r{r}.{name}"), words.to_vec()));
+                    }
+                }
+                let list: Vec<u32> = self
+                    .protected
+                    .iter()
+                    .copied()
+                    .filter(|&p| (chunk.start..chunk.start + tokens).contains(&(p as usize)))
+                    .take(protected)
+                    .collect();
+                arrays.push((format!("l{l}.r{r}.protected"), list));
+                runs_meta.push(serde_json::json!([chunk.start, chunk.groups, protected]));
+            }
+            layers_meta.push(serde_json::json!({"tokens": state.tokens, "runs": runs_meta}));
+        }
+        let views = arrays
+            .iter()
+            .map(|(name, words)| {
+                let bytes: &[u8] = bytemuck::cast_slice(words);
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::U32,
+                    vec![words.len()],
+                    bytes,
                 )
-            })?;
-        KvCache::from_packed(&packed, q_heads, gpu)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| VidkvError::Safetensors(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let s = self.shape;
+        let metadata = std::collections::HashMap::from([
+            ("format".to_string(), KVCACHE_FORMAT.to_string()),
+            ("version".to_string(), KVCACHE_VERSION.to_string()),
+            (
+                "shape".to_string(),
+                serde_json::json!({"layers": s.layers, "q_heads": s.q_heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim}).to_string(),
+            ),
+            ("config".to_string(), crate::persist::config_to_json(&self.config).to_string()),
+            ("layers".to_string(), serde_json::Value::Array(layers_meta).to_string()),
+        ]);
+        safetensors::tensor::serialize(views, Some(metadata))
+            .map_err(|e| VidkvError::Safetensors(e.to_string()))
+    }
+
+    /// Parses and validates bytes written by [`KvCache::to_safetensors`] (or a
+    /// [`PackedCache`] file with a `q_heads` metadata entry) into a cache on `gpu`.
+    pub fn from_safetensors(bytes: &[u8], gpu: &'g GpuContext) -> Result<Self> {
+        use crate::persist::{corrupt, read_planes, usize_field};
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| corrupt("no metadata: not a vidkv cache file"))?;
+        let get = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| corrupt(format!("metadata lacks `{key}`: not a saved KvCache")))
+        };
+        if get("format")? == crate::persist::FORMAT {
+            let (packed, meta) = PackedCache::from_safetensors_with(bytes)?;
+            let q_heads = meta
+                .get("q_heads")
+                .and_then(|q| q.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    corrupt("a packed-cache file needs a `q_heads` entry to load as a KvCache")
+                })?;
+            return KvCache::from_packed(&packed, q_heads, gpu);
+        }
+        if get("format")? != KVCACHE_FORMAT || get("version")? != &KVCACHE_VERSION.to_string() {
+            return Err(corrupt(format!(
+                "format `{}` version {} is not a saved KvCache this library reads ({KVCACHE_FORMAT} {KVCACHE_VERSION})",
+                get("format")?,
+                get("version")?
+            )));
+        }
+        let parse = |key: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(get(key)?)
+                .map_err(|e| corrupt(format!("`{key}` is not JSON: {e}")))
+        };
+        let shape_json = parse("shape")?;
+        let shape = ModelShape {
+            layers: usize_field(&shape_json, "layers")?,
+            q_heads: usize_field(&shape_json, "q_heads")?,
+            kv_heads: usize_field(&shape_json, "kv_heads")?,
+            head_dim: usize_field(&shape_json, "head_dim")?,
+        };
+        let config = crate::persist::config_from_json(&parse("config")?)?;
+        let mut cache = KvCache::new(shape, config.clone(), gpu)?;
+        let layers = parse("layers")?;
+        let layers = layers
+            .as_array()
+            .filter(|a| a.len() == shape.layers)
+            .ok_or_else(|| corrupt("`layers` does not list every layer"))?;
+        let (h, d, g) = (shape.kv_heads, shape.head_dim, config.group_size);
+        let array = |name: &str, expected: Option<usize>| -> Result<Vec<u32>> {
+            let view = st
+                .tensor(name)
+                .map_err(|_| corrupt(format!("missing array `{name}`")))?;
+            if view.dtype() != safetensors::Dtype::U32
+                || view.shape().len() != 1
+                || expected.is_some_and(|e| view.shape()[0] != e)
+            {
+                return Err(corrupt(format!(
+                    "array `{name}` is {:?} {:?}, expected U32 [{expected:?}]",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            Ok(bytemuck::pod_collect_to_vec(view.data()))
+        };
+        for (l, layer_meta) in layers.iter().enumerate() {
+            let tokens = usize_field(layer_meta, "tokens")?;
+            if tokens > u32::MAX as usize {
+                return Err(corrupt(format!("layer {l} claims {tokens} tokens")));
+            }
+            let plan = config.plan(tokens);
+            let runs = layer_meta
+                .get("runs")
+                .and_then(|r| r.as_array())
+                .ok_or_else(|| corrupt(format!("layer {l} lists no runs")))?;
+            let exact_rows = if config.is_fp16() {
+                tokens
+            } else {
+                plan.exact()
+            };
+            let mut exact_keys = Vec::with_capacity(h);
+            let mut exact_values = Vec::with_capacity(h);
+            for head in 0..h {
+                for (name, out) in [
+                    ("exact_keys", &mut exact_keys),
+                    ("exact_values", &mut exact_values),
+                ] {
+                    let words = array(&format!("l{l}.h{head}.{name}"), Some(exact_rows * d / 2))?;
+                    crate::persist::check_f16_words(&words, name)?;
+                    out.push(words);
+                }
+            }
+            cache.restore_exact(l, tokens, &exact_keys, &exact_values)?;
+            let mut position = plan.quantized_start();
+            for (r, run) in runs.iter().enumerate() {
+                let field = |i: usize| run.get(i).and_then(|x| x.as_u64()).map(|x| x as usize);
+                let (Some(start), Some(groups), Some(protected)) = (field(0), field(1), field(2))
+                else {
+                    return Err(corrupt(format!(
+                        "layer {l} run {r} is not [start, groups, protected]"
+                    )));
+                };
+                let run_tokens = groups
+                    .checked_mul(g)
+                    .filter(|&t| t > 0 && t <= plan.quantized)
+                    .ok_or_else(|| corrupt(format!("layer {l} run {r} has {groups} groups")))?;
+                if start != position || protected > run_tokens {
+                    return Err(corrupt(format!(
+                        "layer {l} run {r} starts at {start}, expected {position}"
+                    )));
+                }
+                let list = array(&format!("l{l}.r{r}.protected"), Some(protected))?;
+                if list.windows(2).any(|w| w[0] >= w[1])
+                    || list
+                        .iter()
+                        .any(|&p| !(start..start + run_tokens).contains(&(p as usize)))
+                {
+                    return Err(corrupt(format!(
+                        "layer {l} run {r}: STP positions unsorted or outside the run"
+                    )));
+                }
+                if protected > 0
+                    && (r != 0 || !matches!(config.values, ValueScheme::Ternary { .. }))
+                {
+                    return Err(corrupt(format!(
+                        "layer {l} run {r}: STP positions outside a ternary prefill run"
+                    )));
+                }
+                let run_plan = crate::config::TokenPlan {
+                    tokens: start + run_tokens,
+                    sinks: start,
+                    quantized: run_tokens,
+                };
+                let mut heads = Vec::with_capacity(h);
+                for head in 0..h {
+                    let prefix = format!("l{l}.h{head}.r{r}.");
+                    let named = |name: &str, expected: usize| {
+                        array(&format!("{prefix}{name}"), Some(expected))
+                    };
+                    let (keys, values) = read_planes(&named, &config, d, run_tokens, protected)?;
+                    heads.push(PackedHead {
+                        plan: run_plan,
+                        head_dim: d,
+                        exact_keys: ExactRows {
+                            rows: 0,
+                            width: d,
+                            data: Vec::new(),
+                        },
+                        exact_values: ExactRows {
+                            rows: 0,
+                            width: d,
+                            data: Vec::new(),
+                        },
+                        keys,
+                        values,
+                    });
+                }
+                let (layout, planes) = upload_planes(gpu, &heads, &list, g)?;
+                let chunk = Chunk {
+                    start,
+                    groups,
+                    capacity: groups,
+                    planes: planes.ok_or_else(|| corrupt("a quantized run of an fp16 cache"))?,
+                };
+                let state = &mut cache.layers[l];
+                if state.layout.is_none() {
+                    state.layout = Some(layout);
+                }
+                state.quantized += run_tokens;
+                if protected > 0 {
+                    cache.protected = list;
+                    state.prefill = Some((chunk, protected));
+                } else {
+                    state.chunks.push(chunk);
+                }
+                position += run_tokens;
+            }
+            if position != plan.quantized_end() {
+                return Err(corrupt(format!(
+                    "layer {l}: the runs cover {} tokens, the plan {}",
+                    position - plan.quantized_start(),
+                    plan.quantized
+                )));
+            }
+        }
+        Ok(cache)
+    }
+
+    /// Restores a layer's token count and exact rows (f16 words per head: every token for
+    /// fp16, else the sinks then the window).
+    fn restore_exact(
+        &mut self,
+        l: usize,
+        tokens: usize,
+        keys: &[Vec<u32>],
+        values: &[Vec<u32>],
+    ) -> Result<()> {
+        let (h, d, g) = (
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.config.group_size,
+        );
+        let gpu = self.gpu;
+        let plan = self.config.plan(tokens);
+        let words_per_row = d / 2;
+        self.layers[l].tokens = tokens;
+        if self.config.is_fp16() {
+            let capacity = CHUNK_GROUPS * g;
+            let mut at = 0;
+            while at < tokens {
+                let take = capacity.min(tokens - at);
+                let store = ExactStore::new(gpu, h, d, capacity)?;
+                for head in 0..h {
+                    let offset = (head * capacity * words_per_row * 4) as u64;
+                    gpu.write(
+                        &store.keys,
+                        offset,
+                        &keys[head][at * words_per_row..(at + take) * words_per_row],
+                    );
+                    gpu.write(
+                        &store.values,
+                        offset,
+                        &values[head][at * words_per_row..(at + take) * words_per_row],
+                    );
+                }
+                self.layers[l].exact_chunks.push((store, take));
+                at += take;
+            }
+            return Ok(());
+        }
+        if plan.sinks > 0 {
+            let store = ExactStore::new(gpu, h, d, self.config.sinks.next_multiple_of(ROW_ALIGN))?;
+            for head in 0..h {
+                let offset = (head * store.capacity * words_per_row * 4) as u64;
+                gpu.write(
+                    &store.keys,
+                    offset,
+                    &keys[head][..plan.sinks * words_per_row],
+                );
+                gpu.write(
+                    &store.values,
+                    offset,
+                    &values[head][..plan.sinks * words_per_row],
+                );
+            }
+            self.layers[l].sinks = Some(store);
+        }
+        // The window's f32 rows come back from its f16 form.
+        let unpack = |words: &[u32]| -> Vec<f32> {
+            words
+                .iter()
+                .flat_map(|&w| {
+                    let (a, b) = crate::packed::planes::unpack_f16_pair(w);
+                    [a, b]
+                })
+                .collect()
+        };
+        let tail = plan.tail();
+        let rows = |all: &[Vec<u32>]| -> Vec<f32> {
+            all.iter()
+                .flat_map(|head| unpack(&head[plan.sinks * words_per_row..]))
+                .collect()
+        };
+        let (window_keys, window_values) = (rows(keys), rows(values));
+        self.ensure_window(l, tail)?;
+        let window = self.layers[l].window_f32.as_ref().expect("ensured");
+        let mut batch = gpu.batch();
+        for head in 0..h {
+            let at = (head * window.capacity * d * 4) as u64;
+            self.copy_rows(
+                &mut batch,
+                Rows::Host(&window_keys),
+                tail,
+                head,
+                0,
+                tail,
+                &window.keys,
+                at,
+            );
+            self.copy_rows(
+                &mut batch,
+                Rows::Host(&window_values),
+                tail,
+                head,
+                0,
+                tail,
+                &window.values,
+                at,
+            );
+        }
+        batch.submit()?;
+        self.layers[l].window_rows = tail;
+        self.repack_window(l)
     }
 }
+
+/// The format name of a saved [`KvCache`].
+pub const KVCACHE_FORMAT: &str = "vidkv-kvcache";
+/// The version of a saved [`KvCache`] this library writes and reads.
+pub const KVCACHE_VERSION: u32 = 2;
 
 impl<'a> StoredRun<'a> {
     /// The run of a chunk, or of a layer's prefill (`prefill`: its planes are exactly full).

@@ -27,7 +27,7 @@ pub const FORMAT: &str = "vidkv-cache";
 /// The format version this library writes and reads.
 pub const VERSION: u32 = 1;
 
-fn corrupt(msg: impl Into<String>) -> VidkvError {
+pub(crate) fn corrupt(msg: impl Into<String>) -> VidkvError {
     VidkvError::CorruptPacked(msg.into())
 }
 
@@ -75,7 +75,7 @@ fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value> {
         .ok_or_else(|| corrupt(format!("configuration lacks `{name}`")))
 }
 
-fn usize_field(v: &Value, name: &str) -> Result<usize> {
+pub(crate) fn usize_field(v: &Value, name: &str) -> Result<usize> {
     field(v, name)?
         .as_u64()
         .and_then(|x| usize::try_from(x).ok())
@@ -151,7 +151,7 @@ pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
 }
 
 /// The named u32 arrays of one head, in a fixed order.
-fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
+pub(crate) fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
     let mut arrays = vec![
         ("exact_keys", head.exact_keys.data.as_slice()),
         ("exact_values", head.exact_values.data.as_slice()),
@@ -313,13 +313,7 @@ impl PackedCache {
             return Err(corrupt("STP positions without ternary values"));
         }
         let d = shape.head_dim;
-        let g = config.group_size;
         let nq = plan.quantized;
-        let channel_rows = |len| GroupedShape {
-            rows: d,
-            len,
-            group_size: g,
-        };
         let mut cache_heads = Vec::with_capacity(heads);
         for index in 0..heads {
             let prefix = format!("l{}.h{}.", index / shape.kv_heads, index % shape.kv_heads);
@@ -333,97 +327,7 @@ impl PackedCache {
                 check_f16_words(&rows.data, name)?;
                 Ok(rows)
             };
-            let two_bit = |name: &str, shape: GroupedShape| -> Result<TwoBitPlane> {
-                let plane = TwoBitPlane {
-                    shape,
-                    codes: named(
-                        &format!("{name}_codes"),
-                        shape.rows * shape.groups() * TwoBitPlane::words_per_group(g),
-                    )?,
-                    params: named(&format!("{name}_params"), shape.rows * shape.groups())?,
-                };
-                plane.validate()?;
-                check_f16_words(&plane.params, name)?;
-                Ok(plane)
-            };
-            let per_token = |len: usize, grouping: Grouping| match grouping {
-                Grouping::PerChannel => channel_rows(len),
-                Grouping::PerToken => GroupedShape {
-                    rows: len,
-                    len: d,
-                    group_size: g,
-                },
-            };
-            let keys = match config.keys {
-                KeyScheme::Fp16 => PackedKeys::Exact,
-                KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
-                    grouping,
-                    plane: two_bit("key", per_token(nq, grouping))?,
-                },
-                KeyScheme::Mixed {
-                    outlier_ratio, fft, ..
-                } => {
-                    let k = outlier_count(d, outlier_ratio);
-                    let mask = named("key_mask", d.div_ceil(32))?;
-                    let set: u32 = mask.iter().map(|w| w.count_ones()).sum();
-                    let stray = d % 32 != 0 && mask.last().is_some_and(|&w| w >> (d % 32) != 0);
-                    if set as usize != k || stray {
-                        return Err(corrupt(format!(
-                            "{prefix}key_mask marks {set} channels, expected {k}"
-                        )));
-                    }
-                    let normals = GroupedShape {
-                        rows: d - k,
-                        len: nq,
-                        group_size: g,
-                    };
-                    let signs = SignPlane {
-                        shape: normals,
-                        codes: named(
-                            "key_signs",
-                            SignPlane::words(normals) - (d - k).div_ceil(2) * normals.groups(),
-                        )?,
-                        scales: named("key_sign_scales", (d - k).div_ceil(2) * normals.groups())?,
-                    };
-                    signs.validate()?;
-                    check_f16_words(&signs.scales, "key_sign_scales")?;
-                    PackedKeys::Mixed(MixedKeys {
-                        outlier_mask: mask,
-                        outliers: two_bit(
-                            "key",
-                            GroupedShape {
-                                rows: k,
-                                len: nq,
-                                group_size: g,
-                            },
-                        )?,
-                        normals: signs,
-                        fft,
-                    })
-                }
-            };
-            let values = match config.values {
-                ValueScheme::Fp16 => PackedValues::Exact,
-                ValueScheme::TwoBit { grouping } => PackedValues::TwoBit {
-                    grouping,
-                    plane: two_bit("value", per_token(nq, grouping))?,
-                },
-                ValueScheme::Ternary { .. } => {
-                    let plain = channel_rows(nq - protected.len());
-                    let scales = d.div_ceil(2) * plain.groups();
-                    let plane = TernaryPlane {
-                        shape: plain,
-                        codes: named("value_trits", TernaryPlane::words(plain) - scales)?,
-                        scales: named("value_scales", scales)?,
-                    };
-                    plane.validate()?;
-                    check_f16_words(&plane.scales, "value_scales")?;
-                    PackedValues::Ternary {
-                        plane,
-                        protected: two_bit("protected", channel_rows(protected.len()))?,
-                    }
-                }
-            };
+            let (keys, values) = read_planes(&named, &config, d, nq, protected.len())?;
             cache_heads.push(PackedHead {
                 plan,
                 head_dim: d,
@@ -445,8 +349,117 @@ impl PackedCache {
     }
 }
 
+/// Reads and validates the quantized planes of one head: `nq` quantized tokens of which
+/// `protected` are STP-protected, each array fetched by `named(name, expected words)`.
+pub(crate) fn read_planes(
+    named: &dyn Fn(&str, usize) -> Result<Vec<u32>>,
+    config: &QuantConfig,
+    d: usize,
+    nq: usize,
+    protected: usize,
+) -> Result<(PackedKeys, PackedValues)> {
+    let g = config.group_size;
+    let channel_rows = |len| GroupedShape {
+        rows: d,
+        len,
+        group_size: g,
+    };
+    let two_bit = |name: &str, shape: GroupedShape| -> Result<TwoBitPlane> {
+        let plane = TwoBitPlane {
+            shape,
+            codes: named(
+                &format!("{name}_codes"),
+                shape.rows * shape.groups() * TwoBitPlane::words_per_group(g),
+            )?,
+            params: named(&format!("{name}_params"), shape.rows * shape.groups())?,
+        };
+        plane.validate()?;
+        check_f16_words(&plane.params, name)?;
+        Ok(plane)
+    };
+    let per_token = |len: usize, grouping: Grouping| match grouping {
+        Grouping::PerChannel => channel_rows(len),
+        Grouping::PerToken => GroupedShape {
+            rows: len,
+            len: d,
+            group_size: g,
+        },
+    };
+    let keys = match config.keys {
+        KeyScheme::Fp16 => PackedKeys::Exact,
+        KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
+            grouping,
+            plane: two_bit("key", per_token(nq, grouping))?,
+        },
+        KeyScheme::Mixed {
+            outlier_ratio, fft, ..
+        } => {
+            let k = outlier_count(d, outlier_ratio);
+            let mask = named("key_mask", d.div_ceil(32))?;
+            let set: u32 = mask.iter().map(|w| w.count_ones()).sum();
+            let stray = d % 32 != 0 && mask.last().is_some_and(|&w| w >> (d % 32) != 0);
+            if set as usize != k || stray {
+                return Err(corrupt(format!(
+                    "key_mask marks {set} channels, expected {k}"
+                )));
+            }
+            let normals = GroupedShape {
+                rows: d - k,
+                len: nq,
+                group_size: g,
+            };
+            let signs = SignPlane {
+                shape: normals,
+                codes: named(
+                    "key_signs",
+                    SignPlane::words(normals) - (d - k).div_ceil(2) * normals.groups(),
+                )?,
+                scales: named("key_sign_scales", (d - k).div_ceil(2) * normals.groups())?,
+            };
+            signs.validate()?;
+            check_f16_words(&signs.scales, "key_sign_scales")?;
+            PackedKeys::Mixed(MixedKeys {
+                outlier_mask: mask,
+                outliers: two_bit(
+                    "key",
+                    GroupedShape {
+                        rows: k,
+                        len: nq,
+                        group_size: g,
+                    },
+                )?,
+                normals: signs,
+                fft,
+            })
+        }
+    };
+    let values = match config.values {
+        ValueScheme::Fp16 => PackedValues::Exact,
+        ValueScheme::TwoBit { grouping } => PackedValues::TwoBit {
+            grouping,
+            plane: two_bit("value", per_token(nq, grouping))?,
+        },
+        ValueScheme::Ternary { .. } => {
+            let plain = channel_rows(nq - protected);
+            let scales = d.div_ceil(2) * plain.groups();
+            let plane = TernaryPlane {
+                shape: plain,
+                codes: named("value_trits", TernaryPlane::words(plain) - scales)?,
+                scales: named("value_scales", scales)?,
+            };
+            plane.validate()?;
+            check_f16_words(&plane.scales, "value_scales")?;
+            PackedValues::Ternary {
+                plane,
+                protected: two_bit("protected", channel_rows(protected))?,
+            }
+        }
+    };
+    Ok((keys, values))
+}
+
 /// Fails when an array of f16 pairs holds infinity or NaN (a corrupted file).
-fn check_f16_words(words: &[u32], name: &str) -> Result<()> {
+pub(crate) fn check_f16_words(words: &[u32], name: &str) -> Result<()> {
     let bad = |half: u32| half & 0x7c00 == 0x7c00;
     match words.iter().position(|&w| bad(w & 0xffff) || bad(w >> 16)) {
         None => Ok(()),

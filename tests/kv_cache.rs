@@ -314,6 +314,7 @@ fn save_and_load_round_trip() {
     let visible = [(0u32, 900u32), (10, 400)];
     for (preset, prefill, step, stp) in [
         ("vidkv", 900, 1, true),
+        ("vidkv", 500, 33, true),
         ("vidkv", 300, 41, false),
         ("kivi2", 100, 9, false),
         ("k2v2-channel", 500, 100, false),
@@ -357,6 +358,17 @@ fn save_and_load_round_trip() {
             assert!(relative_l2(&b, &a) < 1e-5, "{preset} layer {l}");
         }
     }
+    // A packed-cache file that names the model's query heads loads as a cache too.
+    let packed =
+        PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
+    let file = dir.join("packed.safetensors");
+    let extra =
+        std::collections::HashMap::from([("q_heads".to_string(), SHAPE.q_heads.to_string())]);
+    std::fs::write(&file, packed.to_safetensors_with(extra).unwrap()).unwrap();
+    let loaded = KvCache::load(&file, gpu()).unwrap();
+    assert_eq!(loaded.to_packed().unwrap(), packed);
+    std::fs::write(&file, packed.to_safetensors().unwrap()).unwrap();
+    assert!(KvCache::load(&file, gpu()).is_err(), "q_heads is needed");
     let bad = dir.join("bad.safetensors");
     std::fs::write(&bad, b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ").unwrap();
     assert!(KvCache::load(&bad, gpu()).is_err());
@@ -451,4 +463,51 @@ fn groups_after_a_protected_prefill_attend_correctly() {
         err_with <= err_without * 1.5 + 1e-3,
         "with STP {err_with}, without {err_without}"
     );
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn saved() -> &'static Vec<u8> {
+        static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+        BYTES.get_or_init(|| {
+            let (k, v) = tensors(300);
+            let config = QuantConfig::preset("vidkv").unwrap();
+            let mut cache = KvCache::new(SHAPE, config, gpu()).unwrap();
+            cache.protect(&[5, 9, 40]).unwrap();
+            for l in 0..SHAPE.layers {
+                cache
+                    .prefill(l, &slice(&k, l, 0, 200), &slice(&v, l, 0, 200))
+                    .unwrap();
+                cache
+                    .append(l, &slice(&k, l, 200, 300), &slice(&v, l, 200, 300))
+                    .unwrap();
+            }
+            cache.to_safetensors().unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(120))]
+
+        #[test]
+        fn mutated_cache_files_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..5),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut bytes = saved().clone();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            if let Ok(cache) = KvCache::from_safetensors(&bytes, gpu()) {
+                let _ = cache.attend_causal(0, &queries(1));
+            }
+        }
+    }
 }
