@@ -31,7 +31,7 @@ use crate::gpu::attention::{
     PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,
 };
 use crate::gpu::quantize::{
-    channel_split_on_gpu, record_signs, record_ternary, record_two_bit_channels,
+    channel_split_on_gpu, record_pack_exact, record_signs, record_ternary, record_two_bit_channels,
     record_two_bit_tokens, twiddles, GroupWindow, NormalChannels,
 };
 use crate::gpu::runtime::{Bound, GpuContext};
@@ -544,17 +544,7 @@ impl<'g> KvCache<'g> {
             let packed = ctx.buffer("cache exact packed", (words * 4) as u64)?;
             let mut batch = ctx.batch();
             self.copy_rows(&mut batch, source, n, head, from, count, &staging, 0);
-            batch.dispatch(
-                &crate::gpu::shaders::PACK_EXACT,
-                "main",
-                crate::gpu::runtime::Params {
-                    width: d as u32,
-                    rows: count as u32,
-                    invocations: words as u32,
-                    ..Default::default()
-                },
-                &[&staging, &packed],
-            );
+            record_pack_exact(&mut batch, d, count, (&*staging).into(), (&*packed).into());
             batch.copy(&packed, 0, target, at, (words * 4) as u64);
             batch.submit()?;
         }
@@ -649,19 +639,12 @@ impl<'g> KvCache<'g> {
                 (&f32_rows.keys, &store.keys),
                 (&f32_rows.values, &store.values),
             ] {
-                batch.dispatch_bound(
-                    &crate::gpu::shaders::PACK_EXACT,
-                    "main",
-                    crate::gpu::runtime::Params {
-                        width: d as u32,
-                        rows: rows as u32,
-                        invocations: words as u32,
-                        ..Default::default()
-                    },
-                    &[
-                        Bound::range(input, input_at, (rows * d * 4) as u64),
-                        Bound::range(output, output_at, (words * 4) as u64),
-                    ],
+                record_pack_exact(
+                    &mut batch,
+                    d,
+                    rows,
+                    Bound::range(input, input_at, (rows * d * 4) as u64),
+                    Bound::range(output, output_at, (words * 4) as u64),
                 );
             }
         }

@@ -505,6 +505,57 @@ pub(crate) fn record_ternary(
     );
 }
 
+/// Runs `record` for each chunk of whole groups of the `[tokens, width]` rows `x` that fits
+/// a binding: the chunk is uploaded to the pooled input, `record` gets the batch, the input
+/// buffer, the chunk's group window in a plane of `len` elements per row, and its tokens;
+/// the batch is submitted.
+fn for_each_chunk(
+    ctx: &GpuContext,
+    x: &[f32],
+    width: usize,
+    g: usize,
+    len: usize,
+    mut record: impl FnMut(&mut Batch<'_>, &wgpu::Buffer, GroupWindow, usize) -> Result<()>,
+) -> Result<()> {
+    let groups = len.div_ceil(g);
+    let chunk = chunk_tokens(ctx, width, g)?;
+    for (index, input) in x.chunks(chunk * width).enumerate() {
+        let tokens = input.len() / width;
+        let buffer = ctx.upload("input", input)?;
+        let mut batch = ctx.batch();
+        let window = GroupWindow {
+            len,
+            groups,
+            group_offset: index * chunk / g,
+            group_count: tokens.div_ceil(g),
+        };
+        record(&mut batch, &buffer, window, tokens)?;
+        batch.submit()?;
+    }
+    Ok(())
+}
+
+/// Records the packing of `rows` f32 rows of `width` into f16 pairs.
+pub(crate) fn record_pack_exact(
+    batch: &mut Batch<'_>,
+    width: usize,
+    rows: usize,
+    input: Bound<'_>,
+    output: Bound<'_>,
+) {
+    batch.dispatch_bound(
+        &PACK_EXACT,
+        "main",
+        Params {
+            width: width as u32,
+            rows: rows as u32,
+            invocations: ExactRows::words(rows, width) as u32,
+            ..Default::default()
+        },
+        &[input, output],
+    );
+}
+
 fn two_bit_channels(
     ctx: &GpuContext,
     x: &[f32],
@@ -522,21 +573,10 @@ fn two_bit_channels(
     let code_words = rows * groups * TwoBitPlane::words_per_group(g);
     let codes = ctx.output("two-bit codes", code_words)?;
     let params = ctx.output("two-bit params", rows * groups)?;
-    let chunk = chunk_tokens(ctx, width, g)?;
-    for (index, input) in x.chunks(chunk * width).enumerate() {
-        let tokens = input.len() / width;
-        let group_count = tokens.div_ceil(g);
-        let buffer = ctx.upload("input", input)?;
-        let mut batch = ctx.batch();
-        let window = GroupWindow {
-            len: shape.len,
-            groups,
-            group_offset: index * chunk / g,
-            group_count,
-        };
+    for_each_chunk(ctx, x, width, g, shape.len, |batch, buffer, window, _| {
         record_two_bit_channels(
-            &mut batch,
-            &buffer,
+            batch,
+            buffer,
             width,
             channels,
             rows,
@@ -544,8 +584,8 @@ fn two_bit_channels(
             window,
             [(&*codes).into(), (&*params).into()],
         );
-        batch.submit()?;
-    }
+        Ok(())
+    })?;
     Ok(TwoBitPlane {
         shape,
         codes: ctx.read_output(&codes, "two-bit codes", code_words)?,
@@ -627,37 +667,32 @@ fn sign_plane(
     let codes = ctx.output("sign codes", code_words)?;
     let scales = ctx.output("sign scales", scale_words)?;
     let table = ctx.upload("twiddles", &twiddles(n))?;
-    let chunk = chunk_tokens(ctx, width, g)?;
-    for (index, input) in x.chunks(chunk * width).enumerate() {
-        let tokens = input.len() / width;
-        let group_count = tokens.div_ceil(g);
-        let buffer = ctx.upload("input", input)?;
-        let mut batch = ctx.batch();
-        let window = GroupWindow {
-            len: shape.len,
-            groups,
-            group_offset: index * chunk / g,
-            group_count,
-        };
-        let normals = NormalChannels {
-            order: &split.order,
-            outliers: split.outliers,
-            fft,
-            twiddles: &table,
-        };
-        record_signs(
-            ctx,
-            &mut batch,
-            &buffer,
-            width,
-            &normals,
-            g,
-            window,
-            tokens,
-            [(&*codes).into(), (&*scales).into()],
-        )?;
-        batch.submit()?;
-    }
+    let normals = NormalChannels {
+        order: &split.order,
+        outliers: split.outliers,
+        fft,
+        twiddles: &table,
+    };
+    for_each_chunk(
+        ctx,
+        x,
+        width,
+        g,
+        shape.len,
+        |batch, buffer, window, tokens| {
+            record_signs(
+                ctx,
+                batch,
+                buffer,
+                width,
+                &normals,
+                g,
+                window,
+                tokens,
+                [(&*codes).into(), (&*scales).into()],
+            )
+        },
+    )?;
     Ok(SignPlane {
         shape,
         codes: ctx.read_output(&codes, "sign codes", code_words)?,
@@ -683,21 +718,10 @@ fn ternary(
     let scale_words = width.div_ceil(2) * groups;
     let codes = ctx.output("ternary codes", code_words)?;
     let scales = ctx.output("ternary scales", scale_words)?;
-    let chunk = chunk_tokens(ctx, width, g)?;
-    for (index, input) in x.chunks(chunk * width).enumerate() {
-        let tokens = input.len() / width;
-        let group_count = tokens.div_ceil(g);
-        let buffer = ctx.upload("input", input)?;
-        let mut batch = ctx.batch();
-        let window = GroupWindow {
-            len: shape.len,
-            groups,
-            group_offset: index * chunk / g,
-            group_count,
-        };
+    for_each_chunk(ctx, x, width, g, shape.len, |batch, buffer, window, _| {
         record_ternary(
-            &mut batch,
-            &buffer,
+            batch,
+            buffer,
             width,
             g,
             gamma,
@@ -705,8 +729,8 @@ fn ternary(
             window,
             [(&*codes).into(), (&*scales).into()],
         );
-        batch.submit()?;
-    }
+        Ok(())
+    })?;
     Ok(TernaryPlane {
         shape,
         codes: ctx.read_output(&codes, "ternary codes", code_words)?,
@@ -726,16 +750,12 @@ fn exact(ctx: &GpuContext, rows: &[f32], width: usize) -> Result<ExactRows> {
         let output = ctx.output("exact rows", words)?;
         let buffer = ctx.upload("input", input)?;
         let mut batch = ctx.batch();
-        batch.dispatch(
-            &PACK_EXACT,
-            "main",
-            Params {
-                width: width as u32,
-                rows: chunk_rows as u32,
-                invocations: words as u32,
-                ..Default::default()
-            },
-            &[&buffer, &output],
+        record_pack_exact(
+            &mut batch,
+            width,
+            chunk_rows,
+            (&*buffer).into(),
+            (&*output).into(),
         );
         batch.submit()?;
         data.extend(ctx.read_output(&output, "exact rows", words)?);
