@@ -136,6 +136,9 @@ struct BenchAttentionArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write an SVG chart (decode time against context) into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +205,9 @@ struct ReportArgs {
     /// Default: gpu when an adapter exists, else cpu with a notice.
     #[arg(long, value_enum)]
     device: Option<DeviceChoice>,
+    /// Also write SVG charts into this directory (error against bits, error per layer).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -282,6 +288,11 @@ fn run_report(args: &ReportArgs) -> Result<()> {
         println!("{}", to_json(&reports, &device.describe()));
     } else {
         print!("{}", to_table(&reports, &device.describe()));
+    }
+    if let Some(dir) = &args.plot {
+        for path in crate::plot::report_charts(&reports, dir)? {
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
@@ -460,6 +471,10 @@ fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     } else {
         "wall clock"
     };
+    if let Some(dir) = &args.plot {
+        let path = crate::plot::attention_chart(&results, &gpu.adapter_name(), dir)?;
+        eprintln!("wrote {}", path.display());
+    }
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),

@@ -20,6 +20,8 @@ pub mod gpu;
 pub mod io;
 pub mod packed;
 pub mod persist;
+#[cfg(feature = "cli")]
+pub mod plot;
 pub mod reference;
 pub mod report;
 pub mod tensor;

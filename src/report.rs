@@ -23,6 +23,8 @@ pub struct PresetMetrics {
     pub k_rel_mse: f64,
     pub v_rel_mse: f64,
     pub attn_rel_err: f64,
+    /// The attention error of each stored layer (mean over its query heads and queries).
+    pub attn_rel_err_per_layer: Vec<f64>,
     pub bits_k: f64,
     pub bits_v: f64,
     pub bits_all: f64,
@@ -79,11 +81,13 @@ pub fn evaluate_on(
         }
     };
     let size = cache.size();
+    let per_layer = attention_error_per_layer(sample, &k_hat.data, &v_hat.data);
     Ok(PresetMetrics {
         preset: preset.to_string(),
         k_rel_mse: rel_mse(&k_hat.data, &sample.k.data),
         v_rel_mse: rel_mse(&v_hat.data, &sample.v.data),
-        attn_rel_err: attention_error(sample, &k_hat.data, &v_hat.data),
+        attn_rel_err: mean(&per_layer),
+        attn_rel_err_per_layer: per_layer,
         bits_k: size.key_bits(),
         bits_v: size.value_bits(),
         bits_all: size.all_bits(),
@@ -102,15 +106,26 @@ pub fn rel_mse(approx: &[f32], exact: &[f32]) -> f64 {
     err / norm
 }
 
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
 /// Mean over layers, query heads and stored queries of ‖attn(K̂,V̂) − attn(K,V)‖ / ‖attn(K,V)‖.
 pub fn attention_error(sample: &KvSample, k_hat: &[f32], v_hat: &[f32]) -> f64 {
+    mean(&attention_error_per_layer(sample, k_hat, v_hat))
+}
+
+/// [`attention_error`] per stored layer (every layer has the same number of queries, so
+/// the mean of these is the overall error).
+pub fn attention_error_per_layer(sample: &KvSample, k_hat: &[f32], v_hat: &[f32]) -> Vec<f64> {
     let [layers, kv_heads, tokens, d] = [0, 1, 2, 3].map(|i| sample.k.dim(i));
     let q_heads = sample.q.dim(1);
     let n_queries = sample.q.dim(2);
     let head_len = tokens * d;
-    let mut total = 0.0f64;
-    let mut count = 0usize;
+    let mut per_layer = Vec::with_capacity(layers);
     for l in 0..layers {
+        let mut total = 0.0f64;
+        let mut count = 0usize;
         for qh in 0..q_heads {
             let h = kv_head_for(qh, q_heads, kv_heads);
             let at = (l * kv_heads + h) * head_len;
@@ -129,8 +144,9 @@ pub fn attention_error(sample: &KvSample, k_hat: &[f32], v_hat: &[f32]) -> f64 {
                 count += 1;
             }
         }
+        per_layer.push(total / count as f64);
     }
-    total / count as f64
+    per_layer
 }
 
 /// ‖a − b‖ / ‖b‖ (0 when both are zero).

@@ -79,3 +79,50 @@ fn sizes_reports_vidkv_within_the_bit_budget() {
         .unwrap();
     assert!(vidkv["bits_per_element"]["all"].as_f64().unwrap() <= 2.2);
 }
+
+#[test]
+fn report_and_bench_write_svg_charts() {
+    let dir = std::env::temp_dir().join(format!("vidkv-plots-{}", std::process::id()));
+    vidkv(&[
+        "report",
+        "--device",
+        "cpu",
+        "--preset",
+        "kivi2",
+        "--preset",
+        "vidkv",
+        "--plot",
+        dir.to_str().unwrap(),
+    ]);
+    for name in [
+        "pareto.svg",
+        "layers-smollm2_text_sample.svg",
+        "layers-dinov2_video_sample.svg",
+    ] {
+        let svg = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("vidkv"), "{name}");
+    }
+    vidkv(&[
+        "bench",
+        "attention",
+        "--context",
+        "256",
+        "--context",
+        "512",
+        "--runs",
+        "1",
+        "--kv-heads",
+        "1",
+        "--q-heads",
+        "2",
+        "--head-dim",
+        "64",
+        "--preset",
+        "vidkv",
+        "--plot",
+        dir.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(dir.join("attention.svg")).unwrap();
+    assert!(svg.contains("fp16") && svg.contains("vidkv"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
