@@ -1515,13 +1515,10 @@ impl<'g> KvCache<'g> {
         Ok(cache)
     }
 
-    /// Saves the cache to `path` (see [`KvCache::to_safetensors`]).
+    /// Saves the cache to `path` atomically (see [`KvCache::to_safetensors`] and
+    /// [`crate::persist::write_atomic`]).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        let bytes = self.to_safetensors()?;
-        std::fs::write(path, bytes).map_err(|source| VidkvError::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        crate::persist::write_atomic(path, &self.to_safetensors()?)
     }
 
     /// Loads a cache saved by [`KvCache::save`] (or a [`PackedCache`] file that names the

@@ -368,10 +368,7 @@ fn run_quantize(args: &QuantizeArgs) -> Result<()> {
         None => crate::packed::PackedCache::quantize(&sample.k, &sample.v, &config, &[])?,
     };
     let bytes = cache.to_safetensors()?;
-    std::fs::write(&args.output, &bytes).map_err(|source| VidkvError::Io {
-        path: args.output.display().to_string(),
-        source,
-    })?;
+    crate::persist::write_atomic(&args.output, &bytes)?;
     let f16_bytes = 2 * 2 * cache.shape.elements();
     println!(
         "wrote {} ({} bytes, {:.3} bits per element, {:.2}x smaller than f16's {} bytes)",

@@ -468,3 +468,27 @@ pub(crate) fn check_f16_words(words: &[u32], name: &str) -> Result<()> {
         ))),
     }
 }
+
+/// Writes `bytes` to `path` atomically: into a temporary file beside it, then renamed over
+/// it, so a failed or interrupted write never leaves a truncated file in place of an
+/// existing one.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let io_error = |source| VidkvError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io_error(std::io::Error::other("the path names no file")))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = std::fs::write(&temp, bytes).and_then(|()| std::fs::rename(&temp, path));
+    if let Err(source) = written {
+        // Best effort: the temporary file may not exist when the first write failed.
+        let _ = std::fs::remove_file(&temp);
+        return Err(io_error(source));
+    }
+    Ok(())
+}

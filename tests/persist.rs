@@ -158,3 +158,25 @@ fn cli_quantize_then_inspect() {
     assert!(String::from_utf8_lossy(&b.stderr).contains("error:"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn atomic_writes_replace_whole_files_and_fail_without_touching_them() {
+    let dir = std::env::temp_dir().join(format!("vidkv-atomic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cache.vidkv.safetensors");
+    vidkv::persist::write_atomic(&path, b"first version").unwrap();
+    vidkv::persist::write_atomic(&path, b"second").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file stays behind");
+
+    // A directory in the way of the rename: a typed error, and the directory is untouched.
+    let blocked = dir.join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"data").unwrap();
+    let err = vidkv::persist::write_atomic(&blocked, b"x").unwrap_err();
+    assert!(matches!(err, VidkvError::Io { .. }), "{err}");
+    assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"data");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
