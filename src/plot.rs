@@ -36,11 +36,83 @@ fn color(i: usize) -> RGBColor {
     COLORS[i % COLORS.len()]
 }
 
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+type Svg<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| VidkvError::Io {
         path: dir.display().to_string(),
         source,
     })
+}
+
+/// Creates the SVG file at `path`, fills it white, lets `draw` draw on it and writes it out.
+fn render(path: &Path, draw: impl FnOnce(&Svg<'_>) -> DrawResult) -> Result<PathBuf> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)
+        .map_err(Into::into)
+        .and_then(|()| draw(&root))
+        .and_then(|()| root.present().map_err(Into::into))
+        .map_err(|e| failed(path, e))?;
+    Ok(path.to_path_buf())
+}
+
+/// A chart with the common caption, margins and label areas over the given axes.
+fn chart_on<'a, 'b, X: Ranged, Y: Ranged>(
+    root: &'a Svg<'b>,
+    caption: &str,
+    caption_size: u32,
+    x: impl plotters::coord::ranged1d::AsRangedCoord<CoordDescType = X, Value = X::ValueType>,
+    y: impl plotters::coord::ranged1d::AsRangedCoord<CoordDescType = Y, Value = Y::ValueType>,
+) -> std::result::Result<
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    Box<dyn std::error::Error>,
+> {
+    Ok(ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", caption_size))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)?)
+}
+
+/// Draws `points` as a line with dots in series colour `i`, labelled in the legend.
+fn line_with_dots<X, Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    points: Vec<(f64, f64)>,
+    i: usize,
+    label: &str,
+) -> DrawResult
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let c = color(i);
+    chart
+        .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+    Ok(())
+}
+
+/// Draws the legend box at `position`.
+fn legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// The top of an error axis: 15 % above the largest error (at least 1e-3).
+fn error_axis_top(errors: impl Iterator<Item = f64>) -> f64 {
+    errors.fold(0.0f64, f64::max).max(1e-3) * 1.15
 }
 
 /// Writes the report's charts into `dir`; returns the files written.
@@ -65,24 +137,19 @@ pub fn report_charts(reports: &[FileReport], dir: &Path) -> Result<Vec<PathBuf>>
 }
 
 fn pareto(reports: &[FileReport], path: &Path) -> Result<PathBuf> {
-    let max_err = reports
-        .iter()
-        .flat_map(|r| r.presets.iter().map(|m| m.attn_rel_err))
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.15;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Attention error against effective bits (lower left is better)",
-                ("sans-serif", 20),
-            )
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(1.5f64..17f64, 0f64..max_err)?;
+    let max_err = error_axis_top(
+        reports
+            .iter()
+            .flat_map(|r| r.presets.iter().map(|m| m.attn_rel_err)),
+    );
+    render(path, |root| {
+        let mut chart = chart_on(
+            root,
+            "Attention error against effective bits (lower left is better)",
+            20,
+            1.5f64..17f64,
+            0f64..max_err,
+        )?;
         chart
             .configure_mesh()
             .x_desc("effective bits per element (K and V, metadata and exact tokens included)")
@@ -90,37 +157,25 @@ fn pareto(reports: &[FileReport], path: &Path) -> Result<PathBuf> {
             .draw()?;
         for (i, report) in reports.iter().enumerate() {
             let c = color(i);
-            let points: Vec<(f64, f64, String)> = report
-                .presets
-                .iter()
-                .map(|m| (m.bits_all, m.attn_rel_err, m.preset.clone()))
-                .collect();
             chart
                 .draw_series(
-                    points
+                    report
+                        .presets
                         .iter()
-                        .map(|(x, y, _)| Circle::new((*x, *y), 5, c.filled())),
+                        .map(|m| Circle::new((m.bits_all, m.attn_rel_err), 5, c.filled())),
                 )?
                 .label(report.file.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
-            chart.draw_series(points.iter().map(|(x, y, name)| {
+            chart.draw_series(report.presets.iter().map(|m| {
                 Text::new(
-                    name.clone(),
-                    (*x + 0.15, *y),
+                    m.preset.clone(),
+                    (m.bits_all + 0.15, m.attn_rel_err),
                     ("sans-serif", 13).into_font().color(&c),
                 )
             }))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| failed(path, e))?;
-    Ok(path.to_path_buf())
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)
+    })
 }
 
 fn layers(report: &FileReport, path: &Path) -> Result<PathBuf> {
@@ -130,25 +185,20 @@ fn layers(report: &FileReport, path: &Path) -> Result<PathBuf> {
         .map(|m| m.attn_rel_err_per_layer.len())
         .max()
         .unwrap_or(1);
-    let max_err = report
-        .presets
-        .iter()
-        .flat_map(|m| m.attn_rel_err_per_layer.iter().copied())
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.15;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Attention error per stored layer: {}", report.file),
-                ("sans-serif", 20),
-            )
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.2f64..(layers as f64 - 0.8), 0f64..max_err)?;
+    let max_err = error_axis_top(
+        report
+            .presets
+            .iter()
+            .flat_map(|m| m.attn_rel_err_per_layer.iter().copied()),
+    );
+    render(path, |root| {
+        let mut chart = chart_on(
+            root,
+            &format!("Attention error per stored layer: {}", report.file),
+            20,
+            -0.2f64..(layers as f64 - 0.8),
+            0f64..max_err,
+        )?;
         chart
             .configure_mesh()
             .x_labels(layers)
@@ -157,41 +207,21 @@ fn layers(report: &FileReport, path: &Path) -> Result<PathBuf> {
             .y_desc("attention relative error")
             .draw()?;
         for (i, m) in report.presets.iter().enumerate() {
-            let c = color(i);
-            let points: Vec<(f64, f64)> = m
+            let points = m
                 .attn_rel_err_per_layer
                 .iter()
                 .enumerate()
                 .map(|(l, &e)| (l as f64, e))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-                .label(m.preset.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-            chart.draw_series(
-                points
-                    .iter()
-                    .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
-            )?;
+            line_with_dots(&mut chart, points, i, &m.preset)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| failed(path, e))?;
-    Ok(path.to_path_buf())
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)
+    })
 }
 
 /// Writes `attention.svg` (median decode time against context per preset) into `dir`.
 pub fn attention_chart(results: &[AttentionResult], adapter: &str, dir: &Path) -> Result<PathBuf> {
     create_dir(dir)?;
-    let path = dir.join("attention.svg");
     let (min_ctx, max_ctx) = results.iter().fold((f64::MAX, 1.0f64), |(lo, hi), r| {
         (lo.min(r.context as f64), hi.max(r.context as f64))
     });
@@ -204,21 +234,14 @@ pub fn attention_chart(results: &[AttentionResult], adapter: &str, dir: &Path) -
             presets.push(&r.preset);
         }
     }
-    let root = SVGBackend::new(&path, SIZE).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Decode attention time, one layer ({adapter})"),
-                ("sans-serif", 18),
-            )
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(
-                (min_ctx * 0.8..max_ctx * 1.25).log_scale(),
-                (min_ms * 0.8..max_ms * 1.25).log_scale(),
-            )?;
+    render(&dir.join("attention.svg"), |root| {
+        let mut chart = chart_on(
+            root,
+            &format!("Decode attention time, one layer ({adapter})"),
+            18,
+            (min_ctx * 0.8..max_ctx * 1.25).log_scale(),
+            (min_ms * 0.8..max_ms * 1.25).log_scale(),
+        )?;
         chart
             .configure_mesh()
             .light_line_style(TRANSPARENT)
@@ -228,30 +251,13 @@ pub fn attention_chart(results: &[AttentionResult], adapter: &str, dir: &Path) -
             .y_desc("median time per decode step (ms)")
             .draw()?;
         for (i, preset) in presets.iter().enumerate() {
-            let c = color(i);
-            let points: Vec<(f64, f64)> = results
+            let points = results
                 .iter()
                 .filter(|r| r.preset == *preset)
                 .map(|r| (r.context as f64, r.median_ms))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-                .label(preset.to_string())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+            line_with_dots(&mut chart, points, i, preset)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| failed(&path, e))?;
-    drop(root);
-    Ok(path)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
 }
