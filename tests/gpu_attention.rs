@@ -4,7 +4,10 @@
 //! The output is read back with its guard words checked. Every case runs with the fast
 //! paths the adapter offers (subgroups on lavapipe) and with the portable kernels.
 
-use std::path::PathBuf;
+mod common;
+
+use common::shared_sample;
+
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -12,7 +15,6 @@ use proptest::prelude::*;
 use vidkv::config::{QuantConfig, ValueScheme};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
-use vidkv::io::KvSample;
 use vidkv::reference::attention::{attend_dense, AttentionMask};
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
@@ -86,14 +88,6 @@ fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) ->
         }
     }
     worst
-}
-
-fn shared_sample(name: &str) -> KvSample {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let bytes = std::fs::read(dir.join(format!("{name}.safetensors")))
-        .unwrap_or_else(|e| panic!("the real dev files in ../shared/data are needed: {e}"));
-    let sidecar = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
-    KvSample::from_bytes(name, &bytes, Some(&sidecar)).unwrap()
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! nothing is skipped. Every GPU output is read back with its guard words checked, so an
 //! out-of-bounds write fails the call.
 
-use std::path::PathBuf;
+mod common;
+
+use common::shared_sample;
+
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -15,7 +18,6 @@ use vidkv::config::{
 use vidkv::gpu::dequantize::dequantize_cache;
 use vidkv::gpu::quantize::quantize_cache;
 use vidkv::gpu::{GpuContext, GpuOptions};
-use vidkv::io::KvSample;
 use vidkv::packed::planes::{SignPlane, TernaryPlane, TwoBitPlane};
 use vidkv::packed::{PackedCache, PackedKeys, PackedValues};
 use vidkv::report::relative_l2;
@@ -178,14 +180,6 @@ fn check_round_trip(k: &Tensor, v: &Tensor, config: &QuantConfig, protected: &[u
         relative_l2(&v_gpu.data, &v_cpu.data) < 1e-5,
         "{what}: dequantized V"
     );
-}
-
-fn shared_sample(name: &str) -> KvSample {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let bytes = std::fs::read(dir.join(format!("{name}.safetensors")))
-        .unwrap_or_else(|e| panic!("the real dev files in ../shared/data are needed: {e}"));
-    let sidecar = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
-    KvSample::from_bytes(name, &bytes, Some(&sidecar)).unwrap()
 }
 
 #[test]

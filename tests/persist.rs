@@ -1,21 +1,16 @@
 //! Saving and loading compressed caches: exact round trips, the size of a 16k-token video
 //! prefix against its f16 form, and corrupted files as typed errors (fuzzed).
 
+mod common;
+
+use common::shared_sample;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use proptest::prelude::*;
 
-use vidkv::io::KvSample;
 use vidkv::{PackedCache, QuantConfig, Tensor, VidkvError, PRESET_NAMES};
-
-fn video_sample() -> KvSample {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let bytes = std::fs::read(dir.join("dinov2_video_dev.safetensors"))
-        .unwrap_or_else(|e| panic!("the real dev files in ../shared/data are needed: {e}"));
-    let sidecar = std::fs::read_to_string(dir.join("dinov2_video_dev.json")).unwrap();
-    KvSample::from_bytes("video", &bytes, Some(&sidecar)).unwrap()
-}
 
 fn small_tensor(seed: u32) -> Tensor {
     let data = (0..2 * 2 * 100 * 16)
@@ -47,7 +42,7 @@ fn every_preset_round_trips_exactly() {
 #[test]
 fn a_16k_token_video_prefix_is_at_least_7x_smaller_than_f16() {
     // The real video K/V (2,048 tokens of 8 frames) repeated to 16,384 tokens.
-    let sample = video_sample();
+    let sample = shared_sample("dinov2_video_dev");
     let tile = |t: &Tensor| {
         let [l, h, tokens, d] = [0, 1, 2, 3].map(|i| t.dim(i));
         let mut data = Vec::with_capacity(t.data.len() * 8);

@@ -1,25 +1,12 @@
 //! The report on the real dev files in ../shared/data must match an independent
 //! implementation of the same math to 1% relative (issue: core library, table).
 
-use std::path::PathBuf;
+mod common;
+
+use common::shared_sample;
 
 use vidkv::config::QuantConfig;
-use vidkv::io::KvSample;
 use vidkv::report::evaluate;
-
-fn shared_sample(name: &str) -> KvSample {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let tensors = dir.join(format!("{name}.safetensors"));
-    let bytes = std::fs::read(&tensors).unwrap_or_else(|e| {
-        panic!(
-            "the real dev files are needed: cannot read {} ({e}); the repository expects \
-             ../shared/data beside it",
-            tensors.display()
-        )
-    });
-    let sidecar = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
-    KvSample::from_bytes(name, &bytes, Some(&sidecar)).unwrap()
-}
 
 /// (file, preset, k_rel_mse, v_rel_mse, attn_rel_err) from the issue's table.
 const EXPECTED: [(&str, &str, f64, f64, f64); 6] = [
