@@ -327,7 +327,6 @@ fn two_bit(
     }
 }
 
-/// 2-bit plane whose row r is input channel `channels[r]`, r < `rows`, over all tokens of `x`.
 /// Where a dispatch writes in a plane: rows of `len` elements in `groups` groups (the plane's
 /// row stride), groups `group_offset..group_offset + group_count` coming from an input
 /// buffer whose first token is element `group_offset · group_size`.
@@ -556,6 +555,7 @@ pub(crate) fn record_pack_exact(
     );
 }
 
+/// 2-bit plane whose row r is input channel `channels[r]`, r < `rows`, over all tokens of `x`.
 fn two_bit_channels(
     ctx: &GpuContext,
     x: &[f32],
