@@ -1670,21 +1670,10 @@ impl<'g> KvCache<'g> {
     /// Parses and validates bytes written by [`KvCache::to_safetensors`] (or a
     /// [`PackedCache`] file with a `q_heads` metadata entry) into a cache on `gpu`.
     pub fn from_safetensors(bytes: &[u8], gpu: &'g GpuContext) -> Result<Self> {
-        use crate::persist::{corrupt, read_planes, usize_field};
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
-        let meta = header
-            .metadata()
-            .as_ref()
-            .ok_or_else(|| corrupt("no metadata: not a vidkv cache file"))?;
-        let get = |key: &str| {
-            meta.get(key)
-                .ok_or_else(|| corrupt(format!("metadata lacks `{key}`: not a saved KvCache")))
-        };
-        if get("format")? == crate::persist::FORMAT {
-            let (packed, meta) = PackedCache::from_safetensors_with(bytes)?;
+        use crate::persist::{corrupt, read_planes, usize_field, SavedFile};
+        let file = SavedFile::parse(bytes, "saved KvCache")?;
+        if file.meta("format")? == crate::persist::FORMAT {
+            let (packed, meta) = PackedCache::from_saved(file)?;
             let q_heads = meta
                 .get("q_heads")
                 .and_then(|q| q.parse::<usize>().ok())
@@ -1693,48 +1682,31 @@ impl<'g> KvCache<'g> {
                 })?;
             return KvCache::from_packed(&packed, q_heads, gpu);
         }
-        if get("format")? != KVCACHE_FORMAT || get("version")? != &KVCACHE_VERSION.to_string() {
+        if file.meta("format")? != KVCACHE_FORMAT
+            || file.meta("version")? != KVCACHE_VERSION.to_string()
+        {
             return Err(corrupt(format!(
                 "format `{}` version {} is not a saved KvCache this library reads ({KVCACHE_FORMAT} {KVCACHE_VERSION})",
-                get("format")?,
-                get("version")?
+                file.meta("format")?,
+                file.meta("version")?
             )));
         }
-        let parse = |key: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(get(key)?)
-                .map_err(|e| corrupt(format!("`{key}` is not JSON: {e}")))
-        };
-        let shape_json = parse("shape")?;
+        let shape_json = file.json("shape")?;
         let shape = ModelShape {
             layers: usize_field(&shape_json, "layers")?,
             q_heads: usize_field(&shape_json, "q_heads")?,
             kv_heads: usize_field(&shape_json, "kv_heads")?,
             head_dim: usize_field(&shape_json, "head_dim")?,
         };
-        let config = crate::persist::config_from_json(&parse("config")?)?;
+        let config = crate::persist::config_from_json(&file.json("config")?)?;
         let mut cache = KvCache::new(shape, config.clone(), gpu)?;
-        let layers = parse("layers")?;
+        let layers = file.json("layers")?;
         let layers = layers
             .as_array()
             .filter(|a| a.len() == shape.layers)
             .ok_or_else(|| corrupt("`layers` does not list every layer"))?;
         let (h, d, g) = (shape.kv_heads, shape.head_dim, config.group_size);
-        let array = |name: &str, expected: Option<usize>| -> Result<Vec<u32>> {
-            let view = st
-                .tensor(name)
-                .map_err(|_| corrupt(format!("missing array `{name}`")))?;
-            if view.dtype() != safetensors::Dtype::U32
-                || view.shape().len() != 1
-                || expected.is_some_and(|e| view.shape()[0] != e)
-            {
-                return Err(corrupt(format!(
-                    "array `{name}` is {:?} {:?}, expected U32 [{expected:?}]",
-                    view.dtype(),
-                    view.shape()
-                )));
-            }
-            Ok(bytemuck::pod_collect_to_vec(view.data()))
-        };
+        let array = |name: &str, expected: usize| file.u32_array(name, Some(expected));
         for (l, layer_meta) in layers.iter().enumerate() {
             let tokens = usize_field(layer_meta, "tokens")?;
             if tokens > u32::MAX as usize {
@@ -1757,7 +1729,7 @@ impl<'g> KvCache<'g> {
                     ("exact_keys", &mut exact_keys),
                     ("exact_values", &mut exact_values),
                 ] {
-                    let words = array(&format!("l{l}.h{head}.{name}"), Some(exact_rows * d / 2))?;
+                    let words = array(&format!("l{l}.h{head}.{name}"), exact_rows * d / 2)?;
                     crate::persist::check_f16_words(&words, name)?;
                     out.push(words);
                 }
@@ -1781,7 +1753,7 @@ impl<'g> KvCache<'g> {
                         "layer {l} run {r} starts at {start}, expected {position}"
                     )));
                 }
-                let list = array(&format!("l{l}.r{r}.protected"), Some(protected))?;
+                let list = array(&format!("l{l}.r{r}.protected"), protected)?;
                 if list.windows(2).any(|w| w[0] >= w[1])
                     || list
                         .iter()
@@ -1806,9 +1778,8 @@ impl<'g> KvCache<'g> {
                 let mut heads = Vec::with_capacity(h);
                 for head in 0..h {
                     let prefix = format!("l{l}.h{head}.r{r}.");
-                    let named = |name: &str, expected: usize| {
-                        array(&format!("{prefix}{name}"), Some(expected))
-                    };
+                    let named =
+                        |name: &str, expected: usize| array(&format!("{prefix}{name}"), expected);
                     let (keys, values) = read_planes(&named, &config, d, run_tokens, protected)?;
                     heads.push(PackedHead {
                         plan: run_plan,

@@ -31,6 +31,66 @@ pub(crate) fn corrupt(msg: impl Into<String>) -> VidkvError {
     VidkvError::CorruptPacked(msg.into())
 }
 
+/// A safetensors file being loaded: its arrays and string metadata, each read with a
+/// typed error that names what the file should have been (`kind`).
+pub(crate) struct SavedFile<'a> {
+    tensors: SafeTensors<'a>,
+    meta: HashMap<String, String>,
+    kind: &'static str,
+}
+
+impl<'a> SavedFile<'a> {
+    pub(crate) fn parse(bytes: &'a [u8], kind: &'static str) -> Result<Self> {
+        let tensors =
+            SafeTensors::deserialize(bytes).map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+        let meta = header
+            .metadata()
+            .clone()
+            .ok_or_else(|| corrupt("no metadata: not a vidkv cache file"))?;
+        Ok(Self {
+            tensors,
+            meta,
+            kind,
+        })
+    }
+
+    /// The metadata entry `key`.
+    pub(crate) fn meta(&self, key: &str) -> Result<&str> {
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(format!("metadata lacks `{key}`: not a {}", self.kind)))
+    }
+
+    /// The metadata entry `key`, parsed as JSON.
+    pub(crate) fn json(&self, key: &str) -> Result<Value> {
+        serde_json::from_str(self.meta(key)?)
+            .map_err(|e| corrupt(format!("`{key}` is not JSON: {e}")))
+    }
+
+    /// The flat `U32` array `name`, of `expected` words when given.
+    pub(crate) fn u32_array(&self, name: &str, expected: Option<usize>) -> Result<Vec<u32>> {
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| corrupt(format!("missing array `{name}`")))?;
+        if view.dtype() != Dtype::U32
+            || view.shape().len() != 1
+            || expected.is_some_and(|e| view.shape()[0] != e)
+        {
+            let wanted = expected.map_or("a U32 list".to_string(), |e| format!("U32 [{e}]"));
+            return Err(corrupt(format!(
+                "array `{name}` is {:?} {:?}, expected {wanted}",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        Ok(bytemuck::pod_collect_to_vec(view.data()))
+    }
+}
+
 /// The configuration as JSON.
 pub fn config_to_json(config: &QuantConfig) -> Value {
     let grouping = |g: Grouping| match g {
@@ -238,35 +298,24 @@ impl PackedCache {
 
     /// [`PackedCache::from_safetensors`], also returning the file's metadata entries.
     pub fn from_safetensors_with(bytes: &[u8]) -> Result<(Self, HashMap<String, String>)> {
-        let st =
-            SafeTensors::deserialize(bytes).map_err(|e| VidkvError::Safetensors(e.to_string()))?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| VidkvError::Safetensors(e.to_string()))?;
-        let meta = header
-            .metadata()
-            .as_ref()
-            .ok_or_else(|| corrupt("no metadata: not a vidkv cache file"))?;
-        let get = |key: &str| {
-            meta.get(key)
-                .ok_or_else(|| corrupt(format!("metadata lacks `{key}`: not a vidkv cache file")))
-        };
-        if get("format")? != FORMAT {
+        Self::from_saved(SavedFile::parse(bytes, "vidkv cache file")?)
+    }
+
+    /// [`PackedCache::from_safetensors_with`] on a file already parsed.
+    pub(crate) fn from_saved(file: SavedFile<'_>) -> Result<(Self, HashMap<String, String>)> {
+        if file.meta("format")? != FORMAT {
             return Err(corrupt(format!(
                 "format is `{}`, expected `{FORMAT}`",
-                get("format")?
+                file.meta("format")?
             )));
         }
-        if get("version")? != &VERSION.to_string() {
+        if file.meta("version")? != VERSION.to_string() {
             return Err(corrupt(format!(
                 "format version {} is not supported (this library reads {VERSION})",
-                get("version")?
+                file.meta("version")?
             )));
         }
-        let parse = |key: &str| -> Result<Value> {
-            serde_json::from_str(get(key)?)
-                .map_err(|e| corrupt(format!("`{key}` is not JSON: {e}")))
-        };
-        let shape_json = parse("shape")?;
+        let shape_json = file.json("shape")?;
         let shape = CacheShape {
             layers: usize_field(&shape_json, "layers")?,
             kv_heads: usize_field(&shape_json, "kv_heads")?,
@@ -278,28 +327,9 @@ impl PackedCache {
             .checked_mul(shape.kv_heads)
             .filter(|&n| n > 0 && shape.tokens > 0 && shape.head_dim > 0)
             .ok_or_else(|| corrupt("the cache shape is empty or overflows"))?;
-        let config = config_from_json(&parse("config")?)?;
+        let config = config_from_json(&file.json("config")?)?;
         let plan = config.plan(shape.tokens);
-        let array = |name: &str, expected: usize| -> Result<Vec<u32>> {
-            let view = st
-                .tensor(name)
-                .map_err(|_| corrupt(format!("missing array `{name}`")))?;
-            if view.dtype() != Dtype::U32 || view.shape() != [expected] {
-                return Err(corrupt(format!(
-                    "array `{name}` is {:?} {:?}, expected U32 [{expected}]",
-                    view.dtype(),
-                    view.shape()
-                )));
-            }
-            Ok(bytemuck::pod_collect_to_vec(view.data()))
-        };
-        let protected_view = st
-            .tensor("protected")
-            .map_err(|_| corrupt("missing array `protected`"))?;
-        if protected_view.dtype() != Dtype::U32 || protected_view.shape().len() != 1 {
-            return Err(corrupt("array `protected` is not a U32 list"));
-        }
-        let protected: Vec<u32> = bytemuck::pod_collect_to_vec(protected_view.data());
+        let protected = file.u32_array("protected", None)?;
         if protected.windows(2).any(|w| w[0] >= w[1])
             || protected
                 .iter()
@@ -317,7 +347,9 @@ impl PackedCache {
         let mut cache_heads = Vec::with_capacity(heads);
         for index in 0..heads {
             let prefix = format!("l{}.h{}.", index / shape.kv_heads, index % shape.kv_heads);
-            let named = |name: &str, expected: usize| array(&format!("{prefix}{name}"), expected);
+            let named = |name: &str, expected: usize| {
+                file.u32_array(&format!("{prefix}{name}"), Some(expected))
+            };
             let exact = |name: &str| -> Result<ExactRows> {
                 let rows = ExactRows {
                     rows: plan.exact(),
@@ -344,7 +376,7 @@ impl PackedCache {
                 protected,
                 heads: cache_heads,
             },
-            meta.clone(),
+            file.meta,
         ))
     }
 }
