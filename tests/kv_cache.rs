@@ -72,6 +72,18 @@ fn fill(
     cache
 }
 
+/// Attention of layer `l` of `packed`, uploaded whole, for `q` over `visible`.
+fn attend_packed(packed: &PackedCache, l: usize, q: &[f32], visible: &[(u32, u32)]) -> Vec<f32> {
+    attend(
+        gpu(),
+        &GpuLayer::upload(gpu(), packed, l).unwrap(),
+        q,
+        SHAPE.q_heads,
+        visible,
+    )
+    .unwrap()
+}
+
 fn queries(m: usize) -> Vec<f32> {
     synthetic_tensor(
         CacheShape {
@@ -108,14 +120,7 @@ fn incremental_equals_all_at_once_where_the_split_cannot_differ() {
         let cache = fill(&config, &k, &v, prefill, step);
         let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
         for l in 0..SHAPE.layers {
-            let expected = attend(
-                gpu(),
-                &GpuLayer::upload(gpu(), &packed, l).unwrap(),
-                &q,
-                SHAPE.q_heads,
-                &visible,
-            )
-            .unwrap();
+            let expected = attend_packed(&packed, l, &q, &visible);
             let got = cache.attend(l, &q, &visible).unwrap();
             let err = relative_l2(&got, &expected);
             assert!(err < 1e-5, "{preset} layer {l}: relative error {err}");
@@ -138,25 +143,8 @@ fn a_frozen_split_keeps_vidkv_close_to_all_at_once() {
     let exact = PackedCache::quantize(&k, &v, &QuantConfig::preset("fp16").unwrap(), &[]).unwrap();
     let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
     for l in 0..SHAPE.layers {
-        let reference = attend(
-            gpu(),
-            &GpuLayer::upload(gpu(), &exact, l).unwrap(),
-            &q,
-            SHAPE.q_heads,
-            &visible,
-        )
-        .unwrap();
-        let static_err = relative_l2(
-            &attend(
-                gpu(),
-                &GpuLayer::upload(gpu(), &packed, l).unwrap(),
-                &q,
-                SHAPE.q_heads,
-                &visible,
-            )
-            .unwrap(),
-            &reference,
-        );
+        let reference = attend_packed(&exact, l, &q, &visible);
+        let static_err = relative_l2(&attend_packed(&packed, l, &q, &visible), &reference);
         let incremental_err = relative_l2(&cache.attend(l, &q, &visible).unwrap(), &reference);
         assert!(
             incremental_err < 2.0 * static_err + 1e-3,
@@ -280,14 +268,7 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
     assert_eq!(cache.bytes(), packed.size().total_bytes());
     for l in 0..SHAPE.layers {
-        let expected = attend(
-            gpu(),
-            &GpuLayer::upload(gpu(), &packed, l).unwrap(),
-            &q,
-            SHAPE.q_heads,
-            &visible,
-        )
-        .unwrap();
+        let expected = attend_packed(&packed, l, &q, &visible);
         let err = relative_l2(&cache.attend(l, &q, &visible).unwrap(), &expected);
         assert!(err < 1e-5, "layer {l}: relative error {err}");
     }
