@@ -328,29 +328,34 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    /// A storage buffer of at least `bytes` for `role`, reused across calls.
-    pub fn buffer(&self, role: &'static str, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
-        let bytes = bytes.max(16).next_multiple_of(4);
-        if bytes > self.max_binding {
+    /// A new storage buffer of exactly `size` bytes, within the storage binding limit.
+    fn new_storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        if size > self.max_binding {
             return Err(VidkvError::Gpu(format!(
-                "buffer `{role}` needs {bytes} bytes, over the {} byte storage binding limit",
+                "buffer `{label}` needs {size} bytes, over the {} byte storage binding limit",
                 self.max_binding
             )));
         }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer of at least `bytes` for `role`, reused across calls.
+    pub fn buffer(&self, role: &'static str, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+        let bytes = bytes.max(16).next_multiple_of(4);
         let mut pool = self.buffers.lock().expect("buffer pool");
         if let Some(b) = pool.get(role) {
             if b.size() >= bytes {
                 return Ok(Arc::clone(b));
             }
         }
-        let buffer = Arc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(role),
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        }));
+        let buffer = Arc::new(self.new_storage(role, bytes)?);
         pool.insert(role, Arc::clone(&buffer));
         Ok(buffer)
     }
@@ -406,22 +411,7 @@ impl GpuContext {
     /// A storage buffer owned by the caller (not pooled), filled with `data`.
     pub fn create_storage<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let size = (bytes.len() as u64).max(16).next_multiple_of(16);
-        if size > self.max_binding {
-            return Err(VidkvError::Gpu(format!(
-                "`{label}` needs {size} bytes, over the {} byte storage binding limit",
-                self.max_binding
-            )));
-        }
-        self.check_lost()?;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
+        let buffer = self.create_zeroed(label, bytes.len().div_ceil(4))?;
         if !bytes.is_empty() {
             self.queue.write_buffer(&buffer, 0, bytes);
         }
@@ -432,21 +422,8 @@ impl GpuContext {
     /// new buffers, so nothing is uploaded).
     pub fn create_zeroed(&self, label: &str, words: usize) -> Result<wgpu::Buffer> {
         let size = ((words * 4) as u64).max(16).next_multiple_of(16);
-        if size > self.max_binding {
-            return Err(VidkvError::Gpu(format!(
-                "`{label}` needs {size} bytes, over the {} byte storage binding limit",
-                self.max_binding
-            )));
-        }
         self.check_lost()?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        }))
+        self.new_storage(label, size)
     }
 
     /// Writes `data` into `buffer` at byte `offset` (applied before the next submission).
