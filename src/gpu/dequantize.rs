@@ -15,24 +15,12 @@ use crate::tensor::Tensor;
 /// Dense K̂ and V̂ (`[layers, kv_heads, tokens, head_dim]`) computed on the GPU.
 pub fn dequantize_cache(ctx: &GpuContext, cache: &PackedCache) -> Result<(Tensor, Tensor)> {
     let _exclusive = ctx.exclusive();
-    let s = cache.shape;
-    let dims = vec![s.layers, s.kv_heads, s.tokens, s.head_dim];
-    let mut k = Vec::with_capacity(s.elements());
-    let mut v = Vec::with_capacity(s.elements());
-    for head in &cache.heads {
-        k.extend(dequantize_keys(ctx, head)?);
-        v.extend(dequantize_values(ctx, head, &cache.protected)?);
-    }
-    Ok((
-        Tensor {
-            shape: dims.clone(),
-            data: k,
-        },
-        Tensor {
-            shape: dims,
-            data: v,
-        },
-    ))
+    cache.dense_from_heads(|head| {
+        Ok((
+            dequantize_keys(ctx, head)?,
+            dequantize_values(ctx, head, &cache.protected)?,
+        ))
+    })
 }
 
 /// Places exact rows (sinks, then tail) and quantized rows into a dense `[tokens, d]` head.

@@ -157,19 +157,31 @@ impl PackedCache {
 
     /// Dense K̂ and V̂, `[layers, kv_heads, tokens, head_dim]`.
     pub fn dequantize(&self) -> (Tensor, Tensor) {
-        let dims = vec![
-            self.shape.layers,
-            self.shape.kv_heads,
-            self.shape.tokens,
-            self.shape.head_dim,
-        ];
-        let mut k = Vec::with_capacity(self.shape.elements());
-        let mut v = Vec::with_capacity(self.shape.elements());
+        let Ok(dense) = self.dense_from_heads(|head| {
+            Ok::<_, std::convert::Infallible>((
+                head.dequantize_keys(),
+                head.dequantize_values(&self.protected),
+            ))
+        });
+        dense
+    }
+
+    /// Dense K̂ and V̂ assembled from `dequantize_head`'s keys and values of every head,
+    /// in storage order.
+    pub(crate) fn dense_from_heads<E>(
+        &self,
+        mut dequantize_head: impl FnMut(&PackedHead) -> std::result::Result<(Vec<f32>, Vec<f32>), E>,
+    ) -> std::result::Result<(Tensor, Tensor), E> {
+        let s = self.shape;
+        let dims = vec![s.layers, s.kv_heads, s.tokens, s.head_dim];
+        let mut k = Vec::with_capacity(s.elements());
+        let mut v = Vec::with_capacity(s.elements());
         for head in &self.heads {
-            k.extend(head.dequantize_keys());
-            v.extend(head.dequantize_values(&self.protected));
+            let (keys, values) = dequantize_head(head)?;
+            k.extend(keys);
+            v.extend(values);
         }
-        (
+        Ok((
             Tensor {
                 shape: dims.clone(),
                 data: k,
@@ -178,7 +190,7 @@ impl PackedCache {
                 shape: dims,
                 data: v,
             },
-        )
+        ))
     }
 
     /// Stored bytes and effective bits per element, every word counted.
