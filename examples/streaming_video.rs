@@ -17,18 +17,7 @@ use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::io::KvSample;
 use vidkv::reference::attention::AttentionMask;
 use vidkv::report::relative_l2;
-use vidkv::{KvCache, ModelShape, QuantConfig, Tensor};
-
-/// Tokens `from..to` of layer `l` as `[kv_heads, n, d]`.
-fn slice(t: &Tensor, l: usize, from: usize, to: usize) -> Vec<f32> {
-    let (h, tokens, d) = (t.dim(1), t.dim(2), t.dim(3));
-    (0..h)
-        .flat_map(|head| {
-            let base = (l * h + head) * tokens * d;
-            t.data[base + from * d..base + to * d].to_vec()
-        })
-        .collect()
-}
+use vidkv::{KvCache, ModelShape, QuantConfig};
 
 fn progress(done: usize, total: usize, line: &str) {
     let width = 30;
@@ -86,8 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             for l in 0..layers {
                 let (k, v) = (
-                    slice(&sample.k, l, end, next),
-                    slice(&sample.v, l, end, next),
+                    sample.k.layer_tokens(l, end..next)?,
+                    sample.v.layer_tokens(l, end..next)?,
                 );
                 if end == 0 {
                     vidkv.prefill(l, &k, &v)?;

@@ -32,6 +32,36 @@ impl Tensor {
     pub fn dim(&self, i: usize) -> usize {
         self.shape[i]
     }
+
+    /// Tokens `tokens` of layer `layer` of a `[layers, kv_heads, tokens, head_dim]` tensor,
+    /// as `[kv_heads, n, head_dim]`: the row layout [`crate::KvCache::prefill`] and
+    /// [`crate::KvCache::append`] take.
+    pub fn layer_tokens(&self, layer: usize, tokens: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let [layers, heads, len, d] = self.shape[..] else {
+            return Err(VidkvError::ShapeMismatch {
+                tensor: "layer_tokens input".into(),
+                detail: format!(
+                    "expected [layers, kv_heads, tokens, head_dim], got {:?}",
+                    self.shape
+                ),
+            });
+        };
+        if layer >= layers || tokens.start > tokens.end || tokens.end > len {
+            return Err(VidkvError::ShapeMismatch {
+                tensor: "layer_tokens input".into(),
+                detail: format!(
+                    "layer {layer}, tokens {tokens:?} outside {layers} layers of {len} tokens"
+                ),
+            });
+        }
+        Ok((0..heads)
+            .flat_map(|head| {
+                let base = (layer * heads + head) * len * d;
+                &self.data[base + tokens.start * d..base + tokens.end * d]
+            })
+            .copied()
+            .collect())
+    }
 }
 
 /// Product of the dimensions, with overflow reported as an error.

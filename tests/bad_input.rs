@@ -253,3 +253,27 @@ fn cli_bad_files_exit_non_zero_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of group_size"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn layer_tokens_checks_rank_and_ranges() {
+    let t = Tensor::new("k", vec![2, 3, 4, 2], (0..48).map(|i| i as f32).collect()).unwrap();
+    assert_eq!(
+        t.layer_tokens(1, 1..3).unwrap(),
+        [26.0, 27.0, 28.0, 29.0, 34.0, 35.0, 36.0, 37.0, 42.0, 43.0, 44.0, 45.0]
+    );
+    assert!(t.layer_tokens(0, 2..2).unwrap().is_empty());
+    for bad in [t.layer_tokens(2, 0..1), t.layer_tokens(0, 3..5)] {
+        assert!(
+            matches!(bad, Err(VidkvError::ShapeMismatch { .. })),
+            "{bad:?}"
+        );
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = t.layer_tokens(0, 3..1);
+    assert!(matches!(reversed, Err(VidkvError::ShapeMismatch { .. })));
+    let flat = Tensor::new("x", vec![48], vec![0.0; 48]).unwrap();
+    assert!(matches!(
+        flat.layer_tokens(0, 0..1),
+        Err(VidkvError::ShapeMismatch { .. })
+    ));
+}

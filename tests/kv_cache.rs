@@ -35,17 +35,6 @@ fn tensors(tokens: usize) -> (Tensor, Tensor) {
     (synthetic_tensor(shape, 21), synthetic_tensor(shape, 22))
 }
 
-/// Tokens `from..to` of layer `l` as `[kv_heads, n, d]`.
-fn slice(t: &Tensor, l: usize, from: usize, to: usize) -> Vec<f32> {
-    let (h, tokens, d) = (t.dim(1), t.dim(2), t.dim(3));
-    (0..h)
-        .flat_map(|head| {
-            let base = (l * h + head) * tokens * d;
-            t.data[base + from * d..base + to * d].to_vec()
-        })
-        .collect()
-}
-
 /// Fills a cache with `prefill` tokens, then appends the rest in pieces of `step`.
 fn fill(
     config: &QuantConfig,
@@ -58,13 +47,21 @@ fn fill(
     let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
     for l in 0..SHAPE.layers {
         cache
-            .prefill(l, &slice(k, l, 0, prefill), &slice(v, l, 0, prefill))
+            .prefill(
+                l,
+                &k.layer_tokens(l, 0..prefill).unwrap(),
+                &v.layer_tokens(l, 0..prefill).unwrap(),
+            )
             .unwrap();
         let mut at = prefill;
         while at < tokens {
             let to = (at + step).min(tokens);
             cache
-                .append(l, &slice(k, l, at, to), &slice(v, l, at, to))
+                .append(
+                    l,
+                    &k.layer_tokens(l, at..to).unwrap(),
+                    &v.layer_tokens(l, at..to).unwrap(),
+                )
                 .unwrap();
             at = to;
         }
@@ -159,14 +156,22 @@ fn each_group_is_quantized_once_when_it_completes() {
     let (k, v) = tensors(400);
     let mut cache = KvCache::new(SHAPE, config, gpu()).unwrap();
     cache
-        .prefill(0, &slice(&k, 0, 0, 200), &slice(&v, 0, 0, 200))
+        .prefill(
+            0,
+            &k.layer_tokens(0, 0..200).unwrap(),
+            &v.layer_tokens(0, 0..200).unwrap(),
+        )
         .unwrap();
     // 200 tokens: 1 sink, then ⌊(199 − 64) / 32⌋ = 4 groups.
     assert_eq!(cache.groups_quantized(), 4);
     let mut expected = 4;
     for t in 200..400 {
         cache
-            .append(0, &slice(&k, 0, t, t + 1), &slice(&v, 0, t, t + 1))
+            .append(
+                0,
+                &k.layer_tokens(0, t..t + 1).unwrap(),
+                &v.layer_tokens(0, t..t + 1).unwrap(),
+            )
             .unwrap();
         let groups = ((t + 1 - 1 - 64) / 32) as u64;
         assert_eq!(cache.groups_quantized(), groups, "after token {t}");
@@ -213,19 +218,31 @@ fn bad_calls_are_typed_errors() {
         Err(VidkvError::ShapeMismatch { .. })
     ));
     assert!(cache
-        .append(9, &slice(&k, 0, 0, 1), &slice(&v, 0, 0, 1))
+        .append(
+            9,
+            &k.layer_tokens(0, 0..1).unwrap(),
+            &v.layer_tokens(0, 0..1).unwrap()
+        )
         .is_err());
-    let mut bad = slice(&k, 0, 0, 2);
+    let mut bad = k.layer_tokens(0, 0..2).unwrap();
     bad[3] = f32::NAN;
     assert!(matches!(
-        cache.append(0, &bad, &slice(&v, 0, 0, 2)),
+        cache.append(0, &bad, &v.layer_tokens(0, 0..2).unwrap()),
         Err(VidkvError::NonFinite { .. })
     ));
     cache
-        .prefill(0, &slice(&k, 0, 0, 64), &slice(&v, 0, 0, 64))
+        .prefill(
+            0,
+            &k.layer_tokens(0, 0..64).unwrap(),
+            &v.layer_tokens(0, 0..64).unwrap(),
+        )
         .unwrap();
     assert!(cache
-        .prefill(0, &slice(&k, 0, 0, 1), &slice(&v, 0, 0, 1))
+        .prefill(
+            0,
+            &k.layer_tokens(0, 0..1).unwrap(),
+            &v.layer_tokens(0, 0..1).unwrap()
+        )
         .is_err());
     assert!(cache.attend(0, &queries(1), &[(0, 65)]).is_err());
     assert!(cache.attend_causal(0, &[0.0; 3]).is_err());
@@ -262,7 +279,11 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     cache.protect(&protected).unwrap();
     for l in 0..SHAPE.layers {
         cache
-            .prefill(l, &slice(&k, l, 0, 700), &slice(&v, l, 0, 700))
+            .prefill(
+                l,
+                &k.layer_tokens(l, 0..700).unwrap(),
+                &v.layer_tokens(l, 0..700).unwrap(),
+            )
             .unwrap();
     }
     let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
@@ -276,7 +297,11 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     let (k2, v2) = tensors(900);
     for t in 700..900 {
         cache
-            .append(0, &slice(&k2, 0, t, t + 1), &slice(&v2, 0, t, t + 1))
+            .append(
+                0,
+                &k2.layer_tokens(0, t..t + 1).unwrap(),
+                &v2.layer_tokens(0, t..t + 1).unwrap(),
+            )
             .unwrap();
     }
     let out = cache.attend_causal(0, &queries(1)).unwrap();
@@ -312,13 +337,21 @@ fn save_and_load_round_trip() {
         cache.protect(&protected).unwrap();
         for l in 0..SHAPE.layers {
             cache
-                .prefill(l, &slice(&k, l, 0, prefill), &slice(&v, l, 0, prefill))
+                .prefill(
+                    l,
+                    &k.layer_tokens(l, 0..prefill).unwrap(),
+                    &v.layer_tokens(l, 0..prefill).unwrap(),
+                )
                 .unwrap();
             let mut at = prefill;
             while at < 900 {
                 let to = (at + step).min(900);
                 cache
-                    .append(l, &slice(&k, l, at, to), &slice(&v, l, at, to))
+                    .append(
+                        l,
+                        &k.layer_tokens(l, at..to).unwrap(),
+                        &v.layer_tokens(l, at..to).unwrap(),
+                    )
                     .unwrap();
                 at = to;
             }
@@ -383,7 +416,10 @@ fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
         device.protect(&protected).unwrap();
         for l in 0..SHAPE.layers {
             for (from, to) in [(0, 600), (600, 601), (601, 700), (700, 800)] {
-                let (ks, vs) = (slice(&k, l, from, to), slice(&v, l, from, to));
+                let (ks, vs) = (
+                    k.layer_tokens(l, from..to).unwrap(),
+                    v.layer_tokens(l, from..to).unwrap(),
+                );
                 host.append(l, &ks, &vs).unwrap();
                 device
                     .append_buffers(l, &gpu_buffer(&ks), &gpu_buffer(&vs), to - from)
@@ -425,17 +461,29 @@ fn groups_after_a_protected_prefill_attend_correctly() {
         let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
         cache.protect(protect).unwrap();
         cache
-            .prefill(0, &slice(&k, 0, 0, 600), &slice(&v, 0, 0, 600))
+            .prefill(
+                0,
+                &k.layer_tokens(0, 0..600).unwrap(),
+                &v.layer_tokens(0, 0..600).unwrap(),
+            )
             .unwrap();
         cache
-            .append(0, &slice(&k, 0, 600, 1200), &slice(&v, 0, 600, 1200))
+            .append(
+                0,
+                &k.layer_tokens(0, 600..1200).unwrap(),
+                &v.layer_tokens(0, 600..1200).unwrap(),
+            )
             .unwrap();
         cache
     };
     let (with, without) = (fill(&protected), fill(&[]));
     let mut exact = KvCache::new(SHAPE, QuantConfig::preset("fp16").unwrap(), gpu()).unwrap();
     exact
-        .prefill(0, &slice(&k, 0, 0, 1200), &slice(&v, 0, 0, 1200))
+        .prefill(
+            0,
+            &k.layer_tokens(0, 0..1200).unwrap(),
+            &v.layer_tokens(0, 0..1200).unwrap(),
+        )
         .unwrap();
     let reference = exact.attend_causal(0, &q).unwrap();
     let err_with = relative_l2(&with.attend_causal(0, &q).unwrap(), &reference);
@@ -459,10 +507,18 @@ mod fuzz {
             cache.protect(&[5, 9, 40]).unwrap();
             for l in 0..SHAPE.layers {
                 cache
-                    .prefill(l, &slice(&k, l, 0, 200), &slice(&v, l, 0, 200))
+                    .prefill(
+                        l,
+                        &k.layer_tokens(l, 0..200).unwrap(),
+                        &v.layer_tokens(l, 0..200).unwrap(),
+                    )
                     .unwrap();
                 cache
-                    .append(l, &slice(&k, l, 200, 300), &slice(&v, l, 200, 300))
+                    .append(
+                        l,
+                        &k.layer_tokens(l, 200..300).unwrap(),
+                        &v.layer_tokens(l, 200..300).unwrap(),
+                    )
                     .unwrap();
             }
             cache.to_safetensors().unwrap()
