@@ -4,28 +4,23 @@
 //! The output is read back with its guard words checked. Every case runs with the fast
 //! paths the adapter offers (subgroups on lavapipe) and with the portable kernels.
 
-mod common;
+#[path = "common/data.rs"]
+mod data;
 
-use common::shared_sample;
+#[path = "common/gpu.rs"]
+mod gpu_context;
 
-use std::sync::OnceLock;
+use gpu_context::gpu;
+
+use data::shared_sample;
 
 use proptest::prelude::*;
 
 use vidkv::config::{QuantConfig, ValueScheme};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
-use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::reference::attention::{attend_dense, AttentionMask};
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
-
-fn gpu() -> &'static GpuContext {
-    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| {
-        GpuContext::new(&GpuOptions::default())
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
-    })
-}
 
 /// The visible range of a query at `position` under `mask`.
 fn visible_range(mask: &AttentionMask, position: usize, tokens: usize) -> (u32, u32) {

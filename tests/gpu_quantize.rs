@@ -4,11 +4,15 @@
 //! nothing is skipped. Every GPU output is read back with its guard words checked, so an
 //! out-of-bounds write fails the call.
 
-mod common;
+#[path = "common/data.rs"]
+mod data;
 
-use common::shared_sample;
+#[path = "common/gpu.rs"]
+mod gpu_context;
 
-use std::sync::OnceLock;
+use gpu_context::gpu;
+
+use data::shared_sample;
 
 use proptest::prelude::*;
 
@@ -22,14 +26,6 @@ use vidkv::packed::planes::{SignPlane, TernaryPlane, TwoBitPlane};
 use vidkv::packed::{PackedCache, PackedKeys, PackedValues};
 use vidkv::report::relative_l2;
 use vidkv::{Tensor, VidkvError, PRESET_NAMES};
-
-fn gpu() -> &'static GpuContext {
-    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| {
-        GpuContext::new(&GpuOptions::default())
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
-    })
-}
 
 /// Differences between a CPU and a GPU plane set.
 #[derive(Default, Debug)]

@@ -1,9 +1,10 @@
 //! Saving and loading compressed caches: exact round trips, the size of a 16k-token video
 //! prefix against its f16 form, and corrupted files as typed errors (fuzzed).
 
-mod common;
+#[path = "common/data.rs"]
+mod data;
 
-use common::shared_sample;
+use data::shared_sample;
 
 use std::path::PathBuf;
 use std::process::Command;

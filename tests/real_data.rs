@@ -1,9 +1,10 @@
 //! The report on the real dev files in ../shared/data must match an independent
 //! implementation of the same math to 1% relative (issue: core library, table).
 
-mod common;
+#[path = "common/data.rs"]
+mod data;
 
-use common::shared_sample;
+use data::shared_sample;
 
 use vidkv::config::QuantConfig;
 use vidkv::report::evaluate;

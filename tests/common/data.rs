@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests.
+//! The real dev files, shared by the integration tests that read them.
 
 use std::path::PathBuf;
 

@@ -1,0 +1,14 @@
+//! One GPU context per test binary, shared by the GPU integration tests.
+
+use std::sync::OnceLock;
+
+use vidkv::gpu::{GpuContext, GpuOptions};
+
+/// The process-wide context; a missing adapter fails the test with the install hint.
+pub fn gpu() -> &'static GpuContext {
+    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
+    CONTEXT.get_or_init(|| {
+        GpuContext::new(&GpuOptions::default())
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    })
+}
