@@ -1,22 +1,18 @@
 //! The GPU-resident KvCache: incremental quantization matches quantizing all at once,
 //! each group is quantized exactly once, memory accounting, and typed errors.
 
+#[path = "common/gpu.rs"]
+mod gpu_context;
+
+use gpu_context::gpu;
+
 use std::sync::OnceLock;
 
 use vidkv::bench::synthetic_tensor;
 use vidkv::gpu::attention::{attend, GpuLayer};
-use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::packed::estimate_size;
 use vidkv::report::relative_l2;
 use vidkv::{CacheShape, KvCache, ModelShape, PackedCache, QuantConfig, Tensor, VidkvError};
-
-fn gpu() -> &'static GpuContext {
-    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| {
-        GpuContext::new(&GpuOptions::default())
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
-    })
-}
 
 const SHAPE: ModelShape = ModelShape {
     layers: 2,
@@ -43,8 +39,21 @@ fn fill(
     prefill: usize,
     step: usize,
 ) -> KvCache<'static> {
+    fill_protected(config, &[], k, v, prefill, step)
+}
+
+/// [`fill`] with the STP positions `protected` set before the prefill.
+fn fill_protected(
+    config: &QuantConfig,
+    protected: &[u32],
+    k: &Tensor,
+    v: &Tensor,
+    prefill: usize,
+    step: usize,
+) -> KvCache<'static> {
     let tokens = k.dim(2);
     let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
+    cache.protect(protected).unwrap();
     for l in 0..SHAPE.layers {
         cache
             .prefill(
@@ -333,29 +342,7 @@ fn save_and_load_round_trip() {
         } else {
             vec![]
         };
-        let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
-        cache.protect(&protected).unwrap();
-        for l in 0..SHAPE.layers {
-            cache
-                .prefill(
-                    l,
-                    &k.layer_tokens(l, 0..prefill).unwrap(),
-                    &v.layer_tokens(l, 0..prefill).unwrap(),
-                )
-                .unwrap();
-            let mut at = prefill;
-            while at < 900 {
-                let to = (at + step).min(900);
-                cache
-                    .append(
-                        l,
-                        &k.layer_tokens(l, at..to).unwrap(),
-                        &v.layer_tokens(l, at..to).unwrap(),
-                    )
-                    .unwrap();
-                at = to;
-            }
-        }
+        let cache = fill_protected(&config, &protected, &k, &v, prefill, step);
         // Where the split cannot differ, the cache's contents are exactly the packed form.
         if prefill == 900 || !preset.starts_with("vidkv") {
             let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
