@@ -338,6 +338,20 @@ pub(crate) struct GroupWindow {
     pub group_count: usize,
 }
 
+impl GroupWindow {
+    /// The kernel parameters that place this window, for groups of `g` elements.
+    fn params(&self, g: usize) -> Params {
+        Params {
+            len: self.len as u32,
+            group_size: g as u32,
+            groups: self.groups as u32,
+            group_offset: self.group_offset as u32,
+            group_count: self.group_count as u32,
+            ..Default::default()
+        }
+    }
+}
+
 /// Records 2-bit quantization of plane rows that are input channels `channels[r]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_two_bit_channels(
@@ -356,13 +370,8 @@ pub(crate) fn record_two_bit_channels(
         Params {
             width: width as u32,
             rows: rows as u32,
-            len: window.len as u32,
-            group_size: g as u32,
-            groups: window.groups as u32,
-            group_offset: window.group_offset as u32,
-            group_count: window.group_count as u32,
             invocations: (rows * window.group_count) as u32,
-            ..Default::default()
+            ..window.params(g)
         },
         &[input.into(), channels.into(), outputs[0], outputs[1]],
     );
@@ -422,22 +431,17 @@ pub(crate) fn record_signs(
     outputs: [Bound<'_>; 2],
 ) -> Result<()> {
     let n = width - normals.outliers;
-    let params = Params {
-        width: width as u32,
-        rows: n as u32,
-        len: window.len as u32,
-        group_size: g as u32,
-        groups: window.groups as u32,
-        group_offset: window.group_offset as u32,
-        group_count: window.group_count as u32,
-        outliers: normals.outliers as u32,
-        dft_len: n as u32,
-        invocations: (n.div_ceil(2) * window.group_count) as u32,
-        ..Default::default()
-    };
     if n == 0 {
         return Ok(());
     }
+    let params = Params {
+        width: width as u32,
+        rows: n as u32,
+        outliers: normals.outliers as u32,
+        dft_len: n as u32,
+        invocations: (n.div_ceil(2) * window.group_count) as u32,
+        ..window.params(g)
+    };
     if normals.fft {
         let coefficients = ctx.buffer("dft coefficients", (n * tokens * 4) as u64)?;
         batch.dispatch(
@@ -490,15 +494,10 @@ pub(crate) fn record_ternary(
         Params {
             width: width as u32,
             rows: width as u32,
-            len: window.len as u32,
-            group_size: g as u32,
-            groups: window.groups as u32,
-            group_offset: window.group_offset as u32,
-            group_count: window.group_count as u32,
             gamma,
             scale_rule: u32::from(rule == TernaryScale::LeastSquares),
             invocations: (width.div_ceil(10) * window.group_count) as u32,
-            ..Default::default()
+            ..window.params(g)
         },
         &[input.into(), outputs[0], outputs[1]],
     );
