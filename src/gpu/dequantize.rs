@@ -2,7 +2,7 @@
 //! who want dense tensors. Mirrors [`PackedCache::dequantize`].
 
 use super::quantize::{chunk_tokens, twiddles};
-use super::runtime::{GpuContext, Params};
+use super::runtime::{Batch, GpuContext, Params};
 use super::shaders::{
     DEQUANTIZE_SIGN, DEQUANTIZE_TERNARY, DEQUANTIZE_TWO_BIT, INVERSE_DFT, UNPACK_EXACT,
 };
@@ -71,14 +71,15 @@ fn dequantize_values(ctx: &GpuContext, head: &PackedHead, protected: &[u32]) -> 
     Ok(assemble(head, exact(ctx, &head.exact_values)?, quantized))
 }
 
-/// Runs `dispatch` over chunks of whole groups of a plane with `len` elements per row,
-/// reading each chunk's dense `[tokens, width]` output back in order.
+/// Runs `record` over chunks of whole groups of a plane with `len` elements per row (it
+/// gets a batch, the chunk's dense `[tokens, width]` output, its first group and its
+/// tokens), submits each chunk's batch and reads the outputs back in order.
 fn by_chunks(
     ctx: &GpuContext,
     len: usize,
     width: usize,
     group_size: usize,
-    mut dispatch: impl FnMut(&wgpu::Buffer, usize, usize) -> Result<()>,
+    mut record: impl FnMut(&mut Batch<'_>, &wgpu::Buffer, usize, usize) -> Result<()>,
 ) -> Result<Vec<f32>> {
     let chunk = chunk_tokens(ctx, width, group_size)?;
     let mut out = Vec::with_capacity(len * width);
@@ -86,7 +87,9 @@ fn by_chunks(
     while start < len {
         let tokens = chunk.min(len - start);
         let output = ctx.output("dense output", tokens * width)?;
-        dispatch(&output, start / group_size, tokens)?;
+        let mut batch = ctx.batch();
+        record(&mut batch, &output, start / group_size, tokens)?;
+        batch.submit()?;
         let words = ctx.read_output(&output, "dense output", tokens * width)?;
         out.extend(words.into_iter().map(f32::from_bits));
         start += tokens;
@@ -123,8 +126,7 @@ fn two_bit(
             s.len,
             d,
             s.group_size,
-            |output, group_offset, tokens| {
-                let mut batch = ctx.batch();
+            |batch, output, group_offset, tokens| {
                 batch.dispatch(
                     &DEQUANTIZE_TWO_BIT,
                     "per_channel",
@@ -135,11 +137,10 @@ fn two_bit(
                     },
                     &[&codes, &params_buffer, &channels, output],
                 );
-                batch.submit()
+                Ok(())
             },
         ),
-        Grouping::PerToken => by_chunks(ctx, s.rows, d, 1, |output, row_offset, rows| {
-            let mut batch = ctx.batch();
+        Grouping::PerToken => by_chunks(ctx, s.rows, d, 1, |batch, output, row_offset, rows| {
             batch.dispatch(
                 &DEQUANTIZE_TWO_BIT,
                 "per_token",
@@ -150,7 +151,7 @@ fn two_bit(
                 },
                 &[&codes, &params_buffer, &channels, output],
             );
-            batch.submit()
+            Ok(())
         }),
     }
 }
@@ -174,8 +175,7 @@ fn mixed_keys(ctx: &GpuContext, mixed: &MixedKeys, d: usize, tokens: usize) -> R
     let sign_scales = ctx.upload("sign plane scales", &mixed.normals.scales)?;
     let table = ctx.upload("twiddles", &twiddles(n.max(1)))?;
     let normals: &SignPlane = &mixed.normals;
-    by_chunks(ctx, tokens, d, g, |output, group_offset, chunk| {
-        let mut batch = ctx.batch();
+    by_chunks(ctx, tokens, d, g, |batch, output, group_offset, chunk| {
         batch.dispatch(
             &DEQUANTIZE_TWO_BIT,
             "per_channel",
@@ -218,7 +218,7 @@ fn mixed_keys(ctx: &GpuContext, mixed: &MixedKeys, d: usize, tokens: usize) -> R
                 &[&sign_codes, &sign_scales, &order, output],
             );
         }
-        batch.submit()
+        Ok(())
     })
 }
 
@@ -231,8 +231,7 @@ fn ternary(ctx: &GpuContext, plane: &TernaryPlane, d: usize) -> Result<Vec<f32>>
         s.len,
         d,
         s.group_size,
-        |output, group_offset, tokens| {
-            let mut batch = ctx.batch();
+        |batch, output, group_offset, tokens| {
             batch.dispatch(
                 &DEQUANTIZE_TERNARY,
                 "main",
@@ -243,7 +242,7 @@ fn ternary(ctx: &GpuContext, plane: &TernaryPlane, d: usize) -> Result<Vec<f32>>
                 },
                 &[&codes, &scales, output],
             );
-            batch.submit()
+            Ok(())
         },
     )
 }
