@@ -457,23 +457,7 @@ impl<'g> KvCache<'g> {
         let arriving = n - to_sinks;
         let before = self.layers[layer].window_rows;
         self.ensure_window(layer, before + arriving)?;
-        let window = self.layers[layer].window_f32.as_ref().expect("ensured");
-        let mut batch = ctx.batch();
-        for head in 0..h {
-            let at = ((head * window.capacity + before) * d * 4) as u64;
-            self.copy_rows(&mut batch, k, n, head, to_sinks, arriving, &window.keys, at);
-            self.copy_rows(
-                &mut batch,
-                v,
-                n,
-                head,
-                to_sinks,
-                arriving,
-                &window.values,
-                at,
-            );
-        }
-        batch.submit()?;
+        self.copy_into_window(layer, before, (k, v), n, to_sinks, arriving)?;
         let state = &mut self.layers[layer];
         state.tokens += n;
         state.window_rows += arriving;
@@ -484,6 +468,29 @@ impl<'g> KvCache<'g> {
             self.shift_window(layer, groups * g)?;
         }
         self.repack_window(layer)
+    }
+
+    /// Copies `count` key and value rows of every head, from row `from` of `n`-row
+    /// sources, into the f32 window of `layer` after its first `at_row` rows (the window
+    /// must already hold `at_row + count` rows).
+    fn copy_into_window(
+        &self,
+        layer: usize,
+        at_row: usize,
+        (k, v): (Rows<'_>, Rows<'_>),
+        n: usize,
+        from: usize,
+        count: usize,
+    ) -> Result<()> {
+        let d = self.shape.head_dim;
+        let window = self.layers[layer].window_f32.as_ref().expect("ensured");
+        let mut batch = self.gpu.batch();
+        for head in 0..self.shape.kv_heads {
+            let at = ((head * window.capacity + at_row) * d * 4) as u64;
+            self.copy_rows(&mut batch, k, n, head, from, count, &window.keys, at);
+            self.copy_rows(&mut batch, v, n, head, from, count, &window.values, at);
+        }
+        batch.submit()
     }
 
     /// Copies `count` rows of head `head` starting at row `from` of `n`-row source rows
@@ -695,32 +702,14 @@ impl<'g> KvCache<'g> {
         }
         let tail = plan.tail();
         self.ensure_window(layer, tail)?;
-        let window = self.layers[layer].window_f32.as_ref().expect("ensured");
-        let mut batch = ctx.batch();
-        for head in 0..h {
-            let at = (head * window.capacity * d * 4) as u64;
-            self.copy_rows(
-                &mut batch,
-                Rows::Host(k),
-                n,
-                head,
-                plan.quantized_end(),
-                tail,
-                &window.keys,
-                at,
-            );
-            self.copy_rows(
-                &mut batch,
-                Rows::Host(v),
-                n,
-                head,
-                plan.quantized_end(),
-                tail,
-                &window.values,
-                at,
-            );
-        }
-        batch.submit()?;
+        self.copy_into_window(
+            layer,
+            0,
+            (Rows::Host(k), Rows::Host(v)),
+            n,
+            plan.quantized_end(),
+            tail,
+        )?;
         self.layers[layer].window_rows = tail;
         self.repack_window(layer)?;
         let state = &mut self.layers[layer];
@@ -1906,32 +1895,14 @@ impl<'g> KvCache<'g> {
         };
         let (window_keys, window_values) = (rows(keys), rows(values));
         self.ensure_window(l, tail)?;
-        let window = self.layers[l].window_f32.as_ref().expect("ensured");
-        let mut batch = gpu.batch();
-        for head in 0..h {
-            let at = (head * window.capacity * d * 4) as u64;
-            self.copy_rows(
-                &mut batch,
-                Rows::Host(&window_keys),
-                tail,
-                head,
-                0,
-                tail,
-                &window.keys,
-                at,
-            );
-            self.copy_rows(
-                &mut batch,
-                Rows::Host(&window_values),
-                tail,
-                head,
-                0,
-                tail,
-                &window.values,
-                at,
-            );
-        }
-        batch.submit()?;
+        self.copy_into_window(
+            l,
+            0,
+            (Rows::Host(&window_keys), Rows::Host(&window_values)),
+            tail,
+            0,
+            tail,
+        )?;
         self.layers[l].window_rows = tail;
         self.repack_window(l)
     }
