@@ -55,6 +55,36 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Print the shape, configuration, bytes and bits per element of a saved cache.
     Inspect(InspectArgs),
+    /// Run SmolLM2-135M with each preset's KvCache: perplexity of a text, bits per element,
+    /// and greedy agreement with the fp16 cache (feature `lm`).
+    #[cfg(feature = "lm")]
+    EvalLm(EvalLmArgs),
+}
+
+#[cfg(feature = "lm")]
+#[derive(Args, Debug)]
+struct EvalLmArgs {
+    /// The model (a llama GGUF; `bash scripts/fetch-smollm2.sh` fetches SmolLM2-135M).
+    #[arg(long, value_name = "GGUF", default_value = crate::lm::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// A UTF-8 text whose first tokens are streamed through the cache for perplexity.
+    #[arg(long, value_name = "FILE")]
+    text: PathBuf,
+    /// How many of the text's tokens to score.
+    #[arg(long, default_value_t = 1024)]
+    tokens: usize,
+    /// Presets to run (repeatable; default: all). fp16 always runs first as the reference.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
+    /// Override the sink count of every preset.
+    #[arg(long)]
+    sinks: Option<usize>,
+    /// Override the residual window of every preset.
+    #[arg(long)]
+    residual: Option<usize>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +277,8 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(BenchCommand::Cache(args))) => run_bench_cache(&args),
         Some(Command::Quantize(args)) => run_quantize(&args),
         Some(Command::Inspect(args)) => run_inspect(&args),
+        #[cfg(feature = "lm")]
+        Some(Command::EvalLm(args)) => run_eval_lm(&args),
         None => run_report(&ReportArgs::default()),
     };
     match result {
@@ -625,6 +657,80 @@ fn run_sizes(args: &SizesArgs) -> Result<()> {
                 s.all_bits(),
                 s.all_bits() / 16.0 * 100.0
             );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "lm")]
+fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
+    use crate::lm::{eval, model::GgufFile, model::Llama, tokenizer::Tokenizer};
+    let presets = resolve_presets(&args.presets, args.sinks, args.residual)?;
+    let text = std::fs::read_to_string(&args.text).map_err(|e| VidkvError::Io {
+        path: args.text.display().to_string(),
+        source: e,
+    })?;
+    let mut gguf = GgufFile::open(&args.model)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let model = Llama::load(&mut gguf)?;
+    let mut text_tokens = tokenizer.encode(&text)?;
+    text_tokens.truncate(args.tokens);
+    if text_tokens.len() < 2 {
+        return Err(VidkvError::InvalidConfig(format!(
+            "{} gives {} tokens; perplexity needs at least 2 (and --tokens ≥ 2)",
+            args.text.display(),
+            text_tokens.len()
+        )));
+    }
+    let prompt = tokenizer.encode(&eval::greedy_prompt())?;
+    let gpu = GpuContext::new(&GpuOptions::default())?;
+    eprintln!(
+        "{} tokens of {} on {}",
+        text_tokens.len(),
+        args.text.display(),
+        gpu.adapter_name()
+    );
+    let results = eval::evaluate(&model, &text_tokens, &prompt, &presets, &gpu, |r| {
+        eprintln!(
+            "{}: perplexity {:.3}, {:.3} bits, greedy agreement {:.3}",
+            r.preset, r.perplexity, r.bits_per_element, r.greedy_agreement
+        )
+    })?;
+    let model_name = args.model.file_name().map_or_else(
+        || args.model.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    if args.json {
+        let doc = serde_json::json!({
+            "model": model_name,
+            "tokens": text_tokens.len(),
+            "presets": results.iter().map(|r| serde_json::json!({
+                "preset": r.preset,
+                "perplexity": r.perplexity,
+                "bits_per_element": r.bits_per_element,
+                "greedy_agreement": r.greedy_agreement,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "{model_name}, {} tokens of {}, {} greedy tokens",
+            text_tokens.len(),
+            args.text.display(),
+            eval::GREEDY_TOKENS
+        );
+        println!(
+            "{:<14} {:>11} {:>9} {:>17}",
+            "preset", "perplexity", "bits", "greedy agreement"
+        );
+        for r in &results {
+            println!(
+                "{:<14} {:>11.3} {:>9.3} {:>17.3}",
+                r.preset, r.perplexity, r.bits_per_element, r.greedy_agreement
+            );
+        }
+        if let Some(reference) = results.first() {
+            println!("fp16 answer: {:?}", tokenizer.decode(&reference.generated)?);
         }
     }
     Ok(())

@@ -65,6 +65,11 @@ pub enum VidkvError {
     #[error("no GPU adapter found{detail}. On headless Linux install Mesa's Vulkan software driver: `apt-get install mesa-vulkan-drivers` (Debian/Ubuntu); elsewhere install your GPU's Vulkan, Metal or DX12 driver")]
     NoAdapter { detail: String },
 
+    /// The language-model check (feature `lm`): a missing or unreadable model file, a
+    /// tokenizer that cannot be built, a failed tensor operation.
+    #[error("language model: {0}")]
+    Model(String),
+
     /// The GPU rejected a command (validation, out of memory, pipeline creation).
     #[error("GPU error: {0}")]
     Gpu(String),

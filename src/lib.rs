@@ -18,6 +18,8 @@ pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod io;
+#[cfg(feature = "lm")]
+pub mod lm;
 pub mod packed;
 pub mod persist;
 #[cfg(feature = "cli")]

@@ -1,0 +1,179 @@
+//! Perplexity and greedy agreement of a model running on each preset's [`KvCache`].
+//!
+//! - Perplexity: the text's first N tokens stream through the cache in chunks of
+//!   [`CHUNK_TOKENS`]; each chunk attends to the compressed history and to itself
+//!   (causally), so the decode path is what is measured. Every token after the first is
+//!   predicted once: perplexity = exp(mean negative log-likelihood over N − 1 predictions).
+//! - Greedy agreement: [`GREEDY_TOKENS`] tokens generated greedily (one token per step,
+//!   end-of-turn tokens included, never stopping early) from [`greedy_prompt`]; the number
+//!   of leading tokens identical to the `fp16` run's, divided by [`GREEDY_TOKENS`].
+//! - Bits per element: [`KvCache::bits_per_element`] once the text has streamed through.
+
+use crate::cache::KvCache;
+use crate::config::QuantConfig;
+use crate::error::{Result, VidkvError};
+use crate::gpu::runtime::GpuContext;
+
+use super::model::Llama;
+
+/// Tokens per forward chunk while streaming a text (one group of the cache).
+pub const CHUNK_TOKENS: usize = 32;
+
+/// Tokens generated for greedy agreement.
+pub const GREEDY_TOKENS: usize = 64;
+
+/// The user turn of the greedy-agreement prompt.
+pub const GREEDY_QUESTION: &str = "Explain in a few paragraphs how a refrigerator keeps food cold.";
+
+/// SmolLM2's chat template around one user message, ready for the assistant's answer.
+pub fn chat_prompt(user: &str) -> String {
+    format!(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}
+
+/// The fixed chat prompt whose greedy continuation is compared across presets.
+pub fn greedy_prompt() -> String {
+    chat_prompt(GREEDY_QUESTION)
+}
+
+/// One preset's figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresetEval {
+    pub preset: String,
+    pub perplexity: f64,
+    pub bits_per_element: f64,
+    pub greedy_agreement: f64,
+    /// The greedily generated token ids.
+    pub generated: Vec<u32>,
+}
+
+/// Perplexity of `tokens` streamed through a fresh cache with `config`, and the cache's
+/// bits per element at the end.
+pub fn perplexity(
+    model: &Llama,
+    tokens: &[u32],
+    config: &QuantConfig,
+    gpu: &GpuContext,
+) -> Result<(f64, f64)> {
+    if tokens.len() < 2 {
+        return Err(VidkvError::InvalidConfig(format!(
+            "perplexity needs at least 2 tokens (got {})",
+            tokens.len()
+        )));
+    }
+    let mut cache = KvCache::new(model.config.cache_shape(), config.clone(), gpu)?;
+    let vocab = model.config.vocab;
+    let mut nll = 0.0f64;
+    for (c, chunk) in tokens.chunks(CHUNK_TOKENS).enumerate() {
+        let logits = model.forward(chunk, &mut cache)?;
+        for (r, row) in logits.chunks_exact(vocab).enumerate() {
+            if let Some(&next) = tokens.get(c * CHUNK_TOKENS + r + 1) {
+                nll -= log_softmax_at(row, next as usize);
+            }
+        }
+    }
+    let perplexity = (nll / (tokens.len() - 1) as f64).exp();
+    Ok((perplexity, cache.bits_per_element()))
+}
+
+/// `steps` tokens generated greedily after `prompt` (fed in chunks of [`CHUNK_TOKENS`]).
+pub fn greedy(
+    model: &Llama,
+    prompt: &[u32],
+    steps: usize,
+    config: &QuantConfig,
+    gpu: &GpuContext,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(VidkvError::EmptyTensor("prompt".into()));
+    }
+    let mut cache = KvCache::new(model.config.cache_shape(), config.clone(), gpu)?;
+    let vocab = model.config.vocab;
+    let mut last = Vec::new();
+    for chunk in prompt.chunks(CHUNK_TOKENS) {
+        last = model.forward(chunk, &mut cache)?;
+    }
+    let mut generated = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let row = &last[last.len() - vocab..];
+        let next = argmax(row);
+        generated.push(next);
+        if step + 1 < steps {
+            last = model.forward(&[next], &mut cache)?;
+        }
+    }
+    Ok(generated)
+}
+
+/// Runs every preset on `text_tokens` (perplexity) and on `prompt` (greedy), with `fp16`
+/// first as the reference whether or not it is among `presets`; returns the reference and
+/// the requested presets in order.
+pub fn evaluate(
+    model: &Llama,
+    text_tokens: &[u32],
+    prompt: &[u32],
+    presets: &[(String, QuantConfig)],
+    gpu: &GpuContext,
+    mut progress: impl FnMut(&PresetEval),
+) -> Result<Vec<PresetEval>> {
+    let fp16 = QuantConfig::preset("fp16")?;
+    let mut runs: Vec<(String, QuantConfig)> = vec![("fp16".into(), fp16.clone())];
+    runs.extend(
+        presets
+            .iter()
+            .filter(|(name, config)| !(name == "fp16" && *config == fp16))
+            .cloned(),
+    );
+    let mut results: Vec<PresetEval> = Vec::with_capacity(runs.len());
+    for (name, config) in &runs {
+        let (perplexity, bits_per_element) = perplexity(model, text_tokens, config, gpu)?;
+        let generated = greedy(model, prompt, GREEDY_TOKENS, config, gpu)?;
+        let greedy_agreement = match results.first() {
+            Some(reference) => leading_agreement(&reference.generated, &generated),
+            None => 1.0,
+        };
+        let result = PresetEval {
+            preset: name.clone(),
+            perplexity,
+            bits_per_element,
+            greedy_agreement,
+            generated,
+        };
+        progress(&result);
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// Leading tokens of `run` identical to `reference`, over the reference's length.
+pub fn leading_agreement(reference: &[u32], run: &[u32]) -> f64 {
+    if reference.is_empty() {
+        return 1.0;
+    }
+    let same = reference
+        .iter()
+        .zip(run)
+        .take_while(|(a, b)| a == b)
+        .count();
+    same as f64 / reference.len() as f64
+}
+
+/// The index of the largest logit (the first one on ties).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `log softmax(row)[index]`, in f64.
+fn log_softmax_at(row: &[f32], index: usize) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    row[index] as f64 - max - sum.ln()
+}
