@@ -27,7 +27,7 @@ fn main(
     let tile_row = index / d;
     let channel = index % d;
     let base = tile_row * params.total_splits;
-    var top = -3.4028235e38;
+    var top = -0x1.fffffep+127f;
     for (var s = 0u; s < params.total_splits; s = s + 1u) {
         let st = stats[base + s];
         if (st.y > 0.0) {

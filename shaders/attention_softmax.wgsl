@@ -17,7 +17,7 @@
 @group(0) @binding(2) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(3) var<storage, read_write> stats: array<vec2<f32>>;
 
-const LOWEST: f32 = -3.4028235e38;
+const LOWEST: f32 = -0x1.fffffep+127f;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
