@@ -6,11 +6,14 @@
 //! - [`dequantize`]: packed planes back to dense f32.
 //! - [`attention`]: fused attention on the packed cache, and the f16 baseline.
 //! - [`shaders`]: the WGSL sources.
+//! - [`trace`]: a record of a context's commands for another WebGPU host to replay (the
+//!   browser demo).
 
 pub mod attention;
 pub mod dequantize;
 pub mod quantize;
 pub mod runtime;
 pub mod shaders;
+pub mod trace;
 
 pub use runtime::{GpuContext, GpuOptions};

@@ -15,6 +15,7 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::shaders::Kernel;
+use super::trace::Trace;
 use crate::error::{Result, VidkvError};
 
 /// Invocations per workgroup of every 1-D kernel (`WORKGROUP_SIZE` in `common.wgsl`).
@@ -99,6 +100,8 @@ pub struct GpuContext {
     exclusive: Mutex<()>,
     /// Accumulated GPU time of submitted batches, when profiling is on.
     profile: Mutex<Option<Profile>>,
+    /// The command record, when tracing is on ([`GpuContext::start_trace`]).
+    trace: Mutex<Option<Trace>>,
 }
 
 /// GPU-side timing of batches with timestamp queries.
@@ -219,6 +222,7 @@ impl GpuContext {
             uncaptured,
             exclusive: Mutex::new(()),
             profile: Mutex::new(None),
+            trace: Mutex::new(None),
         })
     }
 
@@ -336,14 +340,53 @@ impl GpuContext {
                 self.max_binding
             )));
         }
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
-        }))
+        });
+        self.traced(|t| {
+            t.created(&buffer, label);
+        });
+        Ok(buffer)
+    }
+
+    fn traced(&self, record: impl FnOnce(&mut Trace)) {
+        if let Some(trace) = self.trace.lock().expect("trace").as_mut() {
+            record(trace);
+        }
+    }
+
+    /// Writes `bytes` into `buffer` at `offset` (applied before the next submission).
+    fn write_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.traced(|t| t.write(buffer, offset, bytes));
+            self.queue.write_buffer(buffer, offset, bytes);
+        }
+    }
+
+    /// Starts recording every command into a [`Trace`] whose writes refer to `sources`
+    /// where their bytes match. Profiling stays off while tracing.
+    pub fn start_trace(&self, sources: Vec<(String, Vec<u8>)>) {
+        *self.trace.lock().expect("trace") = Some(Trace::new(sources));
+    }
+
+    /// Marks the start of a named step in the trace (no-op when not tracing).
+    pub fn trace_step(&self, name: &str) {
+        self.traced(|t| t.step(name));
+    }
+
+    /// Adds a note for the replaying host to the trace (no-op when not tracing).
+    pub fn trace_note(&self, note: serde_json::Value) {
+        self.traced(|t| t.note(note));
+    }
+
+    /// Stops tracing and returns the record.
+    pub fn finish_trace(&self) -> Option<Trace> {
+        self.trace.lock().expect("trace").take()
     }
 
     /// A storage buffer of at least `bytes` for `role`, reused across calls.
@@ -364,9 +407,7 @@ impl GpuContext {
     pub fn upload<T: Pod>(&self, role: &'static str, data: &[T]) -> Result<Arc<wgpu::Buffer>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.buffer(role, bytes.len() as u64)?;
-        if !bytes.is_empty() {
-            self.queue.write_buffer(&buffer, 0, bytes);
-        }
+        self.write_bytes(&buffer, 0, bytes);
         Ok(buffer)
     }
 
@@ -412,9 +453,7 @@ impl GpuContext {
     pub fn create_storage<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.create_zeroed(label, bytes.len().div_ceil(4))?;
-        if !bytes.is_empty() {
-            self.queue.write_buffer(&buffer, 0, bytes);
-        }
+        self.write_bytes(&buffer, 0, bytes);
         Ok(buffer)
     }
 
@@ -428,17 +467,14 @@ impl GpuContext {
 
     /// Writes `data` into `buffer` at byte `offset` (applied before the next submission).
     pub fn write<T: Pod>(&self, buffer: &wgpu::Buffer, offset: u64, data: &[T]) {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        if !bytes.is_empty() {
-            self.queue.write_buffer(buffer, offset, bytes);
-        }
+        self.write_bytes(buffer, offset, bytemuck::cast_slice(data));
     }
 
     /// A pooled buffer for an output of `words` u32, with [`GUARD_WORDS`] guard words
     /// written right after it; [`GpuContext::read_output`] checks them.
     pub fn output(&self, role: &'static str, words: usize) -> Result<Arc<wgpu::Buffer>> {
         let buffer = self.buffer(role, ((words + GUARD_WORDS) * 4) as u64)?;
-        self.queue.write_buffer(
+        self.write_bytes(
             &buffer,
             (words * 4) as u64,
             bytemuck::cast_slice(&[GUARD_VALUE; GUARD_WORDS]),
@@ -449,7 +485,7 @@ impl GpuContext {
     /// Reads an output of `words` u32 written into a buffer from [`GpuContext::output`],
     /// failing if any guard word after it changed (an out-of-bounds write).
     pub fn read_output(&self, buffer: &wgpu::Buffer, role: &str, words: usize) -> Result<Vec<u32>> {
-        let mut data = self.read_words(buffer, words + GUARD_WORDS)?;
+        let mut data = self.read_labelled(buffer, role, words + GUARD_WORDS)?;
         if let Some(i) = data[words..].iter().position(|&w| w != GUARD_VALUE) {
             return Err(VidkvError::Gpu(format!(
                 "out-of-bounds write: guard word {i} after `{role}` was overwritten"
@@ -513,8 +549,25 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Reads the first `words` u32 of the pooled buffer of `role` (named `role` in the trace).
+    pub fn read_pooled(&self, role: &str, words: usize) -> Result<Vec<u32>> {
+        let buffer = self
+            .buffers
+            .lock()
+            .expect("buffer pool")
+            .get(role)
+            .cloned()
+            .ok_or_else(|| VidkvError::Gpu(format!("no pooled buffer `{role}`")))?;
+        self.read_labelled(&buffer, role, words)
+    }
+
     /// Copies the first `words` u32 of `buffer` back to the host.
     pub fn read_words(&self, buffer: &wgpu::Buffer, words: usize) -> Result<Vec<u32>> {
+        self.read_labelled(buffer, "words", words)
+    }
+
+    /// [`GpuContext::read_words`], named `label` in the trace.
+    fn read_labelled(&self, buffer: &wgpu::Buffer, label: &str, words: usize) -> Result<Vec<u32>> {
         let bytes = (words * 4) as u64;
         if bytes == 0 {
             return Ok(Vec::new());
@@ -549,6 +602,7 @@ impl GpuContext {
         let words = bytemuck::cast_slice::<u8, u32>(&data).to_vec();
         drop(data);
         staging.unmap();
+        self.traced(|t| t.read(buffer, label, &words));
         Ok(words)
     }
 
@@ -793,6 +847,15 @@ impl Batch<'_> {
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, 1);
+        self.context.traced(|t| {
+            let bound: Vec<_> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (i as u32 + 1, *b))
+                .filter(|(binding, _)| pipeline.bindings.contains(binding))
+                .collect();
+            t.dispatch(kernel, entry, &params, &bound, grid);
+        });
         Ok(())
     }
 
@@ -806,6 +869,8 @@ impl Batch<'_> {
         size: u64,
     ) {
         if self.error.is_none() && size > 0 {
+            self.context
+                .traced(|t| t.copy(from, from_offset, to, to_offset, size));
             self.encoder
                 .copy_buffer_to_buffer(from, from_offset, to, to_offset, size);
         }
@@ -819,6 +884,7 @@ impl Batch<'_> {
         if self.profiled {
             self.context.timestamp_pass(&mut self.encoder, 1);
         }
+        self.context.traced(|t| t.submit());
         self.context.submit(self.encoder)?;
         if self.profiled {
             self.context.record_gpu_time()?;
