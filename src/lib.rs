@@ -27,6 +27,7 @@ pub mod plot;
 pub mod reference;
 pub mod report;
 pub mod tensor;
+pub mod web;
 
 pub use cache::{KvCache, ModelShape};
 pub use config::{QuantConfig, TokenPlan, PRESET_NAMES};

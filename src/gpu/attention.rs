@@ -123,7 +123,7 @@ pub(crate) struct SegmentRef<'a> {
 }
 
 impl SegmentRef<'_> {
-    fn splits(&self) -> usize {
+    pub(crate) fn splits(&self) -> usize {
         self.len.div_ceil(SPLIT_TOKENS)
     }
 }
@@ -197,7 +197,7 @@ impl GpuLayer {
             + self.planes.as_ref().map_or(0, PackedPlanes::bytes)
     }
 
-    fn segments(&self) -> Vec<SegmentRef<'_>> {
+    pub(crate) fn segments(&self) -> Vec<SegmentRef<'_>> {
         let plan = self.plan;
         let exact = |first_row| SegmentData::Exact {
             keys: &self.exact_keys,
@@ -226,7 +226,7 @@ impl GpuLayer {
         segments
     }
 
-    fn geometry(&self) -> LayerGeometry<'_> {
+    pub(crate) fn geometry(&self) -> LayerGeometry<'_> {
         LayerGeometry {
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,

@@ -1,0 +1,125 @@
+// Opens the vidkv demo in headless chromium (WebGPU on SwiftShader), waits for the page to
+// finish, and checks what it shows against the Rust reference (expected.json, which the page
+// itself never reads): bits and attention error to 1e-3 relative, code checksums identical;
+// then checks that a chromium without WebGPU gets the page's message, not a blank page.
+// Usage: node web/test.mjs URL SCREENSHOT.png. Exits 1 on any mismatch or console error.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [url, screenshot] = process.argv.slice(2);
+if (!url || !screenshot) {
+  console.error('usage: node web/test.mjs URL SCREENSHOT.png');
+  process.exit(2);
+}
+const TOLERANCE = 1e-3;
+const failures = [];
+const consoleErrors = [];
+
+const profile = mkdtempSync(join(tmpdir(), 'vidkv-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--enable-unsafe-webgpu',
+    '--no-sandbox',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+    '--disable-quic',
+  ],
+  viewport: { width: 1150, height: 900 },
+});
+try {
+  const page = browser.pages()[0] ?? (await browser.newPage());
+  page.on('console', (message) => {
+    if (message.type() === 'error') consoleErrors.push(message.text());
+  });
+  page.on('pageerror', (error) => consoleErrors.push(`page error: ${error.message}`));
+  await page.goto(url);
+  await page.waitForFunction(
+    () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
+    null,
+    { timeout: 600_000 },
+  );
+  const status = await page.$eval('#status', (el) => ({ state: el.dataset.state, text: el.textContent }));
+  console.log(`page status: ${status.state}: ${status.text}`);
+  if (status.state !== 'done') failures.push(`the page did not finish: ${status.text}`);
+
+  const expected = await (await fetch(new URL('expected.json', url))).json();
+  const shown = await page.evaluate(() => window.vidkvResults ?? null);
+  const cells = await page.$$eval('#figures tbody tr', (rows) => rows.map((tr) => ({
+    preset: tr.dataset.preset,
+    bits: Number(tr.querySelector('.bits').textContent),
+    error: Number(tr.querySelector('.error').textContent),
+    checksum: tr.querySelector('.checksum').textContent,
+  })));
+  if (shown) {
+    console.log(`adapter: ${shown.adapter}; features: ${shown.features.join(', ')}`);
+    console.log('preset        bits (page / rust)      attention error (page / rust)   checksum (page / rust)   quantize ms  attention ms');
+    for (const want of expected.presets) {
+      const got = shown.results.find((r) => r.preset === want.preset);
+      const cell = cells.find((c) => c.preset === want.preset);
+      if (!got || !cell) {
+        failures.push(`${want.preset}: not shown on the page`);
+        continue;
+      }
+      const hex = (n) => n.toString(16).padStart(8, '0');
+      console.log(`${want.preset.padEnd(12)}  ${got.bits.toFixed(5)} / ${want.bits.toFixed(5)}     `
+        + `${got.attention_error.toFixed(7)} / ${want.attention_error.toFixed(7)}      `
+        + `${hex(got.codes_checksum)} / ${hex(want.codes_checksum)}      `
+        + `${got.quantize_ms.toFixed(1).padStart(8)}  ${got.attention_ms.toFixed(1).padStart(10)}`);
+      const relative = (a, b) => Math.abs(a - b) / Math.max(Math.abs(b), Number.MIN_VALUE);
+      if (relative(got.bits, want.bits) > TOLERANCE) failures.push(`${want.preset}: bits ${got.bits} vs ${want.bits}`);
+      if (relative(got.attention_error, want.attention_error) > TOLERANCE) {
+        failures.push(`${want.preset}: attention error ${got.attention_error} vs ${want.attention_error}`);
+      }
+      if (got.codes_checksum !== want.codes_checksum) {
+        failures.push(`${want.preset}: code checksum ${hex(got.codes_checksum)} vs ${hex(want.codes_checksum)}`);
+      }
+      if (cell.checksum !== hex(got.codes_checksum) || Math.abs(cell.bits - got.bits) > 1e-4
+        || Math.abs(cell.error - got.attention_error) > 1e-6) {
+        failures.push(`${want.preset}: the table shows ${JSON.stringify(cell)}, not the computed figures`);
+      }
+    }
+  } else {
+    failures.push('the page published no results (window.vidkvResults)');
+  }
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`screenshot: ${screenshot}`);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+for (const error of consoleErrors) failures.push(`console error: ${error}`);
+
+// Without --enable-unsafe-webgpu this chromium offers no adapter: the page must say so.
+const plainProfile = mkdtempSync(join(tmpdir(), 'vidkv-chromium-'));
+const plain = await chromium.launchPersistentContext(plainProfile, {
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run', '--disable-quic'],
+});
+try {
+  const page = plain.pages()[0] ?? (await plain.newPage());
+  await page.goto(url);
+  await page.waitForFunction(
+    () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
+    null,
+    { timeout: 120_000 },
+  );
+  const status = await page.$eval('#status', (el) => ({ state: el.dataset.state, text: el.textContent }));
+  console.log(`without WebGPU: ${status.state}: ${status.text}`);
+  if (status.state !== 'no-webgpu') failures.push(`without WebGPU the page shows ${status.state}: ${status.text}`);
+} finally {
+  await plain.close();
+  rmSync(plainProfile, { recursive: true, force: true });
+}
+if (failures.length) {
+  console.error(`FAILED:\n  ${failures.join('\n  ')}`);
+  process.exit(1);
+}
+console.log('web test passed: the page matches the Rust reference');

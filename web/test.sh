@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Browser test of the demo page: builds vidkv, serves the demo on 127.0.0.1, opens it in
+# Debian's headless chromium with WebGPU (SwiftShader) through playwright-core, and checks the
+# page's figures against the Rust reference (web/test.mjs). Leaves web/out/screenshot.png.
+# Needs: chromium (apt-get install chromium), Node.js with npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+chromium_bin=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium_bin" ]; then
+    echo "error: $chromium_bin not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM" >&2
+    exit 1
+fi
+if [ ! -d web/node_modules/playwright-core ]; then
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The same features as the README test command, so that its build is reused.
+cargo build --release --features lm --bin vidkv
+
+out=web/out
+mkdir -p "$out"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+./target/release/vidkv demo --port 0 >"$out/demo.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+
+url=""
+for _ in $(seq 1 600); do
+    url=$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$out/demo.log" | head -n1 || true)
+    [ -n "$url" ] && break
+    if ! kill -0 "$server" 2>/dev/null; then
+        echo "error: vidkv demo exited:" >&2
+        cat "$out/demo.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+if [ -z "$url" ]; then
+    echo "error: vidkv demo printed no URL in 120 s" >&2
+    cat "$out/demo.log" >&2
+    exit 1
+fi
+echo "serving $url"
+node web/test.mjs "$url" "$out/screenshot.png"
