@@ -20,7 +20,7 @@ cargo build --release --features lm --bin vidkv
 out=web/out
 mkdir -p "$out"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-./target/release/vidkv demo --port 0 >"$out/demo.log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}/release/vidkv" demo --port 0 >"$out/demo.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 
