@@ -41,5 +41,13 @@ pub fn require_model(path: &Path) -> Result<PathBuf> {
 }
 
 pub(crate) fn candle_error(context: &str) -> impl Fn(candle_core::Error) -> VidkvError + '_ {
-    move |e| VidkvError::Model(format!("{context}: {e}"))
+    move |e| VidkvError::Model(format!("{context}: {}", candle_message(e)))
+}
+
+/// A candle error's message without the backtrace candle attaches when RUST_BACKTRACE is set.
+pub(crate) fn candle_message(mut e: candle_core::Error) -> String {
+    while let candle_core::Error::WithBacktrace { inner, .. } = e {
+        e = *inner;
+    }
+    e.to_string()
 }

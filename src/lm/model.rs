@@ -119,7 +119,11 @@ impl GgufFile {
         })?;
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| {
-            VidkvError::Model(format!("{} is not a GGUF file: {e}", path.display()))
+            VidkvError::Model(format!(
+                "{} is not a GGUF file: {}",
+                path.display(),
+                super::candle_message(e)
+            ))
         })?;
         Ok(GgufFile { content, reader })
     }
