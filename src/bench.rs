@@ -118,20 +118,40 @@ pub struct AttentionResult {
     /// Bytes of cache the step reads (every stored word of the layer).
     pub bytes_read: u64,
     pub gb_per_s: f64,
+    /// With kernel profiling: GPU milliseconds per call of each `kernel::entry` (mean over
+    /// the profiled calls, each pass timed with its own timestamps), in name order.
+    pub kernels: Vec<(String, f64)>,
+}
+
+/// What [`attention_latency`] measures: one layer of `kv_heads` KV heads and `q_heads` query
+/// heads of `head_dim`, at each context, `runs` timed calls per case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionBench {
+    pub contexts: Vec<usize>,
+    pub kv_heads: usize,
+    pub q_heads: usize,
+    pub head_dim: usize,
+    pub runs: usize,
+    /// Afterwards, `runs` more calls per case timed pass by pass (with timestamp queries).
+    pub per_kernel: bool,
 }
 
 /// Decode latency (one query position per query head, all of the context visible) of each
-/// preset at each context, for one layer of `kv_heads` KV heads and `q_heads` query heads.
-/// The first preset should be `fp16`, the baseline of `ratio_to_fp16`.
+/// preset at each context of `bench`. The first preset should be `fp16`, the baseline of
+/// `ratio_to_fp16`.
 pub fn attention_latency(
     ctx: &GpuContext,
-    contexts: &[usize],
     presets: &[(String, QuantConfig)],
-    kv_heads: usize,
-    q_heads: usize,
-    head_dim: usize,
-    runs: usize,
+    bench: &AttentionBench,
 ) -> Result<(Vec<AttentionResult>, bool)> {
+    let AttentionBench {
+        ref contexts,
+        kv_heads,
+        q_heads,
+        head_dim,
+        runs,
+        per_kernel,
+    } = *bench;
     let timestamps = ctx.start_profiling();
     let mut results = Vec::new();
     for &context in contexts {
@@ -190,6 +210,21 @@ pub fn attention_latency(
                 }
             }
         }
+        let mut kernel_times = vec![Vec::new(); cases.len()];
+        if per_kernel && ctx.start_kernel_profiling() {
+            for (i, (_, kernels, layer)) in cases.iter().enumerate() {
+                for _ in 0..runs.max(1) {
+                    attend_with(ctx, layer, &q, q_heads, &visible, *kernels)?;
+                }
+                kernel_times[i] = ctx
+                    .take_kernel_times()
+                    .into_iter()
+                    .map(|(name, ms, _)| (name, ms / runs.max(1) as f64))
+                    .collect();
+            }
+            ctx.stop_kernel_profiling();
+            ctx.take_gpu_time_ms();
+        }
         let mut baseline = None;
         for (i, (name, _, layer)) in cases.iter().enumerate() {
             let wall_median_ms = median(wall_times[i].clone());
@@ -208,6 +243,7 @@ pub fn attention_latency(
                 ratio_to_fp16: fp16 / median_ms,
                 bytes_read,
                 gb_per_s: bytes_read as f64 / (median_ms / 1e3) / 1e9,
+                kernels: std::mem::take(&mut kernel_times[i]),
             });
         }
     }

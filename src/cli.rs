@@ -186,6 +186,10 @@ struct BenchAttentionArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time every kernel pass with its own timestamps (`runs` more calls per case)
+    /// and print GPU milliseconds per call of each kernel.
+    #[arg(long)]
+    kernels: bool,
     /// Also write an SVG chart (decode time against context) into this directory.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
@@ -510,12 +514,15 @@ fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     let gpu = GpuContext::new(&GpuOptions::default())?;
     let (results, timestamps) = attention_latency(
         &gpu,
-        &contexts,
         &presets,
-        args.kv_heads,
-        args.q_heads,
-        args.head_dim,
-        args.runs,
+        &crate::bench::AttentionBench {
+            contexts,
+            kv_heads: args.kv_heads,
+            q_heads: args.q_heads,
+            head_dim: args.head_dim,
+            runs: args.runs,
+            per_kernel: args.kernels,
+        },
     )?;
     let timing = if timestamps {
         "gpu timestamps"
@@ -539,6 +546,7 @@ fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
                 "ratio_to_fp16": r.ratio_to_fp16,
                 "bytes_read": r.bytes_read,
                 "gb_per_s": r.gb_per_s,
+                "kernels": r.kernels.iter().map(|(k, ms)| serde_json::json!({"kernel": k, "ms_per_call": ms})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         println!("{doc}");
@@ -566,6 +574,25 @@ fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
             r.bytes_read,
             r.gb_per_s
         );
+    }
+    if results.iter().any(|r| !r.kernels.is_empty()) {
+        println!("GPU ms per call of each kernel (every pass timed on its own):");
+        for r in results.iter().filter(|r| !r.kernels.is_empty()) {
+            let total: f64 = r.kernels.iter().map(|(_, ms)| ms).sum();
+            let parts: Vec<String> = r
+                .kernels
+                .iter()
+                .map(|(kernel, ms)| format!("{kernel} {ms:.3}"))
+                .collect();
+            println!(
+                "  {:<24} {:>8}  total {total:.3}: {}",
+                r.preset,
+                r.context,
+                parts.join(", ")
+            );
+        }
+    } else if args.kernels {
+        println!("(no per-kernel times: the adapter has no timestamp queries)");
     }
     Ok(())
 }

@@ -126,3 +126,45 @@ fn report_and_bench_write_svg_charts() {
     assert!(svg.contains("fp16") && svg.contains("vidkv"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench attention --kernels` reports GPU time per kernel (lavapipe has timestamp queries).
+#[test]
+fn bench_attention_reports_time_per_kernel() {
+    let doc = json(&[
+        "bench",
+        "attention",
+        "--context",
+        "300",
+        "--runs",
+        "1",
+        "--kv-heads",
+        "1",
+        "--q-heads",
+        "7",
+        "--head-dim",
+        "64",
+        "--preset",
+        "vidkv",
+        "--kernels",
+        "--json",
+    ]);
+    for result in doc["results"].as_array().unwrap() {
+        let kernels = result["kernels"].as_array().unwrap();
+        let names: Vec<&str> = kernels
+            .iter()
+            .map(|k| k["kernel"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"attention_combine::main"), "{names:?}");
+        if result["preset"] != "fp16" {
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.starts_with("attention_values_ternary")),
+                "{names:?}"
+            );
+        }
+        assert!(kernels
+            .iter()
+            .all(|k| k["ms_per_call"].as_f64().unwrap() >= 0.0));
+    }
+}

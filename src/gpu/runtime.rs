@@ -100,6 +100,8 @@ pub struct GpuContext {
     exclusive: Mutex<()>,
     /// Accumulated GPU time of submitted batches, when profiling is on.
     profile: Mutex<Option<Profile>>,
+    /// GPU time per kernel entry point, when kernel profiling is on.
+    kernel_profile: Mutex<Option<KernelProfile>>,
     /// The command record, when tracing is on ([`GpuContext::start_trace`]).
     trace: Mutex<Option<Trace>>,
 }
@@ -109,6 +111,19 @@ struct Profile {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     nanoseconds: f64,
+}
+
+/// Passes timed per batch when kernel profiling is on (later passes of a batch go untimed).
+const KERNEL_QUERIES: u32 = 1024;
+
+/// GPU time per kernel entry point, from timestamps written at each pass's start and end.
+struct KernelProfile {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    /// `kernel::entry` of each timed pass of the batch being recorded.
+    pending: Vec<String>,
+    /// Total milliseconds and pass count per `kernel::entry`.
+    totals: std::collections::BTreeMap<String, (f64, u64)>,
 }
 
 /// A compute pipeline and the bindings of group 0 its entry point uses.
@@ -222,6 +237,7 @@ impl GpuContext {
             uncaptured,
             exclusive: Mutex::new(()),
             profile: Mutex::new(None),
+            kernel_profile: Mutex::new(None),
             trace: Mutex::new(None),
         })
     }
@@ -438,6 +454,72 @@ impl GpuContext {
             nanoseconds: 0.0,
         });
         true
+    }
+
+    /// Starts timing every kernel pass with timestamp queries, if the adapter has them;
+    /// returns whether it does. [`GpuContext::take_kernel_times`] reads and resets the totals.
+    pub fn start_kernel_profiling(&self) -> bool {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return false;
+        }
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("vidkv kernel timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * KERNEL_QUERIES,
+        });
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kernel timestamp resolve"),
+            size: u64::from(2 * KERNEL_QUERIES) * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        *self.kernel_profile.lock().expect("kernel profile") = Some(KernelProfile {
+            queries,
+            resolve,
+            pending: Vec::new(),
+            totals: Default::default(),
+        });
+        true
+    }
+
+    /// Stops kernel profiling.
+    pub fn stop_kernel_profiling(&self) {
+        *self.kernel_profile.lock().expect("kernel profile") = None;
+    }
+
+    /// Per `kernel::entry`: total GPU milliseconds and passes since the last call.
+    pub fn take_kernel_times(&self) -> Vec<(String, f64, u64)> {
+        let mut profile = self.kernel_profile.lock().expect("kernel profile");
+        profile.as_mut().map_or_else(Vec::new, |p| {
+            std::mem::take(&mut p.totals)
+                .into_iter()
+                .map(|(name, (ms, passes))| (name, ms, passes))
+                .collect()
+        })
+    }
+
+    /// Adds the timed passes of the batch just waited for to the kernel totals.
+    fn record_kernel_times(&self) -> Result<()> {
+        let (resolve, count) = match self.kernel_profile.lock().expect("kernel profile").as_ref() {
+            Some(p) if !p.pending.is_empty() => (p.resolve.clone(), p.pending.len()),
+            _ => return Ok(()),
+        };
+        let stamps = self.read_words(&resolve, count * 4)?;
+        let period = f64::from(self.queue.get_timestamp_period());
+        if let Some(p) = self.kernel_profile.lock().expect("kernel profile").as_mut() {
+            for (i, name) in std::mem::take(&mut p.pending).into_iter().enumerate() {
+                let at = |j: usize| u64::from(stamps[j]) | (u64::from(stamps[j + 1]) << 32);
+                let ns = at(4 * i + 2).saturating_sub(at(4 * i)) as f64 * period;
+                let total = p.totals.entry(name).or_insert((0.0, 0));
+                total.0 += ns / 1e6;
+                total.1 += 1;
+            }
+        }
+        Ok(())
     }
 
     /// GPU time of the batches submitted since the last call, in milliseconds (None when
@@ -838,15 +920,29 @@ impl Batch<'_> {
                 kernel.name
             )));
         }
+        let mut kernel_profile = self.context.kernel_profile.lock().expect("kernel profile");
+        let timestamp_writes = kernel_profile.as_mut().and_then(|p| {
+            let index = p.pending.len() as u32;
+            (index < KERNEL_QUERIES).then(|| {
+                p.pending.push(format!("{}::{entry}", kernel.name));
+                wgpu::ComputePassTimestampWrites {
+                    query_set: &p.queries,
+                    beginning_of_pass_write_index: Some(2 * index),
+                    end_of_pass_write_index: Some(2 * index + 1),
+                }
+            })
+        });
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.name),
-                timestamp_writes: None,
+                timestamp_writes,
             });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, 1);
+        drop(pass);
+        drop(kernel_profile);
         self.context.traced(|t| {
             let bound: Vec<_> = buffers
                 .iter()
@@ -884,11 +980,25 @@ impl Batch<'_> {
         if self.profiled {
             self.context.timestamp_pass(&mut self.encoder, 1);
         }
+        if let Some(p) = self
+            .context
+            .kernel_profile
+            .lock()
+            .expect("kernel profile")
+            .as_ref()
+        {
+            let passes = p.pending.len() as u32;
+            if passes > 0 {
+                self.encoder
+                    .resolve_query_set(&p.queries, 0..2 * passes, &p.resolve, 0);
+            }
+        }
         self.context.traced(|t| t.submit());
         self.context.submit(self.encoder)?;
         if self.profiled {
             self.context.record_gpu_time()?;
         }
+        self.context.record_kernel_times()?;
         Ok(())
     }
 }
