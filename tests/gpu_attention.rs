@@ -18,6 +18,7 @@ use proptest::prelude::*;
 
 use vidkv::config::{QuantConfig, ValueScheme};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
+use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::reference::attention::{attend_dense, AttentionMask};
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
@@ -187,4 +188,44 @@ fn a_128k_context_stays_stable() {
     let q = random_tensor([1, 2, 1, 64], 5, 1.0);
     let cache = PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
     check(&cache, &q, &[(0, tokens as u32)], "128k vidkv");
+}
+
+/// Tiles of query rows that start and end inside a KV head's rows (a small binding cap forces
+/// them) give the same outputs as one tile: the ternary value kernel's row quads are masked
+/// to the tile and the head.
+#[test]
+fn tiles_that_split_a_kv_head_match_one_tile() {
+    let capped = GpuContext::new(&GpuOptions {
+        max_binding_bytes: Some(48 * 1024),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    let (tokens, d, kv_heads) = (1500, 64, 2);
+    for (gqa, queries) in [(2usize, 5usize), (7, 3)] {
+        let q_heads = kv_heads * gqa;
+        let k = random_tensor([1, kv_heads, tokens, d], 21, 1.0);
+        let v = random_tensor([1, kv_heads, tokens, d], 22, 1.0);
+        let q = random_tensor([1, q_heads, queries, d], 23, 0.6);
+        let visible: Vec<(u32, u32)> = (0..queries)
+            .map(|m| (0, (tokens - 100 * m) as u32))
+            .collect();
+        let protected: Vec<u32> = (0..tokens as u32).filter(|t| t % 9 == 4).collect();
+        for (preset, stp) in [("vidkv", &protected[..]), ("vidkv-paper", &[][..])] {
+            let config = QuantConfig::preset(preset).unwrap();
+            let cache = PackedCache::quantize(&k, &v, &config, stp).unwrap();
+            let whole = GpuLayer::upload(gpu(), &cache, 0).unwrap();
+            let tiled = GpuLayer::upload(&capped, &cache, 0).unwrap();
+            for kernels in [Kernels::Fastest, Kernels::Portable] {
+                let expected =
+                    attend_with(gpu(), &whole, &q.data, q_heads, &visible, kernels).unwrap();
+                let got =
+                    attend_with(&capped, &tiled, &q.data, q_heads, &visible, kernels).unwrap();
+                let err = relative_l2(&got, &expected);
+                assert!(
+                    err <= 1e-6,
+                    "{preset} gqa {gqa} M {queries} {kernels:?}: {err}"
+                );
+            }
+        }
+    }
 }

@@ -803,8 +803,17 @@ fn record_values(
                     positions,
                     partial,
                 ],
-                grid,
+                (grid.0, row_quads(seg, rows)),
             ),
         },
     }
+}
+
+/// Workgroup rows of the ternary value kernel: the KV heads that the tile of `rows` query
+/// rows from `seg.row_offset` touches, times ⌈rows_per_head / 4⌉ quads of rows each.
+fn row_quads(seg: Params, rows: usize) -> u32 {
+    let per_head = seg.rows_per_head;
+    let first_head = seg.row_offset / per_head;
+    let last_head = (seg.row_offset + rows as u32 - 1) / per_head;
+    (last_head - first_head + 1) * per_head.div_ceil(4)
 }
