@@ -127,6 +127,13 @@ pub fn demo_plan(gpu: &GpuContext, sample: &KvSample) -> Result<DemoPlan> {
     let [layers, _, _, d] = [0, 1, 2, 3].map(|i| sample.k.dim(i));
     let (q_heads, queries) = (sample.q.dim(1), sample.q.dim(2));
     let visible = visible_ranges(sample)?;
+    // The heat map reads the scores of all rows after one call: they must fit one tile.
+    let score_bytes = (q_heads * queries * sample.k.dim(2).next_multiple_of(4) * 4) as u64;
+    if score_bytes > gpu.max_data_bytes() {
+        return Err(VidkvError::InvalidConfig(format!(
+            "the sample's scores ({score_bytes} bytes) exceed one storage binding of this adapter"
+        )));
+    }
     let bytes = |data: &[f32]| bytemuck::cast_slice::<f32, u8>(data).to_vec();
     gpu.start_trace(vec![
         ("k".into(), bytes(&sample.k.data)),

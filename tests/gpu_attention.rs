@@ -142,7 +142,7 @@ proptest! {
     fn generated_cases(
         d in prop::sample::select(vec![64usize, 80, 96, 112, 128, 256]),
         kv_heads in 1usize..3,
-        gqa in prop::sample::select(vec![1usize, 2, 7]),
+        gqa in prop::sample::select(vec![1usize, 2, 3, 7]),
         queries in 1usize..65,
         tokens in 1usize..20_000,
         preset in prop::sample::select(PRESET_NAMES.to_vec()),
