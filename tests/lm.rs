@@ -33,6 +33,16 @@ fn dev_sidecar() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A JSON array of non-negative integers.
+fn numbers(array: &serde_json::Value) -> Vec<u32> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     let diff: f64 = a
         .iter()
@@ -49,12 +59,7 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 fn tokenizer_matches_the_dev_prompt_ids_and_round_trips() {
     let (_, tokenizer) = load();
     let sidecar = dev_sidecar();
-    let expected: Vec<u32> = sidecar["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let expected = numbers(&sidecar["token_ids"]);
     let mut spelled = String::new();
     for segment in sidecar["text_segments"].as_array().unwrap() {
         let (from, to) = (
@@ -81,17 +86,10 @@ fn forward_pass_reproduces_the_dev_keys_and_values() {
     let (model, _) = load();
     let sample = data::shared_sample("smollm2_text_dev");
     let sidecar = dev_sidecar();
-    let ids: Vec<u32> = sidecar["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let layers: Vec<usize> = sidecar["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
+    let ids = numbers(&sidecar["token_ids"]);
+    let layers: Vec<usize> = numbers(&sidecar["layers"])
+        .into_iter()
+        .map(|l| l as usize)
         .collect();
     let ctx = gpu::gpu();
     let mut cache = KvCache::new(

@@ -14,6 +14,17 @@ if (!url || !screenshot) {
   process.exit(2);
 }
 const TOLERANCE = 1e-3;
+
+// Opens the demo in `page` and waits until it has finished, failed or found no WebGPU.
+async function finalStatus(page, timeout) {
+  await page.goto(url);
+  await page.waitForFunction(
+    () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
+    null,
+    { timeout },
+  );
+  return page.$eval('#status', (el) => ({ state: el.dataset.state, text: el.textContent }));
+}
 const failures = [];
 const consoleErrors = [];
 
@@ -38,13 +49,7 @@ try {
     if (message.type() === 'error') consoleErrors.push(message.text());
   });
   page.on('pageerror', (error) => consoleErrors.push(`page error: ${error.message}`));
-  await page.goto(url);
-  await page.waitForFunction(
-    () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
-    null,
-    { timeout: 600_000 },
-  );
-  const status = await page.$eval('#status', (el) => ({ state: el.dataset.state, text: el.textContent }));
+  const status = await finalStatus(page, 600_000);
   console.log(`page status: ${status.state}: ${status.text}`);
   if (status.state !== 'done') failures.push(`the page did not finish: ${status.text}`);
 
@@ -105,13 +110,7 @@ const plain = await chromium.launchPersistentContext(plainProfile, {
 });
 try {
   const page = plain.pages()[0] ?? (await plain.newPage());
-  await page.goto(url);
-  await page.waitForFunction(
-    () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
-    null,
-    { timeout: 120_000 },
-  );
-  const status = await page.$eval('#status', (el) => ({ state: el.dataset.state, text: el.textContent }));
+  const status = await finalStatus(page, 120_000);
   console.log(`without WebGPU: ${status.state}: ${status.text}`);
   if (status.state !== 'no-webgpu') failures.push(`without WebGPU the page shows ${status.state}: ${status.text}`);
 } finally {

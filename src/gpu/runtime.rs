@@ -430,24 +430,9 @@ impl GpuContext {
     /// Starts measuring GPU time with timestamp queries, if the adapter has them; returns
     /// whether it does. [`GpuContext::take_gpu_time_ms`] reads and resets the total.
     pub fn start_profiling(&self) -> bool {
-        if !self
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-        {
+        let Some((queries, resolve)) = self.timestamp_queries("vidkv timestamps", 2) else {
             return false;
-        }
-        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("vidkv timestamps"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timestamp resolve"),
-            size: 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
+        };
         *self.profile.lock().expect("profile") = Some(Profile {
             queries,
             resolve,
@@ -456,27 +441,38 @@ impl GpuContext {
         true
     }
 
-    /// Starts timing every kernel pass with timestamp queries, if the adapter has them;
-    /// returns whether it does. [`GpuContext::take_kernel_times`] reads and resets the totals.
-    pub fn start_kernel_profiling(&self) -> bool {
+    /// A query set of `count` timestamps and a buffer to resolve them into, or None when the
+    /// adapter has no timestamp queries.
+    fn timestamp_queries(&self, label: &str, count: u32) -> Option<(wgpu::QuerySet, wgpu::Buffer)> {
         if !self
             .device
             .features()
             .contains(wgpu::Features::TIMESTAMP_QUERY)
         {
-            return false;
+            return None;
         }
         let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("vidkv kernel timestamps"),
+            label: Some(label),
             ty: wgpu::QueryType::Timestamp,
-            count: 2 * KERNEL_QUERIES,
+            count,
         });
         let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kernel timestamp resolve"),
-            size: u64::from(2 * KERNEL_QUERIES) * 8,
+            label: Some(label),
+            size: u64::from(count) * 8,
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        Some((queries, resolve))
+    }
+
+    /// Starts timing every kernel pass with timestamp queries, if the adapter has them;
+    /// returns whether it does. [`GpuContext::take_kernel_times`] reads and resets the totals.
+    pub fn start_kernel_profiling(&self) -> bool {
+        let Some((queries, resolve)) =
+            self.timestamp_queries("vidkv kernel timestamps", 2 * KERNEL_QUERIES)
+        else {
+            return false;
+        };
         *self.kernel_profile.lock().expect("kernel profile") = Some(KernelProfile {
             queries,
             resolve,

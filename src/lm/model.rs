@@ -51,13 +51,6 @@ impl LlamaConfig {
                 "inconsistent heads: hidden {hidden}, {q_heads} query heads, {kv_heads} KV heads"
             )));
         }
-        let metadata_f32 = |key: &str| {
-            content
-                .metadata
-                .get(key)
-                .ok_or_else(|| VidkvError::Model(format!("GGUF metadata `{key}` is missing")))
-                .and_then(|v| v.to_f32().map_err(candle_error(key)))
-        };
         let vocab = match content.metadata.get("tokenizer.ggml.tokens") {
             Some(tokens) => tokens.to_vec().map_err(candle_error("vocabulary"))?.len(),
             None => u("llama.vocab_size")?,
@@ -68,8 +61,11 @@ impl LlamaConfig {
             q_heads,
             kv_heads,
             head_dim: hidden / q_heads,
-            rope_theta: metadata_f32("llama.rope.freq_base")?,
-            rms_eps: f64::from(metadata_f32("llama.attention.layer_norm_rms_epsilon")?),
+            rope_theta: metadata_f32(content, "llama.rope.freq_base")?,
+            rms_eps: f64::from(metadata_f32(
+                content,
+                "llama.attention.layer_norm_rms_epsilon",
+            )?),
             vocab,
         })
     }
@@ -85,22 +81,26 @@ impl LlamaConfig {
     }
 }
 
-pub(crate) fn metadata_string<'a>(content: &'a Content, key: &str) -> Result<&'a String> {
+/// The metadata value of `key`; its absence is an error naming the key.
+fn metadata<'a>(content: &'a Content, key: &str) -> Result<&'a Value> {
     content
         .metadata
         .get(key)
-        .ok_or_else(|| VidkvError::Model(format!("GGUF metadata `{key}` is missing")))?
+        .ok_or_else(|| VidkvError::Model(format!("GGUF metadata `{key}` is missing")))
+}
+
+pub(crate) fn metadata_string<'a>(content: &'a Content, key: &str) -> Result<&'a String> {
+    metadata(content, key)?
         .to_string()
         .map_err(candle_error(key))
 }
 
 pub(crate) fn metadata_u32(content: &Content, key: &str) -> Result<u32> {
-    content
-        .metadata
-        .get(key)
-        .ok_or_else(|| VidkvError::Model(format!("GGUF metadata `{key}` is missing")))?
-        .to_u32()
-        .map_err(candle_error(key))
+    metadata(content, key)?.to_u32().map_err(candle_error(key))
+}
+
+fn metadata_f32(content: &Content, key: &str) -> Result<f32> {
+    metadata(content, key)?.to_f32().map_err(candle_error(key))
 }
 
 /// The GGUF header (metadata and tensor index) of a model file.
@@ -136,16 +136,16 @@ impl GgufFile {
             .map_err(candle_error(name))
     }
 
+    /// A metadata array (the tokenizer's vocabulary, merges and token types).
+    fn array(&self, key: &str) -> Result<&Vec<Value>> {
+        metadata(&self.content, key)?
+            .to_vec()
+            .map_err(candle_error(key))
+    }
+
     /// A metadata array of strings (the tokenizer's vocabulary and merges).
     pub(crate) fn strings(&self, key: &str) -> Result<Vec<String>> {
-        let values = self
-            .content
-            .metadata
-            .get(key)
-            .ok_or_else(|| VidkvError::Model(format!("GGUF metadata `{key}` is missing")))?
-            .to_vec()
-            .map_err(candle_error(key))?;
-        values
+        self.array(key)?
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
@@ -158,14 +158,7 @@ impl GgufFile {
 
     /// A metadata array of integers (the tokenizer's token types).
     pub(crate) fn integers(&self, key: &str) -> Result<Vec<i64>> {
-        let values = self
-            .content
-            .metadata
-            .get(key)
-            .ok_or_else(|| VidkvError::Model(format!("GGUF metadata `{key}` is missing")))?
-            .to_vec()
-            .map_err(candle_error(key))?;
-        values
+        self.array(key)?
             .iter()
             .map(|v| match v {
                 Value::I32(x) => Ok(i64::from(*x)),
