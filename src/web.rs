@@ -107,17 +107,12 @@ pub fn visible_ranges(sample: &KvSample) -> Result<Vec<(u32, u32)>> {
         .q_positions
         .iter()
         .map(|&p| {
-            let row = sample.mask.row(p, tokens);
-            let lo = row.iter().position(|&v| v);
-            let hi = row.iter().rposition(|&v| v);
-            match (lo, hi) {
-                (Some(lo), Some(hi)) if row[lo..=hi].iter().all(|&v| v) => {
-                    Ok((lo as u32, hi as u32 + 1))
-                }
-                _ => Err(VidkvError::Sidecar(format!(
+            let (lo, hi) = sample.mask.visible_range(p, tokens).ok_or_else(|| {
+                VidkvError::Sidecar(format!(
                     "query at position {p} does not see one contiguous range of keys"
-                ))),
-            }
+                ))
+            })?;
+            Ok((lo as u32, hi as u32))
         })
         .collect()
 }

@@ -19,24 +19,9 @@ use proptest::prelude::*;
 use vidkv::config::{QuantConfig, ValueScheme};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
-use vidkv::reference::attention::{attend_dense, AttentionMask};
+use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
-
-/// The visible range of a query at `position` under `mask`.
-fn visible_range(mask: &AttentionMask, position: usize, tokens: usize) -> (u32, u32) {
-    match mask {
-        AttentionMask::Full => (0, tokens as u32),
-        AttentionMask::Causal => (0, position as u32 + 1),
-        AttentionMask::Block(blocks) => {
-            let &(s, e) = blocks
-                .iter()
-                .find(|&&(s, e)| (s..e).contains(&position))
-                .unwrap();
-            (s as u32, e as u32)
-        }
-    }
-}
 
 /// GPU attention of every layer against the reference; returns the worst relative error.
 fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) -> f64 {
@@ -94,7 +79,10 @@ fn real_dev_files_for_every_preset() {
         let visible: Vec<(u32, u32)> = sample
             .q_positions
             .iter()
-            .map(|&p| visible_range(&sample.mask, p, tokens))
+            .map(|&p| {
+                let (lo, hi) = sample.mask.visible_range(p, tokens).unwrap();
+                (lo as u32, hi as u32)
+            })
             .collect();
         for preset in PRESET_NAMES {
             let cache = PackedCache::quantize(

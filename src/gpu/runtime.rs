@@ -505,13 +505,10 @@ impl GpuContext {
             _ => return Ok(()),
         };
         let stamps = self.read_words(&resolve, count * 4)?;
-        let period = f64::from(self.queue.get_timestamp_period());
         if let Some(p) = self.kernel_profile.lock().expect("kernel profile").as_mut() {
             for (i, name) in std::mem::take(&mut p.pending).into_iter().enumerate() {
-                let at = |j: usize| u64::from(stamps[j]) | (u64::from(stamps[j + 1]) << 32);
-                let ns = at(4 * i + 2).saturating_sub(at(4 * i)) as f64 * period;
                 let total = p.totals.entry(name).or_insert((0.0, 0));
-                total.0 += ns / 1e6;
+                total.0 += self.span_nanoseconds(&stamps, i) / 1e6;
                 total.1 += 1;
             }
         }
@@ -618,13 +615,19 @@ impl GpuContext {
             None => return Ok(()),
         };
         let stamps = self.read_words(&resolve, 4)?;
-        let start = u64::from(stamps[0]) | (u64::from(stamps[1]) << 32);
-        let end = u64::from(stamps[2]) | (u64::from(stamps[3]) << 32);
-        let period = f64::from(self.queue.get_timestamp_period());
+        let nanoseconds = self.span_nanoseconds(&stamps, 0);
         if let Some(p) = self.profile.lock().expect("profile").as_mut() {
-            p.nanoseconds += end.saturating_sub(start) as f64 * period;
+            p.nanoseconds += nanoseconds;
         }
         Ok(())
+    }
+
+    /// Nanoseconds between the begin and end timestamps of span `i` of resolved queries
+    /// (`stamps` holds u64 pairs as u32 words: begin, end, begin, end, …).
+    fn span_nanoseconds(&self, stamps: &[u32], i: usize) -> f64 {
+        let at = |j: usize| u64::from(stamps[j]) | (u64::from(stamps[j + 1]) << 32);
+        let ticks = at(4 * i + 2).saturating_sub(at(4 * i));
+        ticks as f64 * f64::from(self.queue.get_timestamp_period())
     }
 
     /// Reads the first `words` u32 of the pooled buffer of `role` (named `role` in the trace).
@@ -890,21 +893,21 @@ impl Batch<'_> {
             contents: bytemuck::bytes_of(&params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
+        // Buffers at bindings 1, 2, …, without those the entry point does not use.
+        let bound: Vec<(u32, Bound<'_>)> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32 + 1, *b))
+            .filter(|(binding, _)| pipeline.bindings.contains(binding))
+            .collect();
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (i as u32 + 1, b))
-                .filter(|(binding, _)| pipeline.bindings.contains(binding))
-                .map(|(binding, b)| wgpu::BindGroupEntry {
-                    binding,
-                    resource: b.resource(),
-                }),
-        );
+        entries.extend(bound.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: b.resource(),
+        }));
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name),
             layout: &pipeline.pipeline.get_bind_group_layout(0),
@@ -939,15 +942,8 @@ impl Batch<'_> {
         pass.dispatch_workgroups(grid.0, grid.1, 1);
         drop(pass);
         drop(kernel_profile);
-        self.context.traced(|t| {
-            let bound: Vec<_> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (i as u32 + 1, *b))
-                .filter(|(binding, _)| pipeline.bindings.contains(binding))
-                .collect();
-            t.dispatch(kernel, entry, &params, &bound, grid);
-        });
+        self.context
+            .traced(|t| t.dispatch(kernel, entry, &params, &bound, grid));
         Ok(())
     }
 

@@ -76,13 +76,9 @@ impl Trace {
             let key: [u8; KEY_BYTES] = bytes[offset..offset + KEY_BYTES]
                 .try_into()
                 .expect("16-byte key");
-            // Later read-backs take precedence over sources, so results flow forward.
-            let keep = match self.index.get(&key) {
-                Some((Origin::Read(_), _)) => matches!(origin, Origin::Read(_)),
-                Some((Origin::Source(_), _)) => matches!(origin, Origin::Read(_)),
-                None => true,
-            };
-            if keep {
+            // Read-backs replace earlier entries, so results flow forward; among the
+            // sources the first occurrence stays.
+            if matches!(origin, Origin::Read(_)) || !self.index.contains_key(&key) {
                 self.index.insert(key, (origin, offset));
             }
         }

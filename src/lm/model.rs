@@ -15,7 +15,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 use super::candle_error;
 use crate::cache::{KvCache, ModelShape};
@@ -366,7 +366,6 @@ fn heads_first(x: &Tensor, heads: usize, d: usize) -> candle_core::Result<Vec<f3
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
     let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
     x.broadcast_div(&(mean_square + eps)?.sqrt()?)?
         .broadcast_mul(weight)

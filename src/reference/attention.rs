@@ -40,6 +40,15 @@ impl AttentionMask {
         (0..tokens).map(|k| self.visible(query_pos, k)).collect()
     }
 
+    /// The keys `lo..hi` one query sees, when they are one non-empty contiguous range
+    /// (always, for a validated mask whose blocks do not overlap).
+    pub fn visible_range(&self, query_pos: usize, tokens: usize) -> Option<(usize, usize)> {
+        let row = self.row(query_pos, tokens);
+        let lo = row.iter().position(|&v| v)?;
+        let hi = row.iter().rposition(|&v| v)? + 1;
+        row[lo..hi].iter().all(|&v| v).then_some((lo, hi))
+    }
+
     /// Checks that every query position lies inside the sequence and sees at least one key.
     pub fn validate(&self, tokens: usize, query_positions: &[usize]) -> Result<()> {
         if let AttentionMask::Block(blocks) = self {
