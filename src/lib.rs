@@ -7,8 +7,9 @@
 //!
 //! Data flow (see `docs/ARCHITECTURE.md`): [`io`] loads tensors → [`config`] plans which
 //! tokens are quantized → [`packed`] quantizes with the [`reference`] math and stores bit
-//! planes → [`reference::attention`] attends straight from the packed codes → [`report`]
-//! measures error and effective bits.
+//! planes → [`packed::attend`] (CPU) and [`gpu::attention`] attend straight from the packed
+//! codes → [`report`] measures error and effective bits. [`KvCache`] is the GPU-resident
+//! whole-model cache built on [`gpu`].
 
 pub mod bench;
 pub mod cache;

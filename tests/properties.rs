@@ -7,9 +7,10 @@ use proptest::prelude::*;
 use vidkv::config::{
     Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
 };
+use vidkv::packed::attend::{attend_packed, packed_logits};
 use vidkv::packed::planes::{GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use vidkv::packed::{estimate_size, PackedCache, PackedKeys};
-use vidkv::reference::attention::{attend_dense, attend_packed, packed_logits};
+use vidkv::reference::attention::attend_dense;
 use vidkv::reference::quantizers::{quantize_2bit, quantize_sign, quantize_ternary};
 use vidkv::report::relative_l2;
 use vidkv::{Tensor, PRESET_NAMES};

@@ -83,7 +83,7 @@ fn demo_plan_is_complete_and_consistent() {
                 read_bytes.push(bytes);
                 if let Some(preset) = step.strip_suffix(": quantize") {
                     *plane_bytes.entry(preset.to_string()).or_default() +=
-                        bytes - vidkv::gpu::runtime::GUARD_WORDS * 4;
+                        bytes - vidkv::gpu::buffers::GUARD_WORDS * 4;
                 }
             }
             "copy" | "submit" | "note" => {}

@@ -14,8 +14,9 @@
 //!
 //! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
 
+use super::context::GpuContext;
+use super::params::Params;
 use super::quantize::twiddles;
-use super::runtime::{GpuContext, Params};
 use super::shaders::{
     ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED,
     ATTENTION_SOFTMAX, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY,
@@ -654,7 +655,7 @@ pub(crate) fn attend_segments(
 /// The grid of a per-row kernel: `items` invocations in x for each of `rows` rows in y.
 fn per_row_grid(items: usize, rows: usize) -> (u32, u32) {
     (
-        items.div_ceil(super::runtime::WORKGROUP_SIZE as usize) as u32,
+        items.div_ceil(super::params::WORKGROUP_SIZE as usize) as u32,
         rows as u32,
     )
 }
@@ -668,7 +669,7 @@ struct Scratch {
 }
 
 fn record_scores(
-    batch: &mut super::runtime::Batch<'_>,
+    batch: &mut super::batch::Batch<'_>,
     layer: &LayerGeometry<'_>,
     segment: &SegmentRef<'_>,
     seg: Params,
@@ -722,7 +723,7 @@ fn record_scores(
 
 fn record_values(
     subgroups: bool,
-    batch: &mut super::runtime::Batch<'_>,
+    batch: &mut super::batch::Batch<'_>,
     segment: &SegmentRef<'_>,
     seg: Params,
     rows: usize,

@@ -1,8 +1,10 @@
 //! GPU dequantization: packed planes back to dense f32 K̂ and V̂, for tests and for users
 //! who want dense tensors. Mirrors [`PackedCache::dequantize`].
 
+use super::batch::Batch;
+use super::context::GpuContext;
+use super::params::Params;
 use super::quantize::{chunk_tokens, twiddles};
-use super::runtime::{Batch, GpuContext, Params};
 use super::shaders::{
     DEQUANTIZE_SIGN, DEQUANTIZE_TERNARY, DEQUANTIZE_TWO_BIT, INVERSE_DFT, UNPACK_EXACT,
 };

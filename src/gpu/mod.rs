@@ -1,19 +1,34 @@
-//! GPU execution through wgpu and WGSL: the runtime and one module per kernel family.
+//! GPU execution through wgpu and WGSL.
 //!
-//! - [`runtime`]: adapter/device selection, pipelines, buffers, dispatch, errors.
+//! The runtime, one job per module (leaves first):
+//! - [`params`]: the uniform parameter block every kernel reads; [`binding`]: a buffer bound
+//!   whole or by range; [`shaders`]: the WGSL sources and their composition rule.
+//! - [`context`]: adapter/device selection, errors, submission; [`buffers`]: storage
+//!   buffers, the pool, guarded outputs, read-back; [`pipeline`]: the pipeline cache;
+//!   [`profiling`]: timestamp queries; [`batch`]: dispatches recorded into one submission;
+//!   [`trace`]: a record of a context's commands for another WebGPU host to replay (the
+//!   browser demo). `trace` imports only `params`, `binding` and `shaders`.
+//!
+//! The kernel families, each with its typed dispatch wrappers:
 //! - [`quantize`]: channel split, 2-bit, real DFT + sign, ternary and exact-row kernels that
 //!   write exactly the packed format of [`crate::packed`].
+//! - [`incremental`]: the same kernels recorded into a growing [`crate::KvCache`]'s chunks,
+//!   its f32 window and its exact stores (the cache never records a kernel itself).
 //! - [`dequantize`]: packed planes back to dense f32.
 //! - [`attention`]: fused attention on the packed cache, and the f16 baseline.
-//! - [`shaders`]: the WGSL sources.
-//! - [`trace`]: a record of a context's commands for another WebGPU host to replay (the
-//!   browser demo).
 
 pub mod attention;
+pub mod batch;
+pub mod binding;
+pub mod buffers;
+pub mod context;
 pub mod dequantize;
+pub mod incremental;
+pub mod params;
+pub mod pipeline;
+pub mod profiling;
 pub mod quantize;
-pub mod runtime;
 pub mod shaders;
 pub mod trace;
 
-pub use runtime::{GpuContext, GpuOptions};
+pub use context::{GpuContext, GpuOptions};

@@ -8,7 +8,10 @@
 
 use std::sync::Arc;
 
-use super::runtime::{Batch, Bound, GpuContext, Params};
+use super::batch::Batch;
+use super::binding::Bound;
+use super::context::GpuContext;
+use super::params::Params;
 use super::shaders::{
     CHANNEL_RANGE, CHANNEL_SPLIT, PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT,
     REAL_DFT,

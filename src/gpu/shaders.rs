@@ -92,6 +92,21 @@ pub const ALL: [Kernel; 21] = [
 ];
 
 impl Kernel {
+    /// The files of `shaders/` this kernel is composed of, in order: `common.wgsl`, its own
+    /// file, and for a variant `{base}_{variant}.wgsl`, each with its text. This is the one
+    /// place the naming rule lives (the trace, `vidkv export-web` and so the page use it).
+    pub fn files(&self) -> Vec<(String, &'static str)> {
+        let (base, variant) = self.name.split_once('+').unwrap_or((self.name, ""));
+        let mut files = vec![
+            ("common.wgsl".to_string(), COMMON),
+            (format!("{base}.wgsl"), self.source),
+        ];
+        if !variant.is_empty() {
+            files.push((format!("{base}_{variant}.wgsl"), self.variant));
+        }
+        files
+    }
+
     /// `common.wgsl`, this kernel's file and its variant: the module the GPU compiles.
     pub fn composed_source(&self) -> String {
         format!("{COMMON}\n{}\n{}", self.source, self.variant)

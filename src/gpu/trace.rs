@@ -25,7 +25,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::runtime::{Bound, Params};
+use super::binding::Bound;
+use super::params::Params;
 use super::shaders::Kernel;
 
 /// Bytes compared to find written data in the sources and read-backs.
@@ -182,14 +183,7 @@ impl Trace {
                 json!([binding, self.buffer_id(bound.buffer), offset, size])
             })
             .collect();
-        let (base, variant) = match kernel.name.split_once('+') {
-            Some((base, variant)) => (base, Some(variant)),
-            None => (kernel.name, None),
-        };
-        let mut files = vec!["common.wgsl".to_string(), format!("{base}.wgsl")];
-        if let Some(variant) = variant {
-            files.push(format!("{base}_{variant}.wgsl"));
-        }
+        let files: Vec<String> = kernel.files().into_iter().map(|(name, _)| name).collect();
         self.events.push(json!({
             "op": "dispatch",
             "kernel": kernel.name,

@@ -12,7 +12,7 @@
 use crate::cache::KvCache;
 use crate::config::QuantConfig;
 use crate::error::{Result, VidkvError};
-use crate::gpu::runtime::GpuContext;
+use crate::gpu::GpuContext;
 
 use super::model::Llama;
 

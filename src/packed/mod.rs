@@ -6,6 +6,7 @@
 //! range is stored in the bit planes of [`planes`]. `docs/FORMAT.md` describes the layout
 //! word by word; [`SizeReport`] counts every stored word, metadata included.
 
+pub mod attend;
 pub mod planes;
 mod size;
 

@@ -1,10 +1,10 @@
 //! The exact CPU reference of the VidKV math.
 //!
-//! Everything the GPU kernels compute has its mirror here, written for clarity and used as
-//! the test oracle: group quantizers ([`quantizers`]), the compact real DFT over key
-//! channels ([`rdft`]), the outlier/normal channel split ([`split`]), semantic token
-//! protection ([`stp`]) and attention, dense and straight from packed codes
-//! ([`attention`]). This module never calls GPU code.
+//! The math the GPU kernels compute, written for clarity and used as the test oracle:
+//! group quantizers ([`quantizers`]), the compact real DFT over key channels ([`rdft`]),
+//! the outlier/normal channel split ([`split`]), semantic token protection ([`stp`]) and
+//! dense attention, the ground truth ([`attention`]). This module is a leaf: it imports
+//! only `config`, `error` and `tensor`, never `packed`, `gpu` or `cache`.
 
 pub mod attention;
 pub mod quantizers;

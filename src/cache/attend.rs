@@ -1,0 +1,98 @@
+//! Attention over a [`KvCache`] layer: the sinks, every quantized run and the window as
+//! segments of one fused attention call.
+
+use super::{KvCache, CHUNK_GROUPS};
+use crate::error::{Result, VidkvError};
+use crate::gpu::attention::{
+    attend_segments, Kernels, KeyLayout, LayerGeometry, SegmentData, SegmentRef,
+};
+
+impl KvCache<'_> {
+    /// Attention of `q` (`[q_heads, queries, head_dim]`) over `layer`, where query index m
+    /// sees positions `visible[m].0 .. visible[m].1`. Returns `[q_heads, queries, head_dim]`.
+    pub fn attend(&self, layer: usize, q: &[f32], visible: &[(u32, u32)]) -> Result<Vec<f32>> {
+        let state = self.layers.get(layer).ok_or_else(|| {
+            VidkvError::InvalidConfig(format!(
+                "layer {layer} is beyond the model's {} layers",
+                self.shape.layers
+            ))
+        })?;
+        if state.tokens == 0 {
+            return Err(VidkvError::InvalidConfig(format!(
+                "layer {layer} holds no token"
+            )));
+        }
+        let identity;
+        let layout = match &state.layout {
+            Some(layout) => layout,
+            None => {
+                identity = KeyLayout::identity(self.gpu, self.shape.kv_heads, self.shape.head_dim)?;
+                &identity
+            }
+        };
+        let g = self.config.group_size;
+        let mut segments = Vec::new();
+        if self.config.is_fp16() {
+            let capacity = CHUNK_GROUPS * g;
+            for (i, (store, used)) in state.exact_chunks.iter().enumerate() {
+                segments.push(store.segment(i * capacity, *used));
+            }
+        } else {
+            let sinks = self.config.sinks.min(state.tokens);
+            if let Some(store) = &state.sinks {
+                segments.push(store.segment(0, sinks));
+            }
+            for chunk in state.prefill.iter().map(|(c, _)| c).chain(&state.chunks) {
+                segments.push(SegmentRef {
+                    start: chunk.start,
+                    len: chunk.groups * g,
+                    data: SegmentData::Packed(&chunk.planes),
+                });
+            }
+            let window = state.window_rows;
+            if let Some(store) = &state.window {
+                segments.push(store.segment(state.tokens - window, window));
+            }
+        }
+        segments.retain(|s| s.len > 0);
+        let geometry = LayerGeometry {
+            kv_heads: self.shape.kv_heads,
+            head_dim: self.shape.head_dim,
+            group_size: g,
+            tokens: state.tokens,
+            layout,
+        };
+        attend_segments(
+            self.gpu,
+            &geometry,
+            &segments,
+            q,
+            self.shape.q_heads,
+            visible,
+            Kernels::Fastest,
+        )
+    }
+
+    /// Attention of the last `queries` positions of `layer` (the tokens just appended) with
+    /// a causal mask: query m, at position len − queries + m, sees positions 0..=that.
+    pub fn attend_causal(&self, layer: usize, q: &[f32]) -> Result<Vec<f32>> {
+        let per_query = self.shape.q_heads * self.shape.head_dim;
+        let queries = q.len() / per_query.max(1);
+        let tokens = self.len(layer);
+        if queries == 0 || queries > tokens || q.len() != queries * per_query {
+            return Err(VidkvError::ShapeMismatch {
+                tensor: "q".into(),
+                detail: format!(
+                    "q must be [{} query heads, M ≤ {tokens}, {}] (got {} values)",
+                    self.shape.q_heads,
+                    self.shape.head_dim,
+                    q.len()
+                ),
+            });
+        }
+        let visible: Vec<(u32, u32)> = (0..queries)
+            .map(|m| (0, (tokens - queries + m + 1) as u32))
+            .collect();
+        self.attend(layer, q, &visible)
+    }
+}

@@ -1,0 +1,468 @@
+//! A [`KvCache`] as a [`PackedCache`] and back: its runs read back and laid out as one run per
+//! head, or a packed cache's planes uploaded as one run per layer.
+
+use super::{Chunk, KvCache, ModelShape};
+use crate::config::{Grouping, KeyScheme, TokenPlan, ValueScheme};
+use crate::error::{Result, VidkvError};
+use crate::gpu::attention::{upload_planes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
+use crate::gpu::incremental::ExactStore;
+use crate::gpu::GpuContext;
+use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
+
+/// One quantized run of a layer, as stored: its planes and how many groups it holds.
+pub(super) struct StoredRun<'a> {
+    planes: &'a PackedPlanes,
+    /// Filled groups of the key planes.
+    groups: usize,
+    /// Group stride and filled groups of per-channel value planes (a prefill run's ternary
+    /// plane covers only its unprotected tokens).
+    value_stride: usize,
+    value_groups: usize,
+}
+
+impl<'g> KvCache<'g> {
+    /// The cache as a [`PackedCache`] (every layer must hold the same number of tokens):
+    /// the planes are read back from the GPU and laid out as one run per head.
+    pub fn to_packed(&self) -> Result<PackedCache> {
+        let tokens = self.len(0);
+        if tokens == 0 || self.layers.iter().any(|l| l.tokens != tokens) {
+            return Err(VidkvError::InvalidConfig(
+                "saving needs every layer to hold the same, non-zero number of tokens".into(),
+            ));
+        }
+        let (h, d, g) = (
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.config.group_size,
+        );
+        let plan = self.config.plan(tokens);
+        let ctx = self.gpu;
+        let mut heads = Vec::with_capacity(self.shape.layers * h);
+        let mut protected = Vec::new();
+        for state in &self.layers {
+            if state.prefill.as_ref().is_some_and(|(_, p)| *p > 0) && !state.chunks.is_empty() {
+                return Err(VidkvError::InvalidConfig(
+                    "a cache with STP-protected tokens and groups quantized after the prefill cannot be saved in format version 1"
+                        .into(),
+                ));
+            }
+            if let Some((chunk, _)) = &state.prefill {
+                let end = chunk.start + chunk.groups * g;
+                protected = self
+                    .protected
+                    .iter()
+                    .copied()
+                    .filter(|&p| (chunk.start..end).contains(&(p as usize)))
+                    .collect();
+            }
+            let runs: Vec<StoredRun<'_>> = state
+                .prefill
+                .iter()
+                .map(|(c, _)| StoredRun::of(c, true))
+                .chain(state.chunks.iter().map(|c| StoredRun::of(c, false)))
+                .collect();
+            let heads_of = self.heads();
+            let exact_words =
+                |store: &Option<ExactStore>, rows: usize, keys: bool| -> Result<Vec<Vec<u32>>> {
+                    match store {
+                        Some(store) => store.read_heads(ctx, heads_of, rows, keys),
+                        None => Ok(vec![Vec::new(); h]),
+                    }
+                };
+            let (sink_keys, sink_values) = if self.config.is_fp16() {
+                (vec![Vec::new(); h], vec![Vec::new(); h])
+            } else {
+                (
+                    exact_words(&state.sinks, plan.sinks, true)?,
+                    exact_words(&state.sinks, plan.sinks, false)?,
+                )
+            };
+            let fp16_rows = |keys: bool| -> Result<Vec<Vec<u32>>> {
+                let mut out = vec![Vec::new(); h];
+                for (store, used) in &state.exact_chunks {
+                    let read = store.read_heads(ctx, heads_of, *used, keys)?;
+                    for (head, rows) in read.into_iter().enumerate() {
+                        out[head].extend(rows);
+                    }
+                }
+                Ok(out)
+            };
+            let (fp16_keys, fp16_values) = if self.config.is_fp16() {
+                (fp16_rows(true)?, fp16_rows(false)?)
+            } else {
+                (vec![Vec::new(); h], vec![Vec::new(); h])
+            };
+            let order = match &state.layout {
+                Some(layout)
+                    if layout.normals > 0
+                        || matches!(self.config.keys, KeyScheme::Mixed { .. }) =>
+                {
+                    Some((
+                        ctx.read_words(&layout.order, h * d)?,
+                        layout.outliers,
+                        layout.fft,
+                    ))
+                }
+                _ => None,
+            };
+            let (window_keys, window_values) = (
+                exact_words(&state.window, state.window_rows, true)?,
+                exact_words(&state.window, state.window_rows, false)?,
+            );
+            let reads = RunReads::read(ctx, &runs)?;
+            for head in 0..h {
+                let mut exact_keys = sink_keys[head].clone();
+                let mut exact_values = sink_values[head].clone();
+                exact_keys.extend(&fp16_keys[head]);
+                exact_values.extend(&fp16_values[head]);
+                exact_keys.extend(&window_keys[head]);
+                exact_values.extend(&window_values[head]);
+                heads.push(self.packed_head(
+                    plan,
+                    head,
+                    exact_keys,
+                    exact_values,
+                    &reads,
+                    &runs,
+                    order.as_ref(),
+                    protected.len(),
+                )?);
+            }
+        }
+        Ok(PackedCache {
+            shape: CacheShape {
+                layers: self.shape.layers,
+                kv_heads: h,
+                tokens,
+                head_dim: d,
+            },
+            config: self.config.clone(),
+            protected,
+            heads,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn packed_head(
+        &self,
+        plan: TokenPlan,
+        head: usize,
+        exact_keys: Vec<u32>,
+        exact_values: Vec<u32>,
+        reads: &RunReads,
+        runs: &[StoredRun<'_>],
+        order: Option<&(Vec<u32>, usize, bool)>,
+        protected: usize,
+    ) -> Result<PackedHead> {
+        let (d, g) = (self.shape.head_dim, self.config.group_size);
+        let nq = plan.quantized;
+        let shape = |rows, len| GroupedShape {
+            rows,
+            len,
+            group_size: g,
+        };
+        let wpg2 = TwoBitPlane::words_per_group(g);
+        let keys = match self.config.keys {
+            KeyScheme::Fp16 => PackedKeys::Exact,
+            KeyScheme::TwoBit { grouping } => PackedKeys::TwoBit {
+                grouping,
+                plane: TwoBitPlane {
+                    shape: shape(d, nq),
+                    codes: reads.rows(RunArray::KeyCodes, runs, head, d, wpg2),
+                    params: reads.rows(RunArray::KeyParams, runs, head, d, 1),
+                },
+            },
+            KeyScheme::Mixed { .. } => {
+                let (order, k, fft) = order
+                    .ok_or_else(|| VidkvError::InvalidConfig("no channel split to save".into()))?;
+                let mut outlier_mask = vec![0u32; d.div_ceil(32)];
+                for &c in &order[head * d..head * d + k] {
+                    outlier_mask[c as usize / 32] |= 1 << (c % 32);
+                }
+                let n = d - k;
+                PackedKeys::Mixed(MixedKeys {
+                    outlier_mask,
+                    outliers: TwoBitPlane {
+                        shape: shape(*k, nq),
+                        codes: reads.rows(RunArray::KeyCodes, runs, head, *k, wpg2),
+                        params: reads.rows(RunArray::KeyParams, runs, head, *k, 1),
+                    },
+                    normals: SignPlane {
+                        shape: shape(n, nq),
+                        codes: reads.rows(
+                            RunArray::SignCodes,
+                            runs,
+                            head,
+                            n,
+                            SignPlane::words_per_group(g),
+                        ),
+                        scales: reads.rows(RunArray::SignScales, runs, head, n.div_ceil(2), 1),
+                    },
+                    fft: *fft,
+                })
+            }
+        };
+        let values = match self.config.values {
+            ValueScheme::Fp16 => PackedValues::Exact,
+            ValueScheme::TwoBit {
+                grouping: Grouping::PerChannel,
+            } => PackedValues::TwoBit {
+                grouping: Grouping::PerChannel,
+                plane: TwoBitPlane {
+                    shape: shape(d, nq),
+                    codes: reads.rows(RunArray::ValueCodes, runs, head, d, wpg2),
+                    params: reads.rows(RunArray::ValueParams, runs, head, d, 1),
+                },
+            },
+            ValueScheme::TwoBit {
+                grouping: Grouping::PerToken,
+            } => {
+                let cg = d.div_ceil(g);
+                PackedValues::TwoBit {
+                    grouping: Grouping::PerToken,
+                    plane: TwoBitPlane {
+                        shape: GroupedShape {
+                            rows: nq,
+                            len: d,
+                            group_size: g,
+                        },
+                        codes: reads.token_rows(RunArray::ValueCodes, runs, head, g, cg * wpg2),
+                        params: reads.token_rows(RunArray::ValueParams, runs, head, g, cg),
+                    },
+                }
+            }
+            ValueScheme::Ternary { .. } => {
+                let plain = shape(d, nq - protected);
+                let (kept_codes, kept_params) = reads.kept(head, protected, d, g)?;
+                PackedValues::Ternary {
+                    plane: TernaryPlane {
+                        shape: plain,
+                        codes: reads.rows(
+                            RunArray::ValueCodes,
+                            runs,
+                            head,
+                            d.div_ceil(5),
+                            TernaryPlane::words_per_record(g),
+                        ),
+                        scales: reads.rows(RunArray::ValueParams, runs, head, d.div_ceil(2), 1),
+                    },
+                    protected: TwoBitPlane {
+                        shape: shape(d, protected),
+                        codes: kept_codes,
+                        params: kept_params,
+                    },
+                }
+            }
+        };
+        Ok(PackedHead {
+            plan,
+            head_dim: d,
+            exact_keys: ExactRows {
+                rows: plan.exact(),
+                width: d,
+                data: exact_keys,
+            },
+            exact_values: ExactRows {
+                rows: plan.exact(),
+                width: d,
+                data: exact_values,
+            },
+            keys,
+            values,
+        })
+    }
+
+    /// A cache holding the contents of `packed` (the model has `q_heads` query heads).
+    /// Quantized tokens become one stored run per layer; later tokens go to new chunks.
+    pub fn from_packed(packed: &PackedCache, q_heads: usize, gpu: &'g GpuContext) -> Result<Self> {
+        let s = packed.shape;
+        let shape = ModelShape {
+            layers: s.layers,
+            q_heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+        };
+        let mut cache = KvCache::new(shape, packed.config.clone(), gpu)?;
+        let (h, g) = (s.kv_heads, packed.config.group_size);
+        let plan = packed.config.plan(s.tokens);
+        cache.protected = packed.protected.clone();
+        for l in 0..s.layers {
+            let heads = &packed.heads[l * h..(l + 1) * h];
+            let keys: Vec<Vec<u32>> = heads
+                .iter()
+                .map(|head| head.exact_keys.data.clone())
+                .collect();
+            let values: Vec<Vec<u32>> = heads
+                .iter()
+                .map(|head| head.exact_values.data.clone())
+                .collect();
+            cache.restore_exact(l, s.tokens, &keys, &values)?;
+            if plan.quantized > 0 {
+                let (layout, planes) = upload_planes(gpu, heads, &packed.protected, g)?;
+                let state = &mut cache.layers[l];
+                state.layout = Some(layout);
+                state.quantized = plan.quantized;
+                state.prefill = Some((
+                    Chunk {
+                        start: plan.quantized_start(),
+                        groups: plan.quantized / g,
+                        capacity: plan.quantized / g,
+                        planes: planes.expect("quantized tokens have planes"),
+                    },
+                    packed.protected.len(),
+                ));
+            }
+        }
+        Ok(cache)
+    }
+}
+
+impl<'a> StoredRun<'a> {
+    /// The run of a chunk, or of a layer's prefill (`prefill`: its planes are exactly full).
+    pub(super) fn of(c: &'a Chunk, prefill: bool) -> Self {
+        let value_stride = match &c.planes.values {
+            PackedValuePlanes::Ternary { groups, .. } => *groups,
+            PackedValuePlanes::TwoBit { .. } => c.planes.groups,
+        };
+        StoredRun {
+            planes: &c.planes,
+            groups: c.groups,
+            value_stride,
+            value_groups: if prefill { value_stride } else { c.groups },
+        }
+    }
+}
+
+/// The arrays of a stored run.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum RunArray {
+    KeyCodes,
+    KeyParams,
+    SignCodes,
+    SignScales,
+    ValueCodes,
+    ValueParams,
+}
+
+/// Every array of every run, read back once.
+pub(super) struct RunReads {
+    /// Per run, per array: the whole buffer's words.
+    arrays: Vec<std::collections::HashMap<RunArray, Vec<u32>>>,
+    kept: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+impl RunReads {
+    pub(super) fn read(ctx: &GpuContext, runs: &[StoredRun<'_>]) -> Result<Self> {
+        let mut arrays = Vec::with_capacity(runs.len());
+        let mut kept = Vec::with_capacity(runs.len());
+        for run in runs {
+            let mut map = std::collections::HashMap::new();
+            let all = |b: &wgpu::Buffer| ctx.read_words(b, (b.size() / 4) as usize);
+            let PackedKeyPlanes::Packed {
+                codes,
+                scale_min,
+                sign_codes,
+                sign_scales,
+            } = &run.planes.keys;
+            map.insert(RunArray::KeyCodes, all(codes)?);
+            map.insert(RunArray::KeyParams, all(scale_min)?);
+            map.insert(RunArray::SignCodes, all(sign_codes)?);
+            map.insert(RunArray::SignScales, all(sign_scales)?);
+            match &run.planes.values {
+                PackedValuePlanes::TwoBit {
+                    codes, scale_min, ..
+                } => {
+                    map.insert(RunArray::ValueCodes, all(codes)?);
+                    map.insert(RunArray::ValueParams, all(scale_min)?);
+                    kept.push((Vec::new(), Vec::new()));
+                }
+                PackedValuePlanes::Ternary {
+                    codes,
+                    scales,
+                    kept_codes,
+                    kept_params,
+                    ..
+                } => {
+                    map.insert(RunArray::ValueCodes, all(codes)?);
+                    map.insert(RunArray::ValueParams, all(scales)?);
+                    kept.push((all(kept_codes)?, all(kept_params)?));
+                }
+            }
+            arrays.push(map);
+        }
+        Ok(RunReads { arrays, kept })
+    }
+
+    /// Rows `0..rows` of head `head` of a `[head][row][stride][per_group]` array, each row
+    /// the concatenation of the runs' filled groups.
+    fn rows(
+        &self,
+        array: RunArray,
+        runs: &[StoredRun<'_>],
+        head: usize,
+        rows: usize,
+        per_group: usize,
+    ) -> Vec<u32> {
+        let values = matches!(array, RunArray::ValueCodes | RunArray::ValueParams);
+        let mut out = Vec::new();
+        for row in 0..rows {
+            for (run, map) in runs.iter().zip(&self.arrays) {
+                let words = &map[&array];
+                let (stride, filled) = if values {
+                    (run.value_stride, run.value_groups)
+                } else {
+                    (run.planes.groups, run.groups)
+                };
+                let base = (head * rows + row) * stride * per_group;
+                out.extend_from_slice(&words[base..base + filled * per_group]);
+            }
+        }
+        out
+    }
+
+    /// The token rows of head `head` of a per-token `[head][token][groups][..]` array.
+    fn token_rows(
+        &self,
+        array: RunArray,
+        runs: &[StoredRun<'_>],
+        head: usize,
+        g: usize,
+        per_token: usize,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (run, map) in runs.iter().zip(&self.arrays) {
+            let PackedValuePlanes::TwoBit { rows, .. } = &run.planes.values else {
+                unreachable!("per-token planes are 2-bit");
+            };
+            let base = head * rows * per_token;
+            out.extend_from_slice(&map[&array][base..base + run.groups * g * per_token]);
+        }
+        out
+    }
+
+    /// The protected plane of head `head` (only a prefill run has one).
+    fn kept(
+        &self,
+        head: usize,
+        protected: usize,
+        d: usize,
+        g: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        if protected == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (codes, params) = self
+            .kept
+            .first()
+            .ok_or_else(|| VidkvError::InvalidConfig("no protected plane".into()))?;
+        let groups = protected.div_ceil(g);
+        let wpg = TwoBitPlane::words_per_group(g);
+        let per_head_codes = d * groups * wpg;
+        let per_head_params = d * groups;
+        Ok((
+            codes[head * per_head_codes..(head + 1) * per_head_codes].to_vec(),
+            params[head * per_head_params..(head + 1) * per_head_params].to_vec(),
+        ))
+    }
+}

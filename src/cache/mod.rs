@@ -1,0 +1,275 @@
+//! `KvCache`: a GPU-resident KV cache for a whole model that quantizes each token once.
+//!
+//! Per layer the cache keeps, on the GPU: the exact (f16) attention sinks, the quantized
+//! history in chunks of [`CHUNK_GROUPS`] groups (new chunks are allocated as the history
+//! grows; old data is never copied or re-quantized), and the exact recent window (f16 for
+//! attention, plus the f32 originals). Appended tokens — host slices, or wgpu buffers with
+//! [`KvCache::append_buffers`] — wait in the window until at least `residual` newer tokens
+//! exist; then whole groups are quantized on the GPU straight into the current chunk. The key channel split is frozen
+//! at the layer's first quantization (spec §2.5) and reused for every later group.
+//! Attention reads the sinks, every chunk and the window in place
+//! ([`crate::gpu::attention`]); a decode step uploads the new token and the query and
+//! reads back only the output.
+//!
+//! STP: [`KvCache::protect`] (before the prefill) keeps the chosen tokens' values at 2 bits;
+//! the protected set applies to the prefill, whose quantized part is then packed in one
+//! segment with its STP lists (the prefill's planes make one trip through host memory);
+//! tokens appended later are never protected, as in the paper's code.
+//!
+//! Persistence: [`KvCache::save`] / [`KvCache::load`] store every quantized run (the
+//! prefill, each chunk) in the [`crate::persist`] plane layout with the metadata of
+//! [`KvCache::to_safetensors`]; [`KvCache::to_packed`] gives the contents as one
+//! [`crate::PackedCache`] where they fit one run per head (not when STP tokens are
+//! followed by later groups: their ternary groups are not contiguous).
+//!
+//!
+//! One file per job: this module holds the type, its state and accessors; [`append`] the
+//! window and flushing (prefill, append, STP prefill), [`attend`] attention over the stored
+//! segments, [`convert`] conversion to and from [`crate::PackedCache`], and [`file`] the
+//! `vidkv-kvcache` file format. The kernels they run are in [`crate::gpu::incremental`].
+
+mod append;
+mod attend;
+mod convert;
+mod file;
+
+pub use crate::gpu::incremental::CHUNK_GROUPS;
+pub use file::{KVCACHE_FORMAT, KVCACHE_VERSION};
+
+use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
+use crate::error::{Result, VidkvError};
+use crate::gpu::attention::{check_head_dim, KeyLayout, PackedPlanes};
+use crate::gpu::incremental::{ExactStore, F32Rows, Heads};
+use crate::gpu::GpuContext;
+use crate::packed::{estimate_size, CacheShape};
+
+/// The attention shape of a model: layers, query heads, KV heads, head dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    pub layers: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// A run of quantized groups starting at position `start`.
+struct Chunk {
+    start: usize,
+    groups: usize,
+    /// Groups the planes can hold (CHUNK_GROUPS, or exactly `groups` for a prefill run or
+    /// a loaded run).
+    capacity: usize,
+    planes: PackedPlanes,
+}
+
+#[derive(Default)]
+struct LayerState {
+    tokens: usize,
+    sinks: Option<ExactStore>,
+    /// The exact recent window (quantized presets) as f16 rows, what attention reads.
+    window: Option<ExactStore>,
+    /// The window's f32 originals, waiting for their group to be quantized.
+    window_f32: Option<F32Rows>,
+    window_rows: usize,
+    /// All tokens of an fp16 cache, in chunks of `CHUNK_GROUPS · group_size` rows.
+    exact_chunks: Vec<(ExactStore, usize)>,
+    chunks: Vec<Chunk>,
+    layout: Option<KeyLayout>,
+    /// Tokens quantized so far (they follow the sinks).
+    quantized: usize,
+    /// The prefill's quantized tokens packed with their STP lists, when tokens are protected.
+    prefill: Option<(Chunk, usize)>,
+}
+
+/// A KV cache for a whole model, resident on the GPU (see the module docs).
+pub struct KvCache<'g> {
+    gpu: &'g GpuContext,
+    shape: ModelShape,
+    config: QuantConfig,
+    layers: Vec<LayerState>,
+    identity: wgpu::Buffer,
+    groups_quantized: u64,
+    /// STP-protected positions (ascending), applied to each layer's prefill.
+    protected: Vec<u32>,
+}
+
+impl<'g> KvCache<'g> {
+    /// An empty cache for `shape` under `config` on `gpu`.
+    pub fn new(shape: ModelShape, config: QuantConfig, gpu: &'g GpuContext) -> Result<Self> {
+        config.validate()?;
+        check_head_dim(shape.head_dim)?;
+        if shape.layers == 0 || shape.kv_heads == 0 || shape.q_heads % shape.kv_heads != 0 {
+            return Err(VidkvError::InvalidConfig(format!(
+                "model shape {shape:?}: layers and KV heads must be positive and query heads a multiple of KV heads"
+            )));
+        }
+        if matches!(
+            config.keys,
+            KeyScheme::TwoBit {
+                grouping: Grouping::PerToken
+            }
+        ) {
+            return Err(VidkvError::InvalidConfig(
+                "the cache attends from per-channel keys; per-token key grouping is not supported"
+                    .into(),
+            ));
+        }
+        let identity: Vec<u32> = (0..shape.head_dim as u32).collect();
+        let mut cache = KvCache {
+            gpu,
+            shape,
+            config,
+            layers: Vec::new(),
+            identity: gpu.create_storage("identity channels", &identity)?,
+            groups_quantized: 0,
+            protected: Vec::new(),
+        };
+        cache.clear();
+        Ok(cache)
+    }
+
+    /// The model shape.
+    pub fn shape(&self) -> ModelShape {
+        self.shape
+    }
+
+    /// The quantization configuration.
+    pub fn config(&self) -> &QuantConfig {
+        &self.config
+    }
+
+    /// Tokens stored in `layer`.
+    pub fn len(&self, layer: usize) -> usize {
+        self.layers.get(layer).map_or(0, |l| l.tokens)
+    }
+
+    /// Whether no layer holds a token.
+    pub fn is_empty(&self) -> bool {
+        self.layers.iter().all(|l| l.tokens == 0)
+    }
+
+    /// Groups quantized since the cache was made (each group of each layer counts once,
+    /// all its KV heads together).
+    pub fn groups_quantized(&self) -> u64 {
+        self.groups_quantized
+    }
+
+    /// Protects token positions (STP: their values keep 2 bits instead of ternary). Call it
+    /// before any layer is filled; it applies to the prefills. Needs ternary values.
+    pub fn protect(&mut self, positions: &[u32]) -> Result<()> {
+        if !self.is_empty() {
+            return Err(VidkvError::InvalidConfig(
+                "protect the tokens before the prefill (the cache already holds tokens)".into(),
+            ));
+        }
+        if !matches!(self.config.values, ValueScheme::Ternary { .. }) && !positions.is_empty() {
+            return Err(VidkvError::InvalidConfig(
+                "protected (STP) tokens need the ternary value scheme".into(),
+            ));
+        }
+        if positions.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(VidkvError::InvalidConfig(
+                "protected positions must be ascending and unique".into(),
+            ));
+        }
+        self.protected = positions.to_vec();
+        Ok(())
+    }
+
+    /// The visual tokens to protect: the configured share (`stp_ratio`) of the visual
+    /// tokens with the largest mean dot product with the text tokens (see
+    /// [`crate::reference::stp::select_salient_tokens`]); `visual` and `text` are row-major
+    /// `[tokens, dim]` embeddings and `visual_start` the position of the first visual token.
+    pub fn salient_tokens(
+        &self,
+        visual: &[f32],
+        text: &[f32],
+        dim: usize,
+        visual_start: usize,
+    ) -> Result<Vec<u32>> {
+        crate::reference::stp::select_salient_tokens(
+            visual,
+            text,
+            dim,
+            self.config.stp_ratio,
+            visual_start,
+        )
+    }
+
+    /// Drops every token (and the frozen channel splits).
+    pub fn clear(&mut self) {
+        self.layers = (0..self.shape.layers)
+            .map(|_| LayerState::default())
+            .collect();
+    }
+
+    /// Stored bytes of K and V over all layers, every word counted as in
+    /// [`crate::packed::SizeReport`].
+    pub fn bytes(&self) -> usize {
+        self.size().total_bytes()
+    }
+
+    /// Effective bits per element over K and V.
+    pub fn bits_per_element(&self) -> f64 {
+        let size = self.size();
+        if size.elements == 0 {
+            0.0
+        } else {
+            size.all_bits()
+        }
+    }
+
+    fn size(&self) -> crate::packed::SizeReport {
+        let mut total = crate::packed::SizeReport {
+            key_bytes: 0,
+            value_bytes: 0,
+            elements: 0,
+        };
+        // The STP list is stored once per cache (as in the format), not once per layer.
+        let mut list_charged = false;
+        for layer in &self.layers {
+            let protected = layer
+                .prefill
+                .as_ref()
+                .map_or(0, |(_, protected)| *protected);
+            let s = estimate_size(
+                CacheShape {
+                    layers: 1,
+                    kv_heads: self.shape.kv_heads,
+                    tokens: layer.tokens,
+                    head_dim: self.shape.head_dim,
+                },
+                &self.config,
+                protected,
+            );
+            total.key_bytes += s.key_bytes;
+            total.value_bytes += s.value_bytes;
+            total.elements += s.elements;
+            if protected > 0 {
+                if list_charged {
+                    total.value_bytes -= 4 * protected;
+                }
+                list_charged = true;
+            }
+        }
+        total
+    }
+
+    pub(super) fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.shape.layers {
+            return Err(VidkvError::InvalidConfig(format!(
+                "layer {layer} is beyond the model's {} layers",
+                self.shape.layers
+            )));
+        }
+        Ok(())
+    }
+
+    /// KV heads and head dimension, as the GPU helpers take them.
+    fn heads(&self) -> Heads {
+        Heads {
+            count: self.shape.kv_heads,
+            dim: self.shape.head_dim,
+        }
+    }
+}

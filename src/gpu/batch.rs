@@ -1,0 +1,227 @@
+//! Dispatches recorded into one command buffer and submitted together: grids split under the
+//! per-dimension limit, bindings filtered to what each entry point uses, timestamps when
+//! profiling, every command mirrored into the trace when tracing.
+
+use wgpu::util::DeviceExt;
+
+use super::binding::Bound;
+use super::context::GpuContext;
+use super::params::Params;
+use super::profiling::KERNEL_QUERIES;
+use super::shaders::Kernel;
+use crate::error::{Result, VidkvError};
+
+impl GpuContext {
+    /// Starts a batch of dispatches recorded into one command buffer.
+    pub fn batch(&self) -> Batch<'_> {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("vidkv"),
+            });
+        let profiled = self.timestamp_pass(&mut encoder, 0);
+        Batch {
+            context: self,
+            encoder,
+            error: None,
+            profiled,
+        }
+    }
+}
+
+/// Dispatches recorded into one command buffer, submitted together.
+pub struct Batch<'a> {
+    context: &'a GpuContext,
+    encoder: wgpu::CommandEncoder,
+    error: Option<VidkvError>,
+    /// Whether the batch opened with a timestamp (profiling was on).
+    profiled: bool,
+}
+
+impl Batch<'_> {
+    /// Records `kernel::entry` over `params.invocations` invocations with `params` at
+    /// binding 0 and `buffers` at bindings 1, 2, … (buffers at bindings the entry point
+    /// does not use are left out of its bind group).
+    pub fn dispatch(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[&wgpu::Buffer],
+    ) {
+        let bound: Vec<Bound<'_>> = buffers.iter().map(|&b| Bound::from(b)).collect();
+        self.dispatch_bound(kernel, entry, params, &bound);
+    }
+
+    /// [`Batch::dispatch`] with buffers that may be bound by range.
+    pub fn dispatch_bound(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[Bound<'_>],
+    ) {
+        if self.error.is_some() || params.invocations == 0 {
+            return;
+        }
+        if let Err(e) = self.try_dispatch(kernel, entry, params, buffers) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Records a kernel over an explicit (x, y) grid of workgroups; the kernel reads its
+    /// coordinates from `workgroup_id`. Nothing is recorded when either side is 0.
+    pub fn dispatch_grid(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[&wgpu::Buffer],
+        grid: (u32, u32),
+    ) {
+        if self.error.is_some() || grid.0 == 0 || grid.1 == 0 {
+            return;
+        }
+        let limit = self.context.max_workgroups;
+        let bound: Vec<Bound<'_>> = buffers.iter().map(|&b| Bound::from(b)).collect();
+        let result = if grid.0 > limit || grid.1 > limit {
+            Err(VidkvError::Gpu(format!(
+                "grid {grid:?} of {} exceeds {limit} workgroups per dimension",
+                kernel.name
+            )))
+        } else {
+            self.record(kernel, entry, params, &bound, grid)
+        };
+        if let Err(e) = result {
+            self.error = Some(e);
+        }
+    }
+
+    fn try_dispatch(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[Bound<'_>],
+    ) -> Result<()> {
+        let grid = self.context.grid(params.invocations)?;
+        self.record(kernel, entry, params, buffers, grid)
+    }
+
+    fn record(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[Bound<'_>],
+        grid: (u32, u32),
+    ) -> Result<()> {
+        let device = &self.context.device;
+        let pipeline = self.context.pipeline(kernel, entry)?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        // Buffers at bindings 1, 2, …, without those the entry point does not use.
+        let bound: Vec<(u32, Bound<'_>)> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32 + 1, *b))
+            .filter(|(binding, _)| pipeline.bindings.contains(binding))
+            .collect();
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(bound.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: b.resource(),
+        }));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &pipeline.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(VidkvError::Gpu(format!(
+                "binding {}::{entry}: {e}",
+                kernel.name
+            )));
+        }
+        let mut kernel_profile = self.context.kernel_profile.lock().expect("kernel profile");
+        let timestamp_writes = kernel_profile.as_mut().and_then(|p| {
+            let index = p.pending.len() as u32;
+            (index < KERNEL_QUERIES).then(|| {
+                p.pending.push(format!("{}::{entry}", kernel.name));
+                wgpu::ComputePassTimestampWrites {
+                    query_set: &p.queries,
+                    beginning_of_pass_write_index: Some(2 * index),
+                    end_of_pass_write_index: Some(2 * index + 1),
+                }
+            })
+        });
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.name),
+                timestamp_writes,
+            });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(grid.0, grid.1, 1);
+        drop(pass);
+        drop(kernel_profile);
+        self.context
+            .traced(|t| t.dispatch(kernel, entry, &params, &bound, grid));
+        Ok(())
+    }
+
+    /// Records a copy of `size` bytes between buffers (offsets and size multiples of 4).
+    pub fn copy(
+        &mut self,
+        from: &wgpu::Buffer,
+        from_offset: u64,
+        to: &wgpu::Buffer,
+        to_offset: u64,
+        size: u64,
+    ) {
+        if self.error.is_none() && size > 0 {
+            self.context
+                .traced(|t| t.copy(from, from_offset, to, to_offset, size));
+            self.encoder
+                .copy_buffer_to_buffer(from, from_offset, to, to_offset, size);
+        }
+    }
+
+    /// Submits the batch and waits for it.
+    pub fn submit(mut self) -> Result<()> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.profiled {
+            self.context.timestamp_pass(&mut self.encoder, 1);
+        }
+        if let Some(p) = self
+            .context
+            .kernel_profile
+            .lock()
+            .expect("kernel profile")
+            .as_ref()
+        {
+            let passes = p.pending.len() as u32;
+            if passes > 0 {
+                self.encoder
+                    .resolve_query_set(&p.queries, 0..2 * passes, &p.resolve, 0);
+            }
+        }
+        self.context.traced(|t| t.submit());
+        self.context.submit(self.encoder)?;
+        if self.profiled {
+            self.context.record_gpu_time()?;
+        }
+        self.context.record_kernel_times()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The GPU context: adapter and device selection, device-loss and error checks, submission,
+//! and the command trace switch. Buffers, pipelines, profiling and batches are in the sibling
+//! modules [`super::buffers`], [`super::pipeline`], [`super::profiling`], [`super::batch`].
+//!
+//! Adapter choice: high performance by default; [`GpuOptions::adapter`] or the
+//! `VIDKV_ADAPTER` environment variable selects by backend (`vulkan`, `metal`, `dx12`,
+//! `gl`) or by a case-insensitive substring of the adapter name. Software adapters
+//! (lavapipe, SwiftShader) are allowed. Validation and out-of-memory errors are caught
+//! with error scopes around every submission, and a device-lost callback turns a lost
+//! device into [`VidkvError::DeviceLost`] on the next call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::buffers::GUARD_WORDS;
+use super::params::WORKGROUP_SIZE;
+use super::pipeline::Pipeline;
+use super::profiling::{KernelProfile, Profile};
+use super::trace::Trace;
+use crate::error::{Result, VidkvError};
+
+/// How to pick the adapter and which limits to honour.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub power_preference: wgpu::PowerPreference,
+    /// Backend name or adapter-name substring; `None` reads `VIDKV_ADAPTER`.
+    pub adapter: Option<String>,
+    /// Cap on the bytes of one storage binding, below the device's own limit (to exercise
+    /// or emulate WebGPU's 128 MiB default on larger devices).
+    pub max_binding_bytes: Option<u64>,
+    /// Use only the portable kernels even where the adapter offers subgroups.
+    pub portable_only: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            adapter: None,
+            max_binding_bytes: None,
+            portable_only: false,
+        }
+    }
+}
+
+/// A device, its queue, and the pipelines and buffers vidkv has made on it.
+pub struct GpuContext {
+    pub(super) device: wgpu::Device,
+    pub(super) queue: wgpu::Queue,
+    pub(super) info: wgpu::AdapterInfo,
+    pub(super) features: wgpu::Features,
+    pub(super) max_binding: u64,
+    pub(super) max_workgroups: u32,
+    pub(super) subgroups: bool,
+    pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    pub(super) buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
+    pub(super) lost: Arc<Mutex<Option<String>>>,
+    pub(super) uncaptured: Arc<Mutex<Option<String>>>,
+    pub(super) exclusive: Mutex<()>,
+    /// Accumulated GPU time of submitted batches, when profiling is on.
+    pub(super) profile: Mutex<Option<Profile>>,
+    /// GPU time per kernel entry point, when kernel profiling is on.
+    pub(super) kernel_profile: Mutex<Option<KernelProfile>>,
+    /// The command record, when tracing is on ([`GpuContext::start_trace`]).
+    pub(super) trace: Mutex<Option<Trace>>,
+}
+
+impl GpuContext {
+    /// Opens the adapter chosen by `options` (see the module docs).
+    pub fn new(options: &GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    async fn new_async(options: &GpuOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let wanted = options
+            .adapter
+            .clone()
+            .or_else(|| std::env::var("VIDKV_ADAPTER").ok())
+            .filter(|s| !s.trim().is_empty());
+        let adapter = match &wanted {
+            Some(wanted) => {
+                let needle = wanted.to_lowercase();
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let names: Vec<String> = adapters
+                    .iter()
+                    .map(|a| {
+                        let i = a.get_info();
+                        format!("{} ({:?})", i.name, i.backend)
+                    })
+                    .collect();
+                adapters
+                    .into_iter()
+                    .find(|a| {
+                        let info = a.get_info();
+                        info.backend.to_str() == needle
+                            || info.name.to_lowercase().contains(&needle)
+                    })
+                    .ok_or_else(|| VidkvError::NoAdapter {
+                        detail: format!(
+                            " matching VIDKV_ADAPTER=`{wanted}` (available: {})",
+                            if names.is_empty() {
+                                "none".into()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    })?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: options.power_preference,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| VidkvError::NoAdapter {
+                    detail: format!(" ({e})"),
+                })?,
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("vidkv"),
+                // Optional features, requested where offered: timestamp queries (for
+                // benchmarks) and subgroups (for the fast paths).
+                required_features: features
+                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| VidkvError::Gpu(format!("cannot open a device on {}: {e}", info.name)))?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost_flag.lock() {
+                *slot = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        let uncaptured = Arc::new(Mutex::new(None));
+        let uncaptured_slot = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut slot) = uncaptured_slot.lock() {
+                slot.get_or_insert_with(|| error.to_string());
+            }
+        }));
+        let device_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_binding = options
+            .max_binding_bytes
+            .map_or(device_binding, |cap| cap.min(device_binding));
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            features,
+            max_binding,
+            max_workgroups: limits.max_compute_workgroups_per_dimension,
+            subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
+            pipelines: Mutex::new(HashMap::new()),
+            buffers: Mutex::new(HashMap::new()),
+            lost,
+            uncaptured,
+            exclusive: Mutex::new(()),
+            profile: Mutex::new(None),
+            kernel_profile: Mutex::new(None),
+            trace: Mutex::new(None),
+        })
+    }
+
+    /// Adapter name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// The adapter's description.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Optional features the adapter offers (fast paths check these).
+    pub fn adapter_features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Largest storage binding the kernels may use, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Whether the subgroup fast paths are used (the adapter has subgroups and the options
+    /// did not ask for portable kernels only).
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Workgroups allowed per grid dimension.
+    pub fn max_workgroups_per_dimension(&self) -> u32 {
+        self.max_workgroups
+    }
+
+    /// Bytes of one binding left for data once the guard words are reserved.
+    pub fn max_data_bytes(&self) -> u64 {
+        self.max_binding.saturating_sub((GUARD_WORDS * 4) as u64)
+    }
+
+    /// Serializes whole operations on this context: the pooled buffers are shared, so a
+    /// caller holds this guard from its first upload to its last read-back.
+    pub fn exclusive(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.exclusive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The wgpu device (for callers that bring their own buffers).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Fails if the device was lost or an error escaped the error scopes.
+    pub(super) fn check_lost(&self) -> Result<()> {
+        if let Some(message) = self.lost.lock().ok().and_then(|slot| slot.clone()) {
+            return Err(VidkvError::DeviceLost(message));
+        }
+        match self.uncaptured.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(message) => Err(VidkvError::Gpu(message)),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn traced(&self, record: impl FnOnce(&mut Trace)) {
+        if let Some(trace) = self.trace.lock().expect("trace").as_mut() {
+            record(trace);
+        }
+    }
+
+    /// Writes `bytes` into `buffer` at `offset` (applied before the next submission).
+    pub(super) fn write_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.traced(|t| t.write(buffer, offset, bytes));
+            self.queue.write_buffer(buffer, offset, bytes);
+        }
+    }
+
+    /// Starts recording every command into a [`Trace`] whose writes refer to `sources`
+    /// where their bytes match. Profiling stays off while tracing.
+    pub fn start_trace(&self, sources: Vec<(String, Vec<u8>)>) {
+        *self.trace.lock().expect("trace") = Some(Trace::new(sources));
+    }
+
+    /// Marks the start of a named step in the trace (no-op when not tracing).
+    pub fn trace_step(&self, name: &str) {
+        self.traced(|t| t.step(name));
+    }
+
+    /// Adds a note for the replaying host to the trace (no-op when not tracing).
+    pub fn trace_note(&self, note: serde_json::Value) {
+        self.traced(|t| t.note(note));
+    }
+
+    /// Stops tracing and returns the record.
+    pub fn finish_trace(&self) -> Option<Trace> {
+        self.trace.lock().expect("trace").take()
+    }
+
+    pub(super) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.check_lost()?;
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.queue.submit([encoder.finish()]);
+        let memory_error = pollster::block_on(memory.pop());
+        let validation_error = pollster::block_on(validation.pop());
+        if let Some(e) = memory_error.or(validation_error) {
+            return Err(VidkvError::Gpu(e.to_string()));
+        }
+        self.wait()
+    }
+
+    /// Blocks until the queue is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| VidkvError::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        self.check_lost()
+    }
+
+    /// The (x, y) workgroup grid for `invocations` invocations of WORKGROUP_SIZE.
+    pub(super) fn grid(&self, invocations: u32) -> Result<(u32, u32)> {
+        let groups = invocations.div_ceil(WORKGROUP_SIZE);
+        let x = groups.clamp(1, self.max_workgroups);
+        let y = groups.div_ceil(x).max(1);
+        if y > self.max_workgroups {
+            return Err(VidkvError::Gpu(format!(
+                "{invocations} invocations exceed the dispatch grid"
+            )));
+        }
+        Ok((x, y))
+    }
+}

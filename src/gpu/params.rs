@@ -1,0 +1,43 @@
+//! The uniform parameter block every kernel reads at binding 0, and the 1-D workgroup size.
+//!
+//! `tests/shaders.rs` reflects `Params` in `shaders/common.wgsl` with naga and checks that
+//! its members and offsets equal this struct's.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Invocations per workgroup of every 1-D kernel (`WORKGROUP_SIZE` in `common.wgsl`).
+pub const WORKGROUP_SIZE: u32 = 64;
+
+/// The uniform parameter block of every kernel (`Params` in `common.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct Params {
+    pub width: u32,
+    pub rows: u32,
+    pub len: u32,
+    pub group_size: u32,
+    pub groups: u32,
+    pub group_offset: u32,
+    pub group_count: u32,
+    pub row_offset: u32,
+    pub invocations: u32,
+    pub gamma: f32,
+    pub scale_rule: u32,
+    pub dft_len: u32,
+    pub outliers: u32,
+    pub blocks: u32,
+    pub block_tokens: u32,
+    pub block_offset: u32,
+    pub kv_heads: u32,
+    pub rows_per_head: u32,
+    pub queries: u32,
+    pub tile_rows: u32,
+    pub segment_start: u32,
+    pub segment_len: u32,
+    pub split_offset: u32,
+    pub split_size: u32,
+    pub total_splits: u32,
+    pub segment_first: u32,
+    pub stp: u32,
+    pub scale: f32,
+}
