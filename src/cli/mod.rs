@@ -27,7 +27,7 @@ use store::{InspectArgs, QuantizeArgs};
 use web::{DemoArgs, ExportWebArgs};
 
 /// The real samples bundled with the binary (cut from ../shared/data by scripts/make_sample.py).
-pub(super) const BUNDLED: [(&str, &[u8], &str); 2] = [
+const BUNDLED: [(&str, &[u8], &str); 2] = [
     (
         "smollm2_text_sample",
         include_bytes!("../../data/smollm2_text_sample.safetensors"),
@@ -78,13 +78,13 @@ enum Command {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(super) enum DeviceChoice {
+enum DeviceChoice {
     Gpu,
     Cpu,
 }
 
 /// Opens the GPU for `--device gpu`, or when no device was asked for and one exists.
-pub(super) fn open_device(choice: Option<DeviceChoice>) -> Result<Option<GpuContext>> {
+fn open_device(choice: Option<DeviceChoice>) -> Result<Option<GpuContext>> {
     match choice {
         Some(DeviceChoice::Cpu) => Ok(None),
         Some(DeviceChoice::Gpu) => GpuContext::new(&GpuOptions::default()).map(Some),
@@ -129,7 +129,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-pub(super) fn resolve_presets(
+fn resolve_presets(
     requested: &[String],
     sinks: Option<usize>,
     residual: Option<usize>,

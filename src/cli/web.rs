@@ -25,17 +25,17 @@ pub(super) struct DemoArgs {
 }
 
 /// The demo's page files, embedded from `web/`.
-pub(super) const WEB_FILES: [(&str, &str); 2] = [
+const WEB_FILES: [(&str, &str); 2] = [
     ("index.html", include_str!("../../web/index.html")),
     ("app.js", include_str!("../../web/app.js")),
 ];
 
 /// The sample the demo runs on (the text sample of the main job).
-pub(super) const DEMO_SAMPLE: usize = 0;
+const DEMO_SAMPLE: usize = 0;
 
 /// Every file of the demo site: (path, bytes). The shaders are the files of `shaders/`
 /// byte for byte; the plan is traced now, on this machine's adapter.
-pub(super) fn demo_site() -> Result<Vec<(String, Vec<u8>)>> {
+fn demo_site() -> Result<Vec<(String, Vec<u8>)>> {
     let (name, tensors, sidecar) = BUNDLED[DEMO_SAMPLE];
     let sample = KvSample::from_bytes(name, tensors, Some(sidecar))?;
     let gpu = GpuContext::new(&GpuOptions {
@@ -89,7 +89,7 @@ pub(super) fn run_export_web(args: &ExportWebArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn content_type(path: &str) -> &'static str {
+fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next() {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
