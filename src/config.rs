@@ -50,6 +50,14 @@ pub enum KeyScheme {
         fft: bool,
         split: SplitGranularity,
     },
+    /// Rotated per-token codes (`docs/rotated-2bit.md`): a Hadamard rotation over
+    /// head_dim, `bits`-bit (1–4) Gaussian Lloyd-Max codes with one log-coded scale byte
+    /// per token, and a per-token flag that centres the row on the per-head channel mean.
+    Rotated { bits: u8 },
+    /// Rotated codes across each group's tokens too ("T2" in `docs/rotated-2bit.md`): a
+    /// second Hadamard over the group's tokens, `bits`·G row widths spent by energy, and a
+    /// per-group fallback to the per-token codes of [`KeyScheme::Rotated`].
+    RotatedGroups { bits: u8 },
 }
 
 /// Value quantization scheme.
@@ -62,6 +70,12 @@ pub enum ValueScheme {
     /// Ternary (1.58-bit) per channel: t = ±1 where |x| > γ·mean|x|, else 0; x̂ = t·s.
     /// Protected (STP) tokens, when given, are stored 2-bit per channel instead.
     Ternary { gamma: f32, scale: TernaryScale },
+    /// Rotated per-token codes as for [`KeyScheme::Rotated`]; with `group_means` each
+    /// group also stores a 3-bit mean per channel, and the flag centres a token on its
+    /// group's mean instead of the per-head one.
+    Rotated { bits: u8, group_means: bool },
+    /// Rotated codes across each group's tokens too, as [`KeyScheme::RotatedGroups`].
+    RotatedGroups { bits: u8 },
 }
 
 /// A complete quantization configuration.
@@ -80,8 +94,21 @@ pub struct QuantConfig {
     pub stp_ratio: f32,
 }
 
-/// The stable preset names, in report order.
+/// The stable preset names, in report order: every path (CPU, GPU, [`crate::KvCache`],
+/// files, the browser demo) takes them.
 pub const PRESET_NAMES: [&str; 5] = ["fp16", "kivi2", "vidkv-paper", "k2v2-channel", "vidkv"];
+
+/// Presets of the rotated schemes (`docs/rotated-2bit.md`), candidates for the default.
+/// Today only the CPU reference quantizes them (`report --device cpu`, `sizes`, packed
+/// files); the GPU paths and [`crate::KvCache`] refuse them with
+/// [`VidkvError::Unsupported`].
+pub const ROTATED_PRESET_NAMES: [&str; 5] = [
+    "rotated",
+    "rotated-flat",
+    "rotated-k3v1",
+    "rotated-groups",
+    "rotated-groups-k3v1",
+];
 
 impl QuantConfig {
     /// The configuration behind a preset name.
@@ -140,10 +167,59 @@ impl QuantConfig {
                 },
                 ..base
             },
+            "rotated" => QuantConfig {
+                sinks: VIDKV_SINKS,
+                residual: VIDKV_RESIDUAL,
+                keys: KeyScheme::Rotated { bits: 2 },
+                values: ValueScheme::Rotated {
+                    bits: 2,
+                    group_means: true,
+                },
+                ..base
+            },
+            "rotated-flat" => QuantConfig {
+                sinks: VIDKV_SINKS,
+                residual: VIDKV_RESIDUAL,
+                keys: KeyScheme::Rotated { bits: 2 },
+                values: ValueScheme::Rotated {
+                    bits: 2,
+                    group_means: false,
+                },
+                ..base
+            },
+            "rotated-k3v1" => QuantConfig {
+                sinks: VIDKV_SINKS,
+                residual: VIDKV_RESIDUAL,
+                keys: KeyScheme::Rotated { bits: 3 },
+                values: ValueScheme::Rotated {
+                    bits: 1,
+                    group_means: true,
+                },
+                ..base
+            },
+            "rotated-groups" => QuantConfig {
+                sinks: VIDKV_SINKS,
+                residual: VIDKV_RESIDUAL,
+                keys: KeyScheme::RotatedGroups { bits: 2 },
+                values: ValueScheme::RotatedGroups { bits: 2 },
+                ..base
+            },
+            "rotated-groups-k3v1" => QuantConfig {
+                sinks: VIDKV_SINKS,
+                residual: VIDKV_RESIDUAL,
+                keys: KeyScheme::RotatedGroups { bits: 3 },
+                values: ValueScheme::RotatedGroups { bits: 1 },
+                ..base
+            },
             other => {
                 return Err(VidkvError::UnknownPreset {
                     name: other.to_string(),
-                    known: PRESET_NAMES.join(", "),
+                    known: PRESET_NAMES
+                        .iter()
+                        .chain(&ROTATED_PRESET_NAMES)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
             }
         };
@@ -153,6 +229,17 @@ impl QuantConfig {
     /// Whether nothing is quantized (every token stays f16).
     pub fn is_fp16(&self) -> bool {
         matches!(self.keys, KeyScheme::Fp16)
+    }
+
+    /// Whether keys or values use a rotated scheme (they need a head_dim the rotation takes).
+    pub fn uses_rotation(&self) -> bool {
+        matches!(
+            self.keys,
+            KeyScheme::Rotated { .. } | KeyScheme::RotatedGroups { .. }
+        ) || matches!(
+            self.values,
+            ValueScheme::Rotated { .. } | ValueScheme::RotatedGroups { .. }
+        )
     }
 
     /// Checks every field; returns the first problem found.
@@ -179,6 +266,13 @@ impl QuantConfig {
                     "outlier_ratio must lie in [0, 1], got {outlier_ratio}"
                 ));
             }
+        }
+        if let KeyScheme::Rotated { bits } | KeyScheme::RotatedGroups { bits } = self.keys {
+            check_rotated_bits("key", bits)?;
+        }
+        if let ValueScheme::Rotated { bits, .. } | ValueScheme::RotatedGroups { bits } = self.values
+        {
+            check_rotated_bits("value", bits)?;
         }
         if let ValueScheme::Ternary { gamma, .. } = self.values {
             if !gamma.is_finite() || gamma < 0.0 {
@@ -210,6 +304,16 @@ impl QuantConfig {
             sinks,
             quantized: free / self.group_size * self.group_size,
         }
+    }
+}
+
+fn check_rotated_bits(what: &str, bits: u8) -> Result<()> {
+    if (1..=4).contains(&bits) {
+        Ok(())
+    } else {
+        Err(VidkvError::InvalidConfig(format!(
+            "rotated {what} codes take 1 to 4 bits, got {bits}"
+        )))
     }
 }
 

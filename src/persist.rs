@@ -19,7 +19,10 @@ use crate::config::{
 };
 use crate::error::{Result, VidkvError};
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState};
+use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
+use crate::reference::rotation::Rotation;
 use crate::reference::split::outlier_count;
 
 /// The format name stored in the metadata.
@@ -110,6 +113,8 @@ pub fn config_to_json(config: &QuantConfig) -> Value {
             "fft": fft,
             "split": match split { SplitGranularity::PerHead => "per_head", SplitGranularity::PerLayer => "per_layer" },
         }),
+        KeyScheme::Rotated { bits } => json!({"type": "rotated", "bits": bits}),
+        KeyScheme::RotatedGroups { bits } => json!({"type": "rotated_groups", "bits": bits}),
     };
     let values = match config.values {
         ValueScheme::Fp16 => json!({"type": "fp16"}),
@@ -119,6 +124,12 @@ pub fn config_to_json(config: &QuantConfig) -> Value {
             "gamma": gamma,
             "scale": match scale { TernaryScale::AbsMean => "abs_mean", TernaryScale::LeastSquares => "least_squares" },
         }),
+        ValueScheme::Rotated { bits, group_means } => json!({
+            "type": "rotated",
+            "bits": bits,
+            "group_means": group_means,
+        }),
+        ValueScheme::RotatedGroups { bits } => json!({"type": "rotated_groups", "bits": bits}),
     };
     json!({
         "group_size": config.group_size,
@@ -163,6 +174,11 @@ fn grouping_field(v: &Value) -> Result<Grouping> {
     }
 }
 
+/// The `bits` of a rotated scheme (range-checked by [`QuantConfig::validate`]).
+fn bits_field(v: &Value) -> Result<u8> {
+    u8::try_from(usize_field(v, "bits")?).map_err(|_| corrupt("`bits` is out of range"))
+}
+
 /// Parses and validates a configuration written by [`config_to_json`].
 pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
     let keys = field(v, "keys")?;
@@ -188,6 +204,12 @@ pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
                     other => return Err(corrupt(format!("unknown split `{other}`"))),
                 },
             },
+            "rotated" => KeyScheme::Rotated {
+                bits: bits_field(keys)?,
+            },
+            "rotated_groups" => KeyScheme::RotatedGroups {
+                bits: bits_field(keys)?,
+            },
             other => return Err(corrupt(format!("unknown key scheme `{other}`"))),
         },
         values: match str_field(values, "type")? {
@@ -202,6 +224,15 @@ pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
                     "least_squares" => TernaryScale::LeastSquares,
                     other => return Err(corrupt(format!("unknown ternary scale `{other}`"))),
                 },
+            },
+            "rotated" => ValueScheme::Rotated {
+                bits: bits_field(values)?,
+                group_means: field(values, "group_means")?
+                    .as_bool()
+                    .ok_or_else(|| corrupt("`group_means` is not a boolean"))?,
+            },
+            "rotated_groups" => ValueScheme::RotatedGroups {
+                bits: bits_field(values)?,
             },
             other => return Err(corrupt(format!("unknown value scheme `{other}`"))),
         },
@@ -229,6 +260,8 @@ pub(crate) fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
             arrays.push(("key_signs", &m.normals.codes));
             arrays.push(("key_sign_scales", &m.normals.scales));
         }
+        PackedKeys::Rotated(rows) => push_rotated(&mut arrays, "key", rows),
+        PackedKeys::RotatedGroups(codes) => push_groups(&mut arrays, "key", codes),
     }
     match &head.values {
         PackedValues::Exact => {}
@@ -242,8 +275,69 @@ pub(crate) fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
             arrays.push(("protected_codes", &protected.codes));
             arrays.push(("protected_params", &protected.params));
         }
+        PackedValues::Rotated { rows, means } => {
+            push_rotated(&mut arrays, "value", rows);
+            if let Some(means) = means {
+                arrays.push(("value_mean_codes", &means.codes));
+                arrays.push(("value_mean_steps", &means.steps));
+            }
+        }
+        PackedValues::RotatedGroups(codes) => push_groups(&mut arrays, "value", codes),
     }
     arrays
+}
+
+/// The arrays of groups coded across tokens: codes, scale bytes, width tables, state.
+fn push_groups<'a>(arrays: &mut Vec<(&'static str, &'a [u32])>, side: &str, codes: &'a GroupCodes) {
+    let names: [&'static str; 5] = if side == "key" {
+        [
+            "key_group_codes",
+            "key_group_scales",
+            "key_group_widths",
+            "key_state_mean",
+            "key_state_base",
+        ]
+    } else {
+        [
+            "value_group_codes",
+            "value_group_scales",
+            "value_group_widths",
+            "value_state_mean",
+            "value_state_base",
+        ]
+    };
+    arrays.push((names[0], &codes.codes));
+    arrays.push((names[1], &codes.scales));
+    arrays.push((names[2], &codes.widths));
+    arrays.push((names[3], &codes.state.mean));
+    arrays.push((names[4], std::slice::from_ref(&codes.state.base)));
+}
+
+/// The arrays of rotated rows: codes, scale bytes and the per-head state.
+fn push_rotated<'a>(
+    arrays: &mut Vec<(&'static str, &'a [u32])>,
+    side: &str,
+    rows: &'a RotatedRows,
+) {
+    let names: [&'static str; 4] = if side == "key" {
+        [
+            "key_rot_codes",
+            "key_rot_scales",
+            "key_state_mean",
+            "key_state_base",
+        ]
+    } else {
+        [
+            "value_rot_codes",
+            "value_rot_scales",
+            "value_state_mean",
+            "value_state_base",
+        ]
+    };
+    arrays.push((names[0], &rows.codes));
+    arrays.push((names[1], &rows.scales));
+    arrays.push((names[2], &rows.state.mean));
+    arrays.push((names[3], std::slice::from_ref(&rows.state.base)));
 }
 
 impl PackedCache {
@@ -391,6 +485,53 @@ pub(crate) fn read_planes(
     protected: usize,
 ) -> Result<(PackedKeys, PackedValues)> {
     let g = config.group_size;
+    if config.uses_rotation() {
+        Rotation::new(d).map_err(|e| corrupt(e.to_string()))?;
+    }
+    let state = |side: &str| -> Result<RotatedState> {
+        let name = |array: &str| format!("{side}_{array}");
+        let state = RotatedState {
+            mean: named(&name("state_mean"), d.div_ceil(2))?,
+            base: named(&name("state_base"), 1)?[0],
+        };
+        check_f16_words(&state.mean, &name("state_mean"))?;
+        check_f16_words(&[state.base], &name("state_base"))?;
+        Ok(state)
+    };
+    let groups = |side: &str, bits: u8| -> Result<GroupCodes> {
+        let name = |array: &str| format!("{side}_{array}");
+        let groups = nq / g;
+        let bits_words = usize::from(bits) * g * d / 32;
+        let codes = GroupCodes {
+            groups,
+            group_size: g,
+            head_dim: d,
+            bits,
+            codes: named(&name("group_codes"), groups * bits_words)?,
+            scales: named(&name("group_scales"), groups * g / 4)?,
+            widths: named(&name("group_widths"), groups * (3 * g).div_ceil(32))?,
+            state: state(side)?,
+        };
+        codes.validate()?;
+        Ok(codes)
+    };
+    let rotated = |side: &str, bits: u8| -> Result<RotatedRows> {
+        let name = |array: &str| format!("{side}_{array}");
+        let state = state(side)?;
+        let rows = RotatedRows {
+            tokens: nq,
+            head_dim: d,
+            bits,
+            codes: named(
+                &name("rot_codes"),
+                nq * RotatedRows::words_per_token(bits, d),
+            )?,
+            scales: named(&name("rot_scales"), nq.div_ceil(4))?,
+            state,
+        };
+        rows.validate()?;
+        Ok(rows)
+    };
     let channel_rows = |len| GroupedShape {
         rows: d,
         len,
@@ -464,6 +605,8 @@ pub(crate) fn read_planes(
                 fft,
             })
         }
+        KeyScheme::Rotated { bits } => PackedKeys::Rotated(rotated("key", bits)?),
+        KeyScheme::RotatedGroups { bits } => PackedKeys::RotatedGroups(groups("key", bits)?),
     };
     let values = match config.values {
         ValueScheme::Fp16 => PackedValues::Exact,
@@ -486,6 +629,26 @@ pub(crate) fn read_planes(
                 protected: two_bit("protected", channel_rows(protected))?,
             }
         }
+        ValueScheme::Rotated { bits, group_means } => {
+            let rows = rotated("value", bits)?;
+            let means = if group_means {
+                let groups = nq / g;
+                let means = GroupMeans {
+                    groups,
+                    group_size: g,
+                    head_dim: d,
+                    codes: named("value_mean_codes", groups * GroupMeans::words_per_group(d))?,
+                    steps: named("value_mean_steps", groups.div_ceil(2))?,
+                };
+                means.validate()?;
+                check_f16_words(&means.steps, "value_mean_steps")?;
+                Some(means)
+            } else {
+                None
+            };
+            PackedValues::Rotated { rows, means }
+        }
+        ValueScheme::RotatedGroups { bits } => PackedValues::RotatedGroups(groups("value", bits)?),
     };
     Ok((keys, values))
 }

@@ -87,6 +87,8 @@ fn code_words(cache: &PackedCache) -> Vec<u32> {
                 words.extend(&mixed.outliers.codes);
                 words.extend(&mixed.normals.codes);
             }
+            PackedKeys::Rotated(rows) => words.extend(&rows.codes),
+            PackedKeys::RotatedGroups(codes) => words.extend(&codes.codes),
         }
         match &head.values {
             PackedValues::Exact => {}
@@ -95,6 +97,8 @@ fn code_words(cache: &PackedCache) -> Vec<u32> {
                 words.extend(&plane.codes);
                 words.extend(&protected.codes);
             }
+            PackedValues::Rotated { rows, .. } => words.extend(&rows.codes),
+            PackedValues::RotatedGroups(codes) => words.extend(&codes.codes),
         }
     }
     words

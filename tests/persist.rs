@@ -38,6 +38,14 @@ fn every_preset_round_trips_exactly() {
         let loaded = PackedCache::from_safetensors(&cache.to_safetensors().unwrap()).unwrap();
         assert_eq!(loaded, cache, "{preset}");
     }
+    for preset in vidkv::config::ROTATED_PRESET_NAMES {
+        let mut config = QuantConfig::preset(preset).unwrap();
+        config.group_size = 16;
+        config.residual = 16;
+        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        let loaded = PackedCache::from_safetensors(&cache.to_safetensors().unwrap()).unwrap();
+        assert_eq!(loaded, cache, "{preset}");
+    }
 }
 
 #[test]
@@ -101,7 +109,9 @@ proptest! {
     #[test]
     fn mutated_files_never_panic(
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
-        preset in prop::sample::select(PRESET_NAMES.to_vec()),
+        preset in prop::sample::select(
+            PRESET_NAMES.iter().chain(&vidkv::config::ROTATED_PRESET_NAMES).copied().collect::<Vec<_>>()
+        ),
     ) {
         let cache = PackedCache::quantize(&small_tensor(3), &small_tensor(4), &QuantConfig::preset(preset).unwrap(), &[]).unwrap();
         let mut bytes = cache.to_safetensors().unwrap();

@@ -4,6 +4,7 @@
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
+use vidkv::config::ROTATED_PRESET_NAMES;
 use vidkv::config::{
     Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
 };
@@ -208,6 +209,25 @@ fn all_configs() -> Vec<QuantConfig> {
         },
         ..config("vidkv", 16, 3, 0)
     });
+    configs.extend(ROTATED_PRESET_NAMES.iter().map(|n| config(n, 32, 1, 32)));
+    configs.push(QuantConfig {
+        keys: KeyScheme::Rotated { bits: 4 },
+        values: ValueScheme::Ternary {
+            gamma: 0.7,
+            scale: TernaryScale::LeastSquares,
+        },
+        ..config("vidkv", 16, 0, 16)
+    });
+    configs.push(QuantConfig {
+        keys: KeyScheme::TwoBit {
+            grouping: Grouping::PerChannel,
+        },
+        values: ValueScheme::Rotated {
+            bits: 3,
+            group_means: true,
+        },
+        ..config("vidkv", 64, 2, 0)
+    });
     configs
 }
 
@@ -219,6 +239,7 @@ fn packed_attention_equals_dequantize_then_attend() {
         (96, 1, 1),
         (112, 64, 3),
         (128, 250, 1),
+        (160, 130, 1),
     ]
     .into_iter()
     .enumerate()

@@ -202,6 +202,9 @@ impl<'g> KvCache<'g> {
                     fft: *fft,
                 })
             }
+            KeyScheme::Rotated { .. } | KeyScheme::RotatedGroups { .. } => {
+                return Err(crate::gpu::rotated_unsupported())
+            }
         };
         let values = match self.config.values {
             ValueScheme::Fp16 => PackedValues::Exact,
@@ -231,6 +234,9 @@ impl<'g> KvCache<'g> {
                         params: reads.token_rows(RunArray::ValueParams, runs, head, g, cg),
                     },
                 }
+            }
+            ValueScheme::Rotated { .. } | ValueScheme::RotatedGroups { .. } => {
+                return Err(crate::gpu::rotated_unsupported())
             }
             ValueScheme::Ternary { .. } => {
                 let plain = shape(d, nq - protected);

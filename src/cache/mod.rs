@@ -27,14 +27,18 @@
 //! window and flushing (prefill, append, STP prefill), [`attend`] attention over the stored
 //! segments, [`convert`] conversion to and from [`crate::PackedCache`], and [`file`] the
 //! `vidkv-kvcache` file format. The kernels they run are in [`crate::gpu::incremental`].
+//! [`reference`] holds [`ReferenceCache`], the CPU oracle with the same flush rules, and the
+//! [`ModelCache`] trait a decoder drives either through.
 
 mod append;
 mod attend;
 mod convert;
 mod file;
+mod reference;
 
 pub use crate::gpu::incremental::CHUNK_GROUPS;
 pub use file::{KVCACHE_FORMAT, KVCACHE_VERSION};
+pub use reference::{ModelCache, ReferenceCache};
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
 use crate::error::{Result, VidkvError};
@@ -97,6 +101,7 @@ impl<'g> KvCache<'g> {
     /// An empty cache for `shape` under `config` on `gpu`.
     pub fn new(shape: ModelShape, config: QuantConfig, gpu: &'g GpuContext) -> Result<Self> {
         config.validate()?;
+        crate::gpu::check_supported(&config)?;
         check_head_dim(shape.head_dim)?;
         if shape.layers == 0 || shape.kv_heads == 0 || shape.q_heads % shape.kv_heads != 0 {
             return Err(VidkvError::InvalidConfig(format!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::resolve_presets;
+use super::{resolve_presets, DeviceChoice};
 use crate::error::{Result, VidkvError};
 use crate::gpu::{GpuContext, GpuOptions};
 
@@ -31,6 +31,10 @@ pub(super) struct EvalLmArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where the caches run: `gpu` (KvCache, the WGSL kernels; the default) or `cpu`
+    /// (ReferenceCache, the CPU oracle, which also takes the rotated presets).
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
 }
 
 pub(super) fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
@@ -53,14 +57,20 @@ pub(super) fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
         )));
     }
     let prompt = tokenizer.encode(&eval::greedy_prompt())?;
-    let gpu = GpuContext::new(&GpuOptions::default())?;
+    let gpu = match args.device {
+        Some(DeviceChoice::Cpu) => None,
+        _ => Some(GpuContext::new(&GpuOptions::default())?),
+    };
+    let device = gpu
+        .as_ref()
+        .map_or(eval::CacheDevice::Cpu, eval::CacheDevice::Gpu);
     eprintln!(
         "{} tokens of {} on {}",
         text_tokens.len(),
         args.text.display(),
-        gpu.adapter_name()
+        device.describe()
     );
-    let results = eval::evaluate(&model, &text_tokens, &prompt, &presets, &gpu, |r| {
+    let results = eval::evaluate_on(&model, &text_tokens, &prompt, &presets, device, |r| {
         eprintln!(
             "{}: perplexity {:.3}, {:.3} bits, greedy agreement {:.3}",
             r.preset, r.perplexity, r.bits_per_element, r.greedy_agreement
@@ -70,13 +80,16 @@ pub(super) fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
         || args.model.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
+    let fp16 = results.first().map_or(1.0, |r| r.perplexity);
     if args.json {
         let doc = serde_json::json!({
             "model": model_name,
             "tokens": text_tokens.len(),
+            "device": device.describe(),
             "presets": results.iter().map(|r| serde_json::json!({
                 "preset": r.preset,
                 "perplexity": r.perplexity,
+                "perplexity_vs_fp16": r.perplexity / fp16,
                 "bits_per_element": r.bits_per_element,
                 "greedy_agreement": r.greedy_agreement,
             })).collect::<Vec<_>>(),
@@ -90,13 +103,17 @@ pub(super) fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
             eval::GREEDY_TOKENS
         );
         println!(
-            "{:<14} {:>11} {:>9} {:>17}",
-            "preset", "perplexity", "bits", "greedy agreement"
+            "{:<20} {:>11} {:>8} {:>9} {:>17}",
+            "preset", "perplexity", "× fp16", "bits", "greedy agreement"
         );
         for r in &results {
             println!(
-                "{:<14} {:>11.3} {:>9.3} {:>17.3}",
-                r.preset, r.perplexity, r.bits_per_element, r.greedy_agreement
+                "{:<20} {:>11.3} {:>8.3} {:>9.3} {:>17.3}",
+                r.preset,
+                r.perplexity,
+                r.perplexity / fp16,
+                r.bits_per_element,
+                r.greedy_agreement
             );
         }
         if let Some(reference) = results.first() {

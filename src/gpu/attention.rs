@@ -283,6 +283,9 @@ pub(crate) fn upload_planes(
 ) -> Result<(KeyLayout, Option<PackedPlanes>)> {
     let d = heads[0].head_dim;
     let plan = heads[0].plan;
+    if heads[0].uses_rotation() {
+        return Err(super::rotated_unsupported());
+    }
     let concat =
         |f: &dyn Fn(&PackedHead) -> Vec<u32>| -> Vec<u32> { heads.iter().flat_map(f).collect() };
     let layout = match &heads[0].keys {
@@ -407,7 +410,11 @@ pub(crate) fn upload_planes(
                         split_elements: ctx.create_storage("split elements", &split_elements)?,
                     }
                 }
-                PackedValues::Exact => unreachable!("keys and values are quantized together"),
+                PackedValues::Exact
+                | PackedValues::Rotated { .. }
+                | PackedValues::RotatedGroups(_) => {
+                    unreachable!("keys and values are quantized together; rotated was refused")
+                }
             };
             Some(PackedPlanes {
                 groups,

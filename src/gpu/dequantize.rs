@@ -44,6 +44,9 @@ fn dequantize_keys(ctx: &GpuContext, head: &PackedHead) -> Result<Vec<f32>> {
         PackedKeys::Exact => Vec::new(),
         PackedKeys::TwoBit { grouping, plane } => two_bit(ctx, plane, *grouping, d)?,
         PackedKeys::Mixed(mixed) => mixed_keys(ctx, mixed, d, tokens)?,
+        PackedKeys::Rotated(_) | PackedKeys::RotatedGroups(_) => {
+            return Err(super::rotated_unsupported())
+        }
     };
     Ok(assemble(head, exact(ctx, &head.exact_keys)?, quantized))
 }
@@ -53,6 +56,9 @@ fn dequantize_values(ctx: &GpuContext, head: &PackedHead, protected: &[u32]) -> 
     let quantized = match &head.values {
         PackedValues::Exact => Vec::new(),
         PackedValues::TwoBit { grouping, plane } => two_bit(ctx, plane, *grouping, d)?,
+        PackedValues::Rotated { .. } | PackedValues::RotatedGroups(_) => {
+            return Err(super::rotated_unsupported())
+        }
         PackedValues::Ternary {
             plane,
             protected: kept,

@@ -32,3 +32,25 @@ pub mod shaders;
 pub mod trace;
 
 pub use context::{GpuContext, GpuOptions};
+
+use crate::config::QuantConfig;
+use crate::error::{Result, VidkvError};
+
+/// Refuses a configuration whose kernels are not built yet: the rotated schemes run on the
+/// CPU reference only ([`crate::PackedCache::quantize`], `report --device cpu`).
+pub fn check_supported(config: &QuantConfig) -> Result<()> {
+    if config.uses_rotation() {
+        Err(rotated_unsupported())
+    } else {
+        Ok(())
+    }
+}
+
+/// The error for a rotated scheme on a GPU path.
+pub(crate) fn rotated_unsupported() -> VidkvError {
+    VidkvError::Unsupported(
+        "the rotated schemes have no GPU kernels yet: quantize and attend with the CPU \
+         reference (PackedCache::quantize, `report --device cpu`)"
+            .into(),
+    )
+}

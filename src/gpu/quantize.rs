@@ -281,6 +281,9 @@ fn quantize_keys(
                 fft,
             })
         }
+        KeyScheme::Rotated { .. } | KeyScheme::RotatedGroups { .. } => {
+            return Err(super::rotated_unsupported())
+        }
     })
 }
 
@@ -305,6 +308,9 @@ fn quantize_values(
                 plane: ternary(ctx, &plain, d, g, gamma, scale)?,
                 protected: two_bit(ctx, &kept, d, Grouping::PerChannel, g)?,
             }
+        }
+        ValueScheme::Rotated { .. } | ValueScheme::RotatedGroups { .. } => {
+            return Err(super::rotated_unsupported())
         }
     })
 }

@@ -9,7 +9,7 @@
 //!   of leading tokens identical to the `fp16` run's, divided by [`GREEDY_TOKENS`].
 //! - Bits per element: [`KvCache::bits_per_element`] once the text has streamed through.
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, ModelCache, ReferenceCache};
 use crate::config::QuantConfig;
 use crate::error::{Result, VidkvError};
 use crate::gpu::GpuContext;
@@ -49,13 +49,55 @@ pub struct PresetEval {
     pub generated: Vec<u32>,
 }
 
-/// Perplexity of `tokens` streamed through a fresh cache with `config`, and the cache's
-/// bits per element at the end.
+/// Where each preset's cache runs.
+#[derive(Clone, Copy)]
+pub enum CacheDevice<'a> {
+    /// [`KvCache`] on a GPU: the WGSL kernels.
+    Gpu(&'a GpuContext),
+    /// [`ReferenceCache`]: the CPU oracle, for every scheme the CPU reference takes
+    /// (the rotated ones included).
+    Cpu,
+}
+
+impl CacheDevice<'_> {
+    /// A short description: the adapter's name or the CPU reference.
+    pub fn describe(&self) -> String {
+        match self {
+            CacheDevice::Gpu(gpu) => gpu.adapter_name(),
+            CacheDevice::Cpu => "cpu (ReferenceCache)".into(),
+        }
+    }
+}
+
+fn new_cache<'a>(
+    model: &Llama,
+    config: &QuantConfig,
+    device: CacheDevice<'a>,
+) -> Result<Box<dyn ModelCache + 'a>> {
+    let shape = model.config.cache_shape();
+    Ok(match device {
+        CacheDevice::Gpu(gpu) => Box::new(KvCache::new(shape, config.clone(), gpu)?),
+        CacheDevice::Cpu => Box::new(ReferenceCache::new(shape, config.clone())?),
+    })
+}
+
+/// Perplexity of `tokens` streamed through a fresh [`KvCache`] with `config`, and the
+/// cache's bits per element at the end.
 pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
     config: &QuantConfig,
     gpu: &GpuContext,
+) -> Result<(f64, f64)> {
+    perplexity_on(model, tokens, config, CacheDevice::Gpu(gpu))
+}
+
+/// [`perplexity`] with the cache on `device`.
+pub fn perplexity_on(
+    model: &Llama,
+    tokens: &[u32],
+    config: &QuantConfig,
+    device: CacheDevice<'_>,
 ) -> Result<(f64, f64)> {
     if tokens.len() < 2 {
         return Err(VidkvError::InvalidConfig(format!(
@@ -63,11 +105,11 @@ pub fn perplexity(
             tokens.len()
         )));
     }
-    let mut cache = KvCache::new(model.config.cache_shape(), config.clone(), gpu)?;
+    let mut cache = new_cache(model, config, device)?;
     let vocab = model.config.vocab;
     let mut nll = 0.0f64;
     for (c, chunk) in tokens.chunks(CHUNK_TOKENS).enumerate() {
-        let logits = model.forward(chunk, &mut cache)?;
+        let logits = model.forward(chunk, cache.as_mut())?;
         for (r, row) in logits.chunks_exact(vocab).enumerate() {
             if let Some(&next) = tokens.get(c * CHUNK_TOKENS + r + 1) {
                 nll -= log_softmax_at(row, next as usize);
@@ -78,7 +120,8 @@ pub fn perplexity(
     Ok((perplexity, cache.bits_per_element()))
 }
 
-/// `steps` tokens generated greedily after `prompt` (fed in chunks of [`CHUNK_TOKENS`]).
+/// `steps` tokens generated greedily after `prompt` (fed in chunks of [`CHUNK_TOKENS`]),
+/// on a [`KvCache`].
 pub fn greedy(
     model: &Llama,
     prompt: &[u32],
@@ -86,14 +129,25 @@ pub fn greedy(
     config: &QuantConfig,
     gpu: &GpuContext,
 ) -> Result<Vec<u32>> {
+    greedy_on(model, prompt, steps, config, CacheDevice::Gpu(gpu))
+}
+
+/// [`greedy`] with the cache on `device`.
+pub fn greedy_on(
+    model: &Llama,
+    prompt: &[u32],
+    steps: usize,
+    config: &QuantConfig,
+    device: CacheDevice<'_>,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(VidkvError::EmptyTensor("prompt".into()));
     }
-    let mut cache = KvCache::new(model.config.cache_shape(), config.clone(), gpu)?;
+    let mut cache = new_cache(model, config, device)?;
     let vocab = model.config.vocab;
     let mut last = Vec::new();
     for chunk in prompt.chunks(CHUNK_TOKENS) {
-        last = model.forward(chunk, &mut cache)?;
+        last = model.forward(chunk, cache.as_mut())?;
     }
     let mut generated = Vec::with_capacity(steps);
     for step in 0..steps {
@@ -101,7 +155,7 @@ pub fn greedy(
         let next = argmax(row);
         generated.push(next);
         if step + 1 < steps {
-            last = model.forward(&[next], &mut cache)?;
+            last = model.forward(&[next], cache.as_mut())?;
         }
     }
     Ok(generated)
@@ -116,6 +170,25 @@ pub fn evaluate(
     prompt: &[u32],
     presets: &[(String, QuantConfig)],
     gpu: &GpuContext,
+    progress: impl FnMut(&PresetEval),
+) -> Result<Vec<PresetEval>> {
+    evaluate_on(
+        model,
+        text_tokens,
+        prompt,
+        presets,
+        CacheDevice::Gpu(gpu),
+        progress,
+    )
+}
+
+/// [`evaluate`] with every cache on `device`.
+pub fn evaluate_on(
+    model: &Llama,
+    text_tokens: &[u32],
+    prompt: &[u32],
+    presets: &[(String, QuantConfig)],
+    device: CacheDevice<'_>,
     mut progress: impl FnMut(&PresetEval),
 ) -> Result<Vec<PresetEval>> {
     let fp16 = QuantConfig::preset("fp16")?;
@@ -128,8 +201,8 @@ pub fn evaluate(
     );
     let mut results: Vec<PresetEval> = Vec::with_capacity(runs.len());
     for (name, config) in &runs {
-        let (perplexity, bits_per_element) = perplexity(model, text_tokens, config, gpu)?;
-        let generated = greedy(model, prompt, GREEDY_TOKENS, config, gpu)?;
+        let (perplexity, bits_per_element) = perplexity_on(model, text_tokens, config, device)?;
+        let generated = greedy_on(model, prompt, GREEDY_TOKENS, config, device)?;
         let greedy_agreement = match results.first() {
             Some(reference) => leading_agreement(&reference.generated, &generated),
             None => 1.0,

@@ -18,7 +18,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor, D};
 
 use super::candle_error;
-use crate::cache::{KvCache, ModelShape};
+use crate::cache::{ModelCache, ModelShape};
 use crate::error::{Result, VidkvError};
 
 /// The hyper-parameters a llama GGUF declares.
@@ -252,7 +252,11 @@ impl Llama {
     /// Runs `tokens` (the next positions after what `cache` holds) through the model:
     /// every layer appends the tokens' keys and values to `cache` and attends causally over
     /// the whole cache. Returns the logits, `[tokens.len(), vocab]` row-major.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+    pub fn forward<C: ModelCache + ?Sized>(
+        &self,
+        tokens: &[u32],
+        cache: &mut C,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         if cache.shape() != c.cache_shape() {
             return Err(VidkvError::InvalidConfig(format!(

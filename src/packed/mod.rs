@@ -8,18 +8,27 @@
 
 pub mod attend;
 pub mod planes;
+pub mod rotated;
+pub mod rotated_groups;
 mod size;
 
 pub use size::{estimate_size, SizeReport};
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
+use crate::reference::lloyd_max::Codebook;
 use crate::reference::rdft::CompactRdft;
+use crate::reference::rotation::Rotation;
 use crate::reference::split::{
     accumulate_min_max, empty_min_max, outlier_count, split_by_range, ChannelSplit,
 };
 use crate::tensor::{check_quantizable, Tensor};
 use planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use rotated::{
+    fit_group_means, quantize_rows, Centres, GroupMeans, RotatedQuantizer, RotatedRows,
+    RotatedState, STATE_GROUPS,
+};
+use rotated_groups::{quantize_groups, GroupCodes};
 
 /// Dimensions of a cache: `[layers, kv_heads, tokens, head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +58,10 @@ pub enum PackedKeys {
     },
     /// VidKV mixed precision.
     Mixed(MixedKeys),
+    /// Rotated per-token Lloyd-Max codes ([`rotated`]).
+    Rotated(RotatedRows),
+    /// Rotated codes across tokens too ([`rotated_groups`]).
+    RotatedGroups(GroupCodes),
 }
 
 /// VidKV keys: 2-bit outlier channels and 1-bit (optionally DFT-domain) normal channels.
@@ -89,6 +102,14 @@ pub enum PackedValues {
         plane: TernaryPlane,
         protected: TwoBitPlane,
     },
+    /// Rotated per-token Lloyd-Max codes ([`rotated`]), centred on the per-group means
+    /// when `means` is present, else on the per-head mean.
+    Rotated {
+        rows: RotatedRows,
+        means: Option<GroupMeans>,
+    },
+    /// Rotated codes across tokens too ([`rotated_groups`]).
+    RotatedGroups(GroupCodes),
 }
 
 /// One (layer, KV head) of a packed cache.
@@ -218,6 +239,9 @@ pub(crate) fn prepare(
     let shape = cache_shape(k, v)?;
     check_quantizable("k", &k.data, &k.shape)?;
     check_quantizable("v", &v.data, &v.shape)?;
+    if config.uses_rotation() {
+        Rotation::new(shape.head_dim)?;
+    }
     let plan = config.plan(shape.tokens);
     let protected = protected_in_range(protected, plan, config)?;
     Ok(Prepared {
@@ -286,6 +310,67 @@ fn protected_in_range(
         .collect())
 }
 
+/// The per-head states of the rotated schemes, fixed at a head's first quantization and
+/// reused for every later run of the same head (`None` until then, and for other schemes).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeadStates {
+    pub keys: Option<RotatedState>,
+    pub values: Option<RotatedState>,
+}
+
+/// Quantizes one run of whole groups of one head as a streaming cache does: `k`, `v` are
+/// `[n, d]` with n a multiple of the group size; `split` is the frozen key channel split
+/// (mixed keys only) and `states` the head's rotated states, fixed by its first run. The
+/// result holds only quantized tokens (no exact rows). STP is not taken here.
+pub fn quantize_run(
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    config: &QuantConfig,
+    split: Option<&ChannelSplit>,
+    states: &mut HeadStates,
+) -> Result<PackedHead> {
+    config.validate()?;
+    if config.uses_rotation() {
+        Rotation::new(d)?;
+    }
+    let tokens = k.len() / d.max(1);
+    if d == 0 || k.len() != v.len() || k.len() % d != 0 || tokens % config.group_size != 0 {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "k/v".into(),
+            detail: format!(
+                "a run must be whole groups of {} rows of {d} (got {} and {} values)",
+                config.group_size,
+                k.len(),
+                v.len()
+            ),
+        });
+    }
+    if matches!(config.keys, KeyScheme::Mixed { .. }) && split.is_none() {
+        return Err(VidkvError::InvalidConfig(
+            "mixed keys need the frozen channel split".into(),
+        ));
+    }
+    if config.is_fp16() {
+        return Err(VidkvError::InvalidConfig(
+            "fp16 keeps every token exact: there is no run to quantize".into(),
+        ));
+    }
+    let plan = TokenPlan {
+        tokens,
+        sinks: 0,
+        quantized: tokens,
+    };
+    Ok(PackedHead {
+        plan,
+        head_dim: d,
+        exact_keys: ExactRows::from_rows(&[], d),
+        exact_values: ExactRows::from_rows(&[], d),
+        keys: quantize_keys(k, d, config, split, &mut states.keys),
+        values: quantize_values(v, d, config, plan, &[], &mut states.values),
+    })
+}
+
 /// Quantizes the heads of one layer (`k_layer`, `v_layer`: `[kv_heads, tokens, head_dim]`).
 fn quantize_layer(
     k_layer: &[f32],
@@ -317,8 +402,22 @@ fn quantize_layer(
         .chunks_exact(head_len)
         .zip(v_layer.chunks_exact(head_len))
         .map(|(k_head, v_head)| {
-            let keys = quantize_keys(&quantized_rows(k_head), d, config, layer_split.as_ref());
-            let values = quantize_values(&quantized_rows(v_head), d, config, plan, protected);
+            let mut states = HeadStates::default();
+            let keys = quantize_keys(
+                &quantized_rows(k_head),
+                d,
+                config,
+                layer_split.as_ref(),
+                &mut states.keys,
+            );
+            let values = quantize_values(
+                &quantized_rows(v_head),
+                d,
+                config,
+                plan,
+                protected,
+                &mut states.values,
+            );
             PackedHead {
                 plan,
                 head_dim: d,
@@ -379,6 +478,7 @@ fn quantize_keys(
     d: usize,
     config: &QuantConfig,
     layer_split: Option<&ChannelSplit>,
+    state: &mut Option<RotatedState>,
 ) -> PackedKeys {
     let tokens = x.len() / d;
     let g = config.group_size;
@@ -438,7 +538,39 @@ fn quantize_keys(
                 fft,
             })
         }
+        KeyScheme::Rotated { bits } => {
+            let (rotation, book, state) = rotated_setup(x, d, bits, g, state);
+            let quantizer = RotatedQuantizer {
+                rotation: &rotation,
+                book,
+                state: &state,
+            };
+            PackedKeys::Rotated(quantize_rows(x, &quantizer, &Centres::new(&state, d, None)))
+        }
+        KeyScheme::RotatedGroups { bits } => {
+            let (rotation, _, state) = rotated_setup(x, d, bits, g, state);
+            PackedKeys::RotatedGroups(quantize_groups(x, &rotation, bits, g, &state))
+        }
     }
+}
+
+/// The transform, codebook and per-head state of a rotated plane over rows `x` (`[tokens,
+/// d]`): the given `state`, or (when none is fixed yet) one fitted to the first
+/// [`STATE_GROUPS`] groups of `x`, which is then kept in `state`.
+fn rotated_setup(
+    x: &[f32],
+    d: usize,
+    bits: u8,
+    group_size: usize,
+    state: &mut Option<RotatedState>,
+) -> (Rotation, Codebook, RotatedState) {
+    let rotation = Rotation::new(d).expect("prepare checked the head_dim");
+    let book = Codebook::new(bits).expect("validate checked the bits");
+    let first = (STATE_GROUPS * group_size * d).min(x.len());
+    let state = state
+        .get_or_insert_with(|| RotatedState::fit(&x[..first], &rotation))
+        .clone();
+    (rotation, book, state)
 }
 
 fn two_bit_plane(x: &[f32], d: usize, grouping: Grouping, group_size: usize) -> TwoBitPlane {
@@ -469,6 +601,7 @@ fn quantize_values(
     config: &QuantConfig,
     plan: TokenPlan,
     protected: &[u32],
+    state: &mut Option<RotatedState>,
 ) -> PackedValues {
     let g = config.group_size;
     match config.values {
@@ -499,6 +632,21 @@ fn quantize_values(
                     },
                 ),
             }
+        }
+        ValueScheme::Rotated { bits, group_means } => {
+            let (rotation, book, state) = rotated_setup(x, d, bits, g, state);
+            let quantizer = RotatedQuantizer {
+                rotation: &rotation,
+                book,
+                state: &state,
+            };
+            let means = group_means.then(|| fit_group_means(x, d, g, &state));
+            let rows = quantize_rows(x, &quantizer, &Centres::new(&state, d, means.as_ref()));
+            PackedValues::Rotated { rows, means }
+        }
+        ValueScheme::RotatedGroups { bits } => {
+            let (rotation, _, state) = rotated_setup(x, d, bits, g, state);
+            PackedValues::RotatedGroups(quantize_groups(x, &rotation, bits, g, &state))
         }
     }
 }
@@ -540,6 +688,10 @@ impl PackedHead {
                     }
                 }
             }
+            PackedKeys::Rotated(rows) => {
+                rows.dequantize(&self.rotation(), &Centres::new(&rows.state, d, None), q)
+            }
+            PackedKeys::RotatedGroups(codes) => codes.dequantize(&self.rotation(), q),
         }
         out
     }
@@ -568,6 +720,12 @@ impl PackedHead {
                     }
                 }
             }
+            PackedValues::Rotated { rows, means } => rows.dequantize(
+                &self.rotation(),
+                &Centres::new(&rows.state, d, means.as_ref()),
+                q,
+            ),
+            PackedValues::RotatedGroups(codes) => codes.dequantize(&self.rotation(), q),
         }
         out
     }
@@ -597,6 +755,22 @@ impl PackedHead {
                 out[t * d + c] = exact.value(row, c);
             }
         }
+    }
+
+    /// Whether keys or values are stored in a rotated scheme.
+    pub fn uses_rotation(&self) -> bool {
+        matches!(
+            self.keys,
+            PackedKeys::Rotated(_) | PackedKeys::RotatedGroups(_)
+        ) || matches!(
+            self.values,
+            PackedValues::Rotated { .. } | PackedValues::RotatedGroups(_)
+        )
+    }
+
+    /// The head_dim rotation of the rotated schemes (checked when the head was made).
+    pub fn rotation(&self) -> Rotation {
+        Rotation::new(self.head_dim).expect("a rotated head has a valid head_dim")
     }
 
     /// Positions of the exact rows, in storage order (sinks, then tail).

@@ -2,10 +2,13 @@
 //!
 //! Counted: code words, f16 scales and minimums (with the padding of odd group counts and
 //! of partial trit blocks), outlier-channel masks, exact sink and tail rows, and the STP
-//! position list (one u32 per protected token, once per cache, charged to V). Not counted:
+//! position list (one u32 per protected token, once per cache, charged to V), and the
+//! rotated schemes' per-token scale bytes, per-group means and per-head state. Not counted:
 //! the fixed-size header (shape and configuration), which does not grow with the cache.
 
 use super::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use super::rotated::{GroupMeans, RotatedRows};
+use super::rotated_groups::GroupCodes;
 use super::{CacheShape, PackedCache, PackedKeys, PackedValues};
 use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
 use crate::reference::split::outlier_count;
@@ -54,6 +57,8 @@ pub(super) fn measure(cache: &PackedCache) -> SizeReport {
                     + m.normals.codes.len()
                     + m.normals.scales.len()
             }
+            PackedKeys::Rotated(rows) => rotated_words(rows),
+            PackedKeys::RotatedGroups(codes) => group_words(codes),
         };
         value_words += match &head.values {
             PackedValues::Exact => 0,
@@ -64,6 +69,10 @@ pub(super) fn measure(cache: &PackedCache) -> SizeReport {
                     + protected.codes.len()
                     + protected.params.len()
             }
+            PackedValues::Rotated { rows, means } => {
+                rotated_words(rows) + means.as_ref().map_or(0, |m| m.codes.len() + m.steps.len())
+            }
+            PackedValues::RotatedGroups(codes) => group_words(codes),
         };
     }
     SizeReport {
@@ -71,6 +80,14 @@ pub(super) fn measure(cache: &PackedCache) -> SizeReport {
         value_bytes: 4 * value_words,
         elements: cache.shape.elements(),
     }
+}
+
+fn rotated_words(rows: &RotatedRows) -> usize {
+    rows.codes.len() + rows.scales.len() + rows.state.mean.len() + 1
+}
+
+fn group_words(codes: &GroupCodes) -> usize {
+    codes.codes.len() + codes.scales.len() + codes.widths.len() + codes.state.mean.len() + 1
 }
 
 /// The size a cache of `shape` would have under `config` with `protected` STP tokens inside
@@ -116,6 +133,8 @@ pub fn estimate_size(shape: CacheShape, config: &QuantConfig, protected: usize) 
                     group_size: g,
                 })
         }
+        KeyScheme::Rotated { bits } => RotatedRows::words(bits, d, nq),
+        KeyScheme::RotatedGroups { bits } => GroupCodes::words(bits, g, d, nq / g),
     };
     let (value_plane, list) = match config.values {
         ValueScheme::Fp16 => (0, 0),
@@ -125,6 +144,16 @@ pub fn estimate_size(shape: CacheShape, config: &QuantConfig, protected: usize) 
                 + TwoBitPlane::words(per_channel(protected)),
             protected,
         ),
+        ValueScheme::Rotated { bits, group_means } => (
+            RotatedRows::words(bits, d, nq)
+                + if group_means {
+                    GroupMeans::words(d, nq / g)
+                } else {
+                    0
+                },
+            0,
+        ),
+        ValueScheme::RotatedGroups { bits } => (GroupCodes::words(bits, g, d, nq / g), 0),
     };
     let heads = shape.layers * shape.kv_heads;
     SizeReport {

@@ -1,0 +1,237 @@
+//! The rotated schemes (issue 12, `docs/rotated-2bit.md`): bit budget, the per-head state,
+//! typed errors for what they cannot take, the GPU paths' refusal until their kernels
+//! exist, and `ReferenceCache` (the CPU cache that runs them) against the batch quantizer
+//! and against the GPU `KvCache`.
+
+#[path = "common/gpu.rs"]
+mod gpu_context;
+
+use gpu_context::gpu;
+
+use vidkv::cache::{ModelCache, ReferenceCache};
+use vidkv::config::{KeyScheme, ValueScheme, ROTATED_PRESET_NAMES};
+use vidkv::gpu::quantize::quantize_cache;
+use vidkv::packed::{estimate_size, PackedKeys, PackedValues};
+use vidkv::reference::attention::attend_dense;
+use vidkv::report::relative_l2;
+use vidkv::{CacheShape, KvCache, ModelShape, PackedCache, QuantConfig, Tensor, VidkvError};
+
+fn tensor(shape: [usize; 4], seed: u32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data = (0..n as u32)
+        .map(|i| {
+            let x = i
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed.wrapping_mul(40503));
+            ((x >> 8) % 2001) as f32 / 1000.0 - 1.0 + ((i as usize % shape[3]) as f32 * 0.01)
+        })
+        .collect();
+    Tensor::new("x", shape.to_vec(), data).unwrap()
+}
+
+#[test]
+fn rotated_preset_stays_within_2_2_bits_on_a_16k_cache() {
+    let shape = CacheShape {
+        layers: 28,
+        kv_heads: 4,
+        tokens: 16384,
+        head_dim: 128,
+    };
+    let size = estimate_size(shape, &QuantConfig::preset("rotated").unwrap(), 0);
+    assert!(size.all_bits() <= 2.2, "rotated: {} bits", size.all_bits());
+    let flat = estimate_size(shape, &QuantConfig::preset("rotated-flat").unwrap(), 0);
+    assert!(flat.all_bits() < size.all_bits());
+}
+
+#[test]
+fn head_dims_the_rotation_cannot_take_are_typed_errors() {
+    for preset in ROTATED_PRESET_NAMES {
+        let config = QuantConfig::preset(preset).unwrap();
+        let x = tensor([1, 1, 128, 72], 1);
+        let err = PackedCache::quantize(&x, &x, &config, &[]).unwrap_err();
+        assert!(
+            matches!(&err, VidkvError::InvalidConfig(m) if m.contains("multiple of 16")),
+            "{preset}: {err}"
+        );
+    }
+}
+
+#[test]
+fn code_widths_outside_1_to_4_bits_are_typed_errors() {
+    for bits in [0u8, 5, 8] {
+        let mut config = QuantConfig::preset("rotated").unwrap();
+        config.keys = KeyScheme::Rotated { bits };
+        assert!(matches!(
+            config.validate(),
+            Err(VidkvError::InvalidConfig(_))
+        ));
+        let mut config = QuantConfig::preset("rotated").unwrap();
+        config.values = ValueScheme::Rotated {
+            bits,
+            group_means: false,
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(VidkvError::InvalidConfig(_))
+        ));
+    }
+}
+
+#[test]
+fn the_per_head_state_comes_from_the_first_two_groups() {
+    let x = tensor([1, 1, 257, 32], 3);
+    let config = QuantConfig::preset("rotated").unwrap();
+    let cache = PackedCache::quantize(&x, &x, &config, &[]).unwrap();
+    let PackedKeys::Rotated(rows) = &cache.heads[0].keys else {
+        panic!("rotated keys expected")
+    };
+    let start = cache.heads[0].plan.quantized_start();
+    for c in 0..32 {
+        let mean = (start..start + 64).map(|t| x.data[t * 32 + c]).sum::<f32>() / 64.0;
+        assert!((rows.state.mean_value(c) - mean).abs() <= 1e-3 * (1.0 + mean.abs()));
+    }
+    // Changing a token after the first two groups leaves the state alone.
+    let mut later = x.clone();
+    later.data[(start + 100) * 32] += 5.0;
+    let again = PackedCache::quantize(&later, &later, &config, &[]).unwrap();
+    let PackedValues::Rotated { rows: v0, .. } = &cache.heads[0].values else {
+        panic!("rotated values expected")
+    };
+    let PackedValues::Rotated { rows: v1, .. } = &again.heads[0].values else {
+        panic!("rotated values expected")
+    };
+    assert_eq!(v0.state, v1.state);
+}
+
+#[test]
+fn gpu_paths_refuse_rotated_schemes_with_a_typed_error() {
+    let config = QuantConfig::preset("rotated").unwrap();
+    let x = tensor([1, 1, 128, 64], 5);
+    let err = quantize_cache(gpu(), &x, &x, &config, &[]).unwrap_err();
+    assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+    let shape = ModelShape {
+        layers: 1,
+        q_heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let err = KvCache::new(shape, config, gpu()).err().expect("refused");
+    assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn smooth_groups_take_the_sequency_mode_and_spend_the_budget() {
+    // Tokens that drift slowly: the transform across tokens concentrates their energy.
+    let (tokens, d) = (161, 64);
+    let data: Vec<f32> = (0..tokens * d)
+        .map(|i| {
+            let (t, c) = (i / d, i % d);
+            ((c as f32 * 0.7).sin() * 2.0 + (t as f32 * 0.02 + c as f32).cos() * 0.3)
+                + ((i * 7919 % 101) as f32 / 101.0 - 0.5) * 0.05
+        })
+        .collect();
+    let x = Tensor::new("x", vec![1, 1, tokens, d], data).unwrap();
+    let config = QuantConfig::preset("rotated-groups").unwrap();
+    let cache = PackedCache::quantize(&x, &x, &config, &[]).unwrap();
+    let PackedKeys::RotatedGroups(codes) = &cache.heads[0].keys else {
+        panic!("group codes expected")
+    };
+    codes.validate().unwrap();
+    assert!(codes.groups >= 2);
+    for g in 0..codes.groups {
+        assert!(
+            !codes.is_token_mode(g),
+            "group {g} fell back to per-token codes"
+        );
+        let spent: usize = (0..32).map(|j| usize::from(codes.row_bits(g, j))).sum();
+        assert_eq!(spent, 64);
+        assert!(codes.row_bits(g, 0) >= codes.row_bits(g, 31));
+    }
+}
+
+/// `[kv_heads, n, d]` rows `from..from + n` of a `[1, kv_heads, tokens, d]` tensor.
+fn rows_of(x: &Tensor, from: usize, n: usize) -> Vec<f32> {
+    let (h, tokens, d) = (x.shape[1], x.shape[2], x.shape[3]);
+    (0..h)
+        .flat_map(|head| {
+            let at = (head * tokens + from) * d;
+            x.data[at..at + n * d].iter().copied()
+        })
+        .collect()
+}
+
+#[test]
+fn reference_cache_streams_what_the_batch_quantizer_writes() {
+    // A prefill that flushes at least two groups fixes the same per-head state as the
+    // batch quantizer; later tokens (appended one at a time) are then coded identically.
+    let (h, d, tokens) = (2usize, 64usize, 300usize);
+    let k = tensor([1, h, tokens, d], 11);
+    let v = tensor([1, h, tokens, d], 12);
+    let shape = ModelShape {
+        layers: 1,
+        q_heads: 4,
+        kv_heads: h,
+        head_dim: d,
+    };
+    for preset in ROTATED_PRESET_NAMES.iter().chain(&["kivi2"]) {
+        let config = QuantConfig::preset(preset).unwrap();
+        let mut cache = ReferenceCache::new(shape, config.clone()).unwrap();
+        cache
+            .append(0, &rows_of(&k, 0, 160), &rows_of(&v, 0, 160))
+            .unwrap();
+        for t in 160..tokens {
+            cache
+                .append(0, &rows_of(&k, t, 1), &rows_of(&v, t, 1))
+                .unwrap();
+        }
+        let q = tensor([1, 4, 1, d], 13);
+        let streamed = cache.attend_causal(0, &q.data).unwrap();
+        let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        let (k_hat, v_hat) = packed.dequantize();
+        let visible = vec![true; tokens];
+        for qh in 0..4 {
+            let kv = qh / 2;
+            let span = kv * tokens * d..(kv + 1) * tokens * d;
+            let batch = attend_dense(
+                &q.data[qh * d..(qh + 1) * d],
+                &k_hat.data[span.clone()],
+                &v_hat.data[span],
+                &visible,
+            );
+            let err = relative_l2(&streamed[qh * d..(qh + 1) * d], &batch);
+            assert!(err < 1e-6, "{preset}: query head {qh} differs by {err}");
+        }
+    }
+}
+
+#[test]
+fn reference_cache_agrees_with_the_gpu_kv_cache() {
+    let (h, d, tokens) = (2usize, 64usize, 250usize);
+    let k = tensor([1, h, tokens, d], 21);
+    let v = tensor([1, h, tokens, d], 22);
+    let shape = ModelShape {
+        layers: 1,
+        q_heads: 2,
+        kv_heads: h,
+        head_dim: d,
+    };
+    for preset in ["kivi2", "vidkv", "fp16"] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let mut oracle = ReferenceCache::new(shape, config.clone()).unwrap();
+        let mut gpu_cache = KvCache::new(shape, config, gpu()).unwrap();
+        for (from, n) in [(0usize, 100usize), (100, 32), (132, 118)] {
+            let (kr, vr) = (rows_of(&k, from, n), rows_of(&v, from, n));
+            ModelCache::append(&mut oracle, 0, &kr, &vr).unwrap();
+            gpu_cache.append(0, &kr, &vr).unwrap();
+        }
+        let q = tensor([1, 2, 3, d], 23);
+        let ours = oracle.attend_causal(0, &q.data).unwrap();
+        let theirs = gpu_cache.attend_causal(0, &q.data).unwrap();
+        let err = relative_l2(&ours, &theirs);
+        assert!(err < 1e-4, "{preset}: {err}");
+        assert_eq!(
+            ModelCache::bits_per_element(&oracle),
+            gpu_cache.bits_per_element()
+        );
+    }
+}
