@@ -6,7 +6,7 @@
 //! attention sinks and a recent-token window.
 //!
 //! Data flow (see `docs/ARCHITECTURE.md`): [`io`] loads tensors → [`config`] plans which
-//! tokens are quantized → [`packed`] quantizes with the [`reference`] math and stores bit
+//! tokens are quantized → [`packed`] quantizes with the [`mod@reference`] math and stores bit
 //! planes → [`packed::attend`] (CPU) and [`gpu::attention`] attend straight from the packed
 //! codes → [`report`] measures error and effective bits. [`KvCache`] is the GPU-resident
 //! whole-model cache built on [`gpu`].

@@ -1,6 +1,6 @@
 //! The browser demo's plan: the library's own GPU code, traced, for a WebGPU page to replay.
 //!
-//! [`demo_plan`] runs, with a [`Trace`](crate::gpu::trace::Trace) on, for each of
+//! [`demo_plan`] runs, with a [`crate::gpu::trace::Trace`] on, for each of
 //! [`DEMO_PRESETS`]: GPU quantization of a sample (`quantize`), the fused attention of every
 //! stored layer for the sample's queries (`attention`, portable kernels), and the same
 //! attention one segment at a time with the softmax weights read back (`heat map`: the

@@ -23,11 +23,11 @@
 //! followed by later groups: their ternary groups are not contiguous).
 //!
 //!
-//! One file per job: this module holds the type, its state and accessors; [`append`] the
-//! window and flushing (prefill, append, STP prefill), [`attend`] attention over the stored
-//! segments, [`convert`] conversion to and from [`crate::PackedCache`], and [`file`] the
+//! One file per job: this module holds the type, its state and accessors; `append` the
+//! window and flushing (prefill, append, STP prefill), `attend` attention over the stored
+//! segments, `convert` conversion to and from [`crate::PackedCache`], and `file` the
 //! `vidkv-kvcache` file format. The kernels they run are in [`crate::gpu::incremental`].
-//! [`reference`] holds [`ReferenceCache`], the CPU oracle with the same flush rules, and the
+//! `reference` holds [`ReferenceCache`], the CPU oracle with the same flush rules, and the
 //! [`ModelCache`] trait a decoder drives either through.
 
 mod append;

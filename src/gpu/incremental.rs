@@ -3,11 +3,11 @@
 //!
 //! Everything here records kernels or copies into a [`Batch`]; the cache module only calls
 //! these functions with its state, so a kernel change stops inside `gpu/`. The layouts:
-//! - [`ExactStore`]: `[kv_heads][capacity][head_dim/2]` f16 pairs (sinks, window, fp16
-//!   chunks); `capacity` is a multiple of [`ROW_ALIGN`] so every head starts aligned.
-//! - [`F32Rows`]: `[kv_heads][capacity][head_dim]` f32, the window's originals.
-//! - chunk planes ([`PackedPlanes`]): per KV head, room for [`CHUNK_GROUPS`] groups of each
-//!   plane array ([`ChunkWords`] words), filled group by group in place.
+//! - `ExactStore`: `[kv_heads][capacity][head_dim/2]` f16 pairs (sinks, window, fp16
+//!   chunks); `capacity` is a multiple of `ROW_ALIGN` so every head starts aligned.
+//! - `F32Rows`: `[kv_heads][capacity][head_dim]` f32, the window's originals.
+//! - chunk planes (`PackedPlanes`): per KV head, room for [`CHUNK_GROUPS`] groups of each
+//!   plane array (`ChunkWords` words), filled group by group in place.
 
 use super::attention::{
     KeyLayout, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,

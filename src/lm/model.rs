@@ -1,4 +1,5 @@
-//! A llama-architecture decoder (SmolLM2) on candle, with its attention in a [`KvCache`].
+//! A llama-architecture decoder (SmolLM2) on candle, with its attention in a [`crate::cache::ModelCache`] (a GPU
+//! [`crate::KvCache`] or the CPU [`crate::cache::ReferenceCache`]).
 //!
 //! Weights come from a GGUF file and are dequantized to f32 once, at load. llama.cpp stores
 //! the query and key projections with their rows interleaved for its pairwise RoPE; the
@@ -70,7 +71,7 @@ impl LlamaConfig {
         })
     }
 
-    /// The attention shape a [`KvCache`] for this model needs.
+    /// The attention shape a [`crate::KvCache`] for this model needs.
     pub fn cache_shape(&self) -> ModelShape {
         ModelShape {
             layers: self.layers,

@@ -7,7 +7,7 @@
 //! - per token, the [`fit_row`] codes of its rotated row y = x·Rot or of its centred
 //!   rotated row (x − c)·Rot, whichever has the smaller squared error, and one byte
 //!   (flag ≪ 7) | scale code. The centre c is m (keys, and values without group means) or
-//!   the group mean μ_g (values with [`GroupMeans`]). x̂ = flag·c + (ŝ·L[codes])·Rot;
+//!   the group mean μ_g (values with [`GroupMeans`]). x̂ = flag·c + (ŝ·L\[codes\])·Rot;
 //! - for values with group means, per group: r = the group's mean of x − m,
 //!   D = f16(max|r|/3), z = round(r/D) clamped to ±3 (3 bits), μ_g = m + D·z.
 //!
@@ -171,7 +171,7 @@ impl RotatedRows {
         }
     }
 
-    /// ŝ·L[codes] of token `t`: its row in the rotated domain, without the centre.
+    /// ŝ·L\[codes\] of token `t`: its row in the rotated domain, without the centre.
     pub fn rotated_row(&self, t: usize) -> Vec<f32> {
         let levels = self.codebook().levels;
         let s = self.scale(t);

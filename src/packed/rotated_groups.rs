@@ -92,7 +92,7 @@ impl GroupCodes {
     }
 
     /// The rows of group `g` in the rotated domain, `[G, d]`, and for mode A the tokens'
-    /// centring flags: T gives F̂ (sequency rows), A gives ŷₜ = ŝₜ·L[cₜ] per token.
+    /// centring flags: T gives F̂ (sequency rows), A gives ŷₜ = ŝₜ·L\[cₜ\] per token.
     pub fn rotated_rows(&self, g: usize) -> (Vec<f32>, Option<Vec<bool>>) {
         let d = self.head_dim;
         let words = self.group_codes(g);

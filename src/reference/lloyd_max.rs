@@ -3,10 +3,10 @@
 //! After a Hadamard rotation the elements of a key or value row are close to Gaussian, and
 //! the Lloyd-Max levels for N(0, 1) (1–4 bits; thresholds at the midpoints between levels)
 //! are the least-squares codebook for them. One row y gets one scale s and one code per
-//! element, ŷᵢ = s·L[cᵢ]:
+//! element, ŷᵢ = s·L\[cᵢ\]:
 //!
 //! 1. start from s = √(π/2)·mean|y| (the Gaussian estimate of the RMS);
-//! 2. twice: cᵢ = code(yᵢ/s), then the least-squares scale s = Σ yᵢ·L[cᵢ] / Σ L[cᵢ]²;
+//! 2. twice: cᵢ = code(yᵢ/s), then the least-squares scale s = Σ yᵢ·L\[cᵢ\] / Σ L\[cᵢ\]²;
 //! 3. code the scale in 7 bits on a log grid relative to a per-head base b:
 //!    e = clamp(round(8·log2(s/b)) + 64, 1, 127), e = 0 only for an all-zero row;
 //!    ŝ = b·2^((e − 64)/8);
@@ -151,7 +151,7 @@ fn encode_scale(num: f32, den: f32, base: f32) -> u8 {
     lo as u8
 }
 
-/// One row's fit: its scale code, decoded scale and squared error Σ(yᵢ − ŝ·L[cᵢ])².
+/// One row's fit: its scale code, decoded scale and squared error Σ(yᵢ − ŝ·L\[cᵢ\])².
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowFit {
     pub scale_code: u8,

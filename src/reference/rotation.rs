@@ -1,7 +1,7 @@
 //! The orthonormal (block-)Hadamard rotation over head_dim used by the rotated schemes.
 //!
 //! A power-of-two `d` is one block: Rot = H_d/√d with H the Sylvester Hadamard matrix
-//! (H₁ = [1], H₂ₙ = [[Hₙ, Hₙ], [Hₙ, −Hₙ]]). Any other multiple of [`MIN_BLOCK`] is split
+//! (H₁ = \[1\], H₂ₙ = [[Hₙ, Hₙ], [Hₙ, −Hₙ]]). Any other multiple of [`MIN_BLOCK`] is split
 //! into power-of-two blocks by its binary digits, largest first (80 = 64 + 16,
 //! 96 = 64 + 32, 112 = 64 + 32 + 16, 160 = 128 + 32), each rotated on its own: the matrix
 //! is block-diagonal, so it stays symmetric and orthogonal and is its own inverse.
