@@ -59,6 +59,13 @@ struct Params {
     segment_first: u32,
     stp: u32,
     scale: f32,
+    // Rotated schemes: bits per code, and whether each group has its own centre row (1) or
+    // every token is centred on the per-head mean of the state (0).
+    code_bits: u32,
+    centre_rows: u32,
+    // Unused: the block stays a multiple of 16 bytes (uniform buffers on every backend).
+    padding_0: u32,
+    padding_1: u32,
 }
 
 // Index of this invocation in a dispatch of (x, y, 1) workgroups of WORKGROUP_SIZE.

@@ -160,6 +160,52 @@ fn eval_lm_runs_every_preset_on_a_short_text() {
     assert_eq!(presets[0]["greedy_agreement"], 1.0);
 }
 
+/// The CPU reference cache runs the rotated presets, which the GPU cache refuses, and
+/// gives the GPU cache's perplexity for a preset both take (with an exact sink: without
+/// one the model is in the unstable regime where summation order moves perplexity).
+#[test]
+fn eval_lm_on_the_cpu_reference_cache_takes_the_rotated_presets() {
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/apache-2.0-excerpt.txt");
+    let run = |device: &str, presets: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vidkv"));
+        command
+            .args(["eval-lm", "--tokens", "160", "--json", "--device", device])
+            .args(["--sinks", "1", "--residual", "64"])
+            .arg("--text")
+            .arg(&text)
+            .arg("--model")
+            .arg(model_path());
+        for preset in presets {
+            command.args(["--preset", preset]);
+        }
+        command.output().unwrap()
+    };
+    let output = run("cpu", &["kivi2", "rotated", "rotated-groups"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "eval-lm --device cpu failed: {stderr}"
+    );
+    let cpu: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let presets = cpu["presets"].as_array().unwrap();
+    assert_eq!(presets.len(), 4);
+    for p in presets {
+        let perplexity = p["perplexity"].as_f64().unwrap();
+        assert!(perplexity.is_finite() && perplexity > 1.0, "{p}");
+    }
+    let gpu_output = run("gpu", &["kivi2"]);
+    assert!(gpu_output.status.success());
+    let gpu: serde_json::Value = serde_json::from_slice(&gpu_output.stdout).unwrap();
+    let (a, b) = (
+        gpu["presets"][1]["perplexity"].as_f64().unwrap(),
+        presets[1]["perplexity"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 0.01 * a, "kivi2: gpu {a}, cpu {b}");
+    let refused = run("gpu", &["rotated"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported yet"));
+}
+
 #[test]
 fn eval_lm_names_the_fetch_script_when_the_model_is_missing() {
     let output = Command::new(env!("CARGO_BIN_EXE_vidkv"))

@@ -3,13 +3,18 @@
 //! exist, and `ReferenceCache` (the CPU cache that runs them) against the batch quantizer
 //! and against the GPU `KvCache`.
 
+#[path = "common/data.rs"]
+mod data;
+
 #[path = "common/gpu.rs"]
 mod gpu_context;
 
+use data::shared_sample;
 use gpu_context::gpu;
 
 use vidkv::cache::{ModelCache, ReferenceCache};
 use vidkv::config::{KeyScheme, ValueScheme, ROTATED_PRESET_NAMES};
+use vidkv::gpu::dequantize::dequantize_cache;
 use vidkv::gpu::quantize::quantize_cache;
 use vidkv::packed::{estimate_size, PackedKeys, PackedValues};
 use vidkv::reference::attention::attend_dense;
@@ -24,6 +29,26 @@ fn tensor(shape: [usize; 4], seed: u32) -> Tensor {
                 .wrapping_mul(2654435761)
                 .wrapping_add(seed.wrapping_mul(40503));
             ((x >> 8) % 2001) as f32 / 1000.0 - 1.0 + ((i as usize % shape[3]) as f32 * 0.01)
+        })
+        .collect();
+    Tensor::new("x", shape.to_vec(), data).unwrap()
+}
+
+/// Gaussian-like rows (splitmix64 noise, sums of four uniforms) with per-channel scales.
+fn noise_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    let mut state = seed;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let channel_scale = 1.0 + (i % shape[3] % 7) as f32 * 0.3;
+            channel_scale * (0..4).map(|_| uniform()).sum::<f32>()
         })
         .collect();
     Tensor::new("x", shape.to_vec(), data).unwrap()
@@ -103,12 +128,112 @@ fn the_per_head_state_comes_from_the_first_two_groups() {
     assert_eq!(v0.state, v1.state);
 }
 
+/// Words of the GPU per-token kernels that differ from the CPU reference's, over all heads:
+/// (code words, scale words, state and group-mean words) and their totals.
+fn differing_words(cpu: &PackedCache, gpu_cache: &PackedCache) -> ([usize; 3], [usize; 3]) {
+    let mut differ = [0usize; 3];
+    let mut total = [0usize; 3];
+    let mut count = |slot: usize, a: &[u32], b: &[u32]| {
+        assert_eq!(a.len(), b.len(), "array lengths");
+        differ[slot] += a.iter().zip(b).filter(|(x, y)| x != y).count();
+        total[slot] += a.len();
+    };
+    for (c, g) in cpu.heads.iter().zip(&gpu_cache.heads) {
+        assert_eq!(c.exact_keys, g.exact_keys);
+        assert_eq!(c.exact_values, g.exact_values);
+        let (PackedKeys::Rotated(ck), PackedKeys::Rotated(gk)) = (&c.keys, &g.keys) else {
+            panic!("rotated keys expected")
+        };
+        let (
+            PackedValues::Rotated {
+                rows: cv,
+                means: cm,
+            },
+            PackedValues::Rotated {
+                rows: gv,
+                means: gm,
+            },
+        ) = (&c.values, &g.values)
+        else {
+            panic!("rotated values expected")
+        };
+        for (a, b) in [(ck, gk), (cv, gv)] {
+            count(0, &a.codes, &b.codes);
+            count(1, &a.scales, &b.scales);
+            count(2, &a.state.mean, &b.state.mean);
+            count(2, &[a.state.base], &[b.state.base]);
+        }
+        if let (Some(a), Some(b)) = (cm, gm) {
+            count(2, &a.codes, &b.codes);
+            count(2, &a.steps, &b.steps);
+        }
+    }
+    (differ, total)
+}
+
 #[test]
-fn gpu_paths_refuse_rotated_schemes_with_a_typed_error() {
-    let config = QuantConfig::preset("rotated").unwrap();
+fn gpu_per_token_kernels_write_the_reference_words() {
+    let cases = [
+        (64usize, 100usize, 2usize, "rotated"),
+        (80, 97, 1, "rotated-flat"),
+        (96, 333, 3, "rotated-k3v1"),
+        (112, 64, 1, "rotated"),
+        (128, 250, 2, "rotated"),
+        (160, 130, 1, "rotated-k3v1"),
+        (256, 200, 1, "rotated-flat"),
+        (256, 300, 1, "4-bit keys, 3-bit values, groups of 128"),
+    ];
+    for (case, &(d, tokens, heads, preset)) in cases.iter().enumerate() {
+        let k = noise_tensor([2, heads, tokens, d], 40 + case as u64);
+        let v = noise_tensor([2, heads, tokens, d], 60 + case as u64);
+        let config = QuantConfig::preset(preset).unwrap_or(QuantConfig {
+            group_size: 128,
+            residual: 0,
+            keys: KeyScheme::Rotated { bits: 4 },
+            values: ValueScheme::Rotated {
+                bits: 3,
+                group_means: true,
+            },
+            ..QuantConfig::preset("rotated").unwrap()
+        });
+        let cpu = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        let on_gpu = quantize_cache(gpu(), &k, &v, &config, &[]).unwrap();
+        let (differ, total) = differing_words(&cpu, &on_gpu);
+        let what = format!(
+            "{preset} d={d} tokens={tokens}: differing (codes, scales, state) words {differ:?} of {total:?}"
+        );
+        eprintln!("{what}");
+        assert_eq!(differ, [0, 0, 0], "{what}");
+        let (k_cpu, v_cpu) = cpu.dequantize();
+        let (k_gpu, v_gpu) = dequantize_cache(gpu(), &on_gpu).unwrap();
+        assert!(relative_l2(&k_gpu.data, &k_cpu.data) < 1e-6, "{what}");
+        assert!(relative_l2(&v_gpu.data, &v_cpu.data) < 1e-6, "{what}");
+    }
+}
+
+/// On the real dev files the GPU writes the reference's words for every per-token preset.
+#[test]
+fn gpu_per_token_kernels_match_the_reference_on_the_dev_files() {
+    for file in ["smollm2_text_dev", "dinov2_video_dev"] {
+        let sample = shared_sample(file);
+        for preset in ["rotated", "rotated-flat", "rotated-k3v1"] {
+            let config = QuantConfig::preset(preset).unwrap();
+            let cpu = PackedCache::quantize(&sample.k, &sample.v, &config, &[]).unwrap();
+            let on_gpu = quantize_cache(gpu(), &sample.k, &sample.v, &config, &[]).unwrap();
+            let (differ, total) = differing_words(&cpu, &on_gpu);
+            eprintln!("{file} {preset}: differing words {differ:?} of {total:?}");
+            assert_eq!(differ, [0, 0, 0], "{file} {preset}: of {total:?}");
+        }
+    }
+}
+
+#[test]
+fn gpu_paths_refuse_what_has_no_kernels_yet_with_a_typed_error() {
     let x = tensor([1, 1, 128, 64], 5);
-    let err = quantize_cache(gpu(), &x, &x, &config, &[]).unwrap_err();
+    let groups = QuantConfig::preset("rotated-groups").unwrap();
+    let err = quantize_cache(gpu(), &x, &x, &groups, &[]).unwrap_err();
     assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+    let config = QuantConfig::preset("rotated").unwrap();
     let shape = ModelShape {
         layers: 1,
         q_heads: 2,

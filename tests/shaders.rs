@@ -121,3 +121,65 @@ fn every_shader_validates_and_translates_to_every_backend() {
         }
     }
 }
+
+/// `Params` in `shaders/common.wgsl`, reflected with naga, has the Rust struct's members
+/// at the Rust struct's offsets, and the same size.
+#[test]
+fn wgsl_params_match_the_rust_struct() {
+    use std::mem::{offset_of, size_of};
+    use vidkv::gpu::params::Params;
+    let rust = [
+        ("width", offset_of!(Params, width)),
+        ("rows", offset_of!(Params, rows)),
+        ("len", offset_of!(Params, len)),
+        ("group_size", offset_of!(Params, group_size)),
+        ("groups", offset_of!(Params, groups)),
+        ("group_offset", offset_of!(Params, group_offset)),
+        ("group_count", offset_of!(Params, group_count)),
+        ("row_offset", offset_of!(Params, row_offset)),
+        ("invocations", offset_of!(Params, invocations)),
+        ("gamma", offset_of!(Params, gamma)),
+        ("scale_rule", offset_of!(Params, scale_rule)),
+        ("dft_len", offset_of!(Params, dft_len)),
+        ("outliers", offset_of!(Params, outliers)),
+        ("blocks", offset_of!(Params, blocks)),
+        ("block_tokens", offset_of!(Params, block_tokens)),
+        ("block_offset", offset_of!(Params, block_offset)),
+        ("kv_heads", offset_of!(Params, kv_heads)),
+        ("rows_per_head", offset_of!(Params, rows_per_head)),
+        ("queries", offset_of!(Params, queries)),
+        ("tile_rows", offset_of!(Params, tile_rows)),
+        ("segment_start", offset_of!(Params, segment_start)),
+        ("segment_len", offset_of!(Params, segment_len)),
+        ("split_offset", offset_of!(Params, split_offset)),
+        ("split_size", offset_of!(Params, split_size)),
+        ("total_splits", offset_of!(Params, total_splits)),
+        ("segment_first", offset_of!(Params, segment_first)),
+        ("stp", offset_of!(Params, stp)),
+        ("scale", offset_of!(Params, scale)),
+        ("code_bits", offset_of!(Params, code_bits)),
+        ("centre_rows", offset_of!(Params, centre_rows)),
+        ("padding_0", offset_of!(Params, padding_0)),
+        ("padding_1", offset_of!(Params, padding_1)),
+    ];
+    let source = vidkv::gpu::shaders::ALL[0].composed_source();
+    let module = naga::front::wgsl::parse_str(&source).unwrap();
+    let (members, span) = module
+        .types
+        .iter()
+        .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+            (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => {
+                Some((members.clone(), *span))
+            }
+            _ => None,
+        })
+        .expect("common.wgsl declares Params");
+    let wgsl: Vec<(String, usize)> = members
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+        .collect();
+    let expected: Vec<(String, usize)> = rust.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+    assert_eq!(wgsl, expected);
+    assert_eq!(span as usize, size_of::<Params>());
+    assert_eq!(size_of::<Params>() % 16, 0);
+}

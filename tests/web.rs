@@ -75,7 +75,10 @@ fn demo_plan_is_complete_and_consistent() {
                     let path = repo().join("shaders").join(file.as_str().unwrap());
                     assert!(path.is_file(), "{} is not in shaders/", path.display());
                 }
-                assert_eq!(event["params"].as_array().unwrap().len(), 28);
+                assert_eq!(
+                    event["params"].as_array().unwrap().len() * 4,
+                    std::mem::size_of::<vidkv::gpu::params::Params>()
+                );
             }
             "read" => {
                 assert_eq!(event["read"].as_u64().unwrap() as usize, read_bytes.len());

@@ -9,7 +9,8 @@
 //! Attention is dense over the stored rows: the quantized groups are kept decoded, which
 //! equals attention straight from their codes to 1e-5 (`tests/properties.rs` checks
 //! [`crate::packed::attend`] against it). This is a measurement tool (perplexity on the CPU,
-//! `eval-lm --device cpu`), not a fast path; heads are attended on two threads.
+//! `eval-lm --device cpu`), not a fast path; heads are attended on two threads where the
+//! platform has them (one elsewhere, e.g. wasm32).
 //! STP is not taken.
 
 use half::f16;
@@ -270,6 +271,9 @@ impl ModelCache for ReferenceCache {
             }
             out
         };
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return Ok((0..s.q_heads).flat_map(attend_head).collect());
+        }
         let half = s.q_heads.div_ceil(2);
         let (first, second) = std::thread::scope(|scope| {
             let second =

@@ -19,8 +19,8 @@ pub fn dequantize_cache(ctx: &GpuContext, cache: &PackedCache) -> Result<(Tensor
     let _exclusive = ctx.exclusive();
     cache.dense_from_heads(|head| {
         Ok((
-            dequantize_keys(ctx, head)?,
-            dequantize_values(ctx, head, &cache.protected)?,
+            dequantize_keys(ctx, head, cache.config.group_size)?,
+            dequantize_values(ctx, head, &cache.protected, cache.config.group_size)?,
         ))
     })
 }
@@ -37,28 +37,33 @@ fn assemble(head: &PackedHead, exact: Vec<f32>, quantized: Vec<f32>) -> Vec<f32>
     out
 }
 
-fn dequantize_keys(ctx: &GpuContext, head: &PackedHead) -> Result<Vec<f32>> {
+fn dequantize_keys(ctx: &GpuContext, head: &PackedHead, group_size: usize) -> Result<Vec<f32>> {
     let d = head.head_dim;
     let tokens = head.plan.quantized;
     let quantized = match &head.keys {
         PackedKeys::Exact => Vec::new(),
         PackedKeys::TwoBit { grouping, plane } => two_bit(ctx, plane, *grouping, d)?,
         PackedKeys::Mixed(mixed) => mixed_keys(ctx, mixed, d, tokens)?,
-        PackedKeys::Rotated(_) | PackedKeys::RotatedGroups(_) => {
-            return Err(super::rotated_unsupported())
-        }
+        PackedKeys::Rotated(rows) => super::rotated::dequantize_rows(ctx, rows, None, group_size)?,
+        PackedKeys::RotatedGroups(_) => return Err(super::rotated_unsupported()),
     };
     Ok(assemble(head, exact(ctx, &head.exact_keys)?, quantized))
 }
 
-fn dequantize_values(ctx: &GpuContext, head: &PackedHead, protected: &[u32]) -> Result<Vec<f32>> {
+fn dequantize_values(
+    ctx: &GpuContext,
+    head: &PackedHead,
+    protected: &[u32],
+    group_size: usize,
+) -> Result<Vec<f32>> {
     let d = head.head_dim;
     let quantized = match &head.values {
         PackedValues::Exact => Vec::new(),
         PackedValues::TwoBit { grouping, plane } => two_bit(ctx, plane, *grouping, d)?,
-        PackedValues::Rotated { .. } | PackedValues::RotatedGroups(_) => {
-            return Err(super::rotated_unsupported())
+        PackedValues::Rotated { rows, means } => {
+            super::rotated::dequantize_rows(ctx, rows, means.as_ref(), group_size)?
         }
+        PackedValues::RotatedGroups(_) => return Err(super::rotated_unsupported()),
         PackedValues::Ternary {
             plane,
             protected: kept,

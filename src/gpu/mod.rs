@@ -14,6 +14,7 @@
 //!   write exactly the packed format of [`crate::packed`].
 //! - [`incremental`]: the same kernels recorded into a growing [`crate::KvCache`]'s chunks,
 //!   its f32 window and its exact stores (the cache never records a kernel itself).
+//! - [`rotated`]: the rotated per-token scheme's state, group means, codes and decoding.
 //! - [`dequantize`]: packed planes back to dense f32.
 //! - [`attention`]: fused attention on the packed cache, and the f16 baseline.
 
@@ -28,6 +29,7 @@ pub mod params;
 pub mod pipeline;
 pub mod profiling;
 pub mod quantize;
+pub mod rotated;
 pub mod shaders;
 pub mod trace;
 
@@ -36,8 +38,9 @@ pub use context::{GpuContext, GpuOptions};
 use crate::config::QuantConfig;
 use crate::error::{Result, VidkvError};
 
-/// Refuses a configuration whose kernels are not built yet: the rotated schemes run on the
-/// CPU reference only ([`crate::PackedCache::quantize`], `report --device cpu`).
+/// Refuses a configuration whose kernels are not all built yet: the rotated schemes have
+/// GPU quantization and decoding (per-token codes) but no attention kernels, so
+/// [`crate::KvCache`] and GPU attention refuse them; the CPU reference runs all of them.
 pub fn check_supported(config: &QuantConfig) -> Result<()> {
     if config.uses_rotation() {
         Err(rotated_unsupported())
@@ -49,8 +52,9 @@ pub fn check_supported(config: &QuantConfig) -> Result<()> {
 /// The error for a rotated scheme on a GPU path.
 pub(crate) fn rotated_unsupported() -> VidkvError {
     VidkvError::Unsupported(
-        "the rotated schemes have no GPU kernels yet: quantize and attend with the CPU \
-         reference (PackedCache::quantize, `report --device cpu`)"
+        "the rotated schemes have no GPU attention kernels (and the across-token scheme no GPU \
+         kernels) yet: quantize and attend with the CPU reference (PackedCache::quantize, \
+         ReferenceCache, `report --device cpu`, `eval-lm --device cpu`)"
             .into(),
     )
 }

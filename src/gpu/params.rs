@@ -40,4 +40,9 @@ pub struct Params {
     pub segment_first: u32,
     pub stp: u32,
     pub scale: f32,
+    pub code_bits: u32,
+    pub centre_rows: u32,
+    /// Unused: keeps the block a multiple of 16 bytes.
+    pub padding_0: u32,
+    pub padding_1: u32,
 }

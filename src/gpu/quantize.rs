@@ -12,6 +12,7 @@ use super::batch::Batch;
 use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
+use super::rotated::{self, RotatedShape};
 use super::shaders::{
     CHANNEL_RANGE, CHANNEL_SPLIT, PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT,
     REAL_DFT,
@@ -281,9 +282,16 @@ fn quantize_keys(
                 fft,
             })
         }
-        KeyScheme::Rotated { .. } | KeyScheme::RotatedGroups { .. } => {
-            return Err(super::rotated_unsupported())
+        KeyScheme::Rotated { bits } => {
+            let shape = RotatedShape {
+                head_dim: d,
+                group_size: g,
+                bits,
+            };
+            let state = rotated::fit_state(ctx, x, shape)?;
+            PackedKeys::Rotated(rotated::quantize_rows(ctx, x, shape, &state, false)?.0)
         }
+        KeyScheme::RotatedGroups { .. } => return Err(super::rotated_unsupported()),
     })
 }
 
@@ -309,9 +317,17 @@ fn quantize_values(
                 protected: two_bit(ctx, &kept, d, Grouping::PerChannel, g)?,
             }
         }
-        ValueScheme::Rotated { .. } | ValueScheme::RotatedGroups { .. } => {
-            return Err(super::rotated_unsupported())
+        ValueScheme::Rotated { bits, group_means } => {
+            let shape = RotatedShape {
+                head_dim: d,
+                group_size: g,
+                bits,
+            };
+            let state = rotated::fit_state(ctx, x, shape)?;
+            let (rows, means) = rotated::quantize_rows(ctx, x, shape, &state, group_means)?;
+            PackedValues::Rotated { rows, means }
         }
+        ValueScheme::RotatedGroups { .. } => return Err(super::rotated_unsupported()),
     })
 }
 

@@ -65,9 +65,23 @@ pub const ATTENTION_VALUES_TERNARY_SUBGROUP: Kernel =
 pub const ATTENTION_VALUES_TWO_BIT: Kernel =
     kernel!("attention_values_two_bit", ["per_channel", "per_token"]);
 pub const ATTENTION_COMBINE: Kernel = kernel!("attention_combine", ["main"]);
+pub const ROTATED: Kernel = kernel!(
+    "rotated",
+    [
+        "state_means",
+        "state_energies",
+        "fit_base",
+        "group_means",
+        "pack_steps",
+        "group_centres",
+        "quantize",
+        "pack_scales",
+        "dequantize"
+    ]
+);
 
 /// Every kernel, in pipeline order.
-pub const ALL: [Kernel; 21] = [
+pub const ALL: [Kernel; 22] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -89,6 +103,7 @@ pub const ALL: [Kernel; 21] = [
     ATTENTION_VALUES_TERNARY_SUBGROUP,
     ATTENTION_VALUES_TWO_BIT,
     ATTENTION_COMBINE,
+    ROTATED,
 ];
 
 impl Kernel {

@@ -35,6 +35,8 @@ pub(crate) const FLAG_BIT: u8 = 0x80;
 const MEAN_CODES_PER_WORD: usize = 10;
 /// The largest |z| of a group-mean code.
 const MEAN_CODE_LIMIT: i32 = 3;
+/// 1/3 as f32: the group-mean step is D = f16(max|r| · ONE_THIRD).
+pub const ONE_THIRD: f32 = 1.0 / 3.0;
 
 /// The per-head centre and scale base, fixed at the head's first quantization.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,7 +80,7 @@ impl RotatedState {
                 rotation.rotate(&mut y);
                 total += tree_sum(y.iter().map(|v| v * v));
             }
-            f16::from_f32((total / (n * d) as f32).sqrt().min(f16::MAX.to_f32())).to_f32()
+            f16_floor_rms(total, (n * d) as f32)
         };
         let base = [rms(Some(&mean)), rms(None)]
             .into_iter()
@@ -104,6 +106,23 @@ impl RotatedState {
     pub fn base(&self) -> f32 {
         f16_at(&[self.base], 0)
     }
+}
+
+/// The largest finite f16 h with (h·h)·count ≤ total, or 0: an RMS √(total/count) rounded
+/// down to f16, decided by products only (no division or square root) so that a kernel
+/// finds the same value.
+pub fn f16_floor_rms(total: f32, count: f32) -> f32 {
+    let (mut lo, mut hi) = (0u16, f16::MAX.to_bits());
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        let h = f16::from_bits(mid).to_f32();
+        if h * h * count <= total {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    f16::from_bits(lo).to_f32()
 }
 
 /// The per-token codes and scale bytes of a run of quantized tokens.
@@ -394,7 +413,7 @@ pub fn fit_group_means(x: &[f32], d: usize, group_size: usize, state: &RotatedSt
             *s /= group_size as f32;
         }
         let largest = r.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let step = f16::from_f32(largest * (1.0 / 3.0)).to_f32();
+        let step = f16::from_f32(largest * ONE_THIRD).to_f32();
         for (c, &rc) in r.iter().enumerate() {
             let magnitude = [0.5f32, 1.5, 2.5]
                 .iter()

@@ -18,10 +18,10 @@
 //! powers of two, and every sum over a row is a [`tree_sum`].
 
 /// √(π/2): E|y| = σ·√(2/π) for a Gaussian, so √(π/2)·mean|y| estimates σ.
-const SQRT_HALF_PI: f32 = 1.253_314_1;
+pub const SQRT_HALF_PI: f32 = 1.253_314_1;
 
 /// 2^(k/16) for k = 0…15, as f32.
-const SIXTEENTH_POWERS: [f32; 16] = [
+pub const SIXTEENTH_POWERS: [f32; 16] = [
     1.0,
     1.0442737,
     1.0905077,

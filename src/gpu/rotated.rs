@@ -1,0 +1,351 @@
+//! The rotated per-token kernels (`shaders/rotated.wgsl`): the per-head state, the 3-bit
+//! group means, the per-token Lloyd-Max codes and their decoding, writing the words of
+//! [`crate::packed::rotated`].
+//!
+//! The kernel reads its constants (codebook levels and thresholds, the sixteenth powers of
+//! two, the block scales 1/√n, √(π/2) and 1/3) from a table the host fills with the CPU
+//! reference's own f32 values ([`kernel_table`]), so neither side rounds a constant
+//! differently. Inputs are cut into chunks of an even number of whole groups (two groups
+//! share a word of f16 steps) under the binding limit.
+
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use super::params::Params;
+use super::quantize::chunk_tokens;
+use super::shaders::ROTATED;
+use crate::error::Result;
+use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState, ONE_THIRD, STATE_GROUPS};
+use crate::reference::lloyd_max::{Codebook, SIXTEENTH_POWERS, SQRT_HALF_PI};
+use crate::reference::rotation::Rotation;
+
+/// Entries of the constant table (see the shader header for the layout).
+const TABLE_LEN: usize = 64;
+
+/// The kernel's constant table for `bits`-bit codes.
+pub fn kernel_table(bits: u8) -> Vec<f32> {
+    let book = Codebook::new(bits).expect("bits are validated");
+    let mut table = vec![0.0f32; TABLE_LEN];
+    let levels = book.levels.len();
+    table[..levels].copy_from_slice(book.levels);
+    for i in 0..levels - 1 {
+        table[16 + i] = book.threshold(i);
+    }
+    table[32..48].copy_from_slice(&SIXTEENTH_POWERS);
+    for log2 in 0..=12 {
+        table[48 + log2] = Rotation::block_scale(1 << log2);
+    }
+    table[62] = SQRT_HALF_PI;
+    table[63] = ONE_THIRD;
+    table
+}
+
+/// The buffers every entry point binds, in binding order 1…7.
+struct Bindings {
+    table: Arc<wgpu::Buffer>,
+    state: Arc<wgpu::Buffer>,
+    centres: Arc<wgpu::Buffer>,
+    words: Arc<wgpu::Buffer>,
+    bytes: Arc<wgpu::Buffer>,
+}
+
+impl Bindings {
+    fn list<'a>(
+        &'a self,
+        input: &'a wgpu::Buffer,
+        output: &'a wgpu::Buffer,
+    ) -> [&'a wgpu::Buffer; 7] {
+        [
+            input,
+            &self.table,
+            &self.state,
+            &self.centres,
+            &self.words,
+            &self.bytes,
+            output,
+        ]
+    }
+}
+
+/// Shape of one rotated quantization: head_dim, group size and code width.
+#[derive(Clone, Copy, Debug)]
+pub struct RotatedShape {
+    pub head_dim: usize,
+    pub group_size: usize,
+    pub bits: u8,
+}
+
+impl RotatedShape {
+    fn params(&self) -> Params {
+        Params {
+            width: self.head_dim as u32,
+            group_size: self.group_size as u32,
+            code_bits: u32::from(self.bits),
+            ..Default::default()
+        }
+    }
+
+    /// Tokens per chunk: an even number of whole groups under the binding limit.
+    fn chunk(&self, ctx: &GpuContext) -> Result<usize> {
+        let tokens = chunk_tokens(ctx, self.head_dim, self.group_size)?;
+        let groups = tokens / self.group_size;
+        Ok((groups - groups % 2).max(1) * self.group_size)
+    }
+}
+
+/// The per-head state of rows `x` (`[tokens, d]`), fitted on the GPU to its first
+/// [`STATE_GROUPS`] groups (means, per-row energies, then the base); `x` empty gives the
+/// reference's empty state.
+pub fn fit_state(ctx: &GpuContext, x: &[f32], shape: RotatedShape) -> Result<RotatedState> {
+    let d = shape.head_dim;
+    let n = (STATE_GROUPS * shape.group_size).min(x.len() / d);
+    if n == 0 {
+        return Ok(RotatedState::fit(&[], &Rotation::new(d)?));
+    }
+    let words = d / 2 + 1;
+    let state = ctx.output("rotated state", words)?;
+    let dummy = ctx.buffer("unused binding", 16)?;
+    let bindings = Bindings {
+        table: ctx.upload("rotated table", &kernel_table(shape.bits))?,
+        state: state.clone(),
+        centres: ctx.buffer("state energies", (n * 2 * 4) as u64)?,
+        words: dummy.clone(),
+        bytes: dummy.clone(),
+    };
+    let input = ctx.upload("input", &x[..n * d])?;
+    let list = bindings.list(&input, &dummy);
+    let params = Params {
+        rows: n as u32,
+        ..shape.params()
+    };
+    let mut batch = ctx.batch();
+    for (entry, invocations) in [
+        ("state_means", d / 2),
+        ("state_energies", n),
+        ("fit_base", 1),
+    ] {
+        batch.dispatch(
+            &ROTATED,
+            entry,
+            Params {
+                invocations: invocations as u32,
+                ..params
+            },
+            &list,
+        );
+    }
+    batch.submit()?;
+    let read = ctx.read_output(&state, "rotated state", words)?;
+    Ok(RotatedState {
+        mean: read[..d / 2].to_vec(),
+        base: read[d / 2],
+    })
+}
+
+/// Quantizes rows `x` (`[tokens, d]`, whole groups) on the GPU with `state`, centred on
+/// the per-head mean or, with `group_means`, on 3-bit group means fitted by the kernel.
+pub fn quantize_rows(
+    ctx: &GpuContext,
+    x: &[f32],
+    shape: RotatedShape,
+    state: &RotatedState,
+    group_means: bool,
+) -> Result<(RotatedRows, Option<GroupMeans>)> {
+    let (d, g) = (shape.head_dim, shape.group_size);
+    let tokens = x.len() / d;
+    let groups = tokens / g;
+    let wpt = RotatedRows::words_per_token(shape.bits, d);
+    let mean_words = groups * GroupMeans::words_per_group(d);
+    let step_words = groups.div_ceil(2);
+    let code_words = tokens * wpt;
+    let scale_words = tokens.div_ceil(4);
+    let mut state_words = state.mean.clone();
+    state_words.push(state.base);
+    let dummy = ctx.buffer("unused binding", 16)?;
+    let means = if group_means && groups > 0 {
+        Some((
+            ctx.buffer("rotated centres", (groups * d * 4) as u64)?,
+            ctx.output("group mean codes", mean_words)?,
+            ctx.output("group mean steps", step_words)?,
+        ))
+    } else {
+        None
+    };
+    let codes = ctx.output("rotated codes", code_words.max(1))?;
+    let scales = ctx.output("rotated scales", scale_words.max(1))?;
+    let table = ctx.upload("rotated table", &kernel_table(shape.bits))?;
+    let state_buffer = ctx.upload("rotated state", &state_words)?;
+    let chunk = shape.chunk(ctx)?;
+    let centre_rows = u32::from(means.is_some());
+    if let Some((centres, mean_codes, steps)) = &means {
+        let bindings = Bindings {
+            table: table.clone(),
+            state: state_buffer.clone(),
+            centres: centres.clone(),
+            words: mean_codes.clone(),
+            bytes: steps.clone(),
+        };
+        let group_steps = ctx.buffer("group steps", ((chunk / g) * 4) as u64)?;
+        for (index, rows) in x.chunks(chunk * d).enumerate() {
+            let len = rows.len() / d;
+            let input = ctx.upload("input", rows)?;
+            let params = Params {
+                len: len as u32,
+                groups: groups as u32,
+                group_offset: (index * chunk / g) as u32,
+                ..shape.params()
+            };
+            let mut batch = ctx.batch();
+            for (entry, invocations) in [
+                ("group_means", len / g),
+                ("pack_steps", (len / g).div_ceil(2)),
+            ] {
+                batch.dispatch(
+                    &ROTATED,
+                    entry,
+                    Params {
+                        invocations: invocations as u32,
+                        ..params
+                    },
+                    &bindings.list(&input, &group_steps),
+                );
+            }
+            batch.submit()?;
+        }
+    }
+    let bindings = Bindings {
+        table,
+        state: state_buffer,
+        centres: means.as_ref().map_or(dummy.clone(), |m| m.0.clone()),
+        words: codes.clone(),
+        bytes: scales.clone(),
+    };
+    let token_bytes = ctx.buffer("token scale bytes", (chunk * 4) as u64)?;
+    for (index, rows) in x.chunks(chunk * d).enumerate() {
+        let len = rows.len() / d;
+        let input = ctx.upload("input", rows)?;
+        let params = Params {
+            len: len as u32,
+            groups: groups as u32,
+            group_offset: (index * chunk / g) as u32,
+            centre_rows,
+            ..shape.params()
+        };
+        let mut batch = ctx.batch();
+        for (entry, invocations) in [("quantize", len), ("pack_scales", len.div_ceil(4))] {
+            batch.dispatch(
+                &ROTATED,
+                entry,
+                Params {
+                    invocations: invocations as u32,
+                    ..params
+                },
+                &bindings.list(&input, &token_bytes),
+            );
+        }
+        batch.submit()?;
+    }
+    let rows = RotatedRows {
+        tokens,
+        head_dim: d,
+        bits: shape.bits,
+        state: state.clone(),
+        codes: ctx.read_output(&codes, "rotated codes", code_words.max(1))?[..code_words].to_vec(),
+        scales: ctx.read_output(&scales, "rotated scales", scale_words.max(1))?[..scale_words]
+            .to_vec(),
+    };
+    let means = match means {
+        Some((_, mean_codes, steps)) => Some(GroupMeans {
+            groups,
+            group_size: g,
+            head_dim: d,
+            codes: ctx.read_output(&mean_codes, "group mean codes", mean_words)?,
+            steps: ctx.read_output(&steps, "group mean steps", step_words)?,
+        }),
+        None if group_means => Some(GroupMeans {
+            groups: 0,
+            group_size: g,
+            head_dim: d,
+            codes: Vec::new(),
+            steps: Vec::new(),
+        }),
+        None => None,
+    };
+    Ok((rows, means))
+}
+
+/// Decodes rotated rows (`[tokens, d]`) on the GPU, centred as they were coded.
+pub fn dequantize_rows(
+    ctx: &GpuContext,
+    rows: &RotatedRows,
+    means: Option<&GroupMeans>,
+    group_size: usize,
+) -> Result<Vec<f32>> {
+    let d = rows.head_dim;
+    if rows.tokens == 0 {
+        return Ok(Vec::new());
+    }
+    let shape = RotatedShape {
+        head_dim: d,
+        group_size,
+        bits: rows.bits,
+    };
+    let mut state_words = rows.state.mean.clone();
+    state_words.push(rows.state.base);
+    let dummy = ctx.buffer("unused binding", 16)?;
+    let centres = match means.filter(|m| m.groups > 0) {
+        Some(m) => {
+            let centres = ctx.buffer("rotated centres", (m.groups * d * 4) as u64)?;
+            let bindings = Bindings {
+                table: ctx.upload("rotated table", &kernel_table(rows.bits))?,
+                state: ctx.upload("rotated state", &state_words)?,
+                centres: centres.clone(),
+                words: ctx.upload("group mean codes", &m.codes)?,
+                bytes: ctx.upload("group mean steps", &m.steps)?,
+            };
+            let mut batch = ctx.batch();
+            batch.dispatch(
+                &ROTATED,
+                "group_centres",
+                Params {
+                    invocations: m.groups as u32,
+                    ..shape.params()
+                },
+                &bindings.list(&dummy, &dummy),
+            );
+            batch.submit()?;
+            Some(centres)
+        }
+        None => None,
+    };
+    let bindings = Bindings {
+        table: ctx.upload("rotated table", &kernel_table(rows.bits))?,
+        state: ctx.upload("rotated state", &state_words)?,
+        centres: centres.clone().unwrap_or_else(|| dummy.clone()),
+        words: ctx.upload("rotated codes", &rows.codes)?,
+        bytes: ctx.upload("rotated scales", &rows.scales)?,
+    };
+    let chunk = shape.chunk(ctx)?;
+    let mut out = Vec::with_capacity(rows.tokens * d);
+    for start in (0..rows.tokens).step_by(chunk) {
+        let len = chunk.min(rows.tokens - start);
+        let output = ctx.output("rotated rows", len * d)?;
+        let mut batch = ctx.batch();
+        batch.dispatch(
+            &ROTATED,
+            "dequantize",
+            Params {
+                len: len as u32,
+                group_offset: (start / group_size) as u32,
+                centre_rows: u32::from(centres.is_some()),
+                invocations: len as u32,
+                ..shape.params()
+            },
+            &bindings.list(&dummy, &output),
+        );
+        batch.submit()?;
+        let words = ctx.read_output(&output, "rotated rows", len * d)?;
+        out.extend(words.into_iter().map(f32::from_bits));
+    }
+    Ok(out)
+}
