@@ -57,7 +57,9 @@ pub enum KeyScheme {
     /// Rotated codes across each group's tokens too ("T2" in `docs/rotated-2bit.md`): a
     /// second Hadamard over the group's tokens, `bits`·G row widths spent by energy, and a
     /// per-group fallback to the per-token codes of [`KeyScheme::Rotated`].
-    RotatedGroups { bits: u8 },
+    /// `bits` is the average code width, 1 to 4 in steps that make bits·G a whole even
+    /// number (2.5 with G = 32 spends 80 bits per group).
+    RotatedGroups { bits: f32 },
 }
 
 /// Value quantization scheme.
@@ -75,7 +77,7 @@ pub enum ValueScheme {
     /// group's mean instead of the per-head one.
     Rotated { bits: u8, group_means: bool },
     /// Rotated codes across each group's tokens too, as [`KeyScheme::RotatedGroups`].
-    RotatedGroups { bits: u8 },
+    RotatedGroups { bits: f32 },
 }
 
 /// A complete quantization configuration.
@@ -102,12 +104,13 @@ pub const PRESET_NAMES: [&str; 5] = ["fp16", "kivi2", "vidkv-paper", "k2v2-chann
 /// Today only the CPU reference quantizes them (`report --device cpu`, `sizes`, packed
 /// files); the GPU paths and [`crate::KvCache`] refuse them with
 /// [`VidkvError::Unsupported`].
-pub const ROTATED_PRESET_NAMES: [&str; 5] = [
+pub const ROTATED_PRESET_NAMES: [&str; 6] = [
     "rotated",
     "rotated-flat",
     "rotated-k3v1",
     "rotated-groups",
     "rotated-groups-k3v1",
+    "rotated-groups-k2.5v1.5",
 ];
 
 impl QuantConfig {
@@ -200,15 +203,22 @@ impl QuantConfig {
             "rotated-groups" => QuantConfig {
                 sinks: VIDKV_SINKS,
                 residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::RotatedGroups { bits: 2 },
-                values: ValueScheme::RotatedGroups { bits: 2 },
+                keys: KeyScheme::RotatedGroups { bits: 2.0 },
+                values: ValueScheme::RotatedGroups { bits: 2.0 },
                 ..base
             },
             "rotated-groups-k3v1" => QuantConfig {
                 sinks: VIDKV_SINKS,
                 residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::RotatedGroups { bits: 3 },
-                values: ValueScheme::RotatedGroups { bits: 1 },
+                keys: KeyScheme::RotatedGroups { bits: 3.0 },
+                values: ValueScheme::RotatedGroups { bits: 1.0 },
+                ..base
+            },
+            "rotated-groups-k2.5v1.5" => QuantConfig {
+                sinks: VIDKV_SINKS,
+                residual: VIDKV_RESIDUAL,
+                keys: KeyScheme::RotatedGroups { bits: 2.5 },
+                values: ValueScheme::RotatedGroups { bits: 1.5 },
                 ..base
             },
             other => {
@@ -267,12 +277,17 @@ impl QuantConfig {
                 ));
             }
         }
-        if let KeyScheme::Rotated { bits } | KeyScheme::RotatedGroups { bits } = self.keys {
+        if let KeyScheme::Rotated { bits } = self.keys {
             check_rotated_bits("key", bits)?;
         }
-        if let ValueScheme::Rotated { bits, .. } | ValueScheme::RotatedGroups { bits } = self.values
-        {
+        if let ValueScheme::Rotated { bits, .. } = self.values {
             check_rotated_bits("value", bits)?;
+        }
+        if let KeyScheme::RotatedGroups { bits } = self.keys {
+            check_group_bits("key", bits, g)?;
+        }
+        if let ValueScheme::RotatedGroups { bits } = self.values {
+            check_group_bits("value", bits, g)?;
         }
         if let ValueScheme::Ternary { gamma, .. } = self.values {
             if !gamma.is_finite() || gamma < 0.0 {
@@ -313,6 +328,18 @@ fn check_rotated_bits(what: &str, bits: u8) -> Result<()> {
     } else {
         Err(VidkvError::InvalidConfig(format!(
             "rotated {what} codes take 1 to 4 bits, got {bits}"
+        )))
+    }
+}
+
+fn check_group_bits(what: &str, bits: f32, group_size: usize) -> Result<()> {
+    let budget = bits * group_size as f32;
+    if (1.0..=4.0).contains(&bits) && budget == budget.round() && budget as usize % 2 == 0 {
+        Ok(())
+    } else {
+        Err(VidkvError::InvalidConfig(format!(
+            "rotated-group {what} codes take 1 to 4 bits on average with bits·group_size a \
+             whole even number, got {bits} with groups of {group_size}"
         )))
     }
 }

@@ -20,7 +20,7 @@ use crate::config::{
 use crate::error::{Result, VidkvError};
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState};
-use crate::packed::rotated_groups::GroupCodes;
+use crate::packed::rotated_groups::{group_budget, GroupCodes};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 use crate::reference::rotation::Rotation;
 use crate::reference::split::outlier_count;
@@ -208,7 +208,7 @@ pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
                 bits: bits_field(keys)?,
             },
             "rotated_groups" => KeyScheme::RotatedGroups {
-                bits: bits_field(keys)?,
+                bits: f32_field(keys, "bits")?,
             },
             other => return Err(corrupt(format!("unknown key scheme `{other}`"))),
         },
@@ -232,7 +232,7 @@ pub fn config_from_json(v: &Value) -> Result<QuantConfig> {
                     .ok_or_else(|| corrupt("`group_means` is not a boolean"))?,
             },
             "rotated_groups" => ValueScheme::RotatedGroups {
-                bits: bits_field(values)?,
+                bits: f32_field(values, "bits")?,
             },
             other => return Err(corrupt(format!("unknown value scheme `{other}`"))),
         },
@@ -498,16 +498,16 @@ pub(crate) fn read_planes(
         check_f16_words(&[state.base], &name("state_base"))?;
         Ok(state)
     };
-    let groups = |side: &str, bits: u8| -> Result<GroupCodes> {
+    let groups = |side: &str, bits: f32| -> Result<GroupCodes> {
         let name = |array: &str| format!("{side}_{array}");
         let groups = nq / g;
-        let bits_words = usize::from(bits) * g * d / 32;
+        let budget = group_budget(bits, g);
         let codes = GroupCodes {
             groups,
             group_size: g,
             head_dim: d,
-            bits,
-            codes: named(&name("group_codes"), groups * bits_words)?,
+            budget,
+            codes: named(&name("group_codes"), groups * budget * d / 32)?,
             scales: named(&name("group_scales"), groups * g / 4)?,
             widths: named(&name("group_widths"), groups * (3 * g).div_ceil(32))?,
             state: state(side)?,

@@ -205,7 +205,7 @@ pub fn to_table(reports: &[FileReport], device: &str) -> String {
     for r in reports {
         out.push_str(&format!("{}\n", r.file));
         out.push_str(&format!(
-            "  {:<20} {:>10} {:>10} {:>13} {:>7} {:>7} {:>7} {:>9}\n",
+            "  {:<24} {:>10} {:>10} {:>13} {:>7} {:>7} {:>7} {:>9}\n",
             "preset",
             "k_rel_mse",
             "v_rel_mse",
@@ -217,7 +217,7 @@ pub fn to_table(reports: &[FileReport], device: &str) -> String {
         ));
         for m in &r.presets {
             out.push_str(&format!(
-                "  {:<20} {:>10.4} {:>10.4} {:>13.4} {:>7.3} {:>7.3} {:>7.3} {:>9.3}\n",
+                "  {:<24} {:>10.4} {:>10.4} {:>13.4} {:>7.3} {:>7.3} {:>7.3} {:>9.3}\n",
                 m.preset,
                 m.k_rel_mse,
                 m.v_rel_mse,

@@ -360,3 +360,36 @@ fn reference_cache_agrees_with_the_gpu_kv_cache() {
         );
     }
 }
+
+#[test]
+fn fractional_group_budgets_need_a_whole_even_bit_count_per_group() {
+    let with = |bits: f32, group_size: usize| QuantConfig {
+        group_size,
+        keys: KeyScheme::RotatedGroups { bits },
+        ..QuantConfig::preset("rotated-groups").unwrap()
+    };
+    assert!(with(2.5, 32).validate().is_ok());
+    assert!(with(1.25, 8).validate().is_ok());
+    for (bits, g) in [(2.3f32, 32usize), (1.125, 8), (0.5, 32), (4.5, 32)] {
+        assert!(
+            matches!(with(bits, g).validate(), Err(VidkvError::InvalidConfig(_))),
+            "{bits} bits with groups of {g}"
+        );
+    }
+    // Per-token fallback groups give the first tokens the extra bit: 80 bits over 32 tokens.
+    let config = QuantConfig::preset("rotated-groups-k2.5v1.5").unwrap();
+    let x = noise_tensor([1, 1, 200, 64], 9);
+    let cache = PackedCache::quantize(&x, &x, &config, &[]).unwrap();
+    let PackedKeys::RotatedGroups(codes) = &cache.heads[0].keys else {
+        panic!("group codes expected")
+    };
+    codes.validate().unwrap();
+    assert_eq!(codes.budget, 80);
+    assert_eq!(
+        (0..32)
+            .map(|t| usize::from(codes.token_bits(t)))
+            .sum::<usize>(),
+        80
+    );
+    assert_eq!((codes.token_bits(15), codes.token_bits(16)), (3, 2));
+}

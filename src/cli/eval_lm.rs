@@ -103,12 +103,12 @@ pub(super) fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
             eval::GREEDY_TOKENS
         );
         println!(
-            "{:<20} {:>11} {:>8} {:>9} {:>17}",
+            "{:<24} {:>11} {:>8} {:>9} {:>17}",
             "preset", "perplexity", "× fp16", "bits", "greedy agreement"
         );
         for r in &results {
             println!(
-                "{:<20} {:>11.3} {:>8.3} {:>9.3} {:>17.3}",
+                "{:<24} {:>11.3} {:>8.3} {:>9.3} {:>17.3}",
                 r.preset,
                 r.perplexity,
                 r.perplexity / fp16,

@@ -130,12 +130,12 @@ pub(super) fn run_sizes(args: &SizesArgs) -> Result<()> {
             args.layers, args.kv_heads, args.head_dim
         );
         println!(
-            "  {:<20} {:>8} {:>14} {:>7} {:>7} {:>7} {:>8}",
+            "  {:<24} {:>8} {:>14} {:>7} {:>7} {:>7} {:>8}",
             "preset", "tokens", "bytes", "bits_k", "bits_v", "bits", "vs fp16"
         );
         for (name, tokens, s) in &rows {
             println!(
-                "  {:<20} {:>8} {:>14} {:>7.3} {:>7.3} {:>7.3} {:>7.1}%",
+                "  {:<24} {:>8} {:>14} {:>7.3} {:>7.3} {:>7.3} {:>7.1}%",
                 name,
                 tokens,
                 s.total_bytes(),

@@ -28,7 +28,7 @@ use rotated::{
     fit_group_means, quantize_rows, Centres, GroupMeans, RotatedQuantizer, RotatedRows,
     RotatedState, STATE_GROUPS,
 };
-use rotated_groups::{quantize_groups, GroupCodes};
+use rotated_groups::{group_budget, quantize_groups, GroupCodes};
 
 /// Dimensions of a cache: `[layers, kv_heads, tokens, head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,7 +539,8 @@ fn quantize_keys(
             })
         }
         KeyScheme::Rotated { bits } => {
-            let (rotation, book, state) = rotated_setup(x, d, bits, g, state);
+            let (rotation, state) = rotated_setup(x, d, g, state);
+            let book = codebook(bits);
             let quantizer = RotatedQuantizer {
                 rotation: &rotation,
                 book,
@@ -548,29 +549,38 @@ fn quantize_keys(
             PackedKeys::Rotated(quantize_rows(x, &quantizer, &Centres::new(&state, d, None)))
         }
         KeyScheme::RotatedGroups { bits } => {
-            let (rotation, _, state) = rotated_setup(x, d, bits, g, state);
-            PackedKeys::RotatedGroups(quantize_groups(x, &rotation, bits, g, &state))
+            let (rotation, state) = rotated_setup(x, d, g, state);
+            PackedKeys::RotatedGroups(quantize_groups(
+                x,
+                &rotation,
+                group_budget(bits, g),
+                g,
+                &state,
+            ))
         }
     }
 }
 
-/// The transform, codebook and per-head state of a rotated plane over rows `x` (`[tokens,
+/// The transform and per-head state of a rotated plane over rows `x` (`[tokens,
 /// d]`): the given `state`, or (when none is fixed yet) one fitted to the first
 /// [`STATE_GROUPS`] groups of `x`, which is then kept in `state`.
 fn rotated_setup(
     x: &[f32],
     d: usize,
-    bits: u8,
     group_size: usize,
     state: &mut Option<RotatedState>,
-) -> (Rotation, Codebook, RotatedState) {
+) -> (Rotation, RotatedState) {
     let rotation = Rotation::new(d).expect("prepare checked the head_dim");
-    let book = Codebook::new(bits).expect("validate checked the bits");
     let first = (STATE_GROUPS * group_size * d).min(x.len());
     let state = state
         .get_or_insert_with(|| RotatedState::fit(&x[..first], &rotation))
         .clone();
-    (rotation, book, state)
+    (rotation, state)
+}
+
+/// The codebook of a validated code width.
+fn codebook(bits: u8) -> Codebook {
+    Codebook::new(bits).expect("validate checked the bits")
 }
 
 fn two_bit_plane(x: &[f32], d: usize, grouping: Grouping, group_size: usize) -> TwoBitPlane {
@@ -634,7 +644,8 @@ fn quantize_values(
             }
         }
         ValueScheme::Rotated { bits, group_means } => {
-            let (rotation, book, state) = rotated_setup(x, d, bits, g, state);
+            let (rotation, state) = rotated_setup(x, d, g, state);
+            let book = codebook(bits);
             let quantizer = RotatedQuantizer {
                 rotation: &rotation,
                 book,
@@ -645,8 +656,14 @@ fn quantize_values(
             PackedValues::Rotated { rows, means }
         }
         ValueScheme::RotatedGroups { bits } => {
-            let (rotation, _, state) = rotated_setup(x, d, bits, g, state);
-            PackedValues::RotatedGroups(quantize_groups(x, &rotation, bits, g, &state))
+            let (rotation, state) = rotated_setup(x, d, g, state);
+            PackedValues::RotatedGroups(quantize_groups(
+                x,
+                &rotation,
+                group_budget(bits, g),
+                g,
+                &state,
+            ))
         }
     }
 }

@@ -8,7 +8,8 @@
 //!   gain eⱼ·(δ(bⱼ) − δ(bⱼ + 1)) (eⱼ = ‖Fⱼ‖², δ the Lloyd-Max MSE of N(0, 1), widths ≤ 4,
 //!   ties to the lowest j); each row with bⱼ > 0 gets a [`fit_row`] with bⱼ bits and one
 //!   scale byte; X̂ = Rot_G·F̂·Rot_d + 1mᵀ.
-//! - **A**: the per-token codes of [`super::rotated`] (centred on m or not, one byte each).
+//! - **A**: the per-token codes of [`super::rotated`] (centred on m or not, one byte each);
+//!   a fractional average (e.g. 2.5 bits) gives the first tokens one more bit than the rest.
 //!
 //! The per-head [`RotatedState`] (m and the scale base b) is fixed at the first quantization,
 //! as for the per-token scheme. ‖F‖ = ‖X − 1mᵀ‖ (both transforms are orthogonal), so the
@@ -18,7 +19,7 @@
 //!
 //! | array | words | content |
 //! |---|---|---|
-//! | codes | G·bits·d/32 | T: rows j in order, bⱼ·d bits each; A: tokens in order, bits·d each |
+//! | codes | G·bits·d/32 | T: rows j in order, bⱼ·d bits each; A: tokens in order, token t with ⌊bits⌋ or ⌊bits⌋ + 1 bits per code (the first (bits·G mod G) tokens get the extra bit) |
 //! | scales | G/4 | one byte per row (T) or per token, (flag ≪ 7) \| scale code (A) |
 //! | widths | ⌈3G/32⌉ | G three-bit row widths bⱼ; entry 0 = 7 marks mode A |
 
@@ -40,8 +41,9 @@ pub struct GroupCodes {
     pub groups: usize,
     pub group_size: usize,
     pub head_dim: usize,
-    /// Average bits per code (the per-token width in mode A).
-    pub bits: u8,
+    /// Code bits per group, bits·G (Σ bⱼ in mode T; in mode A token t gets
+    /// ⌊budget/G⌋ bits, plus one for the first budget mod G tokens).
+    pub budget: usize,
     pub state: RotatedState,
     pub codes: Vec<u32>,
     pub scales: Vec<u32>,
@@ -49,9 +51,9 @@ pub struct GroupCodes {
 }
 
 /// Words of the three arrays per group.
-fn words_per_group(bits: u8, group_size: usize, d: usize) -> [usize; 3] {
+fn words_per_group(budget: usize, group_size: usize, d: usize) -> [usize; 3] {
     [
-        usize::from(bits) * group_size * d / 32,
+        budget * d / 32,
         group_size / 4,
         (3 * group_size).div_ceil(32),
     ]
@@ -59,13 +61,19 @@ fn words_per_group(bits: u8, group_size: usize, d: usize) -> [usize; 3] {
 
 impl GroupCodes {
     /// Stored words of `groups` groups, the state included.
-    pub fn words(bits: u8, group_size: usize, d: usize, groups: usize) -> usize {
-        groups * words_per_group(bits, group_size, d).iter().sum::<usize>() + RotatedState::words(d)
+    pub fn words(budget: usize, group_size: usize, d: usize, groups: usize) -> usize {
+        groups * words_per_group(budget, group_size, d).iter().sum::<usize>()
+            + RotatedState::words(d)
+    }
+
+    /// The code width of token `t` of a group in mode A.
+    pub fn token_bits(&self, t: usize) -> u8 {
+        token_bits(self.budget, self.group_size, t)
     }
 
     /// Row (T) or token (A) width table entry `j` of group `g`.
     fn width_entry(&self, g: usize, j: usize) -> u32 {
-        let per = words_per_group(self.bits, self.group_size, self.head_dim)[2];
+        let per = words_per_group(self.budget, self.group_size, self.head_dim)[2];
         u32::from(read_code(&self.widths[g * per..(g + 1) * per], 3 * j, 3))
     }
 
@@ -87,7 +95,7 @@ impl GroupCodes {
 
     /// The code words of group `g`.
     fn group_codes(&self, g: usize) -> &[u32] {
-        let per = words_per_group(self.bits, self.group_size, self.head_dim)[0];
+        let per = words_per_group(self.budget, self.group_size, self.head_dim)[0];
         &self.codes[g * per..(g + 1) * per]
     }
 
@@ -99,16 +107,18 @@ impl GroupCodes {
         let base = self.state.base();
         let mut rows = vec![0.0f32; self.group_size * d];
         if self.is_token_mode(g) {
-            let book = Codebook::new(self.bits).expect("bits are validated");
             let mut flags = Vec::with_capacity(self.group_size);
+            let mut at = 0;
             for (t, row) in rows.chunks_exact_mut(d).enumerate() {
+                let bits = self.token_bits(t);
+                let book = Codebook::new(bits).expect("the budget is validated");
                 let byte = self.scale_byte(g, t);
                 let s = decode_scale(byte & !FLAG_BIT, base);
-                let at = t * usize::from(self.bits) * d;
                 for (i, x) in row.iter_mut().enumerate() {
-                    let c = read_code(words, at + i * usize::from(self.bits), self.bits);
+                    let c = read_code(words, at + i * usize::from(bits), bits);
                     *x = s * book.levels[usize::from(c)];
                 }
+                at += usize::from(bits) * d;
                 flags.push(byte & FLAG_BIT != 0);
             }
             return (rows, Some(flags));
@@ -154,16 +164,19 @@ impl GroupCodes {
     /// Checks widths and array lengths (for data read from a file).
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(VidkvError::CorruptPacked(msg));
-        if Codebook::new(self.bits).is_none()
-            || !self.group_size.is_power_of_two()
-            || self.group_size < 8
+        let g = self.group_size;
+        if !g.is_power_of_two()
+            || g < 8
+            || self.budget < g
+            || self.budget > usize::from(MAX_ROW_BITS) * g
+            || self.budget * self.head_dim % 32 != 0
         {
             return bad(format!(
-                "group codes with {} bits and group size {}",
-                self.bits, self.group_size
+                "group codes with {} bits per group and group size {g}",
+                self.budget
             ));
         }
-        let [c, s, w] = words_per_group(self.bits, self.group_size, self.head_dim);
+        let [c, s, w] = words_per_group(self.budget, self.group_size, self.head_dim);
         if self.codes.len() != c * self.groups
             || self.scales.len() != s * self.groups
             || self.widths.len() != w * self.groups
@@ -171,7 +184,7 @@ impl GroupCodes {
         {
             return bad("group codes: array lengths do not match the shape".into());
         }
-        let budget = usize::from(self.bits) * self.group_size;
+        let budget = self.budget;
         for g in (0..self.groups).filter(|&g| !self.is_token_mode(g)) {
             let widths: Vec<u8> = (0..self.group_size).map(|j| self.row_bits(g, j)).collect();
             let total: usize = widths.iter().map(|&b| usize::from(b)).sum();
@@ -223,29 +236,43 @@ fn allocate_widths(energies: &[f32], budget: usize) -> Vec<u8> {
     widths
 }
 
-/// Quantizes whole groups `x` (`[groups · group_size, d]`) with `bits` average bits per
-/// code and the per-head `state`.
+/// The mode-A code width of token `t`: ⌊budget/G⌋, plus one for the first budget mod G
+/// tokens.
+fn token_bits(budget: usize, group_size: usize, t: usize) -> u8 {
+    (budget / group_size + usize::from(t < budget % group_size)) as u8
+}
+
+/// The per-group code budget bits·G of `bits` average bits per code (validated by
+/// [`crate::QuantConfig::validate`] to be a whole, even number from G to 4G).
+pub fn group_budget(bits: f32, group_size: usize) -> usize {
+    (bits * group_size as f32).round() as usize
+}
+
+/// Quantizes whole groups `x` (`[groups · group_size, d]`) with `budget` code bits per
+/// group and the per-head `state`.
 pub fn quantize_groups(
     x: &[f32],
     rotation: &Rotation,
-    bits: u8,
+    budget: usize,
     group_size: usize,
     state: &RotatedState,
 ) -> GroupCodes {
     let d = rotation.dim();
     let groups = x.len() / (d * group_size);
-    let [cw, sw, ww] = words_per_group(bits, group_size, d);
+    let [cw, sw, ww] = words_per_group(budget, group_size, d);
     let mut codes = vec![0u32; groups * cw];
     let mut scales = vec![0u32; groups * sw];
     let mut widths = vec![0u32; groups * ww];
     let m = state.means(d);
-    let per_token = RotatedQuantizer {
+    let quantizer = |bits: u8| RotatedQuantizer {
         rotation,
-        book: Codebook::new(bits).expect("bits are validated"),
+        book: Codebook::new(bits).expect("the budget is validated"),
         state,
     };
+    let low = token_bits(budget, group_size, group_size - 1);
+    let per_token = [quantizer(low), quantizer((low + 1).min(MAX_ROW_BITS))];
     for (g, group) in x.chunks_exact(d * group_size).enumerate() {
-        let record = GroupRecord::best(group, &per_token, &m, bits, group_size);
+        let record = GroupRecord::best(group, &per_token, &m, budget, group_size);
         codes[g * cw..(g + 1) * cw].copy_from_slice(&record.codes);
         for (i, &byte) in record.scales.iter().enumerate() {
             scales[g * sw + i / 4] |= u32::from(byte) << (8 * (i % 4));
@@ -257,7 +284,7 @@ pub fn quantize_groups(
         groups,
         group_size,
         head_dim: d,
-        bits,
+        budget,
         state: state.clone(),
         codes,
         scales,
@@ -277,9 +304,9 @@ impl GroupRecord {
     /// The better of mode T and mode A for one group.
     fn best(
         group: &[f32],
-        per_token: &RotatedQuantizer<'_>,
+        per_token: &[RotatedQuantizer<'_>; 2],
         m: &[f32],
-        bits: u8,
+        budget: usize,
         g: usize,
     ) -> Self {
         let d = m.len();
@@ -287,8 +314,8 @@ impl GroupRecord {
             .chunks_exact(d)
             .map(|x| tree_sum(x.iter().zip(m).map(|(&v, &c)| (v - c) * (v - c))))
             .collect();
-        let sequency = Self::sequency(group, per_token, m, bits, g, &energy);
-        let tokens = Self::tokens(group, per_token, m, bits, &energy);
+        let sequency = Self::sequency(group, &per_token[0], m, budget, g, &energy);
+        let tokens = Self::tokens(group, per_token, m, budget, &energy);
         if sequency.error < tokens.error {
             sequency
         } else {
@@ -308,7 +335,7 @@ impl GroupRecord {
         group: &[f32],
         q: &RotatedQuantizer<'_>,
         m: &[f32],
-        bits: u8,
+        budget: usize,
         g: usize,
         energy: &[f32],
     ) -> Self {
@@ -326,8 +353,8 @@ impl GroupRecord {
             .chunks_exact(d)
             .map(|r| tree_sum(r.iter().map(|v| v * v)))
             .collect();
-        let widths = allocate_widths(&row_energy, usize::from(bits) * g);
-        let mut codes = vec![0u32; usize::from(bits) * g * d / 32];
+        let widths = allocate_widths(&row_energy, budget);
+        let mut codes = vec![0u32; budget * d / 32];
         let mut scales = vec![0u8; g];
         let mut residual = f.clone();
         let mut row_codes = vec![0u8; d];
@@ -360,20 +387,25 @@ impl GroupRecord {
 
     fn tokens(
         group: &[f32],
-        q: &RotatedQuantizer<'_>,
+        per_token: &[RotatedQuantizer<'_>; 2],
         m: &[f32],
-        bits: u8,
+        budget: usize,
         energy: &[f32],
     ) -> Self {
         let d = m.len();
         let tokens = group.len() / d;
-        let mut codes = vec![0u32; usize::from(bits) * tokens * d / 32];
+        let mut codes = vec![0u32; budget * d / 32];
         let mut scales = Vec::with_capacity(tokens);
         let mut errors = Vec::with_capacity(tokens);
         let mut token_codes = vec![0u8; d];
+        let low = token_bits(budget, tokens, tokens - 1);
+        let mut at = 0;
         for (t, x) in group.chunks_exact(d).enumerate() {
+            let bits = token_bits(budget, tokens, t);
+            let q = &per_token[usize::from(bits > low)];
             let (byte, error) = q.token(x, m, &mut token_codes);
-            pack_codes(&token_codes, bits, t * usize::from(bits) * d, &mut codes);
+            pack_codes(&token_codes, bits, at, &mut codes);
+            at += usize::from(bits) * d;
             scales.push(byte);
             errors.push(error);
         }

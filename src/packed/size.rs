@@ -8,7 +8,7 @@
 
 use super::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use super::rotated::{GroupMeans, RotatedRows};
-use super::rotated_groups::GroupCodes;
+use super::rotated_groups::{group_budget, GroupCodes};
 use super::{CacheShape, PackedCache, PackedKeys, PackedValues};
 use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
 use crate::reference::split::outlier_count;
@@ -134,7 +134,7 @@ pub fn estimate_size(shape: CacheShape, config: &QuantConfig, protected: usize) 
                 })
         }
         KeyScheme::Rotated { bits } => RotatedRows::words(bits, d, nq),
-        KeyScheme::RotatedGroups { bits } => GroupCodes::words(bits, g, d, nq / g),
+        KeyScheme::RotatedGroups { bits } => GroupCodes::words(group_budget(bits, g), g, d, nq / g),
     };
     let (value_plane, list) = match config.values {
         ValueScheme::Fp16 => (0, 0),
@@ -153,7 +153,9 @@ pub fn estimate_size(shape: CacheShape, config: &QuantConfig, protected: usize) 
                 },
             0,
         ),
-        ValueScheme::RotatedGroups { bits } => (GroupCodes::words(bits, g, d, nq / g), 0),
+        ValueScheme::RotatedGroups { bits } => {
+            (GroupCodes::words(group_budget(bits, g), g, d, nq / g), 0)
+        }
     };
     let heads = shape.layers * shape.kv_heads;
     SizeReport {
