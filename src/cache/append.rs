@@ -8,7 +8,7 @@ use crate::gpu::incremental::{
     copy_into_window, freeze_split, grow_window, repack_window, shift_window, write_exact,
     ChunkWords, ExactStore, GroupFlush, RowSpan, Rows, ROW_ALIGN,
 };
-use crate::tensor::{check_quantizable, Tensor};
+use crate::tensor::Tensor;
 
 impl KvCache<'_> {
     /// Fills an empty layer with a prompt's keys and values (`[kv_heads, tokens, head_dim]`
@@ -25,21 +25,8 @@ impl KvCache<'_> {
 
     /// Appends any number of tokens (`[kv_heads, n, head_dim]` row-major f32) to `layer`.
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
-        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
         self.check_layer(layer)?;
-        if k.len() != v.len() || k.len() % (h * d) != 0 {
-            return Err(VidkvError::ShapeMismatch {
-                tensor: "k/v".into(),
-                detail: format!(
-                    "k and v must both be [{h} KV heads, n, {d}] (got {} and {} values)",
-                    k.len(),
-                    v.len()
-                ),
-            });
-        }
-        let n = k.len() / (h * d);
-        check_quantizable("k", k, &[h, n, d])?;
-        check_quantizable("v", v, &[h, n, d])?;
+        let n = super::appended_tokens(self.shape, k, v)?;
         if n == 0 {
             return Ok(());
         }

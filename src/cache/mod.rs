@@ -46,6 +46,27 @@ use crate::gpu::attention::{check_head_dim, KeyLayout, PackedPlanes};
 use crate::gpu::incremental::{ExactStore, F32Rows, Heads};
 use crate::gpu::GpuContext;
 use crate::packed::{estimate_size, CacheShape};
+use crate::tensor::check_quantizable;
+
+/// The token count of appended rows `k`, `v` (`[kv_heads, n, head_dim]` each), checked:
+/// equal lengths, whole rows, finite values in the f16 range.
+pub(crate) fn appended_tokens(shape: ModelShape, k: &[f32], v: &[f32]) -> Result<usize> {
+    let (h, d) = (shape.kv_heads, shape.head_dim);
+    if k.len() != v.len() || k.len() % (h * d) != 0 {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "k/v".into(),
+            detail: format!(
+                "k and v must both be [{h} KV heads, n, {d}] (got {} and {} values)",
+                k.len(),
+                v.len()
+            ),
+        });
+    }
+    let n = k.len() / (h * d);
+    check_quantizable("k", k, &[h, n, d])?;
+    check_quantizable("v", v, &[h, n, d])?;
+    Ok(n)
+}
 
 /// The attention shape of a model: layers, query heads, KV heads, head dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,6 @@ use crate::reference::attention::{attend_dense, kv_head_for};
 use crate::reference::split::{
     accumulate_min_max, empty_min_max, outlier_count, split_by_range, ChannelSplit,
 };
-use crate::tensor::check_quantizable;
 
 /// What a decoder needs from a KV cache: [`KvCache`] on a GPU, [`ReferenceCache`] on the CPU.
 pub trait ModelCache {
@@ -203,19 +202,7 @@ impl ModelCache for ReferenceCache {
     fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
         self.layer(layer)?;
-        if k.len() != v.len() || k.len() % (h * d) != 0 {
-            return Err(VidkvError::ShapeMismatch {
-                tensor: "k/v".into(),
-                detail: format!(
-                    "k and v must both be [{h} KV heads, n, {d}] (got {} and {} values)",
-                    k.len(),
-                    v.len()
-                ),
-            });
-        }
-        let n = k.len() / (h * d);
-        check_quantizable("k", k, &[h, n, d])?;
-        check_quantizable("v", v, &[h, n, d])?;
+        let n = super::appended_tokens(self.shape, k, v)?;
         let sinks = self.config.sinks;
         let state = &mut self.layers[layer];
         let quantizing = !self.config.is_fp16();

@@ -93,6 +93,50 @@ impl RotatedShape {
     }
 }
 
+/// Rows `x` cut into chunks of whole groups, each dispatched through entry points.
+struct ChunkRun<'a> {
+    x: &'a [f32],
+    shape: RotatedShape,
+    /// Tokens per chunk.
+    chunk: usize,
+    /// Parameters shared by every chunk (`len` and `group_offset` are set per chunk).
+    params: Params,
+}
+
+impl ChunkRun<'_> {
+    /// Uploads each chunk and records `entries(len)` — (entry point, invocations) — on it,
+    /// with `output` at binding 7.
+    fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        bindings: &Bindings,
+        output: &wgpu::Buffer,
+        entries: impl Fn(usize) -> [(&'static str, usize); 2],
+    ) -> Result<()> {
+        let (d, g) = (self.shape.head_dim, self.shape.group_size);
+        for (index, rows) in self.x.chunks(self.chunk * d).enumerate() {
+            let len = rows.len() / d;
+            let input = ctx.upload("input", rows)?;
+            let mut batch = ctx.batch();
+            for (entry, invocations) in entries(len) {
+                batch.dispatch(
+                    &ROTATED,
+                    entry,
+                    Params {
+                        len: len as u32,
+                        group_offset: (index * self.chunk / g) as u32,
+                        invocations: invocations as u32,
+                        ..self.params
+                    },
+                    &bindings.list(&input, output),
+                );
+            }
+            batch.submit()?;
+        }
+        Ok(())
+    }
+}
+
 /// The per-head state of rows `x` (`[tokens, d]`), fitted on the GPU to its first
 /// [`STATE_GROUPS`] groups (means, per-row energies, then the base); `x` empty gives the
 /// reference's empty state.
@@ -186,32 +230,21 @@ pub fn quantize_rows(
             bytes: steps.clone(),
         };
         let group_steps = ctx.buffer("group steps", ((chunk / g) * 4) as u64)?;
-        for (index, rows) in x.chunks(chunk * d).enumerate() {
-            let len = rows.len() / d;
-            let input = ctx.upload("input", rows)?;
-            let params = Params {
-                len: len as u32,
+        let run = ChunkRun {
+            x,
+            shape,
+            chunk,
+            params: Params {
                 groups: groups as u32,
-                group_offset: (index * chunk / g) as u32,
                 ..shape.params()
-            };
-            let mut batch = ctx.batch();
-            for (entry, invocations) in [
+            },
+        };
+        run.dispatch(ctx, &bindings, &group_steps, |len| {
+            [
                 ("group_means", len / g),
                 ("pack_steps", (len / g).div_ceil(2)),
-            ] {
-                batch.dispatch(
-                    &ROTATED,
-                    entry,
-                    Params {
-                        invocations: invocations as u32,
-                        ..params
-                    },
-                    &bindings.list(&input, &group_steps),
-                );
-            }
-            batch.submit()?;
-        }
+            ]
+        })?;
     }
     let bindings = Bindings {
         table,
@@ -221,30 +254,19 @@ pub fn quantize_rows(
         bytes: scales.clone(),
     };
     let token_bytes = ctx.buffer("token scale bytes", (chunk * 4) as u64)?;
-    for (index, rows) in x.chunks(chunk * d).enumerate() {
-        let len = rows.len() / d;
-        let input = ctx.upload("input", rows)?;
-        let params = Params {
-            len: len as u32,
+    let run = ChunkRun {
+        x,
+        shape,
+        chunk,
+        params: Params {
             groups: groups as u32,
-            group_offset: (index * chunk / g) as u32,
             centre_rows,
             ..shape.params()
-        };
-        let mut batch = ctx.batch();
-        for (entry, invocations) in [("quantize", len), ("pack_scales", len.div_ceil(4))] {
-            batch.dispatch(
-                &ROTATED,
-                entry,
-                Params {
-                    invocations: invocations as u32,
-                    ..params
-                },
-                &bindings.list(&input, &token_bytes),
-            );
-        }
-        batch.submit()?;
-    }
+        },
+    };
+    run.dispatch(ctx, &bindings, &token_bytes, |len| {
+        [("quantize", len), ("pack_scales", len.div_ceil(4))]
+    })?;
     let rows = RotatedRows {
         tokens,
         head_dim: d,
