@@ -124,6 +124,14 @@ impl QuantConfig {
             values: ValueScheme::Fp16,
             stp_ratio: 0.2,
         };
+        // The rotated presets keep the `vidkv` preset's exact sinks and window.
+        let rotated = |keys, values| QuantConfig {
+            sinks: VIDKV_SINKS,
+            residual: VIDKV_RESIDUAL,
+            keys,
+            values,
+            ..base.clone()
+        };
         let config = match name {
             "fp16" => base,
             "kivi2" => QuantConfig {
@@ -170,57 +178,39 @@ impl QuantConfig {
                 },
                 ..base
             },
-            "rotated" => QuantConfig {
-                sinks: VIDKV_SINKS,
-                residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::Rotated { bits: 2 },
-                values: ValueScheme::Rotated {
+            "rotated" => rotated(
+                KeyScheme::Rotated { bits: 2 },
+                ValueScheme::Rotated {
                     bits: 2,
                     group_means: true,
                 },
-                ..base
-            },
-            "rotated-flat" => QuantConfig {
-                sinks: VIDKV_SINKS,
-                residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::Rotated { bits: 2 },
-                values: ValueScheme::Rotated {
+            ),
+            "rotated-flat" => rotated(
+                KeyScheme::Rotated { bits: 2 },
+                ValueScheme::Rotated {
                     bits: 2,
                     group_means: false,
                 },
-                ..base
-            },
-            "rotated-k3v1" => QuantConfig {
-                sinks: VIDKV_SINKS,
-                residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::Rotated { bits: 3 },
-                values: ValueScheme::Rotated {
+            ),
+            "rotated-k3v1" => rotated(
+                KeyScheme::Rotated { bits: 3 },
+                ValueScheme::Rotated {
                     bits: 1,
                     group_means: true,
                 },
-                ..base
-            },
-            "rotated-groups" => QuantConfig {
-                sinks: VIDKV_SINKS,
-                residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::RotatedGroups { bits: 2.0 },
-                values: ValueScheme::RotatedGroups { bits: 2.0 },
-                ..base
-            },
-            "rotated-groups-k3v1" => QuantConfig {
-                sinks: VIDKV_SINKS,
-                residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::RotatedGroups { bits: 3.0 },
-                values: ValueScheme::RotatedGroups { bits: 1.0 },
-                ..base
-            },
-            "rotated-groups-k2.5v1.5" => QuantConfig {
-                sinks: VIDKV_SINKS,
-                residual: VIDKV_RESIDUAL,
-                keys: KeyScheme::RotatedGroups { bits: 2.5 },
-                values: ValueScheme::RotatedGroups { bits: 1.5 },
-                ..base
-            },
+            ),
+            "rotated-groups" => rotated(
+                KeyScheme::RotatedGroups { bits: 2.0 },
+                ValueScheme::RotatedGroups { bits: 2.0 },
+            ),
+            "rotated-groups-k3v1" => rotated(
+                KeyScheme::RotatedGroups { bits: 3.0 },
+                ValueScheme::RotatedGroups { bits: 1.0 },
+            ),
+            "rotated-groups-k2.5v1.5" => rotated(
+                KeyScheme::RotatedGroups { bits: 2.5 },
+                ValueScheme::RotatedGroups { bits: 1.5 },
+            ),
             other => {
                 return Err(VidkvError::UnknownPreset {
                     name: other.to_string(),

@@ -288,8 +288,7 @@ fn quantize_keys(
                 group_size: g,
                 bits,
             };
-            let state = rotated::fit_state(ctx, x, shape)?;
-            PackedKeys::Rotated(rotated::quantize_rows(ctx, x, shape, &state, false)?.0)
+            PackedKeys::Rotated(rotated::quantize_head(ctx, x, shape, false)?.0)
         }
         KeyScheme::RotatedGroups { .. } => return Err(super::rotated_unsupported()),
     })
@@ -323,8 +322,7 @@ fn quantize_values(
                 group_size: g,
                 bits,
             };
-            let state = rotated::fit_state(ctx, x, shape)?;
-            let (rows, means) = rotated::quantize_rows(ctx, x, shape, &state, group_means)?;
+            let (rows, means) = rotated::quantize_head(ctx, x, shape, group_means)?;
             PackedValues::Rotated { rows, means }
         }
         ValueScheme::RotatedGroups { .. } => return Err(super::rotated_unsupported()),

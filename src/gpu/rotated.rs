@@ -179,11 +179,23 @@ pub fn fit_state(ctx: &GpuContext, x: &[f32], shape: RotatedShape) -> Result<Rot
         );
     }
     batch.submit()?;
-    let read = ctx.read_output(&state, "rotated state", words)?;
-    Ok(RotatedState {
-        mean: read[..d / 2].to_vec(),
-        base: read[d / 2],
-    })
+    Ok(RotatedState::from_words(&ctx.read_output(
+        &state,
+        "rotated state",
+        words,
+    )?))
+}
+
+/// Quantizes one head's rows `x` (`[tokens, d]`, whole groups) on the GPU: its state by
+/// [`fit_state`], then its codes by [`quantize_rows`].
+pub fn quantize_head(
+    ctx: &GpuContext,
+    x: &[f32],
+    shape: RotatedShape,
+    group_means: bool,
+) -> Result<(RotatedRows, Option<GroupMeans>)> {
+    let state = fit_state(ctx, x, shape)?;
+    quantize_rows(ctx, x, shape, &state, group_means)
 }
 
 /// Quantizes rows `x` (`[tokens, d]`, whole groups) on the GPU with `state`, centred on
@@ -203,8 +215,6 @@ pub fn quantize_rows(
     let step_words = groups.div_ceil(2);
     let code_words = tokens * wpt;
     let scale_words = tokens.div_ceil(4);
-    let mut state_words = state.mean.clone();
-    state_words.push(state.base);
     let dummy = ctx.buffer("unused binding", 16)?;
     let means = if group_means && groups > 0 {
         Some((
@@ -218,7 +228,7 @@ pub fn quantize_rows(
     let codes = ctx.output("rotated codes", code_words.max(1))?;
     let scales = ctx.output("rotated scales", scale_words.max(1))?;
     let table = ctx.upload("rotated table", &kernel_table(shape.bits))?;
-    let state_buffer = ctx.upload("rotated state", &state_words)?;
+    let state_buffer = ctx.upload("rotated state", &state.to_words())?;
     let chunk = shape.chunk(ctx)?;
     let centre_rows = u32::from(means.is_some());
     if let Some((centres, mean_codes, steps)) = &means {
@@ -312,15 +322,15 @@ pub fn dequantize_rows(
         group_size,
         bits: rows.bits,
     };
-    let mut state_words = rows.state.mean.clone();
-    state_words.push(rows.state.base);
+    let table = ctx.upload("rotated table", &kernel_table(rows.bits))?;
+    let state = ctx.upload("rotated state", &rows.state.to_words())?;
     let dummy = ctx.buffer("unused binding", 16)?;
     let centres = match means.filter(|m| m.groups > 0) {
         Some(m) => {
             let centres = ctx.buffer("rotated centres", (m.groups * d * 4) as u64)?;
             let bindings = Bindings {
-                table: ctx.upload("rotated table", &kernel_table(rows.bits))?,
-                state: ctx.upload("rotated state", &state_words)?,
+                table: table.clone(),
+                state: state.clone(),
                 centres: centres.clone(),
                 words: ctx.upload("group mean codes", &m.codes)?,
                 bytes: ctx.upload("group mean steps", &m.steps)?,
@@ -341,8 +351,8 @@ pub fn dequantize_rows(
         None => None,
     };
     let bindings = Bindings {
-        table: ctx.upload("rotated table", &kernel_table(rows.bits))?,
-        state: ctx.upload("rotated state", &state_words)?,
+        table,
+        state,
         centres: centres.clone().unwrap_or_else(|| dummy.clone()),
         words: ctx.upload("rotated codes", &rows.codes)?,
         bytes: ctx.upload("rotated scales", &rows.scales)?,

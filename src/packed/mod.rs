@@ -16,7 +16,6 @@ pub use size::{estimate_size, SizeReport};
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
-use crate::reference::lloyd_max::Codebook;
 use crate::reference::rdft::CompactRdft;
 use crate::reference::rotation::Rotation;
 use crate::reference::split::{
@@ -24,11 +23,8 @@ use crate::reference::split::{
 };
 use crate::tensor::{check_quantizable, Tensor};
 use planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
-use rotated::{
-    fit_group_means, quantize_rows, Centres, GroupMeans, RotatedQuantizer, RotatedRows,
-    RotatedState, STATE_GROUPS,
-};
-use rotated_groups::{group_budget, quantize_groups, GroupCodes};
+use rotated::{Centres, GroupMeans, RotatedRows, RotatedState};
+use rotated_groups::GroupCodes;
 
 /// Dimensions of a cache: `[layers, kv_heads, tokens, head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,48 +535,17 @@ fn quantize_keys(
             })
         }
         KeyScheme::Rotated { bits } => {
-            let (rotation, state) = rotated_setup(x, d, g, state);
-            let book = codebook(bits);
-            let quantizer = RotatedQuantizer {
-                rotation: &rotation,
-                book,
-                state: &state,
-            };
-            PackedKeys::Rotated(quantize_rows(x, &quantizer, &Centres::new(&state, d, None)))
+            PackedKeys::Rotated(rotated::quantize_head(x, &rotation(d), bits, g, false, state).0)
         }
-        KeyScheme::RotatedGroups { bits } => {
-            let (rotation, state) = rotated_setup(x, d, g, state);
-            PackedKeys::RotatedGroups(quantize_groups(
-                x,
-                &rotation,
-                group_budget(bits, g),
-                g,
-                &state,
-            ))
-        }
+        KeyScheme::RotatedGroups { bits } => PackedKeys::RotatedGroups(
+            rotated_groups::quantize_head(x, &rotation(d), bits, g, state),
+        ),
     }
 }
 
-/// The transform and per-head state of a rotated plane over rows `x` (`[tokens,
-/// d]`): the given `state`, or (when none is fixed yet) one fitted to the first
-/// [`STATE_GROUPS`] groups of `x`, which is then kept in `state`.
-fn rotated_setup(
-    x: &[f32],
-    d: usize,
-    group_size: usize,
-    state: &mut Option<RotatedState>,
-) -> (Rotation, RotatedState) {
-    let rotation = Rotation::new(d).expect("prepare checked the head_dim");
-    let first = (STATE_GROUPS * group_size * d).min(x.len());
-    let state = state
-        .get_or_insert_with(|| RotatedState::fit(&x[..first], &rotation))
-        .clone();
-    (rotation, state)
-}
-
-/// The codebook of a validated code width.
-fn codebook(bits: u8) -> Codebook {
-    Codebook::new(bits).expect("validate checked the bits")
+/// The rotation of a head_dim that [`prepare`] or [`quantize_run`] checked.
+fn rotation(d: usize) -> Rotation {
+    Rotation::new(d).expect("the head_dim was checked")
 }
 
 fn two_bit_plane(x: &[f32], d: usize, grouping: Grouping, group_size: usize) -> TwoBitPlane {
@@ -644,27 +609,13 @@ fn quantize_values(
             }
         }
         ValueScheme::Rotated { bits, group_means } => {
-            let (rotation, state) = rotated_setup(x, d, g, state);
-            let book = codebook(bits);
-            let quantizer = RotatedQuantizer {
-                rotation: &rotation,
-                book,
-                state: &state,
-            };
-            let means = group_means.then(|| fit_group_means(x, d, g, &state));
-            let rows = quantize_rows(x, &quantizer, &Centres::new(&state, d, means.as_ref()));
+            let (rows, means) =
+                rotated::quantize_head(x, &rotation(d), bits, g, group_means, state);
             PackedValues::Rotated { rows, means }
         }
-        ValueScheme::RotatedGroups { bits } => {
-            let (rotation, state) = rotated_setup(x, d, g, state);
-            PackedValues::RotatedGroups(quantize_groups(
-                x,
-                &rotation,
-                group_budget(bits, g),
-                g,
-                &state,
-            ))
-        }
+        ValueScheme::RotatedGroups { bits } => PackedValues::RotatedGroups(
+            rotated_groups::quantize_head(x, &rotation(d), bits, g, state),
+        ),
     }
 }
 
@@ -787,7 +738,7 @@ impl PackedHead {
 
     /// The head_dim rotation of the rotated schemes (checked when the head was made).
     pub fn rotation(&self) -> Rotation {
-        Rotation::new(self.head_dim).expect("a rotated head has a valid head_dim")
+        rotation(self.head_dim)
     }
 
     /// Positions of the exact rows, in storage order (sinks, then tail).

@@ -92,6 +92,22 @@ impl RotatedState {
         }
     }
 
+    /// The state as one array: the mean words, then the base word.
+    pub fn to_words(&self) -> Vec<u32> {
+        let mut words = self.mean.clone();
+        words.push(self.base);
+        words
+    }
+
+    /// The state from [`RotatedState::to_words`]'s layout (at least one word).
+    pub fn from_words(words: &[u32]) -> Self {
+        let (base, mean) = words.split_last().expect("a state has its base word");
+        RotatedState {
+            mean: mean.to_vec(),
+            base: *base,
+        }
+    }
+
     /// Channel mean `c`.
     pub fn mean_value(&self, c: usize) -> f32 {
         f16_at(&self.mean, c)
@@ -365,6 +381,43 @@ pub(crate) fn pack_codes(codes: &[u8], bits: u8, offset: usize, out: &mut [u32])
             out[at / 32 + 1] |= (value >> 32) as u32;
         }
     }
+}
+
+/// The head's state: the one already fixed in `state`, or (at the head's first
+/// quantization) one fitted to the first [`STATE_GROUPS`] groups of `x` and kept there.
+pub fn head_state(
+    x: &[f32],
+    rotation: &Rotation,
+    group_size: usize,
+    state: &mut Option<RotatedState>,
+) -> RotatedState {
+    let first = (STATE_GROUPS * group_size * rotation.dim()).min(x.len());
+    state
+        .get_or_insert_with(|| RotatedState::fit(&x[..first], rotation))
+        .clone()
+}
+
+/// Quantizes one head's rows `x` (`[tokens, d]`, whole groups) with `bits`-bit per-token
+/// codes, centred on the per-head mean or, with `group_means`, on fitted group means;
+/// `state` as in [`head_state`].
+pub fn quantize_head(
+    x: &[f32],
+    rotation: &Rotation,
+    bits: u8,
+    group_size: usize,
+    group_means: bool,
+    state: &mut Option<RotatedState>,
+) -> (RotatedRows, Option<GroupMeans>) {
+    let d = rotation.dim();
+    let state = head_state(x, rotation, group_size, state);
+    let quantizer = RotatedQuantizer {
+        rotation,
+        book: Codebook::new(bits).expect("validate checked the bits"),
+        state: &state,
+    };
+    let means = group_means.then(|| fit_group_means(x, d, group_size, &state));
+    let rows = quantize_rows(x, &quantizer, &Centres::new(&state, d, means.as_ref()));
+    (rows, means)
 }
 
 /// Quantizes `x` (`[tokens, d]`, whole groups) against `centres`, returning the packed rows.

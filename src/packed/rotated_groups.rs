@@ -23,7 +23,7 @@
 //! | scales | G/4 | one byte per row (T) or per token, (flag ≪ 7) \| scale code (A) |
 //! | widths | ⌈3G/32⌉ | G three-bit row widths bⱼ; entry 0 = 7 marks mode A |
 
-use super::rotated::{pack_codes, read_code, RotatedQuantizer, RotatedState, FLAG_BIT};
+use super::rotated::{head_state, pack_codes, read_code, RotatedQuantizer, RotatedState, FLAG_BIT};
 use crate::error::{Result, VidkvError};
 use crate::reference::lloyd_max::{decode_scale, fit_row, tree_sum, Codebook};
 use crate::reference::rotation::Rotation;
@@ -246,6 +246,25 @@ fn token_bits(budget: usize, group_size: usize, t: usize) -> u8 {
 /// [`crate::QuantConfig::validate`] to be a whole, even number from G to 4G).
 pub fn group_budget(bits: f32, group_size: usize) -> usize {
     (bits * group_size as f32).round() as usize
+}
+
+/// Quantizes one head's whole groups `x` with `bits` average bits per code; `state` as in
+/// [`super::rotated::head_state`].
+pub fn quantize_head(
+    x: &[f32],
+    rotation: &Rotation,
+    bits: f32,
+    group_size: usize,
+    state: &mut Option<RotatedState>,
+) -> GroupCodes {
+    let state = head_state(x, rotation, group_size, state);
+    quantize_groups(
+        x,
+        rotation,
+        group_budget(bits, group_size),
+        group_size,
+        &state,
+    )
 }
 
 /// Quantizes whole groups `x` (`[groups · group_size, d]`) with `budget` code bits per
