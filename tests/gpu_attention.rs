@@ -2,7 +2,9 @@
 //! dequantized cache: relative error ≤ 1e-4 per output row, on the real dev files for every
 //! preset and on generated cases (head_dim 64–256, GQA 1/2/7, M = 1…64, contexts 1…20k).
 //! The output is read back with its guard words checked. Every case runs with the fast
-//! paths the adapter offers (subgroups on lavapipe) and with the portable kernels.
+//! paths the adapter offers (subgroups on lavapipe) and with the portable kernels. The
+//! presets include the rotated per-token ones (rotated keys, rotated values with and
+//! without group means), alone and mixed with the other schemes.
 
 #[path = "common/data.rs"]
 mod data;
@@ -16,12 +18,27 @@ use data::shared_sample;
 
 use proptest::prelude::*;
 
-use vidkv::config::{QuantConfig, ValueScheme};
+use vidkv::config::{KeyScheme, QuantConfig, ValueScheme, ROTATED_PRESET_NAMES};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
+
+/// Every preset GPU attention takes: the plain ones and the rotated per-token ones (the
+/// across-token scheme has no GPU kernels).
+fn gpu_presets() -> Vec<&'static str> {
+    PRESET_NAMES
+        .iter()
+        .chain(&ROTATED_PRESET_NAMES)
+        .copied()
+        .filter(|name| {
+            let config = QuantConfig::preset(name).unwrap();
+            !matches!(config.keys, KeyScheme::RotatedGroups { .. })
+                && !matches!(config.values, ValueScheme::RotatedGroups { .. })
+        })
+        .collect()
+}
 
 /// GPU attention of every layer against the reference; returns the worst relative error.
 fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) -> f64 {
@@ -84,7 +101,7 @@ fn real_dev_files_for_every_preset() {
                 (lo as u32, hi as u32)
             })
             .collect();
-        for preset in PRESET_NAMES {
+        for preset in gpu_presets() {
             let cache = PackedCache::quantize(
                 &sample.k,
                 &sample.v,
@@ -133,7 +150,7 @@ proptest! {
         gqa in prop::sample::select(vec![1usize, 2, 3, 7]),
         queries in 1usize..65,
         tokens in 1usize..20_000,
-        preset in prop::sample::select(PRESET_NAMES.to_vec()),
+        preset in prop::sample::select(gpu_presets()),
         sinks in 0usize..6,
         residual_groups in 0usize..4,
         causal in any::<bool>(),
@@ -165,6 +182,31 @@ proptest! {
             })
             .collect();
         check(&cache, &q, &visible, &format!("{preset} d={d} kv={kv_heads} gqa={gqa} M={queries} T={tokens} S={sinks} R={}", config.residual));
+    }
+}
+
+/// Rotated keys with ternary values, and 2-bit keys with rotated values (with group
+/// means), on a head_dim that is not a power of two, GQA 3 and a partial last split.
+#[test]
+fn rotated_halves_mix_with_the_other_schemes() {
+    let (tokens, d, kv_heads, gqa, queries) = (2_345, 96, 2, 3, 4);
+    let k = random_tensor([1, kv_heads, tokens, d], 31, 1.0);
+    let v = random_tensor([1, kv_heads, tokens, d], 32, 1.0);
+    let q = random_tensor([1, kv_heads * gqa, queries, d], 33, 0.6);
+    let rotated = QuantConfig::preset("rotated").unwrap();
+    let mut rotated_keys = QuantConfig::preset("vidkv").unwrap();
+    rotated_keys.keys = rotated.keys;
+    let mut rotated_values = QuantConfig::preset("kivi2").unwrap();
+    rotated_values.values = rotated.values;
+    let visible: Vec<(u32, u32)> = (0..queries)
+        .map(|m| (0, (tokens - 300 * m) as u32))
+        .collect();
+    for (what, config) in [
+        ("rotated keys + ternary values", rotated_keys),
+        ("2-bit keys + rotated values", rotated_values),
+    ] {
+        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        check(&cache, &q, &visible, what);
     }
 }
 

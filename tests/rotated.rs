@@ -14,6 +14,7 @@ use gpu_context::gpu;
 
 use vidkv::cache::{ModelCache, ReferenceCache};
 use vidkv::config::{KeyScheme, ValueScheme, ROTATED_PRESET_NAMES};
+use vidkv::gpu::attention::GpuLayer;
 use vidkv::gpu::dequantize::dequantize_cache;
 use vidkv::gpu::quantize::quantize_cache;
 use vidkv::packed::{estimate_size, PackedKeys, PackedValues};
@@ -232,6 +233,9 @@ fn gpu_paths_refuse_what_has_no_kernels_yet_with_a_typed_error() {
     let x = tensor([1, 1, 128, 64], 5);
     let groups = QuantConfig::preset("rotated-groups").unwrap();
     let err = quantize_cache(gpu(), &x, &x, &groups, &[]).unwrap_err();
+    assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+    let packed = PackedCache::quantize(&x, &x, &groups, &[]).unwrap();
+    let err = GpuLayer::upload(gpu(), &packed, 0).err().expect("refused");
     assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
     let config = QuantConfig::preset("rotated").unwrap();
     let shape = ModelShape {

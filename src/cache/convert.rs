@@ -7,6 +7,7 @@ use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{upload_planes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
 use crate::gpu::incremental::ExactStore;
 use crate::gpu::GpuContext;
+use crate::gpu::KV_CACHE_REFUSES_ROTATED;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 
@@ -330,6 +331,7 @@ impl<'a> StoredRun<'a> {
         let value_stride = match &c.planes.values {
             PackedValuePlanes::Ternary { groups, .. } => *groups,
             PackedValuePlanes::TwoBit { .. } => c.planes.groups,
+            PackedValuePlanes::Rotated(_) => unreachable!("{KV_CACHE_REFUSES_ROTATED}"),
         };
         StoredRun {
             planes: &c.planes,
@@ -370,7 +372,10 @@ impl RunReads {
                 scale_min,
                 sign_codes,
                 sign_scales,
-            } = &run.planes.keys;
+            } = &run.planes.keys
+            else {
+                unreachable!("{KV_CACHE_REFUSES_ROTATED}")
+            };
             map.insert(RunArray::KeyCodes, all(codes)?);
             map.insert(RunArray::KeyParams, all(scale_min)?);
             map.insert(RunArray::SignCodes, all(sign_codes)?);
@@ -394,6 +399,7 @@ impl RunReads {
                     map.insert(RunArray::ValueParams, all(scales)?);
                     kept.push((all(kept_codes)?, all(kept_params)?));
                 }
+                PackedValuePlanes::Rotated(_) => unreachable!("{KV_CACHE_REFUSES_ROTATED}"),
             }
             arrays.push(map);
         }

@@ -463,7 +463,10 @@ impl GroupFlush<'_> {
             scale_min,
             sign_codes,
             sign_scales,
-        } = &self.planes.keys;
+        } = &self.planes.keys
+        else {
+            unreachable!("{}", super::KV_CACHE_REFUSES_ROTATED)
+        };
         record_two_bit_channels(
             batch,
             keys_input,
@@ -621,5 +624,6 @@ pub(crate) fn freeze_split(
         fft,
         order,
         twiddles: ctx.create_storage("twiddles", &twiddles((d - k).max(1)))?,
+        rotated: None,
     })
 }

@@ -16,7 +16,8 @@
 //!   its f32 window and its exact stores (the cache never records a kernel itself).
 //! - [`rotated`]: the rotated per-token scheme's state, group means, codes and decoding.
 //! - [`dequantize`]: packed planes back to dense f32.
-//! - [`attention`]: fused attention on the packed cache, and the f16 baseline.
+//! - [`attention`]: fused attention on the packed cache (rotated per-token codes included),
+//!   and the f16 baseline.
 
 pub mod attention;
 pub mod batch;
@@ -38,9 +39,10 @@ pub use context::{GpuContext, GpuOptions};
 use crate::config::QuantConfig;
 use crate::error::{Result, VidkvError};
 
-/// Refuses a configuration whose kernels are not all built yet: the rotated schemes have
-/// GPU quantization and decoding (per-token codes) but no attention kernels, so
-/// [`crate::KvCache`] and GPU attention refuse them; the CPU reference runs all of them.
+/// Refuses a configuration whose kernels are not all built yet: [`crate::KvCache`] has no
+/// incremental path for the rotated schemes (GPU quantization, decoding and attention of
+/// the per-token scheme exist; the across-token scheme has no GPU kernels), so it refuses
+/// them; the CPU reference runs all of them.
 pub fn check_supported(config: &QuantConfig) -> Result<()> {
     if config.uses_rotation() {
         Err(rotated_unsupported())
@@ -49,12 +51,17 @@ pub fn check_supported(config: &QuantConfig) -> Result<()> {
     }
 }
 
-/// The error for a rotated scheme on a GPU path.
+/// Why a `KvCache` path never meets rotated planes.
+pub(crate) const KV_CACHE_REFUSES_ROTATED: &str =
+    "KvCache refuses the rotated schemes (gpu::check_supported)";
+
+/// The error for a rotated scheme on a GPU path that does not take it.
 pub(crate) fn rotated_unsupported() -> VidkvError {
     VidkvError::Unsupported(
-        "the rotated schemes have no GPU attention kernels (and the across-token scheme no GPU \
-         kernels) yet: quantize and attend with the CPU reference (PackedCache::quantize, \
-         ReferenceCache, `report --device cpu`, `eval-lm --device cpu`)"
+        "KvCache does not take the rotated schemes yet, and the across-token scheme has no GPU \
+         kernels: quantize and attend with the CPU reference (PackedCache::quantize, \
+         ReferenceCache, `report --device cpu`, `eval-lm --device cpu`), or, for per-token \
+         codes, with gpu::quantize and gpu::attention::GpuLayer"
             .into(),
     )
 }

@@ -64,6 +64,10 @@ pub const ATTENTION_VALUES_TERNARY_SUBGROUP: Kernel =
     kernel!("attention_values_ternary" + "subgroup", ["main"], true);
 pub const ATTENTION_VALUES_TWO_BIT: Kernel =
     kernel!("attention_values_two_bit", ["per_channel", "per_token"]);
+pub const ATTENTION_ROTATED: Kernel = kernel!(
+    "attention_rotated",
+    ["rotate_queries", "key_scores", "value_sums"]
+);
 pub const ATTENTION_COMBINE: Kernel = kernel!("attention_combine", ["main"]);
 pub const ROTATED: Kernel = kernel!(
     "rotated",
@@ -81,7 +85,7 @@ pub const ROTATED: Kernel = kernel!(
 );
 
 /// Every kernel, in pipeline order.
-pub const ALL: [Kernel; 22] = [
+pub const ALL: [Kernel; 23] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -102,6 +106,7 @@ pub const ALL: [Kernel; 22] = [
     ATTENTION_VALUES_TERNARY,
     ATTENTION_VALUES_TERNARY_SUBGROUP,
     ATTENTION_VALUES_TWO_BIT,
+    ATTENTION_ROTATED,
     ATTENTION_COMBINE,
     ROTATED,
 ];

@@ -1,0 +1,434 @@
+//! Attention straight from the packed cache on the GPU (and the f16 baseline with the same
+//! structure): `softmax(q·Kᵀ/√d + mask)·V` for M query rows per query head, GQA, over the
+//! exact sinks, the quantized history and the exact recent window, with no dense K̂ or V̂.
+//!
+//! A call runs, per tile of query rows:
+//! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
+//!    channels, then Mᵀq over the DFT-domain normal channels);
+//! 2. per segment (sinks, quantized history, tail) — `attention_scores_*` writes q·k for the
+//!    segment's tokens, `attention_softmax` turns each split of [`SPLIT_TOKENS`] into
+//!    weights with a split-local maximum and sum, and `attention_values_*` accumulates
+//!    Σ p·v per split;
+//! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
+//!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
+//!
+//! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
+
+//!
+//! Rotated keys replace step 1 with `attention_rotated::rotate_queries` (q/√d, its rotation
+//! and its centre term) and read their scores and values through the same kernel file
+//! ([`rotated`]).
+
+mod layer;
+mod planes;
+mod rotated;
+
+pub use layer::GpuLayer;
+pub(crate) use planes::{
+    check_head_dim, upload_planes, KeyLayout, LayerGeometry, PackedKeyPlanes, PackedPlanes,
+    PackedValuePlanes, SegmentData, SegmentRef,
+};
+
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use super::params::Params;
+use super::shaders::{
+    ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED,
+    ATTENTION_SOFTMAX, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY,
+    ATTENTION_VALUES_TERNARY_SUBGROUP, ATTENTION_VALUES_TWO_BIT,
+};
+use crate::config::Grouping;
+use crate::error::{Result, VidkvError};
+use crate::tensor::check_finite;
+
+/// Tokens per split of the softmax (a multiple of every supported group size).
+pub const SPLIT_TOKENS: usize = 1024;
+
+/// Which kernels an attention call may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fast paths the adapter supports (subgroups), else the portable kernels.
+    Fastest,
+    /// The portable kernels only.
+    Portable,
+}
+
+/// Attention of `q` (`[q_heads, queries, head_dim]`, f32) over `layer`, where query
+/// position index m sees the positions `visible[m] = (lo, hi)`, `lo..hi`. Returns
+/// `[q_heads, queries, head_dim]`. Query head h reads KV head h / (q_heads / kv_heads).
+pub fn attend(
+    ctx: &GpuContext,
+    layer: &GpuLayer,
+    q: &[f32],
+    q_heads: usize,
+    visible: &[(u32, u32)],
+) -> Result<Vec<f32>> {
+    attend_with(ctx, layer, q, q_heads, visible, Kernels::Fastest)
+}
+
+/// [`attend`] with a choice of kernels (to test or benchmark the portable path on an
+/// adapter that has fast paths).
+pub fn attend_with(
+    ctx: &GpuContext,
+    layer: &GpuLayer,
+    q: &[f32],
+    q_heads: usize,
+    visible: &[(u32, u32)],
+    kernels: Kernels,
+) -> Result<Vec<f32>> {
+    attend_segments(
+        ctx,
+        &layer.geometry(),
+        &layer.segments(),
+        q,
+        q_heads,
+        visible,
+        kernels,
+    )
+}
+
+/// Attention over the segments of one layer (see [`attend`] for `q` and `visible`).
+pub(crate) fn attend_segments(
+    ctx: &GpuContext,
+    layer: &LayerGeometry<'_>,
+    segments: &[SegmentRef<'_>],
+    q: &[f32],
+    q_heads: usize,
+    visible: &[(u32, u32)],
+    kernels: Kernels,
+) -> Result<Vec<f32>> {
+    let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
+    let d = layer.head_dim;
+    let queries = visible.len();
+    if q_heads == 0 || q_heads % layer.kv_heads != 0 {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "q".into(),
+            detail: format!(
+                "{q_heads} query heads are not a positive multiple of {} KV heads",
+                layer.kv_heads
+            ),
+        });
+    }
+    if queries == 0 || q.len() != q_heads * queries * d {
+        return Err(VidkvError::ShapeMismatch {
+            tensor: "q".into(),
+            detail: format!(
+                "expected {q_heads} heads × {queries} queries × {d} = {} values, got {}",
+                q_heads * queries * d,
+                q.len()
+            ),
+        });
+    }
+    check_finite("q", q, &[q_heads, queries, d])?;
+    if let Some(&(lo, hi)) = visible
+        .iter()
+        .find(|&&(lo, hi)| lo >= hi || hi as usize > layer.tokens)
+    {
+        return Err(VidkvError::InvalidConfig(format!(
+            "visible range {lo}..{hi} is empty or beyond the {} tokens",
+            layer.tokens
+        )));
+    }
+    let _exclusive = ctx.exclusive();
+    let rows_per_head = (q_heads / layer.kv_heads) * queries;
+    let total_rows = rows_per_head * layer.kv_heads;
+    let mut split_offsets = Vec::with_capacity(segments.len());
+    let mut total_splits = 0;
+    for segment in segments {
+        split_offsets.push(total_splits);
+        total_splits += segment.splits();
+    }
+    // Score rows are padded to a multiple of 4 floats (`score_stride` in the shaders).
+    let longest = segments
+        .iter()
+        .map(|s| s.len.next_multiple_of(4))
+        .max()
+        .unwrap_or(4);
+    let per_row = (longest.max(total_splits * d) * 4) as u64;
+    // Tiles hold whole runs of the `gqa` rows that share a KV head and a query position.
+    let gqa = q_heads / layer.kv_heads;
+    let tile_rows = ((ctx.max_data_bytes() / per_row) as usize)
+        .clamp(1, total_rows)
+        .min(ctx.max_workgroups_per_dimension() as usize);
+    let tile_rows = (tile_rows / gqa).max(1) * gqa;
+
+    let q_buffer = ctx.upload("attention q", q)?;
+    let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
+    let visible_buffer = ctx.upload("attention visible", &visible_flat)?;
+    let output_words = q_heads * queries * d;
+    let output = ctx.output("attention output", output_words)?;
+    let scratch = Scratch {
+        natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
+        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
+        scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
+        partial: ctx.buffer(
+            "attention partial",
+            (tile_rows * total_splits * d * 4) as u64,
+        )?,
+        centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
+        unused: ctx.buffer("unused binding", 16)?,
+    };
+    let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
+    let base = Params {
+        width: d as u32,
+        group_size: layer.group_size as u32,
+        outliers: layer.layout.outliers as u32,
+        dft_len: layer.layout.normals as u32,
+        scale_rule: u32::from(layer.layout.fft),
+        scale: 1.0 / (d as f32).sqrt(),
+        kv_heads: layer.kv_heads as u32,
+        rows_per_head: rows_per_head as u32,
+        queries: queries as u32,
+        total_splits: total_splits as u32,
+        split_size: SPLIT_TOKENS as u32,
+        ..Default::default()
+    };
+    let mut row_offset = 0;
+    while row_offset < total_rows {
+        let rows = tile_rows.min(total_rows - row_offset);
+        let tile = Params {
+            row_offset: row_offset as u32,
+            tile_rows: rows as u32,
+            ..base
+        };
+        let mut batch = ctx.batch();
+        match &layer.layout.rotated {
+            Some(states) => {
+                rotated::record_queries(&mut batch, states, &q_buffer, tile, rows, &scratch)
+            }
+            None => batch.dispatch(
+                &ATTENTION_QUERIES,
+                "main",
+                Params {
+                    invocations: (rows * d) as u32,
+                    ..tile
+                },
+                &[
+                    &q_buffer,
+                    &layer.layout.order,
+                    &layer.layout.twiddles,
+                    &scratch.natural,
+                    &scratch.planar,
+                ],
+            ),
+        }
+        for (segment, &split_offset) in segments.iter().zip(&split_offsets) {
+            let seg = Params {
+                segment_start: segment.start as u32,
+                segment_len: segment.len as u32,
+                split_offset: split_offset as u32,
+                ..tile
+            };
+            record_scores(&mut batch, layer, segment, seg, rows, &scratch);
+            batch.dispatch(
+                &ATTENTION_SOFTMAX,
+                "main",
+                Params {
+                    invocations: (rows * segment.splits()) as u32,
+                    ..seg
+                },
+                &[&visible_buffer, &scratch.scores, &stats],
+            );
+            record_values(subgroups, &mut batch, segment, seg, rows, &scratch);
+        }
+        batch.dispatch(
+            &ATTENTION_COMBINE,
+            "main",
+            Params {
+                invocations: (rows * d) as u32,
+                ..tile
+            },
+            &[&stats, &scratch.partial, &output],
+        );
+        batch.submit()?;
+        row_offset += rows;
+    }
+    let words = ctx.read_output(&output, "attention output", output_words)?;
+    Ok(words.into_iter().map(f32::from_bits).collect())
+}
+
+/// The grid of a per-row kernel: `items` invocations in x for each of `rows` rows in y.
+fn per_row_grid(items: usize, rows: usize) -> (u32, u32) {
+    (
+        items.div_ceil(super::params::WORKGROUP_SIZE as usize) as u32,
+        rows as u32,
+    )
+}
+
+/// The intermediate buffers of one attention call.
+struct Scratch {
+    /// Query rows scaled by 1/√d, in channel order.
+    natural: Arc<wgpu::Buffer>,
+    /// The same rows in plane order, or rotated for rotated keys.
+    planar: Arc<wgpu::Buffer>,
+    /// The rows' dots with the rotated keys' mean.
+    centre_terms: Arc<wgpu::Buffer>,
+    scores: Arc<wgpu::Buffer>,
+    partial: Arc<wgpu::Buffer>,
+    /// Bound where a kernel's entry point does not read a binding.
+    unused: Arc<wgpu::Buffer>,
+}
+
+fn record_scores(
+    batch: &mut super::batch::Batch<'_>,
+    layer: &LayerGeometry<'_>,
+    segment: &SegmentRef<'_>,
+    seg: Params,
+    rows: usize,
+    scratch: &Scratch,
+) {
+    let (natural, planar, scores) = (&*scratch.natural, &*scratch.planar, &*scratch.scores);
+    match &segment.data {
+        SegmentData::Exact {
+            keys,
+            rows_per_head,
+            first_row,
+            ..
+        } => {
+            let blocks = segment.len.div_ceil(32);
+            batch.dispatch_grid(
+                &ATTENTION_SCORES_EXACT,
+                "main",
+                Params {
+                    rows: *rows_per_head as u32,
+                    segment_first: *first_row as u32,
+                    invocations: blocks as u32,
+                    ..seg
+                },
+                &[natural, keys, scores],
+                per_row_grid(blocks, rows),
+            )
+        }
+        SegmentData::Packed(PackedPlanes {
+            keys: PackedKeyPlanes::Rotated(keys),
+            ..
+        }) => rotated::record_scores(batch, keys, seg, rows, scratch),
+        SegmentData::Packed(
+            planes @ PackedPlanes {
+                keys:
+                    PackedKeyPlanes::Packed {
+                        codes,
+                        scale_min,
+                        sign_codes,
+                        sign_scales,
+                    },
+                ..
+            },
+        ) => {
+            let slices = (segment.len / layer.group_size) * layer.group_size.div_ceil(32);
+            batch.dispatch_grid(
+                &ATTENTION_SCORES_PACKED,
+                "main",
+                Params {
+                    groups: planes.groups as u32,
+                    invocations: slices as u32,
+                    ..seg
+                },
+                &[planar, codes, scale_min, sign_codes, sign_scales, scores],
+                per_row_grid(slices, rows),
+            );
+        }
+    }
+}
+
+fn record_values(
+    subgroups: bool,
+    batch: &mut super::batch::Batch<'_>,
+    segment: &SegmentRef<'_>,
+    seg: Params,
+    rows: usize,
+    scratch: &Scratch,
+) {
+    let (scores, partial) = (&*scratch.scores, &*scratch.partial);
+    let grid = (segment.splits() as u32, rows as u32);
+    match &segment.data {
+        SegmentData::Exact {
+            values,
+            rows_per_head,
+            first_row,
+            ..
+        } => batch.dispatch_grid(
+            &ATTENTION_VALUES_EXACT,
+            "main",
+            Params {
+                rows: *rows_per_head as u32,
+                segment_first: *first_row as u32,
+                ..seg
+            },
+            &[scores, values, partial],
+            grid,
+        ),
+        SegmentData::Packed(planes) => match &planes.values {
+            PackedValuePlanes::Rotated(values) => {
+                rotated::record_values(batch, values, seg, segment.splits(), rows, scratch)
+            }
+            PackedValuePlanes::TwoBit {
+                grouping,
+                rows: plane_rows,
+                groups,
+                codes,
+                scale_min,
+            } => batch.dispatch_grid(
+                &ATTENTION_VALUES_TWO_BIT,
+                match grouping {
+                    Grouping::PerChannel => "per_channel",
+                    Grouping::PerToken => "per_token",
+                },
+                Params {
+                    rows: *plane_rows as u32,
+                    groups: *groups as u32,
+                    ..seg
+                },
+                &[scores, codes, scale_min, partial],
+                grid,
+            ),
+            PackedValuePlanes::Ternary {
+                groups,
+                kept_groups,
+                plain,
+                stp,
+                codes,
+                scales,
+                kept_codes,
+                kept_params,
+                positions,
+                split_elements,
+            } => batch.dispatch_grid(
+                if subgroups {
+                    &ATTENTION_VALUES_TERNARY_SUBGROUP
+                } else {
+                    &ATTENTION_VALUES_TERNARY
+                },
+                "main",
+                Params {
+                    groups: *groups as u32,
+                    blocks: *kept_groups as u32,
+                    len: *plain as u32,
+                    stp: u32::from(*stp),
+                    ..seg
+                },
+                &[
+                    scores,
+                    split_elements,
+                    codes,
+                    scales,
+                    kept_codes,
+                    kept_params,
+                    positions,
+                    partial,
+                ],
+                (grid.0, row_quads(seg, rows)),
+            ),
+        },
+    }
+}
+
+/// Workgroup rows of the ternary value kernel: the KV heads that the tile of `rows` query
+/// rows from `seg.row_offset` touches, times ⌈rows_per_head / 4⌉ quads of rows each.
+fn row_quads(seg: Params, rows: usize) -> u32 {
+    let per_head = seg.rows_per_head;
+    let first_head = seg.row_offset / per_head;
+    let last_head = (seg.row_offset + rows as u32 - 1) / per_head;
+    (last_head - first_head + 1) * per_head.div_ceil(4)
+}

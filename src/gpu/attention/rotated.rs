@@ -1,0 +1,205 @@
+//! Attention from rotated per-token codes (`shaders/attention_rotated.wgsl`): a segment's
+//! planes on the GPU, and the three dispatches of a call — the query rotation (in place of
+//! `attention_queries` when the keys are rotated), key scores and value sums. The CPU
+//! mirror is [`crate::packed::attend`].
+
+use super::Scratch;
+use crate::error::Result;
+use crate::gpu::batch::Batch;
+use crate::gpu::context::GpuContext;
+use crate::gpu::params::Params;
+use crate::gpu::rotated::kernel_table;
+use crate::gpu::shaders::ATTENTION_ROTATED;
+use crate::packed::rotated::{GroupMeans, RotatedRows};
+use crate::packed::{PackedHead, PackedKeys, PackedValues};
+
+/// The per-head side of rotated codes: the codebook's kernel table and every KV head's
+/// [`crate::packed::rotated::RotatedState`] (`[kv_heads][d/2 + 1]` words).
+#[derive(Clone)]
+pub(crate) struct RotatedStates {
+    pub bits: u8,
+    pub table: wgpu::Buffer,
+    pub states: wgpu::Buffer,
+}
+
+/// Rotated per-token rows of one quantized segment, all KV heads (keys or values).
+pub(crate) struct RotatedPlanes {
+    pub states: RotatedStates,
+    /// Token rows per KV head (the stride of `codes` and `scales`).
+    pub tokens: usize,
+    /// Groups per KV head of the group means (0 without them).
+    pub groups: usize,
+    /// `[kv_heads][tokens][⌈bits·d/32⌉]`.
+    pub codes: wgpu::Buffer,
+    /// `[kv_heads][⌈tokens/4⌉]` scale bytes.
+    pub scales: wgpu::Buffer,
+    /// Values with group means: their codes `[kv_heads][groups][⌈d/10⌉]` and steps
+    /// `[kv_heads][⌈groups/2⌉]`.
+    pub means: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl RotatedPlanes {
+    /// The rotated keys of a layer's heads.
+    pub fn keys(ctx: &GpuContext, heads: &[PackedHead]) -> Result<Self> {
+        let rows: Vec<&RotatedRows> = heads
+            .iter()
+            .map(|h| match &h.keys {
+                PackedKeys::Rotated(rows) => rows,
+                _ => unreachable!("all heads of a cache share a scheme"),
+            })
+            .collect();
+        Self::upload(ctx, &rows, None)
+    }
+
+    /// The rotated values of a layer's heads.
+    pub fn values(ctx: &GpuContext, heads: &[PackedHead]) -> Result<Self> {
+        let (rows, means): (Vec<&RotatedRows>, Vec<Option<&GroupMeans>>) = heads
+            .iter()
+            .map(|h| match &h.values {
+                PackedValues::Rotated { rows, means } => (rows, means.as_ref()),
+                _ => unreachable!("all heads of a cache share a scheme"),
+            })
+            .unzip();
+        let means: Option<Vec<&GroupMeans>> = means.into_iter().collect();
+        Self::upload(ctx, &rows, means.as_deref())
+    }
+
+    fn upload(
+        ctx: &GpuContext,
+        rows: &[&RotatedRows],
+        means: Option<&[&GroupMeans]>,
+    ) -> Result<Self> {
+        let concat = |f: &dyn Fn(&RotatedRows) -> &[u32]| -> Vec<u32> {
+            rows.iter().flat_map(|r| f(r).iter().copied()).collect()
+        };
+        let states: Vec<u32> = rows.iter().flat_map(|r| r.state.to_words()).collect();
+        let means_buffers = match means {
+            Some(means) => {
+                let codes: Vec<u32> = means.iter().flat_map(|m| m.codes.clone()).collect();
+                let steps: Vec<u32> = means.iter().flat_map(|m| m.steps.clone()).collect();
+                Some((
+                    ctx.create_storage("group mean codes", &codes)?,
+                    ctx.create_storage("group mean steps", &steps)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(RotatedPlanes {
+            states: RotatedStates {
+                bits: rows[0].bits,
+                table: ctx.create_storage("rotated table", &kernel_table(rows[0].bits))?,
+                states: ctx.create_storage("rotated states", &states)?,
+            },
+            tokens: rows[0].tokens,
+            groups: means.map_or(0, |m| m[0].groups),
+            codes: ctx.create_storage("rotated codes", &concat(&|r| &r.codes))?,
+            scales: ctx.create_storage("rotated scales", &concat(&|r| &r.scales))?,
+            means: means_buffers,
+        })
+    }
+
+    /// Bytes of the planes (the states included, the constant table not).
+    pub fn bytes(&self) -> u64 {
+        self.states.states.size()
+            + self.codes.size()
+            + self.scales.size()
+            + self.means.as_ref().map_or(0, |(c, s)| c.size() + s.size())
+    }
+
+    fn params(&self, seg: Params) -> Params {
+        Params {
+            rows: self.tokens as u32,
+            groups: self.groups as u32,
+            code_bits: u32::from(self.states.bits),
+            centre_rows: u32::from(self.means.is_some()),
+            ..seg
+        }
+    }
+}
+
+/// The kernel's bindings 1…12 (see the shader header); what an entry point does not use
+/// is bound to `scratch.unused`.
+fn bindings<'a>(
+    states: &'a RotatedStates,
+    planes: Option<&'a RotatedPlanes>,
+    q: &'a wgpu::Buffer,
+    scratch: &'a Scratch,
+) -> [&'a wgpu::Buffer; 12] {
+    let unused = &*scratch.unused;
+    let (codes, scales) = planes.map_or((unused, unused), |p| (&p.codes, &p.scales));
+    let (mean_codes, mean_steps) = planes
+        .and_then(|p| p.means.as_ref())
+        .map_or((unused, unused), |(c, s)| (c, s));
+    [
+        q,
+        &states.table,
+        &states.states,
+        codes,
+        scales,
+        mean_codes,
+        mean_steps,
+        &scratch.natural,
+        &scratch.planar,
+        &scratch.centre_terms,
+        &scratch.scores,
+        &scratch.partial,
+    ]
+}
+
+/// Records the rotation of the tile's `rows` query rows against the key `states`:
+/// `natural` gets q/√d, `planar` (q/√d)·Rot and `centre_terms` (q/√d)·m.
+pub(super) fn record_queries(
+    batch: &mut Batch<'_>,
+    states: &RotatedStates,
+    q: &wgpu::Buffer,
+    tile: Params,
+    rows: usize,
+    scratch: &Scratch,
+) {
+    batch.dispatch_grid(
+        &ATTENTION_ROTATED,
+        "rotate_queries",
+        Params {
+            code_bits: u32::from(states.bits),
+            ..tile
+        },
+        &bindings(states, None, q, scratch),
+        (1, rows as u32),
+    );
+}
+
+/// Records the logits of the segment `seg` of rotated keys for the tile's `rows` rows.
+pub(super) fn record_scores(
+    batch: &mut Batch<'_>,
+    keys: &RotatedPlanes,
+    seg: Params,
+    rows: usize,
+    scratch: &Scratch,
+) {
+    let blocks = (seg.segment_len as usize).div_ceil(crate::gpu::params::WORKGROUP_SIZE as usize);
+    batch.dispatch_grid(
+        &ATTENTION_ROTATED,
+        "key_scores",
+        keys.params(seg),
+        &bindings(&keys.states, Some(keys), &scratch.unused, scratch),
+        (blocks as u32, rows as u32),
+    );
+}
+
+/// Records Σ p·v̂ per split of the segment `seg` of rotated values (`splits` of them).
+pub(super) fn record_values(
+    batch: &mut Batch<'_>,
+    values: &RotatedPlanes,
+    seg: Params,
+    splits: usize,
+    rows: usize,
+    scratch: &Scratch,
+) {
+    batch.dispatch_grid(
+        &ATTENTION_ROTATED,
+        "value_sums",
+        values.params(seg),
+        &bindings(&values.states, Some(values), &scratch.unused, scratch),
+        (splits as u32, rows as u32),
+    );
+}
