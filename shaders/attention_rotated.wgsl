@@ -29,13 +29,18 @@
 //           11 weights     (storage, read_write): f32 [tile rows][score_stride()] logits
 //                          (key_scores writes them), softmax weights (value_sums reads them)
 //           12 partial     (storage, read_write): f32 [tile rows][total_splits][d]
-// Entry points and dispatch:
-//   rotate_queries — grid (1, tile rows) of VALUE_LANES: a workgroup rotates its row in
+// Entry points and dispatch (y: the row quads of the tile, `row_quads` on the host; each
+// workgroup serves the up-to-four query rows of a quad that share a KV head, so every code
+// is decoded once for them and the arithmetic runs on vec4s, one component a row):
+//   rotate_queries — grid (1, row quads) of VALUE_LANES: the quad's rows rotated together in
 //                    workgroup memory (binds 1, 2, 3, 8, 9, 10);
-//   key_scores     — grid (⌈segment_len/WORKGROUP_SIZE⌉, tile rows): one invocation per
-//                    token (binds 2, 3, 4, 5, 9, 10, 11);
-//   value_sums     — grid (splits of the segment, tile rows) of VALUE_LANES: the lanes
-//                    share the elements of the row, then its rotation back (binds 2–7, 11, 12).
+//   key_scores     — grid (⌈segment_len/WORKGROUP_SIZE⌉, row quads): one invocation per
+//                    token, its code words read once, levels and the quad's rotated rows
+//                    from workgroup memory (binds 2, 3, 4, 5, 9, 10, 11);
+//   value_sums     — grid (splits of the segment, row quads) of VALUE_LANES: each lane takes
+//                    a block of 8 elements of every (d/8-th) token of the split, lanes
+//                    beyond d/8 take further tokens; their sums meet in workgroup memory,
+//                    are rotated back once, and the group centres are added (binds 2–7, 11, 12).
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -56,11 +61,17 @@ const POWERS: u32 = 32u;
 const BLOCK_SCALES: u32 = 48u;
 const FLAG_BIT: u32 = 0x80u;
 const MEAN_CODES_PER_WORD: u32 = 10u;
+// Elements per lane block of value_sums (d is a multiple of 16).
+const BLOCK: u32 = 8u;
 
-// The row being rotated (queries, value sums) and the centre part of a value sum.
-var<workgroup> shared_row: array<f32, 256>;
-var<workgroup> shared_centre: array<f32, 256>;
-var<workgroup> lane_sums: array<f32, VALUE_LANES>;
+// The quad's rows, one vec4 component a row: rotated queries (key_scores), the rows being
+// rotated (rotate_queries, value_sums).
+var<workgroup> shared_quad: array<vec4<f32>, 256>;
+// value_sums: the centre part of the quad's sums, in the natural domain.
+var<workgroup> shared_centre: array<vec4<f32>, 256>;
+var<workgroup> lane_sums: array<vec4<f32>, VALUE_LANES>;
+// The codebook levels.
+var<workgroup> levels: array<f32, 16>;
 
 fn state_mean(kv_head: u32, c: u32) -> f32 {
     let pair = unpack2x16float(states[kv_head * (params.width / 2u + 1u) + c / 2u]);
@@ -89,19 +100,6 @@ fn token_scale(byte: u32, base: f32) -> f32 {
 // The first code word of plane row t.
 fn code_record(kv_head: u32, t: u32) -> u32 {
     return (kv_head * params.rows + t) * ((params.code_bits * params.width + 31u) / 32u);
-}
-
-// Code i of the row starting at word `record` (a 3-bit code may span two words).
-fn code_at(record: u32, i: u32) -> u32 {
-    let bits = params.code_bits;
-    let at = i * bits;
-    let word = record + at / 32u;
-    let shift = at % 32u;
-    var raw = codes[word] >> shift;
-    if (shift + bits > 32u) {
-        raw = raw | (codes[word + 1u] << (32u - shift));
-    }
-    return raw & ((1u << bits) - 1u);
 }
 
 // Channel c of the centre of group g: μ_g = m + D_g·z_g with group means, else m.
@@ -133,29 +131,37 @@ fn block_of(e: u32, d: u32) -> vec2<u32> {
     return vec2<u32>(start, 1u);
 }
 
-// shared_row[0..d) ← shared_row·Rot: the butterfly stages of every block (span 1, 2, 4, …),
-// the lanes taking the pairs of a stage, then each block's 1/√n. Starts and ends with a
-// barrier, so callers may write shared_row before and read it after.
-fn rotate_shared_row(lane: u32) {
+// shared_quad[0..d) ← shared_quad·Rot for the four rows at once: the butterfly stages of
+// every block (span 1, 2, 4, …), the lanes taking the pairs of a stage, then each block's
+// 1/√n. Starts and ends with a barrier, so callers may write shared_quad before and read it
+// after.
+fn rotate_shared_quad(lane: u32) {
     let d = params.width;
     for (var span = 1u; span < MAX_DIM; span = span * 2u) {
         workgroupBarrier();
         for (var e = lane; e < d; e = e + VALUE_LANES) {
             let block = block_of(e, d);
             if (span < block.y && ((e - block.x) & span) == 0u) {
-                let a = shared_row[e];
-                let b = shared_row[e + span];
-                shared_row[e] = a + b;
-                shared_row[e + span] = a - b;
+                let a = shared_quad[e];
+                let b = shared_quad[e + span];
+                shared_quad[e] = a + b;
+                shared_quad[e + span] = a - b;
             }
         }
     }
     workgroupBarrier();
     for (var e = lane; e < d; e = e + VALUE_LANES) {
         let n = block_of(e, d).y;
-        shared_row[e] = shared_row[e] * table[BLOCK_SCALES + firstTrailingBit(n)];
+        shared_quad[e] = shared_quad[e] * table[BLOCK_SCALES + firstTrailingBit(n)];
     }
     workgroupBarrier();
+}
+
+// Loads the codebook levels into workgroup memory (callers place a barrier after it).
+fn load_levels(local: u32) {
+    if (local < 16u) {
+        levels[local] = table[local];
+    }
 }
 
 @compute @workgroup_size(VALUE_LANES)
@@ -163,29 +169,66 @@ fn rotate_queries(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let tile_row = workgroup.y;
-    let r = query_row(tile_row);
+    let quad = quad_rows(workgroup.y);
     let d = params.width;
-    let base = (r.q_head * params.queries + r.query) * d;
-    var centre = 0.0;
+    var centre = vec4<f32>(0.0);
     for (var c = lane; c < d; c = c + VALUE_LANES) {
-        let x = q[base + c] * params.scale;
-        natural[tile_row * d + c] = x;
-        shared_row[c] = x;
-        centre = centre + x * state_mean(r.kv_head, c);
+        var x = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let r = query_row(quad.rows[j]);
+            x[j] = q[(r.q_head * params.queries + r.query) * d + c] * params.scale * quad.live[j];
+        }
+        shared_quad[c] = x;
+        centre = centre + x * state_mean(quad.kv_head, c);
     }
     lane_sums[lane] = centre;
-    rotate_shared_row(lane);
-    for (var c = lane; c < d; c = c + VALUE_LANES) {
-        rotated[tile_row * d + c] = shared_row[c];
-    }
-    if (lane == 0u) {
-        var total = 0.0;
-        for (var i = 0u; i < VALUE_LANES; i = i + 1u) {
-            total = total + lane_sums[i];
+    rotate_shared_quad(lane);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (quad.live[j] == 0.0) {
+            continue;
         }
-        centre_terms[tile_row] = total;
+        let row = quad.rows[j];
+        for (var c = lane; c < d; c = c + VALUE_LANES) {
+            rotated[row * d + c] = shared_quad[c][j];
+            let r = query_row(row);
+            natural[row * d + c] = q[(r.q_head * params.queries + r.query) * d + c] * params.scale;
+        }
+        if (lane == 0u) {
+            var total = 0.0;
+            for (var i = 0u; i < VALUE_LANES; i = i + 1u) {
+                total = total + lane_sums[i][j];
+            }
+            centre_terms[row] = total;
+        }
     }
+}
+
+// Σᵢ shared_quad[i]·L[cᵢ] over the codes of the record at word `record`, each code word read
+// once (a 3-bit code may span two words).
+fn quad_dot(record: u32) -> vec4<f32> {
+    let d = params.width;
+    let bits = params.code_bits;
+    let mask = (1u << bits) - 1u;
+    var acc = vec4<f32>(0.0);
+    var w = record;
+    var word = codes[w];
+    var used = 0u;
+    for (var i = 0u; i < d; i = i + 1u) {
+        var raw = word >> used;
+        used = used + bits;
+        if (used >= 32u) {
+            used = used - 32u;
+            if (i + 1u < d || used > 0u) {
+                w = w + 1u;
+                word = codes[w];
+                if (used > 0u) {
+                    raw = raw | (word << (bits - used));
+                }
+            }
+        }
+        acc = acc + shared_quad[i] * levels[raw & mask];
+    }
+    return acc;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -193,25 +236,53 @@ fn key_scores(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    let quad = quad_rows(workgroup.y);
+    let d = params.width;
+    for (var i = local; i < d; i = i + WORKGROUP_SIZE) {
+        var x = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            x[j] = rotated[quad.rows[j] * d + i] * quad.live[j];
+        }
+        shared_quad[i] = x;
+    }
+    load_levels(local);
+    workgroupBarrier();
     let t = workgroup.x * WORKGROUP_SIZE + local;
     if (t >= params.segment_len) {
         return;
     }
-    let tile_row = workgroup.y;
-    let kv_head = query_row(tile_row).kv_head;
-    let d = params.width;
+    let kv_head = quad.kv_head;
     let row = params.segment_first + t;
-    let record = code_record(kv_head, row);
-    var dot = 0.0;
-    for (var i = 0u; i < d; i = i + 1u) {
-        dot = dot + rotated[tile_row * d + i] * table[code_at(record, i)];
-    }
     let byte = scale_byte(kv_head, row);
-    var logit = token_scale(byte, state_base(kv_head)) * dot;
-    if ((byte & FLAG_BIT) != 0u) {
-        logit = logit + centre_terms[tile_row];
+    var logits = token_scale(byte, state_base(kv_head)) * quad_dot(code_record(kv_head, row));
+    let flagged = (byte & FLAG_BIT) != 0u;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (quad.live[j] != 0.0) {
+            let tile_row = quad.rows[j];
+            let centre = select(0.0, centre_terms[tile_row], flagged);
+            weights[tile_row * score_stride() + t] = logits[j] + centre;
+        }
     }
-    weights[tile_row * score_stride() + t] = logit;
+}
+
+// The softmax weights of segment token t for the quad's rows (0 for rows that are not real).
+fn quad_weights(quad: Quad, t: u32) -> vec4<f32> {
+    var p = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        p[j] = weights[quad.rows[j] * score_stride() + t];
+    }
+    return p * quad.live;
+}
+
+// The 8·bits code bits of element block `block` of the record at word `record`.
+fn block_bits(record: u32, block: u32) -> u32 {
+    let at = block * BLOCK * params.code_bits;
+    let shift = at % 32u;
+    var raw = codes[record + at / 32u] >> shift;
+    if (shift + BLOCK * params.code_bits > 32u) {
+        raw = raw | (codes[record + at / 32u + 1u] << (32u - shift));
+    }
+    return raw;
 }
 
 @compute @workgroup_size(VALUE_LANES)
@@ -220,45 +291,80 @@ fn value_sums(
     @builtin(local_invocation_index) lane: u32,
 ) {
     let split = workgroup.x;
-    let tile_row = workgroup.y;
-    let kv_head = query_row(tile_row).kv_head;
+    let quad = quad_rows(workgroup.y);
+    let kv_head = quad.kv_head;
     let d = params.width;
+    let bits = params.code_bits;
+    let mask = (1u << bits) - 1u;
+    let blocks = d / BLOCK;
+    let token_lanes = max(1u, VALUE_LANES / blocks);
+    let token_lane = lane / blocks;
+    let block = lane % blocks;
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
     let base = state_base(kv_head);
-    for (var e = lane; e < d; e = e + VALUE_LANES) {
-        shared_row[e] = 0.0;
-        shared_centre[e] = 0.0;
+    load_levels(lane);
+    workgroupBarrier();
+    var sums: array<vec4<f32>, BLOCK>;
+    var centres: array<vec4<f32>, BLOCK>;
+    for (var k = 0u; k < BLOCK; k = k + 1u) {
+        sums[k] = vec4<f32>(0.0);
+        centres[k] = vec4<f32>(0.0);
     }
-    // Weight of the flagged tokens of the current group (of the whole split without
-    // group means).
-    var flagged = 0.0;
-    for (var t = first; t < end; t = t + 1u) {
-        let p = weights[tile_row * score_stride() + t];
-        let row = params.segment_first + t;
-        if (p != 0.0) {
-            let byte = scale_byte(kv_head, row);
-            let ws = p * token_scale(byte, base);
-            let record = code_record(kv_head, row);
-            for (var e = lane; e < d; e = e + VALUE_LANES) {
-                shared_row[e] = shared_row[e] + ws * table[code_at(record, e)];
+    if (token_lane < token_lanes) {
+        // The flagged weight of the current group (of the whole split without group means).
+        var flagged = vec4<f32>(0.0);
+        var group = (params.segment_first + first) / params.group_size;
+        for (var t = first + token_lane; t < end; t = t + token_lanes) {
+            let row = params.segment_first + t;
+            if (params.centre_rows == 1u && row / params.group_size != group) {
+                for (var k = 0u; k < BLOCK; k = k + 1u) {
+                    centres[k] = centres[k] + flagged * centre_value(kv_head, group, block * BLOCK + k);
+                }
+                flagged = vec4<f32>(0.0);
+                group = row / params.group_size;
             }
-            if ((byte & FLAG_BIT) != 0u) {
-                flagged = flagged + p;
+            let p = quad_weights(quad, t);
+            if (any(p != vec4<f32>(0.0))) {
+                let byte = scale_byte(kv_head, row);
+                let ws = p * token_scale(byte, base);
+                let raw = block_bits(code_record(kv_head, row), block);
+                for (var k = 0u; k < BLOCK; k = k + 1u) {
+                    sums[k] = sums[k] + ws * levels[(raw >> (k * bits)) & mask];
+                }
+                if ((byte & FLAG_BIT) != 0u) {
+                    flagged = flagged + p;
+                }
             }
         }
-        let group_ends = params.centre_rows == 1u && (row + 1u) % params.group_size == 0u;
-        if ((group_ends || t + 1u == end) && flagged != 0.0) {
-            let g = row / params.group_size;
-            for (var c = lane; c < d; c = c + VALUE_LANES) {
-                shared_centre[c] = shared_centre[c] + flagged * centre_value(kv_head, g, c);
-            }
-            flagged = 0.0;
+        for (var k = 0u; k < BLOCK; k = k + 1u) {
+            centres[k] = centres[k] + flagged * centre_value(kv_head, group, block * BLOCK + k);
         }
     }
-    rotate_shared_row(lane);
-    let out = (tile_row * params.total_splits + params.split_offset + split) * d;
-    for (var c = lane; c < d; c = c + VALUE_LANES) {
-        partial[out + c] = shared_row[c] + shared_centre[c];
+    // The token lanes' sums meet in workgroup memory, one lane of tokens at a time.
+    for (var turn = 0u; turn < token_lanes; turn = turn + 1u) {
+        if (token_lane == turn) {
+            for (var k = 0u; k < BLOCK; k = k + 1u) {
+                let e = block * BLOCK + k;
+                if (turn == 0u) {
+                    shared_quad[e] = sums[k];
+                    shared_centre[e] = centres[k];
+                } else {
+                    shared_quad[e] = shared_quad[e] + sums[k];
+                    shared_centre[e] = shared_centre[e] + centres[k];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    rotate_shared_quad(lane);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (quad.live[j] == 0.0) {
+            continue;
+        }
+        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
+        for (var c = lane; c < d; c = c + VALUE_LANES) {
+            partial[out + c] = shared_quad[c][j] + shared_centre[c][j];
+        }
     }
 }

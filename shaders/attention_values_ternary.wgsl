@@ -94,29 +94,6 @@ fn add_token(sums: ptr<function, TritSums>, p: vec4<f32>, t: Trits) {
     (*sums).c4 = (*sums).c4 + p * t.high;
 }
 
-// The rows of a quad: their tile rows (clamped into the tile) and which of them are real.
-struct Quad {
-    kv_head: u32,
-    rows: vec4<u32>,
-    live: vec4<f32>,
-}
-
-fn quad_rows(quad: u32) -> Quad {
-    let per_head = (params.rows_per_head + 3u) / 4u;
-    let kv_head = params.row_offset / params.rows_per_head + quad / per_head;
-    let first = kv_head * params.rows_per_head + 4u * (quad % per_head);
-    var rows = vec4<u32>(0u);
-    var live = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        let row = first + j;
-        let inside = 4u * (quad % per_head) + j < params.rows_per_head
-            && row >= params.row_offset && row < params.row_offset + params.tile_rows;
-        rows[j] = select(0u, row - params.row_offset, inside);
-        live[j] = select(0.0, 1.0, inside);
-    }
-    return Quad(kv_head, rows, live);
-}
-
 // Weights of element `element` of the segment (or listed element) for the quad's rows.
 fn quad_weight(quad: Quad, element: u32, listed: bool) -> vec4<f32> {
     var position = params.segment_start + element;

@@ -143,6 +143,32 @@ fn query_row(row_in_tile: u32) -> QueryRow {
     return QueryRow(row, kv_head, kv_head * group + within % group, within / group);
 }
 
+// A quad: up to four query rows that share a KV head (kernels that decode each code once
+// for the quad's rows). Quad j of a KV head holds its rows 4j…4j+3; the dispatch's y
+// counts the quads of the KV heads the tile touches (`row_quads` on the host). The rows
+// are tile rows (clamped into the tile) with `live` 1 for those that are real.
+struct Quad {
+    kv_head: u32,
+    rows: vec4<u32>,
+    live: vec4<f32>,
+}
+
+fn quad_rows(quad: u32) -> Quad {
+    let per_head = (params.rows_per_head + 3u) / 4u;
+    let kv_head = params.row_offset / params.rows_per_head + quad / per_head;
+    let first = kv_head * params.rows_per_head + 4u * (quad % per_head);
+    var rows = vec4<u32>(0u);
+    var live = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let row = first + j;
+        let inside = 4u * (quad % per_head) + j < params.rows_per_head
+            && row >= params.row_offset && row < params.row_offset + params.tile_rows;
+        rows[j] = select(0u, row - params.row_offset, inside);
+        live[j] = select(0.0, 1.0, inside);
+    }
+    return Quad(kv_head, rows, live);
+}
+
 // Floats between the score rows of consecutive query rows: the segment length rounded up
 // to a multiple of 4, so that weights can be read as aligned vec4s.
 fn score_stride() -> u32 {

@@ -17,15 +17,16 @@
 //           5 words   (storage, read_write): u32 codes [tokens][⌈bits·d/32⌉] (quantize,
 //                       dequantize) or group-mean codes [groups][⌈d/10⌉] (group_means)
 //           6 bytes   (storage, read_write): u32 scale bytes [⌈tokens/4⌉] (quantize,
-//                       dequantize) or f16 steps [⌈groups/2⌉] (group_means, group_centres)
+//                       dequantize) or f16 steps [⌈groups/2⌉] (pack_steps, group_centres)
 //           7 output  (storage, read_write): u32 [len][d] decoded f32 rows of the chunk
 //                       (dequantize), or one scale byte per token (quantize → pack_scales)
 //                       or f16 step per group (group_means → pack_steps) of the chunk
 // Dispatch: state_means — one invocation per channel pair; state_energies — one per state
 //           row; fit_base — one invocation; group_means — one per group of the chunk, then
-//           pack_steps one per pair of groups; group_centres — one per group; quantize — one
-//           per token of the chunk, then pack_scales one per 4 tokens (they share a word);
-//           dequantize — one per token of the chunk. 2-D grid of WORKGROUP_SIZE. Every
+//           pack_steps one per step word its groups touch (the chunk may start at an odd
+//           group); group_centres — one per group; quantize — one per token of the chunk,
+//           then pack_scales one per 4 tokens (they share a word); dequantize — one per
+//           token of the chunk. 2-D grid of WORKGROUP_SIZE. Every
 //           invocation's loops stay short (lavapipe caps the loop iterations of one
 //           invocation at 65,535 and silently stops a loop past it).
 
@@ -344,23 +345,33 @@ fn group_means(
     output[local_group] = bitcast<u32>(group_mean(local_group));
 }
 
-// Two groups' f16 steps into one word (the chunk starts at an even group).
+// The chunk's f16 steps into their words, two groups a word: one invocation per word the
+// chunk's groups touch (a growing cache's chunk may start at an odd group). A half of a
+// group outside the chunk keeps its bits, or is 0 from `groups` (the groups of the whole
+// run, or of a cache chunk's planes) on.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn pack_steps(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let pair = linear_index(workgroup, workgroups, local);
-    if (pair >= params.invocations) {
+    let index = linear_index(workgroup, workgroups, local);
+    if (index >= params.invocations) {
         return;
     }
+    let first = params.group_offset;
     let local_groups = params.len / params.group_size;
-    var second = 0.0;
-    if (2u * pair + 1u < local_groups) {
-        second = bitcast<f32>(output[2u * pair + 1u]);
+    let word = first / 2u + index;
+    var halves = array<u32, 2>(bytes[word] & 0xffffu, bytes[word] >> 16u);
+    for (var half = 0u; half < 2u; half = half + 1u) {
+        let group = 2u * word + half;
+        if (group >= params.groups) {
+            halves[half] = 0u;
+        } else if (group >= first && group < first + local_groups) {
+            halves[half] = f16_bits(bitcast<f32>(output[group - first]));
+        }
     }
-    bytes[params.group_offset / 2u + pair] = pack_f16_pair(bitcast<f32>(output[2u * pair]), second);
+    bytes[word] = halves[0] | (halves[1] << 16u);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)

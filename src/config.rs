@@ -242,6 +242,12 @@ impl QuantConfig {
         )
     }
 
+    /// Whether keys or values use the across-token rotated scheme ("T2").
+    pub fn uses_rotated_groups(&self) -> bool {
+        matches!(self.keys, KeyScheme::RotatedGroups { .. })
+            || matches!(self.values, ValueScheme::RotatedGroups { .. })
+    }
+
     /// Checks every field; returns the first problem found.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(VidkvError::InvalidConfig(msg));

@@ -335,6 +335,8 @@ fn save_and_load_round_trip() {
         ("k2v2-channel", 500, 100, false),
         ("vidkv-paper", 900, 1, false),
         ("fp16", 300, 250, false),
+        ("rotated", 900, 1, false),
+        ("rotated-k3v1", 300, 41, false),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
         let protected: Vec<u32> = if stp {
@@ -343,8 +345,9 @@ fn save_and_load_round_trip() {
             vec![]
         };
         let cache = fill_protected(&config, &protected, &k, &v, prefill, step);
-        // Where the split cannot differ, the cache's contents are exactly the packed form.
-        if prefill == 900 || !preset.starts_with("vidkv") {
+        // Where the split (or the rotated state) cannot differ, the cache's contents are
+        // exactly the packed form.
+        if prefill == 900 || !(preset.starts_with("vidkv") || preset.starts_with("rotated")) {
             let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
             assert_eq!(cache.to_packed().unwrap(), packed, "{preset}");
         }
@@ -370,11 +373,37 @@ fn save_and_load_round_trip() {
     assert_eq!(loaded.to_packed().unwrap(), packed);
     std::fs::write(&file, packed.to_safetensors().unwrap()).unwrap();
     assert!(KvCache::load(&file, gpu()).is_err(), "q_heads is needed");
+    // Version 2 files (before rotated runs) load; unknown versions are refused.
+    let cache = fill_protected(&QuantConfig::preset("vidkv").unwrap(), &[], &k, &v, 300, 41);
+    let bytes = cache.to_safetensors().unwrap();
+    let current = format!("\"version\":\"{}\"", vidkv::cache::KVCACHE_VERSION);
+    let with_version = |version: u32| {
+        let text = replaced(&bytes, &current, &format!("\"version\":\"{version}\""));
+        KvCache::from_safetensors(&text, gpu())
+    };
+    let old = with_version(vidkv::cache::KVCACHE_OLDEST_VERSION).unwrap();
+    assert_eq!(old.to_packed().unwrap(), cache.to_packed().unwrap());
+    assert!(matches!(
+        with_version(9).err().expect("refused"),
+        VidkvError::CorruptPacked(_)
+    ));
     let bad = dir.join("bad.safetensors");
     std::fs::write(&bad, b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ").unwrap();
     assert!(KvCache::load(&bad, gpu()).is_err());
     assert!(KvCache::load(&dir.join("missing"), gpu()).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `bytes` with the one occurrence of `from` replaced by `to` (same length).
+fn replaced(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .expect("present");
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
 }
 
 /// `rows` as a GPU buffer.
@@ -390,6 +419,7 @@ fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
         ("vidkv", true),
         ("kivi2", false),
         ("fp16", false),
+        ("rotated", false),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
         let protected: Vec<u32> = if stp {

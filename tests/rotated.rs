@@ -237,15 +237,23 @@ fn gpu_paths_refuse_what_has_no_kernels_yet_with_a_typed_error() {
     let packed = PackedCache::quantize(&x, &x, &groups, &[]).unwrap();
     let err = GpuLayer::upload(gpu(), &packed, 0).err().expect("refused");
     assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
-    let config = QuantConfig::preset("rotated").unwrap();
     let shape = ModelShape {
         layers: 1,
         q_heads: 2,
         kv_heads: 1,
         head_dim: 64,
     };
-    let err = KvCache::new(shape, config, gpu()).err().expect("refused");
+    let err = KvCache::new(shape, groups, gpu()).err().expect("refused");
     assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+    let rotated = QuantConfig::preset("rotated").unwrap();
+    assert!(KvCache::new(shape, rotated.clone(), gpu()).is_ok());
+    // A head_dim the rotation cannot take is refused up front, not at the first flush.
+    let odd = ModelShape {
+        head_dim: 72,
+        ..shape
+    };
+    let err = KvCache::new(odd, rotated, gpu()).err().expect("refused");
+    assert!(matches!(err, VidkvError::InvalidConfig(_)), "{err}");
 }
 
 #[test]
@@ -333,6 +341,105 @@ fn reference_cache_streams_what_the_batch_quantizer_writes() {
     }
 }
 
+/// The configurations `KvCache` is checked with against its CPU oracle: the VidKV-structure
+/// and KIVI presets, every per-token rotated preset, and rotated keys or values mixed with
+/// the other schemes.
+fn gpu_cache_configs() -> Vec<(String, QuantConfig)> {
+    let preset = |name: &str| QuantConfig::preset(name).unwrap();
+    let mut configs: Vec<(String, QuantConfig)> = ["kivi2", "vidkv", "fp16"]
+        .iter()
+        .chain(PER_TOKEN_PRESETS)
+        .map(|name| (name.to_string(), preset(name)))
+        .collect();
+    configs.push((
+        "rotated keys + ternary values".into(),
+        QuantConfig {
+            keys: KeyScheme::Rotated { bits: 2 },
+            ..preset("vidkv")
+        },
+    ));
+    configs.push((
+        "2-bit keys + rotated values".into(),
+        QuantConfig {
+            values: preset("rotated").values,
+            ..preset("kivi2")
+        },
+    ));
+    configs
+}
+
+/// The rotated presets with per-token codes (GPU kernels and `KvCache` take them).
+const PER_TOKEN_PRESETS: &[&str] = &["rotated", "rotated-flat", "rotated-k3v1"];
+
+#[test]
+fn kv_cache_writes_the_reference_words_and_saves_them() {
+    // A prefill that flushes two groups fixes the batch quantizer's per-head state; the
+    // tokens appended one at a time then flush one group each (chunks filled from odd and
+    // even groups). The cache's words equal the CPU reference's, and survive a save. The
+    // rows are f16 values, so that the window a file restores from f16 is the same.
+    let (h, tokens) = (2usize, 300usize);
+    let f16_tensor = |shape, seed| {
+        let mut x = noise_tensor(shape, seed);
+        for e in &mut x.data {
+            *e = half::f16::from_f32(*e).to_f32();
+        }
+        x
+    };
+    for (preset, d) in [
+        ("rotated", 64usize),
+        ("rotated-flat", 80),
+        ("rotated-k3v1", 96),
+    ] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let k = f16_tensor([1, h, tokens, d], 31);
+        let v = f16_tensor([1, h, tokens, d], 32);
+        let shape = ModelShape {
+            layers: 1,
+            q_heads: 2 * h,
+            kv_heads: h,
+            head_dim: d,
+        };
+        let mut cache = KvCache::new(shape, config.clone(), gpu()).unwrap();
+        cache
+            .append(0, &rows_of(&k, 0, 160), &rows_of(&v, 0, 160))
+            .unwrap();
+        for t in 160..tokens {
+            cache
+                .append(0, &rows_of(&k, t, 1), &rows_of(&v, t, 1))
+                .unwrap();
+        }
+        assert_eq!(cache.groups_quantized(), 7, "{preset}");
+        let reference = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        let (differ, total) = differing_words(&reference, &cache.to_packed().unwrap());
+        assert_eq!(differ, [0, 0, 0], "{preset} d {d}: of {total:?}");
+
+        let loaded = KvCache::from_safetensors(&cache.to_safetensors().unwrap(), gpu()).unwrap();
+        let (differ, _) = differing_words(&reference, &loaded.to_packed().unwrap());
+        assert_eq!(differ, [0, 0, 0], "{preset}: loaded");
+        let q = tensor([1, 2 * h, 2, d], 33);
+        let before = cache.attend_causal(0, &q.data).unwrap();
+        let after = loaded.attend_causal(0, &q.data).unwrap();
+        assert!(
+            relative_l2(&before, &after) < 1e-6,
+            "{preset}: loaded attention"
+        );
+
+        // Both keep growing with the state they hold.
+        let mut loaded = loaded;
+        let extra = f16_tensor([1, h, 64, d], 34);
+        for c in [&mut cache, &mut loaded] {
+            c.append(0, &rows_of(&extra, 0, 64), &rows_of(&extra, 0, 64))
+                .unwrap();
+        }
+        let grown = cache.attend_causal(0, &q.data).unwrap();
+        let grown_loaded = loaded.attend_causal(0, &q.data).unwrap();
+        assert!(
+            relative_l2(&grown, &grown_loaded) < 1e-6,
+            "{preset}: grown after loading"
+        );
+    }
+}
+
 #[test]
 fn reference_cache_agrees_with_the_gpu_kv_cache() {
     let (h, d, tokens) = (2usize, 64usize, 250usize);
@@ -344,10 +451,10 @@ fn reference_cache_agrees_with_the_gpu_kv_cache() {
         kv_heads: h,
         head_dim: d,
     };
-    for preset in ["kivi2", "vidkv", "fp16"] {
-        let config = QuantConfig::preset(preset).unwrap();
+    for (preset, config) in gpu_cache_configs() {
         let mut oracle = ReferenceCache::new(shape, config.clone()).unwrap();
         let mut gpu_cache = KvCache::new(shape, config, gpu()).unwrap();
+        // Flushes of 1, 1 and 3 groups: chunks filled from odd and even groups.
         for (from, n) in [(0usize, 100usize), (100, 32), (132, 118)] {
             let (kr, vr) = (rows_of(&k, from, n), rows_of(&v, from, n));
             ModelCache::append(&mut oracle, 0, &kr, &vr).unwrap();

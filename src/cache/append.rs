@@ -6,7 +6,7 @@ use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
 use crate::gpu::incremental::{
     copy_into_window, freeze_split, grow_window, repack_window, shift_window, write_exact,
-    ChunkWords, ExactStore, GroupFlush, RowSpan, Rows, ROW_ALIGN,
+    ChunkWords, ExactStore, GroupFlush, LayerStates, RowSpan, Rows, ROW_ALIGN,
 };
 use crate::tensor::Tensor;
 
@@ -247,6 +247,7 @@ impl KvCache<'_> {
         self.repack_window(layer)?;
         let state = &mut self.layers[layer];
         state.layout = Some(layout);
+        state.states = LayerStates::of_planes(&planes);
         state.quantized = plan.quantized;
         state.prefill = Some((
             Chunk {
@@ -313,8 +314,11 @@ impl KvCache<'_> {
                 .window_f32
                 .as_ref()
                 .expect("the first groups come from the window");
-            let layout = freeze_split(ctx, &self.config, window, heads, groups * g)?;
+            let mut layout = freeze_split(ctx, &self.config, window, heads, groups * g)?;
+            let states = LayerStates::fit(ctx, &self.config, window, heads, groups * g)?;
+            layout.rotated = states.keys.clone();
             self.layers[layer].layout = Some(layout);
+            self.layers[layer].states = states;
         }
         let words = ChunkWords::of(&self.config, heads.dim);
         let mut done = 0;
@@ -322,7 +326,7 @@ impl KvCache<'_> {
             let state = &self.layers[layer];
             if state.chunks.last().is_none_or(|c| c.groups == c.capacity) {
                 let start = self.config.sinks + state.quantized;
-                let planes = words.new_planes(ctx, &self.config, heads)?;
+                let planes = words.new_planes(ctx, &self.config, heads, &state.states)?;
                 self.layers[layer].chunks.push(Chunk {
                     start,
                     groups: 0,

@@ -4,11 +4,13 @@
 use super::{Chunk, KvCache, ModelShape};
 use crate::config::{Grouping, KeyScheme, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
-use crate::gpu::attention::{upload_planes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
+use crate::gpu::attention::{
+    upload_planes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes,
+};
 use crate::gpu::incremental::ExactStore;
 use crate::gpu::GpuContext;
-use crate::gpu::KV_CACHE_REFUSES_ROTATED;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 
 /// One quantized run of a layer, as stored: its planes and how many groups it holds.
@@ -203,9 +205,10 @@ impl<'g> KvCache<'g> {
                     fft: *fft,
                 })
             }
-            KeyScheme::Rotated { .. } | KeyScheme::RotatedGroups { .. } => {
-                return Err(crate::gpu::rotated_unsupported())
+            KeyScheme::Rotated { .. } => {
+                PackedKeys::Rotated(reads.rotated(true, runs, head, d, g).0)
             }
+            KeyScheme::RotatedGroups { .. } => return Err(crate::gpu::rotated_unsupported()),
         };
         let values = match self.config.values {
             ValueScheme::Fp16 => PackedValues::Exact,
@@ -236,9 +239,11 @@ impl<'g> KvCache<'g> {
                     },
                 }
             }
-            ValueScheme::Rotated { .. } | ValueScheme::RotatedGroups { .. } => {
-                return Err(crate::gpu::rotated_unsupported())
+            ValueScheme::Rotated { .. } => {
+                let (rows, means) = reads.rotated(false, runs, head, d, g);
+                PackedValues::Rotated { rows, means }
             }
+            ValueScheme::RotatedGroups { .. } => return Err(crate::gpu::rotated_unsupported()),
             ValueScheme::Ternary { .. } => {
                 let plain = shape(d, nq - protected);
                 let (kept_codes, kept_params) = reads.kept(head, protected, d, g)?;
@@ -307,15 +312,17 @@ impl<'g> KvCache<'g> {
             cache.restore_exact(l, s.tokens, &keys, &values)?;
             if plan.quantized > 0 {
                 let (layout, planes) = upload_planes(gpu, heads, &packed.protected, g)?;
+                let planes = planes.expect("quantized tokens have planes");
                 let state = &mut cache.layers[l];
                 state.layout = Some(layout);
+                state.states = crate::gpu::incremental::LayerStates::of_planes(&planes);
                 state.quantized = plan.quantized;
                 state.prefill = Some((
                     Chunk {
                         start: plan.quantized_start(),
                         groups: plan.quantized / g,
                         capacity: plan.quantized / g,
-                        planes: planes.expect("quantized tokens have planes"),
+                        planes,
                     },
                     packed.protected.len(),
                 ));
@@ -330,8 +337,7 @@ impl<'a> StoredRun<'a> {
     pub(super) fn of(c: &'a Chunk, prefill: bool) -> Self {
         let value_stride = match &c.planes.values {
             PackedValuePlanes::Ternary { groups, .. } => *groups,
-            PackedValuePlanes::TwoBit { .. } => c.planes.groups,
-            PackedValuePlanes::Rotated(_) => unreachable!("{KV_CACHE_REFUSES_ROTATED}"),
+            PackedValuePlanes::TwoBit { .. } | PackedValuePlanes::Rotated(_) => c.planes.groups,
         };
         StoredRun {
             planes: &c.planes,
@@ -351,6 +357,11 @@ enum RunArray {
     SignScales,
     ValueCodes,
     ValueParams,
+    /// Rotated schemes: the per-head states, and the values' group-mean codes and steps.
+    KeyStates,
+    ValueStates,
+    MeanCodes,
+    MeanSteps,
 }
 
 /// Every array of every run, read back once.
@@ -367,19 +378,24 @@ impl RunReads {
         for run in runs {
             let mut map = std::collections::HashMap::new();
             let all = |b: &wgpu::Buffer| ctx.read_words(b, (b.size() / 4) as usize);
-            let PackedKeyPlanes::Packed {
-                codes,
-                scale_min,
-                sign_codes,
-                sign_scales,
-            } = &run.planes.keys
-            else {
-                unreachable!("{KV_CACHE_REFUSES_ROTATED}")
-            };
-            map.insert(RunArray::KeyCodes, all(codes)?);
-            map.insert(RunArray::KeyParams, all(scale_min)?);
-            map.insert(RunArray::SignCodes, all(sign_codes)?);
-            map.insert(RunArray::SignScales, all(sign_scales)?);
+            match &run.planes.keys {
+                PackedKeyPlanes::Packed {
+                    codes,
+                    scale_min,
+                    sign_codes,
+                    sign_scales,
+                } => {
+                    map.insert(RunArray::KeyCodes, all(codes)?);
+                    map.insert(RunArray::KeyParams, all(scale_min)?);
+                    map.insert(RunArray::SignCodes, all(sign_codes)?);
+                    map.insert(RunArray::SignScales, all(sign_scales)?);
+                }
+                PackedKeyPlanes::Rotated(planes) => {
+                    map.insert(RunArray::KeyCodes, all(&planes.codes)?);
+                    map.insert(RunArray::KeyParams, all(&planes.scales)?);
+                    map.insert(RunArray::KeyStates, all(&planes.states.states)?);
+                }
+            }
             match &run.planes.values {
                 PackedValuePlanes::TwoBit {
                     codes, scale_min, ..
@@ -399,7 +415,16 @@ impl RunReads {
                     map.insert(RunArray::ValueParams, all(scales)?);
                     kept.push((all(kept_codes)?, all(kept_params)?));
                 }
-                PackedValuePlanes::Rotated(_) => unreachable!("{KV_CACHE_REFUSES_ROTATED}"),
+                PackedValuePlanes::Rotated(planes) => {
+                    map.insert(RunArray::ValueCodes, all(&planes.codes)?);
+                    map.insert(RunArray::ValueParams, all(&planes.scales)?);
+                    map.insert(RunArray::ValueStates, all(&planes.states.states)?);
+                    if let Some((codes, steps)) = &planes.means {
+                        map.insert(RunArray::MeanCodes, all(codes)?);
+                        map.insert(RunArray::MeanSteps, all(steps)?);
+                    }
+                    kept.push((Vec::new(), Vec::new()));
+                }
             }
             arrays.push(map);
         }
@@ -451,6 +476,85 @@ impl RunReads {
             out.extend_from_slice(&map[&array][base..base + run.groups * g * per_token]);
         }
         out
+    }
+
+    /// Head `head`'s rotated keys (`keys`) or values: the runs' filled tokens concatenated,
+    /// with the state of the first run (every run of a layer shares it) and, for values
+    /// centred on group means, the runs' group means.
+    fn rotated(
+        &self,
+        keys: bool,
+        runs: &[StoredRun<'_>],
+        head: usize,
+        d: usize,
+        g: usize,
+    ) -> (RotatedRows, Option<GroupMeans>) {
+        fn planes_of<'a>(run: &StoredRun<'a>, keys: bool) -> &'a RotatedPlanes {
+            match (&run.planes.keys, &run.planes.values, keys) {
+                (PackedKeyPlanes::Rotated(p), _, true)
+                | (_, PackedValuePlanes::Rotated(p), false) => p,
+                _ => unreachable!("the planes follow the configuration"),
+            }
+        }
+        let (codes_array, scales_array, states_array) = if keys {
+            (RunArray::KeyCodes, RunArray::KeyParams, RunArray::KeyStates)
+        } else {
+            (
+                RunArray::ValueCodes,
+                RunArray::ValueParams,
+                RunArray::ValueStates,
+            )
+        };
+        let bits = planes_of(&runs[0], keys).states.bits;
+        let wpt = RotatedRows::words_per_token(bits, d);
+        let state_words = RotatedState::words(d);
+        let state = RotatedState::from_words(
+            &self.arrays[0][&states_array][head * state_words..][..state_words],
+        );
+        let mean_words = GroupMeans::words_per_group(d);
+        let (mut codes, mut scales, mut mean_codes, mut steps) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::<u32>::new());
+        let mut with_means = false;
+        for (run, map) in runs.iter().zip(&self.arrays) {
+            let planes = planes_of(run, keys);
+            let tokens = run.groups * g;
+            let base = head * planes.tokens * wpt;
+            codes.extend_from_slice(&map[&codes_array][base..base + tokens * wpt]);
+            let base = head * planes.tokens.div_ceil(4);
+            scales.extend_from_slice(&map[&scales_array][base..base + tokens / 4]);
+            if planes.means.is_some() {
+                with_means = true;
+                let base = head * planes.groups * mean_words;
+                mean_codes.extend_from_slice(
+                    &map[&RunArray::MeanCodes][base..base + run.groups * mean_words],
+                );
+                let base = head * planes.groups.div_ceil(2);
+                let words = &map[&RunArray::MeanSteps];
+                steps.extend(
+                    (0..run.groups).map(|i| (words[base + i / 2] >> (16 * (i % 2))) & 0xffff),
+                );
+            }
+        }
+        let tokens = runs.iter().map(|run| run.groups * g).sum();
+        let means = with_means.then(|| GroupMeans {
+            groups: steps.len(),
+            group_size: g,
+            head_dim: d,
+            codes: mean_codes,
+            steps: steps
+                .chunks(2)
+                .map(|pair| pair[0] | pair.get(1).map_or(0, |hi| hi << 16))
+                .collect(),
+        });
+        let rows = RotatedRows {
+            tokens,
+            head_dim: d,
+            bits,
+            state,
+            codes,
+            scales,
+        };
+        (rows, means)
     }
 
     /// The protected plane of head `head` (only a prefill run has one).

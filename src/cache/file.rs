@@ -7,15 +7,22 @@ use super::{Chunk, KvCache, ModelShape, CHUNK_GROUPS};
 use crate::config::{KeyScheme, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
-use crate::gpu::incremental::{copy_into_window, ExactStore, RowSpan, Rows, ROW_ALIGN};
+use crate::gpu::incremental::{
+    copy_into_window, ExactStore, LayerStates, RowSpan, Rows, ROW_ALIGN,
+};
 use crate::gpu::GpuContext;
 use crate::packed::planes::ExactRows;
 use crate::packed::{PackedCache, PackedHead};
 
 /// The format name of a saved [`KvCache`].
 pub const KVCACHE_FORMAT: &str = "vidkv-kvcache";
-/// The version of a saved [`KvCache`] this library writes and reads.
-pub const KVCACHE_VERSION: u32 = 2;
+/// The version of a saved [`KvCache`] this library writes. Version 3 added runs of the
+/// rotated per-token schemes (their codes, scale bytes, per-head states and group means,
+/// in the [`crate::persist`] plane layout); version 2 files (no rotated runs) load as they
+/// are.
+pub const KVCACHE_VERSION: u32 = 3;
+/// The oldest version of a saved [`KvCache`] this library reads.
+pub const KVCACHE_OLDEST_VERSION: u32 = 2;
 
 impl<'g> KvCache<'g> {
     /// Saves the cache to `path` atomically (see [`KvCache::to_safetensors`] and
@@ -38,7 +45,7 @@ impl<'g> KvCache<'g> {
     /// run per chunk (`l{layer}.h{head}.r{run}.{array}`), each run's STP list
     /// (`l{layer}.r{run}.protected`), the exact sinks and window of each head
     /// (`l{layer}.h{head}.exact_keys` / `exact_values`), and metadata: `format` =
-    /// `vidkv-kvcache`, `version` = 2, `shape` (with `q_heads`), `config`, and per layer its
+    /// `vidkv-kvcache`, `version` = [`KVCACHE_VERSION`], `shape` (with `q_heads`), `config`, and per layer its
     /// tokens and runs (`[start, groups, protected]`).
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let (h, d, g) = (
@@ -182,11 +189,13 @@ impl<'g> KvCache<'g> {
                 })?;
             return KvCache::from_packed(&packed, q_heads, gpu);
         }
+        let version = file.meta("version")?.parse::<u32>().ok();
         if file.meta("format")? != KVCACHE_FORMAT
-            || file.meta("version")? != KVCACHE_VERSION.to_string()
+            || !version.is_some_and(|v| (KVCACHE_OLDEST_VERSION..=KVCACHE_VERSION).contains(&v))
         {
             return Err(corrupt(format!(
-                "format `{}` version {} is not a saved KvCache this library reads ({KVCACHE_FORMAT} {KVCACHE_VERSION})",
+                "format `{}` version {} is not a saved KvCache this library reads \
+                 ({KVCACHE_FORMAT} {KVCACHE_OLDEST_VERSION} to {KVCACHE_VERSION})",
                 file.meta("format")?,
                 file.meta("version")?
             )));
@@ -308,6 +317,7 @@ impl<'g> KvCache<'g> {
                 let state = &mut cache.layers[l];
                 if state.layout.is_none() {
                     state.layout = Some(layout);
+                    state.states = LayerStates::of_planes(&chunk.planes);
                 }
                 state.quantized += run_tokens;
                 if protected > 0 {

@@ -37,13 +37,13 @@ mod file;
 mod reference;
 
 pub use crate::gpu::incremental::CHUNK_GROUPS;
-pub use file::{KVCACHE_FORMAT, KVCACHE_VERSION};
+pub use file::{KVCACHE_FORMAT, KVCACHE_OLDEST_VERSION, KVCACHE_VERSION};
 pub use reference::{ModelCache, ReferenceCache};
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{check_head_dim, KeyLayout, PackedPlanes};
-use crate::gpu::incremental::{ExactStore, F32Rows, Heads};
+use crate::gpu::incremental::{ExactStore, F32Rows, Heads, LayerStates};
 use crate::gpu::GpuContext;
 use crate::packed::{estimate_size, CacheShape};
 use crate::tensor::check_quantizable;
@@ -100,6 +100,8 @@ struct LayerState {
     exact_chunks: Vec<(ExactStore, usize)>,
     chunks: Vec<Chunk>,
     layout: Option<KeyLayout>,
+    /// The rotated schemes' states, fixed with the layout at the first flush.
+    states: LayerStates,
     /// Tokens quantized so far (they follow the sinks).
     quantized: usize,
     /// The prefill's quantized tokens packed with their STP lists, when tokens are protected.
@@ -124,6 +126,9 @@ impl<'g> KvCache<'g> {
         config.validate()?;
         crate::gpu::check_supported(&config)?;
         check_head_dim(shape.head_dim)?;
+        if config.uses_rotation() {
+            crate::reference::rotation::Rotation::new(shape.head_dim)?;
+        }
         if shape.layers == 0 || shape.kv_heads == 0 || shape.q_heads % shape.kv_heads != 0 {
             return Err(VidkvError::InvalidConfig(format!(
                 "model shape {shape:?}: layers and KV heads must be positive and query heads a multiple of KV heads"

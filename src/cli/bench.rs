@@ -40,6 +40,9 @@ pub(super) struct BenchCacheArgs {
     /// Timed steps per preset (after one warm-up step); the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// A preset besides the fp16 baseline (repeatable). Default: vidkv.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -108,7 +111,12 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
             "the context must hold at least one token".into(),
         ));
     }
-    let presets = resolve_presets(&["fp16".to_string(), "vidkv".to_string()], None, None)?;
+    let mut names = vec!["fp16".to_string()];
+    if args.presets.is_empty() {
+        names.push("vidkv".to_string());
+    }
+    names.extend(args.presets.iter().filter(|p| *p != "fp16").cloned());
+    let presets = resolve_presets(&names, None, None)?;
     let gpu = GpuContext::new(&GpuOptions::default())?;
     let results = crate::bench::cache_decode_step(&gpu, shape, args.context, &presets, args.runs)?;
     let fp16 = &results[0];
@@ -139,7 +147,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         gpu.adapter_name()
     );
     println!(
-        "  {:<8} {:>12} {:>12} {:>9} {:>14}",
+        "  {:<14} {:>12} {:>12} {:>9} {:>14}",
         "cache", "wall ms", "gpu ms", "vs fp16", "bytes"
     );
     for r in &results {
@@ -147,7 +155,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
             .gpu_median_ms
             .map_or("-".to_string(), |ms| format!("{ms:.1}"));
         println!(
-            "  {:<8} {:>12.1} {:>12} {:>8.2}x {:>14}",
+            "  {:<14} {:>12.1} {:>12} {:>8.2}x {:>14}",
             r.preset,
             r.wall_median_ms,
             gpu_ms,

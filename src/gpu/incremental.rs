@@ -8,9 +8,14 @@
 //! - `F32Rows`: `[kv_heads][capacity][head_dim]` f32, the window's originals.
 //! - chunk planes (`PackedPlanes`): per KV head, room for [`CHUNK_GROUPS`] groups of each
 //!   plane array (`ChunkWords` words), filled group by group in place.
+//! - rotated per-token schemes: the layer's `LayerStates` (kernel table and every head's
+//!   state, fitted on the GPU at the first flush and shared by every chunk), chunk planes of
+//!   per-token codes, scale bytes and (values) group means, written by
+//!   [`super::rotated::ResidentGroups`].
 
 use super::attention::{
-    KeyLayout, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,
+    KeyLayout, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes, RotatedStates,
+    SegmentData, SegmentRef,
 };
 use super::batch::Batch;
 use super::binding::Bound;
@@ -19,9 +24,11 @@ use super::quantize::{
     channel_split_on_gpu, record_pack_exact, record_signs, record_ternary, record_two_bit_channels,
     record_two_bit_tokens, twiddles, GpuSplit, GroupWindow, NormalChannels,
 };
+use super::rotated::{kernel_table, record_fit_state, ResidentGroups, RotatedShape};
 use crate::config::{Grouping, KeyScheme, QuantConfig, SplitGranularity, ValueScheme};
 use crate::error::Result;
 use crate::packed::planes::{pack_f16_slice, SignPlane, TernaryPlane, TwoBitPlane};
+use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState, STATE_GROUPS};
 use crate::reference::split::outlier_count;
 
 /// Groups of quantized storage per chunk (8,192 tokens at the default group size).
@@ -297,7 +304,8 @@ pub(crate) fn repack_window(
     batch.submit()
 }
 
-/// Words per KV head of each plane array of a chunk.
+/// Words per KV head of each plane array of a chunk (rotated schemes: codes in
+/// `key_codes`/`value_codes`, scale bytes in `key_params`/`value_params`).
 pub(crate) struct ChunkWords {
     key_codes: usize,
     key_params: usize,
@@ -305,6 +313,9 @@ pub(crate) struct ChunkWords {
     sign_scales: usize,
     value_codes: usize,
     value_params: usize,
+    /// Rotated values with group means: mean codes and f16 steps.
+    mean_codes: usize,
+    mean_steps: usize,
 }
 
 impl ChunkWords {
@@ -312,23 +323,28 @@ impl ChunkWords {
     pub fn of(config: &QuantConfig, d: usize) -> Self {
         let g = config.group_size;
         let c = CHUNK_GROUPS;
+        let rows = c * g;
         let k = match config.keys {
             KeyScheme::Mixed { outlier_ratio, .. } => outlier_count(d, outlier_ratio),
             _ => d,
         };
         let n = d - k;
+        let (key_codes, key_params) = match config.keys {
+            KeyScheme::Rotated { bits } => (rows * RotatedRows::words_per_token(bits, d), rows / 4),
+            _ => (k * c * TwoBitPlane::words_per_group(g), k * c),
+        };
         let (value_codes, value_params) = match config.values {
             ValueScheme::TwoBit {
                 grouping: Grouping::PerChannel,
             } => (d * c * TwoBitPlane::words_per_group(g), d * c),
             ValueScheme::TwoBit {
                 grouping: Grouping::PerToken,
-            } => {
-                let rows = c * g;
-                (
-                    rows * d.div_ceil(g) * TwoBitPlane::words_per_group(g),
-                    rows * d.div_ceil(g),
-                )
+            } => (
+                rows * d.div_ceil(g) * TwoBitPlane::words_per_group(g),
+                rows * d.div_ceil(g),
+            ),
+            ValueScheme::Rotated { bits, .. } => {
+                (rows * RotatedRows::words_per_token(bits, d), rows / 4)
             }
             _ => (
                 d.div_ceil(5) * c * TernaryPlane::words_per_record(g),
@@ -336,31 +352,69 @@ impl ChunkWords {
             ),
         };
         ChunkWords {
-            key_codes: k * c * TwoBitPlane::words_per_group(g),
-            key_params: k * c,
+            key_codes,
+            key_params,
             sign_codes: n * c * SignPlane::words_per_group(g),
             sign_scales: n.div_ceil(2) * c,
             value_codes,
             value_params,
+            mean_codes: c * GroupMeans::words_per_group(d),
+            mean_steps: c.div_ceil(2),
         }
     }
 
-    /// Zeroed planes for one chunk of every head.
+    /// Zeroed planes for one chunk of every head (rotated schemes share the layer's
+    /// `states`).
     pub fn new_planes(
         &self,
         ctx: &GpuContext,
         config: &QuantConfig,
         heads: Heads,
+        states: &LayerStates,
     ) -> Result<PackedPlanes> {
         let (h, d, g) = (heads.count, heads.dim, config.group_size);
         let zeroed = |label, per_head: usize| ctx.create_zeroed(label, h * per_head);
-        let keys = PackedKeyPlanes::Packed {
-            codes: zeroed("key codes", self.key_codes)?,
-            scale_min: zeroed("key params", self.key_params)?,
-            sign_codes: zeroed("key sign codes", self.sign_codes)?,
-            sign_scales: zeroed("key sign scales", self.sign_scales)?,
+        let rotated = |states: &Option<RotatedStates>,
+                       (codes, scales): (usize, usize),
+                       means: bool|
+         -> Result<RotatedPlanes> {
+            Ok(RotatedPlanes {
+                states: states
+                    .clone()
+                    .expect("the states are fixed before the first chunk"),
+                tokens: CHUNK_GROUPS * g,
+                groups: if means { CHUNK_GROUPS } else { 0 },
+                codes: zeroed("rotated codes", codes)?,
+                scales: zeroed("rotated scales", scales)?,
+                means: if means {
+                    Some((
+                        zeroed("group mean codes", self.mean_codes)?,
+                        zeroed("group mean steps", self.mean_steps)?,
+                    ))
+                } else {
+                    None
+                },
+            })
+        };
+        let keys = match config.keys {
+            KeyScheme::Rotated { .. } => PackedKeyPlanes::Rotated(rotated(
+                &states.keys,
+                (self.key_codes, self.key_params),
+                false,
+            )?),
+            _ => PackedKeyPlanes::Packed {
+                codes: zeroed("key codes", self.key_codes)?,
+                scale_min: zeroed("key params", self.key_params)?,
+                sign_codes: zeroed("key sign codes", self.sign_codes)?,
+                sign_scales: zeroed("key sign scales", self.sign_scales)?,
+            },
         };
         let values = match config.values {
+            ValueScheme::Rotated { group_means, .. } => PackedValuePlanes::Rotated(rotated(
+                &states.values,
+                (self.value_codes, self.value_params),
+                group_means,
+            )?),
             ValueScheme::TwoBit { grouping } => PackedValuePlanes::TwoBit {
                 grouping,
                 rows: match grouping {
@@ -392,6 +446,81 @@ impl ChunkWords {
             keys,
             values,
         })
+    }
+}
+
+/// A layer's rotated key and value states (rotated per-token schemes only), fixed at its
+/// first flush and shared by every chunk.
+#[derive(Clone, Default)]
+pub(crate) struct LayerStates {
+    pub keys: Option<RotatedStates>,
+    pub values: Option<RotatedStates>,
+}
+
+impl LayerStates {
+    /// The states of `config`'s rotated schemes, each head's fitted on the GPU to the first
+    /// [`STATE_GROUPS`] groups of the first `tokens` rows of `window` (the first flush), as
+    /// [`crate::packed::rotated::head_state`] fits them on the CPU. Nothing is read back.
+    pub fn fit(
+        ctx: &GpuContext,
+        config: &QuantConfig,
+        window: &F32Rows,
+        heads: Heads,
+        tokens: usize,
+    ) -> Result<Self> {
+        let fit = |keys: bool, bits: u8| -> Result<RotatedStates> {
+            let (h, d) = (heads.count, heads.dim);
+            let shape = RotatedShape {
+                head_dim: d,
+                group_size: config.group_size,
+                bits,
+            };
+            let n = (STATE_GROUPS * config.group_size).min(tokens);
+            let words = RotatedState::words(d);
+            let table = ctx.create_storage("rotated table", &kernel_table(bits))?;
+            let states = ctx.create_zeroed("rotated states", h * words)?;
+            let source = if keys { &window.keys } else { &window.values };
+            for head in 0..h {
+                let rows = ctx.buffer("state rows", (n * d * 4) as u64)?;
+                let fitted = ctx.buffer("fitted state", (words * 4) as u64)?;
+                let mut batch = ctx.batch();
+                let at = (head * window.capacity * d * 4) as u64;
+                batch.copy(source, at, &rows, 0, (n * d * 4) as u64);
+                record_fit_state(ctx, &mut batch, shape, &table, (&rows, n), &fitted)?;
+                let bytes = (words * 4) as u64;
+                batch.copy(&fitted, 0, &states, head as u64 * bytes, bytes);
+                batch.submit()?;
+            }
+            Ok(RotatedStates {
+                bits,
+                table,
+                states,
+            })
+        };
+        Ok(LayerStates {
+            keys: match config.keys {
+                KeyScheme::Rotated { bits } => Some(fit(true, bits)?),
+                _ => None,
+            },
+            values: match config.values {
+                ValueScheme::Rotated { bits, .. } => Some(fit(false, bits)?),
+                _ => None,
+            },
+        })
+    }
+
+    /// The states a stored run's planes carry (a loaded or converted cache).
+    pub fn of_planes(planes: &PackedPlanes) -> Self {
+        LayerStates {
+            keys: match &planes.keys {
+                PackedKeyPlanes::Rotated(p) => Some(p.states.clone()),
+                PackedKeyPlanes::Packed { .. } => None,
+            },
+            values: match &planes.values {
+                PackedValuePlanes::Rotated(p) => Some(p.states.clone()),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -445,64 +574,81 @@ impl GroupFlush<'_> {
             group_offset: self.filled,
             group_count: take,
         };
-        fn head_range(buffer: &wgpu::Buffer, head: usize, per_head: usize) -> Bound<'_> {
-            let bytes = (per_head * 4) as u64;
-            Bound::range(buffer, head as u64 * bytes, bytes.max(4))
-        }
         let range = |buffer, per_head| head_range(buffer, head, per_head);
-        let channels = ctx.buffer("cache head channels", (d * 4) as u64)?;
-        batch.copy(
-            &layout.order,
-            (head * d * 4) as u64,
-            &channels,
-            0,
-            (d * 4) as u64,
-        );
-        let PackedKeyPlanes::Packed {
-            codes,
-            scale_min,
-            sign_codes,
-            sign_scales,
-        } = &self.planes.keys
-        else {
-            unreachable!("{}", super::KV_CACHE_REFUSES_ROTATED)
-        };
-        record_two_bit_channels(
-            batch,
-            keys_input,
-            d,
-            &channels,
-            layout.outliers,
-            g,
-            window,
-            [
-                range(codes, words.key_codes),
-                range(scale_min, words.key_params),
-            ],
-        );
-        if layout.normals > 0 {
-            let normals = NormalChannels {
-                order: &channels,
-                outliers: layout.outliers,
-                fft: layout.fft,
-                twiddles: &layout.twiddles,
-            };
-            record_signs(
+        match &self.planes.keys {
+            PackedKeyPlanes::Rotated(planes) => self.record_rotated(
                 ctx,
                 batch,
-                keys_input,
-                d,
-                &normals,
-                g,
-                window,
-                take * g,
+                (head, keys_input),
+                planes,
                 [
-                    range(sign_codes, words.sign_codes),
-                    range(sign_scales, words.sign_scales),
+                    range(&planes.codes, words.key_codes),
+                    range(&planes.scales, words.key_params),
                 ],
-            )?;
+            )?,
+            PackedKeyPlanes::Packed {
+                codes,
+                scale_min,
+                sign_codes,
+                sign_scales,
+            } => {
+                let channels = ctx.buffer("cache head channels", (d * 4) as u64)?;
+                batch.copy(
+                    &layout.order,
+                    (head * d * 4) as u64,
+                    &channels,
+                    0,
+                    (d * 4) as u64,
+                );
+                record_two_bit_channels(
+                    batch,
+                    keys_input,
+                    d,
+                    &channels,
+                    layout.outliers,
+                    g,
+                    window,
+                    [
+                        range(codes, words.key_codes),
+                        range(scale_min, words.key_params),
+                    ],
+                );
+                if layout.normals > 0 {
+                    let normals = NormalChannels {
+                        order: &channels,
+                        outliers: layout.outliers,
+                        fft: layout.fft,
+                        twiddles: &layout.twiddles,
+                    };
+                    record_signs(
+                        ctx,
+                        batch,
+                        keys_input,
+                        d,
+                        &normals,
+                        g,
+                        window,
+                        take * g,
+                        [
+                            range(sign_codes, words.sign_codes),
+                            range(sign_scales, words.sign_scales),
+                        ],
+                    )?;
+                }
+            }
         }
         match (&self.planes.values, self.config.values) {
+            (PackedValuePlanes::Rotated(planes), ValueScheme::Rotated { .. }) => self
+                .record_rotated(
+                    ctx,
+                    batch,
+                    (head, values_input),
+                    planes,
+                    [
+                        range(&planes.codes, words.value_codes),
+                        range(&planes.scales, words.value_params),
+                    ],
+                )?,
             (
                 PackedValuePlanes::TwoBit {
                     codes, scale_min, ..
@@ -563,6 +709,52 @@ impl GroupFlush<'_> {
         }
         Ok(())
     }
+
+    /// Records the rotated codes of `take` groups of one head (`input` holds their rows)
+    /// into `planes`' ranges `[codes, scales]` of that head, with the head's fixed state.
+    fn record_rotated(
+        &self,
+        ctx: &GpuContext,
+        batch: &mut Batch<'_>,
+        (head, input): (usize, &wgpu::Buffer),
+        planes: &RotatedPlanes,
+        [codes, scales]: [Bound<'_>; 2],
+    ) -> Result<()> {
+        let d = self.heads.dim;
+        let words = RotatedState::words(d);
+        let bytes = (words * 4) as u64;
+        let state = ctx.buffer("rotated head state", bytes)?;
+        batch.copy(&planes.states.states, head as u64 * bytes, &state, 0, bytes);
+        let means = planes.means.as_ref().map(|(mean_codes, steps)| {
+            [
+                head_range(mean_codes, head, self.words.mean_codes),
+                head_range(steps, head, self.words.mean_steps),
+            ]
+        });
+        ResidentGroups {
+            shape: RotatedShape {
+                head_dim: d,
+                group_size: self.config.group_size,
+                bits: planes.states.bits,
+            },
+            table: &planes.states.table,
+            state: &state,
+            rows: input,
+            tokens: self.take * self.config.group_size,
+            first_group: self.filled,
+            plane_groups: CHUNK_GROUPS,
+            codes,
+            scales,
+            means,
+        }
+        .record(ctx, batch)
+    }
+}
+
+/// Head `head`'s range of a plane array that holds `per_head` words per KV head.
+fn head_range(buffer: &wgpu::Buffer, head: usize, per_head: usize) -> Bound<'_> {
+    let bytes = (per_head * 4) as u64;
+    Bound::range(buffer, head as u64 * bytes, bytes.max(4))
 }
 
 /// The layer's key channel split from the first `tokens` rows of `window` (spec §2.5): the

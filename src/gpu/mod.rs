@@ -14,7 +14,8 @@
 //!   write exactly the packed format of [`crate::packed`].
 //! - [`incremental`]: the same kernels recorded into a growing [`crate::KvCache`]'s chunks,
 //!   its f32 window and its exact stores (the cache never records a kernel itself).
-//! - [`rotated`]: the rotated per-token scheme's state, group means, codes and decoding.
+//! - [`rotated`]: the rotated per-token scheme's state, group means, codes and decoding,
+//!   on uploaded rows or recorded on a growing cache's GPU-resident rows.
 //! - [`dequantize`]: packed planes back to dense f32.
 //! - [`attention`]: fused attention on the packed cache (rotated per-token codes included),
 //!   and the f16 baseline.
@@ -39,29 +40,23 @@ pub use context::{GpuContext, GpuOptions};
 use crate::config::QuantConfig;
 use crate::error::{Result, VidkvError};
 
-/// Refuses a configuration whose kernels are not all built yet: [`crate::KvCache`] has no
-/// incremental path for the rotated schemes (GPU quantization, decoding and attention of
-/// the per-token scheme exist; the across-token scheme has no GPU kernels), so it refuses
-/// them; the CPU reference runs all of them.
+/// Refuses a configuration whose kernels are not all built yet: the across-token rotated
+/// scheme ("T2", `rotated-groups*`) has no GPU kernels, so every GPU path (quantization,
+/// decoding, attention, [`crate::KvCache`]) refuses it; the CPU reference runs it.
 pub fn check_supported(config: &QuantConfig) -> Result<()> {
-    if config.uses_rotation() {
+    if config.uses_rotated_groups() {
         Err(rotated_unsupported())
     } else {
         Ok(())
     }
 }
 
-/// Why a `KvCache` path never meets rotated planes.
-pub(crate) const KV_CACHE_REFUSES_ROTATED: &str =
-    "KvCache refuses the rotated schemes (gpu::check_supported)";
-
-/// The error for a rotated scheme on a GPU path that does not take it.
+/// The error for the across-token rotated scheme on a GPU path.
 pub(crate) fn rotated_unsupported() -> VidkvError {
     VidkvError::Unsupported(
-        "KvCache does not take the rotated schemes yet, and the across-token scheme has no GPU \
-         kernels: quantize and attend with the CPU reference (PackedCache::quantize, \
-         ReferenceCache, `report --device cpu`, `eval-lm --device cpu`), or, for per-token \
-         codes, with gpu::quantize and gpu::attention::GpuLayer"
+        "the across-token rotated scheme (rotated-groups*) has no GPU kernels yet: quantize \
+         and attend with the CPU reference (PackedCache::quantize, ReferenceCache, \
+         `report --device cpu`, `eval-lm --device cpu`)"
             .into(),
     )
 }

@@ -7,9 +7,15 @@
 //! reference's own f32 values ([`kernel_table`]), so neither side rounds a constant
 //! differently. Inputs are cut into chunks of an even number of whole groups (two groups
 //! share a word of f16 steps) under the binding limit.
+//!
+//! A growing [`crate::KvCache`] records the same entry points on GPU-resident rows
+//! ([`record_fit_state`], [`ResidentGroups`]): the state fitted at a layer's first flush,
+//! then each flushed run of groups written in place into its chunk planes.
 
 use std::sync::Arc;
 
+use super::batch::Batch;
+use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
 use super::quantize::chunk_tokens;
@@ -380,4 +386,136 @@ pub fn dequantize_rows(
         out.extend(words.into_iter().map(f32::from_bits));
     }
     Ok(out)
+}
+
+/// Step words that `groups` groups from group `first` touch (two groups share a word).
+fn step_words(first: usize, groups: usize) -> usize {
+    (first + groups).div_ceil(2) - first / 2
+}
+
+/// Records the state fit of one head on GPU-resident rows (a growing cache's first flush):
+/// `rows` holds its first `n` rows `[n][d]` f32 from byte 0; the state's
+/// [`RotatedState::words`] land in `state` from byte 0. Nothing is read back.
+pub(crate) fn record_fit_state(
+    ctx: &GpuContext,
+    batch: &mut Batch<'_>,
+    shape: RotatedShape,
+    table: &wgpu::Buffer,
+    (rows, n): (&wgpu::Buffer, usize),
+    state: &wgpu::Buffer,
+) -> Result<()> {
+    let d = shape.head_dim;
+    let energies = ctx.buffer("state energies", (n * 2 * 4) as u64)?;
+    let unused = ctx.buffer("unused binding", 16)?;
+    let params = Params {
+        rows: n as u32,
+        ..shape.params()
+    };
+    for (entry, invocations) in [
+        ("state_means", d / 2),
+        ("state_energies", n),
+        ("fit_base", 1),
+    ] {
+        batch.dispatch(
+            &ROTATED,
+            entry,
+            Params {
+                invocations: invocations as u32,
+                ..params
+            },
+            &[rows, table, state, &energies, &unused, &unused, &unused],
+        );
+    }
+    Ok(())
+}
+
+/// Whole groups of one head's GPU-resident rows, quantized in place into a growing cache's
+/// chunk planes after the chunk's first `first_group` groups (the kernels index the planes
+/// by absolute group and token, so the bound ranges are the head's whole planes).
+pub(crate) struct ResidentGroups<'a> {
+    pub shape: RotatedShape,
+    pub table: &'a wgpu::Buffer,
+    /// The head's state, [`RotatedState::words`] from byte 0.
+    pub state: &'a wgpu::Buffer,
+    /// `[tokens][d]` f32 rows from byte 0.
+    pub rows: &'a wgpu::Buffer,
+    pub tokens: usize,
+    pub first_group: usize,
+    /// Groups the planes hold per head.
+    pub plane_groups: usize,
+    /// The head's code words and scale bytes.
+    pub codes: Bound<'a>,
+    pub scales: Bound<'a>,
+    /// Values centred on group means: the head's mean codes and steps.
+    pub means: Option<[Bound<'a>; 2]>,
+}
+
+impl ResidentGroups<'_> {
+    /// Records the group means (when centred on them), the codes and the scale bytes.
+    pub fn record(&self, ctx: &GpuContext, batch: &mut Batch<'_>) -> Result<()> {
+        let (d, g) = (self.shape.head_dim, self.shape.group_size);
+        let groups = self.tokens / g;
+        let base = Params {
+            len: self.tokens as u32,
+            group_offset: self.first_group as u32,
+            groups: self.plane_groups as u32,
+            ..self.shape.params()
+        };
+        let centres = ctx.buffer(
+            "rotated centres",
+            ((self.first_group + groups) * d * 4) as u64,
+        )?;
+        let fixed = [
+            Bound::from(self.rows),
+            self.table.into(),
+            self.state.into(),
+            (&*centres).into(),
+        ];
+        if let Some([mean_codes, steps]) = self.means {
+            let group_steps = ctx.buffer("group steps", (groups * 4) as u64)?;
+            let list = [fixed[0], fixed[1], fixed[2], fixed[3], mean_codes, steps];
+            for (entry, invocations) in [
+                ("group_means", groups),
+                ("pack_steps", step_words(self.first_group, groups)),
+            ] {
+                let mut bound = list.to_vec();
+                bound.push((&*group_steps).into());
+                batch.dispatch_bound(
+                    &ROTATED,
+                    entry,
+                    Params {
+                        invocations: invocations as u32,
+                        ..base
+                    },
+                    &bound,
+                );
+            }
+        }
+        let token_bytes = ctx.buffer("token scale bytes", (self.tokens * 4) as u64)?;
+        let list = [
+            fixed[0],
+            fixed[1],
+            fixed[2],
+            fixed[3],
+            self.codes,
+            self.scales,
+            (&*token_bytes).into(),
+        ];
+        for (entry, invocations) in [
+            ("quantize", self.tokens),
+            ("pack_scales", self.tokens.div_ceil(4)),
+        ] {
+            batch.dispatch_bound(
+                &ROTATED,
+                entry,
+                Params {
+                    centre_rows: u32::from(self.means.is_some()),
+                    invocations: invocations as u32,
+                    ..base
+                },
+                &list,
+            );
+        }
+        Ok(())
+    }
 }

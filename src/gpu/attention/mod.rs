@@ -28,6 +28,7 @@ pub(crate) use planes::{
     check_head_dim, upload_planes, KeyLayout, LayerGeometry, PackedKeyPlanes, PackedPlanes,
     PackedValuePlanes, SegmentData, SegmentRef,
 };
+pub(crate) use rotated::{RotatedPlanes, RotatedStates};
 
 use std::sync::Arc;
 
@@ -424,8 +425,9 @@ fn record_values(
     }
 }
 
-/// Workgroup rows of the ternary value kernel: the KV heads that the tile of `rows` query
-/// rows from `seg.row_offset` touches, times ⌈rows_per_head / 4⌉ quads of rows each.
+/// Workgroup rows of the kernels that serve a quad of query rows (the ternary value kernel,
+/// the rotated kernels): the KV heads that the tile of `rows` query rows from
+/// `seg.row_offset` touches, times ⌈rows_per_head / 4⌉ quads of rows each.
 fn row_quads(seg: Params, rows: usize) -> u32 {
     let per_head = seg.rows_per_head;
     let first_head = seg.row_offset / per_head;

@@ -3,7 +3,7 @@
 //! `attention_queries` when the keys are rotated), key scores and value sums. The CPU
 //! mirror is [`crate::packed::attend`].
 
-use super::Scratch;
+use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::context::GpuContext;
@@ -147,7 +147,8 @@ fn bindings<'a>(
 }
 
 /// Records the rotation of the tile's `rows` query rows against the key `states`:
-/// `natural` gets q/√d, `planar` (q/√d)·Rot and `centre_terms` (q/√d)·m.
+/// `natural` gets q/√d, `planar` (q/√d)·Rot and `centre_terms` (q/√d)·m. Every rotated
+/// kernel runs one workgroup row per quad of query rows that share a KV head.
 pub(super) fn record_queries(
     batch: &mut Batch<'_>,
     states: &RotatedStates,
@@ -164,7 +165,7 @@ pub(super) fn record_queries(
             ..tile
         },
         &bindings(states, None, q, scratch),
-        (1, rows as u32),
+        (1, row_quads(tile, rows)),
     );
 }
 
@@ -182,7 +183,7 @@ pub(super) fn record_scores(
         "key_scores",
         keys.params(seg),
         &bindings(&keys.states, Some(keys), &scratch.unused, scratch),
-        (blocks as u32, rows as u32),
+        (blocks as u32, row_quads(seg, rows)),
     );
 }
 
@@ -200,6 +201,6 @@ pub(super) fn record_values(
         "value_sums",
         values.params(seg),
         &bindings(&values.states, Some(values), &scratch.unused, scratch),
-        (splits as u32, rows as u32),
+        (splits as u32, row_quads(seg, rows)),
     );
 }
