@@ -37,10 +37,10 @@
 //   key_scores     — grid (⌈segment_len/WORKGROUP_SIZE⌉, row quads): one invocation per
 //                    token, its code words read once, levels and the quad's rotated rows
 //                    from workgroup memory (binds 2, 3, 4, 5, 9, 10, 11);
-//   value_sums     — grid (splits of the segment, row quads) of VALUE_LANES: each lane takes
-//                    a block of 8 elements of every (d/8-th) token of the split, lanes
-//                    beyond d/8 take further tokens; their sums meet in workgroup memory,
-//                    are rotated back once, and the group centres are added (binds 2–7, 11, 12).
+//   value_sums     — grid (splits of the segment, row quads) of VALUE_LANES: the lanes walk
+//                    the split's tokens together, lane ℓ summing elements 8ℓ…8ℓ+7; the
+//                    sums are rotated back once in workgroup memory and the group centres
+//                    added (binds 2–7, 11, 12).
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -164,6 +164,24 @@ fn load_levels(local: u32) {
     }
 }
 
+// The first four levels (all of them for codes of 1 or 2 bits), read once per invocation.
+fn small_levels() -> vec4<f32> {
+    return vec4<f32>(levels[0], levels[1], levels[2], levels[3]);
+}
+
+// The level of code c (its low bits) for codes of 1 or 2 bits: a select tree over `small`,
+// cheaper than an indexed load on CPU drivers.
+fn small_level(c: u32, small: vec4<f32>) -> f32 {
+    let odd = (c & 1u) != 0u;
+    let high = params.code_bits == 2u && (c & 2u) != 0u;
+    return select(select(small.x, small.y, odd), select(small.z, small.w, odd), high);
+}
+
+// The level of code c (its low bits) of any width.
+fn level_of(c: u32) -> f32 {
+    return levels[c & ((1u << params.code_bits) - 1u)];
+}
+
 @compute @workgroup_size(VALUE_LANES)
 fn rotate_queries(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -208,8 +226,21 @@ fn rotate_queries(
 fn quad_dot(record: u32) -> vec4<f32> {
     let d = params.width;
     let bits = params.code_bits;
-    let mask = (1u << bits) - 1u;
+    let small = small_levels();
     var acc = vec4<f32>(0.0);
+    if (bits <= 2u) {
+        // Whole codes per word, the level by select.
+        let per_word = 32u / bits;
+        var i = 0u;
+        for (var w = record; i < d; w = w + 1u) {
+            let word = codes[w];
+            for (var k = 0u; k < per_word; k = k + 1u) {
+                acc = acc + shared_quad[i + k] * small_level(word >> (k * bits), small);
+            }
+            i = i + per_word;
+        }
+        return acc;
+    }
     var w = record;
     var word = codes[w];
     var used = 0u;
@@ -226,7 +257,7 @@ fn quad_dot(record: u32) -> vec4<f32> {
                 }
             }
         }
-        acc = acc + shared_quad[i] * levels[raw & mask];
+        acc = acc + shared_quad[i] * level_of(raw);
     }
     return acc;
 }
@@ -265,15 +296,6 @@ fn key_scores(
     }
 }
 
-// The softmax weights of segment token t for the quad's rows (0 for rows that are not real).
-fn quad_weights(quad: Quad, t: u32) -> vec4<f32> {
-    var p = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        p[j] = weights[quad.rows[j] * score_stride() + t];
-    }
-    return p * quad.live;
-}
-
 // The 8·bits code bits of element block `block` of the record at word `record`.
 fn block_bits(record: u32, block: u32) -> u32 {
     let at = block * BLOCK * params.code_bits;
@@ -285,6 +307,55 @@ fn block_bits(record: u32, block: u32) -> u32 {
     return raw;
 }
 
+// Σₜ wsₜ·L[cₜ,e] for the 8 elements e of a lane's block, one vec4 (the quad's rows) each.
+struct BlockSums {
+    e0: vec4<f32>,
+    e1: vec4<f32>,
+    e2: vec4<f32>,
+    e3: vec4<f32>,
+    e4: vec4<f32>,
+    e5: vec4<f32>,
+    e6: vec4<f32>,
+    e7: vec4<f32>,
+}
+
+// Adds ws·L[c] for the 8 codes of `raw` (levels by select for 1 or 2 bits).
+fn add_block(sums: ptr<function, BlockSums>, ws: vec4<f32>, raw: u32, small: vec4<f32>) {
+    let b = params.code_bits;
+    if (b <= 2u) {
+        (*sums).e0 = (*sums).e0 + ws * small_level(raw, small);
+        (*sums).e1 = (*sums).e1 + ws * small_level(raw >> b, small);
+        (*sums).e2 = (*sums).e2 + ws * small_level(raw >> (2u * b), small);
+        (*sums).e3 = (*sums).e3 + ws * small_level(raw >> (3u * b), small);
+        (*sums).e4 = (*sums).e4 + ws * small_level(raw >> (4u * b), small);
+        (*sums).e5 = (*sums).e5 + ws * small_level(raw >> (5u * b), small);
+        (*sums).e6 = (*sums).e6 + ws * small_level(raw >> (6u * b), small);
+        (*sums).e7 = (*sums).e7 + ws * small_level(raw >> (7u * b), small);
+        return;
+    }
+    (*sums).e0 = (*sums).e0 + ws * level_of(raw);
+    (*sums).e1 = (*sums).e1 + ws * level_of(raw >> b);
+    (*sums).e2 = (*sums).e2 + ws * level_of(raw >> (2u * b));
+    (*sums).e3 = (*sums).e3 + ws * level_of(raw >> (3u * b));
+    (*sums).e4 = (*sums).e4 + ws * level_of(raw >> (4u * b));
+    (*sums).e5 = (*sums).e5 + ws * level_of(raw >> (5u * b));
+    (*sums).e6 = (*sums).e6 + ws * level_of(raw >> (6u * b));
+    (*sums).e7 = (*sums).e7 + ws * level_of(raw >> (7u * b));
+}
+
+fn block_element(sums: BlockSums, k: u32) -> vec4<f32> {
+    switch (k) {
+        case 0u: { return sums.e0; }
+        case 1u: { return sums.e1; }
+        case 2u: { return sums.e2; }
+        case 3u: { return sums.e3; }
+        case 4u: { return sums.e4; }
+        case 5u: { return sums.e5; }
+        case 6u: { return sums.e6; }
+        default: { return sums.e7; }
+    }
+}
+
 @compute @workgroup_size(VALUE_LANES)
 fn value_sums(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -294,68 +365,52 @@ fn value_sums(
     let quad = quad_rows(workgroup.y);
     let kv_head = quad.kv_head;
     let d = params.width;
-    let bits = params.code_bits;
-    let mask = (1u << bits) - 1u;
-    let blocks = d / BLOCK;
-    let token_lanes = max(1u, VALUE_LANES / blocks);
-    let token_lane = lane / blocks;
-    let block = lane % blocks;
+    let g_size = params.group_size;
+    // Every lane takes the same token at a time (so the token's weights and scale are one
+    // load for all lanes), lane ℓ its elements 8ℓ…8ℓ+7; lanes past d/8 only help rotate.
+    let block = lane;
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
     let base = state_base(kv_head);
+    let row_bases = quad.rows * score_stride();
     load_levels(lane);
     workgroupBarrier();
-    var sums: array<vec4<f32>, BLOCK>;
+    let small = small_levels();
+    var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
+                         vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var centres: array<vec4<f32>, BLOCK>;
-    for (var k = 0u; k < BLOCK; k = k + 1u) {
-        sums[k] = vec4<f32>(0.0);
-        centres[k] = vec4<f32>(0.0);
-    }
-    if (token_lane < token_lanes) {
-        // The flagged weight of the current group (of the whole split without group means).
-        var flagged = vec4<f32>(0.0);
-        var group = (params.segment_first + first) / params.group_size;
-        for (var t = first + token_lane; t < end; t = t + token_lanes) {
-            let row = params.segment_first + t;
-            if (params.centre_rows == 1u && row / params.group_size != group) {
-                for (var k = 0u; k < BLOCK; k = k + 1u) {
-                    centres[k] = centres[k] + flagged * centre_value(kv_head, group, block * BLOCK + k);
+    if (block < d / BLOCK) {
+        let scale_base = kv_head * ((params.rows + 3u) / 4u);
+        // Group by group (splits start at whole groups), four tokens at a time (groups
+        // and splits start at multiples of 4), so that the four tokens share a scale word.
+        var t = first;
+        while (t < end) {
+            let group = (params.segment_first + t) / g_size;
+            let group_end = min(end, (group + 1u) * g_size - params.segment_first);
+            var flagged = vec4<f32>(0.0);
+            for (; t < group_end; t = t + 4u) {
+                let row = params.segment_first + t;
+                let scale_word = scales[scale_base + row / 4u];
+                for (var k = 0u; k < 4u; k = k + 1u) {
+                    if (t + k < group_end) {
+                        let p = vec4<f32>(weights[row_bases.x + t + k], weights[row_bases.y + t + k],
+                                          weights[row_bases.z + t + k], weights[row_bases.w + t + k]) * quad.live;
+                        let byte = (scale_word >> (8u * k)) & 0xffu;
+                        let raw = block_bits(code_record(kv_head, row + k), block);
+                        add_block(&sums, p * token_scale(byte, base), raw, small);
+                        flagged = flagged + select(vec4<f32>(0.0), p, (byte & FLAG_BIT) != 0u);
+                    }
                 }
-                flagged = vec4<f32>(0.0);
-                group = row / params.group_size;
             }
-            let p = quad_weights(quad, t);
-            if (any(p != vec4<f32>(0.0))) {
-                let byte = scale_byte(kv_head, row);
-                let ws = p * token_scale(byte, base);
-                let raw = block_bits(code_record(kv_head, row), block);
-                for (var k = 0u; k < BLOCK; k = k + 1u) {
-                    sums[k] = sums[k] + ws * levels[(raw >> (k * bits)) & mask];
-                }
-                if ((byte & FLAG_BIT) != 0u) {
-                    flagged = flagged + p;
-                }
+            for (var k = 0u; k < BLOCK; k = k + 1u) {
+                centres[k] = centres[k] + flagged * centre_value(kv_head, group, block * BLOCK + k);
             }
         }
         for (var k = 0u; k < BLOCK; k = k + 1u) {
-            centres[k] = centres[k] + flagged * centre_value(kv_head, group, block * BLOCK + k);
+            let e = block * BLOCK + k;
+            shared_quad[e] = block_element(sums, k);
+            shared_centre[e] = centres[k];
         }
-    }
-    // The token lanes' sums meet in workgroup memory, one lane of tokens at a time.
-    for (var turn = 0u; turn < token_lanes; turn = turn + 1u) {
-        if (token_lane == turn) {
-            for (var k = 0u; k < BLOCK; k = k + 1u) {
-                let e = block * BLOCK + k;
-                if (turn == 0u) {
-                    shared_quad[e] = sums[k];
-                    shared_centre[e] = centres[k];
-                } else {
-                    shared_quad[e] = shared_quad[e] + sums[k];
-                    shared_centre[e] = shared_centre[e] + centres[k];
-                }
-            }
-        }
-        workgroupBarrier();
     }
     rotate_shared_quad(lane);
     for (var j = 0u; j < 4u; j = j + 1u) {
