@@ -27,10 +27,15 @@ use crate::packed::{PackedCache, PackedKeys, PackedValues};
 use crate::report::{evaluate_on, Device};
 
 /// The presets the page compares.
-pub const DEMO_PRESETS: [&str; 3] = ["fp16", "kivi2", "vidkv"];
+pub const DEMO_PRESETS: [&str; 4] = ["fp16", "kivi2", "vidkv", "rotated"];
 
 /// Read-back labels whose words make up the code checksum.
-pub const CODE_LABELS: [&str; 3] = ["two-bit codes", "sign codes", "ternary codes"];
+pub const CODE_LABELS: [&str; 4] = [
+    "two-bit codes",
+    "sign codes",
+    "ternary codes",
+    "rotated codes",
+];
 
 /// A traced plan, its literal bytes, and the reference figures.
 pub struct DemoPlan {

@@ -150,7 +150,10 @@ fn export_web_writes_a_complete_site() {
     assert_eq!(plan["model_layers"], serde_json::json!([0, 12, 29]));
     let expected: Value =
         serde_json::from_slice(&std::fs::read(out.join("expected.json")).unwrap()).unwrap();
-    assert_eq!(expected["presets"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        expected["presets"].as_array().unwrap().len(),
+        vidkv::web::DEMO_PRESETS.len()
+    );
     assert!(out.join("plan.bin").is_file());
     std::fs::remove_dir_all(&out).unwrap();
 }
