@@ -1,11 +1,13 @@
-// attention_rotated.wgsl — attention straight from rotated per-token codes
-// (src/packed/rotated.rs), never a decoded row. With x̂ₜ = flagₜ·cₜ + (ŝₜ·L[codesₜ])·Rot:
-// - the query is rotated once per row: q′ = (q/√d)·Rot, and its centre term q·m once;
-// - a key logit is ŝₜ·Σᵢ q′ᵢ·L[cᵢ] (one table look-up and multiply-add per element), plus
-//   q·m where the token is flagged;
-// - values are summed in the rotated domain, Σₜ pₜ·ŝₜ·L[codesₜ], rotated back once per
-//   (split, row) (the rotation is its own inverse), and the flagged weight of each group
-//   times its centre (the head's mean m, or the group mean μ_g = m + D_g·z_g) is added.
+// attention_rotated.wgsl — attention straight from rotated codes, never a decoded row: the
+// bindings, the helpers and the query rotation shared by its two variants, appended to it:
+// attention_rotated_tokens.wgsl (per-token codes, src/packed/rotated.rs) and
+// attention_rotated_groups.wgsl (codes across tokens, src/packed/rotated_groups.rs).
+// - The query is rotated once per row (rotate_queries): q′ = (q/√d)·Rot, and its centre
+//   term q·m once; a logit reads the codes against q′ with one level look-up and multiply-add
+//   per element.
+// - Values are summed in the rotated domain and rotated back once per (split, row) (the
+//   rotation is its own inverse); the weight of each centre (the head's mean m, or a group
+//   mean μ_g = m + D_g·z_g) times that centre is added in the natural domain.
 //
 // Bindings: 0 params (uniform Params: width = d (a multiple of 16, at most 256),
 //             code_bits, rows = token rows per KV head of the planes, groups = groups per
@@ -29,18 +31,11 @@
 //           11 weights     (storage, read_write): f32 [tile rows][score_stride()] logits
 //                          (key_scores writes them), softmax weights (value_sums reads them)
 //           12 partial     (storage, read_write): f32 [tile rows][total_splits][d]
-// Entry points and dispatch (y: the row quads of the tile, `row_quads` on the host; each
-// workgroup serves the up-to-four query rows of a quad that share a KV head, so every code
-// is decoded once for them and the arithmetic runs on vec4s, one component a row):
+// Entry point (each workgroup serves the up-to-four query rows of a quad that share a KV
+// head, y: the row quads of the tile, `row_quads` on the host, so that every code is decoded
+// once for them and the arithmetic runs on vec4s, one component a row):
 //   rotate_queries — grid (1, row quads) of VALUE_LANES: the quad's rows rotated together in
-//                    workgroup memory (binds 1, 2, 3, 8, 9, 10);
-//   key_scores     — grid (⌈segment_len/WORKGROUP_SIZE⌉, row quads): one invocation per
-//                    token, its code words read once, levels and the quad's rotated rows
-//                    from workgroup memory (binds 2, 3, 4, 5, 9, 10, 11);
-//   value_sums     — grid (splits of the segment, row quads) of VALUE_LANES: the lanes walk
-//                    the split's tokens together, lane ℓ summing elements 8ℓ…8ℓ+7; the
-//                    sums are rotated back once in workgroup memory and the group centres
-//                    added (binds 2–7, 11, 12).
+//                    workgroup memory (binds 1, 2, 3, 8, 9, 10).
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -182,6 +177,31 @@ fn level_of(c: u32) -> f32 {
     return levels[c & ((1u << params.code_bits) - 1u)];
 }
 
+// Σₜ wsₜ·L[cₜ,e] for the 8 elements e of a lane's block, one vec4 (the quad's rows) each.
+struct BlockSums {
+    e0: vec4<f32>,
+    e1: vec4<f32>,
+    e2: vec4<f32>,
+    e3: vec4<f32>,
+    e4: vec4<f32>,
+    e5: vec4<f32>,
+    e6: vec4<f32>,
+    e7: vec4<f32>,
+}
+
+fn block_element(sums: BlockSums, k: u32) -> vec4<f32> {
+    switch (k) {
+        case 0u: { return sums.e0; }
+        case 1u: { return sums.e1; }
+        case 2u: { return sums.e2; }
+        case 3u: { return sums.e3; }
+        case 4u: { return sums.e4; }
+        case 5u: { return sums.e5; }
+        case 6u: { return sums.e6; }
+        default: { return sums.e7; }
+    }
+}
+
 @compute @workgroup_size(VALUE_LANES)
 fn rotate_queries(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -217,209 +237,6 @@ fn rotate_queries(
                 total = total + lane_sums[i][j];
             }
             centre_terms[row] = total;
-        }
-    }
-}
-
-// Σᵢ shared_quad[i]·L[cᵢ] over the codes of the record at word `record`, each code word read
-// once (a 3-bit code may span two words).
-fn quad_dot(record: u32) -> vec4<f32> {
-    let d = params.width;
-    let bits = params.code_bits;
-    let small = small_levels();
-    var acc = vec4<f32>(0.0);
-    if (bits <= 2u) {
-        // Whole codes per word, the level by select.
-        let per_word = 32u / bits;
-        var i = 0u;
-        for (var w = record; i < d; w = w + 1u) {
-            let word = codes[w];
-            for (var k = 0u; k < per_word; k = k + 1u) {
-                acc = acc + shared_quad[i + k] * small_level(word >> (k * bits), small);
-            }
-            i = i + per_word;
-        }
-        return acc;
-    }
-    var w = record;
-    var word = codes[w];
-    var used = 0u;
-    for (var i = 0u; i < d; i = i + 1u) {
-        var raw = word >> used;
-        used = used + bits;
-        if (used >= 32u) {
-            used = used - 32u;
-            if (i + 1u < d || used > 0u) {
-                w = w + 1u;
-                word = codes[w];
-                if (used > 0u) {
-                    raw = raw | (word << (bits - used));
-                }
-            }
-        }
-        acc = acc + shared_quad[i] * level_of(raw);
-    }
-    return acc;
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn key_scores(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let quad = quad_rows(workgroup.y);
-    let d = params.width;
-    for (var i = local; i < d; i = i + WORKGROUP_SIZE) {
-        var x = vec4<f32>(0.0);
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            x[j] = rotated[quad.rows[j] * d + i] * quad.live[j];
-        }
-        shared_quad[i] = x;
-    }
-    load_levels(local);
-    workgroupBarrier();
-    let t = workgroup.x * WORKGROUP_SIZE + local;
-    if (t >= params.segment_len) {
-        return;
-    }
-    let kv_head = quad.kv_head;
-    let row = params.segment_first + t;
-    let byte = scale_byte(kv_head, row);
-    var logits = token_scale(byte, state_base(kv_head)) * quad_dot(code_record(kv_head, row));
-    let flagged = (byte & FLAG_BIT) != 0u;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if (quad.live[j] != 0.0) {
-            let tile_row = quad.rows[j];
-            let centre = select(0.0, centre_terms[tile_row], flagged);
-            weights[tile_row * score_stride() + t] = logits[j] + centre;
-        }
-    }
-}
-
-// The 8·bits code bits of element block `block` of the record at word `record`.
-fn block_bits(record: u32, block: u32) -> u32 {
-    let at = block * BLOCK * params.code_bits;
-    let shift = at % 32u;
-    var raw = codes[record + at / 32u] >> shift;
-    if (shift + BLOCK * params.code_bits > 32u) {
-        raw = raw | (codes[record + at / 32u + 1u] << (32u - shift));
-    }
-    return raw;
-}
-
-// Σₜ wsₜ·L[cₜ,e] for the 8 elements e of a lane's block, one vec4 (the quad's rows) each.
-struct BlockSums {
-    e0: vec4<f32>,
-    e1: vec4<f32>,
-    e2: vec4<f32>,
-    e3: vec4<f32>,
-    e4: vec4<f32>,
-    e5: vec4<f32>,
-    e6: vec4<f32>,
-    e7: vec4<f32>,
-}
-
-// Adds ws·L[c] for the 8 codes of `raw` (levels by select for 1 or 2 bits).
-fn add_block(sums: ptr<function, BlockSums>, ws: vec4<f32>, raw: u32, small: vec4<f32>) {
-    let b = params.code_bits;
-    if (b <= 2u) {
-        (*sums).e0 = (*sums).e0 + ws * small_level(raw, small);
-        (*sums).e1 = (*sums).e1 + ws * small_level(raw >> b, small);
-        (*sums).e2 = (*sums).e2 + ws * small_level(raw >> (2u * b), small);
-        (*sums).e3 = (*sums).e3 + ws * small_level(raw >> (3u * b), small);
-        (*sums).e4 = (*sums).e4 + ws * small_level(raw >> (4u * b), small);
-        (*sums).e5 = (*sums).e5 + ws * small_level(raw >> (5u * b), small);
-        (*sums).e6 = (*sums).e6 + ws * small_level(raw >> (6u * b), small);
-        (*sums).e7 = (*sums).e7 + ws * small_level(raw >> (7u * b), small);
-        return;
-    }
-    (*sums).e0 = (*sums).e0 + ws * level_of(raw);
-    (*sums).e1 = (*sums).e1 + ws * level_of(raw >> b);
-    (*sums).e2 = (*sums).e2 + ws * level_of(raw >> (2u * b));
-    (*sums).e3 = (*sums).e3 + ws * level_of(raw >> (3u * b));
-    (*sums).e4 = (*sums).e4 + ws * level_of(raw >> (4u * b));
-    (*sums).e5 = (*sums).e5 + ws * level_of(raw >> (5u * b));
-    (*sums).e6 = (*sums).e6 + ws * level_of(raw >> (6u * b));
-    (*sums).e7 = (*sums).e7 + ws * level_of(raw >> (7u * b));
-}
-
-fn block_element(sums: BlockSums, k: u32) -> vec4<f32> {
-    switch (k) {
-        case 0u: { return sums.e0; }
-        case 1u: { return sums.e1; }
-        case 2u: { return sums.e2; }
-        case 3u: { return sums.e3; }
-        case 4u: { return sums.e4; }
-        case 5u: { return sums.e5; }
-        case 6u: { return sums.e6; }
-        default: { return sums.e7; }
-    }
-}
-
-@compute @workgroup_size(VALUE_LANES)
-fn value_sums(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
-) {
-    let split = workgroup.x;
-    let quad = quad_rows(workgroup.y);
-    let kv_head = quad.kv_head;
-    let d = params.width;
-    let g_size = params.group_size;
-    // Every lane takes the same token at a time (so the token's weights and scale are one
-    // load for all lanes), lane ℓ its elements 8ℓ…8ℓ+7; lanes past d/8 only help rotate.
-    let block = lane;
-    let first = split * params.split_size;
-    let end = min(first + params.split_size, params.segment_len);
-    let base = state_base(kv_head);
-    let row_bases = quad.rows * score_stride();
-    load_levels(lane);
-    workgroupBarrier();
-    let small = small_levels();
-    var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
-                         vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    var centres: array<vec4<f32>, BLOCK>;
-    if (block < d / BLOCK) {
-        let scale_base = kv_head * ((params.rows + 3u) / 4u);
-        // Group by group (splits start at whole groups), four tokens at a time (groups
-        // and splits start at multiples of 4), so that the four tokens share a scale word.
-        var t = first;
-        while (t < end) {
-            let group = (params.segment_first + t) / g_size;
-            let group_end = min(end, (group + 1u) * g_size - params.segment_first);
-            var flagged = vec4<f32>(0.0);
-            for (; t < group_end; t = t + 4u) {
-                let row = params.segment_first + t;
-                let scale_word = scales[scale_base + row / 4u];
-                for (var k = 0u; k < 4u; k = k + 1u) {
-                    if (t + k < group_end) {
-                        let p = vec4<f32>(weights[row_bases.x + t + k], weights[row_bases.y + t + k],
-                                          weights[row_bases.z + t + k], weights[row_bases.w + t + k]) * quad.live;
-                        let byte = (scale_word >> (8u * k)) & 0xffu;
-                        let raw = block_bits(code_record(kv_head, row + k), block);
-                        add_block(&sums, p * token_scale(byte, base), raw, small);
-                        flagged = flagged + select(vec4<f32>(0.0), p, (byte & FLAG_BIT) != 0u);
-                    }
-                }
-            }
-            for (var k = 0u; k < BLOCK; k = k + 1u) {
-                centres[k] = centres[k] + flagged * centre_value(kv_head, group, block * BLOCK + k);
-            }
-        }
-        for (var k = 0u; k < BLOCK; k = k + 1u) {
-            let e = block * BLOCK + k;
-            shared_quad[e] = block_element(sums, k);
-            shared_centre[e] = centres[k];
-        }
-    }
-    rotate_shared_quad(lane);
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if (quad.live[j] == 0.0) {
-            continue;
-        }
-        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
-        for (var c = lane; c < d; c = c + VALUE_LANES) {
-            partial[out + c] = shared_quad[c][j] + shared_centre[c][j];
         }
     }
 }

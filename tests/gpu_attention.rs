@@ -3,8 +3,8 @@
 //! preset and on generated cases (head_dim 64–256, GQA 1/2/7, M = 1…64, contexts 1…20k).
 //! The output is read back with its guard words checked. Every case runs with the fast
 //! paths the adapter offers (subgroups on lavapipe) and with the portable kernels. The
-//! presets include the rotated per-token ones (rotated keys, rotated values with and
-//! without group means), alone and mixed with the other schemes.
+//! presets include the rotated ones (per-token keys and values with and without group
+//! means, and codes across tokens), alone and mixed with the other schemes.
 
 #[path = "common/data.rs"]
 mod data;
@@ -18,25 +18,19 @@ use data::shared_sample;
 
 use proptest::prelude::*;
 
-use vidkv::config::{KeyScheme, QuantConfig, ValueScheme, ROTATED_PRESET_NAMES};
+use vidkv::config::{QuantConfig, ValueScheme, ROTATED_PRESET_NAMES};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
 
-/// Every preset GPU attention takes: the plain ones and the rotated per-token ones (the
-/// across-token scheme has no GPU kernels).
+/// Every preset: the plain ones and the rotated ones (per token and across tokens).
 fn gpu_presets() -> Vec<&'static str> {
     PRESET_NAMES
         .iter()
         .chain(&ROTATED_PRESET_NAMES)
         .copied()
-        .filter(|name| {
-            let config = QuantConfig::preset(name).unwrap();
-            !matches!(config.keys, KeyScheme::RotatedGroups { .. })
-                && !matches!(config.values, ValueScheme::RotatedGroups { .. })
-        })
         .collect()
 }
 
@@ -185,8 +179,9 @@ proptest! {
     }
 }
 
-/// Rotated keys with ternary values, and 2-bit keys with rotated values (with group
-/// means), on a head_dim that is not a power of two, GQA 3 and a partial last split.
+/// Rotated keys (per token, across tokens) with ternary values, and 2-bit keys with rotated
+/// values (with group means, across tokens), on a head_dim that is not a power of two,
+/// GQA 3 and a partial last split.
 #[test]
 fn rotated_halves_mix_with_the_other_schemes() {
     let (tokens, d, kv_heads, gqa, queries) = (2_345, 96, 2, 3, 4);
@@ -198,12 +193,19 @@ fn rotated_halves_mix_with_the_other_schemes() {
     rotated_keys.keys = rotated.keys;
     let mut rotated_values = QuantConfig::preset("kivi2").unwrap();
     rotated_values.values = rotated.values;
+    let across = QuantConfig::preset("rotated-groups-k2.5v1.5").unwrap();
+    let mut across_keys = QuantConfig::preset("vidkv").unwrap();
+    across_keys.keys = across.keys;
+    let mut across_values = QuantConfig::preset("kivi2").unwrap();
+    across_values.values = across.values;
     let visible: Vec<(u32, u32)> = (0..queries)
         .map(|m| (0, (tokens - 300 * m) as u32))
         .collect();
     for (what, config) in [
         ("rotated keys + ternary values", rotated_keys),
         ("2-bit keys + rotated values", rotated_values),
+        ("across-token keys + ternary values", across_keys),
+        ("2-bit keys + across-token values", across_values),
     ] {
         let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
         check(&cache, &q, &visible, what);

@@ -235,8 +235,10 @@ fn gpu_paths_refuse_what_has_no_kernels_yet_with_a_typed_error() {
     let err = quantize_cache(gpu(), &x, &x, &groups, &[]).unwrap_err();
     assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
     let packed = PackedCache::quantize(&x, &x, &groups, &[]).unwrap();
-    let err = GpuLayer::upload(gpu(), &packed, 0).err().expect("refused");
-    assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+    assert!(
+        GpuLayer::upload(gpu(), &packed, 0).is_ok(),
+        "GPU attention takes T2"
+    );
     let shape = ModelShape {
         layers: 1,
         q_heads: 2,

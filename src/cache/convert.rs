@@ -337,7 +337,9 @@ impl<'a> StoredRun<'a> {
     pub(super) fn of(c: &'a Chunk, prefill: bool) -> Self {
         let value_stride = match &c.planes.values {
             PackedValuePlanes::Ternary { groups, .. } => *groups,
-            PackedValuePlanes::TwoBit { .. } | PackedValuePlanes::Rotated(_) => c.planes.groups,
+            PackedValuePlanes::TwoBit { .. }
+            | PackedValuePlanes::Rotated(_)
+            | PackedValuePlanes::RotatedGroups(_) => c.planes.groups,
         };
         StoredRun {
             planes: &c.planes,
@@ -395,6 +397,8 @@ impl RunReads {
                     map.insert(RunArray::KeyParams, all(&planes.scales)?);
                     map.insert(RunArray::KeyStates, all(&planes.states.states)?);
                 }
+                // KvCache refuses the across-token scheme (`packed_head` says so).
+                PackedKeyPlanes::RotatedGroups(_) => {}
             }
             match &run.planes.values {
                 PackedValuePlanes::TwoBit {
@@ -425,6 +429,7 @@ impl RunReads {
                     }
                     kept.push((Vec::new(), Vec::new()));
                 }
+                PackedValuePlanes::RotatedGroups(_) => kept.push((Vec::new(), Vec::new())),
             }
             arrays.push(map);
         }

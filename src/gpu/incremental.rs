@@ -31,6 +31,10 @@ use crate::packed::planes::{pack_f16_slice, SignPlane, TernaryPlane, TwoBitPlane
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState, STATE_GROUPS};
 use crate::reference::split::outlier_count;
 
+/// Why a cache's chunk never holds group records: `KvCache::new` refuses the across-token
+/// scheme (`gpu::check_supported`).
+const ACROSS_TOKENS_REFUSED: &str = "KvCache refuses the across-token scheme";
+
 /// Groups of quantized storage per chunk (8,192 tokens at the default group size).
 pub const CHUNK_GROUPS: usize = 256;
 
@@ -514,10 +518,12 @@ impl LayerStates {
         LayerStates {
             keys: match &planes.keys {
                 PackedKeyPlanes::Rotated(p) => Some(p.states.clone()),
+                PackedKeyPlanes::RotatedGroups(p) => Some(p.states.clone()),
                 PackedKeyPlanes::Packed { .. } => None,
             },
             values: match &planes.values {
                 PackedValuePlanes::Rotated(p) => Some(p.states.clone()),
+                PackedValuePlanes::RotatedGroups(p) => Some(p.states.clone()),
                 _ => None,
             },
         }
@@ -576,6 +582,7 @@ impl GroupFlush<'_> {
         };
         let range = |buffer, per_head| head_range(buffer, head, per_head);
         match &self.planes.keys {
+            PackedKeyPlanes::RotatedGroups(_) => unreachable!("{ACROSS_TOKENS_REFUSED}"),
             PackedKeyPlanes::Rotated(planes) => self.record_rotated(
                 ctx,
                 batch,

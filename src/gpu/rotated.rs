@@ -46,6 +46,20 @@ pub fn kernel_table(bits: u8) -> Vec<f32> {
     table
 }
 
+/// The constant table of the across-token kernels (`shaders/attention_rotated_groups.wgsl`):
+/// the levels of every width b = 1…4 at 2^b − 2, then the powers of two, block scales and
+/// constants at the offsets of [`kernel_table`].
+pub fn group_kernel_table() -> Vec<f32> {
+    let mut table = kernel_table(1);
+    table[..32].fill(0.0);
+    for bits in 1..=4u8 {
+        let book = Codebook::new(bits).expect("1 to 4 bits");
+        let first = (1usize << bits) - 2;
+        table[first..first + book.levels.len()].copy_from_slice(book.levels);
+    }
+    table
+}
+
 /// The buffers every entry point binds, in binding order 1…7.
 struct Bindings {
     table: Arc<wgpu::Buffer>,

@@ -64,9 +64,18 @@ pub const ATTENTION_VALUES_TERNARY_SUBGROUP: Kernel =
     kernel!("attention_values_ternary" + "subgroup", ["main"], true);
 pub const ATTENTION_VALUES_TWO_BIT: Kernel =
     kernel!("attention_values_two_bit", ["per_channel", "per_token"]);
+/// Attention from rotated per-token codes: `attention_rotated.wgsl` (bindings, helpers, the
+/// query rotation) and its `tokens` variant.
 pub const ATTENTION_ROTATED: Kernel = kernel!(
-    "attention_rotated",
-    ["rotate_queries", "key_scores", "value_sums"]
+    "attention_rotated" + "tokens",
+    ["rotate_queries", "key_scores", "value_sums"],
+    false
+);
+/// Attention from codes across tokens: the same base file and its `groups` variant.
+pub const ATTENTION_ROTATED_GROUPS: Kernel = kernel!(
+    "attention_rotated" + "groups",
+    ["rotate_queries", "group_scores", "group_values"],
+    false
 );
 pub const ATTENTION_COMBINE: Kernel = kernel!("attention_combine", ["main"]);
 pub const ROTATED: Kernel = kernel!(
@@ -85,7 +94,7 @@ pub const ROTATED: Kernel = kernel!(
 );
 
 /// Every kernel, in pipeline order.
-pub const ALL: [Kernel; 23] = [
+pub const ALL: [Kernel; 24] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -107,6 +116,7 @@ pub const ALL: [Kernel; 23] = [
     ATTENTION_VALUES_TERNARY_SUBGROUP,
     ATTENTION_VALUES_TWO_BIT,
     ATTENTION_ROTATED,
+    ATTENTION_ROTATED_GROUPS,
     ATTENTION_COMBINE,
     ROTATED,
 ];

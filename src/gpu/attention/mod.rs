@@ -17,11 +17,13 @@
 //!
 //! Rotated keys replace step 1 with `attention_rotated::rotate_queries` (q/√d, its rotation
 //! and its centre term) and read their scores and values through the same kernel file
-//! ([`rotated`]).
+//! ([`rotated`]), or, coded across tokens, through `attention_rotated_groups.wgsl`
+//! ([`rotated_groups`]).
 
 mod layer;
 mod planes;
 mod rotated;
+mod rotated_groups;
 
 pub use layer::GpuLayer;
 pub(crate) use planes::{
@@ -305,6 +307,10 @@ fn record_scores(
             keys: PackedKeyPlanes::Rotated(keys),
             ..
         }) => rotated::record_scores(batch, keys, seg, rows, scratch),
+        SegmentData::Packed(PackedPlanes {
+            keys: PackedKeyPlanes::RotatedGroups(keys),
+            ..
+        }) => rotated_groups::record_scores(batch, keys, seg, rows, scratch),
         SegmentData::Packed(
             planes @ PackedPlanes {
                 keys:
@@ -363,6 +369,9 @@ fn record_values(
         SegmentData::Packed(planes) => match &planes.values {
             PackedValuePlanes::Rotated(values) => {
                 rotated::record_values(batch, values, seg, segment.splits(), rows, scratch)
+            }
+            PackedValuePlanes::RotatedGroups(values) => {
+                rotated_groups::record_values(batch, values, seg, segment.splits(), rows, scratch)
             }
             PackedValuePlanes::TwoBit {
                 grouping,

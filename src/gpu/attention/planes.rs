@@ -2,6 +2,7 @@
 //! layout), how a layer's segments are described to an attention call, and their upload.
 
 use super::rotated::{RotatedPlanes, RotatedStates};
+use super::rotated_groups::GroupPlanes;
 use super::SPLIT_TOKENS;
 use crate::config::Grouping;
 use crate::error::{Result, VidkvError};
@@ -48,12 +49,16 @@ pub(crate) enum PackedKeyPlanes {
     },
     /// Rotated per-token codes.
     Rotated(RotatedPlanes),
+    /// Rotated codes across tokens (group records).
+    RotatedGroups(GroupPlanes),
 }
 
 /// Packed values of a quantized segment, all KV heads.
 pub(crate) enum PackedValuePlanes {
     /// Rotated per-token codes (with group means where the scheme has them).
     Rotated(RotatedPlanes),
+    /// Rotated codes across tokens (group records).
+    RotatedGroups(GroupPlanes),
     TwoBit {
         grouping: Grouping,
         /// Plane rows per KV head (channels, or token capacity per token).
@@ -135,9 +140,11 @@ impl PackedPlanes {
                 sign_scales,
             } => codes.size() + scale_min.size() + sign_codes.size() + sign_scales.size(),
             PackedKeyPlanes::Rotated(planes) => planes.bytes(),
+            PackedKeyPlanes::RotatedGroups(planes) => planes.bytes(),
         };
         keys + match &self.values {
             PackedValuePlanes::Rotated(planes) => planes.bytes(),
+            PackedValuePlanes::RotatedGroups(planes) => planes.bytes(),
             PackedValuePlanes::TwoBit {
                 codes, scale_min, ..
             } => codes.size() + scale_min.size(),
@@ -172,11 +179,6 @@ pub(crate) fn upload_planes(
 ) -> Result<(KeyLayout, Option<PackedPlanes>)> {
     let d = heads[0].head_dim;
     let plan = heads[0].plan;
-    if matches!(heads[0].keys, PackedKeys::RotatedGroups(_))
-        || matches!(heads[0].values, PackedValues::RotatedGroups(_))
-    {
-        return Err(crate::gpu::rotated_unsupported());
-    }
     let concat =
         |f: &dyn Fn(&PackedHead) -> Vec<u32>| -> Vec<u32> { heads.iter().flat_map(f).collect() };
     let mut layout = match &heads[0].keys {
@@ -236,6 +238,9 @@ pub(crate) fn upload_planes(
                 }
                 PackedKeys::Rotated(_) => {
                     PackedKeyPlanes::Rotated(RotatedPlanes::keys(ctx, heads)?)
+                }
+                PackedKeys::RotatedGroups(_) => {
+                    PackedKeyPlanes::RotatedGroups(GroupPlanes::keys(ctx, heads)?)
                 }
                 _ => {
                     let mixed = |h: &PackedHead| match &h.keys {
@@ -308,8 +313,11 @@ pub(crate) fn upload_planes(
                 PackedValues::Rotated { .. } => {
                     PackedValuePlanes::Rotated(RotatedPlanes::values(ctx, heads)?)
                 }
-                PackedValues::Exact | PackedValues::RotatedGroups(_) => {
-                    unreachable!("keys and values are quantized together; T2 was refused")
+                PackedValues::RotatedGroups(_) => {
+                    PackedValuePlanes::RotatedGroups(GroupPlanes::values(ctx, heads)?)
+                }
+                PackedValues::Exact => {
+                    unreachable!("keys and values are quantized together")
                 }
             };
             Some(PackedPlanes {
@@ -319,8 +327,10 @@ pub(crate) fn upload_planes(
             })
         }
     };
-    if let Some(PackedKeyPlanes::Rotated(keys)) = planes.as_ref().map(|p| &p.keys) {
-        layout.rotated = Some(keys.states.clone());
+    match planes.as_ref().map(|p| &p.keys) {
+        Some(PackedKeyPlanes::Rotated(keys)) => layout.rotated = Some(keys.states.clone()),
+        Some(PackedKeyPlanes::RotatedGroups(keys)) => layout.rotated = Some(keys.states.clone()),
+        _ => {}
     }
     Ok((layout, planes))
 }

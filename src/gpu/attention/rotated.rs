@@ -1,7 +1,8 @@
-//! Attention from rotated per-token codes (`shaders/attention_rotated.wgsl`): a segment's
-//! planes on the GPU, and the three dispatches of a call — the query rotation (in place of
-//! `attention_queries` when the keys are rotated), key scores and value sums. The CPU
-//! mirror is [`crate::packed::attend`].
+//! Attention from rotated per-token codes (`shaders/attention_rotated.wgsl` with its
+//! `tokens` variant): a segment's planes on the GPU, and the three dispatches of a call —
+//! the query rotation (in place of `attention_queries` when the keys are rotated, per-token
+//! or across tokens), key scores and value sums. The CPU mirror is
+//! [`crate::packed::attend`].
 
 use super::{row_quads, Scratch};
 use crate::error::Result;
@@ -119,7 +120,7 @@ impl RotatedPlanes {
 
 /// The kernel's bindings 1…12 (see the shader header); what an entry point does not use
 /// is bound to `scratch.unused`.
-fn bindings<'a>(
+pub(super) fn bindings<'a>(
     states: &'a RotatedStates,
     planes: Option<&'a RotatedPlanes>,
     q: &'a wgpu::Buffer,

@@ -1,0 +1,302 @@
+// attention_rotated_groups.wgsl — appended to attention_rotated.wgsl (its bindings and
+// helpers): attention straight from codes across tokens ("T2",
+// src/packed/rotated_groups.rs), never a decoded row. A group is stored in one of two modes:
+// - T: sequency rows F̂ⱼ = ŝⱼ·L_bⱼ[cⱼ] (bⱼ bits, 0 for a dropped row) with
+//   X̂ = Rot_G·F̂·Rot_d + 1mᵀ. Its G logits are Rot_G·r + q·m with rⱼ = q′·F̂ⱼ (one G-point
+//   transform of the row dots); its values add (Rot_G·p)ᵀ·F̂ to the rotated-domain sum and
+//   Σp to the weight of m.
+// - A: per-token rows ŷₜ = ŝₜ·L[cₜ] (the first budget mod G tokens one bit wider), read as
+//   in attention_rotated.wgsl: ŝₜ·q′·L[cₜ] (+ q·m if flagged), pₜ·ŷₜ and the flagged weight.
+// The base file's rotate_queries rotates the queries first (the offsets of the powers and
+// block scales are the same in both tables).
+//
+// Bindings (besides the base file's; 4 codes and 5 scales have the group layout here):
+//   2 table  (storage, read): f32 [64], gpu::rotated::group_kernel_table (the levels of
+//            b-bit rows at 2^b − 2, sixteenth powers of two at 32, block scales at 48 + log2 n)
+//   4 codes  (storage, read): u32 [kv_heads][groups][budget·d/32]: rows (T) or tokens (A)
+//            in order, each bⱼ·d bits, LSB first
+//   5 scales (storage, read): u32 [kv_heads][groups][G/4] one byte per row or token
+//            (A: flag ≪ 7 | scale code)
+//   13 widths (storage, read): u32 [kv_heads][groups][⌈3G/32⌉] three-bit row widths bⱼ;
+//            entry 0 = 7 marks mode A
+// Params: width = d, group_size = G (at most 128), groups = groups per KV head of the planes,
+//         code_bits = budget (code bits per group), segment_first (a multiple of G),
+//         segment_len (whole groups), and the attention fields of the base file.
+// Entry points and dispatch (y: the row quads of the tile, as in the base file):
+//   group_scores — grid (groups of the segment, row quads) of VALUE_LANES: the lanes take the
+//                  group's rows, then transform the row dots across tokens together;
+//   group_values — grid (splits of the segment, row quads) of VALUE_LANES: group by group,
+//                  the weights are staged (and transformed for T groups) in workgroup memory,
+//                  lane ℓ sums elements 8ℓ…8ℓ+7 of every row; one rotation back per split.
+
+@group(0) @binding(13) var<storage, read> widths: array<u32>;
+
+const TOKEN_MODE: u32 = 7u;
+const MAX_GROUP: u32 = 128u;
+
+// Per row (T) or token (A) of the group: its dots with the quad's rows, or its weights.
+var<workgroup> group_rows: array<vec4<f32>, MAX_GROUP>;
+// The levels of every width: b-bit levels at 2^b − 2.
+var<workgroup> all_levels: array<f32, 30>;
+var<workgroup> token_mode: u32;
+
+fn load_all_levels(lane: u32) {
+    if (lane < 30u) {
+        all_levels[lane] = table[lane];
+    }
+}
+
+// The first word of group g's codes, and of its scales, for KV head kv_head.
+fn group_record(kv_head: u32, g: u32) -> u32 {
+    return (kv_head * params.groups + g) * (params.code_bits * params.width / 32u);
+}
+
+// Entry j of group g's width table.
+fn width_entry(kv_head: u32, g: u32, j: u32) -> u32 {
+    let per_group = (3u * params.group_size + 31u) / 32u;
+    let base = (kv_head * params.groups + g) * per_group;
+    let at = 3u * j;
+    let shift = at % 32u;
+    var raw = widths[base + at / 32u] >> shift;
+    if (shift + 3u > 32u) {
+        raw = raw | (widths[base + at / 32u + 1u] << (32u - shift));
+    }
+    return raw & 7u;
+}
+
+// The code width of token t of a group in mode A.
+fn token_width(t: u32) -> u32 {
+    let g = params.group_size;
+    return params.code_bits / g + select(0u, 1u, t < params.code_bits % g);
+}
+
+// Row (T) or token (A) j of group g: its width, then its bit offset in the group's codes.
+fn row_span(kv_head: u32, g: u32, j: u32, per_token: bool) -> vec2<u32> {
+    let d = params.width;
+    if (per_token) {
+        let wide = params.code_bits % params.group_size;
+        return vec2<u32>(token_width(j), (j * (params.code_bits / params.group_size) + min(j, wide)) * d);
+    }
+    var offset = 0u;
+    for (var i = 0u; i < j; i = i + 1u) {
+        offset = offset + width_entry(kv_head, g, i) * d;
+    }
+    return vec2<u32>(width_entry(kv_head, g, j), offset);
+}
+
+// Scale byte j of group g.
+fn group_scale_byte(kv_head: u32, g: u32, j: u32) -> u32 {
+    let word = scales[(kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u];
+    return (word >> (8u * (j % 4u))) & 0xffu;
+}
+
+// Code bits from bit `at` of the codes at word `record` (up to 32 bits).
+fn bits_at(record: u32, at: u32, count: u32) -> u32 {
+    let shift = at % 32u;
+    var raw = codes[record + at / 32u] >> shift;
+    if (shift + count > 32u) {
+        raw = raw | (codes[record + at / 32u + 1u] << (32u - shift));
+    }
+    return raw;
+}
+
+// q′·L_b[c] over the d codes of width b from bit `at` (the quad's rotated rows in
+// shared_quad), each code word read once.
+fn row_dot(record: u32, at: u32, b: u32) -> vec4<f32> {
+    let d = params.width;
+    let first = (1u << b) - 2u;
+    let mask = (1u << b) - 1u;
+    var acc = vec4<f32>(0.0);
+    var w = record + at / 32u;
+    var word = codes[w];
+    var used = at % 32u;
+    for (var i = 0u; i < d; i = i + 1u) {
+        var raw = word >> used;
+        used = used + b;
+        if (used >= 32u) {
+            used = used - 32u;
+            if (i + 1u < d || used > 0u) {
+                w = w + 1u;
+                word = codes[w];
+                if (used > 0u) {
+                    raw = raw | (word << (b - used));
+                }
+            }
+        }
+        acc = acc + shared_quad[i] * all_levels[first + (raw & mask)];
+    }
+    return acc;
+}
+
+// group_rows[0..G) ← Rot_G·group_rows (the lanes take the butterflies of each stage).
+// Starts and ends with a barrier.
+fn rotate_group_rows(lane: u32) {
+    let g = params.group_size;
+    for (var span = 1u; span < MAX_GROUP; span = span * 2u) {
+        workgroupBarrier();
+        if (span < g) {
+            for (var e = lane; e < g; e = e + VALUE_LANES) {
+                if ((e & span) == 0u) {
+                    let a = group_rows[e];
+                    let b = group_rows[e + span];
+                    group_rows[e] = a + b;
+                    group_rows[e + span] = a - b;
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    for (var e = lane; e < g; e = e + VALUE_LANES) {
+        group_rows[e] = group_rows[e] * table[BLOCK_SCALES + firstTrailingBit(g)];
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(VALUE_LANES)
+fn group_scores(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let quad = quad_rows(workgroup.y);
+    let kv_head = quad.kv_head;
+    let d = params.width;
+    let g_size = params.group_size;
+    let g = params.segment_first / g_size + workgroup.x;
+    for (var i = lane; i < d; i = i + VALUE_LANES) {
+        var x = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            x[j] = rotated[quad.rows[j] * d + i] * quad.live[j];
+        }
+        shared_quad[i] = x;
+    }
+    load_all_levels(lane);
+    if (lane == 0u) {
+        token_mode = select(0u, 1u, width_entry(kv_head, g, 0u) == TOKEN_MODE);
+    }
+    let per_token = workgroupUniformLoad(&token_mode) == 1u;
+    var centre = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        centre[j] = centre_terms[quad.rows[j]];
+    }
+    let base = state_base(kv_head);
+    let record = group_record(kv_head, g);
+    for (var j = lane; j < g_size; j = j + VALUE_LANES) {
+        let span = row_span(kv_head, g, j, per_token);
+        var dot = vec4<f32>(0.0);
+        let byte = group_scale_byte(kv_head, g, j);
+        if (span.x > 0u) {
+            dot = token_scale(byte, base) * row_dot(record, span.y, span.x);
+        }
+        if (per_token && (byte & FLAG_BIT) != 0u) {
+            dot = dot + centre;
+        }
+        group_rows[j] = dot;
+    }
+    if (!per_token) {
+        rotate_group_rows(lane);
+    }
+    workgroupBarrier();
+    let stride = score_stride();
+    let first = workgroup.x * g_size;
+    for (var t = lane; t < g_size; t = t + VALUE_LANES) {
+        let logits = group_rows[t] + select(vec4<f32>(0.0), centre, !per_token);
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            if (quad.live[j] != 0.0) {
+                weights[quad.rows[j] * stride + first + t] = logits[j];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(VALUE_LANES)
+fn group_values(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let split = workgroup.x;
+    let quad = quad_rows(workgroup.y);
+    let kv_head = quad.kv_head;
+    let d = params.width;
+    let g_size = params.group_size;
+    let first = split * params.split_size;
+    let end = min(first + params.split_size, params.segment_len);
+    let stride = score_stride();
+    let base = state_base(kv_head);
+    let summing = lane < d / BLOCK;
+    load_all_levels(lane);
+    var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
+                         vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // The weight of m: Σp over T groups, the flagged weight of A groups.
+    var centre_weight = vec4<f32>(0.0);
+    for (var start = first; start < end; start = start + g_size) {
+        let g = (params.segment_first + start) / g_size;
+        workgroupBarrier();
+        for (var t = lane; t < g_size; t = t + VALUE_LANES) {
+            var p = vec4<f32>(0.0);
+            for (var j = 0u; j < 4u; j = j + 1u) {
+                p[j] = weights[quad.rows[j] * stride + start + t];
+            }
+            group_rows[t] = p * quad.live;
+        }
+        if (lane == 0u) {
+            token_mode = select(0u, 1u, width_entry(kv_head, g, 0u) == TOKEN_MODE);
+        }
+        let per_token = workgroupUniformLoad(&token_mode) == 1u;
+        let record = group_record(kv_head, g);
+        if (per_token) {
+            for (var t = 0u; t < g_size; t = t + 1u) {
+                if ((group_scale_byte(kv_head, g, t) & FLAG_BIT) != 0u) {
+                    centre_weight = centre_weight + group_rows[t];
+                }
+            }
+        } else {
+            for (var t = 0u; t < g_size; t = t + 1u) {
+                centre_weight = centre_weight + group_rows[t];
+            }
+            rotate_group_rows(lane);
+        }
+        if (summing) {
+            var offset = 0u;
+            for (var j = 0u; j < g_size; j = j + 1u) {
+                var b = 0u;
+                if (per_token) {
+                    b = token_width(j);
+                } else {
+                    b = width_entry(kv_head, g, j);
+                }
+                if (b > 0u) {
+                    let byte = group_scale_byte(kv_head, g, j);
+                    let p = group_rows[j];
+                    let raw = bits_at(record, offset + lane * BLOCK * b, BLOCK * b);
+                    let ws = p * token_scale(byte, base);
+                    let first_level = (1u << b) - 2u;
+                    let mask = (1u << b) - 1u;
+                    sums.e0 = sums.e0 + ws * all_levels[first_level + (raw & mask)];
+                    sums.e1 = sums.e1 + ws * all_levels[first_level + ((raw >> b) & mask)];
+                    sums.e2 = sums.e2 + ws * all_levels[first_level + ((raw >> (2u * b)) & mask)];
+                    sums.e3 = sums.e3 + ws * all_levels[first_level + ((raw >> (3u * b)) & mask)];
+                    sums.e4 = sums.e4 + ws * all_levels[first_level + ((raw >> (4u * b)) & mask)];
+                    sums.e5 = sums.e5 + ws * all_levels[first_level + ((raw >> (5u * b)) & mask)];
+                    sums.e6 = sums.e6 + ws * all_levels[first_level + ((raw >> (6u * b)) & mask)];
+                    sums.e7 = sums.e7 + ws * all_levels[first_level + ((raw >> (7u * b)) & mask)];
+                }
+                offset = offset + b * d;
+            }
+        }
+    }
+    if (summing) {
+        for (var k = 0u; k < BLOCK; k = k + 1u) {
+            shared_quad[lane * BLOCK + k] = block_element(sums, k);
+        }
+    }
+    rotate_shared_quad(lane);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (quad.live[j] == 0.0) {
+            continue;
+        }
+        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
+        for (var c = lane; c < d; c = c + VALUE_LANES) {
+            partial[out + c] = shared_quad[c][j] + centre_weight[j] * state_mean(kv_head, c);
+        }
+    }
+}
