@@ -11,8 +11,9 @@
 // block scales are the same in both tables).
 //
 // Bindings (besides the base file's; 4 codes and 5 scales have the group layout here):
-//   2 table  (storage, read): f32 [64], gpu::rotated::group_kernel_table (the levels of
-//            b-bit rows at 2^b − 2, sixteenth powers of two at 32, block scales at 48 + log2 n)
+//   2 table  (storage, read): f32 [160], gpu::rotated::group_kernel_table (sixteenth powers
+//            of two at 32, block scales at 48 + log2 n, the levels of b-bit rows at
+//            64 + 2^b − 2)
 //   4 codes  (storage, read): u32 [kv_heads][groups][budget·d/32]: rows (T) or tokens (A)
 //            in order, each bⱼ·d bits, LSB first
 //   5 scales (storage, read): u32 [kv_heads][groups][G/4] one byte per row or token
@@ -38,11 +39,13 @@ const MAX_GROUP: u32 = 128u;
 var<workgroup> group_rows: array<vec4<f32>, MAX_GROUP>;
 // The levels of every width: b-bit levels at 2^b − 2.
 var<workgroup> all_levels: array<f32, 30>;
+// Where the table keeps them.
+const GROUP_LEVELS: u32 = 64u;
 var<workgroup> token_mode: u32;
 
 fn load_all_levels(lane: u32) {
     if (lane < 30u) {
-        all_levels[lane] = table[lane];
+        all_levels[lane] = table[GROUP_LEVELS + lane];
     }
 }
 

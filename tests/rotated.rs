@@ -228,12 +228,101 @@ fn gpu_per_token_kernels_match_the_reference_on_the_dev_files() {
     }
 }
 
+/// Differing words of two caches coded across tokens: ([codes, scales, widths, states],
+/// totals).
+fn differing_group_words(cpu: &PackedCache, on_gpu: &PackedCache) -> ([usize; 4], [usize; 4]) {
+    let mut differ = [0usize; 4];
+    let mut total = [0usize; 4];
+    let mut count = |slot: usize, a: &[u32], b: &[u32]| {
+        assert_eq!(a.len(), b.len(), "array lengths");
+        differ[slot] += a.iter().zip(b).filter(|(x, y)| x != y).count();
+        total[slot] += a.len();
+    };
+    for (c, g) in cpu.heads.iter().zip(&on_gpu.heads) {
+        assert_eq!(c.exact_keys, g.exact_keys);
+        assert_eq!(c.exact_values, g.exact_values);
+        let pairs = [(&c.keys, &g.keys)].map(|(a, b)| match (a, b) {
+            (PackedKeys::RotatedGroups(a), PackedKeys::RotatedGroups(b)) => (a.clone(), b.clone()),
+            _ => panic!("group keys expected"),
+        });
+        let values = match (&c.values, &g.values) {
+            (PackedValues::RotatedGroups(a), PackedValues::RotatedGroups(b)) => {
+                (a.clone(), b.clone())
+            }
+            _ => panic!("group values expected"),
+        };
+        for (a, b) in pairs.into_iter().chain([values]) {
+            count(0, &a.codes, &b.codes);
+            count(1, &a.scales, &b.scales);
+            count(2, &a.widths, &b.widths);
+            count(3, &a.state.to_words(), &b.state.to_words());
+        }
+    }
+    (differ, total)
+}
+
+#[test]
+fn gpu_group_kernels_write_the_reference_words() {
+    let preset = |name: &str| QuantConfig::preset(name).unwrap();
+    let groups_of = |group_size: usize, keys: f32, values: f32| QuantConfig {
+        group_size,
+        residual: 0,
+        keys: KeyScheme::RotatedGroups { bits: keys },
+        values: ValueScheme::RotatedGroups { bits: values },
+        ..preset("rotated-groups")
+    };
+    let cases = [
+        (64usize, 100usize, 2usize, preset("rotated-groups")),
+        (80, 97, 1, preset("rotated-groups-k2.5v1.5")),
+        (96, 333, 3, preset("rotated-groups-k3v1")),
+        (112, 64, 1, preset("rotated-groups")),
+        (128, 250, 2, preset("rotated-groups-k2.5v1.5")),
+        (160, 130, 1, groups_of(16, 4.0, 1.0)),
+        (256, 300, 1, groups_of(128, 3.5, 2.5)),
+    ];
+    for (case, (d, tokens, heads, config)) in cases.into_iter().enumerate() {
+        let k = noise_tensor([2, heads, tokens, d], 80 + case as u64);
+        let v = noise_tensor([2, heads, tokens, d], 90 + case as u64);
+        let cpu = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        let on_gpu = quantize_cache(gpu(), &k, &v, &config, &[]).unwrap();
+        let (differ, total) = differing_group_words(&cpu, &on_gpu);
+        let what = format!(
+            "case {case}: d={d} tokens={tokens}: differing (codes, scales, widths, state) words {differ:?} of {total:?}"
+        );
+        eprintln!("{what}");
+        assert_eq!(differ, [0, 0, 0, 0], "{what}");
+        let (k_cpu, v_cpu) = cpu.dequantize();
+        let (k_gpu, v_gpu) = dequantize_cache(gpu(), &on_gpu).unwrap();
+        assert!(relative_l2(&k_gpu.data, &k_cpu.data) < 1e-6, "{what}");
+        assert!(relative_l2(&v_gpu.data, &v_cpu.data) < 1e-6, "{what}");
+    }
+}
+
+/// On the real dev files the GPU writes the reference's words for every across-token preset.
+#[test]
+fn gpu_group_kernels_match_the_reference_on_the_dev_files() {
+    for file in ["smollm2_text_dev", "dinov2_video_dev"] {
+        let sample = shared_sample(file);
+        for preset in [
+            "rotated-groups",
+            "rotated-groups-k3v1",
+            "rotated-groups-k2.5v1.5",
+        ] {
+            let config = QuantConfig::preset(preset).unwrap();
+            let cpu = PackedCache::quantize(&sample.k, &sample.v, &config, &[]).unwrap();
+            let on_gpu = quantize_cache(gpu(), &sample.k, &sample.v, &config, &[]).unwrap();
+            let (differ, total) = differing_group_words(&cpu, &on_gpu);
+            eprintln!("{file} {preset}: differing words {differ:?} of {total:?}");
+            assert_eq!(differ, [0, 0, 0, 0], "{file} {preset}: of {total:?}");
+        }
+    }
+}
+
 #[test]
 fn gpu_paths_refuse_what_has_no_kernels_yet_with_a_typed_error() {
     let x = tensor([1, 1, 128, 64], 5);
     let groups = QuantConfig::preset("rotated-groups").unwrap();
-    let err = quantize_cache(gpu(), &x, &x, &groups, &[]).unwrap_err();
-    assert!(matches!(err, VidkvError::Unsupported(_)), "{err}");
+    assert!(quantize_cache(gpu(), &x, &x, &groups, &[]).is_ok());
     let packed = PackedCache::quantize(&x, &x, &groups, &[]).unwrap();
     assert!(
         GpuLayer::upload(gpu(), &packed, 0).is_ok(),

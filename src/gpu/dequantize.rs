@@ -45,7 +45,7 @@ fn dequantize_keys(ctx: &GpuContext, head: &PackedHead, group_size: usize) -> Re
         PackedKeys::TwoBit { grouping, plane } => two_bit(ctx, plane, *grouping, d)?,
         PackedKeys::Mixed(mixed) => mixed_keys(ctx, mixed, d, tokens)?,
         PackedKeys::Rotated(rows) => super::rotated::dequantize_rows(ctx, rows, None, group_size)?,
-        PackedKeys::RotatedGroups(_) => return Err(super::rotated_unsupported()),
+        PackedKeys::RotatedGroups(codes) => super::rotated_groups::dequantize_groups(ctx, codes)?,
     };
     Ok(assemble(head, exact(ctx, &head.exact_keys)?, quantized))
 }
@@ -63,7 +63,7 @@ fn dequantize_values(
         PackedValues::Rotated { rows, means } => {
             super::rotated::dequantize_rows(ctx, rows, means.as_ref(), group_size)?
         }
-        PackedValues::RotatedGroups(_) => return Err(super::rotated_unsupported()),
+        PackedValues::RotatedGroups(codes) => super::rotated_groups::dequantize_groups(ctx, codes)?,
         PackedValues::Ternary {
             plane,
             protected: kept,

@@ -16,6 +16,7 @@
 //!   its f32 window and its exact stores (the cache never records a kernel itself).
 //! - [`rotated`]: the rotated per-token scheme's state, group means, codes and decoding,
 //!   on uploaded rows or recorded on a growing cache's GPU-resident rows.
+//! - [`rotated_groups`]: codes across tokens ("T2"), quantization and decoding.
 //! - [`dequantize`]: packed planes back to dense f32.
 //! - [`attention`]: fused attention on the packed cache (rotated per-token codes included),
 //!   and the f16 baseline.
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod profiling;
 pub mod quantize;
 pub mod rotated;
+pub mod rotated_groups;
 pub mod shaders;
 pub mod trace;
 

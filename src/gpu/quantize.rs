@@ -290,7 +290,9 @@ fn quantize_keys(
             };
             PackedKeys::Rotated(rotated::quantize_head(ctx, x, shape, false)?.0)
         }
-        KeyScheme::RotatedGroups { .. } => return Err(super::rotated_unsupported()),
+        KeyScheme::RotatedGroups { bits } => PackedKeys::RotatedGroups(
+            super::rotated_groups::quantize_head(ctx, x, (d, g), bits, &mut None)?,
+        ),
     })
 }
 
@@ -325,7 +327,9 @@ fn quantize_values(
             let (rows, means) = rotated::quantize_head(ctx, x, shape, group_means)?;
             PackedValues::Rotated { rows, means }
         }
-        ValueScheme::RotatedGroups { .. } => return Err(super::rotated_unsupported()),
+        ValueScheme::RotatedGroups { bits } => PackedValues::RotatedGroups(
+            super::rotated_groups::quantize_head(ctx, x, (d, g), bits, &mut None)?,
+        ),
     })
 }
 

@@ -22,6 +22,7 @@ use super::quantize::chunk_tokens;
 use super::shaders::ROTATED;
 use crate::error::Result;
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState, ONE_THIRD, STATE_GROUPS};
+use crate::packed::rotated_groups::LLOYD_MAX_MSE;
 use crate::reference::lloyd_max::{Codebook, SIXTEENTH_POWERS, SQRT_HALF_PI};
 use crate::reference::rotation::Rotation;
 
@@ -46,17 +47,30 @@ pub fn kernel_table(bits: u8) -> Vec<f32> {
     table
 }
 
-/// The constant table of the across-token kernels (`shaders/attention_rotated_groups.wgsl`):
-/// the levels of every width b = 1…4 at 2^b − 2, then the powers of two, block scales and
-/// constants at the offsets of [`kernel_table`].
+/// Where the across-token kernels' table keeps the levels of width b: 2^b − 2 past this.
+pub const GROUP_LEVELS: usize = 64;
+/// Where it keeps the thresholds of width b: 2^b − 2 past this.
+pub const GROUP_THRESHOLDS: usize = 96;
+/// Where it keeps the Lloyd-Max MSE of N(0, 1) with b = 0…4 bits: b past this.
+pub const GROUP_MSE: usize = 128;
+
+/// The constant table of the across-token kernels (`shaders/rotated_groups.wgsl`,
+/// `shaders/attention_rotated_groups.wgsl`): [`kernel_table`] of 2-bit codes (the base
+/// file's powers of two, block scales and constants), then the codebook of every width
+/// b = 1…4 and the Lloyd-Max MSE of the width allocation, as the CPU reference's own f32
+/// values.
 pub fn group_kernel_table() -> Vec<f32> {
-    let mut table = kernel_table(1);
-    table[..32].fill(0.0);
+    let mut table = kernel_table(2);
+    table.resize(GROUP_MSE + 32, 0.0);
     for bits in 1..=4u8 {
         let book = Codebook::new(bits).expect("1 to 4 bits");
         let first = (1usize << bits) - 2;
-        table[first..first + book.levels.len()].copy_from_slice(book.levels);
+        table[GROUP_LEVELS + first..][..book.levels.len()].copy_from_slice(book.levels);
+        for i in 0..book.levels.len() - 1 {
+            table[GROUP_THRESHOLDS + first + i] = book.threshold(i);
+        }
     }
+    table[GROUP_MSE..GROUP_MSE + LLOYD_MAX_MSE.len()].copy_from_slice(&LLOYD_MAX_MSE);
     table
 }
 

@@ -77,9 +77,30 @@ pub const ATTENTION_ROTATED_GROUPS: Kernel = kernel!(
     ["rotate_queries", "group_scores", "group_values"],
     false
 );
+/// Codes across tokens: the same base file and its `groups` variant.
+pub const ROTATED_GROUPS: Kernel = kernel!(
+    "rotated" + "groups",
+    [
+        "state_means",
+        "state_energies",
+        "fit_base",
+        "row_transforms",
+        "group_columns",
+        "row_energies",
+        "group_widths",
+        "row_fits",
+        "row_errors",
+        "choose_groups",
+        "decode_rows",
+        "finish_rows"
+    ],
+    false
+);
 pub const ATTENTION_COMBINE: Kernel = kernel!("attention_combine", ["main"]);
+/// The rotated per-token scheme's quantization: `rotated.wgsl` (bindings, helpers, the
+/// per-head state) and its `tokens` variant.
 pub const ROTATED: Kernel = kernel!(
-    "rotated",
+    "rotated" + "tokens",
     [
         "state_means",
         "state_energies",
@@ -90,11 +111,12 @@ pub const ROTATED: Kernel = kernel!(
         "quantize",
         "pack_scales",
         "dequantize"
-    ]
+    ],
+    false
 );
 
 /// Every kernel, in pipeline order.
-pub const ALL: [Kernel; 24] = [
+pub const ALL: [Kernel; 25] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -119,6 +141,7 @@ pub const ALL: [Kernel; 24] = [
     ATTENTION_ROTATED_GROUPS,
     ATTENTION_COMBINE,
     ROTATED,
+    ROTATED_GROUPS,
 ];
 
 impl Kernel {

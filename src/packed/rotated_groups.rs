@@ -33,7 +33,7 @@ pub const MAX_ROW_BITS: u8 = 4;
 /// The width-table entry 0 that marks a group stored per token (mode A).
 const TOKEN_MODE: u32 = 7;
 /// Lloyd-Max MSE of N(0, 1) with b = 0…4 bits.
-const LLOYD_MAX_MSE: [f32; 5] = [1.0, 0.3634, 0.1175, 0.03454, 0.009497];
+pub(crate) const LLOYD_MAX_MSE: [f32; 5] = [1.0, 0.3634, 0.1175, 0.03454, 0.009497];
 
 /// The groups of one head coded in mode T or A.
 #[derive(Clone, Debug, PartialEq)]
