@@ -5,12 +5,13 @@ use super::{Chunk, KvCache, ModelShape};
 use crate::config::{Grouping, KeyScheme, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{
-    upload_planes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes,
+    upload_planes, GroupPlanes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes,
 };
 use crate::gpu::incremental::ExactStore;
 use crate::gpu::GpuContext;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState};
+use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 
 /// One quantized run of a layer, as stored: its planes and how many groups it holds.
@@ -208,7 +209,9 @@ impl<'g> KvCache<'g> {
             KeyScheme::Rotated { .. } => {
                 PackedKeys::Rotated(reads.rotated(true, runs, head, d, g).0)
             }
-            KeyScheme::RotatedGroups { .. } => return Err(crate::gpu::rotated_unsupported()),
+            KeyScheme::RotatedGroups { .. } => {
+                PackedKeys::RotatedGroups(reads.across(true, runs, head, d, g))
+            }
         };
         let values = match self.config.values {
             ValueScheme::Fp16 => PackedValues::Exact,
@@ -243,7 +246,9 @@ impl<'g> KvCache<'g> {
                 let (rows, means) = reads.rotated(false, runs, head, d, g);
                 PackedValues::Rotated { rows, means }
             }
-            ValueScheme::RotatedGroups { .. } => return Err(crate::gpu::rotated_unsupported()),
+            ValueScheme::RotatedGroups { .. } => {
+                PackedValues::RotatedGroups(reads.across(false, runs, head, d, g))
+            }
             ValueScheme::Ternary { .. } => {
                 let plain = shape(d, nq - protected);
                 let (kept_codes, kept_params) = reads.kept(head, protected, d, g)?;
@@ -364,6 +369,9 @@ enum RunArray {
     ValueStates,
     MeanCodes,
     MeanSteps,
+    /// Codes across tokens: the width tables.
+    KeyWidths,
+    ValueWidths,
 }
 
 /// Every array of every run, read back once.
@@ -397,8 +405,12 @@ impl RunReads {
                     map.insert(RunArray::KeyParams, all(&planes.scales)?);
                     map.insert(RunArray::KeyStates, all(&planes.states.states)?);
                 }
-                // KvCache refuses the across-token scheme (`packed_head` says so).
-                PackedKeyPlanes::RotatedGroups(_) => {}
+                PackedKeyPlanes::RotatedGroups(planes) => {
+                    map.insert(RunArray::KeyCodes, all(&planes.codes)?);
+                    map.insert(RunArray::KeyParams, all(&planes.scales)?);
+                    map.insert(RunArray::KeyStates, all(&planes.states.states)?);
+                    map.insert(RunArray::KeyWidths, all(&planes.widths)?);
+                }
             }
             match &run.planes.values {
                 PackedValuePlanes::TwoBit {
@@ -429,7 +441,13 @@ impl RunReads {
                     }
                     kept.push((Vec::new(), Vec::new()));
                 }
-                PackedValuePlanes::RotatedGroups(_) => kept.push((Vec::new(), Vec::new())),
+                PackedValuePlanes::RotatedGroups(planes) => {
+                    map.insert(RunArray::ValueCodes, all(&planes.codes)?);
+                    map.insert(RunArray::ValueParams, all(&planes.scales)?);
+                    map.insert(RunArray::ValueStates, all(&planes.states.states)?);
+                    map.insert(RunArray::ValueWidths, all(&planes.widths)?);
+                    kept.push((Vec::new(), Vec::new()));
+                }
             }
             arrays.push(map);
         }
@@ -560,6 +578,64 @@ impl RunReads {
             scales,
         };
         (rows, means)
+    }
+
+    /// Head `head`'s records across tokens (`keys` or values): the runs' filled groups
+    /// concatenated, with the state of the first run (every run of a layer shares it).
+    fn across(
+        &self,
+        keys: bool,
+        runs: &[StoredRun<'_>],
+        head: usize,
+        d: usize,
+        g: usize,
+    ) -> GroupCodes {
+        fn planes_of<'a>(run: &StoredRun<'a>, keys: bool) -> &'a GroupPlanes {
+            match (&run.planes.keys, &run.planes.values, keys) {
+                (PackedKeyPlanes::RotatedGroups(p), _, true)
+                | (_, PackedValuePlanes::RotatedGroups(p), false) => p,
+                _ => unreachable!("the planes follow the configuration"),
+            }
+        }
+        let arrays = if keys {
+            [
+                RunArray::KeyCodes,
+                RunArray::KeyParams,
+                RunArray::KeyWidths,
+                RunArray::KeyStates,
+            ]
+        } else {
+            [
+                RunArray::ValueCodes,
+                RunArray::ValueParams,
+                RunArray::ValueWidths,
+                RunArray::ValueStates,
+            ]
+        };
+        let budget = planes_of(&runs[0], keys).budget;
+        let per_group = [budget * d / 32, g / 4, (3 * g).div_ceil(32)];
+        let mut out: [Vec<u32>; 3] = Default::default();
+        for (run, map) in runs.iter().zip(&self.arrays) {
+            let stride = planes_of(run, keys).groups;
+            for (i, words) in out.iter_mut().enumerate() {
+                let base = head * stride * per_group[i];
+                words.extend_from_slice(&map[&arrays[i]][base..base + run.groups * per_group[i]]);
+            }
+        }
+        let state_words = RotatedState::words(d);
+        let [codes, scales, widths] = out;
+        GroupCodes {
+            groups: runs.iter().map(|run| run.groups).sum(),
+            group_size: g,
+            head_dim: d,
+            budget,
+            state: RotatedState::from_words(
+                &self.arrays[0][&arrays[3]][head * state_words..][..state_words],
+            ),
+            codes,
+            scales,
+            widths,
+        }
     }
 
     /// The protected plane of head `head` (only a prefill run has one).

@@ -124,7 +124,6 @@ impl<'g> KvCache<'g> {
     /// An empty cache for `shape` under `config` on `gpu`.
     pub fn new(shape: ModelShape, config: QuantConfig, gpu: &'g GpuContext) -> Result<Self> {
         config.validate()?;
-        crate::gpu::check_supported(&config)?;
         check_head_dim(shape.head_dim)?;
         if config.uses_rotation() {
             crate::reference::rotation::Rotation::new(shape.head_dim)?;

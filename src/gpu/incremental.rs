@@ -8,14 +8,15 @@
 //! - `F32Rows`: `[kv_heads][capacity][head_dim]` f32, the window's originals.
 //! - chunk planes (`PackedPlanes`): per KV head, room for [`CHUNK_GROUPS`] groups of each
 //!   plane array (`ChunkWords` words), filled group by group in place.
-//! - rotated per-token schemes: the layer's `LayerStates` (kernel table and every head's
-//!   state, fitted on the GPU at the first flush and shared by every chunk), chunk planes of
-//!   per-token codes, scale bytes and (values) group means, written by
-//!   [`super::rotated::ResidentGroups`].
+//! - rotated schemes: the layer's `LayerStates` (kernel table and every head's state, fitted
+//!   on the GPU at the first flush and shared by every chunk); chunk planes of per-token
+//!   codes, scale bytes and (values) group means, written by
+//!   [`super::rotated::ResidentGroups`], or of group records (codes, scale bytes, width
+//!   tables) across tokens, written by [`super::rotated_groups::ResidentGroupRecords`].
 
 use super::attention::{
-    KeyLayout, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes, RotatedStates,
-    SegmentData, SegmentRef,
+    GroupPlanes, KeyLayout, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes,
+    RotatedStates, SegmentData, SegmentRef,
 };
 use super::batch::Batch;
 use super::binding::Bound;
@@ -24,16 +25,16 @@ use super::quantize::{
     channel_split_on_gpu, record_pack_exact, record_signs, record_ternary, record_two_bit_channels,
     record_two_bit_tokens, twiddles, GpuSplit, GroupWindow, NormalChannels,
 };
-use super::rotated::{kernel_table, record_fit_state, ResidentGroups, RotatedShape};
+use super::rotated::{
+    group_kernel_table, kernel_table, record_fit_state, ResidentGroups, RotatedShape,
+};
+use super::rotated_groups::{GroupShape, ResidentGroupRecords};
 use crate::config::{Grouping, KeyScheme, QuantConfig, SplitGranularity, ValueScheme};
 use crate::error::Result;
 use crate::packed::planes::{pack_f16_slice, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState, STATE_GROUPS};
+use crate::packed::rotated_groups::group_budget;
 use crate::reference::split::outlier_count;
-
-/// Why a cache's chunk never holds group records: `KvCache::new` refuses the across-token
-/// scheme (`gpu::check_supported`).
-const ACROSS_TOKENS_REFUSED: &str = "KvCache refuses the across-token scheme";
 
 /// Groups of quantized storage per chunk (8,192 tokens at the default group size).
 pub const CHUNK_GROUPS: usize = 256;
@@ -320,6 +321,9 @@ pub(crate) struct ChunkWords {
     /// Rotated values with group means: mean codes and f16 steps.
     mean_codes: usize,
     mean_steps: usize,
+    /// Codes across tokens: the width tables of keys and values.
+    key_widths: usize,
+    value_widths: usize,
 }
 
 impl ChunkWords {
@@ -333,8 +337,11 @@ impl ChunkWords {
             _ => d,
         };
         let n = d - k;
+        let group_codes = |bits: f32| c * group_budget(bits, g) * d / 32;
+        let widths = c * (3 * g).div_ceil(32);
         let (key_codes, key_params) = match config.keys {
             KeyScheme::Rotated { bits } => (rows * RotatedRows::words_per_token(bits, d), rows / 4),
+            KeyScheme::RotatedGroups { bits } => (group_codes(bits), rows / 4),
             _ => (k * c * TwoBitPlane::words_per_group(g), k * c),
         };
         let (value_codes, value_params) = match config.values {
@@ -350,6 +357,7 @@ impl ChunkWords {
             ValueScheme::Rotated { bits, .. } => {
                 (rows * RotatedRows::words_per_token(bits, d), rows / 4)
             }
+            ValueScheme::RotatedGroups { bits } => (group_codes(bits), rows / 4),
             _ => (
                 d.div_ceil(5) * c * TernaryPlane::words_per_record(g),
                 d.div_ceil(2) * c,
@@ -364,6 +372,8 @@ impl ChunkWords {
             value_params,
             mean_codes: c * GroupMeans::words_per_group(d),
             mean_steps: c.div_ceil(2),
+            key_widths: widths,
+            value_widths: widths,
         }
     }
 
@@ -400,7 +410,28 @@ impl ChunkWords {
                 },
             })
         };
+        let across = |states: &Option<RotatedStates>,
+                      bits: f32,
+                      (codes, scales, widths): (usize, usize, usize)|
+         -> Result<GroupPlanes> {
+            Ok(GroupPlanes {
+                states: states
+                    .clone()
+                    .expect("the states are fixed before the first chunk"),
+                group_size: g,
+                groups: CHUNK_GROUPS,
+                budget: group_budget(bits, g),
+                codes: zeroed("group codes", codes)?,
+                scales: zeroed("group scales", scales)?,
+                widths: zeroed("group widths", widths)?,
+            })
+        };
         let keys = match config.keys {
+            KeyScheme::RotatedGroups { bits } => PackedKeyPlanes::RotatedGroups(across(
+                &states.keys,
+                bits,
+                (self.key_codes, self.key_params, self.key_widths),
+            )?),
             KeyScheme::Rotated { .. } => PackedKeyPlanes::Rotated(rotated(
                 &states.keys,
                 (self.key_codes, self.key_params),
@@ -414,6 +445,11 @@ impl ChunkWords {
             },
         };
         let values = match config.values {
+            ValueScheme::RotatedGroups { bits } => PackedValuePlanes::RotatedGroups(across(
+                &states.values,
+                bits,
+                (self.value_codes, self.value_params, self.value_widths),
+            )?),
             ValueScheme::Rotated { group_means, .. } => PackedValuePlanes::Rotated(rotated(
                 &states.values,
                 (self.value_codes, self.value_params),
@@ -472,16 +508,21 @@ impl LayerStates {
         heads: Heads,
         tokens: usize,
     ) -> Result<Self> {
+        // `bits` 0: codes across tokens, whose kernels read the table of every width.
         let fit = |keys: bool, bits: u8| -> Result<RotatedStates> {
             let (h, d) = (heads.count, heads.dim);
             let shape = RotatedShape {
                 head_dim: d,
                 group_size: config.group_size,
-                bits,
+                bits: bits.max(1),
             };
             let n = (STATE_GROUPS * config.group_size).min(tokens);
             let words = RotatedState::words(d);
-            let table = ctx.create_storage("rotated table", &kernel_table(bits))?;
+            let table = if bits == 0 {
+                ctx.create_storage("rotated group table", &group_kernel_table())?
+            } else {
+                ctx.create_storage("rotated table", &kernel_table(bits))?
+            };
             let states = ctx.create_zeroed("rotated states", h * words)?;
             let source = if keys { &window.keys } else { &window.values };
             for head in 0..h {
@@ -504,10 +545,12 @@ impl LayerStates {
         Ok(LayerStates {
             keys: match config.keys {
                 KeyScheme::Rotated { bits } => Some(fit(true, bits)?),
+                KeyScheme::RotatedGroups { .. } => Some(fit(true, 0)?),
                 _ => None,
             },
             values: match config.values {
                 ValueScheme::Rotated { bits, .. } => Some(fit(false, bits)?),
+                ValueScheme::RotatedGroups { .. } => Some(fit(false, 0)?),
                 _ => None,
             },
         })
@@ -582,7 +625,17 @@ impl GroupFlush<'_> {
         };
         let range = |buffer, per_head| head_range(buffer, head, per_head);
         match &self.planes.keys {
-            PackedKeyPlanes::RotatedGroups(_) => unreachable!("{ACROSS_TOKENS_REFUSED}"),
+            PackedKeyPlanes::RotatedGroups(planes) => self.record_across(
+                ctx,
+                batch,
+                (head, keys_input),
+                planes,
+                [
+                    range(&planes.codes, words.key_codes),
+                    range(&planes.scales, words.key_params),
+                    range(&planes.widths, words.key_widths),
+                ],
+            )?,
             PackedKeyPlanes::Rotated(planes) => self.record_rotated(
                 ctx,
                 batch,
@@ -645,6 +698,18 @@ impl GroupFlush<'_> {
             }
         }
         match (&self.planes.values, self.config.values) {
+            (PackedValuePlanes::RotatedGroups(planes), ValueScheme::RotatedGroups { .. }) => self
+                .record_across(
+                ctx,
+                batch,
+                (head, values_input),
+                planes,
+                [
+                    range(&planes.codes, words.value_codes),
+                    range(&planes.scales, words.value_params),
+                    range(&planes.widths, words.value_widths),
+                ],
+            )?,
             (PackedValuePlanes::Rotated(planes), ValueScheme::Rotated { .. }) => self
                 .record_rotated(
                     ctx,
@@ -728,10 +793,7 @@ impl GroupFlush<'_> {
         [codes, scales]: [Bound<'_>; 2],
     ) -> Result<()> {
         let d = self.heads.dim;
-        let words = RotatedState::words(d);
-        let bytes = (words * 4) as u64;
-        let state = ctx.buffer("rotated head state", bytes)?;
-        batch.copy(&planes.states.states, head as u64 * bytes, &state, 0, bytes);
+        let state = head_state(ctx, batch, &planes.states.states, (head, d))?;
         let means = planes.means.as_ref().map(|(mean_codes, steps)| {
             [
                 head_range(mean_codes, head, self.words.mean_codes),
@@ -756,6 +818,48 @@ impl GroupFlush<'_> {
         }
         .record(ctx, batch)
     }
+
+    /// Records the group records of `take` groups of one head (`input` holds their rows) into
+    /// `planes`' ranges `[codes, scales, widths]` of that head, with the head's fixed state.
+    fn record_across(
+        &self,
+        ctx: &GpuContext,
+        batch: &mut Batch<'_>,
+        (head, input): (usize, &wgpu::Buffer),
+        planes: &GroupPlanes,
+        records: [Bound<'_>; 3],
+    ) -> Result<()> {
+        let d = self.heads.dim;
+        let state = head_state(ctx, batch, &planes.states.states, (head, d))?;
+        ResidentGroupRecords {
+            shape: GroupShape {
+                head_dim: d,
+                group_size: self.config.group_size,
+                budget: planes.budget,
+            },
+            table: &planes.states.table,
+            state: &state,
+            rows: input,
+            tokens: self.take * self.config.group_size,
+            first_group: self.filled,
+            records,
+        }
+        .record(ctx, batch)
+    }
+}
+
+/// The head's state, copied out of the layer's states (`[kv_heads][words]`) for a kernel
+/// that binds one head's.
+fn head_state(
+    ctx: &GpuContext,
+    batch: &mut Batch<'_>,
+    states: &wgpu::Buffer,
+    (head, d): (usize, usize),
+) -> Result<std::sync::Arc<wgpu::Buffer>> {
+    let bytes = (RotatedState::words(d) * 4) as u64;
+    let state = ctx.buffer("rotated head state", bytes)?;
+    batch.copy(states, head as u64 * bytes, &state, 0, bytes);
+    Ok(state)
 }
 
 /// Head `head`'s range of a plane array that holds `per_head` words per KV head.

@@ -38,27 +38,3 @@ pub mod shaders;
 pub mod trace;
 
 pub use context::{GpuContext, GpuOptions};
-
-use crate::config::QuantConfig;
-use crate::error::{Result, VidkvError};
-
-/// Refuses a configuration whose kernels are not all built yet: the across-token rotated
-/// scheme ("T2", `rotated-groups*`) has no GPU kernels, so every GPU path (quantization,
-/// decoding, attention, [`crate::KvCache`]) refuses it; the CPU reference runs it.
-pub fn check_supported(config: &QuantConfig) -> Result<()> {
-    if config.uses_rotated_groups() {
-        Err(rotated_unsupported())
-    } else {
-        Ok(())
-    }
-}
-
-/// The error for the across-token rotated scheme on a GPU path.
-pub(crate) fn rotated_unsupported() -> VidkvError {
-    VidkvError::Unsupported(
-        "the across-token rotated scheme (rotated-groups*) has no GPU kernels yet: quantize \
-         and attend with the CPU reference (PackedCache::quantize, ReferenceCache, \
-         `report --device cpu`, `eval-lm --device cpu`)"
-            .into(),
-    )
-}

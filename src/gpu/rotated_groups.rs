@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use super::batch::Batch;
+use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
 use super::quantize::chunk_tokens;
@@ -166,41 +168,10 @@ pub fn quantize_groups(
     let chunk = shape.chunk(ctx)?;
     for (index, rows) in x.chunks(chunk * d).enumerate() {
         let len = rows.len() / d;
-        let local_groups = len / g;
         let input = ctx.upload("input", rows)?;
-        let base = Params {
-            len: len as u32,
-            group_offset: (index * chunk / g) as u32,
-            ..shape.params()
-        };
         let mut batch = ctx.batch();
-        let mut dispatch = |entry: &'static str, invocations: usize, extra: Params| {
-            batch.dispatch(
-                &ROTATED_GROUPS,
-                entry,
-                Params {
-                    invocations: invocations as u32,
-                    ..extra
-                },
-                &bindings.list(&input),
-            );
-        };
-        dispatch("row_transforms", len, base);
-        dispatch("group_columns", local_groups * d, base);
-        dispatch("row_energies", len, base);
-        let per_pass = widths_per_pass(g);
-        for placed in (0..shape.budget).step_by(per_pass) {
-            let pass = Params {
-                group_count: placed as u32,
-                blocks: per_pass as u32,
-                ..base
-            };
-            dispatch("group_widths", local_groups, pass);
-        }
-        dispatch("row_fits", len, base);
-        dispatch("group_columns", local_groups * d, base);
-        dispatch("row_errors", len, base);
-        dispatch("choose_groups", local_groups, base);
+        let list = bindings.list(&input).map(Bound::from);
+        record_quantize(&mut batch, shape, (len, index * chunk / g), &list);
         batch.submit()?;
     }
     let read = |buffer: &wgpu::Buffer, role: &str, words: usize| -> Result<Vec<u32>> {
@@ -216,6 +187,97 @@ pub fn quantize_groups(
         scales: read(&bindings.scales, "group scales", groups * sw)?,
         widths: read(&bindings.widths, "group widths", groups * ww)?,
     })
+}
+
+/// Records the quantization passes of `len` tokens (whole groups) whose records start at
+/// group `first_group` of the record arrays, with the kernel's bindings 1…11 in `list`.
+fn record_quantize(
+    batch: &mut Batch<'_>,
+    shape: GroupShape,
+    (len, first_group): (usize, usize),
+    list: &[Bound<'_>; 11],
+) {
+    let (d, g) = (shape.head_dim, shape.group_size);
+    let local_groups = len / g;
+    let base = Params {
+        len: len as u32,
+        group_offset: first_group as u32,
+        ..shape.params()
+    };
+    let mut dispatch = |entry: &'static str, invocations: usize, extra: Params| {
+        batch.dispatch_bound(
+            &ROTATED_GROUPS,
+            entry,
+            Params {
+                invocations: invocations as u32,
+                ..extra
+            },
+            list,
+        );
+    };
+    dispatch("row_transforms", len, base);
+    dispatch("group_columns", local_groups * d, base);
+    dispatch("row_energies", len, base);
+    let per_pass = widths_per_pass(g);
+    for placed in (0..shape.budget).step_by(per_pass) {
+        let pass = Params {
+            group_count: placed as u32,
+            blocks: per_pass as u32,
+            ..base
+        };
+        dispatch("group_widths", local_groups, pass);
+    }
+    dispatch("row_fits", len, base);
+    dispatch("group_columns", local_groups * d, base);
+    dispatch("row_errors", len, base);
+    dispatch("choose_groups", local_groups, base);
+}
+
+/// Whole groups of one head's GPU-resident rows, quantized in place into a growing cache's
+/// chunk records after the chunk's first `first_group` groups (the kernels index the records
+/// by absolute group, so the bound ranges are the head's whole records).
+pub(crate) struct ResidentGroupRecords<'a> {
+    pub shape: GroupShape,
+    /// [`group_kernel_table`] on the GPU.
+    pub table: &'a wgpu::Buffer,
+    /// The head's state, [`RotatedState::words`] from byte 0.
+    pub state: &'a wgpu::Buffer,
+    /// `[tokens][d]` f32 rows from byte 0.
+    pub rows: &'a wgpu::Buffer,
+    pub tokens: usize,
+    pub first_group: usize,
+    /// The head's codes, scale bytes and width tables.
+    pub records: [Bound<'a>; 3],
+}
+
+impl ResidentGroupRecords<'_> {
+    /// Records the passes (their scratch buffers are the context's pooled ones).
+    pub fn record(&self, ctx: &GpuContext, batch: &mut Batch<'_>) -> Result<()> {
+        let (tokens, d) = (self.tokens, self.shape.head_dim);
+        let scratch = [
+            ctx.buffer("group rows", (tokens * d * 4) as u64)?,
+            ctx.buffer("group element codes", (2 * tokens * d * 4) as u64)?,
+            ctx.buffer("group token info", (tokens * INFO_WORDS * 4) as u64)?,
+            ctx.buffer("group row widths", (tokens * 4) as u64)?,
+        ];
+        let unused = ctx.buffer("unused binding", 16)?;
+        let [codes, scales, widths] = self.records;
+        let list = [
+            Bound::from(self.rows),
+            self.table.into(),
+            self.state.into(),
+            (&*unused).into(),
+            codes,
+            scales,
+            widths,
+            (&*scratch[0]).into(),
+            (&*scratch[1]).into(),
+            (&*scratch[2]).into(),
+            (&*scratch[3]).into(),
+        ];
+        record_quantize(batch, self.shape, (tokens, self.first_group), &list);
+        Ok(())
+    }
 }
 
 /// Decodes group records on the GPU: X̂ of every token, `[groups · G, d]`.

@@ -31,6 +31,7 @@ pub(crate) use planes::{
     PackedValuePlanes, SegmentData, SegmentRef,
 };
 pub(crate) use rotated::{RotatedPlanes, RotatedStates};
+pub(crate) use rotated_groups::GroupPlanes;
 
 use std::sync::Arc;
 
