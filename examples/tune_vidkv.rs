@@ -1,12 +1,14 @@
-//! Sweeps the knobs of the `vidkv` preset on the real dev files and prints, for each
-//! setting, the attention error on both files, the same for `kivi2` with the same sinks and
-//! residual window, and the effective bits of a Qwen2-7B-shaped cache at 16k tokens.
+//! Sweeps the knobs of the `vidkv-tuned` preset (the VidKV structure) on the real dev files
+//! and prints, for each setting, the attention error on both files, the same for `kivi2`
+//! with the same sinks and residual window, and the effective bits of a Qwen2-7B-shaped
+//! cache at 16k tokens.
 //!
 //! ```text
 //! cargo run --release --example tune_vidkv [-- DATA_DIR]   (default: ../shared/data)
 //! ```
 //!
-//! This is the measurement behind the `vidkv` preset (README, "Choosing the vidkv preset").
+//! This is the measurement behind the `vidkv-tuned` preset (README, "Choosing the
+//! vidkv-tuned preset").
 
 use std::path::PathBuf;
 
@@ -74,11 +76,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 split,
                             },
                             values: ValueScheme::Ternary { gamma, scale },
-                            ..QuantConfig::preset("vidkv")?
+                            ..QuantConfig::preset("vidkv-tuned")?
                         };
                         let errors: Vec<f64> = samples
                             .iter()
-                            .map(|s| evaluate(s, "vidkv", &config).map(|m| m.attn_rel_err))
+                            .map(|s| evaluate(s, "vidkv-tuned", &config).map(|m| m.attn_rel_err))
                             .collect::<Result<_, _>>()?;
                         let bits = estimate_size(qwen2_7b, &config, 0).all_bits();
                         println!(

@@ -31,7 +31,7 @@ pub mod tensor;
 pub mod web;
 
 pub use cache::{KvCache, ModelShape};
-pub use config::{QuantConfig, TokenPlan, PRESET_NAMES};
+pub use config::{QuantConfig, TokenPlan, DEFAULT_PRESET, PRESET_NAMES};
 pub use error::{Result, VidkvError};
 pub use packed::{CacheShape, PackedCache, SizeReport};
 pub use tensor::Tensor;

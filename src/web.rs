@@ -27,14 +27,15 @@ use crate::packed::{PackedCache, PackedKeys, PackedValues};
 use crate::report::{evaluate_on, Device};
 
 /// The presets the page compares.
-pub const DEMO_PRESETS: [&str; 4] = ["fp16", "kivi2", "vidkv", "rotated"];
+pub const DEMO_PRESETS: [&str; 4] = ["fp16", "kivi2", "vidkv-tuned", "vidkv"];
 
 /// Read-back labels whose words make up the code checksum.
-pub const CODE_LABELS: [&str; 4] = [
+pub const CODE_LABELS: [&str; 5] = [
     "two-bit codes",
     "sign codes",
     "ternary codes",
     "rotated codes",
+    "group codes",
 ];
 
 /// A traced plan, its literal bytes, and the reference figures.

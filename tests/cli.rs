@@ -32,6 +32,7 @@ fn the_main_job_prints_every_preset_for_both_bundled_samples() {
         "kivi2",
         "vidkv-paper",
         "k2v2-channel",
+        "vidkv-tuned",
         "vidkv ",
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
@@ -53,7 +54,7 @@ fn gpu_and_cpu_report_the_same_numbers() {
     for (g, c) in files.iter().zip(cpu["files"].as_array().unwrap()) {
         assert_eq!(g["file"], c["file"]);
         let presets = g["presets"].as_array().unwrap();
-        assert_eq!(presets.len(), 5);
+        assert_eq!(presets.len(), vidkv::PRESET_NAMES.len());
         for (gp, cp) in presets.iter().zip(c["presets"].as_array().unwrap()) {
             for key in ["k_rel_mse", "v_rel_mse", "attn_rel_err"] {
                 let (a, b) = (gp[key].as_f64().unwrap(), cp[key].as_f64().unwrap());
@@ -71,13 +72,16 @@ fn gpu_and_cpu_report_the_same_numbers() {
 #[test]
 fn sizes_reports_vidkv_within_the_bit_budget() {
     let doc = json(&["sizes", "--tokens", "16384", "--json"]);
-    let vidkv = doc["sizes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["preset"] == "vidkv")
-        .unwrap();
-    assert!(vidkv["bits_per_element"]["all"].as_f64().unwrap() <= 2.2);
+    for name in ["vidkv", "vidkv-tuned"] {
+        let preset = doc["sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["preset"] == name)
+            .unwrap();
+        let bits = preset["bits_per_element"]["all"].as_f64().unwrap();
+        assert!(bits <= 2.2, "{name}: {bits}");
+    }
 }
 
 #[test]
@@ -90,7 +94,7 @@ fn report_and_bench_write_svg_charts() {
         "--preset",
         "kivi2",
         "--preset",
-        "vidkv",
+        "vidkv-tuned",
         "--plot",
         dir.to_str().unwrap(),
     ]);
@@ -100,7 +104,10 @@ fn report_and_bench_write_svg_charts() {
         "layers-dinov2_video_sample.svg",
     ] {
         let svg = std::fs::read_to_string(dir.join(name)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("vidkv"), "{name}");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("vidkv-tuned"),
+            "{name}"
+        );
     }
     vidkv(&[
         "bench",
@@ -118,12 +125,12 @@ fn report_and_bench_write_svg_charts() {
         "--head-dim",
         "64",
         "--preset",
-        "vidkv",
+        "vidkv-tuned",
         "--plot",
         dir.to_str().unwrap(),
     ]);
     let svg = std::fs::read_to_string(dir.join("attention.svg")).unwrap();
-    assert!(svg.contains("fp16") && svg.contains("vidkv"));
+    assert!(svg.contains("fp16") && svg.contains("vidkv-tuned"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -144,7 +151,7 @@ fn bench_attention_reports_time_per_kernel() {
         "--head-dim",
         "64",
         "--preset",
-        "vidkv",
+        "vidkv-tuned",
         "--kernels",
         "--json",
     ]);

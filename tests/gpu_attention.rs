@@ -110,7 +110,7 @@ fn real_dev_files_for_every_preset() {
         let cache = PackedCache::quantize(
             &sample.k,
             &sample.v,
-            &QuantConfig::preset("vidkv").unwrap(),
+            &QuantConfig::preset("vidkv-tuned").unwrap(),
             &protected,
         )
         .unwrap();
@@ -189,12 +189,12 @@ fn rotated_halves_mix_with_the_other_schemes() {
     let v = random_tensor([1, kv_heads, tokens, d], 32, 1.0);
     let q = random_tensor([1, kv_heads * gqa, queries, d], 33, 0.6);
     let rotated = QuantConfig::preset("rotated").unwrap();
-    let mut rotated_keys = QuantConfig::preset("vidkv").unwrap();
+    let mut rotated_keys = QuantConfig::preset("vidkv-tuned").unwrap();
     rotated_keys.keys = rotated.keys;
     let mut rotated_values = QuantConfig::preset("kivi2").unwrap();
     rotated_values.values = rotated.values;
     let across = QuantConfig::preset("rotated-groups-k2.5v1.5").unwrap();
-    let mut across_keys = QuantConfig::preset("vidkv").unwrap();
+    let mut across_keys = QuantConfig::preset("vidkv-tuned").unwrap();
     across_keys.keys = across.keys;
     let mut across_values = QuantConfig::preset("kivi2").unwrap();
     across_values.values = across.values;
@@ -218,7 +218,8 @@ fn a_128k_context_stays_stable() {
     let k = random_tensor([1, 1, tokens, 64], 3, 1.0);
     let v = random_tensor([1, 1, tokens, 64], 4, 1.0);
     let q = random_tensor([1, 2, 1, 64], 5, 1.0);
-    let cache = PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
+    let cache =
+        PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv-tuned").unwrap(), &[]).unwrap();
     check(&cache, &q, &[(0, tokens as u32)], "128k vidkv");
 }
 
@@ -242,7 +243,7 @@ fn tiles_that_split_a_kv_head_match_one_tile() {
             .map(|m| (0, (tokens - 100 * m) as u32))
             .collect();
         let protected: Vec<u32> = (0..tokens as u32).filter(|t| t % 9 == 4).collect();
-        for (preset, stp) in [("vidkv", &protected[..]), ("vidkv-paper", &[][..])] {
+        for (preset, stp) in [("vidkv-tuned", &protected[..]), ("vidkv-paper", &[][..])] {
             let config = QuantConfig::preset(preset).unwrap();
             let cache = PackedCache::quantize(&k, &v, &config, stp).unwrap();
             let whole = GpuLayer::upload(gpu(), &cache, 0).unwrap();

@@ -132,7 +132,14 @@ fn compare(cpu: &PackedCache, gpu: &PackedCache, what: &str) -> Diff {
                 diff.two_bit(&a.outliers, &b.outliers);
                 diff.sign(&a.normals, &b.normals);
             }
-            other => panic!("{what}: key schemes differ: {other:?}"),
+            // The rotated kernels write the reference's words exactly (tests/rotated.rs).
+            (PackedKeys::Rotated(a), PackedKeys::Rotated(b)) => {
+                assert!(a == b, "{what}: rotated keys differ")
+            }
+            (PackedKeys::RotatedGroups(a), PackedKeys::RotatedGroups(b)) => {
+                assert!(a == b, "{what}: group keys differ")
+            }
+            _ => panic!("{what}: key schemes differ"),
         }
         match (&c.values, &g.values) {
             (PackedValues::Exact, PackedValues::Exact) => {}
@@ -152,7 +159,11 @@ fn compare(cpu: &PackedCache, gpu: &PackedCache, what: &str) -> Diff {
                 diff.ternary(a, b);
                 diff.two_bit(pa, pb);
             }
-            other => panic!("{what}: value schemes differ: {other:?}"),
+            (PackedValues::Rotated { .. }, PackedValues::Rotated { .. })
+            | (PackedValues::RotatedGroups(_), PackedValues::RotatedGroups(_)) => {
+                assert!(c.values == g.values, "{what}: rotated values differ")
+            }
+            _ => panic!("{what}: value schemes differ"),
         }
     }
     if diff.code_mismatches + diff.metadata_ulp > 0 {
@@ -194,7 +205,7 @@ fn real_dev_files_match_the_cpu_for_every_preset() {
         }
         // STP: every seventh token protected.
         let protected: Vec<u32> = (3..sample.k.dim(2) as u32).step_by(7).collect();
-        let config = QuantConfig::preset("vidkv").unwrap();
+        let config = QuantConfig::preset("vidkv-tuned").unwrap();
         check_round_trip(
             &sample.k,
             &sample.v,
@@ -288,7 +299,7 @@ fn chunked_inputs_match_the_cpu() {
     let k = random_tensor([2, 2, 700, 64], 5);
     let v = random_tensor([2, 2, 700, 64], 6);
     let configs = [
-        QuantConfig::preset("vidkv").unwrap(),
+        QuantConfig::preset("vidkv-tuned").unwrap(),
         QuantConfig::preset("kivi2").unwrap(),
         QuantConfig::preset("fp16").unwrap(),
         QuantConfig {
@@ -300,14 +311,14 @@ fn chunked_inputs_match_the_cpu() {
             values: ValueScheme::TwoBit {
                 grouping: Grouping::PerChannel,
             },
-            ..QuantConfig::preset("vidkv").unwrap()
+            ..QuantConfig::preset("vidkv-tuned").unwrap()
         },
         QuantConfig {
             values: ValueScheme::Ternary {
                 gamma: 0.5,
                 scale: TernaryScale::AbsMean,
             },
-            ..QuantConfig::preset("vidkv").unwrap()
+            ..QuantConfig::preset("vidkv-tuned").unwrap()
         },
     ];
     for config in configs {
@@ -330,7 +341,7 @@ fn chunked_inputs_match_the_cpu() {
 fn a_64k_token_8_head_d128_layer_quantizes_without_error() {
     let k = random_tensor([1, 8, 65536, 128], 11);
     let v = random_tensor([1, 8, 65536, 128], 12);
-    let config = QuantConfig::preset("vidkv").unwrap();
+    let config = QuantConfig::preset("vidkv-tuned").unwrap();
     let gpu_cache = quantize_cache(gpu(), &k, &v, &config, &[]).unwrap();
     let cpu = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
     let diff = compare(&cpu, &gpu_cache, "64k layer");

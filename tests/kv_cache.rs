@@ -119,7 +119,7 @@ fn incremental_equals_all_at_once_where_the_split_cannot_differ() {
         ("kivi2", 100, 1),
         ("k2v2-channel", 37, 45),
         ("fp16", 10, 333),
-        ("vidkv", 700, 1),
+        ("vidkv-tuned", 700, 1),
         ("vidkv-paper", 700, 1),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
@@ -144,7 +144,7 @@ fn a_frozen_split_keeps_vidkv_close_to_all_at_once() {
     let (k, v) = tensors(tokens);
     let q = queries(1);
     let visible = [(0u32, tokens as u32)];
-    let config = QuantConfig::preset("vidkv").unwrap();
+    let config = QuantConfig::preset("vidkv-tuned").unwrap();
     let cache = fill(&config, &k, &v, 2000, 1);
     let exact = PackedCache::quantize(&k, &v, &QuantConfig::preset("fp16").unwrap(), &[]).unwrap();
     let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
@@ -161,7 +161,7 @@ fn a_frozen_split_keeps_vidkv_close_to_all_at_once() {
 
 #[test]
 fn each_group_is_quantized_once_when_it_completes() {
-    let config = QuantConfig::preset("vidkv").unwrap(); // 1 sink, 64-token window, G = 32
+    let config = QuantConfig::preset("vidkv-tuned").unwrap(); // 1 sink, 64-token window, G = 32
     let (k, v) = tensors(400);
     let mut cache = KvCache::new(SHAPE, config, gpu()).unwrap();
     cache
@@ -196,7 +196,7 @@ fn each_group_is_quantized_once_when_it_completes() {
 
 #[test]
 fn memory_accounting_matches_the_format() {
-    let config = QuantConfig::preset("vidkv").unwrap();
+    let config = QuantConfig::preset("vidkv-tuned").unwrap();
     let (k, v) = tensors(1000);
     let cache = fill(&config, &k, &v, 900, 7);
     let expected = estimate_size(
@@ -215,7 +215,7 @@ fn memory_accounting_matches_the_format() {
 
 #[test]
 fn bad_calls_are_typed_errors() {
-    let config = QuantConfig::preset("vidkv").unwrap();
+    let config = QuantConfig::preset("vidkv-tuned").unwrap();
     let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
     let (k, v) = tensors(64);
     assert!(matches!(
@@ -282,7 +282,7 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     let (k, v) = tensors(700);
     let q = queries(2);
     let visible = [(0u32, 700u32), (100, 600)];
-    let config = QuantConfig::preset("vidkv").unwrap();
+    let config = QuantConfig::preset("vidkv-tuned").unwrap();
     let protected: Vec<u32> = (0..700).filter(|t| t % 5 == 2).collect();
     let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
     cache.protect(&protected).unwrap();
@@ -328,9 +328,9 @@ fn save_and_load_round_trip() {
     let q = queries(2);
     let visible = [(0u32, 900u32), (10, 400)];
     for (preset, prefill, step, stp) in [
-        ("vidkv", 900, 1, true),
-        ("vidkv", 500, 33, true),
-        ("vidkv", 300, 41, false),
+        ("vidkv-tuned", 900, 1, true),
+        ("vidkv-tuned", 500, 33, true),
+        ("vidkv-tuned", 300, 41, false),
         ("kivi2", 100, 9, false),
         ("k2v2-channel", 500, 100, false),
         ("vidkv-paper", 900, 1, false),
@@ -347,7 +347,7 @@ fn save_and_load_round_trip() {
         let cache = fill_protected(&config, &protected, &k, &v, prefill, step);
         // Where the split (or the rotated state) cannot differ, the cache's contents are
         // exactly the packed form.
-        if prefill == 900 || !(preset.starts_with("vidkv") || preset.starts_with("rotated")) {
+        if prefill == 900 || !(preset.starts_with("vidkv-tuned") || preset.starts_with("rotated")) {
             let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
             assert_eq!(cache.to_packed().unwrap(), packed, "{preset}");
         }
@@ -364,7 +364,7 @@ fn save_and_load_round_trip() {
     }
     // A packed-cache file that names the model's query heads loads as a cache too.
     let packed =
-        PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
+        PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv-tuned").unwrap(), &[]).unwrap();
     let file = dir.join("packed.safetensors");
     let extra =
         std::collections::HashMap::from([("q_heads".to_string(), SHAPE.q_heads.to_string())]);
@@ -374,7 +374,14 @@ fn save_and_load_round_trip() {
     std::fs::write(&file, packed.to_safetensors().unwrap()).unwrap();
     assert!(KvCache::load(&file, gpu()).is_err(), "q_heads is needed");
     // Version 2 files (before rotated runs) load; unknown versions are refused.
-    let cache = fill_protected(&QuantConfig::preset("vidkv").unwrap(), &[], &k, &v, 300, 41);
+    let cache = fill_protected(
+        &QuantConfig::preset("vidkv-tuned").unwrap(),
+        &[],
+        &k,
+        &v,
+        300,
+        41,
+    );
     let bytes = cache.to_safetensors().unwrap();
     let current = format!("\"version\":\"{}\"", vidkv::cache::KVCACHE_VERSION);
     let with_version = |version: u32| {
@@ -415,8 +422,8 @@ fn gpu_buffer(rows: &[f32]) -> wgpu::Buffer {
 fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
     let (k, v) = tensors(800);
     for (preset, stp) in [
-        ("vidkv", false),
-        ("vidkv", true),
+        ("vidkv-tuned", false),
+        ("vidkv-tuned", true),
         ("kivi2", false),
         ("fp16", false),
         ("rotated", false),
@@ -457,7 +464,8 @@ fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
             assert!(relative_l2(&b, &a) < 1e-6, "{preset} stp={stp} layer {l}");
         }
     }
-    let mut cache = KvCache::new(SHAPE, QuantConfig::preset("vidkv").unwrap(), gpu()).unwrap();
+    let mut cache =
+        KvCache::new(SHAPE, QuantConfig::preset("vidkv-tuned").unwrap(), gpu()).unwrap();
     let small = gpu_buffer(&[0.0; 16]);
     assert!(matches!(
         cache.append_buffers(0, &small, &small, 4),
@@ -472,7 +480,7 @@ fn groups_after_a_protected_prefill_attend_correctly() {
     // quantizations of one cache, so their attention must agree to the quantization error.
     let (k, v) = tensors(1200);
     let q = queries(1);
-    let config = QuantConfig::preset("vidkv").unwrap();
+    let config = QuantConfig::preset("vidkv-tuned").unwrap();
     let protected: Vec<u32> = (0..600).filter(|t| t % 4 == 1).collect();
     let fill = |protect: &[u32]| {
         let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
@@ -519,7 +527,7 @@ mod fuzz {
         static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
         BYTES.get_or_init(|| {
             let (k, v) = tensors(300);
-            let config = QuantConfig::preset("vidkv").unwrap();
+            let config = QuantConfig::preset("vidkv-tuned").unwrap();
             let mut cache = KvCache::new(SHAPE, config, gpu()).unwrap();
             cache.protect(&[5, 9, 40]).unwrap();
             for l in 0..SHAPE.layers {

@@ -29,7 +29,7 @@ fn every_preset_round_trips_exactly() {
         let mut config = QuantConfig::preset(preset).unwrap();
         config.group_size = 16;
         config.residual = config.residual.min(16);
-        let protected: Vec<u32> = if preset.starts_with("vidkv") {
+        let protected: Vec<u32> = if preset.starts_with("vidkv-tuned") {
             vec![3, 9, 40, 41]
         } else {
             vec![]
@@ -70,7 +70,7 @@ fn a_16k_token_video_prefix_is_at_least_7x_smaller_than_f16() {
             .unwrap()
             .len()
     };
-    let (f16, vidkv) = (saved("fp16"), saved("vidkv"));
+    let (f16, vidkv) = (saved("fp16"), saved("vidkv-tuned"));
     let ratio = f16 as f64 / vidkv as f64;
     eprintln!("16k-token video prefix: fp16 {f16} bytes, vidkv {vidkv} bytes, {ratio:.2}x");
     assert!(ratio >= 7.0, "only {ratio:.2}x smaller");
@@ -81,7 +81,7 @@ fn damaged_files_are_typed_errors() {
     let cache = PackedCache::quantize(
         &small_tensor(1),
         &small_tensor(2),
-        &QuantConfig::preset("vidkv").unwrap(),
+        &QuantConfig::preset("vidkv-tuned").unwrap(),
         &[],
     )
     .unwrap();
@@ -145,7 +145,7 @@ fn cli_quantize_then_inspect() {
         "--input",
         input.to_str().unwrap(),
         "--preset",
-        "vidkv",
+        "vidkv-tuned",
         "--output",
         out.to_str().unwrap(),
         "--device",
@@ -155,7 +155,7 @@ fn cli_quantize_then_inspect() {
     let i = run(&["inspect", out.to_str().unwrap(), "--json"]);
     assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
-    assert_eq!(doc["preset"], "vidkv");
+    assert_eq!(doc["preset"], "vidkv-tuned");
     assert_eq!(doc["shape"]["tokens"], 1024);
     let bad = dir.join("bad.safetensors");
     std::fs::write(&bad, b"not a cache").unwrap();

@@ -207,7 +207,7 @@ fn all_configs() -> Vec<QuantConfig> {
         values: ValueScheme::TwoBit {
             grouping: Grouping::PerChannel,
         },
-        ..config("vidkv", 16, 3, 0)
+        ..config("vidkv-tuned", 16, 3, 0)
     });
     configs.extend(ROTATED_PRESET_NAMES.iter().map(|n| config(n, 32, 1, 32)));
     configs.push(QuantConfig {
@@ -216,7 +216,7 @@ fn all_configs() -> Vec<QuantConfig> {
             gamma: 0.7,
             scale: TernaryScale::LeastSquares,
         },
-        ..config("vidkv", 16, 0, 16)
+        ..config("vidkv-tuned", 16, 0, 16)
     });
     configs.push(QuantConfig {
         keys: KeyScheme::TwoBit {
@@ -226,7 +226,7 @@ fn all_configs() -> Vec<QuantConfig> {
             bits: 3,
             group_means: true,
         },
-        ..config("vidkv", 64, 2, 0)
+        ..config("vidkv-tuned", 64, 2, 0)
     });
     configs
 }
@@ -308,7 +308,7 @@ fn vidkv_preset_stays_within_2_2_bits_on_a_16k_cache() {
         tokens: 16384,
         head_dim: 128,
     };
-    let size = estimate_size(qwen2_7b, &QuantConfig::preset("vidkv").unwrap(), 0);
+    let size = estimate_size(qwen2_7b, &QuantConfig::preset("vidkv-tuned").unwrap(), 0);
     assert!(
         size.all_bits() <= 2.2,
         "vidkv stores {} bits per element",

@@ -82,7 +82,12 @@ fn rotated_presets_beat_kivi2_with_the_same_exact_tokens() {
 fn vidkv_preset_beats_the_paper_configuration_on_real_data() {
     for file in ["smollm2_text_dev", "dinov2_video_dev"] {
         let sample = shared_sample(file);
-        let ours = evaluate(&sample, "vidkv", &QuantConfig::preset("vidkv").unwrap()).unwrap();
+        let ours = evaluate(
+            &sample,
+            "vidkv-tuned",
+            &QuantConfig::preset("vidkv-tuned").unwrap(),
+        )
+        .unwrap();
         let paper = evaluate(
             &sample,
             "vidkv-paper",

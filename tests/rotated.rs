@@ -443,7 +443,7 @@ fn any_differing_words(a: &PackedCache, b: &PackedCache) -> usize {
 /// schemes.
 fn gpu_cache_configs() -> Vec<(String, QuantConfig)> {
     let preset = |name: &str| QuantConfig::preset(name).unwrap();
-    let mut configs: Vec<(String, QuantConfig)> = ["kivi2", "vidkv", "fp16"]
+    let mut configs: Vec<(String, QuantConfig)> = ["kivi2", "vidkv-tuned", "fp16"]
         .iter()
         .chain(&ROTATED_PRESET_NAMES)
         .map(|name| (name.to_string(), preset(name)))
@@ -452,14 +452,14 @@ fn gpu_cache_configs() -> Vec<(String, QuantConfig)> {
         "rotated keys + ternary values".into(),
         QuantConfig {
             keys: KeyScheme::Rotated { bits: 2 },
-            ..preset("vidkv")
+            ..preset("vidkv-tuned")
         },
     ));
     configs.push((
         "across-token keys + ternary values".into(),
         QuantConfig {
             keys: preset("rotated-groups-k2.5v1.5").keys,
-            ..preset("vidkv")
+            ..preset("vidkv-tuned")
         },
     ));
     configs.push((

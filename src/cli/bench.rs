@@ -62,7 +62,8 @@ pub(super) struct BenchAttentionArgs {
     /// Timed runs per case (after two warm-ups); the median is reported.
     #[arg(long, default_value_t = 9)]
     runs: usize,
-    /// A preset besides the fp16 baseline (repeatable). Default: kivi2, vidkv-paper, vidkv.
+    /// A preset besides the fp16 baseline (repeatable). Default: kivi2, vidkv-paper,
+    /// vidkv-tuned, vidkv.
     #[arg(long = "preset", value_name = "NAME")]
     presets: Vec<String>,
     /// Print one JSON document instead of a table.
@@ -169,7 +170,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
 pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     let mut names = vec!["fp16".to_string()];
     if args.presets.is_empty() {
-        names.extend(["kivi2", "vidkv-paper", "vidkv"].map(String::from));
+        names.extend(["kivi2", "vidkv-paper", "vidkv-tuned", "vidkv"].map(String::from));
     } else {
         names.extend(args.presets.iter().filter(|p| *p != "fp16").cloned());
     }
