@@ -42,6 +42,9 @@ var<workgroup> all_levels: array<f32, 30>;
 // Where the table keeps them.
 const GROUP_LEVELS: u32 = 64u;
 var<workgroup> token_mode: u32;
+// The current group's row (T) or token (A) widths, and their decoded scales.
+var<workgroup> row_bits: array<u32, MAX_GROUP>;
+var<workgroup> row_scales: array<f32, MAX_GROUP>;
 
 fn load_all_levels(lane: u32) {
     if (lane < 30u) {
@@ -71,20 +74,6 @@ fn width_entry(kv_head: u32, g: u32, j: u32) -> u32 {
 fn token_width(t: u32) -> u32 {
     let g = params.group_size;
     return params.code_bits / g + select(0u, 1u, t < params.code_bits % g);
-}
-
-// Row (T) or token (A) j of group g: its width, then its bit offset in the group's codes.
-fn row_span(kv_head: u32, g: u32, j: u32, per_token: bool) -> vec2<u32> {
-    let d = params.width;
-    if (per_token) {
-        let wide = params.code_bits % params.group_size;
-        return vec2<u32>(token_width(j), (j * (params.code_bits / params.group_size) + min(j, wide)) * d);
-    }
-    var offset = 0u;
-    for (var i = 0u; i < j; i = i + 1u) {
-        offset = offset + width_entry(kv_head, g, i) * d;
-    }
-    return vec2<u32>(width_entry(kv_head, g, j), offset);
 }
 
 // Scale byte j of group g.
@@ -155,6 +144,21 @@ fn rotate_group_rows(lane: u32) {
     workgroupBarrier();
 }
 
+// Stages the widths and decoded scales of group g's rows (T) or tokens (A) in workgroup
+// memory, lane ℓ taking rows ℓ, ℓ + VALUE_LANES, … (callers place a barrier after it).
+fn stage_rows(kv_head: u32, g: u32, per_token: bool, base: f32, lane: u32) {
+    for (var j = lane; j < params.group_size; j = j + VALUE_LANES) {
+        var b = 0u;
+        if (per_token) {
+            b = token_width(j);
+        } else {
+            b = width_entry(kv_head, g, j);
+        }
+        row_bits[j] = b;
+        row_scales[j] = select(0.0, token_scale(group_scale_byte(kv_head, g, j), base), b > 0u);
+    }
+}
+
 @compute @workgroup_size(VALUE_LANES)
 fn group_scores(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -183,22 +187,28 @@ fn group_scores(
     }
     let base = state_base(kv_head);
     let record = group_record(kv_head, g);
+    stage_rows(kv_head, g, per_token, base, lane);
+    workgroupBarrier();
     for (var j = lane; j < g_size; j = j + VALUE_LANES) {
-        let span = row_span(kv_head, g, j, per_token);
+        let b = row_bits[j];
         var dot = vec4<f32>(0.0);
-        let byte = group_scale_byte(kv_head, g, j);
-        if (span.x > 0u) {
-            dot = token_scale(byte, base) * row_dot(record, span.y, span.x);
+        if (b > 0u) {
+            var offset = 0u;
+            for (var i = 0u; i < j; i = i + 1u) {
+                offset = offset + row_bits[i] * d;
+            }
+            dot = row_scales[j] * row_dot(record, offset, b);
         }
-        if (per_token && (byte & FLAG_BIT) != 0u) {
+        if (per_token && (group_scale_byte(kv_head, g, j) & FLAG_BIT) != 0u) {
             dot = dot + centre;
         }
         group_rows[j] = dot;
     }
-    if (!per_token) {
+    if (per_token) {
+        workgroupBarrier();
+    } else {
         rotate_group_rows(lane);
     }
-    workgroupBarrier();
     let stride = score_stride();
     let first = workgroup.x * g_size;
     for (var t = lane; t < g_size; t = t + VALUE_LANES) {
@@ -229,49 +239,40 @@ fn group_values(
     load_all_levels(lane);
     var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
                          vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    // The weight of m: Σp over T groups, the flagged weight of A groups.
-    var centre_weight = vec4<f32>(0.0);
+    // This lane's share of the weight of m (its tokens ℓ, ℓ + VALUE_LANES, … of each group):
+    // every token of a T group, the flagged tokens of an A group.
+    var centre_part = vec4<f32>(0.0);
     for (var start = first; start < end; start = start + g_size) {
         let g = (params.segment_first + start) / g_size;
         workgroupBarrier();
+        if (lane == 0u) {
+            token_mode = select(0u, 1u, width_entry(kv_head, g, 0u) == TOKEN_MODE);
+        }
+        let per_token = workgroupUniformLoad(&token_mode) == 1u;
         for (var t = lane; t < g_size; t = t + VALUE_LANES) {
             var p = vec4<f32>(0.0);
             for (var j = 0u; j < 4u; j = j + 1u) {
                 p[j] = weights[quad.rows[j] * stride + start + t];
             }
-            group_rows[t] = p * quad.live;
+            p = p * quad.live;
+            group_rows[t] = p;
+            let centred = !per_token || (group_scale_byte(kv_head, g, t) & FLAG_BIT) != 0u;
+            centre_part = centre_part + select(vec4<f32>(0.0), p, centred);
         }
-        if (lane == 0u) {
-            token_mode = select(0u, 1u, width_entry(kv_head, g, 0u) == TOKEN_MODE);
-        }
-        let per_token = workgroupUniformLoad(&token_mode) == 1u;
-        let record = group_record(kv_head, g);
+        stage_rows(kv_head, g, per_token, base, lane);
         if (per_token) {
-            for (var t = 0u; t < g_size; t = t + 1u) {
-                if ((group_scale_byte(kv_head, g, t) & FLAG_BIT) != 0u) {
-                    centre_weight = centre_weight + group_rows[t];
-                }
-            }
+            workgroupBarrier();
         } else {
-            for (var t = 0u; t < g_size; t = t + 1u) {
-                centre_weight = centre_weight + group_rows[t];
-            }
             rotate_group_rows(lane);
         }
+        let record = group_record(kv_head, g);
         if (summing) {
             var offset = 0u;
             for (var j = 0u; j < g_size; j = j + 1u) {
-                var b = 0u;
-                if (per_token) {
-                    b = token_width(j);
-                } else {
-                    b = width_entry(kv_head, g, j);
-                }
+                let b = row_bits[j];
                 if (b > 0u) {
-                    let byte = group_scale_byte(kv_head, g, j);
-                    let p = group_rows[j];
                     let raw = bits_at(record, offset + lane * BLOCK * b, BLOCK * b);
-                    let ws = p * token_scale(byte, base);
+                    let ws = group_rows[j] * row_scales[j];
                     let first_level = (1u << b) - 2u;
                     let mask = (1u << b) - 1u;
                     sums.e0 = sums.e0 + ws * all_levels[first_level + (raw & mask)];
@@ -287,6 +288,7 @@ fn group_values(
             }
         }
     }
+    lane_sums[lane] = centre_part;
     if (summing) {
         for (var k = 0u; k < BLOCK; k = k + 1u) {
             shared_quad[lane * BLOCK + k] = block_element(sums, k);
@@ -298,8 +300,12 @@ fn group_values(
             continue;
         }
         let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
+        var centre_weight = 0.0;
+        for (var i = 0u; i < VALUE_LANES; i = i + 1u) {
+            centre_weight = centre_weight + lane_sums[i][j];
+        }
         for (var c = lane; c < d; c = c + VALUE_LANES) {
-            partial[out + c] = shared_quad[c][j] + centre_weight[j] * state_mean(kv_head, c);
+            partial[out + c] = shared_quad[c][j] + centre_weight * state_mean(kv_head, c);
         }
     }
 }
