@@ -17,7 +17,9 @@
 //             total_splits)
 //           1 q            (storage, read): f32 [q_heads][queries][d]
 //           2 table        (storage, read): f32 [64], gpu::rotated::kernel_table (levels at
-//                          0, sixteenth powers of two at 32, block scales 1/√n at 48 + log2 n)
+//                          0, sixteenth powers of two at 32, block scales 1/√n at 48 + log2 n),
+//                          or for codes across tokens gpu::rotated::group_kernel_table (the
+//                          same, then the levels of every width b at 64 + 2^b − 2)
 //           3 states       (storage, read): u32 [kv_heads][d/2 + 1] f16 means m, then the
 //                          f16 scale base
 //           4 codes        (storage, read): u32 [kv_heads][rows][⌈bits·d/32⌉], LSB first
@@ -65,8 +67,9 @@ var<workgroup> shared_quad: array<vec4<f32>, 256>;
 // value_sums: the centre part of the quad's sums, in the natural domain.
 var<workgroup> shared_centre: array<vec4<f32>, 256>;
 var<workgroup> lane_sums: array<vec4<f32>, VALUE_LANES>;
-// The codebook levels.
-var<workgroup> levels: array<f32, 16>;
+// The codebook levels (per-token codes: one codebook at 0; codes across tokens: every
+// width b at 2^b − 2).
+var<workgroup> levels: array<f32, 30>;
 
 fn state_mean(kv_head: u32, c: u32) -> f32 {
     let pair = unpack2x16float(states[kv_head * (params.width / 2u + 1u) + c / 2u]);
@@ -152,29 +155,39 @@ fn rotate_shared_quad(lane: u32) {
     workgroupBarrier();
 }
 
-// Loads the codebook levels into workgroup memory (callers place a barrier after it).
-fn load_levels(local: u32) {
-    if (local < 16u) {
-        levels[local] = table[local];
+// Loads `count` levels from table entry `entry` into workgroup memory (callers place a
+// barrier after it).
+fn load_levels(local: u32, entry: u32, count: u32) {
+    if (local < count) {
+        levels[local] = table[entry + local];
     }
 }
 
-// The first four levels (all of them for codes of 1 or 2 bits), read once per invocation.
-fn small_levels() -> vec4<f32> {
-    return vec4<f32>(levels[0], levels[1], levels[2], levels[3]);
-}
-
-// The level of code c (its low bits) for codes of 1 or 2 bits: a select tree over `small`,
-// cheaper than an indexed load on CPU drivers.
-fn small_level(c: u32, small: vec4<f32>) -> f32 {
-    let odd = (c & 1u) != 0u;
-    let high = params.code_bits == 2u && (c & 2u) != 0u;
-    return select(select(small.x, small.y, odd), select(small.z, small.w, odd), high);
-}
-
-// The level of code c (its low bits) of any width.
-fn level_of(c: u32) -> f32 {
-    return levels[c & ((1u << params.code_bits) - 1u)];
+// Σᵢ shared_quad[i]·levels[first + cᵢ] over d codes of `bits` bits from bit `at` of the
+// codes at word `record`, each code word read once (a 3-bit code may span two words).
+fn stream_dot(record: u32, at: u32, bits: u32, first: u32) -> vec4<f32> {
+    let d = params.width;
+    let mask = (1u << bits) - 1u;
+    var acc = vec4<f32>(0.0);
+    var w = record + at / 32u;
+    var word = codes[w];
+    var used = at % 32u;
+    for (var i = 0u; i < d; i = i + 1u) {
+        var raw = word >> used;
+        used = used + bits;
+        if (used >= 32u) {
+            used = used - 32u;
+            if (i + 1u < d || used > 0u) {
+                w = w + 1u;
+                word = codes[w];
+                if (used > 0u) {
+                    raw = raw | (word << (bits - used));
+                }
+            }
+        }
+        acc = acc + shared_quad[i] * levels[first + (raw & mask)];
+    }
+    return acc;
 }
 
 // Σₜ wsₜ·L[cₜ,e] for the 8 elements e of a lane's block, one vec4 (the quad's rows) each.
@@ -200,6 +213,19 @@ fn block_element(sums: BlockSums, k: u32) -> vec4<f32> {
         case 6u: { return sums.e6; }
         default: { return sums.e7; }
     }
+}
+
+// Adds ws·levels[first + c] for the 8 codes of `bits` bits in `raw`.
+fn add_block_levels(sums: ptr<function, BlockSums>, ws: vec4<f32>, raw: u32, bits: u32, first: u32) {
+    let mask = (1u << bits) - 1u;
+    (*sums).e0 = (*sums).e0 + ws * levels[first + (raw & mask)];
+    (*sums).e1 = (*sums).e1 + ws * levels[first + ((raw >> bits) & mask)];
+    (*sums).e2 = (*sums).e2 + ws * levels[first + ((raw >> (2u * bits)) & mask)];
+    (*sums).e3 = (*sums).e3 + ws * levels[first + ((raw >> (3u * bits)) & mask)];
+    (*sums).e4 = (*sums).e4 + ws * levels[first + ((raw >> (4u * bits)) & mask)];
+    (*sums).e5 = (*sums).e5 + ws * levels[first + ((raw >> (5u * bits)) & mask)];
+    (*sums).e6 = (*sums).e6 + ws * levels[first + ((raw >> (6u * bits)) & mask)];
+    (*sums).e7 = (*sums).e7 + ws * levels[first + ((raw >> (7u * bits)) & mask)];
 }
 
 @compute @workgroup_size(VALUE_LANES)

@@ -37,8 +37,6 @@ const MAX_GROUP: u32 = 128u;
 
 // Per row (T) or token (A) of the group: its dots with the quad's rows, or its weights.
 var<workgroup> group_rows: array<vec4<f32>, MAX_GROUP>;
-// The levels of every width: b-bit levels at 2^b − 2.
-var<workgroup> all_levels: array<f32, 30>;
 // Where the table keeps them.
 const GROUP_LEVELS: u32 = 64u;
 var<workgroup> token_mode: u32;
@@ -46,11 +44,6 @@ var<workgroup> token_mode: u32;
 var<workgroup> row_bits: array<u32, MAX_GROUP>;
 var<workgroup> row_scales: array<f32, MAX_GROUP>;
 
-fn load_all_levels(lane: u32) {
-    if (lane < 30u) {
-        all_levels[lane] = table[GROUP_LEVELS + lane];
-    }
-}
 
 // The first word of group g's codes, and of its scales, for KV head kv_head.
 fn group_record(kv_head: u32, g: u32) -> u32 {
@@ -90,34 +83,6 @@ fn bits_at(record: u32, at: u32, count: u32) -> u32 {
         raw = raw | (codes[record + at / 32u + 1u] << (32u - shift));
     }
     return raw;
-}
-
-// q′·L_b[c] over the d codes of width b from bit `at` (the quad's rotated rows in
-// shared_quad), each code word read once.
-fn row_dot(record: u32, at: u32, b: u32) -> vec4<f32> {
-    let d = params.width;
-    let first = (1u << b) - 2u;
-    let mask = (1u << b) - 1u;
-    var acc = vec4<f32>(0.0);
-    var w = record + at / 32u;
-    var word = codes[w];
-    var used = at % 32u;
-    for (var i = 0u; i < d; i = i + 1u) {
-        var raw = word >> used;
-        used = used + b;
-        if (used >= 32u) {
-            used = used - 32u;
-            if (i + 1u < d || used > 0u) {
-                w = w + 1u;
-                word = codes[w];
-                if (used > 0u) {
-                    raw = raw | (word << (b - used));
-                }
-            }
-        }
-        acc = acc + shared_quad[i] * all_levels[first + (raw & mask)];
-    }
-    return acc;
 }
 
 // group_rows[0..G) ← Rot_G·group_rows (the lanes take the butterflies of each stage).
@@ -176,7 +141,7 @@ fn group_scores(
         }
         shared_quad[i] = x;
     }
-    load_all_levels(lane);
+    load_levels(lane, GROUP_LEVELS, 30u);
     if (lane == 0u) {
         token_mode = select(0u, 1u, width_entry(kv_head, g, 0u) == TOKEN_MODE);
     }
@@ -197,7 +162,7 @@ fn group_scores(
             for (var i = 0u; i < j; i = i + 1u) {
                 offset = offset + row_bits[i] * d;
             }
-            dot = row_scales[j] * row_dot(record, offset, b);
+            dot = row_scales[j] * stream_dot(record, offset, b, (1u << b) - 2u);
         }
         if (per_token && (group_scale_byte(kv_head, g, j) & FLAG_BIT) != 0u) {
             dot = dot + centre;
@@ -236,7 +201,7 @@ fn group_values(
     let stride = score_stride();
     let base = state_base(kv_head);
     let summing = lane < d / BLOCK;
-    load_all_levels(lane);
+    load_levels(lane, GROUP_LEVELS, 30u);
     var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
                          vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     // This lane's share of the weight of m (its tokens ℓ, ℓ + VALUE_LANES, … of each group):
@@ -273,16 +238,7 @@ fn group_values(
                 if (b > 0u) {
                     let raw = bits_at(record, offset + lane * BLOCK * b, BLOCK * b);
                     let ws = group_rows[j] * row_scales[j];
-                    let first_level = (1u << b) - 2u;
-                    let mask = (1u << b) - 1u;
-                    sums.e0 = sums.e0 + ws * all_levels[first_level + (raw & mask)];
-                    sums.e1 = sums.e1 + ws * all_levels[first_level + ((raw >> b) & mask)];
-                    sums.e2 = sums.e2 + ws * all_levels[first_level + ((raw >> (2u * b)) & mask)];
-                    sums.e3 = sums.e3 + ws * all_levels[first_level + ((raw >> (3u * b)) & mask)];
-                    sums.e4 = sums.e4 + ws * all_levels[first_level + ((raw >> (4u * b)) & mask)];
-                    sums.e5 = sums.e5 + ws * all_levels[first_level + ((raw >> (5u * b)) & mask)];
-                    sums.e6 = sums.e6 + ws * all_levels[first_level + ((raw >> (6u * b)) & mask)];
-                    sums.e7 = sums.e7 + ws * all_levels[first_level + ((raw >> (7u * b)) & mask)];
+                    add_block_levels(&sums, ws, raw, b, (1u << b) - 2u);
                 }
                 offset = offset + b * d;
             }

@@ -14,6 +14,19 @@
 //                    sums are rotated back once in workgroup memory and the group centres
 //                    added (binds 2–7, 11, 12).
 
+// The first four levels (all of them for codes of 1 or 2 bits), read once per invocation.
+fn small_levels() -> vec4<f32> {
+    return vec4<f32>(levels[0], levels[1], levels[2], levels[3]);
+}
+
+// The level of code c (its low bits) for codes of 1 or 2 bits: a select tree over `small`,
+// cheaper than an indexed load on CPU drivers.
+fn small_level(c: u32, small: vec4<f32>) -> f32 {
+    let odd = (c & 1u) != 0u;
+    let high = params.code_bits == 2u && (c & 2u) != 0u;
+    return select(select(small.x, small.y, odd), select(small.z, small.w, odd), high);
+}
+
 // Σᵢ shared_quad[i]·L[cᵢ] over the codes of the record at word `record`, each code word read
 // once (a 3-bit code may span two words).
 fn quad_dot(record: u32) -> vec4<f32> {
@@ -34,25 +47,7 @@ fn quad_dot(record: u32) -> vec4<f32> {
         }
         return acc;
     }
-    var w = record;
-    var word = codes[w];
-    var used = 0u;
-    for (var i = 0u; i < d; i = i + 1u) {
-        var raw = word >> used;
-        used = used + bits;
-        if (used >= 32u) {
-            used = used - 32u;
-            if (i + 1u < d || used > 0u) {
-                w = w + 1u;
-                word = codes[w];
-                if (used > 0u) {
-                    raw = raw | (word << (bits - used));
-                }
-            }
-        }
-        acc = acc + shared_quad[i] * level_of(raw);
-    }
-    return acc;
+    return stream_dot(record, 0u, bits, 0u);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -69,7 +64,7 @@ fn key_scores(
         }
         shared_quad[i] = x;
     }
-    load_levels(local);
+    load_levels(local, 0u, 16u);
     workgroupBarrier();
     let t = workgroup.x * WORKGROUP_SIZE + local;
     if (t >= params.segment_len) {
@@ -114,14 +109,7 @@ fn add_block(sums: ptr<function, BlockSums>, ws: vec4<f32>, raw: u32, small: vec
         (*sums).e7 = (*sums).e7 + ws * small_level(raw >> (7u * b), small);
         return;
     }
-    (*sums).e0 = (*sums).e0 + ws * level_of(raw);
-    (*sums).e1 = (*sums).e1 + ws * level_of(raw >> b);
-    (*sums).e2 = (*sums).e2 + ws * level_of(raw >> (2u * b));
-    (*sums).e3 = (*sums).e3 + ws * level_of(raw >> (3u * b));
-    (*sums).e4 = (*sums).e4 + ws * level_of(raw >> (4u * b));
-    (*sums).e5 = (*sums).e5 + ws * level_of(raw >> (5u * b));
-    (*sums).e6 = (*sums).e6 + ws * level_of(raw >> (6u * b));
-    (*sums).e7 = (*sums).e7 + ws * level_of(raw >> (7u * b));
+    add_block_levels(sums, ws, raw, b, 0u);
 }
 
 @compute @workgroup_size(VALUE_LANES)
@@ -141,7 +129,7 @@ fn value_sums(
     let end = min(first + params.split_size, params.segment_len);
     let base = state_base(kv_head);
     let row_bases = quad.rows * score_stride();
-    load_levels(lane);
+    load_levels(lane, 0u, 16u);
     workgroupBarrier();
     let small = small_levels();
     var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),

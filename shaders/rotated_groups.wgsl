@@ -196,6 +196,16 @@ fn group_columns(
     }
 }
 
+// ‖group_rows[r]‖² as a tree sum.
+fn row_norm(r: u32) -> f32 {
+    let d = params.width;
+    for (var c = 0u; c < d; c = c + 1u) {
+        let v = group_rows[r * d + c];
+        scratch[c] = v * v;
+    }
+    return tree_sum(d);
+}
+
 // ‖F_r‖² of one row of F.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn row_energies(
@@ -207,12 +217,7 @@ fn row_energies(
     if (r >= params.invocations) {
         return;
     }
-    let d = params.width;
-    for (var c = 0u; c < d; c = c + 1u) {
-        let v = group_rows[r * d + c];
-        scratch[c] = v * v;
-    }
-    token_info[INFO * r + 4u] = bitcast<u32>(tree_sum(d));
+    token_info[INFO * r + 4u] = bitcast<u32>(row_norm(r));
 }
 
 // Bits group_count… group_count + blocks − 1 of one group's greedy row widths, each to the
@@ -298,12 +303,7 @@ fn row_errors(
     if (t >= params.invocations) {
         return;
     }
-    let d = params.width;
-    for (var c = 0u; c < d; c = c + 1u) {
-        let v = group_rows[t * d + c];
-        scratch[c] = v * v;
-    }
-    token_info[INFO * t + 5u] = bitcast<u32>(tree_sum(d));
+    token_info[INFO * t + 5u] = bitcast<u32>(row_norm(t));
 }
 
 // Σₜ errₜ/‖xₜ − m‖² in token order (a zero denominator counts the error as it is).
