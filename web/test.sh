@@ -14,8 +14,10 @@ fi
 if [ ! -d web/node_modules/playwright-core ]; then
     (cd web && npm ci --no-audit --no-fund --loglevel=error)
 fi
-# The same features as the README test command, so that its build is reused.
-cargo build --release --features lm --bin vidkv
+# The README test command's build (`cargo test` resolves features with the dev-dependencies;
+# a plain `cargo build` would compile naga, wgpu and everything above them again): after
+# that command this is a no-op, and it leaves the binary in target/release.
+cargo test --release --features lm --no-run --quiet
 
 out=web/out
 mkdir -p "$out"
