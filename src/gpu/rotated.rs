@@ -9,7 +9,7 @@
 //! share a word of f16 steps) under the binding limit.
 //!
 //! A growing [`crate::KvCache`] records the same entry points on GPU-resident rows
-//! ([`record_fit_state`], [`ResidentGroups`]): the state fitted at a layer's first flush,
+//! (`record_fit_state`, `ResidentGroups`): the state fitted at a layer's first flush,
 //! then each flushed run of groups written in place into its chunk planes.
 
 use std::sync::Arc;

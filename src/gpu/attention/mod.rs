@@ -17,8 +17,8 @@
 //!
 //! Rotated keys replace step 1 with `attention_rotated::rotate_queries` (q/√d, its rotation
 //! and its centre term) and read their scores and values through the same kernel file
-//! ([`rotated`]), or, coded across tokens, through `attention_rotated_groups.wgsl`
-//! ([`rotated_groups`]).
+//! (`rotated`), or, coded across tokens, through `attention_rotated_groups.wgsl`
+//! (`rotated_groups`).
 
 mod layer;
 mod planes;

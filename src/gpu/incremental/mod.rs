@@ -13,8 +13,8 @@
 //!   rotated schemes, `LayerStates` (kernel table and every head's state, fitted on the GPU
 //!   and shared by every chunk); chunk planes of per-token
 //!   codes, scale bytes and (values) group means, written by
-//!   [`super::rotated::ResidentGroups`], or of group records (codes, scale bytes, width
-//!   tables) across tokens, written by [`super::rotated_groups::ResidentGroupRecords`].
+//!   `gpu::rotated::ResidentGroups`, or of group records (codes, scale bytes, width
+//!   tables) across tokens, written by `gpu::rotated_groups::ResidentGroupRecords`.
 
 mod chunk;
 mod flush;
