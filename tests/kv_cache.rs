@@ -337,6 +337,8 @@ fn save_and_load_round_trip() {
         ("fp16", 300, 250, false),
         ("rotated", 900, 1, false),
         ("rotated-k3v1", 300, 41, false),
+        ("vidkv", 900, 1, false),
+        ("vidkv", 500, 33, false),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
         let protected: Vec<u32> = if stp {
@@ -427,6 +429,7 @@ fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
         ("kivi2", false),
         ("fp16", false),
         ("rotated", false),
+        ("vidkv", false),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
         let protected: Vec<u32> = if stp {
