@@ -37,6 +37,11 @@ pub enum VidkvError {
         value: f32,
     },
 
+    /// An output path that a save must not write: the input itself, a directory, a device,
+    /// a FIFO or a symbolic link (a save writes regular files only, never through a link).
+    #[error("refusing to write `{path}`: {reason}")]
+    UnsafeOutput { path: String, reason: String },
+
     /// A tensor that the operation needs is absent.
     #[error("missing tensor `{0}`")]
     MissingTensor(String),

@@ -70,6 +70,19 @@ fn gpu_and_cpu_report_the_same_numbers() {
 }
 
 #[test]
+fn sizes_refuses_shapes_it_cannot_size() {
+    for tokens in ["0", "18446744073709551615", "1000000000000000000"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
+            .args(["sizes", "--tokens", tokens])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "sizes --tokens {tokens} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid configuration"), "{stderr}");
+    }
+}
+
+#[test]
 fn sizes_reports_vidkv_within_the_bit_budget() {
     let doc = json(&["sizes", "--tokens", "16384", "--json"]);
     for name in ["vidkv", "vidkv-tuned"] {

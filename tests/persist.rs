@@ -181,8 +181,74 @@ fn atomic_writes_replace_whole_files_and_fail_without_touching_them() {
     std::fs::create_dir(&blocked).unwrap();
     std::fs::write(blocked.join("keep"), b"data").unwrap();
     let err = vidkv::persist::write_atomic(&blocked, b"x").unwrap_err();
-    assert!(matches!(err, VidkvError::Io { .. }), "{err}");
+    assert!(matches!(err, VidkvError::UnsafeOutput { .. }), "{err}");
     assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"data");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Outputs a save must not write are refused before anything is written, and stay as
+/// they were: a symbolic link (its target untouched), a FIFO (still a FIFO, nothing
+/// blocks), and, for `vidkv quantize`, the input itself through another path or a hard link.
+#[test]
+fn saves_refuse_links_special_files_and_the_input() {
+    let dir = std::env::temp_dir().join(format!("vidkv-outputs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("target.bin");
+    std::fs::write(&target, b"keep me").unwrap();
+    let unsafe_output = |path: &std::path::Path| {
+        let err = vidkv::persist::write_atomic(path, b"x").unwrap_err();
+        assert!(matches!(err, VidkvError::UnsafeOutput { .. }), "{err}");
+    };
+    #[cfg(unix)]
+    {
+        let link = dir.join("link.bin");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        unsafe_output(&link);
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let fifo = dir.join("fifo");
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        unsafe_output(&fifo);
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+    let input = dir.join("input.safetensors");
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/dinov2_video_sample.safetensors"),
+        &input,
+    )
+    .unwrap();
+    let original = std::fs::read(&input).unwrap();
+    let mut outputs = vec![input.clone(), dir.join(".").join("input.safetensors")];
+    let hard_link = dir.join("hard-link.safetensors");
+    if std::fs::hard_link(&input, &hard_link).is_ok() {
+        outputs.push(hard_link);
+    }
+    for output in outputs {
+        let run = Command::new(env!("CARGO_BIN_EXE_vidkv"))
+            .args(["quantize", "--device", "cpu", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "{}", output.display());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("is the input file"), "{stderr}");
+        assert_eq!(
+            std::fs::read(&input).unwrap(),
+            original,
+            "the input survives"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

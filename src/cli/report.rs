@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{open_device, read_sample, resolve_presets, DeviceChoice, BUNDLED};
-use crate::error::{Result, VidkvError};
+use crate::error::Result;
 use crate::io::KvSample;
 use crate::packed::{estimate_size, CacheShape};
 use crate::report::{evaluate_on, to_json, to_table, Device, FileReport};
@@ -106,11 +106,7 @@ pub(super) fn run_sizes(args: &SizesArgs) -> Result<()> {
             tokens,
             head_dim: args.head_dim,
         };
-        if shape.elements() == 0 {
-            return Err(VidkvError::InvalidConfig(
-                "every dimension of the cache shape must be at least 1".into(),
-            ));
-        }
+        shape.checked_elements()?;
         for (name, config) in &presets {
             rows.push((name.clone(), tokens, estimate_size(shape, config, 0)));
         }

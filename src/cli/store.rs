@@ -35,6 +35,7 @@ pub(super) struct InspectArgs {
 
 pub(super) fn run_quantize(args: &QuantizeArgs) -> Result<()> {
     let config = QuantConfig::preset(&args.preset)?;
+    crate::persist::check_output(&args.output, Some(&args.input))?;
     let sample = read_sample(&args.input)?;
     let gpu = open_device(args.device)?;
     let cache = match &gpu {

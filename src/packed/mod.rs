@@ -40,6 +40,25 @@ impl CacheShape {
     pub fn elements(&self) -> usize {
         self.layers * self.kv_heads * self.tokens * self.head_dim
     }
+
+    /// [`CacheShape::elements`], checked: a typed error when a dimension is 0, or when the
+    /// shape is so large that its sizes in bits (64 per element leaves room for every
+    /// preset's metadata) would not fit a `usize`.
+    pub fn checked_elements(&self) -> Result<usize> {
+        let elements = [self.kv_heads, self.tokens, self.head_dim]
+            .iter()
+            .try_fold(self.layers, |n, &d| n.checked_mul(d))
+            .filter(|n| n.checked_mul(64).is_some());
+        match elements {
+            Some(0) => Err(VidkvError::InvalidConfig(
+                "every dimension of the cache shape must be at least 1".into(),
+            )),
+            Some(n) => Ok(n),
+            None => Err(VidkvError::InvalidConfig(format!(
+                "a cache of {self:?} is too large to size on this platform"
+            ))),
+        }
+    }
 }
 
 /// Keys of the quantized range of one head.
