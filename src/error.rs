@@ -42,6 +42,15 @@ pub enum VidkvError {
     #[error("refusing to write `{path}`: {reason}")]
     UnsafeOutput { path: String, reason: String },
 
+    /// A query value so large that a logit could overflow f32.
+    #[error("tensor `{tensor}` holds {value} at index {index:?}; attention takes query values up to ±{limit} (beyond that a logit can overflow f32)")]
+    QueryOutOfRange {
+        tensor: String,
+        index: Vec<usize>,
+        value: f32,
+        limit: f32,
+    },
+
     /// A tensor that the operation needs is absent.
     #[error("missing tensor `{0}`")]
     MissingTensor(String),

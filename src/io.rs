@@ -106,6 +106,7 @@ pub fn read_tensor(st: &SafeTensors<'_>, name: &str) -> Result<Tensor> {
 }
 
 fn check_shapes(k: &Tensor, v: &Tensor, q: &Tensor) -> Result<()> {
+    crate::tensor::check_query("q", &q.data, &q.shape)?;
     let mismatch = |tensor: &str, detail: String| {
         Err(VidkvError::ShapeMismatch {
             tensor: tensor.into(),

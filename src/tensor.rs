@@ -99,6 +99,26 @@ pub fn check_finite(name: &str, data: &[f32], shape: &[usize]) -> Result<()> {
     }
 }
 
+/// The largest query magnitude attention takes: a logit sums at most 256 products of a
+/// query value and a key value (|k| ≤ 65504 in f16 storage), so with |q| ≤ 2^100 every logit
+/// stays below 2^124, far inside f32 (and its softmax exponent differences too).
+pub const QUERY_MAX: f32 = 1.267_650_6e30;
+
+/// Fails on the first query value that is not finite or whose magnitude exceeds
+/// [`QUERY_MAX`] ([`VidkvError::QueryOutOfRange`]).
+pub fn check_query(name: &str, data: &[f32], shape: &[usize]) -> Result<()> {
+    check_finite(name, data, shape)?;
+    match data.iter().position(|v| v.abs() > QUERY_MAX) {
+        None => Ok(()),
+        Some(i) => Err(VidkvError::QueryOutOfRange {
+            tensor: name.into(),
+            index: unravel(i, shape),
+            value: data[i],
+            limit: QUERY_MAX,
+        }),
+    }
+}
+
 /// Fails on the first value that f16 storage cannot hold (|x| > 65504) or that is not finite.
 pub fn check_quantizable(name: &str, data: &[f32], shape: &[usize]) -> Result<()> {
     check_finite(name, data, shape)?;

@@ -75,6 +75,53 @@ fn non_finite_values_name_the_tensor_and_index() {
     ));
 }
 
+/// Finite queries so large that a logit could overflow f32 (≈ 3e38) are refused with a
+/// typed error that names the tensor, on loading a sample and in every attention path,
+/// instead of attention answering NaN.
+#[test]
+fn huge_finite_queries_are_refused_not_turned_into_nan() {
+    let bytes = sample_bytes(Dtype::F32, Some(("q", 5, 3.0e38)));
+    match KvSample::from_bytes("s", &bytes, None) {
+        Err(VidkvError::QueryOutOfRange { tensor, index, .. }) => {
+            assert_eq!(tensor, "q");
+            assert_eq!(index, vec![0, 0, 0, 5]);
+        }
+        other => panic!("expected QueryOutOfRange, got {other:?}"),
+    }
+    let shape = vidkv::ModelShape {
+        layers: 1,
+        q_heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let rows: Vec<f32> = (0..100 * 64).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+    let mut q = vec![0.25f32; 2 * 64];
+    q[70] = -3.0e38;
+    let gpu = vidkv::gpu::GpuContext::new(&vidkv::gpu::GpuOptions::default()).unwrap();
+    for preset in ["kivi2", "vidkv"] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let mut cache = vidkv::KvCache::new(shape, config.clone(), &gpu).unwrap();
+        cache.append(0, &rows, &rows).unwrap();
+        let err = cache.attend_causal(0, &q).unwrap_err();
+        assert!(
+            matches!(err, VidkvError::QueryOutOfRange { .. }),
+            "{preset}: {err}"
+        );
+        let mut oracle = vidkv::cache::ReferenceCache::new(shape, config).unwrap();
+        vidkv::cache::ModelCache::append(&mut oracle, 0, &rows, &rows).unwrap();
+        let err = vidkv::cache::ModelCache::attend_causal(&oracle, 0, &q).unwrap_err();
+        assert!(
+            matches!(err, VidkvError::QueryOutOfRange { .. }),
+            "{preset}: {err}"
+        );
+        // The largest accepted magnitude still gives finite outputs.
+        let mut q = q.clone();
+        q[70] = -vidkv::tensor::QUERY_MAX;
+        let out = cache.attend_causal(0, &q).unwrap();
+        assert!(out.iter().all(|x| x.is_finite()), "{preset}");
+    }
+}
+
 #[test]
 fn out_of_f16_range_values_are_rejected_by_the_quantizer() {
     let mut data = vec![0.5f32; 64 * 8];

@@ -241,6 +241,7 @@ impl ModelCache for ReferenceCache {
                 ),
             });
         }
+        crate::tensor::check_query("q", q, &[s.q_heads, queries, s.head_dim])?;
         let d = s.head_dim;
         let attend_head = |qh: usize| -> Vec<f32> {
             let kv = kv_head_for(qh, s.q_heads, s.kv_heads);

@@ -44,7 +44,7 @@ use super::shaders::{
 };
 use crate::config::Grouping;
 use crate::error::{Result, VidkvError};
-use crate::tensor::check_finite;
+use crate::tensor::check_query;
 
 /// Tokens per split of the softmax (a multiple of every supported group size).
 pub const SPLIT_TOKENS: usize = 1024;
@@ -124,7 +124,7 @@ pub(crate) fn attend_segments(
             ),
         });
     }
-    check_finite("q", q, &[q_heads, queries, d])?;
+    check_query("q", q, &[q_heads, queries, d])?;
     if let Some(&(lo, hi)) = visible
         .iter()
         .find(|&&(lo, hi)| lo >= hi || hi as usize > layer.tokens)
