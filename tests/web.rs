@@ -157,3 +157,61 @@ fn export_web_writes_a_complete_site() {
     assert!(out.join("plan.bin").is_file());
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Sends one raw HTTP/1.1 request and returns the status code of the answer.
+fn status_of(port: u16, method: &str, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} /index.html HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `vidkv demo` answers GET and HEAD for its loopback address only: other methods get 405,
+/// another Host (a DNS-rebinding page) 403.
+#[test]
+fn the_demo_server_answers_reads_of_its_own_address_only() {
+    use std::io::BufRead;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_vidkv"))
+        .args(["demo", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let port = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(|line| line.ok())
+        .find_map(|line| {
+            let rest = line.split("http://127.0.0.1:").nth(1)?;
+            rest.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u16>()
+                .ok()
+        });
+    let statuses = port.map(|port| {
+        let own = format!("127.0.0.1:{port}");
+        [
+            status_of(port, "GET", &own),
+            status_of(port, "HEAD", &format!("localhost:{port}")),
+            status_of(port, "POST", &own),
+            status_of(port, "DELETE", &own),
+            status_of(port, "GET", "attacker.example"),
+            status_of(port, "GET", &format!("attacker.example:{port}")),
+        ]
+    });
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert_eq!(statuses, Some([200, 200, 405, 405, 403, 403]));
+}

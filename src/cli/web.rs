@@ -99,6 +99,53 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// The demo server's answer: GET and HEAD only (405 otherwise), and only for a Host that
+/// names the loopback address it bound (403 otherwise, so that a page of another origin
+/// cannot read the demo through DNS rebinding); then the file, or 404.
+fn demo_response(
+    request: &tiny_http::Request,
+    files: &HashMap<String, Vec<u8>>,
+    port: u16,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let text = |status: u16, body: &str| {
+        tiny_http::Response::from_data(body.as_bytes().to_vec()).with_status_code(status)
+    };
+    if !matches!(
+        request.method(),
+        tiny_http::Method::Get | tiny_http::Method::Head
+    ) {
+        return text(405, "method not allowed").with_header(
+            tiny_http::Header::from_bytes("Allow", "GET, HEAD").expect("static header"),
+        );
+    }
+    let host_allowed = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .is_some_and(|h| {
+            let host = h.value.as_str();
+            host == format!("127.0.0.1:{port}") || host == format!("localhost:{port}")
+        });
+    if !host_allowed {
+        return text(
+            403,
+            "the demo answers requests for its loopback address only",
+        );
+    }
+    let path = request.url().split('?').next().unwrap_or("/");
+    let path = match path.trim_start_matches('/') {
+        "" => "index.html",
+        other => other,
+    };
+    match files.get(path) {
+        Some(bytes) => tiny_http::Response::from_data(bytes.clone()).with_header(
+            tiny_http::Header::from_bytes("Content-Type", content_type(path))
+                .expect("static header"),
+        ),
+        None => text(404, "not found"),
+    }
+}
+
 pub(super) fn run_demo(args: &DemoArgs) -> Result<()> {
     let files: HashMap<String, Vec<u8>> = demo_site()?.into_iter().collect();
     let server = tiny_http::Server::http(("127.0.0.1", args.port)).map_err(|e| VidkvError::Io {
@@ -113,18 +160,7 @@ pub(super) fn run_demo(args: &DemoArgs) -> Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or("/");
-        let path = match path.trim_start_matches('/') {
-            "" => "index.html",
-            other => other,
-        };
-        let response = match files.get(path) {
-            Some(bytes) => tiny_http::Response::from_data(bytes.clone()).with_header(
-                tiny_http::Header::from_bytes("Content-Type", content_type(path))
-                    .expect("static header"),
-            ),
-            None => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
-        };
+        let response = demo_response(&request, &files, port);
         let _ = request.respond(response);
     }
     Ok(())
