@@ -382,7 +382,7 @@ impl PackedCache {
             ("config".to_string(), config_to_json(&self.config).to_string()),
         ]);
         let metadata: HashMap<String, String> = extra.into_iter().chain(metadata).collect();
-        serialize(views, Some(metadata)).map_err(|e| VidkvError::Safetensors(e.to_string()))
+        serialize_canonical(views, metadata)
     }
 
     /// Parses and validates a cache written by [`PackedCache::to_safetensors`].
@@ -662,6 +662,32 @@ pub(crate) fn check_f16_words(words: &[u32], name: &str) -> Result<()> {
             "`{name}` holds a non-finite f16 in word {i}"
         ))),
     }
+}
+
+/// Serializes safetensors `views` with `metadata` in a canonical form: the header's JSON
+/// keys sorted (safetensors writes its metadata map in the process's random hash order), so
+/// the same cache always gives the same file bytes.
+pub(crate) fn serialize_canonical<'a>(
+    views: Vec<(String, safetensors::tensor::TensorView<'a>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes =
+        serialize(views, Some(metadata)).map_err(|e| VidkvError::Safetensors(e.to_string()))?;
+    let broken = || VidkvError::Safetensors("the serialized header is malformed".into());
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(broken)?;
+    let header = bytes.get(8..8 + header_len).ok_or_else(broken)?;
+    // serde_json's map is ordered by key (the `preserve_order` feature is off).
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| broken())?;
+    let mut sorted = value.to_string().into_bytes();
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - header_len);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: into a temporary file beside it (an unpredictable

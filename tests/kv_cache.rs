@@ -355,6 +355,11 @@ fn save_and_load_round_trip() {
         }
         let path = dir.join(format!("{preset}-{prefill}.safetensors"));
         cache.save(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            cache.to_safetensors().unwrap(),
+            "{preset}: the same cache gives the same file bytes"
+        );
         let loaded = KvCache::load(&path, gpu()).unwrap();
         assert_eq!(loaded.bytes(), cache.bytes(), "{preset}");
         assert_eq!(loaded.len(1), 900);

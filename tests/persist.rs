@@ -35,8 +35,15 @@ fn every_preset_round_trips_exactly() {
             vec![]
         };
         let cache = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
-        let loaded = PackedCache::from_safetensors(&cache.to_safetensors().unwrap()).unwrap();
+        let bytes = cache.to_safetensors().unwrap();
+        let loaded = PackedCache::from_safetensors(&bytes).unwrap();
         assert_eq!(loaded, cache, "{preset}");
+        // The same cache gives the same bytes (the header's keys are sorted).
+        assert_eq!(
+            bytes,
+            cache.to_safetensors().unwrap(),
+            "{preset}: file bytes"
+        );
     }
     for preset in vidkv::config::ROTATED_PRESET_NAMES {
         let mut config = QuantConfig::preset(preset).unwrap();

@@ -170,8 +170,7 @@ impl<'g> KvCache<'g> {
             ("config".to_string(), crate::persist::config_to_json(&self.config).to_string()),
             ("layers".to_string(), serde_json::Value::Array(layers_meta).to_string()),
         ]);
-        safetensors::tensor::serialize(views, Some(metadata))
-            .map_err(|e| VidkvError::Safetensors(e.to_string()))
+        crate::persist::serialize_canonical(views, metadata)
     }
 
     /// Parses and validates bytes written by [`KvCache::to_safetensors`] (or a
