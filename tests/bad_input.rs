@@ -270,6 +270,20 @@ fn vidkv(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// An unknown `WGPU_BACKEND` is named in the error, not answered with a driver install hint.
+#[test]
+fn an_unknown_wgpu_backend_is_named_in_the_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
+        .args(["report", "--device", "gpu"])
+        .env("WGPU_BACKEND", "vulkann")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WGPU_BACKEND=`vulkann`"), "{stderr}");
+    assert!(!stderr.contains("apt-get"), "{stderr}");
+}
+
 #[test]
 fn cli_bad_files_exit_non_zero_with_a_message() {
     let dir = std::env::temp_dir().join(format!("vidkv-bad-input-{}", std::process::id()));

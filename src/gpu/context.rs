@@ -72,6 +72,19 @@ impl GpuContext {
     }
 
     async fn new_async(options: &GpuOptions) -> Result<Self> {
+        // wgpu ignores backend names it does not know, and an empty set would otherwise
+        // surface as "no adapter" with an install hint that does not fit.
+        if let Some(value) = std::env::var("WGPU_BACKEND")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            if wgpu::Backends::from_comma_list(&value).is_empty() {
+                return Err(VidkvError::InvalidConfig(format!(
+                    "WGPU_BACKEND=`{value}` names no backend wgpu knows (vulkan, metal, dx12, \
+                     gl, webgpu; comma-separated), or unset it"
+                )));
+            }
+        }
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let wanted = options
