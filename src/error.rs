@@ -84,10 +84,6 @@ pub enum VidkvError {
     #[error("language model: {0}")]
     Model(String),
 
-    /// A configuration that this path does not run yet (e.g. a rotated scheme on the GPU).
-    #[error("not supported yet: {0}")]
-    Unsupported(String),
-
     /// The GPU rejected a command (validation, out of memory, pipeline creation).
     #[error("GPU error: {0}")]
     Gpu(String),
