@@ -67,6 +67,15 @@ fn rotated_preset_stays_within_2_2_bits_on_a_16k_cache() {
     assert!(size.all_bits() <= 2.2, "rotated: {} bits", size.all_bits());
     let flat = estimate_size(shape, &QuantConfig::preset("rotated-flat").unwrap(), 0);
     assert!(flat.all_bits() < size.all_bits());
+    // The default is the rotated method across tokens, within the same budget.
+    let default = QuantConfig::default();
+    assert_eq!(default, QuantConfig::preset(vidkv::DEFAULT_PRESET).unwrap());
+    assert_eq!(
+        default,
+        QuantConfig::preset("rotated-groups-k2.5v1.5").unwrap()
+    );
+    let bits = estimate_size(shape, &default, 0).all_bits();
+    assert!(bits <= 2.2, "vidkv: {bits} bits");
 }
 
 #[test]
