@@ -8,9 +8,10 @@
 //! differently. Inputs are cut into chunks of an even number of whole groups (two groups
 //! share a word of f16 steps) under the binding limit.
 //!
-//! A growing [`crate::KvCache`] records the same entry points on GPU-resident rows
-//! (`record_fit_state`, `ResidentGroups`): the state fitted at a layer's first flush,
-//! then each flushed run of groups written in place into its chunk planes.
+//! Every quantization records its passes through `record_fit_state` and `ResidentGroups`,
+//! on GPU-resident rows: an uploaded chunk here, or, for a growing [`crate::KvCache`], the
+//! state fitted at a layer's first flush and each flushed run of groups written in place
+//! into its chunk planes.
 
 use std::sync::Arc;
 
@@ -127,50 +128,6 @@ impl RotatedShape {
     }
 }
 
-/// Rows `x` cut into chunks of whole groups, each dispatched through entry points.
-struct ChunkRun<'a> {
-    x: &'a [f32],
-    shape: RotatedShape,
-    /// Tokens per chunk.
-    chunk: usize,
-    /// Parameters shared by every chunk (`len` and `group_offset` are set per chunk).
-    params: Params,
-}
-
-impl ChunkRun<'_> {
-    /// Uploads each chunk and records `entries(len)` — (entry point, invocations) — on it,
-    /// with `output` at binding 7.
-    fn dispatch(
-        &self,
-        ctx: &GpuContext,
-        bindings: &Bindings,
-        output: &wgpu::Buffer,
-        entries: impl Fn(usize) -> [(&'static str, usize); 2],
-    ) -> Result<()> {
-        let (d, g) = (self.shape.head_dim, self.shape.group_size);
-        for (index, rows) in self.x.chunks(self.chunk * d).enumerate() {
-            let len = rows.len() / d;
-            let input = ctx.upload("input", rows)?;
-            let mut batch = ctx.batch();
-            for (entry, invocations) in entries(len) {
-                batch.dispatch(
-                    &ROTATED,
-                    entry,
-                    Params {
-                        len: len as u32,
-                        group_offset: (index * self.chunk / g) as u32,
-                        invocations: invocations as u32,
-                        ..self.params
-                    },
-                    &bindings.list(&input, output),
-                );
-            }
-            batch.submit()?;
-        }
-        Ok(())
-    }
-}
-
 /// The per-head state of rows `x` (`[tokens, d]`), fitted on the GPU to its first
 /// [`STATE_GROUPS`] groups (means, per-row energies, then the base); `x` empty gives the
 /// reference's empty state.
@@ -180,38 +137,12 @@ pub fn fit_state(ctx: &GpuContext, x: &[f32], shape: RotatedShape) -> Result<Rot
     if n == 0 {
         return Ok(RotatedState::fit(&[], &Rotation::new(d)?));
     }
-    let words = d / 2 + 1;
+    let words = RotatedState::words(d);
     let state = ctx.output("rotated state", words)?;
-    let dummy = ctx.buffer("unused binding", 16)?;
-    let bindings = Bindings {
-        table: ctx.upload("rotated table", &kernel_table(shape.bits))?,
-        state: state.clone(),
-        centres: ctx.buffer("state energies", (n * 2 * 4) as u64)?,
-        words: dummy.clone(),
-        bytes: dummy.clone(),
-    };
+    let table = ctx.upload("rotated table", &kernel_table(shape.bits))?;
     let input = ctx.upload("input", &x[..n * d])?;
-    let list = bindings.list(&input, &dummy);
-    let params = Params {
-        rows: n as u32,
-        ..shape.params()
-    };
     let mut batch = ctx.batch();
-    for (entry, invocations) in [
-        ("state_means", d / 2),
-        ("state_energies", n),
-        ("fit_base", 1),
-    ] {
-        batch.dispatch(
-            &ROTATED,
-            entry,
-            Params {
-                invocations: invocations as u32,
-                ..params
-            },
-            &list,
-        );
-    }
+    record_fit_state(ctx, &mut batch, shape, &table, (&input, n), &state)?;
     batch.submit()?;
     Ok(RotatedState::from_words(&ctx.read_output(
         &state,
@@ -249,10 +180,8 @@ pub fn quantize_rows(
     let step_words = groups.div_ceil(2);
     let code_words = tokens * wpt;
     let scale_words = tokens.div_ceil(4);
-    let dummy = ctx.buffer("unused binding", 16)?;
     let means = if group_means && groups > 0 {
         Some((
-            ctx.buffer("rotated centres", (groups * d * 4) as u64)?,
             ctx.output("group mean codes", mean_words)?,
             ctx.output("group mean steps", step_words)?,
         ))
@@ -264,53 +193,26 @@ pub fn quantize_rows(
     let table = ctx.upload("rotated table", &kernel_table(shape.bits))?;
     let state_buffer = ctx.upload("rotated state", &state.to_words())?;
     let chunk = shape.chunk(ctx)?;
-    let centre_rows = u32::from(means.is_some());
-    if let Some((centres, mean_codes, steps)) = &means {
-        let bindings = Bindings {
-            table: table.clone(),
-            state: state_buffer.clone(),
-            centres: centres.clone(),
-            words: mean_codes.clone(),
-            bytes: steps.clone(),
-        };
-        let group_steps = ctx.buffer("group steps", ((chunk / g) * 4) as u64)?;
-        let run = ChunkRun {
-            x,
+    for (index, rows) in x.chunks(chunk * d).enumerate() {
+        let input = ctx.upload("input", rows)?;
+        let mut batch = ctx.batch();
+        ResidentGroups {
             shape,
-            chunk,
-            params: Params {
-                groups: groups as u32,
-                ..shape.params()
-            },
-        };
-        run.dispatch(ctx, &bindings, &group_steps, |len| {
-            [
-                ("group_means", len / g),
-                ("pack_steps", (len / g).div_ceil(2)),
-            ]
-        })?;
+            table: &table,
+            state: &state_buffer,
+            rows: &input,
+            tokens: rows.len() / d,
+            first_group: index * chunk / g,
+            plane_groups: groups,
+            codes: (&*codes).into(),
+            scales: (&*scales).into(),
+            means: means
+                .as_ref()
+                .map(|(mean_codes, steps)| [(&**mean_codes).into(), (&**steps).into()]),
+        }
+        .record(ctx, &mut batch)?;
+        batch.submit()?;
     }
-    let bindings = Bindings {
-        table,
-        state: state_buffer,
-        centres: means.as_ref().map_or(dummy.clone(), |m| m.0.clone()),
-        words: codes.clone(),
-        bytes: scales.clone(),
-    };
-    let token_bytes = ctx.buffer("token scale bytes", (chunk * 4) as u64)?;
-    let run = ChunkRun {
-        x,
-        shape,
-        chunk,
-        params: Params {
-            groups: groups as u32,
-            centre_rows,
-            ..shape.params()
-        },
-    };
-    run.dispatch(ctx, &bindings, &token_bytes, |len| {
-        [("quantize", len), ("pack_scales", len.div_ceil(4))]
-    })?;
     let rows = RotatedRows {
         tokens,
         head_dim: d,
@@ -321,7 +223,7 @@ pub fn quantize_rows(
             .to_vec(),
     };
     let means = match means {
-        Some((_, mean_codes, steps)) => Some(GroupMeans {
+        Some((mean_codes, steps)) => Some(GroupMeans {
             groups,
             group_size: g,
             head_dim: d,
@@ -421,8 +323,8 @@ fn step_words(first: usize, groups: usize) -> usize {
     (first + groups).div_ceil(2) - first / 2
 }
 
-/// Records the state fit of one head on GPU-resident rows (a growing cache's first flush):
-/// `rows` holds its first `n` rows `[n][d]` f32 from byte 0; the state's
+/// Records the state fit of one head on GPU-resident rows (an uploaded head, or a growing
+/// cache's first flush): `rows` holds its first `n` rows `[n][d]` f32 from byte 0; the state's
 /// [`RotatedState::words`] land in `state` from byte 0. Nothing is read back.
 pub(crate) fn record_fit_state(
     ctx: &GpuContext,
@@ -457,9 +359,10 @@ pub(crate) fn record_fit_state(
     Ok(())
 }
 
-/// Whole groups of one head's GPU-resident rows, quantized in place into a growing cache's
-/// chunk planes after the chunk's first `first_group` groups (the kernels index the planes
-/// by absolute group and token, so the bound ranges are the head's whole planes).
+/// Whole groups of one head's GPU-resident rows, quantized in place into its planes after
+/// their first `first_group` groups (an uploaded chunk of a run, or a flush into a growing
+/// cache's chunk; the kernels index the planes by absolute group and token, so the bound
+/// ranges are the head's whole planes).
 pub(crate) struct ResidentGroups<'a> {
     pub shape: RotatedShape,
     pub table: &'a wgpu::Buffer,
@@ -469,7 +372,7 @@ pub(crate) struct ResidentGroups<'a> {
     pub rows: &'a wgpu::Buffer,
     pub tokens: usize,
     pub first_group: usize,
-    /// Groups the planes hold per head.
+    /// Groups the planes hold per head (the whole run's, or a cache chunk's).
     pub plane_groups: usize,
     /// The head's code words and scale bytes.
     pub codes: Bound<'a>,
