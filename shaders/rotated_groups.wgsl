@@ -51,7 +51,6 @@ const MAX_GROUP: u32 = 128u;
 // u32 words of token_info per token.
 const INFO: u32 = 6u;
 
-var<private> column: array<f32, 128>;
 var<private> group_values: array<f32, 128>;
 var<private> group_widths_of: array<u32, 128>;
 
@@ -174,25 +173,14 @@ fn group_columns(
     if (params.centre_rows == 1u && width_entry(params.group_offset + g, 0u) == TOKEN_MODE) {
         return;
     }
+    // A power-of-two G is one block of the head_dim rotation: the same butterflies and 1/√G.
     let first = g * g_size;
     for (var t = 0u; t < g_size; t = t + 1u) {
-        column[t] = group_rows[(first + t) * d + c];
+        row[t] = group_rows[(first + t) * d + c];
     }
-    var span = 1u;
-    while (span < g_size) {
-        for (var pair = 0u; pair < g_size; pair = pair + 2u * span) {
-            for (var i = pair; i < pair + span; i = i + 1u) {
-                let a = column[i];
-                let b = column[i + span];
-                column[i] = a + b;
-                column[i + span] = a - b;
-            }
-        }
-        span = span * 2u;
-    }
-    let scale = table[BLOCK_SCALES + firstTrailingBit(g_size)];
+    rotate_row(g_size);
     for (var t = 0u; t < g_size; t = t + 1u) {
-        group_rows[(first + t) * d + c] = column[t] * scale;
+        group_rows[(first + t) * d + c] = row[t];
     }
 }
 
