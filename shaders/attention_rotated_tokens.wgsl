@@ -12,7 +12,16 @@
 //   value_sums     — grid (splits of the segment, row quads) of VALUE_LANES: the lanes walk
 //                    the split's tokens together, lane ℓ summing elements 8ℓ…8ℓ+7; the
 //                    sums are rotated back once in workgroup memory and the group centres
-//                    added (binds 2–7, 11, 12).
+//                    added (binds 2–7, 11, 12);
+//   refinement_sums — grid (splits of the segment, row quads) of VALUE_LANES: the STP
+//                    refinement rows (src/packed/stp.rs) of the split's protected tokens,
+//                    summed as value_sums sums a split's tokens (rows = refinement rows per
+//                    KV head, centred on the refinement state's mean), rotated back and
+//                    added to the split's value sums (binds 2–5, 11, 12, 13).
+// Binding 13 (refinement_sums only): u32 [splits][2] each split's first and end refinement
+// row, then [refinement rows] each row's token position relative to the segment's start.
+
+@group(0) @binding(13) var<storage, read> refinement_positions: array<u32>;
 
 // The first four levels (all of them for codes of 1 or 2 bits), read once per invocation.
 fn small_levels() -> vec4<f32> {
@@ -176,6 +185,54 @@ fn value_sums(
         let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
         for (var c = lane; c < d; c = c + VALUE_LANES) {
             partial[out + c] = shared_quad[c][j] + shared_centre[c][j];
+        }
+    }
+}
+
+@compute @workgroup_size(VALUE_LANES)
+fn refinement_sums(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let split = workgroup.x;
+    let quad = quad_rows(workgroup.y);
+    let kv_head = quad.kv_head;
+    let d = params.width;
+    let block = lane;
+    let splits = (params.segment_len + params.split_size - 1u) / params.split_size;
+    let first = refinement_positions[2u * split];
+    let end = refinement_positions[2u * split + 1u];
+    let base = state_base(kv_head);
+    let row_bases = quad.rows * score_stride();
+    load_levels(lane, 0u, 16u);
+    workgroupBarrier();
+    let small = small_levels();
+    var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
+                         vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var flagged = vec4<f32>(0.0);
+    if (block < d / BLOCK) {
+        for (var i = first; i < end; i = i + 1u) {
+            let t = refinement_positions[2u * splits + i];
+            let p = vec4<f32>(weights[row_bases.x + t], weights[row_bases.y + t],
+                              weights[row_bases.z + t], weights[row_bases.w + t]) * quad.live;
+            let byte = scale_byte(kv_head, i);
+            add_block(&sums, p * token_scale(byte, base), block_bits(code_record(kv_head, i), block), small);
+            flagged = flagged + select(vec4<f32>(0.0), p, (byte & FLAG_BIT) != 0u);
+        }
+        for (var k = 0u; k < BLOCK; k = k + 1u) {
+            let e = block * BLOCK + k;
+            shared_quad[e] = block_element(sums, k);
+            shared_centre[e] = flagged * state_mean(kv_head, e);
+        }
+    }
+    rotate_shared_quad(lane);
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (quad.live[j] == 0.0) {
+            continue;
+        }
+        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
+        for (var c = lane; c < d; c = c + VALUE_LANES) {
+            partial[out + c] = partial[out + c] + shared_quad[c][j] + shared_centre[c][j];
         }
     }
 }

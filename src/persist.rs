@@ -21,14 +21,17 @@ use crate::error::{Result, VidkvError};
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState};
 use crate::packed::rotated_groups::{group_budget, GroupCodes};
+use crate::packed::stp::{refines, takes_protection, REFINEMENT_BITS};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 use crate::reference::rotation::Rotation;
 use crate::reference::split::outlier_count;
 
 /// The format name stored in the metadata.
 pub const FORMAT: &str = "vidkv-cache";
-/// The format version this library writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this library writes (2: rotated values may carry STP refinements).
+pub const VERSION: u32 = 2;
+/// The oldest format version this library reads (version 1 files load unchanged).
+pub const OLDEST_VERSION: u32 = 1;
 
 pub(crate) fn corrupt(msg: impl Into<String>) -> VidkvError {
     VidkvError::CorruptPacked(msg.into())
@@ -284,6 +287,9 @@ pub(crate) fn head_arrays(head: &PackedHead) -> Vec<(&'static str, &[u32])> {
         }
         PackedValues::RotatedGroups(codes) => push_groups(&mut arrays, "value", codes),
     }
+    if let Some(rows) = &head.value_refinement {
+        push_rotated(&mut arrays, "refine", rows);
+    }
     arrays
 }
 
@@ -319,20 +325,25 @@ fn push_rotated<'a>(
     side: &str,
     rows: &'a RotatedRows,
 ) {
-    let names: [&'static str; 4] = if side == "key" {
-        [
+    let names: [&'static str; 4] = match side {
+        "key" => [
             "key_rot_codes",
             "key_rot_scales",
             "key_state_mean",
             "key_state_base",
-        ]
-    } else {
-        [
+        ],
+        "value" => [
             "value_rot_codes",
             "value_rot_scales",
             "value_state_mean",
             "value_state_base",
-        ]
+        ],
+        _ => [
+            "refine_rot_codes",
+            "refine_rot_scales",
+            "refine_state_mean",
+            "refine_state_base",
+        ],
     };
     arrays.push((names[0], &rows.codes));
     arrays.push((names[1], &rows.scales));
@@ -403,9 +414,11 @@ impl PackedCache {
                 file.meta("format")?
             )));
         }
-        if file.meta("version")? != VERSION.to_string() {
+        let version = file.meta("version")?.parse::<u32>().ok();
+        if !version.is_some_and(|v| (OLDEST_VERSION..=VERSION).contains(&v)) {
             return Err(corrupt(format!(
-                "format version {} is not supported (this library reads {VERSION})",
+                "format version {} is not supported (this library reads {OLDEST_VERSION} to \
+                 {VERSION})",
                 file.meta("version")?
             )));
         }
@@ -433,8 +446,8 @@ impl PackedCache {
                 "STP positions are unsorted or outside the quantized range",
             ));
         }
-        if !protected.is_empty() && !matches!(config.values, ValueScheme::Ternary { .. }) {
-            return Err(corrupt("STP positions without ternary values"));
+        if !protected.is_empty() && !takes_protection(&config.values) {
+            return Err(corrupt("STP positions with values that take no protection"));
         }
         let d = shape.head_dim;
         let nq = plan.quantized;
@@ -453,14 +466,15 @@ impl PackedCache {
                 check_f16_words(&rows.data, name)?;
                 Ok(rows)
             };
-            let (keys, values) = read_planes(&named, &config, d, nq, protected.len())?;
+            let planes = read_planes(&named, &config, d, nq, protected.len())?;
             cache_heads.push(PackedHead {
                 plan,
                 head_dim: d,
                 exact_keys: exact("exact_keys")?,
                 exact_values: exact("exact_values")?,
-                keys,
-                values,
+                keys: planes.keys,
+                values: planes.values,
+                value_refinement: planes.value_refinement,
             });
         }
         Ok((
@@ -475,6 +489,13 @@ impl PackedCache {
     }
 }
 
+/// The quantized planes of one head, as read from a file.
+pub(crate) struct HeadPlanes {
+    pub keys: PackedKeys,
+    pub values: PackedValues,
+    pub value_refinement: Option<RotatedRows>,
+}
+
 /// Reads and validates the quantized planes of one head: `nq` quantized tokens of which
 /// `protected` are STP-protected, each array fetched by `named(name, expected words)`.
 pub(crate) fn read_planes(
@@ -483,7 +504,7 @@ pub(crate) fn read_planes(
     d: usize,
     nq: usize,
     protected: usize,
-) -> Result<(PackedKeys, PackedValues)> {
+) -> Result<HeadPlanes> {
     let g = config.group_size;
     if config.uses_rotation() {
         Rotation::new(d).map_err(|e| corrupt(e.to_string()))?;
@@ -515,18 +536,18 @@ pub(crate) fn read_planes(
         codes.validate()?;
         Ok(codes)
     };
-    let rotated = |side: &str, bits: u8| -> Result<RotatedRows> {
+    let rotated = |side: &str, bits: u8, tokens: usize| -> Result<RotatedRows> {
         let name = |array: &str| format!("{side}_{array}");
         let state = state(side)?;
         let rows = RotatedRows {
-            tokens: nq,
+            tokens,
             head_dim: d,
             bits,
             codes: named(
                 &name("rot_codes"),
-                nq * RotatedRows::words_per_token(bits, d),
+                tokens * RotatedRows::words_per_token(bits, d),
             )?,
-            scales: named(&name("rot_scales"), nq.div_ceil(4))?,
+            scales: named(&name("rot_scales"), tokens.div_ceil(4))?,
             state,
         };
         rows.validate()?;
@@ -605,7 +626,7 @@ pub(crate) fn read_planes(
                 fft,
             })
         }
-        KeyScheme::Rotated { bits } => PackedKeys::Rotated(rotated("key", bits)?),
+        KeyScheme::Rotated { bits } => PackedKeys::Rotated(rotated("key", bits, nq)?),
         KeyScheme::RotatedGroups { bits } => PackedKeys::RotatedGroups(groups("key", bits)?),
     };
     let values = match config.values {
@@ -630,7 +651,7 @@ pub(crate) fn read_planes(
             }
         }
         ValueScheme::Rotated { bits, group_means } => {
-            let rows = rotated("value", bits)?;
+            let rows = rotated("value", bits, nq)?;
             let means = if group_means {
                 let groups = nq / g;
                 let means = GroupMeans {
@@ -650,7 +671,16 @@ pub(crate) fn read_planes(
         }
         ValueScheme::RotatedGroups { bits } => PackedValues::RotatedGroups(groups("value", bits)?),
     };
-    Ok((keys, values))
+    let value_refinement = if protected > 0 && refines(&config.values) {
+        Some(rotated("refine", REFINEMENT_BITS, protected)?)
+    } else {
+        None
+    };
+    Ok(HeadPlanes {
+        keys,
+        values,
+        value_refinement,
+    })
 }
 
 /// Fails when an array of f16 pairs holds infinity or NaN (a corrupted file).

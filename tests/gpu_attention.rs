@@ -18,9 +18,10 @@ use data::shared_sample;
 
 use proptest::prelude::*;
 
-use vidkv::config::{QuantConfig, ValueScheme, ROTATED_PRESET_NAMES};
+use vidkv::config::{QuantConfig, ROTATED_PRESET_NAMES};
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
+use vidkv::packed::stp::takes_protection;
 use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
@@ -107,14 +108,17 @@ fn real_dev_files_for_every_preset() {
             eprintln!("{file} {preset}: worst relative error {worst:.2e}");
         }
         let protected: Vec<u32> = (3..tokens as u32).step_by(5).collect();
-        let cache = PackedCache::quantize(
-            &sample.k,
-            &sample.v,
-            &QuantConfig::preset("vidkv-tuned").unwrap(),
-            &protected,
-        )
-        .unwrap();
-        check(&cache, &sample.q, &visible, &format!("{file} vidkv+STP"));
+        for preset in ["vidkv-tuned", "vidkv"] {
+            let cache = PackedCache::quantize(
+                &sample.k,
+                &sample.v,
+                &QuantConfig::preset(preset).unwrap(),
+                &protected,
+            )
+            .unwrap();
+            let worst = check(&cache, &sample.q, &visible, &format!("{file} {preset}+STP"));
+            eprintln!("{file} {preset}+STP: worst relative error {worst:.2e}");
+        }
     }
 }
 
@@ -159,7 +163,7 @@ proptest! {
         let mut config = QuantConfig::preset(preset).unwrap();
         config.sinks = sinks;
         config.residual = residual_groups * config.group_size;
-        let protected: Vec<u32> = if stp && matches!(config.values, ValueScheme::Ternary { .. }) {
+        let protected: Vec<u32> = if stp && takes_protection(&config.values) {
             (0..tokens as u32).filter(|t| t % 6 == 1).collect()
         } else {
             Vec::new()
@@ -224,8 +228,8 @@ fn a_128k_context_stays_stable() {
 }
 
 /// Tiles of query rows that start and end inside a KV head's rows (a small binding cap forces
-/// them) give the same outputs as one tile: the ternary value kernel's row quads are masked
-/// to the tile and the head.
+/// them) give the same outputs as one tile: the row quads of the ternary value kernel and of
+/// the rotated value and STP refinement kernels are masked to the tile and the head.
 #[test]
 fn tiles_that_split_a_kv_head_match_one_tile() {
     let capped = GpuContext::new(&GpuOptions {
@@ -243,7 +247,11 @@ fn tiles_that_split_a_kv_head_match_one_tile() {
             .map(|m| (0, (tokens - 100 * m) as u32))
             .collect();
         let protected: Vec<u32> = (0..tokens as u32).filter(|t| t % 9 == 4).collect();
-        for (preset, stp) in [("vidkv-tuned", &protected[..]), ("vidkv-paper", &[][..])] {
+        for (preset, stp) in [
+            ("vidkv-tuned", &protected[..]),
+            ("vidkv-paper", &[][..]),
+            ("rotated", &protected[..]),
+        ] {
             let config = QuantConfig::preset(preset).unwrap();
             let cache = PackedCache::quantize(&k, &v, &config, stp).unwrap();
             let whole = GpuLayer::upload(gpu(), &cache, 0).unwrap();

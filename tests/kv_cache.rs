@@ -278,11 +278,23 @@ fn bad_calls_are_typed_errors() {
 }
 
 #[test]
-fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
+fn protected_tokens_attend_like_the_packed_cache() {
+    // Ternary values keep protected tokens at 2 bits; rotated ones add a refinement.
+    for preset in ["vidkv-tuned", "vidkv", "rotated"] {
+        check_protected_prefill(preset);
+    }
+    let mut kivi = KvCache::new(SHAPE, QuantConfig::preset("kivi2").unwrap(), gpu()).unwrap();
+    assert!(
+        matches!(kivi.protect(&[1, 2]), Err(VidkvError::InvalidConfig(_))),
+        "STP needs ternary or rotated values"
+    );
+}
+
+fn check_protected_prefill(preset: &str) {
     let (k, v) = tensors(700);
     let q = queries(2);
     let visible = [(0u32, 700u32), (100, 600)];
-    let config = QuantConfig::preset("vidkv-tuned").unwrap();
+    let config = QuantConfig::preset(preset).unwrap();
     let protected: Vec<u32> = (0..700).filter(|t| t % 5 == 2).collect();
     let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
     cache.protect(&protected).unwrap();
@@ -300,7 +312,7 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     for l in 0..SHAPE.layers {
         let expected = attend_packed(&packed, l, &q, &visible);
         let err = relative_l2(&cache.attend(l, &q, &visible).unwrap(), &expected);
-        assert!(err < 1e-5, "layer {l}: relative error {err}");
+        assert!(err < 1e-5, "{preset} layer {l}: relative error {err}");
     }
     // Later tokens go to ordinary chunks after the protected prefill.
     let (k2, v2) = tensors(900);
@@ -316,8 +328,6 @@ fn protected_tokens_keep_two_bit_values_like_the_packed_cache() {
     let out = cache.attend_causal(0, &queries(1)).unwrap();
     assert!(out.iter().all(|x| x.is_finite()));
     assert!(cache.protect(&[1]).is_err(), "protect after the prefill");
-    let mut kivi = KvCache::new(SHAPE, QuantConfig::preset("kivi2").unwrap(), gpu()).unwrap();
-    assert!(kivi.protect(&[1, 2]).is_err(), "STP needs ternary values");
 }
 
 #[test]
@@ -339,6 +349,8 @@ fn save_and_load_round_trip() {
         ("rotated-k3v1", 300, 41, false),
         ("vidkv", 900, 1, false),
         ("vidkv", 500, 33, false),
+        ("vidkv", 900, 1, true),
+        ("vidkv", 500, 33, true),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
         let protected: Vec<u32> = if stp {
@@ -349,7 +361,10 @@ fn save_and_load_round_trip() {
         let cache = fill_protected(&config, &protected, &k, &v, prefill, step);
         // Where the split (or the rotated state) cannot differ, the cache's contents are
         // exactly the packed form.
-        if prefill == 900 || !(preset.starts_with("vidkv-tuned") || preset.starts_with("rotated")) {
+        // (STP applies to the prefill only, so only a whole prefill matches it.)
+        let comparable =
+            prefill == 900 || !(preset.starts_with("vidkv-tuned") || preset.starts_with("rotated"));
+        if comparable && (prefill == 900 || !stp) {
             let packed = PackedCache::quantize(&k, &v, &config, &protected).unwrap();
             assert_eq!(cache.to_packed().unwrap(), packed, "{preset}");
         }
@@ -435,6 +450,7 @@ fn tokens_from_gpu_buffers_equal_tokens_from_the_host() {
         ("fp16", false),
         ("rotated", false),
         ("vidkv", false),
+        ("vidkv", true),
     ] {
         let config = QuantConfig::preset(preset).unwrap();
         let protected: Vec<u32> = if stp {
@@ -486,9 +502,15 @@ fn groups_after_a_protected_prefill_attend_correctly() {
     // A protected prefill, then more groups in chunks: the chunk positions must follow the
     // prefill's quantized run. Compare with the same tokens without protection: both are
     // quantizations of one cache, so their attention must agree to the quantization error.
+    for preset in ["vidkv-tuned", "vidkv"] {
+        check_groups_after_protected_prefill(preset);
+    }
+}
+
+fn check_groups_after_protected_prefill(preset: &str) {
     let (k, v) = tensors(1200);
     let q = queries(1);
-    let config = QuantConfig::preset("vidkv-tuned").unwrap();
+    let config = QuantConfig::preset(preset).unwrap();
     let protected: Vec<u32> = (0..600).filter(|t| t % 4 == 1).collect();
     let fill = |protect: &[u32]| {
         let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
@@ -523,7 +545,7 @@ fn groups_after_a_protected_prefill_attend_correctly() {
     let err_without = relative_l2(&without.attend_causal(0, &q).unwrap(), &reference);
     assert!(
         err_with <= err_without * 1.5 + 1e-3,
-        "with STP {err_with}, without {err_without}"
+        "{preset}: with STP {err_with}, without {err_without}"
     );
 }
 

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use proptest::prelude::*;
 
+use vidkv::packed::stp::takes_protection;
 use vidkv::{PackedCache, QuantConfig, Tensor, VidkvError, PRESET_NAMES};
 
 fn small_tensor(seed: u32) -> Tensor {
@@ -29,7 +30,7 @@ fn every_preset_round_trips_exactly() {
         let mut config = QuantConfig::preset(preset).unwrap();
         config.group_size = 16;
         config.residual = config.residual.min(16);
-        let protected: Vec<u32> = if preset.starts_with("vidkv-tuned") {
+        let protected: Vec<u32> = if takes_protection(&config.values) {
             vec![3, 9, 40, 41]
         } else {
             vec![]
@@ -49,9 +50,38 @@ fn every_preset_round_trips_exactly() {
         let mut config = QuantConfig::preset(preset).unwrap();
         config.group_size = 16;
         config.residual = 16;
-        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
-        let loaded = PackedCache::from_safetensors(&cache.to_safetensors().unwrap()).unwrap();
-        assert_eq!(loaded, cache, "{preset}");
+        for protected in [&[][..], &[3, 9, 40, 41][..]] {
+            let cache = PackedCache::quantize(&k, &v, &config, protected).unwrap();
+            let loaded = PackedCache::from_safetensors(&cache.to_safetensors().unwrap()).unwrap();
+            assert_eq!(loaded, cache, "{preset}");
+        }
+    }
+}
+
+#[test]
+fn version_1_files_load_and_unknown_versions_are_refused() {
+    let (k, v) = (small_tensor(1), small_tensor(2));
+    let mut config = QuantConfig::preset("vidkv").unwrap();
+    config.group_size = 16;
+    config.residual = 16;
+    let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+    let bytes = cache.to_safetensors().unwrap();
+    let current = format!("\"version\":\"{}\"", vidkv::persist::VERSION);
+    let at = bytes
+        .windows(current.len())
+        .position(|w| w == current.as_bytes())
+        .expect("the version is in the header");
+    for (version, loads) in [(b'1', true), (b'9', false)] {
+        let mut changed = bytes.clone();
+        changed[at + current.len() - 2] = version;
+        match PackedCache::from_safetensors(&changed) {
+            Ok(loaded) => assert!(loads && loaded == cache, "version {}", version as char),
+            Err(e) => assert!(
+                !loads && matches!(e, VidkvError::CorruptPacked(_)),
+                "version {}: {e}",
+                version as char
+            ),
+        }
     }
 }
 

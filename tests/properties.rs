@@ -10,6 +10,7 @@ use vidkv::config::{
 };
 use vidkv::packed::attend::{attend_packed, packed_logits};
 use vidkv::packed::planes::{GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
+use vidkv::packed::stp::takes_protection;
 use vidkv::packed::{estimate_size, PackedCache, PackedKeys};
 use vidkv::reference::attention::attend_dense;
 use vidkv::reference::quantizers::{quantize_2bit, quantize_sign, quantize_ternary};
@@ -248,7 +249,7 @@ fn packed_attention_equals_dequantize_then_attend() {
         let v = tensor([2, kv_heads, tokens, d], 100 + case as u64);
         let q = tensor([1, 1, 3, d], 200 + case as u64);
         for cfg in all_configs() {
-            let protected: Vec<u32> = if matches!(cfg.values, ValueScheme::Ternary { .. }) {
+            let protected: Vec<u32> = if takes_protection(&cfg.values) {
                 (5..tokens as u32).step_by(7).collect()
             } else {
                 Vec::new()
@@ -288,7 +289,7 @@ fn size_estimate_equals_the_stored_size() {
     for (d, tokens) in [(64usize, 512usize), (80, 333), (128, 1000), (96, 31)] {
         let k = tensor([2, 2, tokens, d], 7);
         for cfg in all_configs() {
-            let protected: Vec<u32> = if matches!(cfg.values, ValueScheme::Ternary { .. }) {
+            let protected: Vec<u32> = if takes_protection(&cfg.values) {
                 (40..tokens as u32).step_by(3).collect()
             } else {
                 Vec::new()

@@ -614,3 +614,67 @@ fn fractional_group_budgets_need_a_whole_even_bit_count_per_group() {
     );
     assert_eq!((codes.token_bits(15), codes.token_bits(16)), (3, 2));
 }
+
+/// STP under rotated values: each protected token's value gains a 1-bit refinement of its
+/// residual, which must cut that token's error (a 1-bit Gaussian code keeps ~36 % of the
+/// residual's energy, so about 0.6× in L2) and leave every other token's value untouched;
+/// 2-bit values cannot protect tokens.
+#[test]
+fn protected_tokens_decode_closer_under_rotated_values() {
+    let sample = shared_sample("dinov2_video_dev");
+    let tokens = sample.k.dim(2);
+    let protected: Vec<u32> = (100..tokens as u32).step_by(5).collect();
+    for preset in ["vidkv", "rotated"] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let plain = PackedCache::quantize(&sample.k, &sample.v, &config, &[]).unwrap();
+        let stp = PackedCache::quantize(&sample.k, &sample.v, &config, &protected).unwrap();
+        assert_eq!(
+            plain.heads[0].keys, stp.heads[0].keys,
+            "{preset}: keys unchanged"
+        );
+        let (_, v_plain) = plain.dequantize();
+        let (_, v_stp) = stp.dequantize();
+        let d = sample.k.dim(3);
+        let (mut err_plain, mut err_stp, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+        for (row, ((x, a), b)) in sample
+            .v
+            .data
+            .chunks_exact(d)
+            .zip(v_plain.data.chunks_exact(d))
+            .zip(v_stp.data.chunks_exact(d))
+            .enumerate()
+        {
+            let t = (row % tokens) as u32;
+            if stp.protected.binary_search(&t).is_ok() {
+                for ((&x, &a), &b) in x.iter().zip(a).zip(b) {
+                    err_plain += f64::from(x - a).powi(2);
+                    err_stp += f64::from(x - b).powi(2);
+                    energy += f64::from(x).powi(2);
+                }
+            } else {
+                assert_eq!(a, b, "{preset}: an unprotected token's value changed");
+            }
+        }
+        let ratio = (err_stp / err_plain).sqrt();
+        eprintln!(
+            "{preset}: protected values' relative error {:.4} -> {:.4} (x{ratio:.3})",
+            (err_plain / energy).sqrt(),
+            (err_stp / energy).sqrt()
+        );
+        assert!(
+            ratio < 0.7,
+            "{preset}: the refinement only reached x{ratio}"
+        );
+        let bits = |c: &PackedCache| c.size().value_bits();
+        eprintln!(
+            "{preset}: value bits {:.4} -> {:.4}",
+            bits(&plain),
+            bits(&stp)
+        );
+    }
+    let kivi = QuantConfig::preset("kivi2").unwrap();
+    assert!(matches!(
+        PackedCache::quantize(&sample.k, &sample.v, &kivi, &protected),
+        Err(VidkvError::InvalidConfig(_))
+    ));
+}

@@ -12,6 +12,7 @@ use crate::gpu::GpuContext;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::rotated::{GroupMeans, RotatedRows, RotatedState};
 use crate::packed::rotated_groups::GroupCodes;
+use crate::packed::stp::REFINEMENT_BITS;
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 
 /// One quantized run of a layer, as stored: its planes and how many groups it holds.
@@ -45,9 +46,13 @@ impl<'g> KvCache<'g> {
         let mut heads = Vec::with_capacity(self.shape.layers * h);
         let mut protected = Vec::new();
         for state in &self.layers {
-            if state.prefill.as_ref().is_some_and(|(_, p)| *p > 0) && !state.chunks.is_empty() {
+            if state.prefill.as_ref().is_some_and(|(_, p)| *p > 0)
+                && !state.chunks.is_empty()
+                && matches!(self.config.values, ValueScheme::Ternary { .. })
+            {
                 return Err(VidkvError::InvalidConfig(
-                    "a cache with STP-protected tokens and groups quantized after the prefill cannot be saved in format version 1"
+                    "a ternary cache with STP-protected tokens and groups quantized after the \
+                     prefill has no single-run packed form (save it with KvCache::save)"
                         .into(),
                 ));
             }
@@ -287,6 +292,11 @@ impl<'g> KvCache<'g> {
             },
             keys,
             values,
+            value_refinement: if protected > 0 {
+                reads.refinement(head, protected, d)
+            } else {
+                None
+            },
         })
     }
 
@@ -379,12 +389,15 @@ pub(super) struct RunReads {
     /// Per run, per array: the whole buffer's words.
     arrays: Vec<std::collections::HashMap<RunArray, Vec<u32>>>,
     kept: Vec<(Vec<u32>, Vec<u32>)>,
+    /// Per run, its STP refinement rows (codes, scale bytes, states), if any.
+    refinements: Vec<Option<[Vec<u32>; 3]>>,
 }
 
 impl RunReads {
     pub(super) fn read(ctx: &GpuContext, runs: &[StoredRun<'_>]) -> Result<Self> {
         let mut arrays = Vec::with_capacity(runs.len());
         let mut kept = Vec::with_capacity(runs.len());
+        let mut refinements = Vec::with_capacity(runs.len());
         for run in runs {
             let mut map = std::collections::HashMap::new();
             let all = |b: &wgpu::Buffer| ctx.read_words(b, (b.size() / 4) as usize);
@@ -449,9 +462,37 @@ impl RunReads {
                     kept.push((Vec::new(), Vec::new()));
                 }
             }
+            refinements.push(match &run.planes.refinement {
+                Some(r) => Some([
+                    all(&r.rows.codes)?,
+                    all(&r.rows.scales)?,
+                    all(&r.rows.states.states)?,
+                ]),
+                None => None,
+            });
             arrays.push(map);
         }
-        Ok(RunReads { arrays, kept })
+        Ok(RunReads {
+            arrays,
+            kept,
+            refinements,
+        })
+    }
+
+    /// Head `head`'s STP refinement rows (only a prefill run has them), `protected` long.
+    fn refinement(&self, head: usize, protected: usize, d: usize) -> Option<RotatedRows> {
+        let [codes, scales, states] = self.refinements.first()?.as_ref()?;
+        let wpt = RotatedRows::words_per_token(REFINEMENT_BITS, d);
+        let state_words = RotatedState::words(d);
+        let scale_words = protected.div_ceil(4);
+        Some(RotatedRows {
+            tokens: protected,
+            head_dim: d,
+            bits: REFINEMENT_BITS,
+            state: RotatedState::from_words(&states[head * state_words..][..state_words]),
+            codes: codes[head * protected * wpt..][..protected * wpt].to_vec(),
+            scales: scales[head * scale_words..][..scale_words].to_vec(),
+        })
     }
 
     /// Rows `0..rows` of head `head` of a `[head][row][stride][per_group]` array, each row

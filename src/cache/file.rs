@@ -4,7 +4,7 @@
 
 use super::convert::{RunReads, StoredRun};
 use super::{Chunk, KvCache, ModelShape, CHUNK_GROUPS};
-use crate::config::{KeyScheme, TokenPlan, ValueScheme};
+use crate::config::{KeyScheme, TokenPlan};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
 use crate::gpu::incremental::{
@@ -12,15 +12,17 @@ use crate::gpu::incremental::{
 };
 use crate::gpu::GpuContext;
 use crate::packed::planes::ExactRows;
+use crate::packed::stp::takes_protection;
 use crate::packed::{PackedCache, PackedHead};
 
 /// The format name of a saved [`KvCache`].
 pub const KVCACHE_FORMAT: &str = "vidkv-kvcache";
 /// The version of a saved [`KvCache`] this library writes. Version 3 added runs of the
 /// rotated per-token schemes (their codes, scale bytes, per-head states and group means,
-/// in the [`crate::persist`] plane layout); version 2 files (no rotated runs) load as they
-/// are.
-pub const KVCACHE_VERSION: u32 = 3;
+/// in the [`crate::persist`] plane layout); version 4 the STP refinements of a rotated
+/// prefill run (`refine_*` arrays, [`crate::packed::stp`]). Version 2 and 3 files load as
+/// they are.
+pub const KVCACHE_VERSION: u32 = 4;
 /// The oldest version of a saved [`KvCache`] this library reads.
 pub const KVCACHE_OLDEST_VERSION: u32 = 2;
 
@@ -271,11 +273,10 @@ impl<'g> KvCache<'g> {
                         "layer {l} run {r}: STP positions unsorted or outside the run"
                     )));
                 }
-                if protected > 0
-                    && (r != 0 || !matches!(config.values, ValueScheme::Ternary { .. }))
-                {
+                if protected > 0 && (r != 0 || !takes_protection(&config.values)) {
                     return Err(corrupt(format!(
-                        "layer {l} run {r}: STP positions outside a ternary prefill run"
+                        "layer {l} run {r}: STP positions outside a prefill run whose values \
+                         take protection"
                     )));
                 }
                 let run_plan = TokenPlan {
@@ -288,7 +289,7 @@ impl<'g> KvCache<'g> {
                     let prefix = format!("l{l}.h{head}.r{r}.");
                     let named =
                         |name: &str, expected: usize| array(&format!("{prefix}{name}"), expected);
-                    let (keys, values) = read_planes(&named, &config, d, run_tokens, protected)?;
+                    let planes = read_planes(&named, &config, d, run_tokens, protected)?;
                     heads.push(PackedHead {
                         plan: run_plan,
                         head_dim: d,
@@ -302,8 +303,9 @@ impl<'g> KvCache<'g> {
                             width: d,
                             data: Vec::new(),
                         },
-                        keys,
-                        values,
+                        keys: planes.keys,
+                        values: planes.values,
+                        value_refinement: planes.value_refinement,
                     });
                 }
                 let (layout, planes) = upload_planes(gpu, &heads, &list, g)?;

@@ -11,16 +11,17 @@
 //! ([`crate::gpu::attention`]); a decode step uploads the new token and the query and
 //! reads back only the output.
 //!
-//! STP: [`KvCache::protect`] (before the prefill) keeps the chosen tokens' values at 2 bits;
-//! the protected set applies to the prefill, whose quantized part is then packed in one
-//! segment with its STP lists (the prefill's planes make one trip through host memory);
-//! tokens appended later are never protected, as in the paper's code.
+//! STP: [`KvCache::protect`] (before the prefill) keeps the chosen tokens' values at 2 bits
+//! (ternary values) or adds a 1-bit refinement of each one's residual (rotated values, see
+//! [`crate::packed::stp`]); the protected set applies to the prefill, whose quantized part
+//! is then packed in one segment with its STP lists (the prefill's planes make one trip
+//! through host memory); tokens appended later are never protected, as in the paper's code.
 //!
 //! Persistence: [`KvCache::save`] / [`KvCache::load`] store every quantized run (the
 //! prefill, each chunk) in the [`crate::persist`] plane layout with the metadata of
 //! [`KvCache::to_safetensors`]; [`KvCache::to_packed`] gives the contents as one
 //! [`crate::PackedCache`] where they fit one run per head (not when STP tokens are
-//! followed by later groups: their ternary groups are not contiguous).
+//! followed by later groups under ternary values: their ternary groups are not contiguous).
 //!
 //!
 //! One file per job: this module holds the type, its state and accessors; `append` the
@@ -40,11 +41,12 @@ pub use crate::gpu::incremental::CHUNK_GROUPS;
 pub use file::{KVCACHE_FORMAT, KVCACHE_OLDEST_VERSION, KVCACHE_VERSION};
 pub use reference::{ModelCache, ReferenceCache};
 
-use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
+use crate::config::{Grouping, KeyScheme, QuantConfig};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{check_head_dim, KeyLayout, PackedPlanes};
 use crate::gpu::incremental::{ExactStore, F32Rows, Heads, LayerStates};
 use crate::gpu::GpuContext;
+use crate::packed::stp::{takes_protection, unprotectable};
 use crate::packed::{estimate_size, CacheShape};
 use crate::tensor::check_quantizable;
 
@@ -184,18 +186,18 @@ impl<'g> KvCache<'g> {
         self.groups_quantized
     }
 
-    /// Protects token positions (STP: their values keep 2 bits instead of ternary). Call it
-    /// before any layer is filled; it applies to the prefills. Needs ternary values.
+    /// Protects token positions (STP, [`crate::packed::stp`]): under ternary values their
+    /// values keep 2 bits instead; under rotated values (the default) each also stores a
+    /// 1-bit refinement of its residual. Call it before any layer is filled; it applies to
+    /// the prefills. 2-bit and f16 values give [`VidkvError::InvalidConfig`].
     pub fn protect(&mut self, positions: &[u32]) -> Result<()> {
         if !self.is_empty() {
             return Err(VidkvError::InvalidConfig(
                 "protect the tokens before the prefill (the cache already holds tokens)".into(),
             ));
         }
-        if !matches!(self.config.values, ValueScheme::Ternary { .. }) && !positions.is_empty() {
-            return Err(VidkvError::InvalidConfig(
-                "protected (STP) tokens need the ternary value scheme".into(),
-            ));
+        if !takes_protection(&self.config.values) && !positions.is_empty() {
+            return Err(unprotectable());
         }
         if positions.windows(2).any(|w| w[0] >= w[1]) {
             return Err(VidkvError::InvalidConfig(

@@ -81,7 +81,17 @@ fn dequantize_values(
             rows
         }
     };
-    Ok(assemble(head, exact(ctx, &head.exact_values)?, quantized))
+    let mut out = assemble(head, exact(ctx, &head.exact_values)?, quantized);
+    if let Some(rows) = &head.value_refinement {
+        let refined = super::rotated::dequantize_rows(ctx, rows, None, group_size)?;
+        for (&p, r) in protected.iter().zip(refined.chunks_exact(d)) {
+            let row = &mut out[p as usize * d..(p as usize + 1) * d];
+            for (x, &r) in row.iter_mut().zip(r) {
+                *x += r;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `record` over chunks of whole groups of a plane with `len` elements per row (it

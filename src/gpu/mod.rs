@@ -35,6 +35,7 @@ pub mod quantize;
 pub mod rotated;
 pub mod rotated_groups;
 pub mod shaders;
+mod stp;
 pub mod trace;
 
 pub use context::{GpuContext, GpuOptions};

@@ -88,8 +88,16 @@ pub fn quantize_cache(
                 config,
                 layer_split.as_ref(),
             )?;
-            let values =
-                quantize_values(ctx, &v_head[quantized.clone()], d, config, plan, &protected)?;
+            let v_rows = &v_head[quantized.clone()];
+            let values = quantize_values(ctx, v_rows, d, config, plan, &protected)?;
+            let value_refinement = super::stp::refine_values(
+                ctx,
+                &values,
+                v_rows,
+                plan,
+                &protected,
+                (d, config.group_size),
+            )?;
             heads.push(PackedHead {
                 plan,
                 head_dim: d,
@@ -97,6 +105,7 @@ pub fn quantize_cache(
                 exact_values: exact(ctx, &exact_source_rows(v_head, d, plan), d)?,
                 keys,
                 values,
+                value_refinement,
             });
         }
     }

@@ -196,6 +196,10 @@ pub fn packed_weighted_values(head: &PackedHead, protected: &[u32], weights: &[f
         }
         PackedValues::RotatedGroups(codes) => add_group_values(head, codes, w, &mut out),
     }
+    if let Some(rows) = &head.value_refinement {
+        let w: Vec<f32> = protected.iter().map(|&p| weights[p as usize]).collect();
+        add_rotated_values(head, rows, None, &w, &mut out);
+    }
     out.into_iter().map(|o| o as f32).collect()
 }
 

@@ -11,8 +11,12 @@ pub mod planes;
 pub mod rotated;
 pub mod rotated_groups;
 mod size;
+pub mod stp;
 
 pub use size::{estimate_size, SizeReport};
+use stp::protected_in_range;
+pub(crate) use stp::split_value_rows;
+pub use stp::ValueSlot;
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
@@ -138,6 +142,9 @@ pub struct PackedHead {
     pub exact_values: ExactRows,
     pub keys: PackedKeys,
     pub values: PackedValues,
+    /// Under rotated values, the STP refinement of the protected tokens' values (one row
+    /// per entry of the cache's protected list, see [`stp`]); `None` without protection.
+    pub value_refinement: Option<RotatedRows>,
 }
 
 /// A whole quantized K/V cache.
@@ -157,7 +164,7 @@ impl PackedCache {
     ///
     /// `protected` lists STP token positions (ascending, unique, < tokens); positions that
     /// fall in the exact sinks or tail are already exact and are dropped. It must be empty
-    /// unless the value scheme is ternary.
+    /// unless the values are ternary or rotated ([`stp`]).
     pub fn quantize(
         k: &Tensor,
         v: &Tensor,
@@ -294,37 +301,6 @@ fn cache_shape(k: &Tensor, v: &Tensor) -> Result<CacheShape> {
     Ok(shape)
 }
 
-fn protected_in_range(
-    protected: &[u32],
-    plan: TokenPlan,
-    config: &QuantConfig,
-) -> Result<Vec<u32>> {
-    if protected.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(VidkvError::InvalidConfig(
-            "protected positions must be ascending and unique".into(),
-        ));
-    }
-    if let Some(&last) = protected.last() {
-        if last as usize >= plan.tokens {
-            return Err(VidkvError::InvalidConfig(format!(
-                "protected position {last} is beyond the {} tokens",
-                plan.tokens
-            )));
-        }
-        if !matches!(config.values, ValueScheme::Ternary { .. }) {
-            return Err(VidkvError::InvalidConfig(
-                "protected (STP) tokens need the ternary value scheme".into(),
-            ));
-        }
-    }
-    let range = plan.quantized_start()..plan.quantized_end();
-    Ok(protected
-        .iter()
-        .copied()
-        .filter(|&p| range.contains(&(p as usize)))
-        .collect())
-}
-
 /// The per-head states of the rotated schemes, fixed at a head's first quantization and
 /// reused for every later run of the same head (`None` until then, and for other schemes).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -383,6 +359,7 @@ pub fn quantize_run(
         exact_values: ExactRows::from_rows(&[], d),
         keys: quantize_keys(k, d, config, split, &mut states.keys),
         values: quantize_values(v, d, config, plan, &[], &mut states.values),
+        value_refinement: None,
     })
 }
 
@@ -433,14 +410,17 @@ fn quantize_layer(
                 protected,
                 &mut states.values,
             );
-            PackedHead {
+            let mut head = PackedHead {
                 plan,
                 head_dim: d,
                 exact_keys: exact_rows(k_head, d, plan),
                 exact_values: exact_rows(v_head, d, plan),
                 keys,
                 values,
-            }
+                value_refinement: None,
+            };
+            head.refine(&quantized_rows(v_head), protected, config);
+            head
         })
         .collect()
 }
@@ -454,31 +434,6 @@ pub(crate) fn exact_source_rows(head: &[f32], d: usize, plan: TokenPlan) -> Vec<
     let mut rows = head[..plan.sinks * d].to_vec();
     rows.extend_from_slice(&head[plan.quantized_end() * d..]);
     rows
-}
-
-/// Splits the quantized value rows (`[quantized tokens, d]`) into (unprotected, protected)
-/// rows, each in position order.
-pub(crate) fn split_value_rows(
-    x: &[f32],
-    d: usize,
-    plan: TokenPlan,
-    protected: &[u32],
-) -> (Vec<f32>, Vec<f32>) {
-    let start = plan.quantized_start();
-    let mut is_protected = vec![false; x.len() / d];
-    for &p in protected {
-        is_protected[p as usize - start] = true;
-    }
-    let mut plain_rows = Vec::new();
-    let mut kept_rows = Vec::new();
-    for (row, &p) in x.chunks_exact(d).zip(&is_protected) {
-        if p {
-            kept_rows.extend_from_slice(row);
-        } else {
-            plain_rows.extend_from_slice(row);
-        }
-    }
-    (plain_rows, kept_rows)
 }
 
 /// Columns `channels` of a row-major `[tokens, d]` matrix, as rows `[channels, tokens]`.
@@ -683,7 +638,8 @@ impl PackedHead {
         out
     }
 
-    /// Dense V̂ of this head, `[tokens, head_dim]`; `protected` is the cache's STP list.
+    /// Dense V̂ of this head, `[tokens, head_dim]`; `protected` is the cache's STP list
+    /// (under rotated values, each protected token's refinement is added).
     pub fn dequantize_values(&self, protected: &[u32]) -> Vec<f32> {
         let d = self.head_dim;
         let mut out = vec![0.0; self.plan.tokens * d];
@@ -714,24 +670,8 @@ impl PackedHead {
             ),
             PackedValues::RotatedGroups(codes) => codes.dequantize(&self.rotation(), q),
         }
+        self.add_refinement(protected, &mut out);
         out
-    }
-
-    /// Where each quantized token's value lives, in token order.
-    pub fn value_slots<'a>(&self, protected: &'a [u32]) -> impl Iterator<Item = ValueSlot> + 'a {
-        let start = self.plan.quantized_start();
-        let end = self.plan.quantized_end();
-        let mut next = protected.iter().peekable();
-        let (mut plain, mut kept) = (0usize, 0usize);
-        (start..end).map(move |t| {
-            if next.next_if(|&&p| p as usize == t).is_some() {
-                kept += 1;
-                ValueSlot::Protected(kept - 1)
-            } else {
-                plain += 1;
-                ValueSlot::Plain(plain - 1)
-            }
-        })
     }
 
     fn fill_exact(&self, exact: &ExactRows, out: &mut [f32]) {
@@ -764,15 +704,6 @@ impl PackedHead {
     pub fn exact_positions(&self) -> impl Iterator<Item = usize> {
         (0..self.plan.sinks).chain(self.plan.quantized_end()..self.plan.tokens)
     }
-}
-
-/// Where one quantized token's value is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueSlot {
-    /// Element `i` of the ternary plane's rows.
-    Plain(usize),
-    /// Element `i` of the protected 2-bit plane's rows.
-    Protected(usize),
 }
 
 fn fill_two_bit(plane: &TwoBitPlane, grouping: Grouping, d: usize, out: &mut [f32]) {

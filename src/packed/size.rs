@@ -3,12 +3,14 @@
 //! Counted: code words, f16 scales and minimums (with the padding of odd group counts and
 //! of partial trit blocks), outlier-channel masks, exact sink and tail rows, and the STP
 //! position list (one u32 per protected token, once per cache, charged to V), and the
-//! rotated schemes' per-token scale bytes, per-group means and per-head state. Not counted:
+//! rotated schemes' per-token scale bytes, per-group means and per-head state, and their STP
+//! refinement rows (codes, scale bytes and state of each head). Not counted:
 //! the fixed-size header (shape and configuration), which does not grow with the cache.
 
 use super::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use super::rotated::{GroupMeans, RotatedRows};
 use super::rotated_groups::{group_budget, GroupCodes};
+use super::stp::REFINEMENT_BITS;
 use super::{CacheShape, PackedCache, PackedKeys, PackedValues};
 use crate::config::{Grouping, KeyScheme, QuantConfig, ValueScheme};
 use crate::reference::split::outlier_count;
@@ -74,6 +76,7 @@ pub(super) fn measure(cache: &PackedCache) -> SizeReport {
             }
             PackedValues::RotatedGroups(codes) => group_words(codes),
         };
+        value_words += head.value_refinement.as_ref().map_or(0, rotated_words);
     }
     SizeReport {
         key_bytes: 4 * key_words,
@@ -116,6 +119,13 @@ pub fn estimate_size(shape: CacheShape, config: &QuantConfig, protected: usize) 
         len,
         group_size: g,
     };
+    let refinement = |protected: usize| {
+        if protected == 0 {
+            0
+        } else {
+            RotatedRows::words(REFINEMENT_BITS, d, protected)
+        }
+    };
     let key_plane = match config.keys {
         KeyScheme::Fp16 => 0,
         KeyScheme::TwoBit { grouping } => two_bit(grouping),
@@ -150,12 +160,14 @@ pub fn estimate_size(shape: CacheShape, config: &QuantConfig, protected: usize) 
                     GroupMeans::words(d, nq / g)
                 } else {
                     0
-                },
-            0,
+                }
+                + refinement(protected),
+            protected,
         ),
-        ValueScheme::RotatedGroups { bits } => {
-            (GroupCodes::words(group_budget(bits, g), g, d, nq / g), 0)
-        }
+        ValueScheme::RotatedGroups { bits } => (
+            GroupCodes::words(group_budget(bits, g), g, d, nq / g) + refinement(protected),
+            protected,
+        ),
     };
     let heads = shape.layers * shape.kv_heads;
     SizeReport {

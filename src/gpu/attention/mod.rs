@@ -9,6 +9,8 @@
 //!    segment's tokens, `attention_softmax` turns each split of [`SPLIT_TOKENS`] into
 //!    weights with a split-local maximum and sum, and `attention_values_*` accumulates
 //!    Σ p·v per split;
+//!    (with STP refinements, `refinement_sums` then adds Σ p·r̂ of the split's protected
+//!    tokens);
 //! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
 //!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
 //!
@@ -235,6 +237,20 @@ pub(crate) fn attend_segments(
                 &[&visible_buffer, &scratch.scores, &stats],
             );
             record_values(subgroups, &mut batch, segment, seg, rows, &scratch);
+            if let SegmentData::Packed(PackedPlanes {
+                refinement: Some(refinement),
+                ..
+            }) = &segment.data
+            {
+                rotated::record_refinement(
+                    &mut batch,
+                    refinement,
+                    seg,
+                    segment.splits(),
+                    rows,
+                    &scratch,
+                );
+            }
         }
         batch.dispatch(
             &ATTENTION_COMBINE,

@@ -1,7 +1,7 @@
 //! The packed planes of a quantized segment on the GPU (keys, values, the layer's key
 //! layout), how a layer's segments are described to an attention call, and their upload.
 
-use super::rotated::{RotatedPlanes, RotatedStates};
+use super::rotated::{RefinementPlanes, RotatedPlanes, RotatedStates};
 use super::rotated_groups::GroupPlanes;
 use super::SPLIT_TOKENS;
 use crate::config::Grouping;
@@ -92,6 +92,8 @@ pub(crate) struct PackedPlanes {
     pub groups: usize,
     pub keys: PackedKeyPlanes,
     pub values: PackedValuePlanes,
+    /// STP refinements of the protected tokens' values (rotated values with protection).
+    pub refinement: Option<RefinementPlanes>,
 }
 
 /// How a segment of positions is stored.
@@ -142,30 +144,32 @@ impl PackedPlanes {
             PackedKeyPlanes::Rotated(planes) => planes.bytes(),
             PackedKeyPlanes::RotatedGroups(planes) => planes.bytes(),
         };
-        keys + match &self.values {
-            PackedValuePlanes::Rotated(planes) => planes.bytes(),
-            PackedValuePlanes::RotatedGroups(planes) => planes.bytes(),
-            PackedValuePlanes::TwoBit {
-                codes, scale_min, ..
-            } => codes.size() + scale_min.size(),
-            PackedValuePlanes::Ternary {
-                codes,
-                scales,
-                kept_codes,
-                kept_params,
-                positions,
-                stp,
-                ..
-            } => {
-                codes.size()
-                    + scales.size()
-                    + if *stp {
-                        kept_codes.size() + kept_params.size() + positions.size()
-                    } else {
-                        0
-                    }
+        let refinement = self.refinement.as_ref().map_or(0, RefinementPlanes::bytes);
+        keys + refinement
+            + match &self.values {
+                PackedValuePlanes::Rotated(planes) => planes.bytes(),
+                PackedValuePlanes::RotatedGroups(planes) => planes.bytes(),
+                PackedValuePlanes::TwoBit {
+                    codes, scale_min, ..
+                } => codes.size() + scale_min.size(),
+                PackedValuePlanes::Ternary {
+                    codes,
+                    scales,
+                    kept_codes,
+                    kept_params,
+                    positions,
+                    stp,
+                    ..
+                } => {
+                    codes.size()
+                        + scales.size()
+                        + if *stp {
+                            kept_codes.size() + kept_params.size() + positions.size()
+                        } else {
+                            0
+                        }
+                }
             }
-        }
     }
 }
 
@@ -324,6 +328,12 @@ pub(crate) fn upload_planes(
                 groups,
                 keys,
                 values,
+                refinement: RefinementPlanes::upload(
+                    ctx,
+                    heads,
+                    protected_positions,
+                    (plan.quantized_start(), plan.quantized),
+                )?,
             })
         }
     };

@@ -1,10 +1,11 @@
 //! Attention from rotated per-token codes (`shaders/attention_rotated.wgsl` with its
 //! `tokens` variant): a segment's planes on the GPU, and the three dispatches of a call —
 //! the query rotation (in place of `attention_queries` when the keys are rotated, per-token
-//! or across tokens), key scores and value sums. The CPU mirror is
+//! or across tokens), key scores and value sums, and the STP refinement sums of protected
+//! tokens ([`RefinementPlanes`]). The CPU mirror is
 //! [`crate::packed::attend`].
 
-use super::{row_quads, Scratch};
+use super::{row_quads, Scratch, SPLIT_TOKENS};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::context::GpuContext;
@@ -118,6 +119,51 @@ impl RotatedPlanes {
     }
 }
 
+/// STP refinements of one quantized segment's protected tokens (rotated values,
+/// [`crate::packed::stp`]): their per-token rows, all KV heads, and where they sit.
+pub(crate) struct RefinementPlanes {
+    /// One row per protected token, in list order (`tokens` = the list's length).
+    pub rows: RotatedPlanes,
+    /// Per split of the segment its `[first, end)` refinement rows, then each row's
+    /// position relative to the segment's start.
+    pub positions: wgpu::Buffer,
+}
+
+impl RefinementPlanes {
+    /// The refinements of a layer's heads over the segment of `len` tokens from `start`,
+    /// where `protected` (ascending, inside the segment) is the STP list; `None` when the
+    /// heads carry none.
+    pub fn upload(
+        ctx: &GpuContext,
+        heads: &[PackedHead],
+        protected: &[u32],
+        (start, len): (usize, usize),
+    ) -> Result<Option<Self>> {
+        let rows: Option<Vec<&RotatedRows>> =
+            heads.iter().map(|h| h.value_refinement.as_ref()).collect();
+        let Some(rows) = rows.filter(|r| !r.is_empty() && r[0].tokens > 0) else {
+            return Ok(None);
+        };
+        let relative: Vec<u32> = protected.iter().map(|&p| p - start as u32).collect();
+        let mut list = Vec::with_capacity(2 * len.div_ceil(SPLIT_TOKENS) + relative.len());
+        for split in 0..len.div_ceil(SPLIT_TOKENS) {
+            let before = |t: usize| relative.partition_point(|&r| (r as usize) < t) as u32;
+            list.push(before(split * SPLIT_TOKENS));
+            list.push(before((split + 1) * SPLIT_TOKENS));
+        }
+        list.extend(&relative);
+        Ok(Some(RefinementPlanes {
+            rows: RotatedPlanes::upload(ctx, &rows, None)?,
+            positions: ctx.create_storage("refinement positions", &list)?,
+        }))
+    }
+
+    /// Bytes of the rows and the position list.
+    pub fn bytes(&self) -> u64 {
+        self.rows.bytes() + self.positions.size()
+    }
+}
+
 /// The kernel's bindings 1…12 (see the shader header); what an entry point does not use
 /// is bound to `scratch.unused`.
 pub(super) fn bindings<'a>(
@@ -202,6 +248,28 @@ pub(super) fn record_values(
         "value_sums",
         values.params(seg),
         &bindings(&values.states, Some(values), &scratch.unused, scratch),
+        (splits as u32, row_quads(seg, rows)),
+    );
+}
+
+/// Records the addition of Σ p·r̂ over each split's protected tokens to the split's value
+/// sums (after [`record_values`] or the group kernel wrote them).
+pub(super) fn record_refinement(
+    batch: &mut Batch<'_>,
+    refinement: &RefinementPlanes,
+    seg: Params,
+    splits: usize,
+    rows: usize,
+    scratch: &Scratch,
+) {
+    let planes = &refinement.rows;
+    let mut list = bindings(&planes.states, Some(planes), &scratch.unused, scratch).to_vec();
+    list.push(&refinement.positions);
+    batch.dispatch_grid(
+        &ATTENTION_ROTATED,
+        "refinement_sums",
+        planes.params(seg),
+        &list,
         (splits as u32, row_quads(seg, rows)),
     );
 }

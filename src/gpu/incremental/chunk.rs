@@ -188,6 +188,7 @@ impl ChunkWords {
             groups: CHUNK_GROUPS,
             keys,
             values,
+            refinement: None,
         })
     }
 }
