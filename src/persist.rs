@@ -43,6 +43,8 @@ pub(crate) struct SavedFile<'a> {
     tensors: SafeTensors<'a>,
     meta: HashMap<String, String>,
     kind: &'static str,
+    /// The file's length in bytes.
+    len: usize,
 }
 
 impl<'a> SavedFile<'a> {
@@ -59,7 +61,37 @@ impl<'a> SavedFile<'a> {
             tensors,
             meta,
             kind,
+            len: bytes.len(),
         })
+    }
+
+    /// Refuses a claim of `count` items (layers, heads) that would each store at least
+    /// `arrays_each` arrays when the file holds fewer: checked before anything is
+    /// allocated per item.
+    pub(crate) fn check_claim(&self, what: &str, count: usize, arrays_each: usize) -> Result<()> {
+        let present = self.tensors.len();
+        match count.checked_mul(arrays_each) {
+            Some(needed) if needed <= present => Ok(()),
+            _ => Err(corrupt(format!(
+                "the file claims {count} {what}, each with {arrays_each} or more arrays, but \
+                 holds {present} arrays"
+            ))),
+        }
+    }
+
+    /// Refuses a shape of more elements than the file's bytes can hold at one bit per
+    /// element (no scheme stores less), so that no size computed from it overflows.
+    pub(crate) fn check_elements(&self, shape: CacheShape) -> Result<()> {
+        let elements = shape
+            .checked_elements()
+            .map_err(|e| corrupt(e.to_string()))?;
+        if elements / 8 > self.len {
+            return Err(corrupt(format!(
+                "the file claims {elements} elements per tensor but holds {} bytes",
+                self.len
+            )));
+        }
+        Ok(())
     }
 
     /// The metadata entry `key`.
@@ -434,6 +466,8 @@ impl PackedCache {
             .checked_mul(shape.kv_heads)
             .filter(|&n| n > 0 && shape.tokens > 0 && shape.head_dim > 0)
             .ok_or_else(|| corrupt("the cache shape is empty or overflows"))?;
+        file.check_claim("heads", heads, 2)?;
+        file.check_elements(shape)?;
         let config = config_from_json(&file.json("config")?)?;
         let plan = config.plan(shape.tokens);
         let protected = file.u32_array("protected", None)?;

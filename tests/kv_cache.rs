@@ -1,6 +1,9 @@
 //! The GPU-resident KvCache: incremental quantization matches quantizing all at once,
 //! each group is quantized exactly once, memory accounting, and typed errors.
 
+#[path = "common/metadata.rs"]
+mod metadata;
+
 #[path = "common/gpu.rs"]
 mod gpu_context;
 
@@ -547,6 +550,43 @@ fn check_groups_after_protected_prefill(preset: &str) {
         err_with <= err_without * 1.5 + 1e-3,
         "{preset}: with STP {err_with}, without {err_without}"
     );
+}
+
+/// A saved cache whose header claims more than the file holds, or a model shape no cache
+/// takes (`q_heads` 0 or huge), is a typed error before anything is allocated from it.
+#[test]
+fn claimed_sizes_and_query_heads_are_checked_on_load() {
+    let (k, v) = tensors(300);
+    let cache = fill(&QuantConfig::preset("vidkv").unwrap(), &k, &v, 300, 1);
+    let bytes = cache.to_safetensors().unwrap();
+    let refused = |bad: &[u8], what: &str| match KvCache::from_safetensors(bad, gpu()) {
+        Err(VidkvError::CorruptPacked(_)) => {}
+        Err(e) => panic!("{what}: {e}"),
+        Ok(_) => panic!("{what}: accepted"),
+    };
+    for field in ["layers", "kv_heads", "q_heads", "head_dim"] {
+        for value in [0u64, 1 << 40, u64::MAX] {
+            let bad = metadata::with_json_field(&bytes, "shape", field, value.into());
+            refused(&bad, &format!("{field} = {value}"));
+        }
+    }
+    // A packed-cache file loaded as a cache: its `q_heads` entry is checked the same way.
+    let packed = cache.to_packed().unwrap();
+    for q_heads in ["0", "5", "99999999999"] {
+        let bad = metadata::with_metadata(&packed.to_safetensors().unwrap(), "q_heads", q_heads);
+        refused(&bad, &format!("q_heads = {q_heads}"));
+    }
+    assert!(matches!(
+        KvCache::new(
+            ModelShape {
+                layers: 1 << 40,
+                ..SHAPE
+            },
+            QuantConfig::default(),
+            gpu()
+        ),
+        Err(VidkvError::InvalidConfig(_))
+    ));
 }
 
 mod fuzz {

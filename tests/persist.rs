@@ -6,6 +6,9 @@ mod data;
 
 use data::shared_sample;
 
+#[path = "common/metadata.rs"]
+mod metadata;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -138,6 +141,30 @@ fn damaged_files_are_typed_errors() {
         PackedCache::from_safetensors(&sample),
         Err(VidkvError::CorruptPacked(_))
     ));
+}
+
+/// A header that claims far more layers, heads, tokens or head_dim than the file holds is
+/// refused before anything is allocated from the claim (it used to abort the process).
+#[test]
+fn claimed_sizes_are_checked_before_allocating() {
+    let cache = PackedCache::quantize(
+        &small_tensor(1),
+        &small_tensor(2),
+        &QuantConfig::preset("vidkv").unwrap(),
+        &[],
+    )
+    .unwrap();
+    let bytes = cache.to_safetensors().unwrap();
+    let huge = [1u64 << 40, 1 << 62, u64::MAX];
+    for field in ["layers", "kv_heads", "tokens", "head_dim"] {
+        for value in huge {
+            let bad = metadata::with_json_field(&bytes, "shape", field, value.into());
+            match PackedCache::from_safetensors(&bad) {
+                Err(VidkvError::CorruptPacked(_)) => {}
+                other => panic!("{field} = {value}: {other:?}"),
+            }
+        }
+    }
 }
 
 proptest! {

@@ -13,7 +13,7 @@ use crate::gpu::incremental::{
 use crate::gpu::GpuContext;
 use crate::packed::planes::ExactRows;
 use crate::packed::stp::takes_protection;
-use crate::packed::{PackedCache, PackedHead};
+use crate::packed::{CacheShape, PackedCache, PackedHead};
 
 /// The format name of a saved [`KvCache`].
 pub const KVCACHE_FORMAT: &str = "vidkv-kvcache";
@@ -188,6 +188,15 @@ impl<'g> KvCache<'g> {
                 .ok_or_else(|| {
                     corrupt("a packed-cache file needs a `q_heads` entry to load as a KvCache")
                 })?;
+            let s = packed.shape;
+            ModelShape {
+                layers: s.layers,
+                q_heads,
+                kv_heads: s.kv_heads,
+                head_dim: s.head_dim,
+            }
+            .validate()
+            .map_err(|e| corrupt(e.to_string()))?;
             return KvCache::from_packed(&packed, q_heads, gpu);
         }
         let version = file.meta("version")?.parse::<u32>().ok();
@@ -209,6 +218,9 @@ impl<'g> KvCache<'g> {
             head_dim: usize_field(&shape_json, "head_dim")?,
         };
         let config = crate::persist::config_from_json(&file.json("config")?)?;
+        shape.validate().map_err(|e| corrupt(e.to_string()))?;
+        let layer_heads = shape.layers.saturating_mul(shape.kv_heads);
+        file.check_claim("layer heads", layer_heads, 2)?;
         let mut cache = KvCache::new(shape, config.clone(), gpu)?;
         let layers = file.json("layers")?;
         let layers = layers
@@ -222,6 +234,12 @@ impl<'g> KvCache<'g> {
             if tokens > u32::MAX as usize {
                 return Err(corrupt(format!("layer {l} claims {tokens} tokens")));
             }
+            file.check_elements(CacheShape {
+                layers: 1,
+                kv_heads: h,
+                tokens: tokens.max(1),
+                head_dim: d,
+            })?;
             let plan = config.plan(tokens);
             let runs = layer_meta
                 .get("runs")

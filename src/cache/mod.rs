@@ -79,6 +79,36 @@ pub struct ModelShape {
     pub head_dim: usize,
 }
 
+/// The most layers a cache takes (real models have up to ~130); a cache allocates per-layer
+/// state at creation, so a larger claim is refused before anything is allocated.
+pub const MAX_LAYERS: usize = 4096;
+/// The most KV heads, and query heads, a cache takes (real models have up to ~128).
+pub const MAX_HEADS: usize = 4096;
+/// The largest head_dim a cache takes (the GPU kernels take up to 256).
+pub const MAX_HEAD_DIM: usize = 4096;
+
+impl ModelShape {
+    /// Checks the shape before anything is allocated from it: every count positive and at
+    /// most [`MAX_LAYERS`], [`MAX_HEADS`] or [`MAX_HEAD_DIM`], and the query heads a multiple of
+    /// the KV heads.
+    pub fn validate(&self) -> Result<()> {
+        let within = |n: usize, max: usize| (1..=max).contains(&n);
+        if !within(self.layers, MAX_LAYERS)
+            || !within(self.kv_heads, MAX_HEADS)
+            || !within(self.q_heads, MAX_HEADS)
+            || !within(self.head_dim, MAX_HEAD_DIM)
+            || self.q_heads % self.kv_heads != 0
+        {
+            return Err(VidkvError::InvalidConfig(format!(
+                "model shape {self:?}: layers (1 to {MAX_LAYERS}), KV and query heads (1 to \
+                 {MAX_HEADS}) and head_dim (1 to {MAX_HEAD_DIM}) must be in range, and the query \
+                 heads a multiple of the KV heads"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A run of quantized groups starting at position `start`.
 struct Chunk {
     start: usize,
@@ -126,14 +156,10 @@ impl<'g> KvCache<'g> {
     /// An empty cache for `shape` under `config` on `gpu`.
     pub fn new(shape: ModelShape, config: QuantConfig, gpu: &'g GpuContext) -> Result<Self> {
         config.validate()?;
+        shape.validate()?;
         check_head_dim(shape.head_dim)?;
         if config.uses_rotation() {
             crate::reference::rotation::Rotation::new(shape.head_dim)?;
-        }
-        if shape.layers == 0 || shape.kv_heads == 0 || shape.q_heads % shape.kv_heads != 0 {
-            return Err(VidkvError::InvalidConfig(format!(
-                "model shape {shape:?}: layers and KV heads must be positive and query heads a multiple of KV heads"
-            )));
         }
         if matches!(
             config.keys,

@@ -89,16 +89,7 @@ impl ReferenceCache {
     /// An empty cache for `shape` under `config`.
     pub fn new(shape: ModelShape, config: QuantConfig) -> Result<Self> {
         config.validate()?;
-        if shape.layers == 0
-            || shape.kv_heads == 0
-            || shape.head_dim == 0
-            || shape.q_heads % shape.kv_heads != 0
-        {
-            return Err(VidkvError::InvalidConfig(format!(
-                "model shape {shape:?}: layers, KV heads and head_dim must be positive and \
-                 query heads a multiple of KV heads"
-            )));
-        }
+        shape.validate()?;
         if config.uses_rotation() {
             crate::reference::rotation::Rotation::new(shape.head_dim)?;
         }

@@ -68,7 +68,12 @@ pub const ATTENTION_VALUES_TWO_BIT: Kernel =
 /// query rotation) and its `tokens` variant.
 pub const ATTENTION_ROTATED: Kernel = kernel!(
     "attention_rotated" + "tokens",
-    ["rotate_queries", "key_scores", "value_sums", "refinement_sums"],
+    [
+        "rotate_queries",
+        "key_scores",
+        "value_sums",
+        "refinement_sums"
+    ],
     false
 );
 /// Attention from codes across tokens: the same base file and its `groups` variant.
