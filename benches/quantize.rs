@@ -16,8 +16,8 @@ fn quantize(c: &mut Criterion) {
         tokens: 4096,
         head_dim: 128,
     };
-    let k = synthetic_tensor(shape, 1);
-    let v = synthetic_tensor(shape, 2);
+    let k = synthetic_tensor(shape, 1).expect("a 4k-token layer fits in memory");
+    let v = synthetic_tensor(shape, 2).expect("a 4k-token layer fits in memory");
     let gpu = GpuContext::new(&GpuOptions::default())
         .unwrap_or_else(|e| panic!("the GPU benchmarks need an adapter: {e}"));
     let mut group = c.benchmark_group("quantize_4k_tokens");

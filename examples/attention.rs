@@ -23,8 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         head_dim: 128,
     };
     let (q_heads, d) = (28, shape.head_dim);
-    let k = synthetic_tensor(shape, 1);
-    let v = synthetic_tensor(shape, 2);
+    let k = synthetic_tensor(shape, 1)?;
+    let v = synthetic_tensor(shape, 2)?;
     let q: Vec<f32> = synthetic_tensor(
         CacheShape {
             kv_heads: q_heads,
@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..shape
         },
         3,
-    )
+    )?
     .data
     .iter()
     .map(|x| 0.3 * x)

@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             seed,
         )
-        .data
+        .map(|t| t.data)
     };
     let q = |seed| {
         synthetic_tensor(
@@ -47,17 +47,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             seed,
         )
-        .data
+        .map(|t| t.data)
     };
     for layer in 0..shape.layers {
         // 2. Prompt: keys and values as [kv_heads, tokens, head_dim].
-        cache.prefill(layer, &kv(prompt, 1), &kv(prompt, 2))?;
+        cache.prefill(layer, &kv(prompt, 1)?, &kv(prompt, 2)?)?;
     }
     for step in 0..8u64 {
         for layer in 0..shape.layers {
             // 3. Each generated token: append its key and value, then attend.
-            cache.append(layer, &kv(1, 10 + step), &kv(1, 20 + step))?;
-            let out = cache.attend_causal(layer, &q(30 + step))?;
+            cache.append(layer, &kv(1, 10 + step)?, &kv(1, 20 + step)?)?;
+            let out = cache.attend_causal(layer, &q(30 + step)?)?;
             assert_eq!(out.len(), shape.q_heads * shape.head_dim);
         }
     }

@@ -21,8 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokens: 256,
         head_dim: 64,
     };
-    let k = synthetic_tensor(shape, 1);
-    let v = synthetic_tensor(shape, 2);
+    let k = synthetic_tensor(shape, 1)?;
+    let v = synthetic_tensor(shape, 2)?;
     let gpu = GpuContext::new(&GpuOptions {
         portable_only: true,
         ..GpuOptions::default()

@@ -15,7 +15,7 @@ use crate::gpu::attention::{attend_with, GpuLayer, Kernels};
 use crate::gpu::quantize::quantize_cache;
 use crate::gpu::GpuContext;
 use crate::packed::{CacheShape, PackedCache};
-use crate::tensor::Tensor;
+use crate::tensor::{check_host_memory, Tensor};
 
 /// One preset's quantization throughput.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,8 +39,10 @@ impl QuantizeResult {
 }
 
 /// A deterministic K or V tensor with per-channel structure and outlier channels, shaped
-/// like a real cache (the values do not change the work done).
-pub fn synthetic_tensor(shape: CacheShape, seed: u64) -> Tensor {
+/// like a real cache (the values do not change the work done). A shape whose f32 data would
+/// not fit the free host memory is a [`VidkvError::TooLarge`], before anything is allocated.
+pub fn synthetic_tensor(shape: CacheShape, seed: u64) -> Result<Tensor> {
+    check_host_memory("a synthetic tensor", host_bytes(shape, 4))?;
     let dims = [shape.layers, shape.kv_heads, shape.tokens, shape.head_dim];
     let mut state = seed | 1;
     let data = (0..shape.elements())
@@ -53,10 +55,16 @@ pub fn synthetic_tensor(shape: CacheShape, seed: u64) -> Tensor {
             noise * (1.0 + (channel % 7) as f32) + if channel % 13 == 0 { 4.0 } else { 0.0 }
         })
         .collect();
-    Tensor {
+    Ok(Tensor {
         shape: dims.to_vec(),
         data,
-    }
+    })
+}
+
+/// `per_element` bytes for every element of `shape` (`None` on overflow).
+fn host_bytes(shape: CacheShape, per_element: u64) -> Option<u64> {
+    let elements = shape.checked_elements().ok()?;
+    u64::try_from(elements).ok()?.checked_mul(per_element)
 }
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -83,8 +91,10 @@ pub fn quantize_throughput(
     presets: &[(String, QuantConfig)],
     runs: usize,
 ) -> Result<Vec<QuantizeResult>> {
-    let k = synthetic_tensor(shape, 1);
-    let v = synthetic_tensor(shape, 2);
+    // K and V in f32, their packed caches and the quantizers' working copies.
+    check_host_memory("the quantization benchmark", host_bytes(shape, 24))?;
+    let k = synthetic_tensor(shape, 1)?;
+    let v = synthetic_tensor(shape, 2)?;
     presets
         .iter()
         .map(|(name, config)| {
@@ -161,8 +171,13 @@ pub fn attention_latency(
             tokens: context,
             head_dim,
         };
-        let k = synthetic_tensor(shape, 3);
-        let v = synthetic_tensor(shape, 4);
+        // K and V in f32, each preset's packed cache and its working copies.
+        check_host_memory(
+            &format!("the attention benchmark at {context} tokens"),
+            host_bytes(shape, 24),
+        )?;
+        let k = synthetic_tensor(shape, 3)?;
+        let v = synthetic_tensor(shape, 4)?;
         let q: Vec<f32> = synthetic_tensor(
             CacheShape {
                 layers: 1,
@@ -171,7 +186,7 @@ pub fn attention_latency(
                 head_dim,
             },
             5,
-        )
+        )?
         .data
         .iter()
         .map(|x| x * 0.3)
@@ -283,13 +298,24 @@ pub fn cache_decode_step(
         tokens: 1,
         ..layer_shape
     };
+    shape.validate()?;
+    // One layer's K and V in f32 at a time, and the f16 cache of every layer (on a GPU that
+    // shares host memory, as integrated GPUs and lavapipe do).
+    let per_layer = host_bytes(layer_shape, 8);
+    let whole_cache = host_bytes(layer_shape, 4).and_then(|b| b.checked_mul(shape.layers as u64));
+    check_host_memory(
+        &format!("the cache benchmark at {context} tokens"),
+        per_layer
+            .zip(whole_cache)
+            .and_then(|(a, b)| a.checked_add(b)),
+    )?;
     let query = synthetic_tensor(
         CacheShape {
             kv_heads: shape.q_heads,
             ..step_shape
         },
         9,
-    )
+    )?
     .data
     .iter()
     .map(|x| 0.3 * x)
@@ -298,15 +324,15 @@ pub fn cache_decode_step(
     for (name, config) in presets {
         let mut cache = KvCache::new(shape, config.clone(), ctx)?;
         for layer in 0..shape.layers {
-            let k = synthetic_tensor(layer_shape, 100 + layer as u64);
-            let v = synthetic_tensor(layer_shape, 200 + layer as u64);
+            let k = synthetic_tensor(layer_shape, 100 + layer as u64)?;
+            let v = synthetic_tensor(layer_shape, 200 + layer as u64)?;
             cache.prefill(layer, &k.data, &v.data)?;
         }
         let mut walls = Vec::with_capacity(runs);
         let mut gpus = Vec::with_capacity(runs);
         for run in 0..runs.max(1) + 1 {
-            let k = synthetic_tensor(step_shape, 300 + run as u64).data;
-            let v = synthetic_tensor(step_shape, 400 + run as u64).data;
+            let k = synthetic_tensor(step_shape, 300 + run as u64)?.data;
+            let v = synthetic_tensor(step_shape, 400 + run as u64)?.data;
             ctx.take_gpu_time_ms();
             let start = Instant::now();
             for layer in 0..shape.layers {

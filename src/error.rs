@@ -51,6 +51,15 @@ pub enum VidkvError {
         limit: f32,
     },
 
+    /// A request that needs more memory than the machine has free (checked before anything
+    /// is allocated).
+    #[error("{what} needs {needed} bytes of memory, more than the {limit} bytes available")]
+    TooLarge {
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
+
     /// A tensor that the operation needs is absent.
     #[error("missing tensor `{0}`")]
     MissingTensor(String),

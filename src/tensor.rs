@@ -131,3 +131,27 @@ pub fn check_quantizable(name: &str, data: &[f32], shape: &[usize]) -> Result<()
         }),
     }
 }
+
+/// Host memory free for new allocations: `MemAvailable` of `/proc/meminfo` where it exists
+/// (Linux), else `None` (unknown: only overflow is checked).
+pub fn available_host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses an allocation of `bytes` (`None`: it overflowed) for `what` that exceeds the free
+/// host memory, with a [`VidkvError::TooLarge`] that says both numbers, before anything is
+/// allocated.
+pub fn check_host_memory(what: &str, bytes: Option<u64>) -> Result<()> {
+    let limit = available_host_memory().unwrap_or(u64::MAX);
+    match bytes {
+        Some(needed) if needed <= limit => Ok(()),
+        needed => Err(VidkvError::TooLarge {
+            what: what.to_string(),
+            needed: needed.unwrap_or(u64::MAX),
+            limit,
+        }),
+    }
+}

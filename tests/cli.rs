@@ -82,6 +82,40 @@ fn sizes_refuses_shapes_it_cannot_size() {
     }
 }
 
+/// Benchmarks sized beyond the machine are refused up front with the memory they would need
+/// (they used to abort on the allocation).
+#[test]
+fn benchmarks_refuse_sizes_beyond_the_machine() {
+    let huge = "100000000000";
+    for args in [
+        &[
+            "bench",
+            "attention",
+            "--context",
+            huge,
+            "--preset",
+            "vidkv",
+            "--runs",
+            "1",
+        ][..],
+        &["bench", "quantize", "--tokens", huge, "--runs", "1"][..],
+        &["bench", "cache", "--context", huge, "--runs", "1"][..],
+        &["bench", "cache", "--layers", "100000", "--runs", "1"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("bytes of memory") || stderr.contains("must be in range"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn sizes_reports_vidkv_within_the_bit_budget() {
     let doc = json(&["sizes", "--tokens", "16384", "--json"]);

@@ -31,7 +31,10 @@ fn tensors(tokens: usize) -> (Tensor, Tensor) {
         tokens,
         head_dim: SHAPE.head_dim,
     };
-    (synthetic_tensor(shape, 21), synthetic_tensor(shape, 22))
+    (
+        synthetic_tensor(shape, 21).unwrap(),
+        synthetic_tensor(shape, 22).unwrap(),
+    )
 }
 
 /// Fills a cache with `prefill` tokens, then appends the rest in pieces of `step`.
@@ -103,6 +106,7 @@ fn queries(m: usize) -> Vec<f32> {
         },
         23,
     )
+    .unwrap()
     .data
     .iter()
     .map(|x| 0.3 * x)
