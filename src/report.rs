@@ -15,6 +15,7 @@ use crate::gpu::GpuContext;
 use crate::io::KvSample;
 use crate::packed::{estimate_size, CacheShape, PackedCache};
 use crate::reference::attention::{attend_dense, kv_head_for};
+use crate::tensor::underflows_scales;
 
 /// Metrics of one preset on one sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,10 @@ pub struct PresetMetrics {
     /// Bits per element of the same configuration on [`LONG_CACHE`]: a short sample pays
     /// its exact sinks and window over few tokens, a long cache does not.
     pub bits_long_cache: f64,
+    /// The tensors (`k`, `v`) whose values all lie below f16's normal range, so that their
+    /// scales underflow ([`crate::tensor::underflows_scales`]): their errors above are the
+    /// format's limit, not the method's.
+    pub underflow: Vec<String>,
 }
 
 /// The cache the `bits_16k` column is for: 28 layers × 4 KV heads × d 128 (Qwen2-7B) at
@@ -104,7 +109,17 @@ pub fn evaluate_on(
         bits_v: size.value_bits(),
         bits_all: size.all_bits(),
         bits_long_cache: estimate_size(LONG_CACHE, config, 0).all_bits(),
+        underflow: sample_underflow(sample),
     })
+}
+
+/// The names of the sample's K and V tensors whose values underflow the f16 scale format.
+pub fn sample_underflow(sample: &KvSample) -> Vec<String> {
+    [("k", &sample.k), ("v", &sample.v)]
+        .into_iter()
+        .filter(|(_, t)| underflows_scales(&t.data))
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// Σ(x̂ − x)² / Σx².
@@ -194,6 +209,7 @@ pub fn to_json(reports: &[FileReport], device: &str) -> serde_json::Value {
                 "attn_rel_err": m.attn_rel_err,
                 "bits_per_element": {"k": m.bits_k, "v": m.bits_v, "all": m.bits_all},
                 "bits_per_element_16k": m.bits_long_cache,
+                "underflow": m.underflow,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

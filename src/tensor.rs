@@ -155,3 +155,16 @@ pub fn check_host_memory(what: &str, bytes: Option<u64>) -> Result<()> {
         }),
     }
 }
+
+/// The smallest positive normal f16, 2⁻¹⁴: every scheme stores its scales, minimums and
+/// bases as f16, so data whose largest magnitude is below it quantizes with subnormal scales
+/// (lost precision) or, below about 2⁻²⁴, with zero scales (an all-zero cache).
+pub const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// Whether `data` holds non-zero values that all lie below [`F16_MIN_NORMAL`] in magnitude:
+/// quantizing it underflows the f16 scale format (reported by [`crate::report`] and
+/// warned about by the CLI).
+pub fn underflows_scales(data: &[f32]) -> bool {
+    let largest = data.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    largest > 0.0 && largest < F16_MIN_NORMAL
+}

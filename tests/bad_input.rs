@@ -338,3 +338,62 @@ fn layer_tokens_checks_rank_and_ranges() {
         Err(VidkvError::ShapeMismatch { .. })
     ));
 }
+
+/// A sample whose values all lie below f16's normal range (here 1e-9 × the usual sample):
+/// the f16 scales underflow, which the report names per tensor and the CLI warns about.
+#[test]
+fn values_below_the_f16_scale_range_are_reported_and_warned() {
+    let tiny = |x: f32| x * 1e-9;
+    let good = KvSample::from_bytes("good", &sample_bytes(Dtype::F32, None), None).unwrap();
+    let scaled = |t: &Tensor| {
+        Tensor::new(
+            "x",
+            t.shape.clone(),
+            t.data.iter().map(|&x| tiny(x)).collect(),
+        )
+        .unwrap()
+    };
+    let bytes = {
+        let (k, v) = (scaled(&good.k), scaled(&good.v));
+        let raw = |t: &Tensor| -> Vec<u8> { t.data.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let (kb, vb, qb) = (raw(&k), raw(&v), raw(&good.q));
+        let views: HashMap<String, TensorView<'_>> =
+            [("k", &k, &kb), ("v", &v, &vb), ("q", &good.q, &qb)]
+                .into_iter()
+                .map(|(n, t, b)| {
+                    (
+                        n.to_string(),
+                        TensorView::new(Dtype::F32, t.shape.clone(), b).unwrap(),
+                    )
+                })
+                .collect();
+        serialize(&views, None).unwrap()
+    };
+    let sample = KvSample::from_bytes("tiny", &bytes, None).unwrap();
+    // (head_dim 8: the rotated schemes need multiples of 16, so the 2-bit preset here.)
+    let config = QuantConfig::preset("kivi2").unwrap();
+    let metrics = vidkv::report::evaluate(&sample, "kivi2", &config).unwrap();
+    assert_eq!(metrics.underflow, ["k", "v"]);
+    let normal = vidkv::report::evaluate(&good, "kivi2", &config).unwrap();
+    assert!(normal.underflow.is_empty());
+    let dir = std::env::temp_dir().join(format!("vidkv-underflow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("tiny.safetensors");
+    std::fs::write(&input, &bytes).unwrap();
+    let output = dir.join("tiny-cache.safetensors");
+    let out = vidkv(&[
+        "quantize",
+        "--device",
+        "cpu",
+        "--preset",
+        "kivi2",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("below f16's normal range"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

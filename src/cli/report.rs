@@ -74,6 +74,7 @@ pub(super) fn run_report(args: &ReportArgs) -> Result<()> {
     let device = gpu.as_ref().map_or(Device::Cpu, Device::Gpu);
     let mut reports = Vec::with_capacity(samples.len());
     for sample in &samples {
+        warn_underflow(sample);
         let presets = presets
             .iter()
             .map(|(name, config)| evaluate_on(device, sample, name, config))
@@ -94,6 +95,19 @@ pub(super) fn run_report(args: &ReportArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Warns on stderr about tensors of `sample` below f16's normal range.
+pub(super) fn warn_underflow(sample: &KvSample) {
+    for name in crate::report::sample_underflow(sample) {
+        eprintln!(
+            "warning: {}: every value of `{name}` is below f16's normal range ({:e}); the \
+             f16 scales of every scheme underflow, so its quantized values are imprecise or \
+             zero (scale the tensor up before quantizing)",
+            sample.name,
+            crate::tensor::F16_MIN_NORMAL
+        );
+    }
 }
 
 pub(super) fn run_sizes(args: &SizesArgs) -> Result<()> {

@@ -37,6 +37,7 @@ pub(super) fn run_quantize(args: &QuantizeArgs) -> Result<()> {
     let config = QuantConfig::preset(&args.preset)?;
     crate::persist::check_output(&args.output, Some(&args.input))?;
     let sample = read_sample(&args.input)?;
+    super::report::warn_underflow(&sample);
     let gpu = open_device(args.device)?;
     let cache = match &gpu {
         Some(ctx) => crate::gpu::quantize::quantize_cache(ctx, &sample.k, &sample.v, &config, &[])?,
