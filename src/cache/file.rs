@@ -169,7 +169,7 @@ impl<'g> KvCache<'g> {
                 "shape".to_string(),
                 serde_json::json!({"layers": s.layers, "q_heads": s.q_heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim}).to_string(),
             ),
-            ("config".to_string(), crate::persist::config_to_json(&self.config).to_string()),
+            ("config".to_string(), self.config.to_json().to_string()),
             ("layers".to_string(), serde_json::Value::Array(layers_meta).to_string()),
         ]);
         crate::persist::serialize_canonical(views, metadata)
@@ -217,7 +217,7 @@ impl<'g> KvCache<'g> {
             kv_heads: usize_field(&shape_json, "kv_heads")?,
             head_dim: usize_field(&shape_json, "head_dim")?,
         };
-        let config = crate::persist::config_from_json(&file.json("config")?)?;
+        let config = crate::persist::config_field(&file)?;
         shape.validate().map_err(|e| corrupt(e.to_string()))?;
         let layer_heads = shape.layers.saturating_mul(shape.kv_heads);
         file.check_claim("layer heads", layer_heads, 2)?;

@@ -75,7 +75,7 @@ pub(super) fn run_inspect(args: &InspectArgs) -> Result<()> {
             "file": args.file.display().to_string(),
             "shape": {"layers": s.layers, "kv_heads": s.kv_heads, "tokens": s.tokens, "head_dim": s.head_dim},
             "preset": preset,
-            "config": crate::persist::config_to_json(&cache.config),
+            "config": cache.config.to_json(),
             "file_bytes": bytes.len(),
             "stored_bytes": size.total_bytes(),
             "protected_tokens": cache.protected.len(),

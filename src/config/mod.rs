@@ -8,6 +8,8 @@
 //! `vidkv-paper` is the paper's method and `vidkv-tuned` its structure with tuned constants
 //! (see `README.md` for the measurements behind each).
 
+mod json;
+
 use crate::error::{Result, VidkvError};
 
 /// Which axis a quantization group runs along.
