@@ -40,7 +40,7 @@ impl QuantizeResult {
 
 /// A deterministic K or V tensor with per-channel structure and outlier channels, shaped
 /// like a real cache (the values do not change the work done). A shape whose f32 data would
-/// not fit the free host memory is a [`VidkvError::TooLarge`], before anything is allocated.
+/// not fit the free host memory is a [`crate::error::VidkvError::TooLarge`], before anything is allocated.
 pub fn synthetic_tensor(shape: CacheShape, seed: u64) -> Result<Tensor> {
     check_host_memory("a synthetic tensor", host_bytes(shape, 4))?;
     let dims = [shape.layers, shape.kv_heads, shape.tokens, shape.head_dim];

@@ -2,7 +2,7 @@
 //! [`crate::persist`] plane layout, the exact rows, and metadata, read through `persist`'s
 //! shared readers and validated before anything reaches the GPU.
 
-use super::convert::{RunReads, StoredRun};
+use super::runs::{RunReads, StoredRun};
 use super::{Chunk, KvCache, ModelShape, CHUNK_GROUPS};
 use crate::config::{KeyScheme, TokenPlan};
 use crate::error::{Result, VidkvError};

@@ -36,6 +36,7 @@ mod attend;
 mod convert;
 mod file;
 mod reference;
+mod runs;
 
 pub use crate::gpu::incremental::CHUNK_GROUPS;
 pub use file::{KVCACHE_FORMAT, KVCACHE_OLDEST_VERSION, KVCACHE_VERSION};

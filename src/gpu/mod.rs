@@ -35,6 +35,7 @@ pub mod quantize;
 pub mod rotated;
 pub mod rotated_groups;
 pub mod shaders;
+pub mod split;
 mod stp;
 pub mod trace;
 

@@ -13,10 +13,8 @@ use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
 use super::rotated::{self, RotatedShape};
-use super::shaders::{
-    CHANNEL_RANGE, CHANNEL_SPLIT, PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT,
-    REAL_DFT,
-};
+use super::shaders::{PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT, REAL_DFT};
+use super::split::{channel_split, GpuSplit};
 use crate::config::{
     Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
 };
@@ -29,8 +27,6 @@ use crate::packed::{
 use crate::reference::split::outlier_count;
 use crate::tensor::Tensor;
 
-/// Tokens per block of the channel-statistics kernel.
-const RANGE_BLOCK_TOKENS: u32 = 256;
 /// Largest head_dim the channel-split kernel handles (one workgroup of 256).
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -121,15 +117,6 @@ fn head_slice(t: &Tensor, index: usize, head_len: usize) -> &[f32] {
     &t.data[index * head_len..(index + 1) * head_len]
 }
 
-/// A channel split living on the GPU: the channel order list and its mask.
-pub struct GpuSplit {
-    /// u32 channel order: outliers ascending, then normals ascending.
-    pub order: Arc<wgpu::Buffer>,
-    /// The outlier mask, read back.
-    pub mask: Vec<u32>,
-    pub outliers: usize,
-}
-
 /// Tokens per chunk of a `[tokens, width]` f32 matrix: whole groups within the binding limit.
 pub(crate) fn chunk_tokens(ctx: &GpuContext, width: usize, group_size: usize) -> Result<usize> {
     let per_token = (width * 4) as u64;
@@ -141,122 +128,6 @@ pub(crate) fn chunk_tokens(ctx: &GpuContext, width: usize, group_size: usize) ->
         )));
     }
     Ok((groups as usize * group_size).min(u32::MAX as usize / width))
-}
-
-/// Ranks channels by range over rows that already live on the GPU: each input is
-/// `tokens` rows `[tokens, width]` of f32 at a byte offset of a buffer (aligned to the
-/// device's storage offset alignment).
-pub fn channel_split_on_gpu(
-    ctx: &GpuContext,
-    inputs: &[(&wgpu::Buffer, u64, usize)],
-    width: usize,
-    outliers: usize,
-) -> Result<GpuSplit> {
-    let total_blocks: usize = inputs
-        .iter()
-        .map(|&(_, _, tokens)| tokens.div_ceil(RANGE_BLOCK_TOKENS as usize))
-        .sum();
-    let ranges = ctx.buffer("split ranges", (total_blocks.max(1) * width * 8) as u64)?;
-    let mut block_offset = 0usize;
-    let mut batch = ctx.batch();
-    for &(buffer, offset, tokens) in inputs {
-        let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
-        batch.dispatch_bound(
-            &CHANNEL_RANGE,
-            "main",
-            Params {
-                width: width as u32,
-                len: tokens as u32,
-                block_tokens: RANGE_BLOCK_TOKENS,
-                block_offset: block_offset as u32,
-                invocations: (blocks * width) as u32,
-                ..Default::default()
-            },
-            &[
-                Bound::range(buffer, offset, (tokens * width * 4) as u64),
-                (&*ranges).into(),
-            ],
-        );
-        block_offset += blocks;
-    }
-    batch.submit()?;
-    finish_split(ctx, &ranges, block_offset, width, outliers)
-}
-
-/// Ranks channels by range over the given heads' rows (`[tokens, width]` each).
-pub fn channel_split(
-    ctx: &GpuContext,
-    inputs: &[&[f32]],
-    width: usize,
-    outliers: usize,
-    group_size: usize,
-) -> Result<GpuSplit> {
-    let chunk = chunk_tokens(ctx, width, group_size)?;
-    let total_blocks: usize = inputs
-        .iter()
-        .flat_map(|x| x.chunks(chunk * width))
-        .map(|c| (c.len() / width).div_ceil(RANGE_BLOCK_TOKENS as usize))
-        .sum();
-    let ranges = ctx.buffer("split ranges", (total_blocks.max(1) * width * 8) as u64)?;
-    let mut block_offset = 0usize;
-    for input in inputs {
-        for rows in input.chunks(chunk * width) {
-            let tokens = rows.len() / width;
-            let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
-            let buffer = ctx.upload("input", rows)?;
-            let mut batch = ctx.batch();
-            batch.dispatch(
-                &CHANNEL_RANGE,
-                "main",
-                Params {
-                    width: width as u32,
-                    len: tokens as u32,
-                    block_tokens: RANGE_BLOCK_TOKENS,
-                    block_offset: block_offset as u32,
-                    invocations: (blocks * width) as u32,
-                    ..Default::default()
-                },
-                &[&buffer, &ranges],
-            );
-            batch.submit()?;
-            block_offset += blocks;
-        }
-    }
-    finish_split(ctx, &ranges, block_offset, width, outliers)
-}
-
-/// The split from `blocks` partial (min, max) blocks.
-fn finish_split(
-    ctx: &GpuContext,
-    ranges: &wgpu::Buffer,
-    blocks: usize,
-    width: usize,
-    outliers: usize,
-) -> Result<GpuSplit> {
-    let block_offset = blocks;
-    let order = ctx.buffer("split order", (width * 4) as u64)?;
-    let mask_words = width.div_ceil(32);
-    let mask = ctx.output("split mask", mask_words)?;
-    let mut batch = ctx.batch();
-    batch.dispatch_grid(
-        &CHANNEL_SPLIT,
-        "main",
-        Params {
-            width: width as u32,
-            blocks: block_offset as u32,
-            outliers: outliers as u32,
-            invocations: width as u32,
-            ..Default::default()
-        },
-        &[ranges, &order, &mask],
-        (1, 1),
-    );
-    batch.submit()?;
-    Ok(GpuSplit {
-        order,
-        mask: ctx.read_output(&mask, "split mask", mask_words)?,
-        outliers,
-    })
 }
 
 fn quantize_keys(

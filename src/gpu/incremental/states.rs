@@ -8,8 +8,9 @@ use crate::gpu::attention::{
     KeyLayout, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedStates,
 };
 use crate::gpu::context::GpuContext;
-use crate::gpu::quantize::{channel_split_on_gpu, twiddles, GpuSplit};
+use crate::gpu::quantize::twiddles;
 use crate::gpu::rotated::{group_kernel_table, kernel_table, record_fit_state, RotatedShape};
+use crate::gpu::split::{channel_split_on_gpu, GpuSplit};
 use crate::packed::rotated::{RotatedState, STATE_GROUPS};
 use crate::reference::split::outlier_count;
 
