@@ -38,13 +38,7 @@ fn tensors(tokens: usize) -> (Tensor, Tensor) {
 }
 
 /// Fills a cache with `prefill` tokens, then appends the rest in pieces of `step`.
-fn fill(
-    config: &QuantConfig,
-    k: &Tensor,
-    v: &Tensor,
-    prefill: usize,
-    step: usize,
-) -> KvCache<'static> {
+fn fill(config: &QuantConfig, k: &Tensor, v: &Tensor, prefill: usize, step: usize) -> KvCache {
     fill_protected(config, &[], k, v, prefill, step)
 }
 
@@ -56,7 +50,7 @@ fn fill_protected(
     v: &Tensor,
     prefill: usize,
     step: usize,
-) -> KvCache<'static> {
+) -> KvCache {
     let tokens = k.dim(2);
     let mut cache = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
     cache.protect(protected).unwrap();
@@ -645,5 +639,63 @@ mod fuzz {
                 let _ = cache.attend_causal(0, &queries(1));
             }
         }
+    }
+}
+
+/// A host that already runs on wgpu shares its own device and queue with the cache
+/// (`GpuContext::from_device`), and keeps the context and the cache in one struct; the
+/// cache gives the same attention as on a context vidkv opened itself. A device made with
+/// WebGPU's default limits is refused with the limit it lacks.
+#[test]
+fn a_host_device_runs_the_cache() {
+    struct Host {
+        cache: KvCache,
+        _gpu: vidkv::gpu::GpuContext,
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("an adapter (lavapipe in CI)");
+    let device_with = |limits: wgpu::Limits| {
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("host"),
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .expect("a device")
+    };
+    let (device, queue) = device_with(wgpu::Limits::default());
+    let refused =
+        vidkv::gpu::GpuContext::from_device(adapter.get_info(), device, queue, &Default::default());
+    match refused {
+        Err(VidkvError::InvalidConfig(message)) => {
+            assert!(
+                message.contains("max_storage_buffers_per_shader_stage"),
+                "{message}"
+            )
+        }
+        other => panic!("default limits accepted: {:?}", other.err()),
+    }
+    let (device, queue) = device_with(vidkv::gpu::GpuContext::required_limits());
+    let host_gpu =
+        vidkv::gpu::GpuContext::from_device(adapter.get_info(), device, queue, &Default::default())
+            .unwrap();
+    let (k, v) = tensors(300);
+    let config = QuantConfig::default();
+    let mut host = Host {
+        cache: KvCache::new(SHAPE, config.clone(), &host_gpu).unwrap(),
+        _gpu: host_gpu.clone(),
+    };
+    let own = fill(&config, &k, &v, 300, 1);
+    for l in 0..SHAPE.layers {
+        let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
+        host.cache.prefill(l, &rows(&k), &rows(&v)).unwrap();
+    }
+    let q = queries(1);
+    for l in 0..SHAPE.layers {
+        let a = own.attend_causal(l, &q).unwrap();
+        let b = host.cache.attend_causal(l, &q).unwrap();
+        assert!(relative_l2(&b, &a) < 1e-6, "layer {l}");
     }
 }

@@ -10,7 +10,7 @@ use crate::gpu::incremental::{
 };
 use crate::tensor::Tensor;
 
-impl KvCache<'_> {
+impl KvCache {
     /// Fills an empty layer with a prompt's keys and values (`[kv_heads, tokens, head_dim]`
     /// row-major f32): the complete groups beyond the residual window are quantized at once.
     pub fn prefill(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
@@ -90,12 +90,14 @@ impl KvCache<'_> {
     /// that leave the window.
     fn append_rows(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         // The quantization kernels use the context's pooled buffers.
-        let _exclusive = self.gpu.exclusive();
+        let gpu = self.gpu.clone();
+        let _exclusive = gpu.exclusive();
         if self.config.is_fp16() {
             return self.append_exact(layer, k, v, n);
         }
         let (heads, g) = (self.heads(), self.config.group_size);
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         let (sinks, residual) = (self.config.sinks, self.config.residual);
         let tokens = self.layers[layer].tokens;
         let to_sinks = n.min(sinks.saturating_sub(tokens));
@@ -151,7 +153,7 @@ impl KvCache<'_> {
         }
         let capacity = rows.max(2 * current).max(floor).next_multiple_of(ROW_ALIGN);
         let grown = grow_window(
-            self.gpu,
+            &self.gpu,
             state.window_f32.as_ref(),
             state.window_rows,
             heads,
@@ -167,7 +169,7 @@ impl KvCache<'_> {
         let heads = self.heads();
         let state = &mut self.layers[layer];
         let window = state.window_f32.as_ref().expect("a window with rows");
-        shift_window(self.gpu, window, heads, state.window_rows, rows)?;
+        shift_window(&self.gpu, window, heads, state.window_rows, rows)?;
         state.window_rows -= rows;
         Ok(())
     }
@@ -175,7 +177,8 @@ impl KvCache<'_> {
     /// Rewrites the f16 window that attention reads from the f32 window.
     pub(super) fn repack_window(&mut self, layer: usize) -> Result<()> {
         let heads = self.heads();
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         let capacity = (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
         let state = &mut self.layers[layer];
         if state.window.is_none() {
@@ -192,7 +195,8 @@ impl KvCache<'_> {
     /// A prefill with protected tokens: its quantized part is packed with STP lists.
     fn prefill_protected(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) -> Result<()> {
         let heads = self.heads();
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         let plan = self.config.plan(n);
         let dims = vec![1, heads.count, n, heads.dim];
         let packed = crate::gpu::quantize::quantize_cache(
@@ -268,7 +272,8 @@ impl KvCache<'_> {
     fn append_exact(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         let heads = self.heads();
         let capacity = CHUNK_GROUPS * self.config.group_size;
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         let mut done = 0;
         while done < n {
             let state = &mut self.layers[layer];
@@ -308,7 +313,8 @@ impl KvCache<'_> {
     fn quantize_window(&mut self, layer: usize, groups: usize) -> Result<()> {
         let heads = self.heads();
         let g = self.config.group_size;
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         if self.layers[layer].layout.is_none() {
             let window = self.layers[layer]
                 .window_f32

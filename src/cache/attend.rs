@@ -7,7 +7,7 @@ use crate::gpu::attention::{
     attend_segments, Kernels, KeyLayout, LayerGeometry, SegmentData, SegmentRef,
 };
 
-impl KvCache<'_> {
+impl KvCache {
     /// Attention of `q` (`[q_heads, queries, head_dim]`) over `layer`, where query index m
     /// sees positions `visible[m].0 .. visible[m].1`. Returns `[q_heads, queries, head_dim]`.
     pub fn attend(&self, layer: usize, q: &[f32], visible: &[(u32, u32)]) -> Result<Vec<f32>> {
@@ -26,7 +26,8 @@ impl KvCache<'_> {
         let layout = match &state.layout {
             Some(layout) => layout,
             None => {
-                identity = KeyLayout::identity(self.gpu, self.shape.kv_heads, self.shape.head_dim)?;
+                identity =
+                    KeyLayout::identity(&self.gpu, self.shape.kv_heads, self.shape.head_dim)?;
                 &identity
             }
         };
@@ -63,7 +64,7 @@ impl KvCache<'_> {
             layout,
         };
         attend_segments(
-            self.gpu,
+            &self.gpu,
             &geometry,
             &segments,
             q,

@@ -11,7 +11,7 @@ use crate::gpu::GpuContext;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 
-impl<'g> KvCache<'g> {
+impl KvCache {
     /// The cache as a [`PackedCache`] (every layer must hold the same number of tokens):
     /// the planes are read back from the GPU and laid out as one run per head.
     pub fn to_packed(&self) -> Result<PackedCache> {
@@ -27,7 +27,8 @@ impl<'g> KvCache<'g> {
             self.config.group_size,
         );
         let plan = self.config.plan(tokens);
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         let mut heads = Vec::with_capacity(self.shape.layers * h);
         let mut protected = Vec::new();
         for state in &self.layers {
@@ -287,7 +288,7 @@ impl<'g> KvCache<'g> {
 
     /// A cache holding the contents of `packed` (the model has `q_heads` query heads).
     /// Quantized tokens become one stored run per layer; later tokens go to new chunks.
-    pub fn from_packed(packed: &PackedCache, q_heads: usize, gpu: &'g GpuContext) -> Result<Self> {
+    pub fn from_packed(packed: &PackedCache, q_heads: usize, gpu: &GpuContext) -> Result<Self> {
         let s = packed.shape;
         let shape = ModelShape {
             layers: s.layers,

@@ -26,7 +26,7 @@ pub const KVCACHE_VERSION: u32 = 4;
 /// The oldest version of a saved [`KvCache`] this library reads.
 pub const KVCACHE_OLDEST_VERSION: u32 = 2;
 
-impl<'g> KvCache<'g> {
+impl KvCache {
     /// Saves the cache to `path` atomically (see [`KvCache::to_safetensors`] and
     /// [`crate::persist::write_atomic`]).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
@@ -35,7 +35,7 @@ impl<'g> KvCache<'g> {
 
     /// Loads a cache saved by [`KvCache::save`] (or a [`PackedCache`] file that names the
     /// model's `q_heads`), validating every field.
-    pub fn load(path: &std::path::Path, gpu: &'g GpuContext) -> Result<Self> {
+    pub fn load(path: &std::path::Path, gpu: &GpuContext) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| VidkvError::Io {
             path: path.display().to_string(),
             source,
@@ -55,7 +55,8 @@ impl<'g> KvCache<'g> {
             self.shape.head_dim,
             self.config.group_size,
         );
-        let ctx = self.gpu;
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
         let mut arrays: Vec<(String, Vec<u32>)> = Vec::new();
         let mut layers_meta = Vec::with_capacity(self.shape.layers);
         for (l, state) in self.layers.iter().enumerate() {
@@ -177,7 +178,7 @@ impl<'g> KvCache<'g> {
 
     /// Parses and validates bytes written by [`KvCache::to_safetensors`] (or a
     /// [`PackedCache`] file with a `q_heads` metadata entry) into a cache on `gpu`.
-    pub fn from_safetensors(bytes: &[u8], gpu: &'g GpuContext) -> Result<Self> {
+    pub fn from_safetensors(bytes: &[u8], gpu: &GpuContext) -> Result<Self> {
         use crate::persist::{corrupt, read_planes, usize_field, SavedFile};
         let file = SavedFile::parse(bytes, "saved KvCache")?;
         if file.meta("format")? == crate::persist::FORMAT {
@@ -372,7 +373,7 @@ impl<'g> KvCache<'g> {
             self.shape.head_dim,
             self.config.group_size,
         );
-        let gpu = self.gpu;
+        let gpu = &self.gpu.clone();
         let heads = self.heads();
         let plan = self.config.plan(tokens);
         let words_per_row = d / 2;

@@ -141,9 +141,11 @@ struct LayerState {
     prefill: Option<(Chunk, usize)>,
 }
 
-/// A KV cache for a whole model, resident on the GPU (see the module docs).
-pub struct KvCache<'g> {
-    gpu: &'g GpuContext,
+/// A KV cache for a whole model, resident on the GPU (see the module docs). It keeps a
+/// handle on its [`GpuContext`] (no borrow), so a host can keep both in one struct.
+pub struct KvCache {
+    /// A handle on the context (clones share the device).
+    gpu: GpuContext,
     shape: ModelShape,
     config: QuantConfig,
     layers: Vec<LayerState>,
@@ -153,9 +155,9 @@ pub struct KvCache<'g> {
     protected: Vec<u32>,
 }
 
-impl<'g> KvCache<'g> {
+impl KvCache {
     /// An empty cache for `shape` under `config` on `gpu`.
-    pub fn new(shape: ModelShape, config: QuantConfig, gpu: &'g GpuContext) -> Result<Self> {
+    pub fn new(shape: ModelShape, config: QuantConfig, gpu: &GpuContext) -> Result<Self> {
         config.validate()?;
         shape.validate()?;
         check_head_dim(shape.head_dim)?;
@@ -175,7 +177,7 @@ impl<'g> KvCache<'g> {
         }
         let identity: Vec<u32> = (0..shape.head_dim as u32).collect();
         let mut cache = KvCache {
-            gpu,
+            gpu: gpu.clone(),
             shape,
             config,
             layers: Vec::new(),

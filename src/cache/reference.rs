@@ -38,7 +38,7 @@ pub trait ModelCache {
     fn bits_per_element(&self) -> f64;
 }
 
-impl ModelCache for KvCache<'_> {
+impl ModelCache for KvCache {
     fn shape(&self) -> ModelShape {
         KvCache::shape(self)
     }

@@ -19,6 +19,46 @@ use super::profiling::{KernelProfile, Profile};
 use super::trace::Trace;
 use crate::error::{Result, VidkvError};
 
+/// Storage buffers per shader stage the kernels need (the rotated attention kernels bind
+/// 13: `tests/shaders.rs` checks this is the most any entry point uses).
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 13;
+
+/// A device-lost or uncaptured-error message, set by a device callback.
+type ErrorSlot = Arc<Mutex<Option<String>>>;
+
+/// The limits of `limits` below [`GpuContext::required_limits`], named.
+fn missing_limits(limits: &wgpu::Limits) -> Vec<String> {
+    let need = GpuContext::required_limits();
+    let mut missing = Vec::new();
+    for (name, have, want) in [
+        (
+            "max_storage_buffers_per_shader_stage",
+            limits.max_storage_buffers_per_shader_stage,
+            need.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            limits.max_compute_workgroup_size_x,
+            need.max_compute_workgroup_size_x,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            limits.max_compute_invocations_per_workgroup,
+            need.max_compute_invocations_per_workgroup,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            limits.max_compute_workgroup_storage_size,
+            need.max_compute_workgroup_storage_size,
+        ),
+    ] {
+        if have < want {
+            missing.push(format!("{name} {have} < {want}"));
+        }
+    }
+    missing
+}
+
 /// How to pick the adapter and which limits to honour.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
@@ -43,8 +83,26 @@ impl Default for GpuOptions {
     }
 }
 
-/// A device, its queue, and the pipelines and buffers vidkv has made on it.
+/// A device, its queue, and the pipelines and buffers vidkv has made on it. A cheap handle:
+/// clones share the device, its pipelines and its buffers, so a [`crate::KvCache`] keeps one
+/// and a host can keep both in one struct.
+#[derive(Clone)]
 pub struct GpuContext {
+    state: Arc<ContextState>,
+}
+
+impl std::ops::Deref for GpuContext {
+    type Target = ContextState;
+
+    fn deref(&self) -> &ContextState {
+        &self.state
+    }
+}
+
+/// What a [`GpuContext`] shares between its clones (reached through it; nothing here is for
+/// callers).
+#[doc(hidden)]
+pub struct ContextState {
     pub(super) device: wgpu::Device,
     pub(super) queue: wgpu::Queue,
     pub(super) info: wgpu::AdapterInfo,
@@ -54,8 +112,8 @@ pub struct GpuContext {
     pub(super) subgroups: bool,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pub(super) buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
-    pub(super) lost: Arc<Mutex<Option<String>>>,
-    pub(super) uncaptured: Arc<Mutex<Option<String>>>,
+    pub(super) lost: ErrorSlot,
+    pub(super) uncaptured: ErrorSlot,
     pub(super) exclusive: Mutex<()>,
     /// Accumulated GPU time of submitted batches, when profiling is on.
     pub(super) profile: Mutex<Option<Profile>>,
@@ -141,7 +199,7 @@ impl GpuContext {
                 // benchmarks) and subgroups (for the fast paths).
                 required_features: features
                     & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP),
-                required_limits: limits.clone(),
+                required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
@@ -162,29 +220,94 @@ impl GpuContext {
                 slot.get_or_insert_with(|| error.to_string());
             }
         }));
+        Ok(Self::on_device(
+            info,
+            device,
+            queue,
+            options,
+            (lost, uncaptured),
+        ))
+    }
+
+    /// A context on a host's own device, so that a host whose model already runs on wgpu
+    /// shares its device and queue with the cache (no K/V crosses to the CPU): vidkv makes
+    /// its buffers and pipelines on `device` and submits to `queue`. `adapter_info` names the
+    /// adapter in reports. The device must offer [`GpuContext::required_limits`] (request
+    /// them when creating it; WebGPU's defaults allow too few storage buffers per stage):
+    /// a device that lacks any is an [`VidkvError::InvalidConfig`] naming each one. The fast
+    /// paths and GPU timestamps are used where the device was created with `SUBGROUP` and
+    /// `TIMESTAMP_QUERY`. The host's device-lost and uncaptured-error handlers stay the
+    /// host's: vidkv catches its own errors with error scopes around every submission.
+    pub fn from_device(
+        adapter_info: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &GpuOptions,
+    ) -> Result<Self> {
+        let missing = missing_limits(&device.limits());
+        if !missing.is_empty() {
+            return Err(VidkvError::InvalidConfig(format!(
+                "the device on {} lacks limits the kernels need: {} (create it with \
+                 GpuContext::required_limits())",
+                adapter_info.name,
+                missing.join(", ")
+            )));
+        }
+        let empty = || Arc::new(Mutex::new(None));
+        Ok(Self::on_device(
+            adapter_info,
+            device,
+            queue,
+            options,
+            (empty(), empty()),
+        ))
+    }
+
+    /// The limits every kernel needs, on top of WebGPU's defaults: [`STORAGE_BUFFERS_PER_STAGE`]
+    /// storage buffers per shader stage, and workgroups of 256 invocations (WebGPU's
+    /// defaults). A host creating its own device for [`GpuContext::from_device`] requests
+    /// these (or its adapter's own, larger limits).
+    pub fn required_limits() -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffers_per_shader_stage: STORAGE_BUFFERS_PER_STAGE,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    fn on_device(
+        info: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &GpuOptions,
+        (lost, uncaptured): (ErrorSlot, ErrorSlot),
+    ) -> Self {
+        let limits = device.limits();
+        let features = device.features();
         let device_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
         let max_binding = options
             .max_binding_bytes
             .map_or(device_binding, |cap| cap.min(device_binding));
-        Ok(GpuContext {
-            device,
-            queue,
-            info,
-            features,
-            max_binding,
-            max_workgroups: limits.max_compute_workgroups_per_dimension,
-            subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
-            pipelines: Mutex::new(HashMap::new()),
-            buffers: Mutex::new(HashMap::new()),
-            lost,
-            uncaptured,
-            exclusive: Mutex::new(()),
-            profile: Mutex::new(None),
-            kernel_profile: Mutex::new(None),
-            trace: Mutex::new(None),
-        })
+        GpuContext {
+            state: Arc::new(ContextState {
+                device,
+                queue,
+                info,
+                features,
+                max_binding,
+                max_workgroups: limits.max_compute_workgroups_per_dimension,
+                subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
+                pipelines: Mutex::new(HashMap::new()),
+                buffers: Mutex::new(HashMap::new()),
+                lost,
+                uncaptured,
+                exclusive: Mutex::new(()),
+                profile: Mutex::new(None),
+                kernel_profile: Mutex::new(None),
+                trace: Mutex::new(None),
+            }),
+        }
     }
 
     /// Adapter name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
@@ -197,7 +320,7 @@ impl GpuContext {
         &self.info
     }
 
-    /// Optional features the adapter offers (fast paths check these).
+    /// Features of the device (the fast paths and timestamps check these).
     pub fn adapter_features(&self) -> wgpu::Features {
         self.features
     }
