@@ -119,7 +119,20 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     names.extend(args.presets.iter().filter(|p| *p != "fp16").cloned());
     let presets = resolve_presets(&names, None, None)?;
     let gpu = GpuContext::new(&GpuOptions::default())?;
-    let results = crate::bench::cache_decode_step(&gpu, shape, args.context, &presets, args.runs)?;
+    // One preset at a time (as the benchmark runs them), with progress between.
+    let bar = super::progress::Progress::new(presets.len() as u64, args.json);
+    let mut results = Vec::with_capacity(presets.len());
+    for preset in &presets {
+        bar.tick(&preset.0);
+        results.extend(crate::bench::cache_decode_step(
+            &gpu,
+            shape,
+            args.context,
+            std::slice::from_ref(preset),
+            args.runs,
+        )?);
+    }
+    bar.finish();
     let fp16 = &results[0];
     let speed = |r: &crate::bench::CacheStepResult| fp16.wall_median_ms / r.wall_median_ms;
     if args.json {
@@ -190,18 +203,28 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         ));
     }
     let gpu = GpuContext::new(&GpuOptions::default())?;
-    let (results, timestamps) = attention_latency(
-        &gpu,
-        &presets,
-        &crate::bench::AttentionBench {
-            contexts,
-            kv_heads: args.kv_heads,
-            q_heads: args.q_heads,
-            head_dim: args.head_dim,
-            runs: args.runs,
-            per_kernel: args.kernels,
-        },
-    )?;
+    // One context at a time (every preset of a context runs round-robin, as in one call),
+    // with progress between.
+    let bar = super::progress::Progress::new(contexts.len() as u64, args.json);
+    let (mut results, mut timestamps) = (Vec::new(), true);
+    for &context in &contexts {
+        bar.tick(&format!("{context} tokens"));
+        let (some, timed) = attention_latency(
+            &gpu,
+            &presets,
+            &crate::bench::AttentionBench {
+                contexts: vec![context],
+                kv_heads: args.kv_heads,
+                q_heads: args.q_heads,
+                head_dim: args.head_dim,
+                runs: args.runs,
+                per_kernel: args.kernels,
+            },
+        )?;
+        results.extend(some);
+        timestamps &= timed;
+    }
+    bar.finish();
     let timing = if timestamps {
         "gpu timestamps"
     } else {
@@ -290,7 +313,18 @@ pub(super) fn run_bench_quantize(args: &BenchQuantizeArgs) -> Result<()> {
     }
     let gpu = open_device(args.device)?;
     let device = gpu.as_ref().map_or(Device::Cpu, Device::Gpu).describe();
-    let results = quantize_throughput(gpu.as_ref(), shape, &presets, args.runs)?;
+    let bar = super::progress::Progress::new(presets.len() as u64, args.json);
+    let mut results = Vec::with_capacity(presets.len());
+    for preset in &presets {
+        bar.tick(&preset.0);
+        results.extend(quantize_throughput(
+            gpu.as_ref(),
+            shape,
+            std::slice::from_ref(preset),
+            args.runs,
+        )?);
+    }
+    bar.finish();
     if args.json {
         let doc = serde_json::json!({
             "adapter": device,

@@ -70,12 +70,27 @@ pub(super) fn run_eval_lm(args: &EvalLmArgs) -> Result<()> {
         args.text.display(),
         device.describe()
     );
-    let results = eval::evaluate_on(&model, &text_tokens, &prompt, &presets, device, |r| {
-        eprintln!(
-            "{}: perplexity {:.3}, {:.3} bits, greedy agreement {:.3}",
-            r.preset, r.perplexity, r.bits_per_element, r.greedy_agreement
-        )
-    })?;
+    let bar = super::progress::Progress::new(1, args.json);
+    let results =
+        eval::evaluate_on(
+            &model,
+            &text_tokens,
+            &prompt,
+            &presets,
+            device,
+            |event| match event {
+                eval::EvalProgress::Step {
+                    preset,
+                    done,
+                    total,
+                } => bar.set(done as u64, total as u64, preset),
+                eval::EvalProgress::Finished(r) => bar.line(&format!(
+                    "{}: perplexity {:.3}, {:.3} bits, greedy agreement {:.3}",
+                    r.preset, r.perplexity, r.bits_per_element, r.greedy_agreement
+                )),
+            },
+        )?;
+    bar.finish();
     let model_name = args.model.file_name().map_or_else(
         || args.model.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

@@ -6,6 +6,7 @@
 mod bench;
 #[cfg(feature = "lm")]
 mod eval_lm;
+mod progress;
 mod report;
 mod store;
 mod web;

@@ -73,17 +73,23 @@ pub(super) fn run_report(args: &ReportArgs) -> Result<()> {
     let gpu = open_device(args.device)?;
     let device = gpu.as_ref().map_or(Device::Cpu, Device::Gpu);
     let mut reports = Vec::with_capacity(samples.len());
+    let bar = super::progress::Progress::new((samples.len() * presets.len()) as u64, args.json);
     for sample in &samples {
         warn_underflow(sample);
         let presets = presets
             .iter()
-            .map(|(name, config)| evaluate_on(device, sample, name, config))
+            .map(|(name, config)| {
+                let metrics = evaluate_on(device, sample, name, config);
+                bar.tick(&format!("{} {name}", sample.name));
+                metrics
+            })
             .collect::<Result<Vec<_>>>()?;
         reports.push(FileReport {
             file: sample.name.clone(),
             presets,
         });
     }
+    bar.finish();
     if args.json {
         println!("{}", to_json(&reports, &device.describe()));
     } else {

@@ -99,6 +99,17 @@ pub fn perplexity_on(
     config: &QuantConfig,
     device: CacheDevice<'_>,
 ) -> Result<(f64, f64)> {
+    perplexity_with(model, tokens, config, device, &mut || {})
+}
+
+/// [`perplexity_on`], calling `step` after each forward chunk.
+fn perplexity_with(
+    model: &Llama,
+    tokens: &[u32],
+    config: &QuantConfig,
+    device: CacheDevice<'_>,
+    step: &mut dyn FnMut(),
+) -> Result<(f64, f64)> {
     if tokens.len() < 2 {
         return Err(VidkvError::InvalidConfig(format!(
             "perplexity needs at least 2 tokens (got {})",
@@ -115,6 +126,7 @@ pub fn perplexity_on(
                 nll -= log_softmax_at(row, next as usize);
             }
         }
+        step();
     }
     let perplexity = (nll / (tokens.len() - 1) as f64).exp();
     Ok((perplexity, cache.bits_per_element()))
@@ -140,6 +152,18 @@ pub fn greedy_on(
     config: &QuantConfig,
     device: CacheDevice<'_>,
 ) -> Result<Vec<u32>> {
+    greedy_with(model, prompt, steps, config, device, &mut || {})
+}
+
+/// [`greedy_on`], calling `step` after each forward call.
+fn greedy_with(
+    model: &Llama,
+    prompt: &[u32],
+    steps: usize,
+    config: &QuantConfig,
+    device: CacheDevice<'_>,
+    on_step: &mut dyn FnMut(),
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(VidkvError::EmptyTensor("prompt".into()));
     }
@@ -148,6 +172,7 @@ pub fn greedy_on(
     let mut last = Vec::new();
     for chunk in prompt.chunks(CHUNK_TOKENS) {
         last = model.forward(chunk, cache.as_mut())?;
+        on_step();
     }
     let mut generated = Vec::with_capacity(steps);
     for step in 0..steps {
@@ -156,9 +181,23 @@ pub fn greedy_on(
         generated.push(next);
         if step + 1 < steps {
             last = model.forward(&[next], cache.as_mut())?;
+            on_step();
         }
     }
     Ok(generated)
+}
+
+/// What [`evaluate_on`] reports while it runs.
+pub enum EvalProgress<'a> {
+    /// `done` of the `total` forward calls of `preset` (text chunks, then the prompt's
+    /// chunks and the greedy tokens).
+    Step {
+        preset: &'a str,
+        done: usize,
+        total: usize,
+    },
+    /// A preset's results, when it is done.
+    Finished(&'a PresetEval),
 }
 
 /// Runs every preset on `text_tokens` (perplexity) and on `prompt` (greedy), with `fp16`
@@ -170,7 +209,7 @@ pub fn evaluate(
     prompt: &[u32],
     presets: &[(String, QuantConfig)],
     gpu: &GpuContext,
-    progress: impl FnMut(&PresetEval),
+    progress: impl FnMut(EvalProgress<'_>),
 ) -> Result<Vec<PresetEval>> {
     evaluate_on(
         model,
@@ -189,7 +228,7 @@ pub fn evaluate_on(
     prompt: &[u32],
     presets: &[(String, QuantConfig)],
     device: CacheDevice<'_>,
-    mut progress: impl FnMut(&PresetEval),
+    mut progress: impl FnMut(EvalProgress<'_>),
 ) -> Result<Vec<PresetEval>> {
     let fp16 = QuantConfig::preset("fp16")?;
     let mut runs: Vec<(String, QuantConfig)> = vec![("fp16".into(), fp16.clone())];
@@ -200,9 +239,22 @@ pub fn evaluate_on(
             .cloned(),
     );
     let mut results: Vec<PresetEval> = Vec::with_capacity(runs.len());
+    let total = text_tokens.len().div_ceil(CHUNK_TOKENS)
+        + prompt.len().div_ceil(CHUNK_TOKENS)
+        + GREEDY_TOKENS.saturating_sub(1);
     for (name, config) in &runs {
-        let (perplexity, bits_per_element) = perplexity_on(model, text_tokens, config, device)?;
-        let generated = greedy_on(model, prompt, GREEDY_TOKENS, config, device)?;
+        let mut done = 0;
+        let mut step = || {
+            done += 1;
+            progress(EvalProgress::Step {
+                preset: name,
+                done,
+                total,
+            });
+        };
+        let (perplexity, bits_per_element) =
+            perplexity_with(model, text_tokens, config, device, &mut step)?;
+        let generated = greedy_with(model, prompt, GREEDY_TOKENS, config, device, &mut step)?;
         let greedy_agreement = match results.first() {
             Some(reference) => leading_agreement(&reference.generated, &generated),
             None => 1.0,
@@ -214,7 +266,7 @@ pub fn evaluate_on(
             greedy_agreement,
             generated,
         };
-        progress(&result);
+        progress(EvalProgress::Finished(&result));
         results.push(result);
     }
     Ok(results)
