@@ -121,6 +121,26 @@ fn add_block(sums: ptr<function, BlockSums>, ws: vec4<f32>, raw: u32, small: vec
     add_block_levels(sums, ws, raw, b, 0u);
 }
 
+// Writes (or, with `accumulate`, adds) the rotated-back sums plus the centre terms of the
+// quad's live rows into split `split` of `partial`; lane ℓ takes elements ℓ, ℓ + VALUE_LANES, ….
+fn store_quad_sums(quad: Quad, split: u32, lane: u32, accumulate: bool) {
+    let d = params.width;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (quad.live[j] == 0.0) {
+            continue;
+        }
+        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
+        for (var c = lane; c < d; c = c + VALUE_LANES) {
+            let sum = shared_quad[c][j] + shared_centre[c][j];
+            if (accumulate) {
+                partial[out + c] = partial[out + c] + sum;
+            } else {
+                partial[out + c] = sum;
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(VALUE_LANES)
 fn value_sums(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -178,15 +198,7 @@ fn value_sums(
         }
     }
     rotate_shared_quad(lane);
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if (quad.live[j] == 0.0) {
-            continue;
-        }
-        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
-        for (var c = lane; c < d; c = c + VALUE_LANES) {
-            partial[out + c] = shared_quad[c][j] + shared_centre[c][j];
-        }
-    }
+    store_quad_sums(quad, split, lane, false);
 }
 
 @compute @workgroup_size(VALUE_LANES)
@@ -226,13 +238,5 @@ fn refinement_sums(
         }
     }
     rotate_shared_quad(lane);
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if (quad.live[j] == 0.0) {
-            continue;
-        }
-        let out = (quad.rows[j] * params.total_splits + params.split_offset + split) * d;
-        for (var c = lane; c < d; c = c + VALUE_LANES) {
-            partial[out + c] = partial[out + c] + shared_quad[c][j] + shared_centre[c][j];
-        }
-    }
+    store_quad_sums(quad, split, lane, true);
 }

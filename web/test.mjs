@@ -15,14 +15,36 @@ if (!url || !screenshot) {
 }
 const TOLERANCE = 1e-3;
 
-// Opens the demo in `page` and waits until it has finished, failed or found no WebGPU.
+// Opens the demo in `page` and waits until it has finished, failed or found no WebGPU;
+// meanwhile prints, every minute, the page's status line and the requests still open, so a
+// stall says where it waits.
 async function finalStatus(page, timeout) {
-  await page.goto(url);
-  await page.waitForFunction(
-    () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
-    null,
-    { timeout },
-  );
+  const open = new Map();
+  const started = Date.now();
+  const seconds = () => ((Date.now() - started) / 1000).toFixed(1);
+  page.on('request', (r) => open.set(r, seconds()));
+  page.on('requestfinished', (r) => open.delete(r));
+  page.on('requestfailed', (r) => {
+    open.delete(r);
+    console.log(`${seconds()} s: request failed: ${r.url()} (${r.failure()?.errorText})`);
+  });
+  const heartbeat = setInterval(async () => {
+    const status = await page.$eval('#status', (el) => `${el.dataset.state}: ${el.textContent}`)
+      .catch((e) => `no status (${e.message.split('\n')[0]})`);
+    const waiting = [...open].map(([r, at]) => `${r.url()} since ${at} s`).join(', ') || 'none';
+    console.log(`${seconds()} s: page ${status}; open requests: ${waiting}`);
+  }, 60_000);
+  try {
+    await page.goto(url);
+    console.log(`${seconds()} s: loaded`);
+    await page.waitForFunction(
+      () => ['done', 'error', 'no-webgpu'].includes(document.getElementById('status').dataset.state),
+      null,
+      { timeout },
+    );
+  } finally {
+    clearInterval(heartbeat);
+  }
   return page.$eval('#status', (el) => ({ state: el.dataset.state, text: el.textContent }));
 }
 const failures = [];

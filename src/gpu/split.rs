@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::batch::Batch;
 use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
@@ -41,24 +42,8 @@ pub fn channel_split_on_gpu(
     let mut block_offset = 0usize;
     let mut batch = ctx.batch();
     for &(buffer, offset, tokens) in inputs {
-        let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
-        batch.dispatch_bound(
-            &CHANNEL_RANGE,
-            "main",
-            Params {
-                width: width as u32,
-                len: tokens as u32,
-                block_tokens: RANGE_BLOCK_TOKENS,
-                block_offset: block_offset as u32,
-                invocations: (blocks * width) as u32,
-                ..Default::default()
-            },
-            &[
-                Bound::range(buffer, offset, (tokens * width * 4) as u64),
-                (&*ranges).into(),
-            ],
-        );
-        block_offset += blocks;
+        let input = Bound::range(buffer, offset, (tokens * width * 4) as u64);
+        block_offset += record_ranges(&mut batch, input, (tokens, width), block_offset, &ranges);
     }
     batch.submit()?;
     finish_split(ctx, &ranges, block_offset, width, outliers)
@@ -83,27 +68,41 @@ pub fn channel_split(
     for input in inputs {
         for rows in input.chunks(chunk * width) {
             let tokens = rows.len() / width;
-            let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
             let buffer = ctx.upload("input", rows)?;
             let mut batch = ctx.batch();
-            batch.dispatch(
-                &CHANNEL_RANGE,
-                "main",
-                Params {
-                    width: width as u32,
-                    len: tokens as u32,
-                    block_tokens: RANGE_BLOCK_TOKENS,
-                    block_offset: block_offset as u32,
-                    invocations: (blocks * width) as u32,
-                    ..Default::default()
-                },
-                &[&buffer, &ranges],
-            );
+            let input = (&*buffer).into();
+            block_offset +=
+                record_ranges(&mut batch, input, (tokens, width), block_offset, &ranges);
             batch.submit()?;
-            block_offset += blocks;
         }
     }
     finish_split(ctx, &ranges, block_offset, width, outliers)
+}
+
+/// Records the per-channel (min, max) of `tokens` rows `[tokens, width]` of `input` into
+/// `ranges` from block `block_offset` on; returns the blocks written.
+fn record_ranges(
+    batch: &mut Batch<'_>,
+    input: Bound<'_>,
+    (tokens, width): (usize, usize),
+    block_offset: usize,
+    ranges: &wgpu::Buffer,
+) -> usize {
+    let blocks = tokens.div_ceil(RANGE_BLOCK_TOKENS as usize);
+    batch.dispatch_bound(
+        &CHANNEL_RANGE,
+        "main",
+        Params {
+            width: width as u32,
+            len: tokens as u32,
+            block_tokens: RANGE_BLOCK_TOKENS,
+            block_offset: block_offset as u32,
+            invocations: (blocks * width) as u32,
+            ..Default::default()
+        },
+        &[input, ranges.into()],
+    );
+    blocks
 }
 
 /// The split from `blocks` partial (min, max) blocks.
