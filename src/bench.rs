@@ -274,6 +274,10 @@ pub struct CacheStepResult {
     pub wall_median_ms: f64,
     /// Median GPU time of a step (sum of its batches), when timestamps are available.
     pub gpu_median_ms: Option<f64>,
+    /// Median wall-clock time of the same step through the buffer API (K/V already in GPU
+    /// buffers, [`KvCache::append_buffers`]; the query and the outputs in GPU buffers,
+    /// [`KvCache::attend_buffers`]): no read-back.
+    pub buffers_wall_median_ms: f64,
     /// Stored bytes of the cache after the steps.
     pub bytes: usize,
 }
@@ -330,6 +334,13 @@ pub fn cache_decode_step(
         }
         let mut walls = Vec::with_capacity(runs);
         let mut gpus = Vec::with_capacity(runs);
+        let mut buffer_walls = Vec::with_capacity(runs);
+        let q_buffer = ctx.create_storage("bench query", &query)?;
+        let outputs = (0..shape.layers)
+            .map(|_| ctx.create_storage("bench output", &vec![0f32; query.len()]))
+            .collect::<Result<Vec<_>>>()?;
+        // Each run: one step through the host API, then one through the buffer API (both
+        // append a token to every layer, so both see the same cache length).
         for run in 0..runs.max(1) + 1 {
             let k = synthetic_tensor(step_shape, 300 + run as u64)?.data;
             let v = synthetic_tensor(step_shape, 400 + run as u64)?.data;
@@ -339,18 +350,32 @@ pub fn cache_decode_step(
                 cache.append(layer, &k, &v)?;
                 cache.attend_causal(layer, &query)?;
             }
-            // The first step warms the pipelines up and is not counted.
+            let host_ms = start.elapsed().as_secs_f64() * 1e3;
+            let gpu_ms = ctx.take_gpu_time_ms();
+            let (k_buffer, v_buffer) = (
+                ctx.create_storage("bench k", &k)?,
+                ctx.create_storage("bench v", &v)?,
+            );
+            let start = Instant::now();
+            for (layer, output) in outputs.iter().enumerate() {
+                cache.append_buffers(layer, &k_buffer, &v_buffer, 1)?;
+                let visible = [(0, cache.len(layer) as u32)];
+                cache.attend_buffers(layer, &q_buffer, output, &visible)?;
+            }
+            let buffers_ms = start.elapsed().as_secs_f64() * 1e3;
+            ctx.take_gpu_time_ms();
+            // The first run warms the pipelines up and is not counted.
             if run > 0 {
-                walls.push(start.elapsed().as_secs_f64() * 1e3);
-                if let Some(ms) = ctx.take_gpu_time_ms() {
-                    gpus.push(ms);
-                }
+                walls.push(host_ms);
+                buffer_walls.push(buffers_ms);
+                gpus.extend(gpu_ms);
             }
         }
         results.push(CacheStepResult {
             preset: name.clone(),
             wall_median_ms: median(walls),
             gpu_median_ms: (timestamps && !gpus.is_empty()).then(|| median(gpus)),
+            buffers_wall_median_ms: median(buffer_walls),
             bytes: cache.bytes(),
         });
     }

@@ -699,3 +699,78 @@ fn a_host_device_runs_the_cache() {
         assert!(relative_l2(&b, &a) < 1e-6, "layer {l}");
     }
 }
+
+/// A decode step through the buffer API: K/V appended from GPU buffers and attention read
+/// from and written to GPU buffers reads nothing back (the context's counts), and gives what
+/// the host API gives. Bad buffers are typed errors.
+#[test]
+fn decode_steps_through_buffers_read_nothing_back() {
+    // A 300-token prefill, then the steps take tokens 300..340 of a longer sequence.
+    let (k, v) = tensors(400);
+    let (k300, v300) = tensors(300);
+    let q = queries(1);
+    let config = QuantConfig::default();
+    let mut host = fill(&config, &k300, &v300, 300, 1);
+    let mut device = fill(&config, &k300, &v300, 300, 1);
+    let words = q.len();
+    let out_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let outs: Vec<wgpu::Buffer> = (0..SHAPE.layers)
+        .map(|_| {
+            gpu().device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("host output"),
+                size: (words * 4) as u64,
+                usage: out_usage,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+    let q_buffer = gpu_buffer(&q);
+    let mut expected = Vec::new();
+    for t in 300..340 {
+        let step: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..SHAPE.layers)
+            .map(|l| {
+                (
+                    gpu_buffer(&k.layer_tokens(l, t..t + 1).unwrap()),
+                    gpu_buffer(&v.layer_tokens(l, t..t + 1).unwrap()),
+                )
+            })
+            .collect();
+        let before = gpu().counts();
+        for (l, (kb, vb)) in step.iter().enumerate() {
+            device.append_buffers(l, kb, vb, 1).unwrap();
+            let visible = [(0u32, device.len(l) as u32)];
+            device
+                .attend_buffers(l, &q_buffer, &outs[l], &visible)
+                .unwrap();
+        }
+        let after = gpu().counts();
+        assert_eq!(
+            after.read_backs, before.read_backs,
+            "step {t} read something back"
+        );
+        expected.clear();
+        for l in 0..SHAPE.layers {
+            host.append(
+                l,
+                &k.layer_tokens(l, t..t + 1).unwrap(),
+                &v.layer_tokens(l, t..t + 1).unwrap(),
+            )
+            .unwrap();
+            expected.push(host.attend_causal(l, &q).unwrap());
+        }
+    }
+    for (l, out) in outs.iter().enumerate() {
+        let got: Vec<f32> = gpu()
+            .read_words(out, words)
+            .unwrap()
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        assert!(relative_l2(&got, &expected[l]) < 1e-6, "layer {l}");
+    }
+    let small = gpu_buffer(&[0.0; 4]);
+    assert!(matches!(
+        device.attend_buffers(0, &small, &outs[0], &[(0, 10)]),
+        Err(VidkvError::ShapeMismatch { .. })
+    ));
+}

@@ -4,13 +4,58 @@
 use super::{KvCache, CHUNK_GROUPS};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{
-    attend_segments, Kernels, KeyLayout, LayerGeometry, SegmentData, SegmentRef,
+    attend_segments, attend_segments_into, Call, Kernels, KeyLayout, LayerGeometry, SegmentData,
+    SegmentRef,
 };
 
 impl KvCache {
     /// Attention of `q` (`[q_heads, queries, head_dim]`) over `layer`, where query index m
     /// sees positions `visible[m].0 .. visible[m].1`. Returns `[q_heads, queries, head_dim]`.
     pub fn attend(&self, layer: usize, q: &[f32], visible: &[(u32, u32)]) -> Result<Vec<f32>> {
+        self.with_segments(layer, |geometry, segments| {
+            attend_segments(
+                &self.gpu,
+                geometry,
+                segments,
+                q,
+                self.shape.q_heads,
+                visible,
+                Kernels::Fastest,
+            )
+        })
+    }
+
+    /// [`KvCache::attend`] with the query read from the GPU buffer `q` and the output
+    /// written into the GPU buffer `out` (both STORAGE buffers of f32
+    /// `[q_heads, queries, head_dim]` from byte 0): one submission, nothing read back, so a
+    /// decode step whose K/V come through [`KvCache::append_buffers`] never waits on a
+    /// read-back. The query's values are not checked (they never reach the host).
+    pub fn attend_buffers(
+        &self,
+        layer: usize,
+        q: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        visible: &[(u32, u32)],
+    ) -> Result<()> {
+        self.with_segments(layer, |layer, segments| {
+            let call = Call {
+                layer,
+                segments,
+                q_heads: self.shape.q_heads,
+                visible,
+                kernels: Kernels::Fastest,
+            };
+            attend_segments_into(&self.gpu, &call, q, out)
+        })
+    }
+
+    /// Runs `attend` on the geometry and segments of `layer` (sinks, every quantized run,
+    /// the window).
+    fn with_segments<T>(
+        &self,
+        layer: usize,
+        attend: impl FnOnce(&LayerGeometry<'_>, &[SegmentRef<'_>]) -> Result<T>,
+    ) -> Result<T> {
         let state = self.layers.get(layer).ok_or_else(|| {
             VidkvError::InvalidConfig(format!(
                 "layer {layer} is beyond the model's {} layers",
@@ -63,15 +108,7 @@ impl KvCache {
             tokens: state.tokens,
             layout,
         };
-        attend_segments(
-            &self.gpu,
-            &geometry,
-            &segments,
-            q,
-            self.shape.q_heads,
-            visible,
-            Kernels::Fastest,
-        )
+        attend(&geometry, &segments)
     }
 
     /// Attention of the last `queries` positions of `layer` (the tokens just appended) with

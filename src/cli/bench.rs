@@ -145,6 +145,8 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
                 "wall_median_ms": r.wall_median_ms,
                 "gpu_median_ms": r.gpu_median_ms,
                 "ratio_to_fp16": speed(r),
+                "buffers_wall_median_ms": r.buffers_wall_median_ms,
+                "buffers_ratio_to_fp16": fp16.buffers_wall_median_ms / r.buffers_wall_median_ms,
                 "bytes": r.bytes,
             })).collect::<Vec<_>>(),
         });
@@ -161,19 +163,21 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         gpu.adapter_name()
     );
     println!(
-        "  {:<14} {:>12} {:>12} {:>9} {:>14}",
-        "cache", "wall ms", "gpu ms", "vs fp16", "bytes"
+        "  {:<14} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14}",
+        "cache", "wall ms", "gpu ms", "vs fp16", "buffer API ms", "vs fp16", "bytes"
     );
     for r in &results {
         let gpu_ms = r
             .gpu_median_ms
             .map_or("-".to_string(), |ms| format!("{ms:.1}"));
         println!(
-            "  {:<14} {:>12.1} {:>12} {:>8.2}x {:>14}",
+            "  {:<14} {:>12.1} {:>12} {:>8.2}x {:>16.1} {:>8.2}x {:>14}",
             r.preset,
             r.wall_median_ms,
             gpu_ms,
             speed(r),
+            r.buffers_wall_median_ms,
+            fp16.buffers_wall_median_ms / r.buffers_wall_median_ms,
             r.bytes
         );
     }

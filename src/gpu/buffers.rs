@@ -1,6 +1,7 @@
 //! Storage buffers: creation within the binding limit, the role-keyed pool, uploads, guarded
 //! outputs and read-back.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytemuck::Pod;
@@ -128,6 +129,7 @@ impl GpuContext {
             return Ok(Vec::new());
         }
         self.check_lost()?;
+        self.counters.read_backs.fetch_add(1, Ordering::Relaxed);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
             size: bytes,

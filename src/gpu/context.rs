@@ -10,6 +10,7 @@
 //! device into [`VidkvError::DeviceLost`] on the next call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::buffers::GUARD_WORDS;
@@ -121,6 +122,22 @@ pub struct ContextState {
     pub(super) kernel_profile: Mutex<Option<KernelProfile>>,
     /// The command record, when tracing is on ([`GpuContext::start_trace`]).
     pub(super) trace: Mutex<Option<Trace>>,
+    /// Submissions and read-backs so far ([`GpuContext::counts`]).
+    pub(super) counters: Counters,
+}
+
+/// Running counts of a context's submissions and read-backs.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub submissions: AtomicU64,
+    pub read_backs: AtomicU64,
+}
+
+/// How many submissions and read-backs a context has made ([`GpuContext::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounts {
+    pub submissions: u64,
+    pub read_backs: u64,
 }
 
 impl GpuContext {
@@ -306,6 +323,7 @@ impl GpuContext {
                 profile: Mutex::new(None),
                 kernel_profile: Mutex::new(None),
                 trace: Mutex::new(None),
+                counters: Counters::default(),
             }),
         }
     }
@@ -410,8 +428,18 @@ impl GpuContext {
         self.trace.lock().expect("trace").take()
     }
 
+    /// Submissions and read-backs made on this context (all clones together) so far: a
+    /// host can check that a decode step through the buffer API reads nothing back.
+    pub fn counts(&self) -> GpuCounts {
+        GpuCounts {
+            submissions: self.counters.submissions.load(Ordering::Relaxed),
+            read_backs: self.counters.read_backs.load(Ordering::Relaxed),
+        }
+    }
+
     pub(super) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         self.check_lost()?;
+        self.counters.submissions.fetch_add(1, Ordering::Relaxed);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.queue.submit([encoder.finish()]);

@@ -39,4 +39,4 @@ pub mod split;
 mod stp;
 pub mod trace;
 
-pub use context::{GpuContext, GpuOptions};
+pub use context::{GpuContext, GpuCounts, GpuOptions};

@@ -104,7 +104,71 @@ pub(crate) fn attend_segments(
     visible: &[(u32, u32)],
     kernels: Kernels,
 ) -> Result<Vec<f32>> {
-    let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
+    let words = check_call(layer, q_heads, visible, q.len())?;
+    check_query("q", q, &[q_heads, visible.len(), layer.head_dim])?;
+    let _exclusive = ctx.exclusive();
+    let q_buffer = ctx.upload("attention q", q)?;
+    let output = ctx.output("attention output", words)?;
+    let call = Call {
+        layer,
+        segments,
+        q_heads,
+        visible,
+        kernels,
+    };
+    record_call(ctx, &call, &q_buffer, &output)?;
+    let words = ctx.read_output(&output, "attention output", words)?;
+    Ok(words.into_iter().map(f32::from_bits).collect())
+}
+
+/// [`attend_segments`] with the query read from `q` and the output written to `out`, both
+/// GPU buffers (STORAGE usage, f32 `[q_heads, queries, head_dim]` from byte 0): nothing is
+/// read back, and the query's values are not checked (they never reach the host).
+pub(crate) fn attend_segments_into(
+    ctx: &GpuContext,
+    call: &Call<'_, '_>,
+    q: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    let words = check_call(call.layer, call.q_heads, call.visible, usize::MAX)?;
+    for (name, buffer) in [("query", q), ("output", out)] {
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE)
+            || buffer.size() < (words * 4) as u64
+        {
+            return Err(VidkvError::ShapeMismatch {
+                tensor: name.into(),
+                detail: format!(
+                    "the {name} buffer must be a STORAGE buffer of at least {} bytes (got {} \
+                     bytes, {:?})",
+                    words * 4,
+                    buffer.size(),
+                    buffer.usage()
+                ),
+            });
+        }
+    }
+    let _exclusive = ctx.exclusive();
+    record_call(ctx, call, q, out)
+}
+
+/// One attention call: the layer, its segments, and the queries' heads and visible ranges.
+pub(crate) struct Call<'a, 'b> {
+    pub layer: &'a LayerGeometry<'b>,
+    pub segments: &'a [SegmentRef<'b>],
+    pub q_heads: usize,
+    pub visible: &'a [(u32, u32)],
+    pub kernels: Kernels,
+}
+
+/// Checks the heads, the query count (`q_len` values; `usize::MAX` when the query lives on
+/// the GPU and its length is checked against its buffer) and the visible ranges; returns
+/// the words of the query (and of the output).
+fn check_call(
+    layer: &LayerGeometry<'_>,
+    q_heads: usize,
+    visible: &[(u32, u32)],
+    q_len: usize,
+) -> Result<usize> {
     let d = layer.head_dim;
     let queries = visible.len();
     if q_heads == 0 || q_heads % layer.kv_heads != 0 {
@@ -116,17 +180,15 @@ pub(crate) fn attend_segments(
             ),
         });
     }
-    if queries == 0 || q.len() != q_heads * queries * d {
+    let words = q_heads * queries * d;
+    if queries == 0 || (q_len != usize::MAX && q_len != words) {
         return Err(VidkvError::ShapeMismatch {
             tensor: "q".into(),
             detail: format!(
-                "expected {q_heads} heads × {queries} queries × {d} = {} values, got {}",
-                q_heads * queries * d,
-                q.len()
+                "expected {q_heads} heads × {queries} queries × {d} = {words} values, got {q_len}"
             ),
         });
     }
-    check_query("q", q, &[q_heads, queries, d])?;
     if let Some(&(lo, hi)) = visible
         .iter()
         .find(|&&(lo, hi)| lo >= hi || hi as usize > layer.tokens)
@@ -136,7 +198,28 @@ pub(crate) fn attend_segments(
             layer.tokens
         )));
     }
-    let _exclusive = ctx.exclusive();
+    Ok(words)
+}
+
+/// Records and submits `call` tile by tile (one submission per tile of query rows), reading
+/// the query from `q_buffer` and writing the output to `output`; the caller holds the
+/// context's exclusive guard.
+fn record_call(
+    ctx: &GpuContext,
+    call: &Call<'_, '_>,
+    q_buffer: &wgpu::Buffer,
+    output: &wgpu::Buffer,
+) -> Result<()> {
+    let Call {
+        layer,
+        segments,
+        q_heads,
+        visible,
+        kernels,
+    } = *call;
+    let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
+    let d = layer.head_dim;
+    let queries = visible.len();
     let rows_per_head = (q_heads / layer.kv_heads) * queries;
     let total_rows = rows_per_head * layer.kv_heads;
     let mut split_offsets = Vec::with_capacity(segments.len());
@@ -159,11 +242,8 @@ pub(crate) fn attend_segments(
         .min(ctx.max_workgroups_per_dimension() as usize);
     let tile_rows = (tile_rows / gqa).max(1) * gqa;
 
-    let q_buffer = ctx.upload("attention q", q)?;
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
     let visible_buffer = ctx.upload("attention visible", &visible_flat)?;
-    let output_words = q_heads * queries * d;
-    let output = ctx.output("attention output", output_words)?;
     let scratch = Scratch {
         natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
         planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
@@ -201,7 +281,7 @@ pub(crate) fn attend_segments(
         let mut batch = ctx.batch();
         match &layer.layout.rotated {
             Some(states) => {
-                rotated::record_queries(&mut batch, states, &q_buffer, tile, rows, &scratch)
+                rotated::record_queries(&mut batch, states, q_buffer, tile, rows, &scratch)
             }
             None => batch.dispatch(
                 &ATTENTION_QUERIES,
@@ -211,7 +291,7 @@ pub(crate) fn attend_segments(
                     ..tile
                 },
                 &[
-                    &q_buffer,
+                    q_buffer,
                     &layer.layout.order,
                     &layer.layout.twiddles,
                     &scratch.natural,
@@ -259,13 +339,12 @@ pub(crate) fn attend_segments(
                 invocations: (rows * d) as u32,
                 ..tile
             },
-            &[&stats, &scratch.partial, &output],
+            &[&stats, &scratch.partial, output],
         );
         batch.submit()?;
         row_offset += rows;
     }
-    let words = ctx.read_output(&output, "attention output", output_words)?;
-    Ok(words.into_iter().map(f32::from_bits).collect())
+    Ok(())
 }
 
 /// The grid of a per-row kernel: `items` invocations in x for each of `rows` rows in y.
