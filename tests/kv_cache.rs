@@ -774,3 +774,30 @@ fn decode_steps_through_buffers_read_nothing_back() {
         Err(VidkvError::ShapeMismatch { .. })
     ));
 }
+
+/// `examples/host_device.rs` (which `cargo test` builds) runs: a host device, the host's
+/// own kernel writing K/V/Q, and decode steps with no read-back.
+#[test]
+fn the_host_device_example_decodes_without_read_backs() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("host_device"))
+        .unwrap();
+    let out = std::process::Command::new(&example)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (cargo test builds the examples)",
+                example.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(", 0 read-backs"), "{stdout}");
+}
