@@ -10,10 +10,9 @@
 
 use vidkv::bench::synthetic_tensor;
 use vidkv::gpu::attention::{attend, GpuLayer};
-use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
-use vidkv::{CacheShape, PackedCache, QuantConfig};
+use vidkv::{CacheShape, GpuContext, GpuOptions, PackedCache, QuantConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shape = CacheShape {

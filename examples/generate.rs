@@ -8,11 +8,11 @@
 //! The forward pass (`vidkv::lm::model::Llama`) appends each chunk's keys and values to a
 //! `KvCache` and attends through it, so the answer is generated from the compressed cache.
 
-use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::lm::eval::{chat_prompt, greedy};
 use vidkv::lm::model::{GgufFile, Llama};
 use vidkv::lm::tokenizer::Tokenizer;
 use vidkv::QuantConfig;
+use vidkv::{GpuContext, GpuOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let question = std::env::args()

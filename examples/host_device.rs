@@ -12,8 +12,7 @@
 //! checks `GpuContext::counts()`: no read-back during the steps (the process exits with an
 //! error otherwise); only the final output is read, once, to print it.
 
-use vidkv::gpu::{GpuContext, GpuOptions};
-use vidkv::{KvCache, ModelShape, QuantConfig};
+use vidkv::{GpuContext, GpuOptions, KvCache, ModelShape, QuantConfig};
 
 const SHAPE: ModelShape = ModelShape {
     layers: 4,

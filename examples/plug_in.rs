@@ -10,8 +10,7 @@
 //! model's projections.
 
 use vidkv::bench::synthetic_tensor;
-use vidkv::gpu::{GpuContext, GpuOptions};
-use vidkv::{CacheShape, KvCache, ModelShape, QuantConfig};
+use vidkv::{CacheShape, GpuContext, GpuOptions, KvCache, ModelShape, QuantConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shape = ModelShape {

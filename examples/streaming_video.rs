@@ -13,11 +13,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::io::KvSample;
 use vidkv::reference::attention::AttentionMask;
 use vidkv::report::relative_l2;
-use vidkv::{KvCache, ModelShape, QuantConfig};
+use vidkv::{GpuContext, GpuOptions, KvCache, ModelShape, QuantConfig};
 
 fn progress(done: usize, total: usize, line: &str) {
     let width = 30;

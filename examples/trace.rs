@@ -11,8 +11,7 @@
 
 use vidkv::bench::synthetic_tensor;
 use vidkv::gpu::quantize::quantize_cache;
-use vidkv::gpu::{GpuContext, GpuOptions};
-use vidkv::{CacheShape, QuantConfig};
+use vidkv::{CacheShape, GpuContext, GpuOptions, QuantConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shape = CacheShape {

@@ -33,5 +33,6 @@ pub mod web;
 pub use cache::{KvCache, ModelShape};
 pub use config::{QuantConfig, TokenPlan, DEFAULT_PRESET, PRESET_NAMES};
 pub use error::{Result, VidkvError};
+pub use gpu::{GpuContext, GpuCounts, GpuOptions};
 pub use packed::{CacheShape, PackedCache, SizeReport};
 pub use tensor::Tensor;
