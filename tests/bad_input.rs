@@ -1,6 +1,9 @@
 //! Bad input never panics: typed errors for malformed tensors and sidecars, and a
 //! property test that feeds random and mutated bytes to the loader.
 
+#[path = "common/cli.rs"]
+mod cli_runner;
+
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -263,12 +266,7 @@ proptest! {
     }
 }
 
-fn vidkv(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vidkv"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use cli_runner::vidkv;
 
 /// An unknown `WGPU_BACKEND` is named in the error, not answered with a driver install hint.
 #[test]

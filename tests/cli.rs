@@ -1,21 +1,11 @@
 //! The command line end to end: the main job, JSON output, and GPU/CPU agreement.
 
-use std::process::Command;
+#[path = "common/cli.rs"]
+mod cli_runner;
 
 use serde_json::Value;
 
-fn vidkv(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "vidkv {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use cli_runner::vidkv_ok as vidkv;
 
 fn json(args: &[&str]) -> Value {
     serde_json::from_slice(&vidkv(args).stdout).expect("one JSON document on stdout")
@@ -72,10 +62,7 @@ fn gpu_and_cpu_report_the_same_numbers() {
 #[test]
 fn sizes_refuses_shapes_it_cannot_size() {
     for tokens in ["0", "18446744073709551615", "1000000000000000000"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
-            .args(["sizes", "--tokens", tokens])
-            .output()
-            .unwrap();
+        let out = cli_runner::vidkv(&["sizes", "--tokens", tokens]);
         assert!(!out.status.success(), "sizes --tokens {tokens} succeeded");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("invalid configuration"), "{stderr}");
@@ -102,10 +89,7 @@ fn benchmarks_refuse_sizes_beyond_the_machine() {
         &["bench", "cache", "--context", huge, "--runs", "1"][..],
         &["bench", "cache", "--layers", "100000", "--runs", "1"][..],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_vidkv"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = cli_runner::vidkv(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(

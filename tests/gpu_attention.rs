@@ -6,6 +6,9 @@
 //! presets include the rotated ones (per-token keys and values with and without group
 //! means, and codes across tokens), alone and mixed with the other schemes.
 
+#[path = "common/noise.rs"]
+mod noise;
+
 #[path = "common/data.rs"]
 mod data;
 
@@ -122,20 +125,15 @@ fn real_dev_files_for_every_preset() {
     }
 }
 
+/// The GPU attention tests' K/V/Q ([`noise::structured_noise`]).
 fn random_tensor(shape: [usize; 4], seed: u64, scale: f32) -> Tensor {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data = (0..shape.iter().product::<usize>())
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            let channel = i % shape[3];
-            scale
-                * (noise * (1.0 + (channel % 3) as f32) + if channel % 9 == 0 { 2.0 } else { 0.0 })
-        })
-        .collect();
-    Tensor::new("x", shape.to_vec(), data).unwrap()
+    noise::structured_noise(
+        shape,
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        3,
+        (9, 2.0),
+        scale,
+    )
 }
 
 proptest! {

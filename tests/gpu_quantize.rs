@@ -4,6 +4,9 @@
 //! nothing is skipped. Every GPU output is read back with its guard words checked, so an
 //! out-of-bounds write fails the call.
 
+#[path = "common/noise.rs"]
+mod noise;
+
 #[path = "common/data.rs"]
 mod data;
 
@@ -244,19 +247,15 @@ fn real_dev_files_match_the_cpu_for_every_preset() {
     }
 }
 
+/// The GPU quantization tests' K/V ([`noise::structured_noise`]).
 fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor {
-    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let data = (0..shape.iter().product::<usize>())
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            let channel = i % shape[3];
-            noise * (1.0 + (channel % 5) as f32) + if channel % 11 == 0 { 3.0 } else { 0.0 }
-        })
-        .collect();
-    Tensor::new("x", shape.to_vec(), data).unwrap()
+    noise::structured_noise(
+        shape,
+        seed.wrapping_add(0x9E37_79B9_7F4A_7C15),
+        5,
+        (11, 3.0),
+        1.0,
+    )
 }
 
 fn config_strategy() -> impl Strategy<Value = QuantConfig> {
