@@ -711,31 +711,31 @@ fn decode_steps_through_buffers_read_nothing_back() {
     let q = queries(1);
     let config = QuantConfig::default();
     let mut host = fill(&config, &k300, &v300, 300, 1);
-    let mut device = fill(&config, &k300, &v300, 300, 1);
+    // A context of its own: the tests of this binary run in parallel on the shared one,
+    // and the counts are per context.
+    let own = vidkv::GpuContext::new(&Default::default()).unwrap();
+    let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
+    for l in 0..SHAPE.layers {
+        let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
+        device.prefill(l, &rows(&k300), &rows(&v300)).unwrap();
+    }
+    let buffer = |rows: &[f32]| own.create_storage("test rows", rows).unwrap();
     let words = q.len();
-    let out_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
     let outs: Vec<wgpu::Buffer> = (0..SHAPE.layers)
-        .map(|_| {
-            gpu().device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("host output"),
-                size: (words * 4) as u64,
-                usage: out_usage,
-                mapped_at_creation: false,
-            })
-        })
+        .map(|_| buffer(&vec![0.0; words]))
         .collect();
-    let q_buffer = gpu_buffer(&q);
+    let q_buffer = buffer(&q);
     let mut expected = Vec::new();
     for t in 300..340 {
         let step: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..SHAPE.layers)
             .map(|l| {
                 (
-                    gpu_buffer(&k.layer_tokens(l, t..t + 1).unwrap()),
-                    gpu_buffer(&v.layer_tokens(l, t..t + 1).unwrap()),
+                    buffer(&k.layer_tokens(l, t..t + 1).unwrap()),
+                    buffer(&v.layer_tokens(l, t..t + 1).unwrap()),
                 )
             })
             .collect();
-        let before = gpu().counts();
+        let before = own.counts();
         for (l, (kb, vb)) in step.iter().enumerate() {
             device.append_buffers(l, kb, vb, 1).unwrap();
             let visible = [(0u32, device.len(l) as u32)];
@@ -743,7 +743,7 @@ fn decode_steps_through_buffers_read_nothing_back() {
                 .attend_buffers(l, &q_buffer, &outs[l], &visible)
                 .unwrap();
         }
-        let after = gpu().counts();
+        let after = own.counts();
         assert_eq!(
             after.read_backs, before.read_backs,
             "step {t} read something back"
@@ -760,7 +760,7 @@ fn decode_steps_through_buffers_read_nothing_back() {
         }
     }
     for (l, out) in outs.iter().enumerate() {
-        let got: Vec<f32> = gpu()
+        let got: Vec<f32> = own
             .read_words(out, words)
             .unwrap()
             .into_iter()
@@ -768,7 +768,7 @@ fn decode_steps_through_buffers_read_nothing_back() {
             .collect();
         assert!(relative_l2(&got, &expected[l]) < 1e-6, "layer {l}");
     }
-    let small = gpu_buffer(&[0.0; 4]);
+    let small = buffer(&[0.0; 4]);
     assert!(matches!(
         device.attend_buffers(0, &small, &outs[0], &[(0, 10)]),
         Err(VidkvError::ShapeMismatch { .. })
