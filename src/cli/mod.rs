@@ -8,6 +8,7 @@ mod bench;
 mod eval_lm;
 mod progress;
 mod report;
+mod serve;
 mod store;
 mod web;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::serve::{serve, Request, Response};
 use super::BUNDLED;
 use crate::error::{Result, VidkvError};
 use crate::gpu::{GpuContext, GpuOptions};
@@ -102,66 +103,50 @@ fn content_type(path: &str) -> &'static str {
 /// The demo server's answer: GET and HEAD only (405 otherwise), and only for a Host that
 /// names the loopback address it bound (403 otherwise, so that a page of another origin
 /// cannot read the demo through DNS rebinding); then the file, or 404.
-fn demo_response(
-    request: &tiny_http::Request,
-    files: &HashMap<String, Vec<u8>>,
-    port: u16,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let text = |status: u16, body: &str| {
-        tiny_http::Response::from_data(body.as_bytes().to_vec()).with_status_code(status)
-    };
-    if !matches!(
-        request.method(),
-        tiny_http::Method::Get | tiny_http::Method::Head
-    ) {
-        return text(405, "method not allowed").with_header(
-            tiny_http::Header::from_bytes("Allow", "GET, HEAD").expect("static header"),
-        );
+fn demo_response(request: &Request, files: &HashMap<String, Vec<u8>>, port: u16) -> Response {
+    if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        let mut response = Response::text(405, "method not allowed");
+        response.headers.push(("Allow", "GET, HEAD".into()));
+        return response;
     }
-    let host_allowed = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Host"))
-        .is_some_and(|h| {
-            let host = h.value.as_str();
-            host == format!("127.0.0.1:{port}") || host == format!("localhost:{port}")
-        });
+    let host_allowed = request.host.as_deref().is_some_and(|host| {
+        host == format!("127.0.0.1:{port}") || host == format!("localhost:{port}")
+    });
     if !host_allowed {
-        return text(
+        return Response::text(
             403,
             "the demo answers requests for its loopback address only",
         );
     }
-    let path = request.url().split('?').next().unwrap_or("/");
+    let path = request.target.split('?').next().unwrap_or("/");
     let path = match path.trim_start_matches('/') {
         "" => "index.html",
         other => other,
     };
     match files.get(path) {
-        Some(bytes) => tiny_http::Response::from_data(bytes.clone()).with_header(
-            tiny_http::Header::from_bytes("Content-Type", content_type(path))
-                .expect("static header"),
-        ),
-        None => text(404, "not found"),
+        Some(bytes) => Response {
+            status: 200,
+            headers: vec![("Content-Type", content_type(path).into())],
+            body: bytes.clone(),
+        },
+        None => Response::text(404, "not found"),
     }
 }
 
 pub(super) fn run_demo(args: &DemoArgs) -> Result<()> {
     let files: HashMap<String, Vec<u8>> = demo_site()?.into_iter().collect();
-    let server = tiny_http::Server::http(("127.0.0.1", args.port)).map_err(|e| VidkvError::Io {
+    let io_error = |source: std::io::Error| VidkvError::Io {
         path: format!("127.0.0.1:{}", args.port),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let port = server
-        .server_addr()
-        .to_ip()
-        .map_or(args.port, |addr| addr.port());
+        source,
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", args.port)).map_err(io_error)?;
+    let port = listener.local_addr().map_err(io_error)?.port();
     println!("vidkv demo: http://127.0.0.1:{port}/ (Ctrl-C stops it)");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    for request in server.incoming_requests() {
-        let response = demo_response(&request, &files, port);
-        let _ = request.respond(response);
-    }
-    Ok(())
+    serve(
+        listener,
+        std::sync::Arc::new(move |request: &Request| demo_response(request, &files, port)),
+    )
+    .map_err(io_error)
 }

@@ -11,8 +11,7 @@
 //! values to the cache and attends with a causal mask over everything the cache holds, so
 //! the quantized history is read exactly as in decoding.
 
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -104,25 +103,30 @@ fn metadata_f32(content: &Content, key: &str) -> Result<f32> {
     metadata(content, key)?.to_f32().map_err(candle_error(key))
 }
 
-/// The GGUF header (metadata and tensor index) of a model file.
+/// The GGUF header (metadata and tensor index) of a model file, and its bytes.
 pub struct GgufFile {
     pub content: Content,
-    reader: BufReader<File>,
+    reader: Cursor<Vec<u8>>,
 }
 
 impl GgufFile {
     /// Opens `path` and reads its header; the error names the fetch script when it is absent.
     pub fn open(path: &Path) -> Result<Self> {
         let path = super::require_model(path)?;
-        let file = File::open(&path).map_err(|e| VidkvError::Io {
+        let bytes = std::fs::read(&path).map_err(|e| VidkvError::Io {
             path: path.display().to_string(),
             source: e,
         })?;
-        let mut reader = BufReader::new(file);
+        Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    /// Reads the header of GGUF `bytes` (named `name` in errors). candle's reader bounds
+    /// every count and length it reads by the bytes present.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
+        let mut reader = Cursor::new(bytes);
         let content = Content::read(&mut reader).map_err(|e| {
             VidkvError::Model(format!(
-                "{} is not a GGUF file: {}",
-                path.display(),
+                "{name} is not a GGUF file: {}",
                 super::candle_message(e)
             ))
         })?;
@@ -131,6 +135,20 @@ impl GgufFile {
 
     /// One tensor, dequantized to f32 on the CPU.
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
+        // candle checks the bytes a tensor needs against the file, from a product of its
+        // dimensions that must not overflow first.
+        if let Some(info) = self.content.tensor_infos.get(name) {
+            let dims = info.shape.dims();
+            if dims
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .is_none()
+            {
+                return Err(VidkvError::Model(format!(
+                    "tensor `{name}` claims dimensions {dims:?}, whose product overflows"
+                )));
+            }
+        }
         self.content
             .tensor(&mut self.reader, name, &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))
@@ -210,6 +228,15 @@ impl Llama {
     /// embedding when the file ties them, as SmolLM2 does).
     pub fn load(gguf: &mut GgufFile) -> Result<Self> {
         let config = LlamaConfig::from_metadata(&gguf.content)?;
+        // Each block stores 9 weights: a claim of more blocks than that is refused before
+        // anything is allocated per block.
+        if config.layers.saturating_mul(9) > gguf.content.tensor_infos.len() {
+            return Err(VidkvError::Model(format!(
+                "{} blocks claimed, but the file holds {} tensors",
+                config.layers,
+                gguf.content.tensor_infos.len()
+            )));
+        }
         let (hq, hk, d) = (config.q_heads, config.kv_heads, config.head_dim);
         let embedding = gguf.tensor("token_embd.weight")?;
         let mut blocks = Vec::with_capacity(config.layers);
