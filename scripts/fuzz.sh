@@ -13,7 +13,7 @@ work="${FUZZ_WORK:-/tmp/vidkv-fuzz}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo +nightly fuzz build -O
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
-for target in sample_file sidecar packed_cache_file kvcache_file; do
+for target in sample_file sidecar packed_cache_file kvcache_file gguf_file; do
     mkdir -p "$work/$target"
     options=(-max_len=65536 -runs="$runs" -rss_limit_mb=4096 -malloc_limit_mb=1024
              -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$target-")

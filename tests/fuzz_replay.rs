@@ -1,7 +1,8 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`, minimized from the campaign
 //! in the README's "Fuzzing" section) through the calls the fuzz targets in `fuzz/` make,
 //! so every input the fuzzer found interesting stays a regression test on stable Rust:
-//! each must give a result or a typed error, never a panic. An empty corpus fails.
+//! each must give a result or a typed error, never a panic. An empty corpus fails. (The
+//! GGUF target needs the `lm` feature, which the README's test command turns on.)
 
 #[path = "common/gpu.rs"]
 mod gpu_context;
@@ -74,6 +75,23 @@ fn kvcache_file_corpus_replays() {
             let q = vec![0.5f32; shape.q_heads * shape.head_dim];
             let _ = cache.attend(0, &q, &[(0, cache.len(0) as u32)]);
             loaded += 1;
+        }
+    }
+    assert!(loaded > 0, "the corpus keeps valid files too");
+}
+
+#[cfg(feature = "lm")]
+#[test]
+fn gguf_file_corpus_replays() {
+    use vidkv::lm::model::{GgufFile, Llama};
+    use vidkv::lm::tokenizer::Tokenizer;
+    let mut loaded = 0;
+    for (name, bytes) in corpus("gguf_file") {
+        if let Ok(mut gguf) = GgufFile::from_bytes(bytes, &name) {
+            if let Ok(tokenizer) = Tokenizer::from_gguf(&gguf) {
+                let _ = tokenizer.encode("ab <|im_start|>");
+            }
+            loaded += usize::from(Llama::load(&mut gguf).is_ok());
         }
     }
     assert!(loaded > 0, "the corpus keeps valid files too");

@@ -46,7 +46,62 @@ fn sample(tokens: usize, d: usize) -> Vec<u8> {
     safetensors::serialize(views, None).expect("serializable")
 }
 
+/// A tiny llama GGUF (one block, hidden 32, 2 query heads and 1 KV head, a 6-token
+/// byte-level BPE vocabulary) that `Llama::load` and `Tokenizer::from_gguf` accept.
+fn tiny_gguf() -> Vec<u8> {
+    use candle_core::quantized::gguf_file::{write, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{DType, Device, Tensor as CandleTensor};
+    let strings = |items: &[&str]| Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect());
+    let tokens = ["a", "b", "c", "ab", "Ġ", "<|im_start|>"];
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(1)),
+        ("llama.embedding_length", Value::U32(32)),
+        ("llama.attention.head_count", Value::U32(2)),
+        ("llama.attention.head_count_kv", Value::U32(1)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
+        ("tokenizer.ggml.tokens", strings(&tokens)),
+        ("tokenizer.ggml.token_type", Value::Array(vec![Value::I32(1), Value::I32(1), Value::I32(1), Value::I32(1), Value::I32(1), Value::I32(3)])),
+        ("tokenizer.ggml.merges", strings(&["a b"])),
+    ];
+    let weight = |rows: usize, cols: usize| {
+        let t = CandleTensor::ones((rows, cols), DType::F32, &Device::Cpu).expect("a tensor");
+        QTensor::quantize(&t, GgmlDType::F32).expect("f32 storage")
+    };
+    let norm = || {
+        let t = CandleTensor::ones(32, DType::F32, &Device::Cpu).expect("a tensor");
+        QTensor::quantize(&t, GgmlDType::F32).expect("f32 storage")
+    };
+    let tensors: Vec<(&str, QTensor)> = vec![
+        ("token_embd.weight", weight(tokens.len(), 32)),
+        ("blk.0.attn_norm.weight", norm()),
+        ("blk.0.attn_q.weight", weight(32, 32)),
+        ("blk.0.attn_k.weight", weight(16, 32)),
+        ("blk.0.attn_v.weight", weight(16, 32)),
+        ("blk.0.attn_output.weight", weight(32, 32)),
+        ("blk.0.ffn_norm.weight", norm()),
+        ("blk.0.ffn_gate.weight", weight(64, 32)),
+        ("blk.0.ffn_up.weight", weight(64, 32)),
+        ("blk.0.ffn_down.weight", weight(32, 64)),
+        ("output_norm.weight", norm()),
+    ];
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (*k, t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    write(&mut out, &metadata, &tensors).expect("a GGUF");
+    out.into_inner()
+}
+
 fn main() {
+    let gguf = tiny_gguf();
+    let mut loaded = vidkv::lm::model::GgufFile::from_bytes(gguf.clone(), "seed").expect("a GGUF");
+    vidkv::lm::tokenizer::Tokenizer::from_gguf(&loaded).expect("its tokenizer");
+    vidkv::lm::model::Llama::load(&mut loaded).expect("its weights");
+    write("gguf_file", "tiny-llama", &gguf);
     write("sample_file", "small", &sample(40, 16));
     write("sample_file", "window", &sample(100, 32));
     for (name, text) in [

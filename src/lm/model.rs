@@ -20,6 +20,7 @@ use candle_core::{Device, Tensor, D};
 use super::candle_error;
 use crate::cache::{ModelCache, ModelShape};
 use crate::error::{Result, VidkvError};
+use crate::tensor::check_host_memory;
 
 /// The hyper-parameters a llama GGUF declares.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +124,7 @@ impl GgufFile {
     /// Reads the header of GGUF `bytes` (named `name` in errors). candle's reader bounds
     /// every count and length it reads by the bytes present.
     pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
+        check_alignment(&bytes, name)?;
         let mut reader = Cursor::new(bytes);
         let content = Content::read(&mut reader).map_err(|e| {
             VidkvError::Model(format!(
@@ -135,19 +137,32 @@ impl GgufFile {
 
     /// One tensor, dequantized to f32 on the CPU.
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
-        // candle checks the bytes a tensor needs against the file, from a product of its
-        // dimensions that must not overflow first.
+        // candle checks the bytes a tensor needs against the file, but computes them with
+        // wrapping arithmetic (a claimed 2⁶² f32 elements "need" 0 bytes): check them here,
+        // and the f32 copy against the free memory, before candle allocates.
         if let Some(info) = self.content.tensor_infos.get(name) {
             let dims = info.shape.dims();
-            if dims
-                .iter()
-                .try_fold(1usize, |n, &d| n.checked_mul(d))
-                .is_none()
-            {
+            let dtype = info.ggml_dtype;
+            let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let end = elements
+                .and_then(|n| (n / dtype.block_size()).checked_mul(dtype.type_size()))
+                .and_then(|bytes| {
+                    self.content
+                        .tensor_data_offset
+                        .checked_add(info.offset)?
+                        .checked_add(bytes as u64)
+                });
+            let file = self.reader.get_ref().len() as u64;
+            if end.is_none_or(|end| end > file) {
                 return Err(VidkvError::Model(format!(
-                    "tensor `{name}` claims dimensions {dims:?}, whose product overflows"
+                    "tensor `{name}` claims dimensions {dims:?} of {dtype:?}, beyond the file's \
+                     {file} bytes"
                 )));
             }
+            check_host_memory(
+                &format!("tensor `{name}` in f32"),
+                elements.and_then(|n| (n as u64).checked_mul(4)),
+            )?;
         }
         self.content
             .tensor(&mut self.reader, name, &Device::Cpu)
@@ -189,6 +204,44 @@ impl GgufFile {
             })
             .collect()
     }
+}
+
+/// Refuses a `general.alignment` of 0, which candle 0.11's reader divides by (a panic the
+/// fuzzer found): every place the key is serialized (u64 length 17, the key, a u32 type,
+/// then an integer of that type) is checked, so no zero alignment reaches candle.
+fn check_alignment(bytes: &[u8], name: &str) -> Result<()> {
+    const KEY: &[u8] = b"general.alignment";
+    let mut pattern = (KEY.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(KEY);
+    for (at, _) in bytes
+        .windows(pattern.len())
+        .enumerate()
+        .filter(|(_, w)| *w == pattern.as_slice())
+    {
+        let rest = &bytes[at + pattern.len()..];
+        let Some(kind) = rest
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            continue;
+        };
+        // GGUF value types 0–5: u8, i8, u16, i16, u32, i32 (the ones candle reads here).
+        let width = match kind {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            4 | 5 => 4,
+            _ => continue,
+        };
+        if rest
+            .get(4..4 + width)
+            .is_some_and(|v| v.iter().all(|&b| b == 0))
+        {
+            return Err(VidkvError::Model(format!(
+                "{name} declares a GGUF alignment of 0"
+            )));
+        }
+    }
+    Ok(())
 }
 
 struct Block {
