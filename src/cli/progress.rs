@@ -25,6 +25,7 @@ impl Progress {
     }
 
     /// Moves to `done` of `total` units, labelled `message`.
+    #[cfg_attr(not(feature = "lm"), allow(dead_code))]
     pub(super) fn set(&self, done: u64, total: u64, message: &str) {
         self.0.set_length(total);
         self.0.set_position(done);
@@ -38,6 +39,7 @@ impl Progress {
     }
 
     /// Prints `line` on stderr above the bar.
+    #[cfg_attr(not(feature = "lm"), allow(dead_code))]
     pub(super) fn line(&self, line: &str) {
         if self.0.is_hidden() {
             eprintln!("{line}");
