@@ -27,6 +27,7 @@ use vidkv::gpu::quantize::quantize_cache;
 use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::packed::planes::{SignPlane, TernaryPlane, TwoBitPlane};
 use vidkv::packed::rotated::RotatedRows;
+use vidkv::packed::rotated_groups::GroupCodes;
 use vidkv::packed::stp::takes_protection;
 use vidkv::packed::{PackedCache, PackedKeys, PackedValues};
 use vidkv::report::relative_l2;
@@ -142,6 +143,52 @@ impl Diff {
     }
 }
 
+/// A plane's arrays, each named by the kernel stage that writes it.
+type NamedArrays<'a> = Vec<(&'static str, &'a [u32])>;
+
+/// The arrays of rotated per-token rows, by the `rotated.wgsl` (+ `tokens`) stage that writes them.
+fn rotated_arrays(rows: &RotatedRows) -> NamedArrays<'_> {
+    vec![
+        ("state mean (state_means)", &rows.state.mean),
+        (
+            "state base (fit_base)",
+            std::slice::from_ref(&rows.state.base),
+        ),
+        ("codes (quantize)", &rows.codes),
+        ("scale bytes (pack_scales)", &rows.scales),
+    ]
+}
+
+/// The arrays of group records, by the `rotated.wgsl` (+ `groups`) stage that writes them.
+fn group_arrays(codes: &GroupCodes) -> NamedArrays<'_> {
+    vec![
+        ("state mean (state_means)", &codes.state.mean),
+        (
+            "state base (fit_base)",
+            std::slice::from_ref(&codes.state.base),
+        ),
+        ("row widths (group_widths, choose_groups)", &codes.widths),
+        ("codes (row_fits, choose_groups)", &codes.codes),
+        ("scale bytes (choose_groups)", &codes.scales),
+    ]
+}
+
+/// Fails on the first word that differs, naming the array (and the kernel stage that
+/// writes it) and the word.
+fn same_words(what: &str, cpu: &NamedArrays<'_>, gpu: &NamedArrays<'_>) {
+    for ((name, a), (_, b)) in cpu.iter().zip(gpu) {
+        assert_eq!(a.len(), b.len(), "{what}: {name}: lengths differ");
+        if let Some(i) = a.iter().zip(b.iter()).position(|(x, y)| x != y) {
+            panic!(
+                "{what}: {name}: word {i} of {} differs: cpu {:#010x}, gpu {:#010x}",
+                a.len(),
+                a[i],
+                b[i]
+            );
+        }
+    }
+}
+
 fn compare(cpu: &PackedCache, gpu: &PackedCache, what: &str) -> Diff {
     assert_eq!(cpu.shape, gpu.shape);
     assert_eq!(cpu.protected, gpu.protected);
@@ -160,12 +207,15 @@ fn compare(cpu: &PackedCache, gpu: &PackedCache, what: &str) -> Diff {
                 diff.two_bit(&a.outliers, &b.outliers);
                 diff.sign(&a.normals, &b.normals);
             }
-            // The rotated kernels write the reference's words exactly (tests/rotated.rs).
-            (PackedKeys::Rotated(a), PackedKeys::Rotated(b)) => {
-                assert!(a == b, "{what}: rotated keys differ")
-            }
+            // The rotated kernels write the reference's words exactly (tests/rotated.rs); a
+            // difference names the kernel stage and the word.
+            (PackedKeys::Rotated(a), PackedKeys::Rotated(b)) => same_words(
+                &format!("{what}: keys"),
+                &rotated_arrays(a),
+                &rotated_arrays(b),
+            ),
             (PackedKeys::RotatedGroups(a), PackedKeys::RotatedGroups(b)) => {
-                assert!(a == b, "{what}: group keys differ")
+                same_words(&format!("{what}: keys"), &group_arrays(a), &group_arrays(b))
             }
             _ => panic!("{what}: key schemes differ"),
         }
@@ -187,10 +237,25 @@ fn compare(cpu: &PackedCache, gpu: &PackedCache, what: &str) -> Diff {
                 diff.ternary(a, b);
                 diff.two_bit(pa, pb);
             }
-            (PackedValues::Rotated { .. }, PackedValues::Rotated { .. })
-            | (PackedValues::RotatedGroups(_), PackedValues::RotatedGroups(_)) => {
-                assert!(c.values == g.values, "{what}: rotated values differ")
+            (
+                PackedValues::Rotated { rows: a, means: ma },
+                PackedValues::Rotated { rows: b, means: mb },
+            ) => {
+                same_words(
+                    &format!("{what}: values"),
+                    &rotated_arrays(a),
+                    &rotated_arrays(b),
+                );
+                assert_eq!(
+                    ma, mb,
+                    "{what}: group means (rotated.wgsl group_means, pack_steps)"
+                );
             }
+            (PackedValues::RotatedGroups(a), PackedValues::RotatedGroups(b)) => same_words(
+                &format!("{what}: values"),
+                &group_arrays(a),
+                &group_arrays(b),
+            ),
             _ => panic!("{what}: value schemes differ"),
         }
         diff.refinement(c.value_refinement.as_ref(), g.value_refinement.as_ref());
@@ -386,4 +451,17 @@ fn an_unknown_adapter_is_a_typed_error_that_says_how_to_get_one() {
     .expect("no adapter should match");
     assert!(matches!(err, VidkvError::NoAdapter { .. }));
     assert!(err.to_string().contains("mesa-vulkan-drivers"), "{err}");
+}
+
+/// A word that differs is reported with its array, the kernel stage writing it, and its
+/// index.
+#[test]
+#[should_panic(expected = "values: codes (quantize): word 1 of 3 differs")]
+fn a_differing_word_names_its_kernel_stage() {
+    let (cpu, gpu) = ([1u32, 2, 3], [1u32, 7, 3]);
+    same_words(
+        "values",
+        &vec![("codes (quantize)", &cpu[..])],
+        &vec![("codes (quantize)", &gpu[..])],
+    );
 }
