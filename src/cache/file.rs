@@ -200,17 +200,7 @@ impl KvCache {
             .map_err(|e| corrupt(e.to_string()))?;
             return KvCache::from_packed(&packed, q_heads, gpu);
         }
-        let version = file.meta("version")?.parse::<u32>().ok();
-        if file.meta("format")? != KVCACHE_FORMAT
-            || !version.is_some_and(|v| (KVCACHE_OLDEST_VERSION..=KVCACHE_VERSION).contains(&v))
-        {
-            return Err(corrupt(format!(
-                "format `{}` version {} is not a saved KvCache this library reads \
-                 ({KVCACHE_FORMAT} {KVCACHE_OLDEST_VERSION} to {KVCACHE_VERSION})",
-                file.meta("format")?,
-                file.meta("version")?
-            )));
-        }
+        file.check_format(KVCACHE_FORMAT, KVCACHE_OLDEST_VERSION..=KVCACHE_VERSION)?;
         let shape_json = file.json("shape")?;
         let shape = ModelShape {
             layers: usize_field(&shape_json, "layers")?,

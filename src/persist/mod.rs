@@ -65,6 +65,28 @@ impl<'a> SavedFile<'a> {
         })
     }
 
+    /// Refuses a file whose `format` is not `format` or whose `version` is outside
+    /// `versions` (both file formats read older versions too).
+    pub(crate) fn check_format(
+        &self,
+        format: &str,
+        versions: std::ops::RangeInclusive<u32>,
+    ) -> Result<()> {
+        let version = self.meta("version")?;
+        let readable = version.parse::<u32>().is_ok_and(|v| versions.contains(&v));
+        if self.meta("format")? != format || !readable {
+            return Err(corrupt(format!(
+                "format `{}` version {version} is not a {} this library reads ({format} {} \
+                 to {})",
+                self.meta("format")?,
+                self.kind,
+                versions.start(),
+                versions.end()
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses a claim of `count` items (layers, heads) that would each store at least
     /// `arrays_each` arrays when the file holds fewer: checked before anything is
     /// allocated per item.
@@ -204,20 +226,7 @@ impl PackedCache {
 
     /// [`PackedCache::from_safetensors_with`] on a file already parsed.
     pub(crate) fn from_saved(file: SavedFile<'_>) -> Result<(Self, HashMap<String, String>)> {
-        if file.meta("format")? != FORMAT {
-            return Err(corrupt(format!(
-                "format is `{}`, expected `{FORMAT}`",
-                file.meta("format")?
-            )));
-        }
-        let version = file.meta("version")?.parse::<u32>().ok();
-        if !version.is_some_and(|v| (OLDEST_VERSION..=VERSION).contains(&v)) {
-            return Err(corrupt(format!(
-                "format version {} is not supported (this library reads {OLDEST_VERSION} to \
-                 {VERSION})",
-                file.meta("version")?
-            )));
-        }
+        file.check_format(FORMAT, OLDEST_VERSION..=VERSION)?;
         let shape_json = file.json("shape")?;
         let shape = CacheShape {
             layers: usize_field(&shape_json, "layers")?,

@@ -104,7 +104,7 @@ pub(crate) fn attend_segments(
     visible: &[(u32, u32)],
     kernels: Kernels,
 ) -> Result<Vec<f32>> {
-    let words = check_call(layer, q_heads, visible, q.len())?;
+    let words = check_call(layer, q_heads, visible, Some(q.len()))?;
     check_query("q", q, &[q_heads, visible.len(), layer.head_dim])?;
     let _exclusive = ctx.exclusive();
     let q_buffer = ctx.upload("attention q", q)?;
@@ -130,7 +130,7 @@ pub(crate) fn attend_segments_into(
     q: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<()> {
-    let words = check_call(call.layer, call.q_heads, call.visible, usize::MAX)?;
+    let words = check_call(call.layer, call.q_heads, call.visible, None)?;
     for (name, buffer) in [("query", q), ("output", out)] {
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE)
             || buffer.size() < (words * 4) as u64
@@ -160,14 +160,14 @@ pub(crate) struct Call<'a, 'b> {
     pub kernels: Kernels,
 }
 
-/// Checks the heads, the query count (`q_len` values; `usize::MAX` when the query lives on
-/// the GPU and its length is checked against its buffer) and the visible ranges; returns
-/// the words of the query (and of the output).
+/// Checks the heads, the query count (`q_len` values; `None` when the query lives on the
+/// GPU and its length is checked against its buffer) and the visible ranges; returns the
+/// words of the query (and of the output).
 fn check_call(
     layer: &LayerGeometry<'_>,
     q_heads: usize,
     visible: &[(u32, u32)],
-    q_len: usize,
+    q_len: Option<usize>,
 ) -> Result<usize> {
     let d = layer.head_dim;
     let queries = visible.len();
@@ -181,11 +181,12 @@ fn check_call(
         });
     }
     let words = q_heads * queries * d;
-    if queries == 0 || (q_len != usize::MAX && q_len != words) {
+    if queries == 0 || q_len.is_some_and(|n| n != words) {
         return Err(VidkvError::ShapeMismatch {
             tensor: "q".into(),
             detail: format!(
-                "expected {q_heads} heads × {queries} queries × {d} = {words} values, got {q_len}"
+                "expected {q_heads} heads × {queries} queries × {d} = {words} values, got {}",
+                q_len.map_or("a GPU buffer".to_string(), |n| n.to_string())
             ),
         });
     }
