@@ -1,6 +1,7 @@
-//! Benchmarks behind `vidkv bench`: quantization throughput (CPU reference against the GPU
-//! kernels) and decode-attention latency of each preset against the fp16 baseline, each
-//! measured in one run on the same synthetic cache.
+//! Benchmarks behind `vidkv bench` (a tool of the CLI and the examples, not needed by
+//! hosts): quantization throughput (CPU reference against the GPU kernels) and
+//! decode-attention latency of each preset against the fp16 baseline, each measured in one
+//! run on the same synthetic cache.
 //!
 //! Timings are wall clock around whole calls (upload, kernels and read-back included for the
 //! GPU), after one warm-up call that pays the pipelines' compilation. Compare figures only

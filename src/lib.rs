@@ -10,6 +10,11 @@
 //! planes → [`packed::attend`] (CPU) and [`gpu::attention`] attend straight from the packed
 //! codes → [`report`] measures error and effective bits. [`KvCache`] is the GPU-resident
 //! whole-model cache built on [`gpu`].
+//!
+//! A host needs only the re-exports below ([`KvCache`], [`ModelShape`], [`QuantConfig`],
+//! [`PackedCache`], [`GpuContext`], [`Tensor`], the errors). The GPU runtime the kernels are
+//! made of is private to the crate; [`mod@bench`] and [`web`] are tools of the CLI and the demo,
+//! not needed by hosts.
 
 pub mod bench;
 pub mod cache;
@@ -22,7 +27,7 @@ pub mod io;
 #[cfg(feature = "lm")]
 pub mod lm;
 pub mod packed;
-pub mod persist;
+pub(crate) mod persist;
 #[cfg(feature = "cli")]
 pub mod plot;
 pub mod reference;

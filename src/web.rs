@@ -1,6 +1,7 @@
-//! The browser demo's plan: the library's own GPU code, traced, for a WebGPU page to replay.
+//! The browser demo's plan: the library's own GPU code, traced, for a WebGPU page to replay
+//! (a tool of the CLI's `demo` and `export-web`, not needed by hosts).
 //!
-//! [`demo_plan`] runs, with a [`crate::gpu::trace::Trace`] on, for each of
+//! [`demo_plan`] runs, with the context's command trace on, for each of
 //! [`DEMO_PRESETS`]: GPU quantization of a sample (`quantize`), the fused attention of every
 //! stored layer for the sample's queries (`attention`, portable kernels), and the same
 //! attention one segment at a time with the softmax weights read back (`heat map`: the
@@ -25,6 +26,12 @@ use crate::gpu::GpuContext;
 use crate::io::KvSample;
 use crate::packed::{PackedCache, PackedKeys, PackedValues};
 use crate::report::{evaluate_on, Device};
+
+/// Words of the kernel parameter block each traced dispatch carries (`params`).
+pub const PARAMS_WORDS: usize = std::mem::size_of::<crate::gpu::params::Params>() / 4;
+
+/// Guard words after each traced read-back (`words` counts them).
+pub const READ_GUARD_WORDS: usize = crate::gpu::buffers::GUARD_WORDS;
 
 /// The presets the page compares.
 pub const DEMO_PRESETS: [&str; 4] = ["fp16", "kivi2", "vidkv-tuned", "vidkv"];

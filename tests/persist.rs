@@ -69,7 +69,7 @@ fn version_1_files_load_and_unknown_versions_are_refused() {
     config.residual = 16;
     let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
     let bytes = cache.to_safetensors().unwrap();
-    let current = format!("\"version\":\"{}\"", vidkv::persist::VERSION);
+    let current = format!("\"version\":\"{}\"", vidkv::packed::FILE_VERSION);
     let at = bytes
         .windows(current.len())
         .position(|w| w == current.as_bytes())
@@ -234,8 +234,8 @@ fn atomic_writes_replace_whole_files_and_fail_without_touching_them() {
     let dir = std::env::temp_dir().join(format!("vidkv-atomic-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cache.vidkv.safetensors");
-    vidkv::persist::write_atomic(&path, b"first version").unwrap();
-    vidkv::persist::write_atomic(&path, b"second").unwrap();
+    vidkv::io::write_atomic(&path, b"first version").unwrap();
+    vidkv::io::write_atomic(&path, b"second").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"second");
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file stays behind");
@@ -244,7 +244,7 @@ fn atomic_writes_replace_whole_files_and_fail_without_touching_them() {
     let blocked = dir.join("blocked");
     std::fs::create_dir(&blocked).unwrap();
     std::fs::write(blocked.join("keep"), b"data").unwrap();
-    let err = vidkv::persist::write_atomic(&blocked, b"x").unwrap_err();
+    let err = vidkv::io::write_atomic(&blocked, b"x").unwrap_err();
     assert!(matches!(err, VidkvError::UnsafeOutput { .. }), "{err}");
     assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"data");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
@@ -261,7 +261,7 @@ fn saves_refuse_links_special_files_and_the_input() {
     let target = dir.join("target.bin");
     std::fs::write(&target, b"keep me").unwrap();
     let unsafe_output = |path: &std::path::Path| {
-        let err = vidkv::persist::write_atomic(path, b"x").unwrap_err();
+        let err = vidkv::io::write_atomic(path, b"x").unwrap_err();
         assert!(matches!(err, VidkvError::UnsafeOutput { .. }), "{err}");
     };
     #[cfg(unix)]

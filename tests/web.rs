@@ -76,8 +76,8 @@ fn demo_plan_is_complete_and_consistent() {
                     assert!(path.is_file(), "{} is not in shaders/", path.display());
                 }
                 assert_eq!(
-                    event["params"].as_array().unwrap().len() * 4,
-                    std::mem::size_of::<vidkv::gpu::params::Params>()
+                    event["params"].as_array().unwrap().len(),
+                    vidkv::web::PARAMS_WORDS
                 );
             }
             "read" => {
@@ -86,7 +86,7 @@ fn demo_plan_is_complete_and_consistent() {
                 read_bytes.push(bytes);
                 if let Some(preset) = step.strip_suffix(": quantize") {
                     *plane_bytes.entry(preset.to_string()).or_default() +=
-                        bytes - vidkv::gpu::buffers::GUARD_WORDS * 4;
+                        bytes - vidkv::web::READ_GUARD_WORDS * 4;
                 }
             }
             "copy" | "submit" | "note" => {}

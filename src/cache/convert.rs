@@ -11,6 +11,17 @@ use crate::gpu::GpuContext;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
 
+/// Where a head's quantized planes are read from: the stored runs, the words read back
+/// from them, the key split's channel order (order, outliers, fft) and how many protected
+/// tokens the runs hold.
+#[derive(Clone, Copy)]
+pub(super) struct RunSource<'a> {
+    pub reads: &'a RunReads,
+    pub runs: &'a [StoredRun<'a>],
+    pub order: Option<&'a (Vec<u32>, usize, bool)>,
+    pub protected: usize,
+}
+
 impl KvCache {
     /// The cache as a [`PackedCache`] (every layer must hold the same number of tokens):
     /// the planes are read back from the GPU and laid out as one run per head.
@@ -116,12 +127,13 @@ impl KvCache {
                 heads.push(self.packed_head(
                     plan,
                     head,
-                    exact_keys,
-                    exact_values,
-                    &reads,
-                    &runs,
-                    order.as_ref(),
-                    protected.len(),
+                    (exact_keys, exact_values),
+                    RunSource {
+                        reads: &reads,
+                        runs: &runs,
+                        order: order.as_ref(),
+                        protected: protected.len(),
+                    },
                 )?);
             }
         }
@@ -138,18 +150,21 @@ impl KvCache {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The packed planes of `head`: its exact rows (keys, values) and its quantized groups
+    /// read from `source`.
     pub(super) fn packed_head(
         &self,
         plan: TokenPlan,
         head: usize,
-        exact_keys: Vec<u32>,
-        exact_values: Vec<u32>,
-        reads: &RunReads,
-        runs: &[StoredRun<'_>],
-        order: Option<&(Vec<u32>, usize, bool)>,
-        protected: usize,
+        (exact_keys, exact_values): (Vec<u32>, Vec<u32>),
+        source: RunSource<'_>,
     ) -> Result<PackedHead> {
+        let RunSource {
+            reads,
+            runs,
+            order,
+            protected,
+        } = source;
         let (d, g) = (self.shape.head_dim, self.config.group_size);
         let nq = plan.quantized;
         let shape = |rows, len| GroupedShape {

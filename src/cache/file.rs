@@ -1,7 +1,8 @@
 //! The `vidkv-kvcache` file format: every quantized run of every layer in the
-//! [`crate::persist`] plane layout, the exact rows, and metadata, read through `persist`'s
+//! `crate::persist` plane layout, the exact rows, and metadata, read through `persist`'s
 //! shared readers and validated before anything reaches the GPU.
 
+use super::convert::RunSource;
 use super::runs::{RunReads, StoredRun};
 use super::{Chunk, KvCache, ModelShape, CHUNK_GROUPS};
 use crate::config::{KeyScheme, TokenPlan};
@@ -19,7 +20,7 @@ use crate::packed::{CacheShape, PackedCache, PackedHead};
 pub const KVCACHE_FORMAT: &str = "vidkv-kvcache";
 /// The version of a saved [`KvCache`] this library writes. Version 3 added runs of the
 /// rotated per-token schemes (their codes, scale bytes, per-head states and group means,
-/// in the [`crate::persist`] plane layout); version 4 the STP refinements of a rotated
+/// in the `crate::persist` plane layout); version 4 the STP refinements of a rotated
 /// prefill run (`refine_*` arrays, [`crate::packed::stp`]). Version 2 and 3 files load as
 /// they are.
 pub const KVCACHE_VERSION: u32 = 4;
@@ -28,9 +29,9 @@ pub const KVCACHE_OLDEST_VERSION: u32 = 2;
 
 impl KvCache {
     /// Saves the cache to `path` atomically (see [`KvCache::to_safetensors`] and
-    /// [`crate::persist::write_atomic`]).
+    /// [`crate::io::write_atomic`]).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        crate::persist::write_atomic(path, &self.to_safetensors()?)
+        crate::io::write_atomic(path, &self.to_safetensors()?)
     }
 
     /// Loads a cache saved by [`KvCache::save`] (or a [`PackedCache`] file that names the
@@ -43,7 +44,7 @@ impl KvCache {
         Self::from_safetensors(&bytes, gpu)
     }
 
-    /// The cache as safetensors bytes: the [`crate::persist`] layout with one quantized
+    /// The cache as safetensors bytes: the `crate::persist` layout with one quantized
     /// run per chunk (`l{layer}.h{head}.r{run}.{array}`), each run's STP list
     /// (`l{layer}.r{run}.protected`), the exact sinks and window of each head
     /// (`l{layer}.h{head}.exact_keys` / `exact_values`), and metadata: `format` =
@@ -126,12 +127,13 @@ impl KvCache {
                     let planes = self.packed_head(
                         run_plan,
                         head,
-                        Vec::new(),
-                        Vec::new(),
-                        &reads,
-                        &run,
-                        order.as_ref(),
-                        protected,
+                        (Vec::new(), Vec::new()),
+                        RunSource {
+                            reads: &reads,
+                            runs: &run,
+                            order: order.as_ref(),
+                            protected,
+                        },
                     )?;
                     for (name, words) in crate::persist::head_arrays(&planes).into_iter().skip(2) {
                         arrays.push((format!("l{l}.h{head}.r{r}.{name}"), words.to_vec()));

@@ -18,7 +18,7 @@
 //! through host memory); tokens appended later are never protected, as in the paper's code.
 //!
 //! Persistence: [`KvCache::save`] / [`KvCache::load`] store every quantized run (the
-//! prefill, each chunk) in the [`crate::persist`] plane layout with the metadata of
+//! prefill, each chunk) in the `crate::persist` plane layout with the metadata of
 //! [`KvCache::to_safetensors`]; [`KvCache::to_packed`] gives the contents as one
 //! [`crate::PackedCache`] where they fit one run per head (not when STP tokens are
 //! followed by later groups under ternary values: their ternary groups are not contiguous).
@@ -27,7 +27,7 @@
 //! One file per job: this module holds the type, its state and accessors; `append` the
 //! window and flushing (prefill, append, STP prefill), `attend` attention over the stored
 //! segments, `convert` conversion to and from [`crate::PackedCache`], and `file` the
-//! `vidkv-kvcache` file format. The kernels they run are in [`crate::gpu::incremental`].
+//! `vidkv-kvcache` file format. The kernels they run are in `crate::gpu::incremental`.
 //! `reference` holds [`ReferenceCache`], the CPU oracle with the same flush rules, and the
 //! [`ModelCache`] trait a decoder drives either through.
 

@@ -35,7 +35,7 @@ pub(super) struct InspectArgs {
 
 pub(super) fn run_quantize(args: &QuantizeArgs) -> Result<()> {
     let config = QuantConfig::preset(&args.preset)?;
-    crate::persist::check_output(&args.output, Some(&args.input))?;
+    crate::io::check_output(&args.output, Some(&args.input))?;
     let sample = read_sample(&args.input)?;
     super::report::warn_underflow(&sample);
     let gpu = open_device(args.device)?;
@@ -44,7 +44,7 @@ pub(super) fn run_quantize(args: &QuantizeArgs) -> Result<()> {
         None => crate::packed::PackedCache::quantize(&sample.k, &sample.v, &config, &[])?,
     };
     let bytes = cache.to_safetensors()?;
-    crate::persist::write_atomic(&args.output, &bytes)?;
+    crate::io::write_atomic(&args.output, &bytes)?;
     let f16_bytes = 2 * 2 * cache.shape.elements();
     println!(
         "wrote {} ({} bytes, {:.3} bits per element, {:.2}x smaller than f16's {} bytes)",

@@ -84,7 +84,7 @@ pub(super) fn run_export_web(args: &ExportWebArgs) -> Result<()> {
                 source: e,
             })?;
         }
-        crate::persist::write_atomic(&target, &bytes)?;
+        crate::io::write_atomic(&target, &bytes)?;
     }
     println!("wrote the demo to {}", args.out.display());
     Ok(())

@@ -13,7 +13,7 @@ use crate::error::{Result, VidkvError};
 
 impl GpuContext {
     /// Starts a batch of dispatches recorded into one command buffer.
-    pub fn batch(&self) -> Batch<'_> {
+    pub(crate) fn batch(&self) -> Batch<'_> {
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -118,6 +118,7 @@ impl Batch<'_> {
     ) -> Result<()> {
         let device = &self.context.device;
         let pipeline = self.context.pipeline(kernel, entry)?;
+        pipeline.check_buffers(kernel, entry, buffers.len())?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
@@ -223,5 +224,41 @@ impl Batch<'_> {
         }
         self.context.record_kernel_times()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::shaders::PACK_EXACT;
+    use crate::gpu::GpuOptions;
+
+    /// `pack_exact::main` reads binding 1 and writes binding 2: a wrapper that passes a third
+    /// buffer, or leaves the output out, is refused with the kernel and the counts named.
+    #[test]
+    fn a_wrapper_that_disagrees_with_its_shader_is_named() {
+        let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+        let input = ctx.buffer("input", 64).unwrap();
+        let output = ctx.buffer("output", 64).unwrap();
+        let params = Params {
+            width: 2,
+            rows: 1,
+            invocations: 1,
+            ..Default::default()
+        };
+        let run = |buffers: &[&wgpu::Buffer]| {
+            let mut batch = ctx.batch();
+            batch.dispatch(&PACK_EXACT, "main", params, buffers);
+            batch.submit()
+        };
+        run(&[&input, &output]).unwrap();
+        for buffers in [&[&*input, &*output, &*output][..], &[&*input][..]] {
+            let message = run(buffers).unwrap_err().to_string();
+            assert!(
+                message.contains("pack_exact::main declares 2 buffers")
+                    && message.contains(&format!("passed {}", buffers.len())),
+                "{message}"
+            );
+        }
     }
 }

@@ -38,7 +38,7 @@ impl GpuContext {
     }
 
     /// A storage buffer of at least `bytes` for `role`, reused across calls.
-    pub fn buffer(&self, role: &'static str, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+    pub(crate) fn buffer(&self, role: &'static str, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
         let bytes = bytes.max(16).next_multiple_of(4);
         let mut pool = self.buffers.lock().expect("buffer pool");
         if let Some(b) = pool.get(role) {
@@ -52,7 +52,11 @@ impl GpuContext {
     }
 
     /// The pooled buffer for `role`, filled with `data`.
-    pub fn upload<T: Pod>(&self, role: &'static str, data: &[T]) -> Result<Arc<wgpu::Buffer>> {
+    pub(crate) fn upload<T: Pod>(
+        &self,
+        role: &'static str,
+        data: &[T],
+    ) -> Result<Arc<wgpu::Buffer>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.buffer(role, bytes.len() as u64)?;
         self.write_bytes(&buffer, 0, bytes);
@@ -69,20 +73,20 @@ impl GpuContext {
 
     /// A zero-filled storage buffer of `words` u32 owned by the caller (wgpu zero-fills
     /// new buffers, so nothing is uploaded).
-    pub fn create_zeroed(&self, label: &str, words: usize) -> Result<wgpu::Buffer> {
+    pub(crate) fn create_zeroed(&self, label: &str, words: usize) -> Result<wgpu::Buffer> {
         let size = ((words * 4) as u64).max(16).next_multiple_of(16);
         self.check_lost()?;
         self.new_storage(label, size)
     }
 
     /// Writes `data` into `buffer` at byte `offset` (applied before the next submission).
-    pub fn write<T: Pod>(&self, buffer: &wgpu::Buffer, offset: u64, data: &[T]) {
+    pub(crate) fn write<T: Pod>(&self, buffer: &wgpu::Buffer, offset: u64, data: &[T]) {
         self.write_bytes(buffer, offset, bytemuck::cast_slice(data));
     }
 
     /// A pooled buffer for an output of `words` u32, with [`GUARD_WORDS`] guard words
     /// written right after it; [`GpuContext::read_output`] checks them.
-    pub fn output(&self, role: &'static str, words: usize) -> Result<Arc<wgpu::Buffer>> {
+    pub(crate) fn output(&self, role: &'static str, words: usize) -> Result<Arc<wgpu::Buffer>> {
         let buffer = self.buffer(role, ((words + GUARD_WORDS) * 4) as u64)?;
         self.write_bytes(
             &buffer,
@@ -94,7 +98,12 @@ impl GpuContext {
 
     /// Reads an output of `words` u32 written into a buffer from [`GpuContext::output`],
     /// failing if any guard word after it changed (an out-of-bounds write).
-    pub fn read_output(&self, buffer: &wgpu::Buffer, role: &str, words: usize) -> Result<Vec<u32>> {
+    pub(crate) fn read_output(
+        &self,
+        buffer: &wgpu::Buffer,
+        role: &str,
+        words: usize,
+    ) -> Result<Vec<u32>> {
         let mut data = self.read_labelled(buffer, role, words + GUARD_WORDS)?;
         if let Some(i) = data[words..].iter().position(|&w| w != GUARD_VALUE) {
             return Err(VidkvError::Gpu(format!(
@@ -106,7 +115,7 @@ impl GpuContext {
     }
 
     /// Reads the first `words` u32 of the pooled buffer of `role` (named `role` in the trace).
-    pub fn read_pooled(&self, role: &str, words: usize) -> Result<Vec<u32>> {
+    pub(crate) fn read_pooled(&self, role: &str, words: usize) -> Result<Vec<u32>> {
         let buffer = self
             .buffers
             .lock()

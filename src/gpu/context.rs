@@ -1,6 +1,6 @@
 //! The GPU context: adapter and device selection, device-loss and error checks, submission,
 //! and the command trace switch. Buffers, pipelines, profiling and batches are in the sibling
-//! modules [`super::buffers`], [`super::pipeline`], [`super::profiling`], [`super::batch`].
+//! modules `super::buffers`, `super::pipeline`, `super::profiling`, `super::batch`.
 //!
 //! Adapter choice: high performance by default; [`GpuOptions::adapter`] or the
 //! `VIDKV_ADAPTER` environment variable selects by backend (`vulkan`, `metal`, `dx12`,
@@ -21,7 +21,7 @@ use super::trace::Trace;
 use crate::error::{Result, VidkvError};
 
 /// Storage buffers per shader stage the kernels need (the rotated attention kernels bind
-/// 13: `tests/shaders.rs` checks this is the most any entry point uses).
+/// 13: `src/gpu/shaders/tests.rs` checks this is the most any entry point uses).
 pub const STORAGE_BUFFERS_PER_STAGE: u32 = 13;
 
 /// A device-lost or uncaptured-error message, set by a device callback.
@@ -366,7 +366,7 @@ impl GpuContext {
 
     /// Serializes whole operations on this context: the pooled buffers are shared, so a
     /// caller holds this guard from its first upload to its last read-back.
-    pub fn exclusive(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn exclusive(&self) -> std::sync::MutexGuard<'_, ()> {
         self.exclusive
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -407,7 +407,7 @@ impl GpuContext {
         }
     }
 
-    /// Starts recording every command into a [`Trace`] whose writes refer to `sources`
+    /// Starts recording every command into a `Trace` whose writes refer to `sources`
     /// where their bytes match. Profiling stays off while tracing.
     pub fn start_trace(&self, sources: Vec<(String, Vec<u8>)>) {
         *self.trace.lock().expect("trace") = Some(Trace::new(sources));

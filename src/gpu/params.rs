@@ -1,6 +1,6 @@
 //! The uniform parameter block every kernel reads at binding 0, and the 1-D workgroup size.
 //!
-//! `tests/shaders.rs` reflects `Params` in `shaders/common.wgsl` with naga and checks that
+//! `src/gpu/shaders/tests.rs` reflects `Params` in `shaders/common.wgsl` with naga and checks that
 //! its members and offsets equal this struct's.
 
 use bytemuck::{Pod, Zeroable};

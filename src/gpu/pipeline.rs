@@ -12,11 +12,33 @@ pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     /// Binding numbers the entry point reads or writes (its automatic layout holds only these).
     pub bindings: Vec<u32>,
+    /// How many group-0 bindings the module declares (0 is `Params`; every kernel numbers
+    /// its buffers 1, 2, … without gaps, which `shader_bindings` checks).
+    pub declared: usize,
+}
+
+impl Pipeline {
+    /// Checks a wrapper's buffers against the shader: no more than the module declares
+    /// after `Params` (bindings 1, 2, …), and every binding the entry point uses among them.
+    /// A wrapper and its shader that disagree fail with the kernel, entry and counts named,
+    /// instead of binding a buffer to the wrong slot or leaving a used slot empty.
+    pub fn check_buffers(&self, kernel: &Kernel, entry: &str, buffers: usize) -> Result<()> {
+        let highest_used = self.bindings.last().copied().unwrap_or(0) as usize;
+        if buffers < self.declared && highest_used <= buffers {
+            return Ok(());
+        }
+        Err(VidkvError::Gpu(format!(
+            "kernel {}::{entry} declares {} buffers after Params and uses up to binding \
+             {highest_used}, its wrapper passed {buffers}",
+            kernel.name,
+            self.declared.saturating_sub(1)
+        )))
+    }
 }
 
 impl GpuContext {
     /// The pipeline of `kernel`'s `entry` point, created on first use.
-    pub fn pipeline(&self, kernel: &Kernel, entry: &'static str) -> Result<Arc<Pipeline>> {
+    pub(crate) fn pipeline(&self, kernel: &Kernel, entry: &'static str) -> Result<Arc<Pipeline>> {
         let key = (kernel.name, entry);
         if let Some(p) = self.pipelines.lock().expect("pipeline cache").get(&key) {
             return Ok(Arc::clone(p));
@@ -45,9 +67,11 @@ impl GpuContext {
                 kernel.name
             )));
         }
+        let (bindings, declared) = shader_bindings(kernel, entry)?;
         let pipeline = Arc::new(Pipeline {
             pipeline,
-            bindings: used_bindings(kernel, entry)?,
+            bindings,
+            declared,
         });
         self.pipelines
             .lock()
@@ -57,8 +81,9 @@ impl GpuContext {
     }
 }
 
-/// The group-0 bindings that `entry` of `kernel` uses, from naga's analysis of the module.
-fn used_bindings(kernel: &Kernel, entry: &str) -> Result<Vec<u32>> {
+/// The group-0 bindings that `entry` of `kernel` uses, and how many the module declares
+/// (numbered 0, 1, … without gaps), from naga's analysis of the module.
+fn shader_bindings(kernel: &Kernel, entry: &str) -> Result<(Vec<u32>, usize)> {
     let source = kernel.composed_source();
     let invalid = |e: String| VidkvError::Gpu(format!("shader {}: {e}", kernel.name));
     let module = naga::front::wgsl::parse_str(&source).map_err(|e| invalid(e.to_string()))?;
@@ -83,5 +108,24 @@ fn used_bindings(kernel: &Kernel, entry: &str) -> Result<Vec<u32>> {
         .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
         .collect();
     bindings.sort_unstable();
-    Ok(bindings)
+    let mut declared: Vec<u32> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, var)| var.binding.as_ref())
+        .map(|b| {
+            if b.group == 0 {
+                Ok(b.binding)
+            } else {
+                Err(invalid(format!(
+                    "binding group {} (only 0 is bound)",
+                    b.group
+                )))
+            }
+        })
+        .collect::<Result<_>>()?;
+    declared.sort_unstable();
+    if declared.iter().enumerate().any(|(i, &b)| b != i as u32) {
+        return Err(invalid(format!("bindings {declared:?} have gaps")));
+    }
+    Ok((bindings, declared.len()))
 }

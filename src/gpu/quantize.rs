@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use super::batch::Batch;
-use super::binding::Bound;
 use super::context::GpuContext;
-use super::params::Params;
+use super::grouped::{
+    GroupWindow, InputRows, NormalChannels, PackExact, PlaneTarget, Signs, Ternary, TwoBitChannels,
+    TwoBitTokens,
+};
 use super::rotated::{self, RotatedShape};
-use super::shaders::{PACK_EXACT, QUANTIZE_SIGN, QUANTIZE_TERNARY, QUANTIZE_TWO_BIT, REAL_DFT};
 use super::split::{channel_split, GpuSplit};
 use crate::config::{
     Grouping, KeyScheme, QuantConfig, SplitGranularity, TernaryScale, ValueScheme,
@@ -234,182 +235,6 @@ fn two_bit(
     }
 }
 
-/// Where a dispatch writes in a plane: rows of `len` elements in `groups` groups (the plane's
-/// row stride), groups `group_offset..group_offset + group_count` coming from an input
-/// buffer whose first token is element `group_offset · group_size`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct GroupWindow {
-    pub len: usize,
-    pub groups: usize,
-    pub group_offset: usize,
-    pub group_count: usize,
-}
-
-impl GroupWindow {
-    /// The kernel parameters that place this window, for groups of `g` elements.
-    fn params(&self, g: usize) -> Params {
-        Params {
-            len: self.len as u32,
-            group_size: g as u32,
-            groups: self.groups as u32,
-            group_offset: self.group_offset as u32,
-            group_count: self.group_count as u32,
-            ..Default::default()
-        }
-    }
-}
-
-/// Records 2-bit quantization of plane rows that are input channels `channels[r]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_two_bit_channels(
-    batch: &mut Batch<'_>,
-    input: &wgpu::Buffer,
-    width: usize,
-    channels: &wgpu::Buffer,
-    rows: usize,
-    g: usize,
-    window: GroupWindow,
-    outputs: [Bound<'_>; 2],
-) {
-    batch.dispatch_bound(
-        &QUANTIZE_TWO_BIT,
-        "per_channel",
-        Params {
-            width: width as u32,
-            rows: rows as u32,
-            invocations: (rows * window.group_count) as u32,
-            ..window.params(g)
-        },
-        &[input.into(), channels.into(), outputs[0], outputs[1]],
-    );
-}
-
-/// Records 2-bit quantization of `rows` input tokens grouped along channels, written as
-/// plane rows `row_offset…`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_two_bit_tokens(
-    batch: &mut Batch<'_>,
-    input: &wgpu::Buffer,
-    width: usize,
-    channels: &wgpu::Buffer,
-    rows: usize,
-    row_offset: usize,
-    g: usize,
-    outputs: [Bound<'_>; 2],
-) {
-    let groups = width.div_ceil(g);
-    batch.dispatch_bound(
-        &QUANTIZE_TWO_BIT,
-        "per_token",
-        Params {
-            width: width as u32,
-            rows: rows as u32,
-            len: width as u32,
-            group_size: g as u32,
-            groups: groups as u32,
-            row_offset: row_offset as u32,
-            invocations: (rows * groups) as u32,
-            ..Default::default()
-        },
-        &[input.into(), channels.into(), outputs[0], outputs[1]],
-    );
-}
-
-/// The normal channels of a key split: `outliers` first entries of `order` are skipped.
-pub(crate) struct NormalChannels<'a> {
-    pub order: &'a wgpu::Buffer,
-    pub outliers: usize,
-    pub fft: bool,
-    pub twiddles: &'a wgpu::Buffer,
-}
-
-/// Records the (optional) real DFT and the sign quantization of the normal channels of
-/// `tokens` input tokens.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_signs(
-    ctx: &GpuContext,
-    batch: &mut Batch<'_>,
-    input: &wgpu::Buffer,
-    width: usize,
-    normals: &NormalChannels<'_>,
-    g: usize,
-    window: GroupWindow,
-    tokens: usize,
-    outputs: [Bound<'_>; 2],
-) -> Result<()> {
-    let n = width - normals.outliers;
-    if n == 0 {
-        return Ok(());
-    }
-    let params = Params {
-        width: width as u32,
-        rows: n as u32,
-        outliers: normals.outliers as u32,
-        dft_len: n as u32,
-        invocations: (n.div_ceil(2) * window.group_count) as u32,
-        ..window.params(g)
-    };
-    if normals.fft {
-        let coefficients = ctx.buffer("dft coefficients", (n * tokens * 4) as u64)?;
-        batch.dispatch(
-            &REAL_DFT,
-            "main",
-            Params {
-                len: tokens as u32,
-                invocations: tokens as u32,
-                ..params
-            },
-            &[input, normals.order, normals.twiddles, &coefficients],
-        );
-        batch.dispatch_bound(
-            &QUANTIZE_SIGN,
-            "from_coefficients",
-            params,
-            &[
-                (&*coefficients).into(),
-                normals.order.into(),
-                outputs[0],
-                outputs[1],
-            ],
-        );
-    } else {
-        batch.dispatch_bound(
-            &QUANTIZE_SIGN,
-            "from_channels",
-            params,
-            &[input.into(), normals.order.into(), outputs[0], outputs[1]],
-        );
-    }
-    Ok(())
-}
-
-/// Records ternary quantization of every channel of the input tokens.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_ternary(
-    batch: &mut Batch<'_>,
-    input: &wgpu::Buffer,
-    width: usize,
-    g: usize,
-    gamma: f32,
-    rule: TernaryScale,
-    window: GroupWindow,
-    outputs: [Bound<'_>; 2],
-) {
-    batch.dispatch_bound(
-        &QUANTIZE_TERNARY,
-        "main",
-        Params {
-            width: width as u32,
-            rows: width as u32,
-            gamma,
-            scale_rule: u32::from(rule == TernaryScale::LeastSquares),
-            invocations: (width.div_ceil(10) * window.group_count) as u32,
-            ..window.params(g)
-        },
-        &[input.into(), outputs[0], outputs[1]],
-    );
-}
-
 /// Runs `record` for each chunk of whole groups of the `[tokens, width]` rows `x` that fits
 /// a binding: the chunk is uploaded to the pooled input, `record` gets the batch, the input
 /// buffer, the chunk's group window in a plane of `len` elements per row, and its tokens;
@@ -440,27 +265,6 @@ fn for_each_chunk(
     Ok(())
 }
 
-/// Records the packing of `rows` f32 rows of `width` into f16 pairs.
-pub(crate) fn record_pack_exact(
-    batch: &mut Batch<'_>,
-    width: usize,
-    rows: usize,
-    input: Bound<'_>,
-    output: Bound<'_>,
-) {
-    batch.dispatch_bound(
-        &PACK_EXACT,
-        "main",
-        Params {
-            width: width as u32,
-            rows: rows as u32,
-            invocations: ExactRows::words(rows, width) as u32,
-            ..Default::default()
-        },
-        &[input, output],
-    );
-}
-
 /// 2-bit plane whose row r is input channel `channels[r]`, r < `rows`, over all tokens of `x`.
 fn two_bit_channels(
     ctx: &GpuContext,
@@ -480,16 +284,17 @@ fn two_bit_channels(
     let codes = ctx.output("two-bit codes", code_words)?;
     let params = ctx.output("two-bit params", rows * groups)?;
     for_each_chunk(ctx, x, width, g, shape.len, |batch, buffer, window, _| {
-        record_two_bit_channels(
-            batch,
-            buffer,
-            width,
+        TwoBitChannels {
+            input: InputRows { buffer, width },
             channels,
             rows,
-            g,
-            window,
-            [(&*codes).into(), (&*params).into()],
-        );
+            target: PlaneTarget {
+                group_size: g,
+                window,
+                outputs: [(&*codes).into(), (&*params).into()],
+            },
+        }
+        .record(batch);
         Ok(())
     })?;
     Ok(TwoBitPlane {
@@ -516,16 +321,18 @@ fn two_bit_tokens(ctx: &GpuContext, x: &[f32], width: usize, g: usize) -> Result
         let rows = input.len() / width;
         let buffer = ctx.upload("input", input)?;
         let mut batch = ctx.batch();
-        record_two_bit_tokens(
-            &mut batch,
-            &buffer,
-            width,
-            &identity,
+        TwoBitTokens {
+            input: InputRows {
+                buffer: &buffer,
+                width,
+            },
+            channels: &identity,
             rows,
-            index * chunk,
-            g,
-            [(&*codes).into(), (&*params).into()],
-        );
+            row_offset: index * chunk,
+            group_size: g,
+            outputs: [(&*codes).into(), (&*params).into()],
+        }
+        .record(&mut batch);
         batch.submit()?;
     }
     Ok(TwoBitPlane {
@@ -586,17 +393,17 @@ fn sign_plane(
         g,
         shape.len,
         |batch, buffer, window, tokens| {
-            record_signs(
-                ctx,
-                batch,
-                buffer,
-                width,
-                &normals,
-                g,
-                window,
+            Signs {
+                input: InputRows { buffer, width },
+                normals: &normals,
                 tokens,
-                [(&*codes).into(), (&*scales).into()],
-            )
+                target: PlaneTarget {
+                    group_size: g,
+                    window,
+                    outputs: [(&*codes).into(), (&*scales).into()],
+                },
+            }
+            .record(ctx, batch)
         },
     )?;
     Ok(SignPlane {
@@ -625,16 +432,17 @@ fn ternary(
     let codes = ctx.output("ternary codes", code_words)?;
     let scales = ctx.output("ternary scales", scale_words)?;
     for_each_chunk(ctx, x, width, g, shape.len, |batch, buffer, window, _| {
-        record_ternary(
-            batch,
-            buffer,
-            width,
-            g,
+        Ternary {
+            input: InputRows { buffer, width },
             gamma,
             rule,
-            window,
-            [(&*codes).into(), (&*scales).into()],
-        );
+            target: PlaneTarget {
+                group_size: g,
+                window,
+                outputs: [(&*codes).into(), (&*scales).into()],
+            },
+        }
+        .record(batch);
         Ok(())
     })?;
     Ok(TernaryPlane {
@@ -656,13 +464,13 @@ fn exact(ctx: &GpuContext, rows: &[f32], width: usize) -> Result<ExactRows> {
         let output = ctx.output("exact rows", words)?;
         let buffer = ctx.upload("input", input)?;
         let mut batch = ctx.batch();
-        record_pack_exact(
-            &mut batch,
+        PackExact {
             width,
-            chunk_rows,
-            (&*buffer).into(),
-            (&*output).into(),
-        );
+            rows: chunk_rows,
+            input: (&*buffer).into(),
+            output: (&*output).into(),
+        }
+        .record(&mut batch);
         batch.submit()?;
         data.extend(ctx.read_output(&output, "exact rows", words)?);
     }

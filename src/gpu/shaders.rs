@@ -1,7 +1,7 @@
 //! The WGSL sources: one file per kernel in `shaders/`, each prefixed with `common.wgsl`.
 //!
 //! WGSL has no include directive, so the host composes `common.wgsl` + kernel file into
-//! one module. The same composition is what `tests/shaders.rs` validates with naga and
+//! one module. The same composition is what `shaders/tests.rs` validates with naga and
 //! translates to SPIR-V, MSL, HLSL and GLSL.
 
 /// Helpers shared by every kernel (parameter block, f16 packing, code rules, twiddles).
@@ -120,7 +120,8 @@ pub const ROTATED: Kernel = kernel!(
     false
 );
 
-/// Every kernel, in pipeline order.
+/// Every kernel, in pipeline order (the CLI exports their files; the tests validate them).
+#[cfg(any(test, feature = "cli"))]
 pub const ALL: [Kernel; 25] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
@@ -170,3 +171,6 @@ impl Kernel {
         format!("{COMMON}\n{}\n{}", self.source, self.variant)
     }
 }
+
+#[cfg(test)]
+mod tests;

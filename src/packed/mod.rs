@@ -14,6 +14,9 @@ pub mod rotated_groups;
 mod size;
 pub mod stp;
 
+pub use crate::persist::{
+    FORMAT as FILE_FORMAT, OLDEST_VERSION as FILE_OLDEST_VERSION, VERSION as FILE_VERSION,
+};
 pub use size::{estimate_size, SizeReport};
 use stp::protected_in_range;
 pub(crate) use stp::split_value_rows;

@@ -8,10 +8,8 @@
 //! finite f16 metadata, sorted STP positions), so a truncated, corrupted or mismatched file
 //! is a typed error, never a panic.
 
-mod output;
 mod planes;
 
-pub use output::{check_output, write_atomic};
 pub(crate) use planes::{check_f16_words, head_arrays, read_planes};
 
 use std::collections::HashMap;

@@ -10,9 +10,9 @@ use crate::gpu::attention::{
 use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
 use crate::gpu::context::GpuContext;
-use crate::gpu::quantize::{
-    record_signs, record_ternary, record_two_bit_channels, record_two_bit_tokens, GroupWindow,
-    NormalChannels,
+use crate::gpu::grouped::{
+    GroupWindow, InputRows, NormalChannels, PlaneTarget, Signs, Ternary, TwoBitChannels,
+    TwoBitTokens,
 };
 use crate::gpu::rotated::{ResidentGroups, RotatedShape};
 use crate::gpu::rotated_groups::{GroupShape, ResidentGroupRecords};
@@ -69,6 +69,19 @@ impl GroupFlush<'_> {
             group_count: take,
         };
         let range = |buffer, per_head| head_range(buffer, head, per_head);
+        let target = |outputs| PlaneTarget {
+            group_size: g,
+            window,
+            outputs,
+        };
+        let keys = InputRows {
+            buffer: keys_input,
+            width: d,
+        };
+        let values = InputRows {
+            buffer: values_input,
+            width: d,
+        };
         match &self.planes.keys {
             PackedKeyPlanes::RotatedGroups(planes) => self.record_across(
                 ctx,
@@ -105,19 +118,16 @@ impl GroupFlush<'_> {
                     0,
                     (d * 4) as u64,
                 );
-                record_two_bit_channels(
-                    batch,
-                    keys_input,
-                    d,
-                    &channels,
-                    layout.outliers,
-                    g,
-                    window,
-                    [
+                TwoBitChannels {
+                    input: keys,
+                    channels: &channels,
+                    rows: layout.outliers,
+                    target: target([
                         range(codes, words.key_codes),
                         range(scale_min, words.key_params),
-                    ],
-                );
+                    ]),
+                }
+                .record(batch);
                 if layout.normals > 0 {
                     let normals = NormalChannels {
                         order: &channels,
@@ -125,20 +135,16 @@ impl GroupFlush<'_> {
                         fft: layout.fft,
                         twiddles: &layout.twiddles,
                     };
-                    record_signs(
-                        ctx,
-                        batch,
-                        keys_input,
-                        d,
-                        &normals,
-                        g,
-                        window,
-                        take * g,
-                        [
+                    Signs {
+                        input: keys,
+                        normals: &normals,
+                        tokens: take * g,
+                        target: target([
                             range(sign_codes, words.sign_codes),
                             range(sign_scales, words.sign_scales),
-                        ],
-                    )?;
+                        ]),
+                    }
+                    .record(ctx, batch)?;
                 }
             }
         }
@@ -173,19 +179,16 @@ impl GroupFlush<'_> {
                 ValueScheme::TwoBit {
                     grouping: Grouping::PerChannel,
                 },
-            ) => record_two_bit_channels(
-                batch,
-                values_input,
-                d,
-                self.identity,
-                d,
-                g,
-                window,
-                [
+            ) => TwoBitChannels {
+                input: values,
+                channels: self.identity,
+                rows: d,
+                target: target([
                     range(codes, words.value_codes),
                     range(scale_min, words.value_params),
-                ],
-            ),
+                ]),
+            }
+            .record(batch),
             (
                 PackedValuePlanes::TwoBit {
                     codes, scale_min, ..
@@ -193,35 +196,31 @@ impl GroupFlush<'_> {
                 ValueScheme::TwoBit {
                     grouping: Grouping::PerToken,
                 },
-            ) => record_two_bit_tokens(
-                batch,
-                values_input,
-                d,
-                self.identity,
-                take * g,
-                self.filled * g,
-                g,
-                [
+            ) => TwoBitTokens {
+                input: values,
+                channels: self.identity,
+                rows: take * g,
+                row_offset: self.filled * g,
+                group_size: g,
+                outputs: [
                     range(codes, words.value_codes),
                     range(scale_min, words.value_params),
                 ],
-            ),
+            }
+            .record(batch),
             (
                 PackedValuePlanes::Ternary { codes, scales, .. },
                 ValueScheme::Ternary { gamma, scale },
-            ) => record_ternary(
-                batch,
-                values_input,
-                d,
-                g,
+            ) => Ternary {
+                input: values,
                 gamma,
-                scale,
-                window,
-                [
+                rule: scale,
+                target: target([
                     range(codes, words.value_codes),
                     range(scales, words.value_params),
-                ],
-            ),
+                ]),
+            }
+            .record(batch),
             _ => unreachable!("chunk planes follow the configuration"),
         }
         Ok(())

@@ -28,7 +28,7 @@ use super::attention::{SegmentData, SegmentRef};
 use super::batch::Batch;
 use super::binding::Bound;
 use super::context::GpuContext;
-use super::quantize::record_pack_exact;
+use super::grouped::PackExact;
 use crate::error::Result;
 use crate::packed::planes::pack_f16_slice;
 
@@ -205,13 +205,13 @@ pub(crate) fn write_exact(
         let packed = ctx.buffer("cache exact packed", (words * 4) as u64)?;
         let mut batch = ctx.batch();
         span.copy_head(ctx, &mut batch, source, d, head, (&staging, 0));
-        record_pack_exact(
-            &mut batch,
-            d,
-            span.count,
-            (&*staging).into(),
-            (&*packed).into(),
-        );
+        PackExact {
+            width: d,
+            rows: span.count,
+            input: (&*staging).into(),
+            output: (&*packed).into(),
+        }
+        .record(&mut batch);
         batch.copy(&packed, 0, target, at, (words * 4) as u64);
         batch.submit()?;
     }
@@ -293,13 +293,13 @@ pub(crate) fn repack_window(
         let input_at = (head * window.capacity * d * 4) as u64;
         let output_at = (head * store.capacity * d / 2 * 4) as u64;
         for (input, output) in [(&window.keys, &store.keys), (&window.values, &store.values)] {
-            record_pack_exact(
-                &mut batch,
-                d,
+            PackExact {
+                width: d,
                 rows,
-                Bound::range(input, input_at, (rows * d * 4) as u64),
-                Bound::range(output, output_at, (words * 4) as u64),
-            );
+                input: Bound::range(input, input_at, (rows * d * 4) as u64),
+                output: Bound::range(output, output_at, (words * 4) as u64),
+            }
+            .record(&mut batch);
         }
     }
     batch.submit()

@@ -4,8 +4,13 @@
 //! `[layers, q_heads, n_queries, head_dim]` in F32, F16 or BF16. The optional sidecar gives
 //! `q_positions` and `attention` (`{"type":"causal"}` or
 //! `{"type":"block","blocks":[[start,end],...]}`); without it every query sees every token.
-//! Everything here works on byte slices (no file system), so the core stays wasm-friendly;
-//! the CLI reads the files.
+//! Loading works on byte slices (no file system), so the core stays wasm-friendly; the CLI
+//! reads the files. Saving goes through [`write_atomic`]: atomic, never through a link or
+//! onto a special file, never over the input ([`check_output`]).
+
+mod output;
+
+pub use output::{check_output, write_atomic};
 
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};

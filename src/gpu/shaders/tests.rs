@@ -1,11 +1,12 @@
 //! Every shader is parsed and validated with naga and translated to SPIR-V, MSL, HLSL and
-//! GLSL, so that the Vulkan, Metal, DX12 and GL compiles are checked on Linux.
+//! GLSL, so that the Vulkan, Metal, DX12 and GL compiles are checked on Linux; the WGSL
+//! `Params` is reflected against the Rust struct.
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::ShaderStage;
 
-use vidkv::gpu::shaders::ALL;
+use super::ALL;
 
 #[test]
 fn every_shader_validates_and_translates_to_every_backend() {
@@ -126,8 +127,8 @@ fn every_shader_validates_and_translates_to_every_backend() {
 /// at the Rust struct's offsets, and the same size.
 #[test]
 fn wgsl_params_match_the_rust_struct() {
+    use crate::gpu::params::Params;
     use std::mem::{offset_of, size_of};
-    use vidkv::gpu::params::Params;
     let rust = [
         ("width", offset_of!(Params, width)),
         ("rows", offset_of!(Params, rows)),
@@ -162,7 +163,7 @@ fn wgsl_params_match_the_rust_struct() {
         ("padding_0", offset_of!(Params, padding_0)),
         ("padding_1", offset_of!(Params, padding_1)),
     ];
-    let source = vidkv::gpu::shaders::ALL[0].composed_source();
+    let source = ALL[0].composed_source();
     let module = naga::front::wgsl::parse_str(&source).unwrap();
     let (members, span) = module
         .types
