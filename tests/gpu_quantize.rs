@@ -40,10 +40,31 @@ struct Diff {
     code_mismatches: usize,
     metadata: usize,
     metadata_ulp: usize,
+    /// The first differences, each naming the kernel that writes the array, the row, the
+    /// element and the word of the array that holds it.
+    first: Vec<String>,
 }
 
+/// How many differences a failure lists.
+const LISTED: usize = 5;
+
 impl Diff {
-    fn metadata(&mut self, cpu: f32, gpu: f32) {
+    fn note(&mut self, kernel: &str, array: &str, row: usize, at: usize, word: usize) {
+        if self.first.len() < LISTED {
+            self.first.push(format!(
+                "{kernel}: {array} row {row} element {at} (word {word})"
+            ));
+        }
+    }
+
+    /// `kernel`'s f16 metadata of `row`, group `group` (`word` of its array).
+    fn metadata(
+        &mut self,
+        kernel: &str,
+        (row, group, word): (usize, usize, usize),
+        pair: [f32; 2],
+    ) {
+        let [cpu, gpu] = pair;
         self.metadata += 1;
         if cpu == gpu {
             return;
@@ -54,36 +75,54 @@ impl Diff {
             half::f16::from_f32(cpu).to_bits(),
             half::f16::from_f32(gpu).to_bits(),
         );
-        assert!(a.abs_diff(b) <= 1, "metadata {cpu} vs {gpu}");
+        assert!(
+            a.abs_diff(b) <= 1,
+            "{kernel}: metadata of row {row} group {group} (word {word}): cpu {cpu}, gpu {gpu}"
+        );
         self.metadata_ulp += 1;
+        self.note(kernel, "metadata", row, group, word);
+    }
+
+    fn code(&mut self, kernel: &str, (row, at, word): (usize, usize, usize), same: bool) {
+        self.codes += 1;
+        if !same {
+            self.code_mismatches += 1;
+            self.note(kernel, "codes", row, at, word);
+        }
     }
 
     fn two_bit(&mut self, cpu: &TwoBitPlane, gpu: &TwoBitPlane) {
+        const KERNEL: &str = "quantize_two_bit";
         assert_eq!(cpu.shape, gpu.shape);
         let s = cpu.shape;
+        let words_per_row = s.groups() * TwoBitPlane::words_per_group(s.group_size);
         for r in 0..s.rows {
             for g in 0..s.groups() {
                 let (a, b) = (cpu.params(r, g), gpu.params(r, g));
-                self.metadata(a.scale, b.scale);
-                self.metadata(a.min, b.min);
+                let at = (r, g, r * s.groups() + g);
+                self.metadata(KERNEL, at, [a.scale, b.scale]);
+                self.metadata(KERNEL, at, [a.min, b.min]);
             }
             for i in 0..s.len {
-                self.codes += 1;
-                self.code_mismatches += usize::from(cpu.code(r, i) != gpu.code(r, i));
+                let word = r * words_per_row + i / 16;
+                self.code(KERNEL, (r, i, word), cpu.code(r, i) == gpu.code(r, i));
             }
         }
     }
 
     fn sign(&mut self, cpu: &SignPlane, gpu: &SignPlane) {
+        const KERNEL: &str = "quantize_sign (after real_dft)";
         assert_eq!(cpu.shape, gpu.shape);
         let s = cpu.shape;
+        let words_per_row = s.groups() * SignPlane::words_per_group(s.group_size);
         for r in 0..s.rows {
             for g in 0..s.groups() {
-                self.metadata(cpu.scale(r, g), gpu.scale(r, g));
+                let at = (r, g, (r / 2) * s.groups() + g);
+                self.metadata(KERNEL, at, [cpu.scale(r, g), gpu.scale(r, g)]);
             }
             for i in 0..s.len {
-                self.codes += 1;
-                self.code_mismatches += usize::from(cpu.code(r, i) != gpu.code(r, i));
+                let word = r * words_per_row + i / 32;
+                self.code(KERNEL, (r, i, word), cpu.code(r, i) == gpu.code(r, i));
             }
         }
     }
@@ -96,31 +135,43 @@ impl Diff {
             (Some(a), Some(b)) => (a, b),
             _ => panic!("one side has an STP refinement, the other not"),
         };
+        const KERNEL: &str = "rotated+tokens (STP refinement)";
         assert_eq!((cpu.tokens, cpu.bits), (gpu.tokens, gpu.bits));
-        for c in 0..cpu.head_dim {
-            self.metadata(cpu.state.mean_value(c), gpu.state.mean_value(c));
+        let d = cpu.head_dim;
+        for c in 0..d {
+            let pair = [cpu.state.mean_value(c), gpu.state.mean_value(c)];
+            self.metadata(KERNEL, (0, c, c / 2), pair);
         }
-        self.metadata(cpu.state.base(), gpu.state.base());
+        self.metadata(KERNEL, (0, 0, 0), [cpu.state.base(), gpu.state.base()]);
+        let words_per_token = cpu.codes.len() / cpu.tokens.max(1);
         for t in 0..cpu.tokens {
-            self.codes += 1;
-            self.code_mismatches += usize::from(cpu.scale_byte(t) != gpu.scale_byte(t));
-            for i in 0..cpu.head_dim {
-                self.codes += 1;
-                self.code_mismatches += usize::from(cpu.code(t, i) != gpu.code(t, i));
+            self.code(
+                KERNEL,
+                (t, 0, t / 4),
+                cpu.scale_byte(t) == gpu.scale_byte(t),
+            );
+            for i in 0..d {
+                let word = t * words_per_token + i * usize::from(cpu.bits) / 32;
+                self.code(KERNEL, (t, i, word), cpu.code(t, i) == gpu.code(t, i));
             }
         }
     }
 
     fn ternary(&mut self, cpu: &TernaryPlane, gpu: &TernaryPlane) {
+        const KERNEL: &str = "quantize_ternary";
         assert_eq!(cpu.shape, gpu.shape);
         let s = cpu.shape;
+        let record = TernaryPlane::words_per_record(s.group_size);
         for r in 0..s.rows {
             for g in 0..s.groups() {
-                self.metadata(cpu.scale(r, g), gpu.scale(r, g));
+                let at = (r, g, (r / 2) * s.groups() + g);
+                self.metadata(KERNEL, at, [cpu.scale(r, g), gpu.scale(r, g)]);
             }
             for i in 0..s.len {
-                self.codes += 1;
-                self.code_mismatches += usize::from(cpu.trit(r, i) != gpu.trit(r, i));
+                // Five channels share a record of one byte per token.
+                let word =
+                    ((r / 5) * s.groups() + i / s.group_size) * record + (i % s.group_size) / 4;
+                self.code(KERNEL, (r, i, word), cpu.trit(r, i) == gpu.trit(r, i));
             }
         }
     }
@@ -130,15 +181,17 @@ impl Diff {
         let allowed = 2 + self.codes / 10_000;
         assert!(
             self.code_mismatches <= allowed,
-            "{what}: {} of {} codes differ (allowed {allowed})",
+            "{what}: {} of {} codes differ (allowed {allowed}); first: {:?}",
             self.code_mismatches,
-            self.codes
+            self.codes,
+            self.first
         );
         assert!(
             self.metadata_ulp <= 2 + self.metadata / 1000,
-            "{what}: {} of {} scales/mins differ by an f16 ulp",
+            "{what}: {} of {} scales/mins differ by an f16 ulp; first: {:?}",
             self.metadata_ulp,
-            self.metadata
+            self.metadata,
+            self.first
         );
     }
 }
@@ -463,5 +516,47 @@ fn a_differing_word_names_its_kernel_stage() {
         "values",
         &vec![("codes (quantize)", &cpu[..])],
         &vec![("codes (quantize)", &gpu[..])],
+    );
+}
+
+/// A 2-bit code that differs is listed with its kernel, row, element and word, and a
+/// ternary one likewise (the failure message of `Diff::assert_tiny`).
+#[test]
+fn a_differing_code_names_its_kernel_row_and_word() {
+    use vidkv::packed::planes::GroupedShape;
+    let shape = GroupedShape {
+        rows: 2,
+        len: 64,
+        group_size: 32,
+    };
+    let cpu = TwoBitPlane {
+        shape,
+        codes: vec![0; 2 * 2 * TwoBitPlane::words_per_group(32)],
+        params: vec![0; 4],
+    };
+    let mut gpu = cpu.clone();
+    gpu.codes[5] = 1 << 2;
+    let mut diff = Diff::default();
+    diff.two_bit(&cpu, &gpu);
+    assert_eq!(
+        diff.first,
+        ["quantize_two_bit: codes row 1 element 17 (word 5)"]
+    );
+
+    let shape = GroupedShape { rows: 6, ..shape };
+    let words = 2 * 2 * TernaryPlane::words_per_record(32);
+    let cpu = TernaryPlane {
+        shape,
+        codes: vec![0; words],
+        scales: vec![0; 6],
+    };
+    let mut gpu = cpu.clone();
+    // Record (row group 1, token group 0), byte 1: rows 5…9, token 1; 2 = trit +1 of row 5.
+    gpu.codes[2 * TernaryPlane::words_per_record(32)] = 2 << 8;
+    let mut diff = Diff::default();
+    diff.ternary(&cpu, &gpu);
+    assert_eq!(
+        diff.first,
+        ["quantize_ternary: codes row 5 element 1 (word 16)"]
     );
 }
