@@ -14,13 +14,17 @@ pub mod rotated_groups;
 mod size;
 pub mod stp;
 
-pub use crate::persist::{
-    FORMAT as FILE_FORMAT, OLDEST_VERSION as FILE_OLDEST_VERSION, VERSION as FILE_VERSION,
-};
 pub use size::{estimate_size, SizeReport};
 use stp::protected_in_range;
 pub(crate) use stp::split_value_rows;
 pub use stp::ValueSlot;
+
+/// The format name a saved packed cache carries in its metadata ([`PackedCache::to_safetensors`]).
+pub const FILE_FORMAT: &str = "vidkv-cache";
+/// The file version this library writes (2: rotated values may carry STP refinements).
+pub const FILE_VERSION: u32 = 2;
+/// The oldest file version this library reads (version 1 files load unchanged).
+pub const FILE_OLDEST_VERSION: u32 = 1;
 
 use crate::config::{Grouping, KeyScheme, QuantConfig, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};

@@ -24,12 +24,10 @@ use crate::packed::planes::ExactRows;
 use crate::packed::stp::takes_protection;
 use crate::packed::{CacheShape, PackedCache, PackedHead};
 
-/// The format name stored in the metadata.
-pub const FORMAT: &str = "vidkv-cache";
-/// The format version this library writes (2: rotated values may carry STP refinements).
-pub const VERSION: u32 = 2;
-/// The oldest format version this library reads (version 1 files load unchanged).
-pub const OLDEST_VERSION: u32 = 1;
+/// The format name and versions stored in the metadata (defined beside the format).
+pub(crate) use crate::packed::{
+    FILE_FORMAT as FORMAT, FILE_OLDEST_VERSION as OLDEST_VERSION, FILE_VERSION as VERSION,
+};
 
 pub(crate) fn corrupt(msg: impl Into<String>) -> VidkvError {
     VidkvError::CorruptPacked(msg.into())
