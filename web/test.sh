@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Browser test of the demo page: builds vidkv, serves the demo on 127.0.0.1, opens it in
-# Debian's headless chromium with WebGPU (SwiftShader) through playwright-core, and checks the
-# page's figures against the Rust reference (web/test.mjs). Leaves web/out/screenshot.png.
-# Needs: chromium (apt-get install chromium), Node.js with npm.
+# Browser test of the demo page: builds vidkv natively and for wasm32 (scripts/build-wasm.sh:
+# the library in the page), serves the demo on 127.0.0.1, opens it in Debian's headless
+# chromium with WebGPU (SwiftShader) through playwright-core, and checks the figures the
+# library computes in the page against the native library's (web/test.mjs). Leaves
+# web/out/screenshot.png. Needs: chromium (apt-get install chromium), Node.js with npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ fi
 # a plain `cargo build` would compile naga, wgpu and everything above them again): after
 # that command this is a no-op, and it leaves the binary in target/release.
 cargo test --release --features lm --no-run --quiet
+bash scripts/build-wasm.sh
 
 out=web/out
 mkdir -p "$out"

@@ -4,8 +4,8 @@
 use super::{KvCache, CHUNK_GROUPS};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{
-    attend_segments, attend_segments_into, Call, Kernels, KeyLayout, LayerGeometry, SegmentData,
-    SegmentRef,
+    attend_segments, attend_segments_into, record_segments, Call, Kernels, KeyLayout,
+    LayerGeometry, SegmentData, SegmentRef,
 };
 
 impl KvCache {
@@ -23,6 +23,29 @@ impl KvCache {
                 Kernels::Fastest,
             )
         })
+    }
+
+    /// [`KvCache::attend`] without blocking: the call is recorded and submitted, and the
+    /// output is awaited through [`crate::GpuContext::read_floats_async`]. This is the entry
+    /// point a browser page uses (wasm32 cannot block on a read-back); native hosts may
+    /// await it too.
+    pub async fn attend_async(
+        &self,
+        layer: usize,
+        q: &[f32],
+        visible: &[(u32, u32)],
+    ) -> Result<Vec<f32>> {
+        let (output, words) = self.with_segments(layer, |layer, segments| {
+            let call = Call {
+                layer,
+                segments,
+                q_heads: self.shape.q_heads,
+                visible,
+                kernels: Kernels::Fastest,
+            };
+            record_segments(&self.gpu, &call, q)
+        })?;
+        self.gpu.read_floats_async(&output, words).await
     }
 
     /// [`KvCache::attend`] with the query read from the GPU buffer `q` and the output

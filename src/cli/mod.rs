@@ -68,7 +68,7 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Print the shape, configuration, bytes and bits per element of a saved cache.
     Inspect(InspectArgs),
-    /// Write the browser demo (web/ page, shaders, bundled sample, traced plan) to a folder
+    /// Write the browser demo (web/ page, the wasm package, bundled sample, expected figures) to a folder
     /// for any static web server.
     ExportWeb(ExportWebArgs),
     /// Serve the browser demo on 127.0.0.1 and print its URL.

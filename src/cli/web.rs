@@ -16,6 +16,9 @@ pub(super) struct ExportWebArgs {
     /// The folder to write (created if absent; files in it are replaced).
     #[arg(long, value_name = "DIR", default_value = "web/site")]
     out: PathBuf,
+    /// The wasm-bindgen package of the library (`scripts/build-wasm.sh` writes it).
+    #[arg(long, value_name = "DIR", default_value = "web/pkg")]
+    pkg: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -23,6 +26,9 @@ pub(super) struct DemoArgs {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// The wasm-bindgen package of the library (`scripts/build-wasm.sh` writes it).
+    #[arg(long, value_name = "DIR", default_value = "web/pkg")]
+    pkg: PathBuf,
 }
 
 /// The demo's page files, embedded from `web/`.
@@ -31,52 +37,53 @@ const WEB_FILES: [(&str, &str); 2] = [
     ("app.js", include_str!("../../web/app.js")),
 ];
 
+/// The files of the wasm-bindgen package the page imports.
+const PKG_FILES: [&str; 2] = ["vidkv_web.js", "vidkv_web_bg.wasm"];
+
 /// The sample the demo runs on (the text sample of the main job).
 const DEMO_SAMPLE: usize = 0;
 
-/// Every file of the demo site: (path, bytes). The shaders are the files of `shaders/`
-/// byte for byte; the plan is traced now, on this machine's adapter.
-fn demo_site() -> Result<Vec<(String, Vec<u8>)>> {
+/// Every file of the demo site: (path, bytes): the page, the library's wasm package from
+/// `pkg`, the sample, and `expected.json`, the figures the native library computes for each
+/// preset with the same function the page runs (for the browser test; the page never
+/// reads it).
+fn demo_site(pkg: &std::path::Path) -> Result<Vec<(String, Vec<u8>)>> {
     let (name, tensors, sidecar) = BUNDLED[DEMO_SAMPLE];
+    let mut files: Vec<(String, Vec<u8>)> = WEB_FILES
+        .iter()
+        .map(|(path, text)| (path.to_string(), text.as_bytes().to_vec()))
+        .collect();
+    for file in PKG_FILES {
+        let path = pkg.join(file);
+        let bytes = std::fs::read(&path).map_err(|source| VidkvError::Io {
+            path: format!(
+                "{} (build the wasm package first: bash scripts/build-wasm.sh)",
+                path.display()
+            ),
+            source,
+        })?;
+        files.push((format!("pkg/{file}"), bytes));
+    }
     let sample = KvSample::from_bytes(name, tensors, Some(sidecar))?;
     let gpu = GpuContext::new(&GpuOptions {
         portable_only: true,
         ..GpuOptions::default()
     })?;
-    eprintln!("tracing the demo plan on {}", gpu.adapter_name());
-    let demo = crate::web::demo_plan(&gpu, &sample)?;
-    let mut files: Vec<(String, Vec<u8>)> = WEB_FILES
-        .iter()
-        .map(|(path, text)| (path.to_string(), text.as_bytes().to_vec()))
-        .collect();
-    for kernel in crate::gpu::shaders::ALL {
-        for (file, text) in kernel.files() {
-            let path = format!("shaders/{file}");
-            if !files.iter().any(|(p, _)| *p == path) {
-                files.push((path, text.as_bytes().to_vec()));
-            }
-        }
+    eprintln!("computing the expected figures on {}", gpu.adapter_name());
+    let mut presets = Vec::new();
+    for preset in crate::web::DEMO_PRESETS {
+        let figures = pollster::block_on(crate::web::cache_figures(&gpu, &sample, preset))?;
+        presets.push(figures.to_json());
     }
-    files.push((format!("data/{name}.safetensors"), tensors.to_vec()));
-    files.push((format!("data/{name}.json"), sidecar.as_bytes().to_vec()));
-    let mut plan = demo.plan;
-    plan["sample_file"] = format!("data/{name}.safetensors").into();
-    if let Ok(sidecar) = serde_json::from_str::<serde_json::Value>(sidecar) {
-        plan["model_layers"] = sidecar["layers"].clone();
-    }
-    files.push(("plan.json".into(), plan.to_string().into_bytes()));
-    files.push(("plan.bin".into(), demo.blob));
-    files.push((
-        "expected.json".into(),
-        demo.expected.to_string().into_bytes(),
-    ));
-    files.sort();
-    files.dedup_by(|a, b| a.0 == b.0);
+    let expected = serde_json::json!({ "sample": name, "presets": presets });
+    files.push(("expected.json".into(), expected.to_string().into_bytes()));
+    files.push(("data/sample.safetensors".into(), tensors.to_vec()));
+    files.push(("data/sample.json".into(), sidecar.as_bytes().to_vec()));
     Ok(files)
 }
 
 pub(super) fn run_export_web(args: &ExportWebArgs) -> Result<()> {
-    for (path, bytes) in demo_site()? {
+    for (path, bytes) in demo_site(&args.pkg)? {
         let target = args.out.join(&path);
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).map_err(|e| VidkvError::Io {
@@ -95,7 +102,7 @@ fn content_type(path: &str) -> &'static str {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
         Some("json") => "application/json",
-        Some("wgsl") => "text/plain; charset=utf-8",
+        Some("wasm") => "application/wasm",
         _ => "application/octet-stream",
     }
 }
@@ -134,7 +141,7 @@ fn demo_response(request: &Request, files: &HashMap<String, Vec<u8>>, port: u16)
 }
 
 pub(super) fn run_demo(args: &DemoArgs) -> Result<()> {
-    let files: HashMap<String, Vec<u8>> = demo_site()?.into_iter().collect();
+    let files: HashMap<String, Vec<u8>> = demo_site(&args.pkg)?.into_iter().collect();
     let io_error = |source: std::io::Error| VidkvError::Io {
         path: format!("127.0.0.1:{}", args.port),
         source,

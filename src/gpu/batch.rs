@@ -1,6 +1,6 @@
 //! Dispatches recorded into one command buffer and submitted together: grids split under the
 //! per-dimension limit, bindings filtered to what each entry point uses, timestamps when
-//! profiling, every command mirrored into the trace when tracing.
+//! profiling.
 
 use wgpu::util::DeviceExt;
 
@@ -119,7 +119,6 @@ impl Batch<'_> {
         let device = &self.context.device;
         let pipeline = self.context.pipeline(kernel, entry)?;
         pipeline.check_buffers(kernel, entry, buffers.len())?;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: bytemuck::bytes_of(&params),
@@ -140,17 +139,16 @@ impl Batch<'_> {
             binding: *binding,
             resource: b.resource(),
         }));
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name),
-            layout: &pipeline.pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(VidkvError::Gpu(format!(
-                "binding {}::{entry}: {e}",
-                kernel.name
-            )));
-        }
+        let bind_group = self.context.validated(
+            || format!("binding {}::{entry}", kernel.name),
+            || {
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(kernel.name),
+                    layout: &pipeline.pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                })
+            },
+        )?;
         let mut kernel_profile = self.context.kernel_profile.lock().expect("kernel profile");
         let timestamp_writes = kernel_profile.as_mut().and_then(|p| {
             let index = p.pending.len() as u32;
@@ -174,8 +172,6 @@ impl Batch<'_> {
         pass.dispatch_workgroups(grid.0, grid.1, 1);
         drop(pass);
         drop(kernel_profile);
-        self.context
-            .traced(|t| t.dispatch(kernel, entry, &params, &bound, grid));
         Ok(())
     }
 
@@ -189,8 +185,6 @@ impl Batch<'_> {
         size: u64,
     ) {
         if self.error.is_none() && size > 0 {
-            self.context
-                .traced(|t| t.copy(from, from_offset, to, to_offset, size));
             self.encoder
                 .copy_buffer_to_buffer(from, from_offset, to, to_offset, size);
         }
@@ -217,7 +211,6 @@ impl Batch<'_> {
                     .resolve_query_set(&p.queries, 0..2 * passes, &p.resolve, 0);
             }
         }
-        self.context.traced(|t| t.submit());
         self.context.submit(self.encoder)?;
         if self.profiled {
             self.context.record_gpu_time()?;

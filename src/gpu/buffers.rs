@@ -31,9 +31,6 @@ impl GpuContext {
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        self.traced(|t| {
-            t.created(&buffer, label);
-        });
         Ok(buffer)
     }
 
@@ -73,7 +70,7 @@ impl GpuContext {
 
     /// A zero-filled storage buffer of `words` u32 owned by the caller (wgpu zero-fills
     /// new buffers, so nothing is uploaded).
-    pub(crate) fn create_zeroed(&self, label: &str, words: usize) -> Result<wgpu::Buffer> {
+    pub fn create_zeroed(&self, label: &str, words: usize) -> Result<wgpu::Buffer> {
         let size = ((words * 4) as u64).max(16).next_multiple_of(16);
         self.check_lost()?;
         self.new_storage(label, size)
@@ -104,7 +101,7 @@ impl GpuContext {
         role: &str,
         words: usize,
     ) -> Result<Vec<u32>> {
-        let mut data = self.read_labelled(buffer, role, words + GUARD_WORDS)?;
+        let mut data = self.read_words(buffer, words + GUARD_WORDS)?;
         if let Some(i) = data[words..].iter().position(|&w| w != GUARD_VALUE) {
             return Err(VidkvError::Gpu(format!(
                 "out-of-bounds write: guard word {i} after `{role}` was overwritten"
@@ -114,28 +111,53 @@ impl GpuContext {
         Ok(data)
     }
 
-    /// Reads the first `words` u32 of the pooled buffer of `role` (named `role` in the trace).
-    pub(crate) fn read_pooled(&self, role: &str, words: usize) -> Result<Vec<u32>> {
-        let buffer = self
-            .buffers
-            .lock()
-            .expect("buffer pool")
-            .get(role)
-            .cloned()
-            .ok_or_else(|| VidkvError::Gpu(format!("no pooled buffer `{role}`")))?;
-        self.read_labelled(&buffer, role, words)
-    }
-
     /// Copies the first `words` u32 of `buffer` back to the host.
     pub fn read_words(&self, buffer: &wgpu::Buffer, words: usize) -> Result<Vec<u32>> {
-        self.read_labelled(buffer, "words", words)
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = (buffer, words);
+            Err(VidkvError::Gpu(
+                "a blocking read-back cannot finish in a browser: use the async read-backs \
+                 (read_words_async, read_floats_async)"
+                    .into(),
+            ))
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let Some(pending) = self.begin_read(buffer, words)? else {
+                return Ok(Vec::new());
+            };
+            self.wait()?;
+            let answer = futures::executor::block_on(pending.answer);
+            self.finish_read(pending.staging, answer)
+        }
     }
 
-    /// [`GpuContext::read_words`], named `label` in the trace.
-    fn read_labelled(&self, buffer: &wgpu::Buffer, label: &str, words: usize) -> Result<Vec<u32>> {
+    /// Copies the first `words` u32 of `buffer` back to the host without blocking: the
+    /// read-back to await on wasm32, where a page may not block (native hosts may await it
+    /// too; it polls the device first).
+    pub async fn read_words_async(&self, buffer: &wgpu::Buffer, words: usize) -> Result<Vec<u32>> {
+        let Some(pending) = self.begin_read(buffer, words)? else {
+            return Ok(Vec::new());
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        let answer = pending.answer.await;
+        self.finish_read(pending.staging, answer)
+    }
+
+    /// [`GpuContext::read_floats`] without blocking (see [`GpuContext::read_words_async`]).
+    pub async fn read_floats_async(&self, buffer: &wgpu::Buffer, count: usize) -> Result<Vec<f32>> {
+        let words = self.read_words_async(buffer, count).await?;
+        Ok(words.into_iter().map(f32::from_bits).collect())
+    }
+
+    /// Submits the copy of `words` u32 of `buffer` into a mappable staging buffer and asks
+    /// for its mapping; `None` for an empty read.
+    fn begin_read(&self, buffer: &wgpu::Buffer, words: usize) -> Result<Option<PendingRead>> {
         let bytes = (words * 4) as u64;
         if bytes == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         self.check_lost()?;
         self.counters.read_backs.fetch_add(1, Ordering::Relaxed);
@@ -152,23 +174,30 @@ impl GpuContext {
             });
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
         self.submit(encoder)?;
-        let slice = staging.slice(..);
-        let (sender, receiver) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
+        let (sender, answer) = futures::channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = sender.send(r);
         });
-        self.wait()?;
-        receiver
-            .recv()
+        Ok(Some(PendingRead { staging, answer }))
+    }
+
+    /// The words of a mapped staging buffer, once its mapping was answered.
+    fn finish_read(
+        &self,
+        staging: wgpu::Buffer,
+        answer: std::result::Result<MapAnswer, futures::channel::oneshot::Canceled>,
+    ) -> Result<Vec<u32>> {
+        answer
             .map_err(|_| VidkvError::Gpu("read-back was never answered".into()))?
             .map_err(|e| VidkvError::Gpu(format!("read-back failed: {e}")))?;
-        let data = slice
+        self.check_lost()?;
+        let data = staging
+            .slice(..)
             .get_mapped_range()
             .map_err(|e| VidkvError::Gpu(format!("read-back mapping failed: {e}")))?;
         let words = bytemuck::cast_slice::<u8, u32>(&data).to_vec();
         drop(data);
         staging.unmap();
-        self.traced(|t| t.read(buffer, label, &words));
         Ok(words)
     }
 
@@ -180,4 +209,13 @@ impl GpuContext {
             .map(f32::from_bits)
             .collect())
     }
+}
+
+/// The answer of a staging buffer's `map_async`.
+type MapAnswer = std::result::Result<(), wgpu::BufferAsyncError>;
+
+/// A read-back whose copy was submitted and whose mapping was requested.
+struct PendingRead {
+    staging: wgpu::Buffer,
+    answer: futures::channel::oneshot::Receiver<MapAnswer>,
 }

@@ -1,5 +1,5 @@
-//! The GPU context: adapter and device selection, device-loss and error checks, submission,
-//! and the command trace switch. Buffers, pipelines, profiling and batches are in the sibling
+//! The GPU context: adapter and device selection, device-loss and error checks, and
+//! submission. Buffers, pipelines, profiling and batches are in the sibling
 //! modules `super::buffers`, `super::pipeline`, `super::profiling`, `super::batch`.
 //!
 //! Adapter choice: high performance by default; [`GpuOptions::adapter`] or the
@@ -17,7 +17,6 @@ use super::buffers::GUARD_WORDS;
 use super::params::WORKGROUP_SIZE;
 use super::pipeline::Pipeline;
 use super::profiling::{KernelProfile, Profile};
-use super::trace::Trace;
 use crate::error::{Result, VidkvError};
 
 /// Storage buffers per shader stage the kernels need (the rotated attention kernels bind
@@ -120,8 +119,6 @@ pub struct ContextState {
     pub(super) profile: Mutex<Option<Profile>>,
     /// GPU time per kernel entry point, when kernel profiling is on.
     pub(super) kernel_profile: Mutex<Option<KernelProfile>>,
-    /// The command record, when tracing is on ([`GpuContext::start_trace`]).
-    pub(super) trace: Mutex<Option<Trace>>,
     /// Submissions and read-backs so far ([`GpuContext::counts`]).
     pub(super) counters: Counters,
 }
@@ -141,12 +138,17 @@ pub struct GpuCounts {
 }
 
 impl GpuContext {
-    /// Opens the adapter chosen by `options` (see the module docs).
+    /// Opens the adapter chosen by `options` (see the module docs), blocking until it is
+    /// ready: [`GpuContext::new_async`] awaited. Native only (a page cannot block).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: &GpuOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(options))
     }
 
-    async fn new_async(options: &GpuOptions) -> Result<Self> {
+    /// Opens the adapter chosen by `options` without blocking: the constructor a browser
+    /// page awaits (on wasm32 the adapter is WebGPU's; `WGPU_BACKEND` and `VIDKV_ADAPTER`
+    /// are not read there).
+    pub async fn new_async(options: &GpuOptions) -> Result<Self> {
         // wgpu ignores backend names it does not know, and an empty set would otherwise
         // surface as "no adapter" with an install hint that does not fit.
         if let Some(value) = std::env::var("WGPU_BACKEND")
@@ -322,7 +324,6 @@ impl GpuContext {
                 exclusive: Mutex::new(()),
                 profile: Mutex::new(None),
                 kernel_profile: Mutex::new(None),
-                trace: Mutex::new(None),
                 counters: Counters::default(),
             }),
         }
@@ -393,39 +394,11 @@ impl GpuContext {
         }
     }
 
-    pub(super) fn traced(&self, record: impl FnOnce(&mut Trace)) {
-        if let Some(trace) = self.trace.lock().expect("trace").as_mut() {
-            record(trace);
-        }
-    }
-
     /// Writes `bytes` into `buffer` at `offset` (applied before the next submission).
     pub(super) fn write_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
         if !bytes.is_empty() {
-            self.traced(|t| t.write(buffer, offset, bytes));
             self.queue.write_buffer(buffer, offset, bytes);
         }
-    }
-
-    /// Starts recording every command into a `Trace` whose writes refer to `sources`
-    /// where their bytes match. Profiling stays off while tracing.
-    pub fn start_trace(&self, sources: Vec<(String, Vec<u8>)>) {
-        *self.trace.lock().expect("trace") = Some(Trace::new(sources));
-    }
-
-    /// Marks the start of a named step in the trace (no-op when not tracing).
-    pub fn trace_step(&self, name: &str) {
-        self.traced(|t| t.step(name));
-    }
-
-    /// Adds a note for the replaying host to the trace (no-op when not tracing).
-    pub fn trace_note(&self, note: serde_json::Value) {
-        self.traced(|t| t.note(note));
-    }
-
-    /// Stops tracing and returns the record.
-    pub fn finish_trace(&self) -> Option<Trace> {
-        self.trace.lock().expect("trace").take()
     }
 
     /// Submissions and read-backs made on this context (all clones together) so far: a
@@ -437,18 +410,52 @@ impl GpuContext {
         }
     }
 
+    /// Runs `make` inside a validation error scope and returns its error, prefixed with
+    /// `what()`. On wasm32 a scope can only be awaited, so there `make` runs bare and its
+    /// error reaches the uncaptured-error slot (returned by the next device check).
+    pub(super) fn validated<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        make: impl FnOnce() -> T,
+    ) -> Result<T> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let made = make();
+            match pollster::block_on(scope.pop()) {
+                Some(e) => Err(VidkvError::Gpu(format!("{}: {e}", what()))),
+                None => Ok(made),
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = what;
+            Ok(make())
+        }
+    }
+
+    /// Submits `encoder`'s commands without waiting for them: the queue orders every later
+    /// write, dispatch and read-back after them, and only a read-back waits. Natively a
+    /// validation or out-of-memory error of the submission is returned here; on wasm32
+    /// (where an error scope can only be awaited) it reaches the uncaptured-error slot and
+    /// the next call that checks the device returns it.
     pub(super) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         self.check_lost()?;
         self.counters.submissions.fetch_add(1, Ordering::Relaxed);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        self.queue.submit([encoder.finish()]);
-        let memory_error = pollster::block_on(memory.pop());
-        let validation_error = pollster::block_on(validation.pop());
-        if let Some(e) = memory_error.or(validation_error) {
-            return Err(VidkvError::Gpu(e.to_string()));
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            self.queue.submit([encoder.finish()]);
+            let memory_error = pollster::block_on(memory.pop());
+            let validation_error = pollster::block_on(validation.pop());
+            if let Some(e) = memory_error.or(validation_error) {
+                return Err(VidkvError::Gpu(e.to_string()));
+            }
         }
-        self.wait()
+        #[cfg(target_arch = "wasm32")]
+        self.queue.submit([encoder.finish()]);
+        self.check_lost()
     }
 
     /// Blocks until the queue is idle.

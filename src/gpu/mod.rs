@@ -5,11 +5,10 @@
 //!   whole or by range; `shaders`: the WGSL sources and their composition rule.
 //! - `context`: adapter/device selection, errors, submission; `buffers`: storage
 //!   buffers, the pool, guarded outputs, read-back; `pipeline`: the pipeline cache;
-//!   `profiling`: timestamp queries; `batch`: dispatches recorded into one submission;
-//!   `trace`: a record of a context's commands for another WebGPU host to replay (the
-//!   browser demo). `trace` imports only `params`, `binding` and `shaders`.
+//!   `profiling`: timestamp queries; `batch`: dispatches recorded into one submission.
 //!
-//! The kernel families, each with its typed dispatch wrappers:
+//! The kernel families, each with its typed dispatch wrappers (`grouped`: one parameter
+//! struct per grouped quantization kernel):
 //! - [`quantize`]: channel split, 2-bit, real DFT + sign, ternary and exact-row kernels that
 //!   write exactly the packed format of [`crate::packed`].
 //! - `incremental`: the same kernels recorded into a growing [`crate::KvCache`]'s chunks,
@@ -38,6 +37,5 @@ pub(crate) mod rotated_groups;
 pub(crate) mod shaders;
 pub(crate) mod split;
 pub(crate) mod stp;
-pub(crate) mod trace;
 
 pub use context::{GpuContext, GpuCounts, GpuOptions};

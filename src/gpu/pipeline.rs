@@ -44,30 +44,28 @@ impl GpuContext {
             return Ok(Arc::clone(p));
         }
         self.check_lost()?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(kernel.composed_source().into()),
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.name),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(VidkvError::Gpu(format!(
-                "pipeline {}::{entry}: {e}",
-                kernel.name
-            )));
-        }
+        // naga validates the composed source first (and reflects its bindings).
         let (bindings, declared) = shader_bindings(kernel, entry)?;
+        let pipeline = self.validated(
+            || format!("pipeline {}::{entry}", kernel.name),
+            || {
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.name),
+                        source: wgpu::ShaderSource::Wgsl(kernel.composed_source().into()),
+                    });
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(kernel.name),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            },
+        )?;
         let pipeline = Arc::new(Pipeline {
             pipeline,
             bindings,

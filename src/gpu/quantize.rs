@@ -157,7 +157,7 @@ fn quantize_keys(
                 }
             };
             PackedKeys::Mixed(MixedKeys {
-                outlier_mask: split.mask.clone(),
+                outlier_mask: split.read_mask(ctx)?,
                 outliers: two_bit_channels(ctx, x, d, &split.order, split.outliers, g)?,
                 normals: sign_plane(ctx, x, d, split, fft, g)?,
                 fft,

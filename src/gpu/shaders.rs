@@ -120,8 +120,8 @@ pub const ROTATED: Kernel = kernel!(
     false
 );
 
-/// Every kernel, in pipeline order (the CLI exports their files; the tests validate them).
-#[cfg(any(test, feature = "cli"))]
+/// Every kernel, in pipeline order (the tests validate them all).
+#[cfg(test)]
 pub const ALL: [Kernel; 25] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
@@ -153,7 +153,7 @@ pub const ALL: [Kernel; 25] = [
 impl Kernel {
     /// The files of `shaders/` this kernel is composed of, in order: `common.wgsl`, its own
     /// file, and for a variant `{base}_{variant}.wgsl`, each with its text. This is the one
-    /// place the naming rule lives (the trace, `vidkv export-web` and so the page use it).
+    /// place the composition rule lives ([`Kernel::composed_source`] joins them).
     pub fn files(&self) -> Vec<(String, &'static str)> {
         let (base, variant) = self.name.split_once('+').unwrap_or((self.name, ""));
         let mut files = vec![
@@ -168,7 +168,8 @@ impl Kernel {
 
     /// `common.wgsl`, this kernel's file and its variant: the module the GPU compiles.
     pub fn composed_source(&self) -> String {
-        format!("{COMMON}\n{}\n{}", self.source, self.variant)
+        let texts: Vec<&str> = self.files().into_iter().map(|(_, text)| text).collect();
+        texts.join("\n")
     }
 }
 

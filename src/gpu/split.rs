@@ -20,9 +20,19 @@ const RANGE_BLOCK_TOKENS: u32 = 256;
 pub struct GpuSplit {
     /// u32 channel order: outliers ascending, then normals ascending.
     pub order: Arc<wgpu::Buffer>,
-    /// The outlier mask, read back.
-    pub mask: Vec<u32>,
+    /// The outlier mask (bit c set for an outlier channel c), on the GPU: read only by
+    /// whole-cache quantization ([`GpuSplit::read_mask`]), so a growing cache freezes its
+    /// split without a read-back.
+    mask: wgpu::Buffer,
+    width: usize,
     pub outliers: usize,
+}
+
+impl GpuSplit {
+    /// The outlier mask, read back (`⌈width / 32⌉` words).
+    pub fn read_mask(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
+        ctx.read_words(&self.mask, self.width.div_ceil(32))
+    }
 }
 
 /// Ranks channels by range over rows that already live on the GPU: each input is
@@ -116,7 +126,7 @@ fn finish_split(
     let block_offset = blocks;
     let order = ctx.buffer("split order", (width * 4) as u64)?;
     let mask_words = width.div_ceil(32);
-    let mask = ctx.output("split mask", mask_words)?;
+    let mask = ctx.create_zeroed("split mask", mask_words)?;
     let mut batch = ctx.batch();
     batch.dispatch_grid(
         &CHANNEL_SPLIT,
@@ -134,7 +144,8 @@ fn finish_split(
     batch.submit()?;
     Ok(GpuSplit {
         order,
-        mask: ctx.read_output(&mask, "split mask", mask_words)?,
+        mask,
+        width,
         outliers,
     })
 }

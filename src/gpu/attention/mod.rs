@@ -121,6 +121,27 @@ pub(crate) fn attend_segments(
     Ok(words.into_iter().map(f32::from_bits).collect())
 }
 
+/// [`attend_segments`] without the read-back: the query is uploaded into a buffer of its
+/// own, the call recorded and submitted into a new output buffer, which is returned with
+/// its word count for the caller to await ([`GpuContext::read_floats_async`]).
+pub(crate) fn record_segments(
+    ctx: &GpuContext,
+    call: &Call<'_, '_>,
+    q: &[f32],
+) -> Result<(wgpu::Buffer, usize)> {
+    let words = check_call(call.layer, call.q_heads, call.visible, Some(q.len()))?;
+    check_query(
+        "q",
+        q,
+        &[call.q_heads, call.visible.len(), call.layer.head_dim],
+    )?;
+    let q_buffer = ctx.create_storage("attention q", q)?;
+    let output = ctx.create_zeroed("attention output", words)?;
+    let _exclusive = ctx.exclusive();
+    record_call(ctx, call, &q_buffer, &output)?;
+    Ok((output, words))
+}
+
 /// [`attend_segments`] with the query read from `q` and the output written to `out`, both
 /// GPU buffers (STORAGE usage, f32 `[q_heads, queries, head_dim]` from byte 0): nothing is
 /// read back, and the query's values are not checked (they never reach the host).
