@@ -8,9 +8,10 @@
 //!
 //! The host shares its device and queue (`GpuContext::from_device`, after creating the
 //! device with `GpuContext::required_limits()`), keeps the context and the cache in one
-//! struct, and per step calls `append_buffers` and `attend_buffers` for every layer. It
-//! checks `GpuContext::counts()`: no read-back during the steps (the process exits with an
-//! error otherwise); only the final output is read, once, to print it.
+//! struct, and records each decode step as one submission (`KvCache::begin_step`): for every
+//! layer its own kernels (`push_commands`), then `append_buffers` and `attend_buffers`. It
+//! checks `GpuContext::counts()`: one submission per step and no read-back (the process
+//! exits with an error otherwise); only the final output is read, once, to print it.
 
 use vidkv::{GpuContext, GpuOptions, KvCache, ModelShape, QuantConfig};
 
@@ -41,11 +42,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 }
 "#;
 
-/// The host: its device, its kernel, and the cache that shares the device.
-struct Host {
+/// The host's device and its own kernel.
+struct HostKernel {
     device: wgpu::Device,
     queue: wgpu::Queue,
     pipeline: wgpu::ComputePipeline,
+}
+
+/// The host: its device and kernel, and the cache that shares the device.
+struct Host {
+    kernel: HostKernel,
     cache: KvCache,
     gpu: GpuContext,
 }
@@ -82,14 +88,18 @@ impl Host {
         )?;
         let cache = KvCache::new(SHAPE, QuantConfig::default(), &gpu)?;
         Ok(Host {
-            device,
-            queue,
-            pipeline,
+            kernel: HostKernel {
+                device,
+                queue,
+                pipeline,
+            },
             cache,
             gpu,
         })
     }
+}
 
+impl HostKernel {
     /// A STORAGE buffer of `floats` f32 that the host's kernel fills.
     fn rows(&self, floats: u32) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -100,8 +110,13 @@ impl Host {
         })
     }
 
-    /// Runs the host's kernel: `heads × tokens × d` values of positions `first..`.
-    fn fill(&self, out: &wgpu::Buffer, (first, tokens, heads): (u32, u32, u32), seed: f32) {
+    /// The host's kernel recorded: `heads × tokens × d` values of positions `first..`.
+    fn fill(
+        &self,
+        out: &wgpu::Buffer,
+        (first, tokens, heads): (u32, u32, u32),
+        seed: f32,
+    ) -> wgpu::CommandBuffer {
         let d = SHAPE.head_dim as u32;
         let words: [u32; 8] = [
             first,
@@ -142,7 +157,7 @@ impl Host {
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups((heads * tokens * d).div_ceil(64), 1, 1);
         }
-        self.queue.submit([encoder.finish()]);
+        encoder.finish()
     }
 }
 
@@ -155,30 +170,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // The prompt: the host computes every layer's K/V on its device; the cache takes them
     // from the host's buffers.
-    let (prompt_k, prompt_v) = (host.rows(kv * PROMPT * d), host.rows(kv * PROMPT * d));
+    let kernel = &host.kernel;
+    let (prompt_k, prompt_v) = (kernel.rows(kv * PROMPT * d), kernel.rows(kv * PROMPT * d));
     for layer in 0..SHAPE.layers {
-        host.fill(&prompt_k, (0, PROMPT, kv), layer as f32);
-        host.fill(&prompt_v, (0, PROMPT, kv), 10.0 + layer as f32);
+        kernel.queue.submit([
+            kernel.fill(&prompt_k, (0, PROMPT, kv), layer as f32),
+            kernel.fill(&prompt_v, (0, PROMPT, kv), 10.0 + layer as f32),
+        ]);
         host.cache
             .append_buffers(layer, &prompt_k, &prompt_v, PROMPT as usize)?;
     }
-    let (k, v, q) = (host.rows(kv * d), host.rows(kv * d), host.rows(q_heads * d));
-    let outputs: Vec<wgpu::Buffer> = (0..SHAPE.layers).map(|_| host.rows(q_heads * d)).collect();
+    // One set of K/V/Q buffers per layer: the step's commands all run in one submission,
+    // after every host write of the step.
+    let layer_rows =
+        |floats| -> Vec<wgpu::Buffer> { (0..SHAPE.layers).map(|_| kernel.rows(floats)).collect() };
+    let (k, v, q) = (
+        layer_rows(kv * d),
+        layer_rows(kv * d),
+        layer_rows(q_heads * d),
+    );
+    let outputs = layer_rows(q_heads * d);
     let before = host.gpu.counts();
     for step in 0..STEPS {
         let position = PROMPT + step;
-        for (layer, out) in outputs.iter().enumerate() {
-            host.fill(&k, (position, 1, kv), layer as f32);
-            host.fill(&v, (position, 1, kv), 10.0 + layer as f32);
-            host.fill(&q, (position, 1, q_heads), 20.0 + layer as f32);
-            host.cache.append_buffers(layer, &k, &v, 1)?;
-            let visible = [(0, host.cache.len(layer) as u32)];
-            host.cache.attend_buffers(layer, &q, out, &visible)?;
+        let mut decode = host.cache.begin_step()?;
+        for layer in 0..SHAPE.layers {
+            // The host's own kernels for this layer, then the cache's, in one submission.
+            for commands in [
+                kernel.fill(&k[layer], (position, 1, kv), layer as f32),
+                kernel.fill(&v[layer], (position, 1, kv), 10.0 + layer as f32),
+                kernel.fill(&q[layer], (position, 1, q_heads), 20.0 + layer as f32),
+            ] {
+                decode.push_commands(commands);
+            }
+            decode.append_buffers(layer, &k[layer], &v[layer], 1)?;
+            let visible = [(0, decode.cache().len(layer) as u32)];
+            decode.attend_buffers(layer, &q[layer], &outputs[layer], &visible)?;
         }
+        decode.submit()?;
     }
     let after = host.gpu.counts();
     println!(
-        "{STEPS} decode steps x {} layers on {}: {} vidkv submissions, {} read-backs",
+        "{STEPS} decode steps x {} layers on {}: {} submissions, {} read-backs",
         SHAPE.layers,
         host.gpu.adapter_name(),
         after.submissions - before.submissions,
@@ -186,6 +219,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if after.read_backs != before.read_backs {
         return Err("the decode steps read something back".into());
+    }
+    if after.submissions - before.submissions != u64::from(STEPS) {
+        return Err("a decode step took more than one submission".into());
     }
     let last = host.gpu.read_floats(&outputs[SHAPE.layers - 1], 4)?;
     println!(

@@ -35,7 +35,7 @@ pub mod report;
 pub mod tensor;
 pub mod web;
 
-pub use cache::{KvCache, ModelShape};
+pub use cache::{DecodeStep, KvCache, ModelShape};
 pub use config::{QuantConfig, TokenPlan, DEFAULT_PRESET, PRESET_NAMES};
 pub use error::{Result, VidkvError};
 pub use gpu::{GpuContext, GpuCounts, GpuOptions};

@@ -125,3 +125,66 @@ pub async fn cache_figures(
         first_layer,
     })
 }
+
+/// The attention weights of stored query `query` of `layer` for every query head, over the
+/// keys as `preset` stores them: `[q_heads][tokens]`, zero outside the query's visible
+/// range. The keys are the CPU reference's decoding of the preset's codes
+/// ([`crate::PackedCache::quantize`], `dequantize_keys`), which the GPU kernels match to
+/// 1e-4; no GPU is needed, so a page computes them beside its GPU figures.
+pub fn attention_weights(
+    sample: &KvSample,
+    preset: &str,
+    layer: usize,
+    query: usize,
+) -> Result<Vec<f32>> {
+    let (layers, kv_heads, tokens, d) = (
+        sample.k.dim(0),
+        sample.k.dim(1),
+        sample.k.dim(2),
+        sample.k.dim(3),
+    );
+    let (q_heads, queries) = (sample.q.dim(1), sample.q.dim(2));
+    if layer >= layers || query >= queries {
+        return Err(VidkvError::InvalidConfig(format!(
+            "layer {layer} query {query} is outside the sample's {layers} layers and {queries} queries"
+        )));
+    }
+    let one_layer = |t: &crate::Tensor, name: &str| {
+        let len = kv_heads * tokens * d;
+        crate::Tensor::new(
+            name,
+            vec![1, kv_heads, tokens, d],
+            t.data[layer * len..][..len].to_vec(),
+        )
+    };
+    let config = QuantConfig::preset(preset)?;
+    let cache = crate::PackedCache::quantize(
+        &one_layer(&sample.k, "k")?,
+        &one_layer(&sample.v, "v")?,
+        &config,
+        &[],
+    )?;
+    let (lo, hi) = visible_ranges(sample)?[query];
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut weights = vec![0.0f32; q_heads * tokens];
+    for h in 0..q_heads {
+        let keys = cache.heads[h / (q_heads / kv_heads)].dequantize_keys();
+        let q = &sample.q.data[((layer * q_heads + h) * queries + query) * d..][..d];
+        let logits: Vec<f64> = (lo as usize..hi as usize)
+            .map(|t| {
+                let k = &keys[t * d..][..d];
+                scale
+                    * q.iter()
+                        .zip(k)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>()
+            })
+            .collect();
+        let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = logits.iter().map(|x| (x - top).exp()).sum();
+        for (t, x) in (lo as usize..).zip(&logits) {
+            weights[h * tokens + t] = ((x - top).exp() / total) as f32;
+        }
+    }
+    Ok(weights)
+}

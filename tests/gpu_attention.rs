@@ -48,16 +48,18 @@ fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) ->
     for layer in 0..shape.layers {
         let gpu_layer = GpuLayer::upload(gpu(), cache, layer).unwrap();
         let q_layer = &q.data[layer * q_heads * queries * d..(layer + 1) * q_heads * queries * d];
-        // The fast paths the adapter offers, and the portable kernels, always both.
-        let outputs: Vec<(Kernels, Vec<f32>)> = [Kernels::Fastest, Kernels::Portable]
-            .into_iter()
-            .map(|k| {
-                (
-                    k,
-                    attend_with(gpu(), &gpu_layer, q_layer, q_heads, visible, k).unwrap(),
-                )
-            })
-            .collect();
+        // The fast paths the adapter offers, the portable kernels, and the three passes that
+        // preceded the fused split kernel for exact segments, always all.
+        let outputs: Vec<(Kernels, Vec<f32>)> =
+            [Kernels::Fastest, Kernels::Portable, Kernels::ThreePass]
+                .into_iter()
+                .map(|k| {
+                    (
+                        k,
+                        attend_with(gpu(), &gpu_layer, q_layer, q_heads, visible, k).unwrap(),
+                    )
+                })
+                .collect();
         for qh in 0..q_heads {
             let h = qh / (q_heads / shape.kv_heads);
             let at = (layer * shape.kv_heads + h) * head_len;
@@ -254,7 +256,7 @@ fn tiles_that_split_a_kv_head_match_one_tile() {
             let cache = PackedCache::quantize(&k, &v, &config, stp).unwrap();
             let whole = GpuLayer::upload(gpu(), &cache, 0).unwrap();
             let tiled = GpuLayer::upload(&capped, &cache, 0).unwrap();
-            for kernels in [Kernels::Fastest, Kernels::Portable] {
+            for kernels in [Kernels::Fastest, Kernels::Portable, Kernels::ThreePass] {
                 let expected =
                     attend_with(gpu(), &whole, &q.data, q_heads, &visible, kernels).unwrap();
                 let got =

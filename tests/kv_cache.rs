@@ -775,6 +775,89 @@ fn decode_steps_through_buffers_read_nothing_back() {
     ));
 }
 
+/// A whole model's decode step (every layer's append and attend through buffers) is one
+/// submission with no read-back, and gives what the per-call host API gives; a step handed
+/// to the host (`finish`) is submitted by the host; a read-back or a second step while one
+/// records is a typed error.
+#[test]
+fn a_whole_model_step_is_one_submission() {
+    let (k, v) = tensors(400);
+    let (k300, v300) = tensors(300);
+    let q = queries(1);
+    let config = QuantConfig::default();
+    let mut host = fill(&config, &k300, &v300, 300, 1);
+    let own = vidkv::GpuContext::new(&Default::default()).unwrap();
+    let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
+    for l in 0..SHAPE.layers {
+        let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
+        device.prefill(l, &rows(&k300), &rows(&v300)).unwrap();
+    }
+    let buffer = |rows: &[f32]| own.create_storage("test rows", rows).unwrap();
+    let words = q.len();
+    let outs: Vec<wgpu::Buffer> = (0..SHAPE.layers)
+        .map(|_| buffer(&vec![0.0; words]))
+        .collect();
+    let q_buffer = buffer(&q);
+    // Steps 300..340 cross the group boundary at 320 (a flush inside a step).
+    for t in 300..340 {
+        let inputs: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..SHAPE.layers)
+            .map(|l| {
+                (
+                    buffer(&k.layer_tokens(l, t..t + 1).unwrap()),
+                    buffer(&v.layer_tokens(l, t..t + 1).unwrap()),
+                )
+            })
+            .collect();
+        let before = own.counts();
+        let mut step = device.begin_step().unwrap();
+        for (l, (kb, vb)) in inputs.iter().enumerate() {
+            step.append_buffers(l, kb, vb, 1).unwrap();
+            let visible = [(0u32, step.cache().len(l) as u32)];
+            step.attend_buffers(l, &q_buffer, &outs[l], &visible)
+                .unwrap();
+        }
+        if t == 310 {
+            // Handed to the host, which submits it with its own work.
+            let buffers = step.finish();
+            assert!(!buffers.is_empty());
+            own.queue().submit(buffers);
+            assert_eq!(own.counts().submissions, before.submissions);
+        } else {
+            step.submit().unwrap();
+            let after = own.counts();
+            assert_eq!(after.submissions - before.submissions, 1, "step {t}");
+            assert_eq!(after.read_backs, before.read_backs, "step {t}");
+        }
+        for l in 0..SHAPE.layers {
+            host.append(
+                l,
+                &k.layer_tokens(l, t..t + 1).unwrap(),
+                &v.layer_tokens(l, t..t + 1).unwrap(),
+            )
+            .unwrap();
+        }
+        if t % 10 == 9 {
+            for (l, out) in outs.iter().enumerate() {
+                let got = own.read_floats(out, words).unwrap();
+                let expected = host.attend_causal(l, &q).unwrap();
+                assert!(relative_l2(&got, &expected) < 1e-6, "step {t} layer {l}");
+            }
+        }
+    }
+    let step = device.begin_step().unwrap();
+    assert!(matches!(
+        own.read_words(&outs[0], 4),
+        Err(VidkvError::InvalidConfig(_))
+    ));
+    let mut other = KvCache::new(SHAPE, config, &own).unwrap();
+    assert!(matches!(
+        other.begin_step(),
+        Err(VidkvError::InvalidConfig(_))
+    ));
+    drop(step);
+    assert!(other.begin_step().is_ok());
+}
+
 /// `examples/host_device.rs` (which `cargo test` builds) runs: a host device, the host's
 /// own kernel writing K/V/Q, and decode steps with no read-back.
 #[test]

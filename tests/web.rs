@@ -195,3 +195,31 @@ fn the_demo_server_answers_reads_of_its_own_address_only() {
     std::fs::remove_dir_all(&pkg).unwrap();
     assert_eq!(statuses, Some([200, 200, 405, 405, 403, 403]));
 }
+
+/// The page's weight maps: every query head's weights sum to 1 over the query's visible
+/// keys and are zero elsewhere; fp16 and the default differ only slightly; a query past the
+/// sample is a typed error.
+#[test]
+fn attention_weights_are_distributions_over_visible_keys() {
+    let sample = bundled_text_sample();
+    let (q_heads, tokens) = (sample.q.dim(1), sample.k.dim(2));
+    let query = sample.q.dim(2) - 1;
+    let (lo, hi) = vidkv::web::visible_ranges(&sample).unwrap()[query];
+    let fp16 = vidkv::web::attention_weights(&sample, "fp16", 0, query).unwrap();
+    let default = vidkv::web::attention_weights(&sample, "vidkv", 0, query).unwrap();
+    for weights in [&fp16, &default] {
+        assert_eq!(weights.len(), q_heads * tokens);
+        for h in 0..q_heads {
+            let row = &weights[h * tokens..(h + 1) * tokens];
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-4, "head {h}: {sum}");
+            assert!(row[..lo as usize]
+                .iter()
+                .chain(&row[hi as usize..])
+                .all(|&w| w == 0.0));
+        }
+    }
+    let difference = vidkv::report::relative_l2(&default, &fp16);
+    assert!(difference > 0.0 && difference < 0.5, "{difference}");
+    assert!(vidkv::web::attention_weights(&sample, "vidkv", 0, query + 1).is_err());
+}

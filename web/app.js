@@ -2,7 +2,7 @@
 // quantizes the bundled SmolLM2-135M sample with each preset on this page's WebGPU device,
 // attends its stored queries, and measures the error against exact attention. Every figure
 // is computed here by the library; nothing is replayed.
-import init, { Gpu, evaluateSample } from './pkg/vidkv_web.js';
+import init, { Gpu, attentionWeights, evaluateSample } from './pkg/vidkv_web.js';
 
 const PRESETS = ['fp16', 'kivi2', 'vidkv-tuned', 'vidkv'];
 const $ = (id) => document.getElementById(id);
@@ -50,6 +50,28 @@ function showRow(result, largest) {
   $('bars').append(bar);
 }
 
+// Draws `weights` ([rows][tokens]) on a canvas, one pixel per token, on a log scale from
+// each row's peak down three decades.
+function drawWeights(canvas, weights, rows, tokens) {
+  canvas.width = tokens;
+  canvas.height = rows;
+  const context = canvas.getContext('2d');
+  const image = context.createImageData(tokens, rows);
+  for (let r = 0; r < rows; r += 1) {
+    const row = weights.subarray(r * tokens, (r + 1) * tokens);
+    const peak = Math.max(...row);
+    for (let t = 0; t < tokens; t += 1) {
+      const level = row[t] > 0 ? Math.max(0, 1 + Math.log10(row[t] / peak) / 3) : 0;
+      const at = 4 * (r * tokens + t);
+      image.data[at] = 255 - 200 * level;
+      image.data[at + 1] = 255 - 150 * level;
+      image.data[at + 2] = 255 - 60 * level;
+      image.data[at + 3] = 255;
+    }
+  }
+  context.putImageData(image, 0, 0);
+}
+
 async function main() {
   const adapter = await webgpuAdapter();
   if (!adapter) {
@@ -84,7 +106,20 @@ async function main() {
     largest.value = Math.max(largest.value, figures.bytes);
   }
   for (const result of results) showRow(result, largest.value);
-  window.vidkvResults = { adapter: adapterName, results };
+  // The weights of the last stored query of the first layer, fp16 and the default.
+  const { q_positions: positions, num_q_heads: heads } = JSON.parse(sidecar);
+  const queries = positions.length;
+  const weights = {};
+  for (const preset of ['fp16', 'vidkv']) {
+    weights[preset] = attentionWeights(tensors, sidecar, preset, 0, queries - 1);
+  }
+  const tokens = weights.fp16.length / heads;
+  for (const preset of ['fp16', 'vidkv']) drawWeights($(`map-${preset}`), weights[preset], heads, tokens);
+  window.vidkvResults = {
+    adapter: adapterName,
+    results,
+    weights: Object.fromEntries(Object.entries(weights).map(([k, w]) => [k, Array.from(w)])),
+  };
   setStatus('done', `Done: ${PRESETS.length} presets quantized and attended by the library on this GPU.`);
 }
 

@@ -112,6 +112,16 @@ try {
         failures.push(`${want.preset}: the table shows ${JSON.stringify(cell)}, not the computed figures`);
       }
     }
+    // The weight maps: every query head's weights over the keys sum to 1.
+    for (const [preset, weights] of Object.entries(shown.weights ?? {})) {
+      const heads = 9;
+      const tokens = weights.length / heads;
+      for (let h = 0; h < heads; h += 1) {
+        const sum = weights.slice(h * tokens, (h + 1) * tokens).reduce((a, b) => a + b, 0);
+        if (Math.abs(sum - 1) > 1e-4) failures.push(`${preset}: weights of head ${h} sum to ${sum}`);
+      }
+    }
+    if (Object.keys(shown.weights ?? {}).length !== 2) failures.push('the page shows no weight maps');
   } else {
     failures.push('the page published no results (window.vidkvResults)');
   }

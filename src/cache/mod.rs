@@ -37,10 +37,12 @@ mod convert;
 mod file;
 mod reference;
 mod runs;
+mod step;
 
 pub use crate::gpu::incremental::CHUNK_GROUPS;
 pub use file::{KVCACHE_FORMAT, KVCACHE_OLDEST_VERSION, KVCACHE_VERSION};
 pub use reference::{ModelCache, ReferenceCache};
+pub use step::DecodeStep;
 
 use crate::config::{Grouping, KeyScheme, QuantConfig};
 use crate::error::{Result, VidkvError};

@@ -19,7 +19,8 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("vidkv"),
             });
-        let profiled = self.timestamp_pass(&mut encoder, 0);
+        // A decode step's batches are not timed: timing needs a read-back after each.
+        let profiled = !self.is_deferring() && self.timestamp_pass(&mut encoder, 0);
         Batch {
             context: self,
             encoder,
@@ -150,7 +151,10 @@ impl Batch<'_> {
             },
         )?;
         let mut kernel_profile = self.context.kernel_profile.lock().expect("kernel profile");
-        let timestamp_writes = kernel_profile.as_mut().and_then(|p| {
+        let timed = kernel_profile
+            .as_mut()
+            .filter(|_| !self.context.is_deferring());
+        let timestamp_writes = timed.and_then(|p| {
             let index = p.pending.len() as u32;
             (index < KERNEL_QUERIES).then(|| {
                 p.pending.push(format!("{}::{entry}", kernel.name));
@@ -215,7 +219,9 @@ impl Batch<'_> {
         if self.profiled {
             self.context.record_gpu_time()?;
         }
-        self.context.record_kernel_times()?;
+        if !self.context.is_deferring() {
+            self.context.record_kernel_times()?;
+        }
         Ok(())
     }
 }

@@ -37,6 +37,11 @@ impl GpuContext {
     /// A storage buffer of at least `bytes` for `role`, reused across calls.
     pub(crate) fn buffer(&self, role: &'static str, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
         let bytes = bytes.max(16).next_multiple_of(4);
+        if self.is_deferring() {
+            // Host writes land before the step's one submission: a reused buffer would
+            // hold only the last write when the first command reads it.
+            return Ok(Arc::new(self.new_storage(role, bytes)?));
+        }
         let mut pool = self.buffers.lock().expect("buffer pool");
         if let Some(b) = pool.get(role) {
             if b.size() >= bytes {
@@ -160,6 +165,13 @@ impl GpuContext {
             return Ok(None);
         }
         self.check_lost()?;
+        if self.is_deferring() {
+            return Err(VidkvError::InvalidConfig(
+                "a read-back cannot run inside a decode step (its commands are not submitted \
+                 yet): submit the step first"
+                    .into(),
+            ));
+        }
         self.counters.read_backs.fetch_add(1, Ordering::Relaxed);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),

@@ -121,6 +121,9 @@ pub struct ContextState {
     pub(super) kernel_profile: Mutex<Option<KernelProfile>>,
     /// Submissions and read-backs so far ([`GpuContext::counts`]).
     pub(super) counters: Counters,
+    /// Command buffers held back while a decode step records
+    /// ([`GpuContext::defer_submissions`]); `None` outside a step.
+    pub(super) deferred: Mutex<Option<Vec<wgpu::CommandBuffer>>>,
 }
 
 /// Running counts of a context's submissions and read-backs.
@@ -325,6 +328,7 @@ impl GpuContext {
                 profile: Mutex::new(None),
                 kernel_profile: Mutex::new(None),
                 counters: Counters::default(),
+                deferred: Mutex::new(None),
             }),
         }
     }
@@ -441,12 +445,21 @@ impl GpuContext {
     /// the next call that checks the device returns it.
     pub(super) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         self.check_lost()?;
+        if let Some(held) = self.deferred.lock().expect("deferred").as_mut() {
+            held.push(encoder.finish());
+            return Ok(());
+        }
+        self.submit_all(vec![encoder.finish()])
+    }
+
+    /// Submits `buffers` in one `queue.submit` (one submission).
+    fn submit_all(&self, buffers: Vec<wgpu::CommandBuffer>) -> Result<()> {
         self.counters.submissions.fetch_add(1, Ordering::Relaxed);
         #[cfg(not(target_arch = "wasm32"))]
         {
             let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-            self.queue.submit([encoder.finish()]);
+            self.queue.submit(buffers);
             let memory_error = pollster::block_on(memory.pop());
             let validation_error = pollster::block_on(validation.pop());
             if let Some(e) = memory_error.or(validation_error) {
@@ -454,8 +467,57 @@ impl GpuContext {
             }
         }
         #[cfg(target_arch = "wasm32")]
-        self.queue.submit([encoder.finish()]);
+        self.queue.submit(buffers);
         self.check_lost()
+    }
+
+    /// Starts holding back every submission of this context (all clones) until
+    /// [`GpuContext::take_deferred`]: a decode step's commands then go to the GPU together.
+    /// Meanwhile pooled buffers are not reused (each request gets a fresh buffer, since
+    /// host writes land before the one submission) and a read-back is refused.
+    pub(crate) fn defer_submissions(&self) -> Result<()> {
+        let mut deferred = self.deferred.lock().expect("deferred");
+        if deferred.is_some() {
+            return Err(VidkvError::InvalidConfig(
+                "a decode step is already recording on this GPU context".into(),
+            ));
+        }
+        *deferred = Some(Vec::new());
+        Ok(())
+    }
+
+    /// Adds `commands` to the held ones (submitted at once when nothing is held back).
+    pub(crate) fn hold(&self, commands: wgpu::CommandBuffer) {
+        let mut deferred = self.deferred.lock().expect("deferred");
+        match deferred.as_mut() {
+            Some(held) => held.push(commands),
+            None => {
+                drop(deferred);
+                self.queue.submit([commands]);
+            }
+        }
+    }
+
+    /// Ends holding back and returns the held command buffers, in order.
+    pub(crate) fn take_deferred(&self) -> Vec<wgpu::CommandBuffer> {
+        self.deferred
+            .lock()
+            .expect("deferred")
+            .take()
+            .unwrap_or_default()
+    }
+
+    /// Submits held command buffers in one submission (none: nothing is submitted).
+    pub(crate) fn submit_held(&self, buffers: Vec<wgpu::CommandBuffer>) -> Result<()> {
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        self.submit_all(buffers)
+    }
+
+    /// Whether submissions are being held back for a decode step.
+    pub(crate) fn is_deferring(&self) -> bool {
+        self.deferred.lock().expect("deferred").is_some()
     }
 
     /// Blocks until the queue is idle.

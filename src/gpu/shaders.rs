@@ -54,6 +54,7 @@ pub const DEQUANTIZE_TERNARY: Kernel = kernel!("dequantize_ternary", ["main"]);
 pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
+pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
 pub const ATTENTION_SCORES_PACKED: Kernel = kernel!("attention_scores_packed", ["main"]);
 pub const ATTENTION_SOFTMAX: Kernel = kernel!("attention_softmax", ["main"]);
 pub const ATTENTION_VALUES_EXACT: Kernel = kernel!("attention_values_exact", ["main"]);
@@ -122,7 +123,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 25] = [
+pub const ALL: [Kernel; 26] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -137,6 +138,7 @@ pub const ALL: [Kernel; 25] = [
     UNPACK_EXACT,
     ATTENTION_QUERIES,
     ATTENTION_SCORES_EXACT,
+    ATTENTION_SPLIT,
     ATTENTION_SCORES_PACKED,
     ATTENTION_SOFTMAX,
     ATTENTION_VALUES_EXACT,

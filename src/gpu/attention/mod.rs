@@ -5,10 +5,13 @@
 //! A call runs, per tile of query rows:
 //! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
 //!    channels, then Mᵀq over the DFT-domain normal channels);
-//! 2. per segment (sinks, quantized history, tail) — `attention_scores_*` writes q·k for the
-//!    segment's tokens, `attention_softmax` turns each split of [`SPLIT_TOKENS`] into
-//!    weights with a split-local maximum and sum, and `attention_values_*` accumulates
-//!    Σ p·v per split;
+//! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment goes through
+//!    one fused dispatch, `attention_split` (per split of [`SPLIT_TOKENS`] and block of 8
+//!    rows of a KV head: scores, online softmax and Σ p·v, each row of K/V read once for
+//!    the block); a packed segment through `attention_scores_*` (q·k for the segment's
+//!    tokens), `attention_softmax` (each split into weights with a split-local maximum and
+//!    sum) and `attention_values_*` (Σ p·v per split). [`Kernels::ThreePass`] sends exact
+//!    segments through the three passes too, to benchmark against;
 //!    (with STP refinements, `refinement_sums` then adds Σ p·r̂ of the split's protected
 //!    tokens);
 //! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
@@ -41,7 +44,7 @@ use super::context::GpuContext;
 use super::params::Params;
 use super::shaders::{
     ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED,
-    ATTENTION_SOFTMAX, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY,
+    ATTENTION_SOFTMAX, ATTENTION_SPLIT, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY,
     ATTENTION_VALUES_TERNARY_SUBGROUP, ATTENTION_VALUES_TWO_BIT,
 };
 use crate::config::Grouping;
@@ -58,6 +61,10 @@ pub enum Kernels {
     Fastest,
     /// The portable kernels only.
     Portable,
+    /// The portable kernels, with exact (f16) segments through the three passes that
+    /// preceded the fused split kernel (scores, softmax, values): kept to benchmark
+    /// against in the same run.
+    ThreePass,
 }
 
 /// Attention of `q` (`[q_heads, queries, head_dim]`, f32) over `layer`, where query
@@ -328,6 +335,36 @@ fn record_call(
                 split_offset: split_offset as u32,
                 ..tile
             };
+            if let (
+                SegmentData::Exact {
+                    keys,
+                    values,
+                    rows_per_head,
+                    first_row,
+                },
+                false,
+            ) = (&segment.data, kernels == Kernels::ThreePass)
+            {
+                batch.dispatch_grid(
+                    &ATTENTION_SPLIT,
+                    "main",
+                    Params {
+                        rows: *rows_per_head as u32,
+                        segment_first: *first_row as u32,
+                        ..seg
+                    },
+                    &[
+                        &scratch.natural,
+                        &visible_buffer,
+                        keys,
+                        values,
+                        &stats,
+                        &scratch.partial,
+                    ],
+                    (segment.splits() as u32, row_blocks(seg, rows)),
+                );
+                continue;
+            }
             record_scores(&mut batch, layer, segment, seg, rows, &scratch);
             batch.dispatch(
                 &ATTENTION_SOFTMAX,
@@ -550,6 +587,15 @@ fn record_values(
             ),
         },
     }
+}
+
+/// Workgroup rows of the fused split kernel: the KV heads that the tile of `rows` query rows
+/// from `seg.row_offset` touches, times ⌈rows_per_head / 8⌉ blocks of rows each.
+fn row_blocks(seg: Params, rows: usize) -> u32 {
+    let per_head = seg.rows_per_head;
+    let first_head = seg.row_offset / per_head;
+    let last_head = (seg.row_offset + rows as u32 - 1) / per_head;
+    (last_head - first_head + 1) * per_head.div_ceil(8)
 }
 
 /// Workgroup rows of the kernels that serve a quad of query rows (the ternary value kernel,

@@ -151,3 +151,19 @@ pub fn evaluate_sample(gpu: &Gpu, tensors: Vec<u8>, sidecar: String, preset: Str
         Ok(object)
     })
 }
+
+/// The attention weights of stored query `query` of `layer` for every query head over the
+/// keys as `preset` stores them (`vidkv::web::attention_weights`, computed on the CPU in
+/// the page): a `Float32Array` `[q_heads][tokens]`.
+#[wasm_bindgen(js_name = attentionWeights)]
+pub fn attention_weights(
+    tensors: &[u8],
+    sidecar: &str,
+    preset: &str,
+    layer: usize,
+    query: usize,
+) -> Result<Float32Array, JsValue> {
+    let sample = KvSample::from_bytes("sample", tensors, Some(sidecar)).map_err(js_error)?;
+    let weights = vidkv::web::attention_weights(&sample, preset, layer, query).map_err(js_error)?;
+    Ok(Float32Array::from(weights.as_slice()))
+}
