@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Decode-attention figures on a lent GPU (the `device` tool), in two steps:
+#
+#   bash scripts/gpu-bench.sh prepare   # here: build the release binary, fetch the Vulkan
+#                                       # loader and vulkaninfo packages into .gl/
+#   bash scripts/gpu-bench.sh run OUT   # there (carry .gl): unpack the loader, print the
+#                                       # adapter's feature lines, run the benchmarks into OUT
+#
+# `prepare` copies target/release/vidkv into .gl/ (git-ignored through .git/info/exclude),
+# so a run carries one path: `.gl`. `run` writes OUT/vulkaninfo.txt (device name, subgroup
+# size, shader-f16, integer dot product, cooperative-matrix lines), OUT/attention.json
+# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`) and
+# OUT/cache.txt (`bench cache`, 28 layers at 16k). On a machine without .gl/ (lavapipe
+# here) `run` uses target/release/vidkv and the installed loader, as a dry run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+prepare)
+    cargo build --release --features cli --quiet
+    grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo '/.gl/' >> .git/info/exclude
+    mkdir -p .gl /tmp/amd64/partial
+    apt_options=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
+    apt-get "${apt_options[@]}" update -qq
+    (cd .gl && apt-get "${apt_options[@]}" download -qq libvulkan1 vulkan-tools)
+    cp target/release/vidkv .gl/vidkv
+    du -sh .gl
+    ;;
+run)
+    out=${2:?usage: scripts/gpu-bench.sh run OUT}
+    mkdir -p "$out"
+    binary=target/release/vidkv
+    if [ -d .gl ]; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+        nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+        [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
+        binary=.gl/vidkv
+    fi
+    export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+    if command -v vulkaninfo >/dev/null 2>&1; then
+        vulkaninfo 2>/dev/null \
+            | grep -E 'deviceName|subgroupSize|shaderFloat16|integerDotProduct|[Cc]ooperativeMatrix|driverVersion' \
+            | sort -u > "$out/vulkaninfo.txt" || true
+    fi
+    "$binary" bench attention --context 16384 --context 65536 --context 131072 \
+        --runs 5 --kernels --json > "$out/attention.json"
+    "$binary" bench cache --layers 28 --context 16384 --runs 3 > "$out/cache.txt"
+    cat "$out/cache.txt"
+    ;;
+*)
+    echo "usage: bash scripts/gpu-bench.sh prepare | run OUT" >&2
+    exit 2
+    ;;
+esac
