@@ -12,17 +12,7 @@ impl KvCache {
     /// Attention of `q` (`[q_heads, queries, head_dim]`) over `layer`, where query index m
     /// sees positions `visible[m].0 .. visible[m].1`. Returns `[q_heads, queries, head_dim]`.
     pub fn attend(&self, layer: usize, q: &[f32], visible: &[(u32, u32)]) -> Result<Vec<f32>> {
-        self.with_segments(layer, |geometry, segments| {
-            attend_segments(
-                &self.gpu,
-                geometry,
-                segments,
-                q,
-                self.shape.q_heads,
-                visible,
-                Kernels::Fastest,
-            )
-        })
+        self.with_call(layer, visible, |call| attend_segments(&self.gpu, call, q))
     }
 
     /// [`KvCache::attend`] without blocking: the call is recorded and submitted, and the
@@ -35,16 +25,8 @@ impl KvCache {
         q: &[f32],
         visible: &[(u32, u32)],
     ) -> Result<Vec<f32>> {
-        let (output, words) = self.with_segments(layer, |layer, segments| {
-            let call = Call {
-                layer,
-                segments,
-                q_heads: self.shape.q_heads,
-                visible,
-                kernels: Kernels::Fastest,
-            };
-            record_segments(&self.gpu, &call, q)
-        })?;
+        let (output, words) =
+            self.with_call(layer, visible, |call| record_segments(&self.gpu, call, q))?;
         self.gpu.read_floats_async(&output, words).await
     }
 
@@ -60,24 +42,19 @@ impl KvCache {
         out: &wgpu::Buffer,
         visible: &[(u32, u32)],
     ) -> Result<()> {
-        self.with_segments(layer, |layer, segments| {
-            let call = Call {
-                layer,
-                segments,
-                q_heads: self.shape.q_heads,
-                visible,
-                kernels: Kernels::Fastest,
-            };
-            attend_segments_into(&self.gpu, &call, q, out)
+        self.with_call(layer, visible, |call| {
+            attend_segments_into(&self.gpu, call, q, out)
         })
     }
 
-    /// Runs `attend` on the geometry and segments of `layer` (sinks, every quantized run,
-    /// the window).
-    fn with_segments<T>(
+    /// Runs `attend` on the attention call of `layer` (its sinks, every quantized run and the
+    /// window as segments) for queries seeing `visible`, with the fastest kernels the
+    /// context allows.
+    fn with_call<T>(
         &self,
         layer: usize,
-        attend: impl FnOnce(&LayerGeometry<'_>, &[SegmentRef<'_>]) -> Result<T>,
+        visible: &[(u32, u32)],
+        attend: impl FnOnce(&Call<'_, '_>) -> Result<T>,
     ) -> Result<T> {
         let state = self.layers.get(layer).ok_or_else(|| {
             VidkvError::InvalidConfig(format!(
@@ -131,7 +108,13 @@ impl KvCache {
             tokens: state.tokens,
             layout,
         };
-        attend(&geometry, &segments)
+        attend(&Call {
+            layer: &geometry,
+            segments: &segments,
+            q_heads: self.shape.q_heads,
+            visible,
+            kernels: Kernels::Fastest,
+        })
     }
 
     /// Attention of the last `queries` positions of `layer` (the tokens just appended) with

@@ -90,40 +90,27 @@ pub fn attend_with(
     visible: &[(u32, u32)],
     kernels: Kernels,
 ) -> Result<Vec<f32>> {
-    attend_segments(
-        ctx,
-        &layer.geometry(),
-        &layer.segments(),
-        q,
+    let call = Call {
+        layer: &layer.geometry(),
+        segments: &layer.segments(),
         q_heads,
         visible,
         kernels,
-    )
+    };
+    attend_segments(ctx, &call, q)
 }
 
 /// Attention over the segments of one layer (see [`attend`] for `q` and `visible`).
 pub(crate) fn attend_segments(
     ctx: &GpuContext,
-    layer: &LayerGeometry<'_>,
-    segments: &[SegmentRef<'_>],
+    call: &Call<'_, '_>,
     q: &[f32],
-    q_heads: usize,
-    visible: &[(u32, u32)],
-    kernels: Kernels,
 ) -> Result<Vec<f32>> {
-    let words = check_call(layer, q_heads, visible, Some(q.len()))?;
-    check_query("q", q, &[q_heads, visible.len(), layer.head_dim])?;
+    let words = check_host_query(call, q)?;
     let _exclusive = ctx.exclusive();
     let q_buffer = ctx.upload("attention q", q)?;
     let output = ctx.output("attention output", words)?;
-    let call = Call {
-        layer,
-        segments,
-        q_heads,
-        visible,
-        kernels,
-    };
-    record_call(ctx, &call, &q_buffer, &output)?;
+    record_call(ctx, call, &q_buffer, &output)?;
     let words = ctx.read_output(&output, "attention output", words)?;
     Ok(words.into_iter().map(f32::from_bits).collect())
 }
@@ -136,17 +123,24 @@ pub(crate) fn record_segments(
     call: &Call<'_, '_>,
     q: &[f32],
 ) -> Result<(wgpu::Buffer, usize)> {
+    let words = check_host_query(call, q)?;
+    let q_buffer = ctx.create_storage("attention q", q)?;
+    let output = ctx.create_zeroed("attention output", words)?;
+    let _exclusive = ctx.exclusive();
+    record_call(ctx, call, &q_buffer, &output)?;
+    Ok((output, words))
+}
+
+/// [`check_call`] for a query from host memory, and its values ([`check_query`]); returns
+/// the words of the query (and of the output).
+fn check_host_query(call: &Call<'_, '_>, q: &[f32]) -> Result<usize> {
     let words = check_call(call.layer, call.q_heads, call.visible, Some(q.len()))?;
     check_query(
         "q",
         q,
         &[call.q_heads, call.visible.len(), call.layer.head_dim],
     )?;
-    let q_buffer = ctx.create_storage("attention q", q)?;
-    let output = ctx.create_zeroed("attention output", words)?;
-    let _exclusive = ctx.exclusive();
-    record_call(ctx, call, &q_buffer, &output)?;
-    Ok((output, words))
+    Ok(words)
 }
 
 /// [`attend_segments`] with the query read from `q` and the output written to `out`, both
