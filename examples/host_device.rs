@@ -201,7 +201,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 kernel.fill(&v[layer], (position, 1, kv), 10.0 + layer as f32),
                 kernel.fill(&q[layer], (position, 1, q_heads), 20.0 + layer as f32),
             ] {
-                decode.push_commands(commands);
+                decode.push_commands(commands)?;
             }
             decode.append_buffers(layer, &k[layer], &v[layer], 1)?;
             let visible = [(0, decode.cache().len(layer) as u32)];

@@ -52,8 +52,8 @@ impl DecodeStep<'_> {
     /// Adds the host's own commands at this point of the step (for example the kernels that
     /// compute the next layer's K/V/Q from this layer's attention output): they go to the
     /// GPU in the same submission, in order with the cache's.
-    pub fn push_commands(&mut self, commands: wgpu::CommandBuffer) {
-        self.cache.gpu.hold(commands);
+    pub fn push_commands(&mut self, commands: wgpu::CommandBuffer) -> Result<()> {
+        self.cache.gpu.enqueue(commands)
     }
 
     /// The cache the step records into (its sizes and lengths already count the step).

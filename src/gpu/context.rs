@@ -438,18 +438,25 @@ impl GpuContext {
         }
     }
 
-    /// Submits `encoder`'s commands without waiting for them: the queue orders every later
+    /// Submits `encoder`'s commands without waiting for them (or holds them back while a
+    /// decode step records, [`GpuContext::enqueue`]): the queue orders every later
     /// write, dispatch and read-back after them, and only a read-back waits. Natively a
     /// validation or out-of-memory error of the submission is returned here; on wasm32
     /// (where an error scope can only be awaited) it reaches the uncaptured-error slot and
     /// the next call that checks the device returns it.
     pub(super) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.enqueue(encoder.finish())
+    }
+
+    /// Submits `commands` (see [`GpuContext::submit`]), or holds them back with the decode
+    /// step's while one records.
+    pub(crate) fn enqueue(&self, commands: wgpu::CommandBuffer) -> Result<()> {
         self.check_lost()?;
         if let Some(held) = self.deferred.lock().expect("deferred").as_mut() {
-            held.push(encoder.finish());
+            held.push(commands);
             return Ok(());
         }
-        self.submit_all(vec![encoder.finish()])
+        self.submit_all(vec![commands])
     }
 
     /// Submits `buffers` in one `queue.submit` (one submission).
@@ -484,18 +491,6 @@ impl GpuContext {
         }
         *deferred = Some(Vec::new());
         Ok(())
-    }
-
-    /// Adds `commands` to the held ones (submitted at once when nothing is held back).
-    pub(crate) fn hold(&self, commands: wgpu::CommandBuffer) {
-        let mut deferred = self.deferred.lock().expect("deferred");
-        match deferred.as_mut() {
-            Some(held) => held.push(commands),
-            None => {
-                drop(deferred);
-                self.queue.submit([commands]);
-            }
-        }
     }
 
     /// Ends holding back and returns the held command buffers, in order.
