@@ -171,21 +171,11 @@ fn main(
         // Σ p·v over the tile for this invocation's tasks.
         let count = min(TILE_TOKENS, end - tile);
         if (local < tasks) {
-            let half = local / quads;
-            let r = 4u * half;
-            a0 = a0 * rescale[r];
-            a1 = a1 * rescale[r + 1u];
-            a2 = a2 * rescale[r + 2u];
-            a3 = a3 * rescale[r + 3u];
+            let r = 4u * (local / quads);
             accumulate(&a0, &a1, &a2, &a3, (head_row + tile) * quads + local % quads, r, count, quads);
         }
         if (local + LANES < tasks) {
-            let half = (local + LANES) / quads;
-            let r = 4u * half;
-            a4 = a4 * rescale[r];
-            a5 = a5 * rescale[r + 1u];
-            a6 = a6 * rescale[r + 2u];
-            a7 = a7 * rescale[r + 3u];
+            let r = 4u * ((local + LANES) / quads);
             accumulate(&a4, &a5, &a6, &a7, (head_row + tile) * quads + (local + LANES) % quads, r, count, quads);
         }
         workgroupBarrier();
@@ -205,8 +195,9 @@ fn main(
     }
 }
 
-// Adds Σ p·v over the tile's `count` tokens to the sums of rows r…r+3 for the channel quad
-// whose first value is at `base` (the tile's first token).
+// Rescales the sums of rows r…r+3 to the rows' new running maxima, then adds Σ p·v over the
+// tile's `count` tokens for the channel quad whose first value is at `base` (the tile's
+// first token).
 fn accumulate(
     a0: ptr<function, vec4<f32>>,
     a1: ptr<function, vec4<f32>>,
@@ -219,10 +210,10 @@ fn accumulate(
 ) {
     let last = count - 1u;
     let stride = TILE_TOKENS / 4u;
-    var s0 = *a0;
-    var s1 = *a1;
-    var s2 = *a2;
-    var s3 = *a3;
+    var s0 = *a0 * rescale[r];
+    var s1 = *a1 * rescale[r + 1u];
+    var s2 = *a2 * rescale[r + 2u];
+    var s3 = *a3 * rescale[r + 3u];
     for (var j = 0u; j < count; j = j + 4u) {
         let v0 = value_quad(base, j, quads, last);
         let v1 = value_quad(base, j + 1u, quads, last);
