@@ -700,77 +700,122 @@ fn a_host_device_runs_the_cache() {
     }
 }
 
+/// The setting of the buffer-API decode tests: a 300-token prefill of the default preset
+/// on a context of its own (the tests of this binary run in parallel on the shared one, and
+/// the counts are per context), its host-API twin, the query and one output buffer per
+/// layer; the steps take tokens 300..340 of `k` and `v`.
+struct BufferDecode {
+    k: Tensor,
+    v: Tensor,
+    q: Vec<f32>,
+    config: QuantConfig,
+    host: KvCache,
+    own: vidkv::GpuContext,
+    device: KvCache,
+    q_buffer: wgpu::Buffer,
+    outs: Vec<wgpu::Buffer>,
+}
+
+impl BufferDecode {
+    fn new() -> Self {
+        let (k, v) = tensors(400);
+        let (k300, v300) = tensors(300);
+        let q = queries(1);
+        let config = QuantConfig::default();
+        let host = fill(&config, &k300, &v300, 300, 1);
+        let own = vidkv::GpuContext::new(&Default::default()).unwrap();
+        let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
+        for l in 0..SHAPE.layers {
+            let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
+            device.prefill(l, &rows(&k300), &rows(&v300)).unwrap();
+        }
+        let q_buffer = own.create_storage("test rows", &q).unwrap();
+        let outs = (0..SHAPE.layers)
+            .map(|_| {
+                own.create_storage("test rows", &vec![0.0; q.len()])
+                    .unwrap()
+            })
+            .collect();
+        BufferDecode {
+            k,
+            v,
+            q,
+            config,
+            host,
+            own,
+            device,
+            q_buffer,
+            outs,
+        }
+    }
+
+    fn buffer(&self, rows: &[f32]) -> wgpu::Buffer {
+        self.own.create_storage("test rows", rows).unwrap()
+    }
+
+    /// Every layer's K and V of token `t`, in GPU buffers.
+    fn inputs(&self, t: usize) -> Vec<(wgpu::Buffer, wgpu::Buffer)> {
+        (0..SHAPE.layers)
+            .map(|l| {
+                (
+                    self.buffer(&self.k.layer_tokens(l, t..t + 1).unwrap()),
+                    self.buffer(&self.v.layer_tokens(l, t..t + 1).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    /// Appends token `t` to every layer of the host-API twin.
+    fn append_to_host(&mut self, t: usize) {
+        for l in 0..SHAPE.layers {
+            self.host
+                .append(
+                    l,
+                    &self.k.layer_tokens(l, t..t + 1).unwrap(),
+                    &self.v.layer_tokens(l, t..t + 1).unwrap(),
+                )
+                .unwrap();
+        }
+    }
+}
+
 /// A decode step through the buffer API: K/V appended from GPU buffers and attention read
 /// from and written to GPU buffers reads nothing back (the context's counts), and gives what
 /// the host API gives. Bad buffers are typed errors.
 #[test]
 fn decode_steps_through_buffers_read_nothing_back() {
-    // A 300-token prefill, then the steps take tokens 300..340 of a longer sequence.
-    let (k, v) = tensors(400);
-    let (k300, v300) = tensors(300);
-    let q = queries(1);
-    let config = QuantConfig::default();
-    let mut host = fill(&config, &k300, &v300, 300, 1);
-    // A context of its own: the tests of this binary run in parallel on the shared one,
-    // and the counts are per context.
-    let own = vidkv::GpuContext::new(&Default::default()).unwrap();
-    let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
-    for l in 0..SHAPE.layers {
-        let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
-        device.prefill(l, &rows(&k300), &rows(&v300)).unwrap();
-    }
-    let buffer = |rows: &[f32]| own.create_storage("test rows", rows).unwrap();
-    let words = q.len();
-    let outs: Vec<wgpu::Buffer> = (0..SHAPE.layers)
-        .map(|_| buffer(&vec![0.0; words]))
-        .collect();
-    let q_buffer = buffer(&q);
-    let mut expected = Vec::new();
+    let mut f = BufferDecode::new();
     for t in 300..340 {
-        let step: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..SHAPE.layers)
-            .map(|l| {
-                (
-                    buffer(&k.layer_tokens(l, t..t + 1).unwrap()),
-                    buffer(&v.layer_tokens(l, t..t + 1).unwrap()),
-                )
-            })
-            .collect();
-        let before = own.counts();
+        let step = f.inputs(t);
+        let before = f.own.counts();
         for (l, (kb, vb)) in step.iter().enumerate() {
-            device.append_buffers(l, kb, vb, 1).unwrap();
-            let visible = [(0u32, device.len(l) as u32)];
-            device
-                .attend_buffers(l, &q_buffer, &outs[l], &visible)
+            f.device.append_buffers(l, kb, vb, 1).unwrap();
+            let visible = [(0u32, f.device.len(l) as u32)];
+            f.device
+                .attend_buffers(l, &f.q_buffer, &f.outs[l], &visible)
                 .unwrap();
         }
-        let after = own.counts();
+        let after = f.own.counts();
         assert_eq!(
             after.read_backs, before.read_backs,
             "step {t} read something back"
         );
-        expected.clear();
-        for l in 0..SHAPE.layers {
-            host.append(
-                l,
-                &k.layer_tokens(l, t..t + 1).unwrap(),
-                &v.layer_tokens(l, t..t + 1).unwrap(),
-            )
-            .unwrap();
-            expected.push(host.attend_causal(l, &q).unwrap());
-        }
+        f.append_to_host(t);
     }
-    for (l, out) in outs.iter().enumerate() {
-        let got: Vec<f32> = own
-            .read_words(out, words)
+    for (l, out) in f.outs.iter().enumerate() {
+        let got: Vec<f32> = f
+            .own
+            .read_words(out, f.q.len())
             .unwrap()
             .into_iter()
             .map(f32::from_bits)
             .collect();
-        assert!(relative_l2(&got, &expected[l]) < 1e-6, "layer {l}");
+        let expected = f.host.attend_causal(l, &f.q).unwrap();
+        assert!(relative_l2(&got, &expected) < 1e-6, "layer {l}");
     }
-    let small = buffer(&[0.0; 4]);
+    let small = f.buffer(&[0.0; 4]);
     assert!(matches!(
-        device.attend_buffers(0, &small, &outs[0], &[(0, 10)]),
+        f.device.attend_buffers(0, &small, &f.outs[0], &[(0, 10)]),
         Err(VidkvError::ShapeMismatch { .. })
     ));
 }
@@ -781,75 +826,45 @@ fn decode_steps_through_buffers_read_nothing_back() {
 /// records is a typed error.
 #[test]
 fn a_whole_model_step_is_one_submission() {
-    let (k, v) = tensors(400);
-    let (k300, v300) = tensors(300);
-    let q = queries(1);
-    let config = QuantConfig::default();
-    let mut host = fill(&config, &k300, &v300, 300, 1);
-    let own = vidkv::GpuContext::new(&Default::default()).unwrap();
-    let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
-    for l in 0..SHAPE.layers {
-        let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
-        device.prefill(l, &rows(&k300), &rows(&v300)).unwrap();
-    }
-    let buffer = |rows: &[f32]| own.create_storage("test rows", rows).unwrap();
-    let words = q.len();
-    let outs: Vec<wgpu::Buffer> = (0..SHAPE.layers)
-        .map(|_| buffer(&vec![0.0; words]))
-        .collect();
-    let q_buffer = buffer(&q);
+    let mut f = BufferDecode::new();
     // Steps 300..340 cross the group boundary at 320 (a flush inside a step).
     for t in 300..340 {
-        let inputs: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..SHAPE.layers)
-            .map(|l| {
-                (
-                    buffer(&k.layer_tokens(l, t..t + 1).unwrap()),
-                    buffer(&v.layer_tokens(l, t..t + 1).unwrap()),
-                )
-            })
-            .collect();
-        let before = own.counts();
-        let mut step = device.begin_step().unwrap();
+        let inputs = f.inputs(t);
+        let before = f.own.counts();
+        let mut step = f.device.begin_step().unwrap();
         for (l, (kb, vb)) in inputs.iter().enumerate() {
             step.append_buffers(l, kb, vb, 1).unwrap();
             let visible = [(0u32, step.cache().len(l) as u32)];
-            step.attend_buffers(l, &q_buffer, &outs[l], &visible)
+            step.attend_buffers(l, &f.q_buffer, &f.outs[l], &visible)
                 .unwrap();
         }
         if t == 310 {
             // Handed to the host, which submits it with its own work.
             let buffers = step.finish();
             assert!(!buffers.is_empty());
-            own.queue().submit(buffers);
-            assert_eq!(own.counts().submissions, before.submissions);
+            f.own.queue().submit(buffers);
+            assert_eq!(f.own.counts().submissions, before.submissions);
         } else {
             step.submit().unwrap();
-            let after = own.counts();
+            let after = f.own.counts();
             assert_eq!(after.submissions - before.submissions, 1, "step {t}");
             assert_eq!(after.read_backs, before.read_backs, "step {t}");
         }
-        for l in 0..SHAPE.layers {
-            host.append(
-                l,
-                &k.layer_tokens(l, t..t + 1).unwrap(),
-                &v.layer_tokens(l, t..t + 1).unwrap(),
-            )
-            .unwrap();
-        }
+        f.append_to_host(t);
         if t % 10 == 9 {
-            for (l, out) in outs.iter().enumerate() {
-                let got = own.read_floats(out, words).unwrap();
-                let expected = host.attend_causal(l, &q).unwrap();
+            for (l, out) in f.outs.iter().enumerate() {
+                let got = f.own.read_floats(out, f.q.len()).unwrap();
+                let expected = f.host.attend_causal(l, &f.q).unwrap();
                 assert!(relative_l2(&got, &expected) < 1e-6, "step {t} layer {l}");
             }
         }
     }
-    let step = device.begin_step().unwrap();
+    let step = f.device.begin_step().unwrap();
     assert!(matches!(
-        own.read_words(&outs[0], 4),
+        f.own.read_words(&f.outs[0], 4),
         Err(VidkvError::InvalidConfig(_))
     ));
-    let mut other = KvCache::new(SHAPE, config, &own).unwrap();
+    let mut other = KvCache::new(SHAPE, f.config.clone(), &f.own).unwrap();
     assert!(matches!(
         other.begin_step(),
         Err(VidkvError::InvalidConfig(_))
