@@ -13,6 +13,7 @@ use crate::config::QuantConfig;
 use crate::error::{Result, VidkvError};
 use crate::gpu::GpuContext;
 use crate::io::KvSample;
+use crate::reference::attention::{dot, kv_head_for, softmax_weights};
 
 /// The presets the page compares.
 pub const DEMO_PRESETS: [&str; 4] = ["fp16", "kivi2", "vidkv-tuned", "vidkv"];
@@ -88,17 +89,15 @@ pub async fn cache_figures(
     };
     let mut cache = crate::KvCache::new(shape, config, gpu)?;
     let visible = visible_ranges(sample)?;
-    let layer_len = kv_heads * tokens * d;
-    let q_len = q_heads * queries * d;
     let (mut error_sum, mut count, mut first_layer) = (0.0, 0usize, Vec::new());
     for layer in 0..layers {
-        let k = &sample.k.data[layer * layer_len..][..layer_len];
-        let v = &sample.v.data[layer * layer_len..][..layer_len];
-        cache.prefill(layer, k, v)?;
-        let q = &sample.q.data[layer * q_len..][..q_len];
-        let out = cache.attend_async(layer, q, &visible).await?;
+        let k = sample.k.layer_tokens(layer, 0..tokens)?;
+        let v = sample.v.layer_tokens(layer, 0..tokens)?;
+        cache.prefill(layer, &k, &v)?;
+        let q = sample.q.layer_tokens(layer, 0..queries)?;
+        let out = cache.attend_async(layer, &q, &visible).await?;
         for h in 0..q_heads {
-            let head = h / (q_heads / kv_heads);
+            let head = kv_head_for(h, q_heads, kv_heads);
             for (m, &(lo, hi)) in visible.iter().enumerate() {
                 let (lo, hi) = (lo as usize, hi as usize);
                 let rows = (head * tokens + lo) * d..(head * tokens + hi) * d;
@@ -137,24 +136,18 @@ pub fn attention_weights(
     layer: usize,
     query: usize,
 ) -> Result<Vec<f32>> {
-    let (layers, kv_heads, tokens, d) = (
-        sample.k.dim(0),
-        sample.k.dim(1),
-        sample.k.dim(2),
-        sample.k.dim(3),
-    );
+    let (kv_heads, tokens, d) = (sample.k.dim(1), sample.k.dim(2), sample.k.dim(3));
     let (q_heads, queries) = (sample.q.dim(1), sample.q.dim(2));
-    if layer >= layers || query >= queries {
-        return Err(VidkvError::InvalidConfig(format!(
-            "layer {layer} query {query} is outside the sample's {layers} layers and {queries} queries"
-        )));
-    }
+    let (lo, hi) = *visible_ranges(sample)?.get(query).ok_or_else(|| {
+        VidkvError::InvalidConfig(format!(
+            "query {query} is outside the sample's {queries} queries"
+        ))
+    })?;
     let one_layer = |t: &crate::Tensor, name: &str| {
-        let len = kv_heads * tokens * d;
         crate::Tensor::new(
             name,
             vec![1, kv_heads, tokens, d],
-            t.data[layer * len..][..len].to_vec(),
+            t.layer_tokens(layer, 0..tokens)?,
         )
     };
     let config = QuantConfig::preset(preset)?;
@@ -164,27 +157,16 @@ pub fn attention_weights(
         &config,
         &[],
     )?;
-    let (lo, hi) = visible_ranges(sample)?[query];
-    let scale = 1.0 / (d as f64).sqrt();
-    let mut weights = vec![0.0f32; q_heads * tokens];
+    let q = sample.q.layer_tokens(layer, 0..queries)?;
+    let visible: Vec<bool> = (0..tokens)
+        .map(|t| (lo as usize..hi as usize).contains(&t))
+        .collect();
+    let mut weights = Vec::with_capacity(q_heads * tokens);
     for h in 0..q_heads {
-        let keys = cache.heads[h / (q_heads / kv_heads)].dequantize_keys();
-        let q = &sample.q.data[((layer * q_heads + h) * queries + query) * d..][..d];
-        let logits: Vec<f64> = (lo as usize..hi as usize)
-            .map(|t| {
-                let k = &keys[t * d..][..d];
-                scale
-                    * q.iter()
-                        .zip(k)
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum::<f64>()
-            })
-            .collect();
-        let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let total: f64 = logits.iter().map(|x| (x - top).exp()).sum();
-        for (t, x) in (lo as usize..).zip(&logits) {
-            weights[h * tokens + t] = ((x - top).exp() / total) as f32;
-        }
+        let keys = cache.heads[kv_head_for(h, q_heads, kv_heads)].dequantize_keys();
+        let q = &q[(h * queries + query) * d..][..d];
+        let logits: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) as f32).collect();
+        weights.extend(softmax_weights(&logits, &visible, d));
     }
     Ok(weights)
 }

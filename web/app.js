@@ -2,7 +2,7 @@
 // quantizes the bundled SmolLM2-135M sample with each preset on this page's WebGPU device,
 // attends its stored queries, and measures the error against exact attention. Every figure
 // is computed here by the library; nothing is replayed.
-import init, { Gpu, attentionWeights, evaluateSample } from './pkg/vidkv_web.js';
+import init, { Gpu, Sample, attentionWeights, evaluateSample } from './pkg/vidkv_web.js';
 
 const PRESETS = ['fp16', 'kivi2', 'vidkv-tuned', 'vidkv'];
 const $ = (id) => document.getElementById(id);
@@ -88,13 +88,14 @@ async function main() {
     fetchOk('data/sample.safetensors').then((r) => r.arrayBuffer()).then((b) => new Uint8Array(b)),
     fetchOk('data/sample.json').then((r) => r.text()),
   ]);
+  const sample = new Sample(tensors, sidecar);
   const gpu = await Gpu.open();
   const results = [];
   const largest = { value: 0 };
   for (const preset of PRESETS) {
     setStatus('running', `Quantizing and attending with ${preset}…`);
     const started = performance.now();
-    const figures = await evaluateSample(gpu, tensors, sidecar, preset);
+    const figures = await evaluateSample(gpu, sample, preset);
     const ms = performance.now() - started;
     results.push({
       preset,
@@ -111,7 +112,7 @@ async function main() {
   const queries = positions.length;
   const weights = {};
   for (const preset of ['fp16', 'vidkv']) {
-    weights[preset] = attentionWeights(tensors, sidecar, preset, 0, queries - 1);
+    weights[preset] = attentionWeights(sample, preset, 0, queries - 1);
   }
   const tokens = weights.fp16.length / heads;
   for (const preset of ['fp16', 'vidkv']) drawWeights($(`map-${preset}`), weights[preset], heads, tokens);

@@ -3,7 +3,7 @@
 //! `Promise` (a page cannot block).
 //!
 //! ```js
-//! import init, { Gpu, Cache, evaluateSample } from './pkg/vidkv_web.js';
+//! import init, { Gpu, Cache } from './pkg/vidkv_web.js';
 //! await init();
 //! const gpu = await Gpu.open();                       // rejects without WebGPU
 //! const cache = new Cache(gpu, 'vidkv', layers, kvHeads, qHeads, headDim);
@@ -131,14 +131,31 @@ impl Cache {
     }
 }
 
-/// The demo's figures for `preset` on a sample (safetensors bytes and its JSON sidecar):
-/// a `Promise` of `{preset, bytes, bits_per_element, attention_error, first_layer}` computed
-/// by `vidkv::web::cache_figures`, the same function the native test runs.
+/// A K/V/Q sample (safetensors bytes and its JSON sidecar), parsed and checked once by
+/// `vidkv::io::KvSample::from_bytes`; the demo's functions take it.
+#[wasm_bindgen]
+pub struct Sample {
+    sample: Rc<KvSample>,
+}
+
+#[wasm_bindgen]
+impl Sample {
+    #[wasm_bindgen(constructor)]
+    pub fn new(tensors: &[u8], sidecar: &str) -> Result<Sample, JsValue> {
+        let sample = KvSample::from_bytes("sample", tensors, Some(sidecar)).map_err(js_error)?;
+        Ok(Sample {
+            sample: Rc::new(sample),
+        })
+    }
+}
+
+/// The demo's figures for `preset` on `sample`: a `Promise` of `{preset, bytes,
+/// bits_per_element, attention_error, first_layer}` computed by `vidkv::web::cache_figures`,
+/// the same function the native test runs.
 #[wasm_bindgen(js_name = evaluateSample)]
-pub fn evaluate_sample(gpu: &Gpu, tensors: Vec<u8>, sidecar: String, preset: String) -> Promise {
-    let context = gpu.context.clone();
+pub fn evaluate_sample(gpu: &Gpu, sample: &Sample, preset: String) -> Promise {
+    let (context, sample) = (gpu.context.clone(), Rc::clone(&sample.sample));
     future_to_promise(async move {
-        let sample = KvSample::from_bytes("sample", &tensors, Some(&sidecar)).map_err(js_error)?;
         let figures = vidkv::web::cache_figures(&context, &sample, &preset)
             .await
             .map_err(js_error)?;
@@ -157,13 +174,12 @@ pub fn evaluate_sample(gpu: &Gpu, tensors: Vec<u8>, sidecar: String, preset: Str
 /// the page): a `Float32Array` `[q_heads][tokens]`.
 #[wasm_bindgen(js_name = attentionWeights)]
 pub fn attention_weights(
-    tensors: &[u8],
-    sidecar: &str,
+    sample: &Sample,
     preset: &str,
     layer: usize,
     query: usize,
 ) -> Result<Float32Array, JsValue> {
-    let sample = KvSample::from_bytes("sample", tensors, Some(sidecar)).map_err(js_error)?;
-    let weights = vidkv::web::attention_weights(&sample, preset, layer, query).map_err(js_error)?;
+    let weights =
+        vidkv::web::attention_weights(&sample.sample, preset, layer, query).map_err(js_error)?;
     Ok(Float32Array::from(weights.as_slice()))
 }
