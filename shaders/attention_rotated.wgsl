@@ -113,22 +113,6 @@ fn centre_value(kv_head: u32, g: u32, c: u32) -> f32 {
     return m + select(steps.x, steps.y, (g & 1u) == 1u) * f32(z);
 }
 
-// The power-of-two block [x, x + y) of head_dim d that holds element e (blocks by the
-// binary digits of d, largest first, as in src/reference/rotation.rs).
-fn block_of(e: u32, d: u32) -> vec2<u32> {
-    var start = 0u;
-    for (var bit = 8i; bit >= 0i; bit = bit - 1i) {
-        let n = 1u << u32(bit);
-        if ((d & n) != 0u) {
-            if (e < start + n) {
-                return vec2<u32>(start, n);
-            }
-            start = start + n;
-        }
-    }
-    return vec2<u32>(start, 1u);
-}
-
 // shared_quad[0..d) ← shared_quad·Rot for the four rows at once: the butterfly stages of
 // every block (span 1, 2, 4, …), the lanes taking the pairs of a stage, then each block's
 // 1/√n. Starts and ends with a barrier, so callers may write shared_quad before and read it

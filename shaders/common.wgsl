@@ -60,11 +60,13 @@ struct Params {
     stp: u32,
     scale: f32,
     // Rotated schemes: bits per code, and whether each group has its own centre row (1) or
-    // every token is centred on the per-head mean of the state (0).
+    // every token is centred on the per-head mean of the state (0); where one kernel reads
+    // keys and values of codes across tokens, code bits per group of the keys and of the
+    // values.
     code_bits: u32,
     centre_rows: u32,
+    value_code_bits: u32,
     // Unused: the block stays a multiple of 16 bytes (uniform buffers on every backend).
-    padding_0: u32,
     padding_1: u32,
 }
 
@@ -182,4 +184,20 @@ fn unpack_f16_octet(words: vec4<u32>) -> array<f32, 8> {
     let c = unpack2x16float(words.z);
     let d = unpack2x16float(words.w);
     return array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
+}
+
+// The power-of-two block [x, x + y) of head_dim d that holds element e (blocks by the
+// binary digits of d, largest first, as in src/reference/rotation.rs).
+fn block_of(e: u32, d: u32) -> vec2<u32> {
+    var start = 0u;
+    for (var bit = 8i; bit >= 0i; bit = bit - 1i) {
+        let n = 1u << u32(bit);
+        if ((d & n) != 0u) {
+            if (e < start + n) {
+                return vec2<u32>(start, n);
+            }
+            start = start + n;
+        }
+    }
+    return vec2<u32>(start, 1u);
 }

@@ -80,18 +80,30 @@ impl Batch<'_> {
         buffers: &[&wgpu::Buffer],
         grid: (u32, u32),
     ) {
+        let bound: Vec<Bound<'_>> = buffers.iter().map(|&b| Bound::from(b)).collect();
+        self.dispatch_grid_bound(kernel, entry, params, &bound, grid);
+    }
+
+    /// [`Batch::dispatch_grid`] with buffers that may be bound by range.
+    pub fn dispatch_grid_bound(
+        &mut self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: Params,
+        buffers: &[Bound<'_>],
+        grid: (u32, u32),
+    ) {
         if self.error.is_some() || grid.0 == 0 || grid.1 == 0 {
             return;
         }
         let limit = self.context.max_workgroups;
-        let bound: Vec<Bound<'_>> = buffers.iter().map(|&b| Bound::from(b)).collect();
         let result = if grid.0 > limit || grid.1 > limit {
             Err(VidkvError::Gpu(format!(
                 "grid {grid:?} of {} exceeds {limit} workgroups per dimension",
                 kernel.name
             )))
         } else {
-            self.record(kernel, entry, params, &bound, grid)
+            self.record(kernel, entry, params, buffers, grid)
         };
         if let Err(e) = result {
             self.error = Some(e);

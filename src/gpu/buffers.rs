@@ -26,7 +26,10 @@ impl GpuContext {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
+            // Uniform too: small read-mostly arrays (rotated queries, code tables) are bound
+            // as uniforms where kernels read them at the same index in every invocation.
             usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,

@@ -108,6 +108,7 @@ pub struct ContextState {
     pub(super) info: wgpu::AdapterInfo,
     pub(super) features: wgpu::Features,
     pub(super) max_binding: u64,
+    pub(super) max_uniform_binding: u64,
     pub(super) max_workgroups: u32,
     pub(super) subgroups: bool,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
@@ -318,6 +319,7 @@ impl GpuContext {
                 info,
                 features,
                 max_binding,
+                max_uniform_binding: limits.max_uniform_buffer_binding_size,
                 max_workgroups: limits.max_compute_workgroups_per_dimension,
                 subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
                 pipelines: Mutex::new(HashMap::new()),
@@ -357,6 +359,17 @@ impl GpuContext {
     /// did not ask for portable kernels only).
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// Largest uniform binding the kernels may use, in bytes.
+    pub fn max_uniform_binding_bytes(&self) -> u64 {
+        self.max_uniform_binding
+    }
+
+    /// The smallest subgroup the adapter may run (the subgroup fast paths that share work
+    /// between a fixed number of invocations need at least that many).
+    pub fn subgroup_min_size(&self) -> u32 {
+        self.info.subgroup_min_size
     }
 
     /// Workgroups allowed per grid dimension.

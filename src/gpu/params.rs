@@ -42,7 +42,9 @@ pub struct Params {
     pub scale: f32,
     pub code_bits: u32,
     pub centre_rows: u32,
+    /// Code bits per group of the values where one kernel reads keys and values of codes
+    /// across tokens (`code_bits` is then the keys').
+    pub value_code_bits: u32,
     /// Unused: keeps the block a multiple of 16 bytes.
-    pub padding_0: u32,
     pub padding_1: u32,
 }

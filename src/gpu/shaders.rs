@@ -55,6 +55,12 @@ pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
 pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
+/// The fused split kernel over codes across tokens, with the portable row-dot sums.
+pub const ATTENTION_SPLIT_GROUPS: Kernel =
+    kernel!("attention_split_groups" + "portable", ["main"], false);
+/// The subgroup fast path of [`ATTENTION_SPLIT_GROUPS`].
+pub const ATTENTION_SPLIT_GROUPS_SUBGROUP: Kernel =
+    kernel!("attention_split_groups" + "subgroup", ["main"], true);
 pub const ATTENTION_SCORES_PACKED: Kernel = kernel!("attention_scores_packed", ["main"]);
 pub const ATTENTION_SOFTMAX: Kernel = kernel!("attention_softmax", ["main"]);
 pub const ATTENTION_VALUES_EXACT: Kernel = kernel!("attention_values_exact", ["main"]);
@@ -123,7 +129,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 26] = [
+pub const ALL: [Kernel; 28] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -139,6 +145,8 @@ pub const ALL: [Kernel; 26] = [
     ATTENTION_QUERIES,
     ATTENTION_SCORES_EXACT,
     ATTENTION_SPLIT,
+    ATTENTION_SPLIT_GROUPS,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP,
     ATTENTION_SCORES_PACKED,
     ATTENTION_SOFTMAX,
     ATTENTION_VALUES_EXACT,

@@ -23,7 +23,11 @@
 //! Rotated keys replace step 1 with `attention_rotated::rotate_queries` (q/√d, its rotation
 //! and its centre term) and read their scores and values through the same kernel file
 //! (`rotated`), or, coded across tokens, through `attention_rotated_groups.wgsl`
-//! (`rotated_groups`).
+//! (`rotated_groups`). A segment whose keys and values are both coded across tokens (the
+//! default preset) goes, like an exact one, through one fused split-K dispatch,
+//! `attention_split_groups` (the same skeleton with that format's row decoder; a subgroup
+//! variant sums the row dots where the adapter allows), unless it carries STP refinements
+//! or [`Kernels::ThreePass`] asks for the separate passes.
 
 mod layer;
 mod planes;
@@ -264,12 +268,31 @@ fn record_call(
         .clamp(1, total_rows)
         .min(ctx.max_workgroups_per_dimension() as usize);
     let tile_rows = (tile_rows / gqa).max(1) * gqa;
+    // Segments of codes across tokens go through one fused dispatch where the tile's
+    // rotated queries fit the kernel's uniform binding.
+    let query_rows = rotated_groups::QUERY_UNIFORM_BYTES / (4 * d);
+    let fused_groups = kernels != Kernels::ThreePass
+        && gqa <= query_rows
+        && ctx.max_uniform_binding_bytes() >= rotated_groups::QUERY_UNIFORM_BYTES as u64
+        && segments
+            .iter()
+            .any(|s| rotated_groups::fused_planes(s).is_some());
+    let (tile_rows, planar_bytes) = if fused_groups {
+        let rows = tile_rows.min(query_rows / gqa * gqa);
+        (
+            rows,
+            (rows * d * 4).max(rotated_groups::QUERY_UNIFORM_BYTES),
+        )
+    } else {
+        (tile_rows, tile_rows * d * 4)
+    };
+    let fused_kernel = rotated_groups::fused_kernel(ctx, subgroups, d);
 
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
     let visible_buffer = ctx.upload("attention visible", &visible_flat)?;
     let scratch = Scratch {
         natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
-        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
+        planar: ctx.buffer("attention q planar", planar_bytes as u64)?,
         scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
         partial: ctx.buffer(
             "attention partial",
@@ -356,6 +379,21 @@ fn record_call(
                         &scratch.partial,
                     ],
                     (segment.splits() as u32, row_blocks(seg, rows)),
+                );
+                continue;
+            }
+            if let Some(planes) = rotated_groups::fused_planes(segment).filter(|_| fused_groups) {
+                rotated_groups::record_fused(
+                    &mut batch,
+                    fused_kernel,
+                    planes,
+                    seg,
+                    (segment.splits() as u32, row_blocks(seg, rows)),
+                    &rotated_groups::FusedOutputs {
+                        visible: &visible_buffer,
+                        stats: &stats,
+                    },
+                    &scratch,
                 );
                 continue;
             }

@@ -1,18 +1,25 @@
-//! Attention from codes across tokens ("T2", `shaders/attention_rotated_groups.wgsl`,
-//! appended to `attention_rotated.wgsl`): a segment's group records on the GPU and the two
-//! dispatches of a call, key scores (one G-point transform of a group's row dots) and value
-//! sums (the weights transformed per group, one rotation back per split). The queries are
-//! rotated by the base file's `rotate_queries`. The CPU mirror is
-//! [`crate::packed::attend`].
+//! Attention from codes across tokens ("T2"): a segment's group records on the GPU and
+//! the dispatches of a call. Where keys and values are both codes across tokens (the
+//! default preset), one fused split-K dispatch per segment
+//! (`shaders/attention_split_groups.wgsl`, [`record_fused`]); otherwise, or for
+//! [`super::Kernels::ThreePass`], two passes of `shaders/attention_rotated_groups.wgsl`
+//! (appended to `attention_rotated.wgsl`) around the softmax: key scores (one G-point
+//! transform of a group's row dots) and value sums (the weights transformed per group, one
+//! rotation back per split). The queries are rotated by `attention_rotated.wgsl`'s
+//! `rotate_queries` either way. The CPU mirror is [`crate::packed::attend`].
 
+use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
 use super::rotated::{bindings, RotatedStates};
 use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
+use crate::gpu::binding::Bound;
 use crate::gpu::context::GpuContext;
 use crate::gpu::params::Params;
 use crate::gpu::rotated::group_kernel_table;
-use crate::gpu::shaders::ATTENTION_ROTATED_GROUPS;
+use crate::gpu::shaders::{
+    Kernel, ATTENTION_ROTATED_GROUPS, ATTENTION_SPLIT_GROUPS, ATTENTION_SPLIT_GROUPS_SUBGROUP,
+};
 use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{PackedHead, PackedKeys, PackedValues};
 
@@ -137,4 +144,80 @@ pub(super) fn record_values(
         &values.bindings(scratch),
         (splits as u32, row_quads(seg, rows)),
     );
+}
+
+/// Bytes of the uniform binding through which the fused kernel reads the tile's rotated
+/// queries (`rotated_queries` in `attention_split_groups.wgsl`): a tile holds at most this
+/// many bytes of query rows.
+pub(super) const QUERY_UNIFORM_BYTES: usize = 65536;
+
+/// The key and value planes of a segment that the fused kernel takes: both codes across
+/// tokens, with the same groups, and no STP refinements (those are summed by their own
+/// pass from the softmax weights, which only the separate passes write).
+pub(super) fn fused_planes<'a>(
+    segment: &SegmentRef<'a>,
+) -> Option<(&'a GroupPlanes, &'a GroupPlanes)> {
+    match segment.data {
+        SegmentData::Packed(PackedPlanes {
+            keys: PackedKeyPlanes::RotatedGroups(keys),
+            values: PackedValuePlanes::RotatedGroups(values),
+            refinement: None,
+            ..
+        }) if keys.groups == values.groups && keys.group_size == values.group_size => {
+            Some((keys, values))
+        }
+        _ => None,
+    }
+}
+
+/// The fused kernel for head_dim `d`: the subgroup variant where `subgroups` allows it and
+/// the d/16 lanes that share a code row fit in the adapter's smallest subgroup.
+pub(super) fn fused_kernel(ctx: &GpuContext, subgroups: bool, d: usize) -> &'static Kernel {
+    let row_lanes = (d / 16) as u32;
+    if subgroups && row_lanes.is_power_of_two() && row_lanes <= ctx.subgroup_min_size() {
+        &ATTENTION_SPLIT_GROUPS_SUBGROUP
+    } else {
+        &ATTENTION_SPLIT_GROUPS
+    }
+}
+
+/// What the fused kernel writes to, besides the scratch partial sums.
+pub(super) struct FusedOutputs<'a> {
+    pub visible: &'a wgpu::Buffer,
+    pub stats: &'a wgpu::Buffer,
+}
+
+/// Records the fused split kernel over the segment `seg` (keys and values from
+/// [`fused_planes`]) for the tile's `rows` query rows: one dispatch, grid (splits, row
+/// blocks).
+pub(super) fn record_fused(
+    batch: &mut Batch<'_>,
+    kernel: &Kernel,
+    (keys, values): (&GroupPlanes, &GroupPlanes),
+    seg: Params,
+    grid: (u32, u32),
+    outputs: &FusedOutputs<'_>,
+    scratch: &Scratch,
+) {
+    let params = Params {
+        value_code_bits: values.budget as u32,
+        ..keys.params(seg)
+    };
+    let buffers = [
+        Bound::range(&scratch.planar, 0, QUERY_UNIFORM_BYTES as u64),
+        Bound::from(&keys.states.table),
+        Bound::from(&*scratch.centre_terms),
+        Bound::from(outputs.visible),
+        Bound::from(&keys.states.states),
+        Bound::from(&keys.codes),
+        Bound::from(&keys.scales),
+        Bound::from(&keys.widths),
+        Bound::from(&values.states.states),
+        Bound::from(&values.codes),
+        Bound::from(&values.scales),
+        Bound::from(&values.widths),
+        Bound::from(outputs.stats),
+        Bound::from(&*scratch.partial),
+    ];
+    batch.dispatch_grid_bound(kernel, "main", params, &buffers, grid);
 }

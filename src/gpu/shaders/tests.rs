@@ -160,7 +160,7 @@ fn wgsl_params_match_the_rust_struct() {
         ("scale", offset_of!(Params, scale)),
         ("code_bits", offset_of!(Params, code_bits)),
         ("centre_rows", offset_of!(Params, centre_rows)),
-        ("padding_0", offset_of!(Params, padding_0)),
+        ("value_code_bits", offset_of!(Params, value_code_bits)),
         ("padding_1", offset_of!(Params, padding_1)),
     ];
     let source = ALL[0].composed_source();

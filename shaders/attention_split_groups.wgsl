@@ -1,0 +1,544 @@
+// attention_split_groups.wgsl — fused split-K decode attention straight from codes across
+// tokens ("T2", src/packed/rotated_groups.rs: the default preset's keys and values), the
+// row decoder of this format in the skeleton of attention_split.wgsl. One workgroup per
+// (split of the segment, block of up to 8 query rows that share a KV head) decodes every
+// key and value code once for all the block's rows, keeps the online softmax in workgroup
+// memory and leaves (m, l) and Σ p·v for attention_combine.wgsl.
+//
+// The format (see attention_rotated_groups.wgsl): a group of G tokens is either
+// - T: sequency rows F̂ⱼ = ŝⱼ·L_bⱼ[cⱼ] with X̂ = Rot_G·F̂·Rot_d + 1mᵀ: the logits are
+//   Rot_G·r + q·m with rⱼ = q′·F̂ⱼ, the values add (Rot_G·p)ᵀ·F̂ and Σp times m; or
+// - A: per-token rows ŷₜ = ŝₜ·L[cₜ], the logit ŝₜ·q′·L[cₜ] (+ q·m if flagged), the value
+//   pₜ·ŷₜ (+ pₜ·m if flagged).
+// Both are "rows" here: a row has a width b (0…5 bits per element), a scale ŝ and a kind.
+//
+// Bindings: 0 params (uniform Params: width = d (a multiple of 16, at most 256),
+//             group_size = G (at most 128), groups = groups per KV head of both planes,
+//             code_bits / value_code_bits = code bits per group of the keys / values,
+//             segment_first (a multiple of G), segment_start, segment_len (whole groups),
+//             split_size (a multiple of TILE_TOKENS), split_offset, total_splits,
+//             rows_per_head, queries, row_offset, tile_rows)
+//           1 rotated_queries (uniform): vec4<f32> [4096]: the tile's rows (q/√d)·Rot,
+//             [tile rows][d/4] (the host keeps tile rows · d ≤ 16384)
+//           2 table (uniform): vec4<f32> [40]: gpu::rotated::group_kernel_table (sixteenth
+//             powers of two at 32, block scales at 48 + log2 n, the levels of b-bit rows at
+//             64 + 2^b − 2)
+//           3 centre_terms (storage, read): f32 [tile rows] (q/√d)·m of the keys
+//           4 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
+//           5…8 key_states, key_codes, key_scales, key_widths (storage, read)
+//           9…12 value_states, value_codes, value_scales, value_widths (storage, read):
+//             states u32 [kv_heads][d/2 + 1] (f16 means m, then the f16 scale base); codes
+//             u32 [kv_heads][groups][budget·d/32]; scales u32 [kv_heads][groups][G/4], one
+//             byte per row (flag ≪ 7 | scale code); widths u32 [kv_heads][groups][⌈3G/32⌉],
+//             three bits per row, entry 0 = 7 marking an A group
+//           13 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
+//           14 partial (storage, read_write): f32 [tile rows][total_splits][d]
+// Dispatch: grid (splits of the segment, row blocks: ⌈rows_per_head / 8⌉ per KV head the
+// tile touches), 64 invocations. Lane layout: a code row is read by L = d/16 lanes of
+// CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase");
+// every lane keeps its chunk of the 8 rotated queries and of the 8 value sums in registers.
+// Per tile of 128 tokens: stage the rows' widths, scales and first code bits; key dots
+// (the chunk's partial dots, summed over the row's L lanes by `row_dots`, from
+// attention_split_groups_portable.wgsl or _subgroup.wgsl); the G-point transform of T
+// groups, centre terms and the mask; the rows' running softmax; the value weights
+// (transformed for T groups, times the row scales); Σ weight·levels into the registers.
+// At the split's end the phases' sums are added, rotated back (Rot_d) and given the
+// centre's weight times m.
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> rotated_queries: array<vec4<f32>, 4096>;
+@group(0) @binding(2) var<uniform> table: array<vec4<f32>, 40>;
+@group(0) @binding(3) var<storage, read> centre_terms: array<f32>;
+@group(0) @binding(4) var<storage, read> visible: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read> key_states: array<u32>;
+@group(0) @binding(6) var<storage, read> key_codes: array<u32>;
+@group(0) @binding(7) var<storage, read> key_scales: array<u32>;
+@group(0) @binding(8) var<storage, read> key_widths: array<u32>;
+@group(0) @binding(9) var<storage, read> value_states: array<u32>;
+@group(0) @binding(10) var<storage, read> value_codes: array<u32>;
+@group(0) @binding(11) var<storage, read> value_scales: array<u32>;
+@group(0) @binding(12) var<storage, read> value_widths: array<u32>;
+@group(0) @binding(13) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(14) var<storage, read_write> partial: array<f32>;
+
+const LANES: u32 = 64u;
+const BLOCK_ROWS: u32 = 8u;
+const CHUNK: u32 = 16u;
+const TILE_TOKENS: u32 = 128u;
+const LOWEST: f32 = -0x1.fffffep+127f;
+const POWERS: u32 = 32u;
+const BLOCK_SCALES: u32 = 48u;
+const LEVELS: u32 = 64u;
+const TOKEN_MODE: u32 = 7u;
+const FLAG_BIT: u32 = 0x80u;
+// The kind of a staged row (its w): a token of an A group, not centred or centred, or a
+// sequency row of a T group.
+const PLAIN_TOKEN: u32 = 0u;
+const CENTRED_TOKEN: u32 = 1u;
+const SEQUENCY_ROW: u32 = 2u;
+
+// Per query row of the block: (tile row, lo, hi, live).
+var<workgroup> block_rows: array<vec4<u32>, BLOCK_ROWS>;
+// Per query row: the running maximum and sum, the factor that rescales the sums so far,
+// the running weight of the values' centre m, and the row's key centre term q·m.
+var<workgroup> running: array<vec2<f32>, BLOCK_ROWS>;
+var<workgroup> rescale: array<f32, BLOCK_ROWS>;
+var<workgroup> centre_weight: array<f32, BLOCK_ROWS>;
+var<workgroup> key_centre: array<f32, BLOCK_ROWS>;
+// [query row][tile row]: the key rows' dots, then logits, weights, and value-row weights.
+var<workgroup> tile_weights: array<f32, 1024>;
+// Per tile row of the key and of the value plane: (bits | first bit ≪ 8, first word, scale
+// as bits, kind).
+var<workgroup> key_rows: array<vec4<u32>, TILE_TOKENS>;
+var<workgroup> value_rows: array<vec4<u32>, TILE_TOKENS>;
+// The chunks' partial dots (row_dots), then four query rows' value sums over d.
+var<workgroup> exchange: array<vec4<f32>, 256>;
+
+fn table_entry(i: u32) -> f32 {
+    return table[i / 4u][i % 4u];
+}
+
+// Words of the key (values = false) or value plane's arrays.
+fn code_word(values: bool, i: u32) -> u32 {
+    if (values) {
+        return value_codes[min(i, arrayLength(&value_codes) - 1u)];
+    }
+    return key_codes[min(i, arrayLength(&key_codes) - 1u)];
+}
+
+fn width_word(values: bool, i: u32) -> u32 {
+    if (values) {
+        return value_widths[i];
+    }
+    return key_widths[i];
+}
+
+fn scale_word(values: bool, i: u32) -> u32 {
+    if (values) {
+        return value_scales[i];
+    }
+    return key_scales[i];
+}
+
+fn state_word(values: bool, kv_head: u32, i: u32) -> u32 {
+    let at = kv_head * (params.width / 2u + 1u) + i;
+    if (values) {
+        return value_states[at];
+    }
+    return key_states[at];
+}
+
+// Code bits per group of a plane.
+fn budget(values: bool) -> u32 {
+    return select(params.code_bits, params.value_code_bits, values);
+}
+
+// Width entry j of group g (three bits each, LSB first).
+fn width_entry(values: bool, kv_head: u32, g: u32, j: u32) -> u32 {
+    let base = (kv_head * params.groups + g) * ((3u * params.group_size + 31u) / 32u);
+    let at = 3u * j;
+    let shift = at % 32u;
+    var raw = width_word(values, base + at / 32u) >> shift;
+    if (shift > 29u) {
+        raw = raw | (width_word(values, base + at / 32u + 1u) << (32u - shift));
+    }
+    return raw & 7u;
+}
+
+// ŝ = base·2^((e − 64)/8) for scale code e (0: a zero row), as the CPU reference decodes it.
+fn row_scale(byte: u32, base: f32) -> f32 {
+    let e = byte & ~FLAG_BIT;
+    if (e == 0u) {
+        return 0.0;
+    }
+    let m = 2i * (i32(e) - 64i);
+    return (base * table_entry(POWERS + u32(m & 15i))) * ldexp(1.0, m >> 4u);
+}
+
+// Row j of group g of a plane: (bits, 0 (its first code bit comes from `place_rows`),
+// scale, kind).
+fn stage_row(values: bool, kv_head: u32, g: u32, j: u32) -> vec4<u32> {
+    let sequency = width_entry(values, kv_head, g, 0u) != TOKEN_MODE;
+    let b = budget(values);
+    var bits = b / params.group_size + select(0u, 1u, j < b % params.group_size);
+    if (sequency) {
+        bits = width_entry(values, kv_head, g, j);
+    }
+    let word = scale_word(values, (kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u);
+    let byte = (word >> (8u * (j % 4u))) & 0xffu;
+    let base = unpack2x16float(state_word(values, kv_head, params.width / 2u)).x;
+    let scale = select(0.0, row_scale(byte, base), bits > 0u);
+    var kind = SEQUENCY_ROW;
+    if (!sequency) {
+        kind = select(PLAIN_TOKEN, CENTRED_TOKEN, (byte & FLAG_BIT) != 0u);
+    }
+    return vec4<u32>(bits, 0u, bitcast<u32>(scale), kind);
+}
+
+// The window of code bits that starts at bit `shift` (0 or 16) of word `word`: the CHUNK
+// codes of a chunk (at most 80 bits).
+fn code_window(values: bool, word: u32, shift: u32) -> vec3<u32> {
+    let w0 = code_word(values, word);
+    let w1 = code_word(values, word + 1u);
+    let w2 = code_word(values, word + 2u);
+    if (shift == 0u) {
+        return vec3<u32>(w0, w1, w2);
+    }
+    return vec3<u32>((w0 >> shift) | (w1 << (32u - shift)), (w1 >> shift) | (w2 << (32u - shift)), w2 >> shift);
+}
+
+// The levels of the next four codes of `bits` (≥ 1) bits in `window`, which moves past them.
+// (Vectors and matrices rather than arrays indexed in loops: llvmpipe puts such arrays in
+// scratch memory, one load per invocation.)
+fn next_levels(window: ptr<function, vec3<u32>>, bits: u32) -> vec4<f32> {
+    let mask = (1u << bits) - 1u;
+    let first = LEVELS + (1u << bits) - 2u;
+    var out = vec4<f32>(0.0);
+    out.x = table_entry(first + ((*window).x & mask));
+    shift_window(window, bits);
+    out.y = table_entry(first + ((*window).x & mask));
+    shift_window(window, bits);
+    out.z = table_entry(first + ((*window).x & mask));
+    shift_window(window, bits);
+    out.w = table_entry(first + ((*window).x & mask));
+    shift_window(window, bits);
+    return out;
+}
+
+fn shift_window(window: ptr<function, vec3<u32>>, bits: u32) {
+    let w = *window;
+    *window = vec3<u32>((w.x >> bits) | (w.y << (32u - bits)), (w.y >> bits) | (w.z << (32u - bits)), w.z >> bits);
+}
+
+// The chunk's levels of a staged row (bits > 0): channels 4k…4k+3 in component k's vec4.
+fn chunk_levels(values: bool, row: vec4<u32>, lane_chunk: u32) -> mat4x4<f32> {
+    let bits = row.x & 0xffu;
+    let bit = (row.x >> 8u) + lane_chunk * CHUNK * bits;
+    var window = code_window(values, row.y + bit / 32u, bit % 32u);
+    let l0 = next_levels(&window, bits);
+    let l1 = next_levels(&window, bits);
+    let l2 = next_levels(&window, bits);
+    let l3 = next_levels(&window, bits);
+    return mat4x4<f32>(l0, l1, l2, l3);
+}
+
+// Four query rows' values of channels first…first+3: column j is channel first + j.
+fn query_block(rows: u32, first: u32, live: bool) -> mat4x4<f32> {
+    return mat4x4<f32>(query_column(rows, first, live), query_column(rows, first + 1u, live),
+                       query_column(rows, first + 2u, live), query_column(rows, first + 3u, live));
+}
+
+// Channel c of the rotated queries of block rows rows…rows+3 (zero for rows not live).
+fn query_column(rows: u32, c: u32, live: bool) -> vec4<f32> {
+    var x = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let info = block_rows[rows + k];
+        if (info.w == 1u && live) {
+            let at = info.x * params.width + c;
+            x[k] = rotated_queries[at / 4u][at % 4u];
+        }
+    }
+    return x;
+}
+
+// m with each column's components multiplied by f's (the rows' rescale factors).
+fn rows_scaled(m: mat4x4<f32>, f: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(m[0] * f, m[1] * f, m[2] * f, m[3] * f);
+}
+
+// w ⊗ l: column j is w · l[j] (the rows' weights times channel j's level).
+fn outer(w: vec4<f32>, l: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(w * l.x, w * l.y, w * l.z, w * l.w);
+}
+
+// exchange[first…first+4) += the columns of m.
+fn add_columns(first: u32, m: mat4x4<f32>) {
+    exchange[first] = exchange[first] + m[0];
+    exchange[first + 1u] = exchange[first + 1u] + m[1];
+    exchange[first + 2u] = exchange[first + 2u] + m[2];
+    exchange[first + 3u] = exchange[first + 3u] + m[3];
+}
+
+// tile_weights[at…at + G) ← Rot_G · tile_weights[at…at + G) (one invocation).
+fn transform_group(at: u32) {
+    let g = params.group_size;
+    for (var span = 1u; span < g; span = span * 2u) {
+        for (var e = 0u; e < g; e = e + 1u) {
+            if ((e & span) == 0u) {
+                let a = tile_weights[at + e];
+                let b = tile_weights[at + e + span];
+                tile_weights[at + e] = a + b;
+                tile_weights[at + e + span] = a - b;
+            }
+        }
+    }
+    let norm = table_entry(BLOCK_SCALES + firstTrailingBit(g));
+    for (var e = 0u; e < g; e = e + 1u) {
+        tile_weights[at + e] = tile_weights[at + e] * norm;
+    }
+}
+
+// exchange[0..d) ← exchange·Rot_d for four query rows at once (the butterflies of every
+// power-of-two block of d, then each block's 1/√n). Starts and ends with a barrier.
+fn rotate_exchange(local: u32) {
+    let d = params.width;
+    for (var span = 1u; span < 256u; span = span * 2u) {
+        workgroupBarrier();
+        for (var e = local; e < d; e = e + LANES) {
+            let block = block_of(e, d);
+            if (span < block.y && ((e - block.x) & span) == 0u) {
+                let a = exchange[e];
+                let b = exchange[e + span];
+                exchange[e] = a + b;
+                exchange[e + span] = a - b;
+            }
+        }
+    }
+    workgroupBarrier();
+    for (var e = local; e < d; e = e + LANES) {
+        exchange[e] = exchange[e] * table_entry(BLOCK_SCALES + firstTrailingBit(block_of(e, d).y));
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(LANES)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let d = params.width;
+    let g_size = params.group_size;
+    let split = workgroup.x;
+    let per_head = (params.rows_per_head + BLOCK_ROWS - 1u) / BLOCK_ROWS;
+    let kv_head = params.row_offset / params.rows_per_head + workgroup.y / per_head;
+    let first_row = kv_head * params.rows_per_head + BLOCK_ROWS * (workgroup.y % per_head);
+    if (local < BLOCK_ROWS) {
+        let row = first_row + local;
+        let inside = BLOCK_ROWS * (workgroup.y % per_head) + local < params.rows_per_head
+            && row >= params.row_offset && row < params.row_offset + params.tile_rows;
+        var info = vec4<u32>(0u);
+        var centre = 0.0;
+        if (inside) {
+            let tile_row = row - params.row_offset;
+            let range = visible[query_row(tile_row).query];
+            info = vec4<u32>(tile_row, range.x, range.y, 1u);
+            centre = centre_terms[tile_row];
+        }
+        block_rows[local] = info;
+        key_centre[local] = centre;
+        running[local] = vec2<f32>(LOWEST, 0.0);
+        centre_weight[local] = 0.0;
+    }
+    workgroupBarrier();
+
+    // This lane's chunk of a code row and its phase (the rows it takes); lanes past the
+    // last phase only join the barriers and the shared steps.
+    let row_lanes = d / CHUNK;
+    let phases = LANES / row_lanes;
+    let phase = local / row_lanes;
+    let lane_chunk = local % row_lanes;
+    let in_phase = phase < phases;
+    // The chunk's rotated queries and value sums, as matrices whose column j holds channel
+    // 4k + j of the chunk for query rows 0–3 (…_low_k) or 4–7 (…_high_k).
+    let c0 = lane_chunk * CHUNK;
+    let q_low_0 = query_block(0u, c0, in_phase);
+    let q_low_1 = query_block(0u, c0 + 4u, in_phase);
+    let q_low_2 = query_block(0u, c0 + 8u, in_phase);
+    let q_low_3 = query_block(0u, c0 + 12u, in_phase);
+    let q_high_0 = query_block(4u, c0, in_phase);
+    let q_high_1 = query_block(4u, c0 + 4u, in_phase);
+    let q_high_2 = query_block(4u, c0 + 8u, in_phase);
+    let q_high_3 = query_block(4u, c0 + 12u, in_phase);
+    let zero = mat4x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var s_low_0 = zero;
+    var s_low_1 = zero;
+    var s_low_2 = zero;
+    var s_low_3 = zero;
+    var s_high_0 = zero;
+    var s_high_1 = zero;
+    var s_high_2 = zero;
+    var s_high_3 = zero;
+
+    let first = split * params.split_size;
+    let end = min(first + params.split_size, params.segment_len);
+    for (var tile = first; tile < end; tile = tile + TILE_TOKENS) {
+        let count = min(TILE_TOKENS, end - tile);
+        let tile_groups = count / g_size;
+        let first_group = (params.segment_first + tile) / g_size;
+        // Stage the rows of both planes, then place each row's first code bit.
+        for (var r = local; r < count; r = r + LANES) {
+            key_rows[r] = stage_row(false, kv_head, first_group + r / g_size, r % g_size);
+            value_rows[r] = stage_row(true, kv_head, first_group + r / g_size, r % g_size);
+        }
+        workgroupBarrier();
+        if (local < 2u * tile_groups) {
+            let values = local >= tile_groups;
+            let group = local % tile_groups;
+            let word = (kv_head * params.groups + first_group + group) * (budget(values) * d / 32u);
+            var offset = 0u;
+            for (var j = 0u; j < g_size; j = j + 1u) {
+                let r = group * g_size + j;
+                var row = select(key_rows[r], value_rows[r], values);
+                row.x = row.x | ((offset % 32u) << 8u);
+                row.y = word + offset / 32u;
+                if (values) {
+                    value_rows[r] = row;
+                } else {
+                    key_rows[r] = row;
+                }
+                offset = offset + (row.x & 0xffu) * d;
+            }
+        }
+        workgroupBarrier();
+
+        // Key dots: row r = round·P + phase; `row_dots` sums the chunks into tile_weights.
+        for (var round = 0u; round * phases < count; round = round + 1u) {
+            let r = round * phases + phase;
+            var dot_low = vec4<f32>(0.0);
+            var dot_high = vec4<f32>(0.0);
+            if (in_phase && r < count) {
+                let row = key_rows[r];
+                if ((row.x & 0xffu) > 0u) {
+                    let l = chunk_levels(false, row, lane_chunk);
+                    let scale = bitcast<f32>(row.z);
+                    dot_low = (q_low_0 * l[0] + q_low_1 * l[1] + q_low_2 * l[2] + q_low_3 * l[3]) * scale;
+                    dot_high = (q_high_0 * l[0] + q_high_1 * l[1] + q_high_2 * l[2] + q_high_3 * l[3]) * scale;
+                }
+            }
+            row_dots(local, round * phases, count, dot_low, dot_high);
+        }
+        workgroupBarrier();
+
+        // Logits: T groups transformed across tokens, centre terms, the mask.
+        for (var task = local; task < BLOCK_ROWS * tile_groups; task = task + LANES) {
+            let q_row = task / tile_groups;
+            let group = task % tile_groups;
+            let at = q_row * TILE_TOKENS + group * g_size;
+            let info = block_rows[q_row];
+            if (key_rows[group * g_size].w == SEQUENCY_ROW) {
+                transform_group(at);
+            }
+            for (var j = 0u; j < g_size; j = j + 1u) {
+                let r = group * g_size + j;
+                let position = params.segment_start + tile + r;
+                let centred = key_rows[r].w != PLAIN_TOKEN;
+                let logit = tile_weights[at + j] + select(0.0, key_centre[q_row], centred);
+                let seen = info.w == 1u && position >= info.y && position < info.z;
+                tile_weights[at + j] = select(LOWEST, logit, seen);
+            }
+        }
+        workgroupBarrier();
+
+        // The running softmax of each query row over the tile, and the centre's weight.
+        if (local < BLOCK_ROWS) {
+            let before = running[local];
+            let at = local * TILE_TOKENS;
+            var top = before.x;
+            for (var r = 0u; r < count; r = r + 1u) {
+                top = max(top, tile_weights[at + r]);
+            }
+            var sum = 0.0;
+            var centred = 0.0;
+            for (var r = 0u; r < count; r = r + 1u) {
+                let s = tile_weights[at + r];
+                let p = select(0.0, exp(s - top), s > LOWEST);
+                tile_weights[at + r] = p;
+                sum = sum + p;
+                centred = centred + select(0.0, p, value_rows[r].w != PLAIN_TOKEN);
+            }
+            let factor = select(1.0, exp(before.x - top), before.x > LOWEST);
+            rescale[local] = factor;
+            running[local] = vec2<f32>(top, before.y * factor + sum);
+            centre_weight[local] = centre_weight[local] * factor + centred;
+        }
+        workgroupBarrier();
+
+        // Value-row weights: T groups' weights transformed across tokens; times row scales.
+        for (var task = local; task < BLOCK_ROWS * tile_groups; task = task + LANES) {
+            let q_row = task / tile_groups;
+            let group = task % tile_groups;
+            let at = q_row * TILE_TOKENS + group * g_size;
+            if (value_rows[group * g_size].w == SEQUENCY_ROW) {
+                transform_group(at);
+            }
+            for (var j = 0u; j < g_size; j = j + 1u) {
+                tile_weights[at + j] = tile_weights[at + j] * bitcast<f32>(value_rows[group * g_size + j].z);
+            }
+        }
+        workgroupBarrier();
+
+        // Σ weight · levels over this lane's rows of the tile, for its chunk.
+        if (in_phase) {
+            let low_factor = vec4<f32>(rescale[0], rescale[1], rescale[2], rescale[3]);
+            let high_factor = vec4<f32>(rescale[4], rescale[5], rescale[6], rescale[7]);
+            s_low_0 = rows_scaled(s_low_0, low_factor);
+            s_low_1 = rows_scaled(s_low_1, low_factor);
+            s_low_2 = rows_scaled(s_low_2, low_factor);
+            s_low_3 = rows_scaled(s_low_3, low_factor);
+            s_high_0 = rows_scaled(s_high_0, high_factor);
+            s_high_1 = rows_scaled(s_high_1, high_factor);
+            s_high_2 = rows_scaled(s_high_2, high_factor);
+            s_high_3 = rows_scaled(s_high_3, high_factor);
+            for (var r = phase; r < count; r = r + phases) {
+                let row = value_rows[r];
+                if ((row.x & 0xffu) > 0u) {
+                    let l = chunk_levels(true, row, lane_chunk);
+                    let w_low = vec4<f32>(tile_weights[r], tile_weights[TILE_TOKENS + r],
+                                          tile_weights[2u * TILE_TOKENS + r], tile_weights[3u * TILE_TOKENS + r]);
+                    let w_high = vec4<f32>(tile_weights[4u * TILE_TOKENS + r], tile_weights[5u * TILE_TOKENS + r],
+                                           tile_weights[6u * TILE_TOKENS + r], tile_weights[7u * TILE_TOKENS + r]);
+                    s_low_0 = s_low_0 + outer(w_low, l[0]);
+                    s_low_1 = s_low_1 + outer(w_low, l[1]);
+                    s_low_2 = s_low_2 + outer(w_low, l[2]);
+                    s_low_3 = s_low_3 + outer(w_low, l[3]);
+                    s_high_0 = s_high_0 + outer(w_high, l[0]);
+                    s_high_1 = s_high_1 + outer(w_high, l[1]);
+                    s_high_2 = s_high_2 + outer(w_high, l[2]);
+                    s_high_3 = s_high_3 + outer(w_high, l[3]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // The phases' sums added in exchange (four query rows at a time), rotated back, plus the
+    // centre's weight times the values' mean m.
+    for (var h = 0u; h < 2u; h = h + 1u) {
+        for (var e = local; e < d; e = e + LANES) {
+            exchange[e] = vec4<f32>(0.0);
+        }
+        for (var p = 0u; p < phases; p = p + 1u) {
+            workgroupBarrier();
+            if (phase == p && h == 0u) {
+                add_columns(c0, s_low_0);
+                add_columns(c0 + 4u, s_low_1);
+                add_columns(c0 + 8u, s_low_2);
+                add_columns(c0 + 12u, s_low_3);
+            }
+            if (phase == p && h == 1u) {
+                add_columns(c0, s_high_0);
+                add_columns(c0 + 4u, s_high_1);
+                add_columns(c0 + 8u, s_high_2);
+                add_columns(c0 + 12u, s_high_3);
+            }
+        }
+        rotate_exchange(local);
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            let info = block_rows[4u * h + k];
+            if (info.w == 1u) {
+                let slot = info.x * params.total_splits + params.split_offset + split;
+                let weight = centre_weight[4u * h + k];
+                for (var e = local; e < d; e = e + LANES) {
+                    let pair = unpack2x16float(state_word(true, kv_head, e / 2u));
+                    let mean = select(pair.x, pair.y, (e & 1u) == 1u);
+                    partial[slot * d + e] = exchange[e][k] + weight * mean;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (local < BLOCK_ROWS && block_rows[local].w == 1u) {
+        let slot = block_rows[local].x * params.total_splits + params.split_offset + split;
+        stats[slot] = running[local];
+    }
+}

@@ -1,0 +1,28 @@
+// attention_split_groups_portable.wgsl — the portable `row_dots` of
+// attention_split_groups.wgsl (appended to it): the lanes' partial dots go through
+// workgroup memory, and 8 query rows × P rows of sums are added by the lanes together.
+
+// tile_weights[query row][first + phase] ← Σ over the L lanes of a phase of their partial
+// dots (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by
+// every invocation; starts writing at once and ends with a barrier.
+fn row_dots(local: u32, first: u32, count: u32, dot_low: vec4<f32>, dot_high: vec4<f32>) {
+    let row_lanes = params.width / CHUNK;
+    let phases = LANES / row_lanes;
+    if (local < phases * row_lanes) {
+        exchange[2u * local] = dot_low;
+        exchange[2u * local + 1u] = dot_high;
+    }
+    workgroupBarrier();
+    for (var task = local; task < phases * BLOCK_ROWS; task = task + LANES) {
+        let phase = task / BLOCK_ROWS;
+        let q_row = task % BLOCK_ROWS;
+        if (first + phase < count) {
+            var sum = 0.0;
+            for (var c = 0u; c < row_lanes; c = c + 1u) {
+                sum = sum + exchange[2u * (phase * row_lanes + c) + q_row / 4u][q_row % 4u];
+            }
+            tile_weights[q_row * TILE_TOKENS + first + phase] = sum;
+        }
+    }
+    workgroupBarrier();
+}
