@@ -23,8 +23,9 @@
 //           2 table (uniform): vec4<f32> [40]: gpu::rotated::group_kernel_table (sixteenth
 //             powers of two at 32, block scales at 48 + log2 n, the levels of b-bit rows at
 //             64 + 2^b − 2)
-//           3 centre_terms (storage, read): f32 [tile rows] (q/√d)·m of the keys
-//           4 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
+//           3 centre_terms (uniform): f32 [1024] (q/√d)·m of the keys per tile row
+//           4 visible (uniform): vec2<u32> [8192]: visible positions [lo, hi) per query
+//             position (uniforms, so that the kernel stays within 10 storage buffers)
 //           5…8 key_states, key_codes, key_scales, key_widths (storage, read)
 //           9…12 value_states, value_codes, value_scales, value_widths (storage, read):
 //             states u32 [kv_heads][d/2 + 1] (f16 means m, then the f16 scale base); codes
@@ -48,8 +49,8 @@
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> rotated_queries: array<vec4<f32>, 4096>;
 @group(0) @binding(2) var<uniform> table: array<vec4<f32>, 40>;
-@group(0) @binding(3) var<storage, read> centre_terms: array<f32>;
-@group(0) @binding(4) var<storage, read> visible: array<vec2<u32>>;
+@group(0) @binding(3) var<uniform> centre_terms: array<vec4<f32>, 256>;
+@group(0) @binding(4) var<uniform> visible: array<vec4<u32>, 4096>;
 @group(0) @binding(5) var<storage, read> key_states: array<u32>;
 @group(0) @binding(6) var<storage, read> key_codes: array<u32>;
 @group(0) @binding(7) var<storage, read> key_scales: array<u32>;
@@ -320,9 +321,11 @@ fn main(
         var centre = 0.0;
         if (inside) {
             let tile_row = row - params.row_offset;
-            let range = visible[query_row(tile_row).query];
+            let query = query_row(tile_row).query;
+            let pair = visible[query / 2u];
+            let range = select(pair.xy, pair.zw, query % 2u == 1u);
             info = vec4<u32>(tile_row, range.x, range.y, 1u);
-            centre = centre_terms[tile_row];
+            centre = centre_terms[tile_row / 4u][tile_row % 4u];
         }
         block_rows[local] = info;
         key_centre[local] = centre;

@@ -216,15 +216,33 @@ fn rotated_halves_mix_with_the_other_schemes() {
     }
 }
 
+/// A frame of 512 query positions on the default preset (codes across tokens): 2,048 query
+/// rows, more than one tile of the fused kernel's uniform query binding holds, each
+/// position seeing its own causal prefix.
+#[test]
+fn a_512_position_frame_on_the_default_preset() {
+    let (tokens, d, kv_heads, gqa, queries) = (700, 64, 2, 2, 512);
+    let k = random_tensor([1, kv_heads, tokens, d], 41, 1.0);
+    let v = random_tensor([1, kv_heads, tokens, d], 42, 1.0);
+    let q = random_tensor([1, kv_heads * gqa, queries, d], 43, 0.6);
+    let cache = PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
+    let visible: Vec<(u32, u32)> = (0..queries)
+        .map(|m| (0, (tokens - queries + 1 + m) as u32))
+        .collect();
+    check(&cache, &q, &visible, "vidkv M=512");
+}
+
 #[test]
 fn a_128k_context_stays_stable() {
     let tokens = 131_072;
     let k = random_tensor([1, 1, tokens, 64], 3, 1.0);
     let v = random_tensor([1, 1, tokens, 64], 4, 1.0);
     let q = random_tensor([1, 2, 1, 64], 5, 1.0);
-    let cache =
-        PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv-tuned").unwrap(), &[]).unwrap();
-    check(&cache, &q, &[(0, tokens as u32)], "128k vidkv");
+    for preset in ["vidkv-tuned", "vidkv"] {
+        let cache =
+            PackedCache::quantize(&k, &v, &QuantConfig::preset(preset).unwrap(), &[]).unwrap();
+        check(&cache, &q, &[(0, tokens as u32)], &format!("128k {preset}"));
+    }
 }
 
 /// Tiles of query rows that start and end inside a KV head's rows (a small binding cap forces

@@ -273,6 +273,7 @@ fn record_call(
     let query_rows = rotated_groups::QUERY_UNIFORM_BYTES / (4 * d);
     let fused_groups = kernels != Kernels::ThreePass
         && gqa <= query_rows
+        && queries * 8 <= rotated_groups::VISIBLE_UNIFORM_BYTES
         && ctx.max_uniform_binding_bytes() >= rotated_groups::QUERY_UNIFORM_BYTES as u64
         && segments
             .iter()
@@ -287,9 +288,15 @@ fn record_call(
         (tile_rows, tile_rows * d * 4)
     };
     let fused_kernel = rotated_groups::fused_kernel(ctx, subgroups, d);
+    // The fused kernel binds the visible ranges and centre terms as uniforms of fixed size.
+    let uniform_floor = |bytes: usize| if fused_groups { bytes } else { 0 };
 
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
-    let visible_buffer = ctx.upload("attention visible", &visible_flat)?;
+    let visible_buffer = ctx.buffer(
+        "attention visible",
+        ((visible_flat.len() * 4).max(uniform_floor(rotated_groups::VISIBLE_UNIFORM_BYTES))) as u64,
+    )?;
+    ctx.write(&visible_buffer, 0, &visible_flat);
     let scratch = Scratch {
         natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
         planar: ctx.buffer("attention q planar", planar_bytes as u64)?,
@@ -298,7 +305,10 @@ fn record_call(
             "attention partial",
             (tile_rows * total_splits * d * 4) as u64,
         )?,
-        centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
+        centre_terms: ctx.buffer(
+            "attention centre terms",
+            ((tile_rows * 4).max(uniform_floor(rotated_groups::CENTRE_UNIFORM_BYTES))) as u64,
+        )?,
         unused: ctx.buffer("unused binding", 16)?,
     };
     let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;

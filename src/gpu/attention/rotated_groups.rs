@@ -150,6 +150,12 @@ pub(super) fn record_values(
 /// queries (`rotated_queries` in `attention_split_groups.wgsl`): a tile holds at most this
 /// many bytes of query rows.
 pub(super) const QUERY_UNIFORM_BYTES: usize = 65536;
+/// Bytes of its uniform binding of the rows' key centre terms (one f32 per tile row; a tile
+/// has at most QUERY_UNIFORM_BYTES / (4 · 16) rows).
+pub(super) const CENTRE_UNIFORM_BYTES: usize = 4096;
+/// Bytes of its uniform binding of the visible ranges (two u32 per query position): calls
+/// of more positions take the separate passes.
+pub(super) const VISIBLE_UNIFORM_BYTES: usize = 65536;
 
 /// The key and value planes of a segment that the fused kernel takes: both codes across
 /// tokens, with the same groups, and no STP refinements (those are summed by their own
@@ -206,8 +212,8 @@ pub(super) fn record_fused(
     let buffers = [
         Bound::range(&scratch.planar, 0, QUERY_UNIFORM_BYTES as u64),
         Bound::from(&keys.states.table),
-        Bound::from(&*scratch.centre_terms),
-        Bound::from(outputs.visible),
+        Bound::range(&scratch.centre_terms, 0, CENTRE_UNIFORM_BYTES as u64),
+        Bound::range(outputs.visible, 0, VISIBLE_UNIFORM_BYTES as u64),
         Bound::from(&keys.states.states),
         Bound::from(&keys.codes),
         Bound::from(&keys.scales),
