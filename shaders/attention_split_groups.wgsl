@@ -260,9 +260,14 @@ fn add_columns(first: u32, m: mat4x4<f32>) {
     exchange[first + 3u] = exchange[first + 3u] + m[3];
 }
 
-// tile_weights[at…at + G) ← Rot_G · tile_weights[at…at + G) (one invocation).
+// tile_weights[at…at + G) ← Rot_G · tile_weights[at…at + G) (one invocation): in registers
+// for G = 32 (the presets' group size), else butterflies in workgroup memory.
 fn transform_group(at: u32) {
     let g = params.group_size;
+    if (g == 32u) {
+        transform_32(at);
+        return;
+    }
     for (var span = 1u; span < g; span = span * 2u) {
         for (var e = 0u; e < g; e = e + 1u) {
             if ((e & span) == 0u) {
@@ -277,6 +282,67 @@ fn transform_group(at: u32) {
     for (var e = 0u; e < g; e = e + 1u) {
         tile_weights[at + e] = tile_weights[at + e] * norm;
     }
+}
+
+// The 32-point transform of transform_group as eight vec4s: spans 1 and 2 inside a vec4,
+// spans 4, 8 and 16 between them.
+fn transform_32(at: u32) {
+    let v0 = butterflies_4(weights_4(at));
+    let v1 = butterflies_4(weights_4(at + 4u));
+    let v2 = butterflies_4(weights_4(at + 8u));
+    let v3 = butterflies_4(weights_4(at + 12u));
+    let v4 = butterflies_4(weights_4(at + 16u));
+    let v5 = butterflies_4(weights_4(at + 20u));
+    let v6 = butterflies_4(weights_4(at + 24u));
+    let v7 = butterflies_4(weights_4(at + 28u));
+    let a0 = v0 + v1;
+    let a1 = v0 - v1;
+    let a2 = v2 + v3;
+    let a3 = v2 - v3;
+    let a4 = v4 + v5;
+    let a5 = v4 - v5;
+    let a6 = v6 + v7;
+    let a7 = v6 - v7;
+    let b0 = a0 + a2;
+    let b1 = a1 + a3;
+    let b2 = a0 - a2;
+    let b3 = a1 - a3;
+    let b4 = a4 + a6;
+    let b5 = a5 + a7;
+    let b6 = a4 - a6;
+    let b7 = a5 - a7;
+    let norm = table_entry(BLOCK_SCALES + 5u);
+    store_weights_4(at, (b0 + b4) * norm);
+    store_weights_4(at + 4u, (b1 + b5) * norm);
+    store_weights_4(at + 8u, (b2 + b6) * norm);
+    store_weights_4(at + 12u, (b3 + b7) * norm);
+    store_weights_4(at + 16u, (b0 - b4) * norm);
+    store_weights_4(at + 20u, (b1 - b5) * norm);
+    store_weights_4(at + 24u, (b2 - b6) * norm);
+    store_weights_4(at + 28u, (b3 - b7) * norm);
+}
+
+// The butterflies of spans 1 and 2 on four consecutive entries.
+fn butterflies_4(a: vec4<f32>) -> vec4<f32> {
+    let b = vec4<f32>(a.x + a.y, a.x - a.y, a.z + a.w, a.z - a.w);
+    return vec4<f32>(b.x + b.z, b.y + b.w, b.x - b.z, b.y - b.w);
+}
+
+fn weights_4(at: u32) -> vec4<f32> {
+    return vec4<f32>(tile_weights[at], tile_weights[at + 1u], tile_weights[at + 2u], tile_weights[at + 3u]);
+}
+
+fn store_weights_4(at: u32, v: vec4<f32>) {
+    tile_weights[at] = v.x;
+    tile_weights[at + 1u] = v.y;
+    tile_weights[at + 2u] = v.z;
+    tile_weights[at + 3u] = v.w;
+}
+
+// Four query rows' dots with a chunk's levels l (column k: channels 4k…4k+3), the rows'
+// queries in q0…q3 (query_block).
+fn chunk_dot(l: mat4x4<f32>, q0: mat4x4<f32>, q1: mat4x4<f32>, q2: mat4x4<f32>, q3: mat4x4<f32>) -> vec4<f32> {
+    return q0 * l[0] + q1 * l[1] + q2 * l[2] + q3 * l[3];
 }
 
 // exchange[0..d) ← exchange·Rot_d for four query rows at once (the butterflies of every
@@ -395,20 +461,32 @@ fn main(
         workgroupBarrier();
 
         // Key dots: row r = round·P + phase; `row_dots` sums the chunks into tile_weights.
-        for (var round = 0u; round * phases < count; round = round + 1u) {
-            let r = round * phases + phase;
-            var dot_low = vec4<f32>(0.0);
-            var dot_high = vec4<f32>(0.0);
-            if (in_phase && r < count) {
-                let row = key_rows[r];
+        // Two rows per lane and iteration (llvmpipe pays per loop iteration here).
+        for (var first_row = 0u; first_row < count; first_row = first_row + 2u * phases) {
+            let r0 = first_row + phase;
+            let r1 = r0 + phases;
+            var low_0 = vec4<f32>(0.0);
+            var high_0 = vec4<f32>(0.0);
+            var low_1 = vec4<f32>(0.0);
+            var high_1 = vec4<f32>(0.0);
+            if (in_phase && r0 < count) {
+                let row = key_rows[r0];
                 if ((row.x & 0xffu) > 0u) {
                     let l = chunk_levels(false, row, lane_chunk);
-                    let scale = bitcast<f32>(row.z);
-                    dot_low = (q_low_0 * l[0] + q_low_1 * l[1] + q_low_2 * l[2] + q_low_3 * l[3]) * scale;
-                    dot_high = (q_high_0 * l[0] + q_high_1 * l[1] + q_high_2 * l[2] + q_high_3 * l[3]) * scale;
+                    low_0 = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
+                    high_0 = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
                 }
             }
-            row_dots(local, round * phases, count, dot_low, dot_high);
+            if (in_phase && r1 < count) {
+                let row = key_rows[r1];
+                if ((row.x & 0xffu) > 0u) {
+                    let l = chunk_levels(false, row, lane_chunk);
+                    low_1 = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
+                    high_1 = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
+                }
+            }
+            row_dots(local, first_row, count, low_0, high_0);
+            row_dots(local, first_row + phases, count, low_1, high_1);
         }
         workgroupBarrier();
 

@@ -288,3 +288,49 @@ fn tiles_that_split_a_kv_head_match_one_tile() {
         }
     }
 }
+
+/// Split lengths other than the adapter's default (512, the GPU default, and 256, the
+/// shortest) give the same outputs as the default one for every kind of segment (exact rows,
+/// codes across tokens, ternary values with STP, rotated values with STP refinements); a
+/// length that is not a multiple of 256 is refused.
+#[test]
+fn split_lengths_agree() {
+    let (tokens, d, kv_heads, gqa, queries) = (2300, 64, 2, 3, 2);
+    let k = random_tensor([1, kv_heads, tokens, d], 51, 1.0);
+    let v = random_tensor([1, kv_heads, tokens, d], 52, 1.0);
+    let q = random_tensor([1, kv_heads * gqa, queries, d], 53, 0.6);
+    let visible = [(0, tokens as u32), (0, tokens as u32 - 700)];
+    let protected: Vec<u32> = (0..tokens as u32).filter(|t| t % 7 == 3).collect();
+    for split in [256, 512] {
+        let short = GpuContext::new(&GpuOptions {
+            split_tokens: Some(split),
+            ..GpuOptions::default()
+        })
+        .unwrap();
+        for (preset, stp) in [
+            ("fp16", &[][..]),
+            ("vidkv", &[][..]),
+            ("vidkv-tuned", &protected[..]),
+            ("rotated", &protected[..]),
+        ] {
+            let config = QuantConfig::preset(preset).unwrap();
+            let cache = PackedCache::quantize(&k, &v, &config, stp).unwrap();
+            let default = GpuLayer::upload(gpu(), &cache, 0).unwrap();
+            let layer = GpuLayer::upload(&short, &cache, 0).unwrap();
+            for kernels in [Kernels::Fastest, Kernels::Portable, Kernels::ThreePass] {
+                let expected =
+                    attend_with(gpu(), &default, &q.data, kv_heads * gqa, &visible, kernels)
+                        .unwrap();
+                let got = attend_with(&short, &layer, &q.data, kv_heads * gqa, &visible, kernels)
+                    .unwrap();
+                let err = relative_l2(&got, &expected);
+                assert!(err <= 1e-5, "{preset} split {split} {kernels:?}: {err}");
+            }
+        }
+    }
+    let refused = GpuContext::new(&GpuOptions {
+        split_tokens: Some(300),
+        ..GpuOptions::default()
+    });
+    assert!(matches!(refused, Err(vidkv::VidkvError::InvalidConfig(_))));
+}

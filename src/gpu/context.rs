@@ -70,6 +70,10 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Use only the portable kernels even where the adapter offers subgroups.
     pub portable_only: bool,
+    /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536); `None`
+    /// takes [`crate::gpu::attention::CPU_SPLIT_TOKENS`] on CPU adapters and
+    /// [`crate::gpu::attention::GPU_SPLIT_TOKENS`] elsewhere.
+    pub split_tokens: Option<usize>,
 }
 
 impl Default for GpuOptions {
@@ -79,6 +83,7 @@ impl Default for GpuOptions {
             adapter: None,
             max_binding_bytes: None,
             portable_only: false,
+            split_tokens: None,
         }
     }
 }
@@ -110,6 +115,7 @@ pub struct ContextState {
     pub(super) max_binding: u64,
     pub(super) max_uniform_binding: u64,
     pub(super) max_workgroups: u32,
+    pub(super) split_tokens: usize,
     pub(super) subgroups: bool,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pub(super) buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
@@ -243,13 +249,7 @@ impl GpuContext {
                 slot.get_or_insert_with(|| error.to_string());
             }
         }));
-        Ok(Self::on_device(
-            info,
-            device,
-            queue,
-            options,
-            (lost, uncaptured),
-        ))
+        Self::on_device(info, device, queue, options, (lost, uncaptured))
     }
 
     /// A context on a host's own device, so that a host whose model already runs on wgpu
@@ -277,13 +277,7 @@ impl GpuContext {
             )));
         }
         let empty = || Arc::new(Mutex::new(None));
-        Ok(Self::on_device(
-            adapter_info,
-            device,
-            queue,
-            options,
-            (empty(), empty()),
-        ))
+        Self::on_device(adapter_info, device, queue, options, (empty(), empty()))
     }
 
     /// The limits every kernel needs, on top of WebGPU's defaults: [`STORAGE_BUFFERS_PER_STAGE`]
@@ -303,7 +297,19 @@ impl GpuContext {
         queue: wgpu::Queue,
         options: &GpuOptions,
         (lost, uncaptured): (ErrorSlot, ErrorSlot),
-    ) -> Self {
+    ) -> Result<Self> {
+        let split_tokens = match options.split_tokens {
+            Some(n) if n % 256 == 0 && (256..=65536).contains(&n) => n,
+            Some(n) => {
+                return Err(VidkvError::InvalidConfig(format!(
+                    "split_tokens must be a multiple of 256 from 256 to 65536, got {n}"
+                )))
+            }
+            None if info.device_type == wgpu::DeviceType::Cpu => {
+                crate::gpu::attention::CPU_SPLIT_TOKENS
+            }
+            None => crate::gpu::attention::GPU_SPLIT_TOKENS,
+        };
         let limits = device.limits();
         let features = device.features();
         let device_binding = limits
@@ -312,7 +318,7 @@ impl GpuContext {
         let max_binding = options
             .max_binding_bytes
             .map_or(device_binding, |cap| cap.min(device_binding));
-        GpuContext {
+        Ok(GpuContext {
             state: Arc::new(ContextState {
                 device,
                 queue,
@@ -321,6 +327,7 @@ impl GpuContext {
                 max_binding,
                 max_uniform_binding: limits.max_uniform_buffer_binding_size,
                 max_workgroups: limits.max_compute_workgroups_per_dimension,
+                split_tokens,
                 subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
                 pipelines: Mutex::new(HashMap::new()),
                 buffers: Mutex::new(HashMap::new()),
@@ -332,7 +339,7 @@ impl GpuContext {
                 counters: Counters::default(),
                 deferred: Mutex::new(None),
             }),
-        }
+        })
     }
 
     /// Adapter name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
@@ -370,6 +377,11 @@ impl GpuContext {
     /// between a fixed number of invocations need at least that many).
     pub fn subgroup_min_size(&self) -> u32 {
         self.info.subgroup_min_size
+    }
+
+    /// Tokens per split of decode attention on this context ([`GpuOptions::split_tokens`]).
+    pub fn split_tokens(&self) -> usize {
+        self.split_tokens
     }
 
     /// Workgroups allowed per grid dimension.

@@ -6,7 +6,8 @@
 //! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
 //!    channels, then Mᵀq over the DFT-domain normal channels);
 //! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment goes through
-//!    one fused dispatch, `attention_split` (per split of [`SPLIT_TOKENS`] and block of 8
+//!    one fused dispatch, `attention_split` (per split of the context's
+//!    [`GpuContext::split_tokens`] and block of 8
 //!    rows of a KV head: scores, online softmax and Σ p·v, each row of K/V read once for
 //!    the block); a packed segment through `attention_scores_*` (q·k for the segment's
 //!    tokens), `attention_softmax` (each split into weights with a split-local maximum and
@@ -55,8 +56,16 @@ use crate::config::Grouping;
 use crate::error::{Result, VidkvError};
 use crate::tensor::check_query;
 
-/// Tokens per split of the softmax (a multiple of every supported group size).
-pub const SPLIT_TOKENS: usize = 1024;
+/// Tokens per split of the softmax on CPU adapters (lavapipe, SwiftShader): a few long
+/// splits, since a CPU runs few workgroups at once and each split's end (rotating its sums
+/// back, writing them) costs the same however long it is. `bench attention` at 16k on
+/// lavapipe: the default preset 39 ms with 4096-token splits against 46 ms with 1024.
+pub const CPU_SPLIT_TOKENS: usize = 4096;
+/// Tokens per split elsewhere: 512 gives the 7B shape (4 KV heads) 128 workgroups at 16k
+/// tokens and 1,024 at 128k, enough to fill a GPU of about a hundred compute units (a model
+/// from `../shared/docs/decode-kernel-notes.md`, not yet measured on a GPU). Both are
+/// multiples of every kernel's tile (256 tokens) and of every supported group size.
+pub const GPU_SPLIT_TOKENS: usize = 512;
 
 /// Which kernels an attention call may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,6 +254,7 @@ fn record_call(
         kernels,
     } = *call;
     let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
+    let split_tokens = ctx.split_tokens();
     let d = layer.head_dim;
     let queries = visible.len();
     let rows_per_head = (q_heads / layer.kv_heads) * queries;
@@ -253,7 +263,7 @@ fn record_call(
     let mut total_splits = 0;
     for segment in segments {
         split_offsets.push(total_splits);
-        total_splits += segment.splits();
+        total_splits += segment.splits(split_tokens);
     }
     // Score rows are padded to a multiple of 4 floats (`score_stride` in the shaders).
     let longest = segments
@@ -323,7 +333,7 @@ fn record_call(
         rows_per_head: rows_per_head as u32,
         queries: queries as u32,
         total_splits: total_splits as u32,
-        split_size: SPLIT_TOKENS as u32,
+        split_size: split_tokens as u32,
         ..Default::default()
     };
     let mut row_offset = 0;
@@ -388,7 +398,7 @@ fn record_call(
                         &stats,
                         &scratch.partial,
                     ],
-                    (segment.splits() as u32, row_blocks(seg, rows)),
+                    (segment.splits(split_tokens) as u32, row_blocks(seg, rows)),
                 );
                 continue;
             }
@@ -398,7 +408,7 @@ fn record_call(
                     fused_kernel,
                     planes,
                     seg,
-                    (segment.splits() as u32, row_blocks(seg, rows)),
+                    (segment.splits(split_tokens) as u32, row_blocks(seg, rows)),
                     &rotated_groups::FusedOutputs {
                         visible: &visible_buffer,
                         stats: &stats,
@@ -412,7 +422,7 @@ fn record_call(
                 &ATTENTION_SOFTMAX,
                 "main",
                 Params {
-                    invocations: (rows * segment.splits()) as u32,
+                    invocations: (rows * segment.splits(split_tokens)) as u32,
                     ..seg
                 },
                 &[&visible_buffer, &scratch.scores, &stats],
@@ -427,7 +437,7 @@ fn record_call(
                     &mut batch,
                     refinement,
                     seg,
-                    segment.splits(),
+                    segment.splits(split_tokens),
                     rows,
                     &scratch,
                 );
@@ -545,7 +555,7 @@ fn record_values(
     scratch: &Scratch,
 ) {
     let (scores, partial) = (&*scratch.scores, &*scratch.partial);
-    let grid = (segment.splits() as u32, rows as u32);
+    let grid = (segment.splits(seg.split_size as usize) as u32, rows as u32);
     match &segment.data {
         SegmentData::Exact {
             values,
@@ -564,12 +574,22 @@ fn record_values(
             grid,
         ),
         SegmentData::Packed(planes) => match &planes.values {
-            PackedValuePlanes::Rotated(values) => {
-                rotated::record_values(batch, values, seg, segment.splits(), rows, scratch)
-            }
-            PackedValuePlanes::RotatedGroups(values) => {
-                rotated_groups::record_values(batch, values, seg, segment.splits(), rows, scratch)
-            }
+            PackedValuePlanes::Rotated(values) => rotated::record_values(
+                batch,
+                values,
+                seg,
+                segment.splits(seg.split_size as usize),
+                rows,
+                scratch,
+            ),
+            PackedValuePlanes::RotatedGroups(values) => rotated_groups::record_values(
+                batch,
+                values,
+                seg,
+                segment.splits(seg.split_size as usize),
+                rows,
+                scratch,
+            ),
             PackedValuePlanes::TwoBit {
                 grouping,
                 rows: plane_rows,

@@ -3,7 +3,6 @@
 
 use super::rotated::{RefinementPlanes, RotatedPlanes, RotatedStates};
 use super::rotated_groups::GroupPlanes;
-use super::SPLIT_TOKENS;
 use crate::config::Grouping;
 use crate::error::{Result, VidkvError};
 use crate::gpu::context::GpuContext;
@@ -117,8 +116,9 @@ pub(crate) struct SegmentRef<'a> {
 }
 
 impl SegmentRef<'_> {
-    pub(crate) fn splits(&self) -> usize {
-        self.len.div_ceil(SPLIT_TOKENS)
+    /// Splits of `split_tokens` tokens that cover the segment.
+    pub(crate) fn splits(&self, split_tokens: usize) -> usize {
+        self.len.div_ceil(split_tokens)
     }
 }
 
@@ -290,7 +290,8 @@ pub(crate) fn upload_planes(
                         _ => unreachable!("all heads of a cache share a scheme"),
                     };
                     let slots: Vec<ValueSlot> = heads[0].value_slots(protected_positions).collect();
-                    let (positions, split_elements) = stp_layout(&slots, plan.quantized_start());
+                    let (positions, split_elements) =
+                        stp_layout(&slots, plan.quantized_start(), ctx.split_tokens());
                     let stp = protected.shape.len > 0;
                     PackedValuePlanes::Ternary {
                         groups: plane.shape.groups(),
@@ -347,14 +348,14 @@ pub(crate) fn upload_planes(
 
 /// The ternary elements' positions (then the protected ones) and, per split of the
 /// quantized segment, which elements of each plane fall in it.
-fn stp_layout(slots: &[ValueSlot], start: usize) -> (Vec<u32>, Vec<[u32; 4]>) {
+fn stp_layout(slots: &[ValueSlot], start: usize, split_tokens: usize) -> (Vec<u32>, Vec<[u32; 4]>) {
     let mut plain = Vec::new();
     let mut kept = Vec::new();
     let mut splits = Vec::new();
-    for (chunk_index, chunk) in slots.chunks(SPLIT_TOKENS).enumerate() {
+    for (chunk_index, chunk) in slots.chunks(split_tokens).enumerate() {
         let (plain_first, kept_first) = (plain.len(), kept.len());
         for (i, slot) in chunk.iter().enumerate() {
-            let position = (start + chunk_index * SPLIT_TOKENS + i) as u32;
+            let position = (start + chunk_index * split_tokens + i) as u32;
             match slot {
                 ValueSlot::Plain(_) => plain.push(position),
                 ValueSlot::Protected(_) => kept.push(position),

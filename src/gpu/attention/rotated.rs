@@ -5,7 +5,7 @@
 //! tokens ([`RefinementPlanes`]). The CPU mirror is
 //! [`crate::packed::attend`].
 
-use super::{row_quads, Scratch, SPLIT_TOKENS};
+use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::context::GpuContext;
@@ -145,11 +145,12 @@ impl RefinementPlanes {
             return Ok(None);
         };
         let relative: Vec<u32> = protected.iter().map(|&p| p - start as u32).collect();
-        let mut list = Vec::with_capacity(2 * len.div_ceil(SPLIT_TOKENS) + relative.len());
-        for split in 0..len.div_ceil(SPLIT_TOKENS) {
+        let split_tokens = ctx.split_tokens();
+        let mut list = Vec::with_capacity(2 * len.div_ceil(split_tokens) + relative.len());
+        for split in 0..len.div_ceil(split_tokens) {
             let before = |t: usize| relative.partition_point(|&r| (r as usize) < t) as u32;
-            list.push(before(split * SPLIT_TOKENS));
-            list.push(before((split + 1) * SPLIT_TOKENS));
+            list.push(before(split * split_tokens));
+            list.push(before((split + 1) * split_tokens));
         }
         list.extend(&relative);
         Ok(Some(RefinementPlanes {
