@@ -334,3 +334,48 @@ fn split_lengths_agree() {
     });
     assert!(matches!(refused, Err(vidkv::VidkvError::InvalidConfig(_))));
 }
+
+/// A context with uniform parameter buffers and the portable kernels (what browsers get)
+/// gives the same outputs as the shared one (immediates and reused bind groups where the
+/// adapter has them), call after call.
+#[test]
+fn uniform_parameters_agree_with_immediates() {
+    let uniform = GpuContext::new(&GpuOptions {
+        portable_only: true,
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    let (tokens, d, kv_heads, gqa) = (900, 64, 2, 2);
+    let k = random_tensor([1, kv_heads, tokens, d], 61, 1.0);
+    let v = random_tensor([1, kv_heads, tokens, d], 62, 1.0);
+    for preset in ["fp16", "vidkv", "vidkv-tuned"] {
+        let cache =
+            PackedCache::quantize(&k, &v, &QuantConfig::preset(preset).unwrap(), &[]).unwrap();
+        let shared = GpuLayer::upload(gpu(), &cache, 0).unwrap();
+        let plain = GpuLayer::upload(&uniform, &cache, 0).unwrap();
+        for call in 0..3u64 {
+            let q = random_tensor([1, kv_heads * gqa, 1, d], 63 + call, 0.6);
+            let visible = [(0, tokens as u32 - 100 * call as u32)];
+            let expected = attend_with(
+                &uniform,
+                &plain,
+                &q.data,
+                kv_heads * gqa,
+                &visible,
+                Kernels::Portable,
+            )
+            .unwrap();
+            let got = attend_with(
+                gpu(),
+                &shared,
+                &q.data,
+                kv_heads * gqa,
+                &visible,
+                Kernels::Portable,
+            )
+            .unwrap();
+            let err = relative_l2(&got, &expected);
+            assert!(err <= 1e-6, "{preset} call {call}: {err}");
+        }
+    }
+}

@@ -46,6 +46,11 @@ pub(super) struct BenchCacheArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run on a context with the portable kernels and a uniform parameter buffer per
+    /// dispatch (no subgroups, no immediates, no reused bind groups), to measure what they
+    /// save.
+    #[arg(long)]
+    portable: bool,
 }
 
 #[derive(Args, Debug)]
@@ -118,7 +123,10 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     }
     names.extend(args.presets.iter().filter(|p| *p != "fp16").cloned());
     let presets = resolve_presets(&names, None, None)?;
-    let gpu = GpuContext::new(&GpuOptions::default())?;
+    let gpu = GpuContext::new(&GpuOptions {
+        portable_only: args.portable,
+        ..GpuOptions::default()
+    })?;
     // One preset at a time (as the benchmark runs them), with progress between.
     let bar = super::progress::Progress::new(presets.len() as u64, args.json);
     let mut results = Vec::with_capacity(presets.len());

@@ -1,6 +1,9 @@
 //! Dispatches recorded into one command buffer and submitted together: grids split under the
 //! per-dimension limit, bindings filtered to what each entry point uses, timestamps when
-//! profiling.
+//! profiling. Where the device has immediates, each dispatch's `Params` is set in the command
+//! buffer and its bind group (buffers only) is reused from the context's cache, so a repeated
+//! dispatch creates neither a buffer nor a bind group; otherwise each dispatch makes a
+//! uniform buffer and a bind group.
 
 use wgpu::util::DeviceExt;
 
@@ -11,7 +14,28 @@ use super::profiling::KERNEL_QUERIES;
 use super::shaders::Kernel;
 use crate::error::{Result, VidkvError};
 
+/// Bind groups the context keeps at most; the cache is emptied when full, and whenever the
+/// buffer pool replaces a buffer, so that it never holds more than this many dispatches'
+/// buffers alive.
+const CACHED_BIND_GROUPS: usize = 256;
+
+/// One buffer of a cached bind group: its binding, the buffer and its byte range.
+type BoundBuffer = (u32, wgpu::Buffer, Option<(u64, u64)>);
+
+/// What a cached bind group binds: the pipeline (kernel, entry point) and each buffer.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BindKey {
+    kernel: &'static str,
+    entry: &'static str,
+    buffers: Vec<BoundBuffer>,
+}
+
 impl GpuContext {
+    /// Empties the bind-group cache (the buffers it held alive are released).
+    pub(crate) fn forget_bind_groups(&self) {
+        self.bind_groups.lock().expect("bind groups").clear();
+    }
+
     /// Starts a batch of dispatches recorded into one command buffer.
     pub(crate) fn batch(&self) -> Batch<'_> {
         let mut encoder = self
@@ -132,11 +156,6 @@ impl Batch<'_> {
         let device = &self.context.device;
         let pipeline = self.context.pipeline(kernel, entry)?;
         pipeline.check_buffers(kernel, entry, buffers.len())?;
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
         // Buffers at bindings 1, 2, …, without those the entry point does not use.
         let bound: Vec<(u32, Bound<'_>)> = buffers
             .iter()
@@ -144,24 +163,70 @@ impl Batch<'_> {
             .map(|(i, b)| (i as u32 + 1, *b))
             .filter(|(binding, _)| pipeline.bindings.contains(binding))
             .collect();
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(bound.iter().map(|(binding, b)| wgpu::BindGroupEntry {
-            binding: *binding,
-            resource: b.resource(),
-        }));
-        let bind_group = self.context.validated(
-            || format!("binding {}::{entry}", kernel.name),
-            || {
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(kernel.name),
-                    layout: &pipeline.pipeline.get_bind_group_layout(0),
-                    entries: &entries,
+        let immediates = self.context.immediates;
+        let uniform = (!immediates).then(|| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+        });
+        let create = || {
+            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = uniform
+                .iter()
+                .map(|u| wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: u.as_entire_binding(),
                 })
-            },
-        )?;
+                .collect();
+            entries.extend(bound.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.resource(),
+            }));
+            self.context.validated(
+                || format!("binding {}::{entry}", kernel.name),
+                || {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(kernel.name),
+                        layout: &pipeline.pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    })
+                },
+            )
+        };
+        // A decode step's buffers are fresh for each step: caching them would only hold
+        // them alive.
+        let bind_group = if immediates && !self.context.is_deferring() {
+            let key = BindKey {
+                kernel: kernel.name,
+                entry,
+                buffers: bound
+                    .iter()
+                    .map(|(binding, b)| (*binding, b.buffer.clone(), b.range))
+                    .collect(),
+            };
+            let cached = self
+                .context
+                .bind_groups
+                .lock()
+                .expect("bind groups")
+                .get(&key)
+                .cloned();
+            match cached {
+                Some(group) => group,
+                None => {
+                    let group = create()?;
+                    let mut cache = self.context.bind_groups.lock().expect("bind groups");
+                    if cache.len() >= CACHED_BIND_GROUPS {
+                        cache.clear();
+                    }
+                    cache.insert(key, group.clone());
+                    group
+                }
+            }
+        } else {
+            create()?
+        };
         let mut kernel_profile = self.context.kernel_profile.lock().expect("kernel profile");
         let timed = kernel_profile
             .as_mut()
@@ -185,6 +250,9 @@ impl Batch<'_> {
             });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
+        if immediates {
+            pass.set_immediates(0, bytemuck::bytes_of(&params));
+        }
         pass.dispatch_workgroups(grid.0, grid.1, 1);
         drop(pass);
         drop(kernel_profile);

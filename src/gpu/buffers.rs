@@ -52,7 +52,10 @@ impl GpuContext {
             }
         }
         let buffer = Arc::new(self.new_storage(role, bytes)?);
-        pool.insert(role, Arc::clone(&buffer));
+        if pool.insert(role, Arc::clone(&buffer)).is_some() {
+            // Cached bind groups may hold the replaced buffer alive.
+            self.forget_bind_groups();
+        }
         Ok(buffer)
     }
 

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::batch::BindKey;
 use super::buffers::GUARD_WORDS;
-use super::params::WORKGROUP_SIZE;
+use super::params::{Params, WORKGROUP_SIZE};
 use super::pipeline::Pipeline;
 use super::profiling::{KernelProfile, Profile};
 use crate::error::{Result, VidkvError};
@@ -68,7 +69,8 @@ pub struct GpuOptions {
     /// Cap on the bytes of one storage binding, below the device's own limit (to exercise
     /// or emulate WebGPU's 128 MiB default on larger devices).
     pub max_binding_bytes: Option<u64>,
-    /// Use only the portable kernels even where the adapter offers subgroups.
+    /// Use only the portable kernels and uniform parameter blocks, even where the adapter
+    /// offers subgroups and immediates.
     pub portable_only: bool,
     /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536); `None`
     /// takes [`crate::gpu::attention::CPU_SPLIT_TOKENS`] on CPU adapters and
@@ -117,6 +119,10 @@ pub struct ContextState {
     pub(super) max_workgroups: u32,
     pub(super) split_tokens: usize,
     pub(super) subgroups: bool,
+    /// Whether kernels read `Params` as immediates (no uniform buffer per dispatch), which
+    /// also lets bind groups be reused ([`GpuContext::bind_group`]).
+    pub(super) immediates: bool,
+    pub(super) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pub(super) buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
     pub(super) lost: ErrorSlot,
@@ -225,9 +231,12 @@ impl GpuContext {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
                 // Optional features, requested where offered: timestamp queries (for
-                // benchmarks) and subgroups (for the fast paths).
+                // benchmarks), subgroups (for the fast paths) and immediates (parameters
+                // without a uniform buffer per dispatch).
                 required_features: features
-                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP),
+                    & (wgpu::Features::TIMESTAMP_QUERY
+                        | wgpu::Features::SUBGROUP
+                        | wgpu::Features::IMMEDIATES),
                 required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -329,6 +338,10 @@ impl GpuContext {
                 max_workgroups: limits.max_compute_workgroups_per_dimension,
                 split_tokens,
                 subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
+                immediates: !options.portable_only
+                    && features.contains(wgpu::Features::IMMEDIATES)
+                    && limits.max_immediate_size as usize >= std::mem::size_of::<Params>(),
+                bind_groups: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
                 buffers: Mutex::new(HashMap::new()),
                 lost,
@@ -382,6 +395,12 @@ impl GpuContext {
     /// Tokens per split of decode attention on this context ([`GpuOptions::split_tokens`]).
     pub fn split_tokens(&self) -> usize {
         self.split_tokens
+    }
+
+    /// Whether kernels take their parameters as immediates (set per dispatch in the
+    /// command buffer) rather than from a uniform buffer made per dispatch.
+    pub fn uses_immediates(&self) -> bool {
+        self.immediates
     }
 
     /// Workgroups allowed per grid dimension.

@@ -53,7 +53,14 @@ impl GpuContext {
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.name),
-                        source: wgpu::ShaderSource::Wgsl(kernel.composed_source().into()),
+                        source: wgpu::ShaderSource::Wgsl(
+                            if self.immediates {
+                                kernel.composed_source_with_immediates()
+                            } else {
+                                kernel.composed_source()
+                            }
+                            .into(),
+                        ),
                     });
                 self.device
                     .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

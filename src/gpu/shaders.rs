@@ -4,6 +4,9 @@
 //! one module. The same composition is what `shaders/tests.rs` validates with naga and
 //! translates to SPIR-V, MSL, HLSL and GLSL.
 
+/// How every kernel declares its parameter block (the line that immediates replace).
+pub const UNIFORM_PARAMS: &str = "@group(0) @binding(0) var<uniform> params: Params;";
+
 /// Helpers shared by every kernel (parameter block, f16 packing, code rules, twiddles).
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
@@ -180,6 +183,13 @@ impl Kernel {
     pub fn composed_source(&self) -> String {
         let texts: Vec<&str> = self.files().into_iter().map(|(_, text)| text).collect();
         texts.join("\n")
+    }
+
+    /// [`Kernel::composed_source`] with `Params` read as immediates instead of the uniform
+    /// at binding 0, for devices with `Features::IMMEDIATES`.
+    pub fn composed_source_with_immediates(&self) -> String {
+        self.composed_source()
+            .replace(UNIFORM_PARAMS, "var<immediate> params: Params;")
     }
 }
 
