@@ -33,7 +33,6 @@
 @group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> partial: array<vec4<f32>>;
 
-const BLOCK_ROWS: u32 = 8u;
 const LANES: u32 = 64u;
 const TILE_TOKENS: u32 = 256u;
 // Tokens a scoring invocation takes: TILE_TOKENS / (LANES / BLOCK_ROWS).
@@ -70,16 +69,11 @@ fn main(
     let quads = d / 4u;
     let octets = d / 8u;
     let split = workgroup.x;
-    let per_head = (params.rows_per_head + BLOCK_ROWS - 1u) / BLOCK_ROWS;
-    let kv_head = params.row_offset / params.rows_per_head + workgroup.y / per_head;
-    let first_row = kv_head * params.rows_per_head + BLOCK_ROWS * (workgroup.y % per_head);
+    let kv_head = block_kv_head(workgroup.y);
     if (local < BLOCK_ROWS) {
-        let row = first_row + local;
-        let inside = BLOCK_ROWS * (workgroup.y % per_head) + local < params.rows_per_head
-            && row >= params.row_offset && row < params.row_offset + params.tile_rows;
+        let tile_row = block_tile_row(workgroup.y, local);
         var info = vec4<u32>(0u);
-        if (inside) {
-            let tile_row = row - params.row_offset;
+        if (tile_row != NO_TILE_ROW) {
             let range = visible[query_row(tile_row).query];
             info = vec4<u32>(tile_row, range.x, range.y, 1u);
         }

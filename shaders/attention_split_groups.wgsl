@@ -63,7 +63,6 @@
 @group(0) @binding(14) var<storage, read_write> partial: array<f32>;
 
 const LANES: u32 = 64u;
-const BLOCK_ROWS: u32 = 8u;
 const CHUNK: u32 = 16u;
 const TILE_TOKENS: u32 = 128u;
 const LOWEST: f32 = -0x1.fffffep+127f;
@@ -376,17 +375,12 @@ fn main(
     let d = params.width;
     let g_size = params.group_size;
     let split = workgroup.x;
-    let per_head = (params.rows_per_head + BLOCK_ROWS - 1u) / BLOCK_ROWS;
-    let kv_head = params.row_offset / params.rows_per_head + workgroup.y / per_head;
-    let first_row = kv_head * params.rows_per_head + BLOCK_ROWS * (workgroup.y % per_head);
+    let kv_head = block_kv_head(workgroup.y);
     if (local < BLOCK_ROWS) {
-        let row = first_row + local;
-        let inside = BLOCK_ROWS * (workgroup.y % per_head) + local < params.rows_per_head
-            && row >= params.row_offset && row < params.row_offset + params.tile_rows;
+        let tile_row = block_tile_row(workgroup.y, local);
         var info = vec4<u32>(0u);
         var centre = 0.0;
-        if (inside) {
-            let tile_row = row - params.row_offset;
+        if (tile_row != NO_TILE_ROW) {
             let query = query_row(tile_row).query;
             let pair = visible[query / 2u];
             let range = select(pair.xy, pair.zw, query % 2u == 1u);
@@ -460,33 +454,20 @@ fn main(
         }
         workgroupBarrier();
 
-        // Key dots: row r = round·P + phase; `row_dots` sums the chunks into tile_weights.
-        // Two rows per lane and iteration (llvmpipe pays per loop iteration here).
-        for (var first_row = 0u; first_row < count; first_row = first_row + 2u * phases) {
-            let r0 = first_row + phase;
-            let r1 = r0 + phases;
-            var low_0 = vec4<f32>(0.0);
-            var high_0 = vec4<f32>(0.0);
-            var low_1 = vec4<f32>(0.0);
-            var high_1 = vec4<f32>(0.0);
-            if (in_phase && r0 < count) {
-                let row = key_rows[r0];
+        // Key dots: row r = first_row + phase; `row_dots` sums the chunks into tile_weights.
+        for (var first_row = 0u; first_row < count; first_row = first_row + phases) {
+            let r = first_row + phase;
+            var low = vec4<f32>(0.0);
+            var high = vec4<f32>(0.0);
+            if (in_phase && r < count) {
+                let row = key_rows[r];
                 if ((row.x & 0xffu) > 0u) {
                     let l = chunk_levels(false, row, lane_chunk);
-                    low_0 = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
-                    high_0 = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
+                    low = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
+                    high = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
                 }
             }
-            if (in_phase && r1 < count) {
-                let row = key_rows[r1];
-                if ((row.x & 0xffu) > 0u) {
-                    let l = chunk_levels(false, row, lane_chunk);
-                    low_1 = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
-                    high_1 = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
-                }
-            }
-            row_dots(local, first_row, count, low_0, high_0);
-            row_dots(local, first_row + phases, count, low_1, high_1);
+            row_dots(local, first_row, count, low, high);
         }
         workgroupBarrier();
 

@@ -201,3 +201,26 @@ fn block_of(e: u32, d: u32) -> vec2<u32> {
     }
     return vec2<u32>(start, 1u);
 }
+
+// Query rows per block of the fused split kernels (attention_split, attention_split_groups):
+// a workgroup serves the up-to-8 rows of one KV head in its block.
+const BLOCK_ROWS: u32 = 8u;
+// block_tile_row of a row the block does not have in this tile.
+const NO_TILE_ROW: u32 = 0xffffffffu;
+
+// The KV head of block `block` (workgroup.y of a fused split kernel).
+fn block_kv_head(block: u32) -> u32 {
+    let per_head = (params.rows_per_head + BLOCK_ROWS - 1u) / BLOCK_ROWS;
+    return params.row_offset / params.rows_per_head + block / per_head;
+}
+
+// The tile row of row `lane` (0…7) of block `block`, or NO_TILE_ROW where the KV head has
+// fewer rows or the row lies outside this tile.
+fn block_tile_row(block: u32, lane: u32) -> u32 {
+    let per_head = (params.rows_per_head + BLOCK_ROWS - 1u) / BLOCK_ROWS;
+    let in_head = BLOCK_ROWS * (block % per_head) + lane;
+    let row = block_kv_head(block) * params.rows_per_head + in_head;
+    let inside = in_head < params.rows_per_head
+        && row >= params.row_offset && row < params.row_offset + params.tile_rows;
+    return select(NO_TILE_ROW, row - params.row_offset, inside);
+}

@@ -555,7 +555,8 @@ fn record_values(
     scratch: &Scratch,
 ) {
     let (scores, partial) = (&*scratch.scores, &*scratch.partial);
-    let grid = (segment.splits(seg.split_size as usize) as u32, rows as u32);
+    let splits = segment.splits(seg.split_size as usize);
+    let grid = (splits as u32, rows as u32);
     match &segment.data {
         SegmentData::Exact {
             values,
@@ -574,22 +575,12 @@ fn record_values(
             grid,
         ),
         SegmentData::Packed(planes) => match &planes.values {
-            PackedValuePlanes::Rotated(values) => rotated::record_values(
-                batch,
-                values,
-                seg,
-                segment.splits(seg.split_size as usize),
-                rows,
-                scratch,
-            ),
-            PackedValuePlanes::RotatedGroups(values) => rotated_groups::record_values(
-                batch,
-                values,
-                seg,
-                segment.splits(seg.split_size as usize),
-                rows,
-                scratch,
-            ),
+            PackedValuePlanes::Rotated(values) => {
+                rotated::record_values(batch, values, seg, splits, rows, scratch)
+            }
+            PackedValuePlanes::RotatedGroups(values) => {
+                rotated_groups::record_values(batch, values, seg, splits, rows, scratch)
+            }
             PackedValuePlanes::TwoBit {
                 grouping,
                 rows: plane_rows,

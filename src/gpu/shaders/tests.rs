@@ -8,6 +8,29 @@ use naga::ShaderStage;
 
 use super::{ALL, UNIFORM_PARAMS};
 
+/// `source` of `kernel` parsed and validated with naga. The portable kernels need no optional
+/// feature beyond `extra`: only pack/unpack2x16float, which core WebGPU guarantees (wgpu's
+/// downlevel flag SHADER_F16_IN_F32). Fast paths declare the subgroup feature they need, and
+/// only that.
+fn validated(
+    kernel: &super::Kernel,
+    source: &str,
+    extra: Capabilities,
+) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(source)));
+    let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32 | extra;
+    if kernel.needs_subgroups {
+        capabilities |= Capabilities::SUBGROUP;
+    }
+    let info = Validator::new(ValidationFlags::all(), capabilities)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(source)));
+    (module, info)
+}
+
 /// Every kernel declares its parameter block with the one line that immediates replace, and
 /// that composition validates and translates to SPIR-V (Vulkan's push constants; Metal and
 /// DX12 take immediates the same way through wgpu).
@@ -20,18 +43,11 @@ fn every_shader_takes_its_parameters_as_immediates() {
             "{}: parameter block declarations",
             kernel.name
         );
-        let source = kernel.composed_source_with_immediates();
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
-        let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32 | Capabilities::IMMEDIATES;
-        if kernel.needs_subgroups {
-            capabilities |= Capabilities::SUBGROUP;
-        }
-        let info = Validator::new(ValidationFlags::all(), capabilities)
-            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
+        let (module, info) = validated(
+            &kernel,
+            &kernel.composed_source_with_immediates(),
+            Capabilities::IMMEDIATES,
+        );
         for entry in kernel.entry_points {
             let options = spv::Options {
                 lang_version: (1, 3),
@@ -54,21 +70,7 @@ fn every_shader_takes_its_parameters_as_immediates() {
 #[test]
 fn every_shader_validates_and_translates_to_every_backend() {
     for kernel in ALL {
-        let source = kernel.composed_source();
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
-        // The portable kernels need no optional feature: only pack/unpack2x16float, which
-        // core WebGPU guarantees (wgpu's downlevel flag SHADER_F16_IN_F32). Fast paths
-        // declare the subgroup feature they need, and only that.
-        let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-        if kernel.needs_subgroups {
-            capabilities |= Capabilities::SUBGROUP;
-        }
-        let info = Validator::new(ValidationFlags::all(), capabilities)
-            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(&source)));
+        let (module, info) = validated(&kernel, &kernel.composed_source(), Capabilities::empty());
         let declared: Vec<&str> = module
             .entry_points
             .iter()
