@@ -130,7 +130,7 @@ pub struct AttentionResult {
     pub bytes_read: u64,
     pub gb_per_s: f64,
     /// With kernel profiling: GPU milliseconds per call of each `kernel::entry` (mean over
-    /// the profiled calls, each pass timed with its own timestamps), in name order.
+    /// the profiled calls, each dispatch between two timestamps), in name order.
     pub kernels: Vec<(String, f64)>,
 }
 

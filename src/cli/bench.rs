@@ -74,8 +74,9 @@ pub(super) struct BenchAttentionArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also time every kernel pass with its own timestamps (`runs` more calls per case)
-    /// and print GPU milliseconds per call of each kernel.
+    /// Also time every kernel with timestamps around its dispatch (inside the batch's compute
+    /// pass where the device allows it, else in a pass of its own; `runs` more calls per
+    /// case) and print GPU milliseconds per call of each kernel.
     #[arg(long)]
     kernels: bool,
     /// Also write an SVG chart (decode time against context) into this directory.
@@ -289,7 +290,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         );
     }
     if results.iter().any(|r| !r.kernels.is_empty()) {
-        println!("GPU ms per call of each kernel (every pass timed on its own):");
+        println!("GPU ms per call of each kernel (timestamps around each dispatch):");
         for r in results.iter().filter(|r| !r.kernels.is_empty()) {
             let total: f64 = r.kernels.iter().map(|(_, ms)| ms).sum();
             let parts: Vec<String> = r

@@ -1,6 +1,8 @@
 //! Dispatches recorded into one command buffer and submitted together: grids split under the
 //! per-dimension limit, bindings filtered to what each entry point uses, timestamps when
-//! profiling. Where the device has immediates, each dispatch's `Params` is set in the command
+//! profiling. A batch's dispatches share one compute pass (a copy, or a kernel timed with
+//! pass timestamps on a device without timestamps inside passes, ends it). Where the device
+//! has immediates, each dispatch's `Params` is set in the command
 //! buffer and its bind group (buffers only) is reused from the context's cache, so a repeated
 //! dispatch creates neither a buffer nor a bind group; otherwise each dispatch makes a
 //! uniform buffer and a bind group.
@@ -48,6 +50,7 @@ impl GpuContext {
         Batch {
             context: self,
             encoder,
+            pass: None,
             error: None,
             profiled,
         }
@@ -58,6 +61,8 @@ impl GpuContext {
 pub struct Batch<'a> {
     context: &'a GpuContext,
     encoder: wgpu::CommandEncoder,
+    /// The compute pass the dispatches share, open until a copy or the submission.
+    pass: Option<wgpu::ComputePass<'static>>,
     error: Option<VidkvError>,
     /// Whether the batch opened with a timestamp (profiling was on).
     profiled: bool,
@@ -228,33 +233,56 @@ impl Batch<'_> {
             create()?
         };
         let mut kernel_profile = self.context.kernel_profile.lock().expect("kernel profile");
+        // Timed kernels: a timestamp before and after the dispatch, inside the shared pass
+        // where the device allows it, else a pass of its own with timestamps at its ends.
         let timed = kernel_profile
             .as_mut()
-            .filter(|_| !self.context.is_deferring());
-        let timestamp_writes = timed.and_then(|p| {
-            let index = p.pending.len() as u32;
-            (index < KERNEL_QUERIES).then(|| {
-                p.pending.push(format!("{}::{entry}", kernel.name));
-                wgpu::ComputePassTimestampWrites {
-                    query_set: &p.queries,
-                    beginning_of_pass_write_index: Some(2 * index),
-                    end_of_pass_write_index: Some(2 * index + 1),
-                }
-            })
-        });
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.name),
-                timestamp_writes,
+            .filter(|_| !self.context.is_deferring())
+            .and_then(|p| {
+                let index = p.pending.len() as u32;
+                (index < KERNEL_QUERIES).then(|| {
+                    p.pending.push(format!("{}::{entry}", kernel.name));
+                    (&p.queries, 2 * index)
+                })
             });
+        let inside = self
+            .context
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let own_pass = timed.is_some() && !inside;
+        if own_pass {
+            self.pass = None;
+        }
+        let encoder = &mut self.encoder;
+        let pass = self.pass.get_or_insert_with(|| {
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("vidkv"),
+                    timestamp_writes: timed.filter(|_| own_pass).map(|(queries, index)| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: queries,
+                            beginning_of_pass_write_index: Some(index),
+                            end_of_pass_write_index: Some(index + 1),
+                        }
+                    }),
+                })
+                .forget_lifetime()
+        });
+        if let Some((queries, index)) = timed.filter(|_| inside) {
+            pass.write_timestamp(queries, index);
+        }
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         if immediates {
             pass.set_immediates(0, bytemuck::bytes_of(&params));
         }
         pass.dispatch_workgroups(grid.0, grid.1, 1);
-        drop(pass);
+        if let Some((queries, index)) = timed.filter(|_| inside) {
+            pass.write_timestamp(queries, index + 1);
+        }
+        if own_pass {
+            self.pass = None;
+        }
         drop(kernel_profile);
         Ok(())
     }
@@ -269,6 +297,7 @@ impl Batch<'_> {
         size: u64,
     ) {
         if self.error.is_none() && size > 0 {
+            self.pass = None;
             self.encoder
                 .copy_buffer_to_buffer(from, from_offset, to, to_offset, size);
         }
@@ -279,6 +308,7 @@ impl Batch<'_> {
         if let Some(e) = self.error {
             return Err(e);
         }
+        self.pass = None;
         if self.profiled {
             self.context.timestamp_pass(&mut self.encoder, 1);
         }

@@ -231,10 +231,11 @@ impl GpuContext {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
                 // Optional features, requested where offered: timestamp queries (for
-                // benchmarks), subgroups (for the fast paths) and immediates (parameters
+                // benchmarks, inside passes too), subgroups (for the fast paths) and immediates (parameters
                 // without a uniform buffer per dispatch).
                 required_features: features
                     & (wgpu::Features::TIMESTAMP_QUERY
+                        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
                         | wgpu::Features::SUBGROUP
                         | wgpu::Features::IMMEDIATES),
                 required_limits: limits,
