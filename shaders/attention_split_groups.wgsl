@@ -41,8 +41,9 @@
 // Per tile of 128 tokens: stage the rows' widths, scales and first code bits; key dots
 // (the chunk's partial dots, summed over the row's L lanes by `row_dots`, from
 // attention_split_groups_portable.wgsl or _subgroup.wgsl); the G-point transform of T
-// groups, centre terms and the mask; the rows' running softmax; the value weights
-// (transformed for T groups, times the row scales); Σ weight·levels into the registers.
+// groups (in registers for G = 32), centre terms and the mask; the rows' running softmax;
+// the value weights (transformed for T groups, times the row scales); Σ weight·levels into
+// the registers.
 // At the split's end the phases' sums are added, rotated back (Rot_d) and given the
 // centre's weight times m.
 
