@@ -9,8 +9,9 @@
 # `prepare` copies target/release/vidkv into .gl/ (git-ignored through .git/info/exclude),
 # so a run carries one path: `.gl`. `run` writes OUT/vulkaninfo.txt (device name, subgroup
 # size, shader-f16, integer dot product, cooperative-matrix lines), OUT/attention.json
-# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`) and
-# OUT/cache.txt (`bench cache`, 28 layers at 16k). On a machine without .gl/ (lavapipe
+# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`), OUT/cache.txt
+# (`bench cache`, 28 layers at 16k) and OUT/cache-portable.txt (the same on a context
+# without subgroups, immediates or reused bind groups). On a machine without .gl/ (lavapipe
 # here) `run` uses target/release/vidkv and the installed loader, as a dry run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,8 @@ run)
     "$binary" bench attention --context 16384 --context 65536 --context 131072 \
         --runs 5 --kernels --json > "$out/attention.json"
     "$binary" bench cache --layers 28 --context 16384 --runs 3 > "$out/cache.txt"
+    "$binary" bench cache --layers 28 --context 16384 --runs 3 --portable \
+        > "$out/cache-portable.txt"
     cat "$out/cache.txt"
     ;;
 *)
