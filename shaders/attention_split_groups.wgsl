@@ -156,9 +156,9 @@ fn row_scale(byte: u32, base: f32) -> f32 {
     return (base * table_entry(POWERS + u32(m & 15i))) * ldexp(1.0, m >> 4u);
 }
 
-// Row j of group g of a plane: (bits, 0 (its first code bit comes from `place_rows`),
-// scale, kind).
-fn stage_row(values: bool, kv_head: u32, g: u32, j: u32) -> vec4<u32> {
+// Row j of group g of a plane whose scale base is `base`: (bits, 0 (the staging loop places
+// its first code bit), scale, kind).
+fn stage_row(values: bool, kv_head: u32, g: u32, j: u32, base: f32) -> vec4<u32> {
     let sequency = width_entry(values, kv_head, g, 0u) != TOKEN_MODE;
     let b = budget(values);
     var bits = b / params.group_size + select(0u, 1u, j < b % params.group_size);
@@ -167,7 +167,6 @@ fn stage_row(values: bool, kv_head: u32, g: u32, j: u32) -> vec4<u32> {
     }
     let word = scale_word(values, (kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u);
     let byte = (word >> (8u * (j % 4u))) & 0xffu;
-    let base = unpack2x16float(state_word(values, kv_head, params.width / 2u)).x;
     let scale = select(0.0, row_scale(byte, base), bits > 0u);
     var kind = SEQUENCY_ROW;
     if (!sequency) {
@@ -423,6 +422,9 @@ fn main(
     var s_high_2 = zero;
     var s_high_3 = zero;
 
+    // The planes' scale bases (f16 after the means in each KV head's state).
+    let key_base = unpack2x16float(state_word(false, kv_head, d / 2u)).x;
+    let value_base = unpack2x16float(state_word(true, kv_head, d / 2u)).x;
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
     for (var tile = first; tile < end; tile = tile + TILE_TOKENS) {
@@ -431,8 +433,9 @@ fn main(
         let first_group = (params.segment_first + tile) / g_size;
         // Stage the rows of both planes, then place each row's first code bit.
         for (var r = local; r < count; r = r + LANES) {
-            key_rows[r] = stage_row(false, kv_head, first_group + r / g_size, r % g_size);
-            value_rows[r] = stage_row(true, kv_head, first_group + r / g_size, r % g_size);
+            let g = first_group + r / g_size;
+            key_rows[r] = stage_row(false, kv_head, g, r % g_size, key_base);
+            value_rows[r] = stage_row(true, kv_head, g, r % g_size, value_base);
         }
         workgroupBarrier();
         if (local < 2u * tile_groups) {
