@@ -2,10 +2,10 @@
 //! per-dimension limit, bindings filtered to what each entry point uses, timestamps when
 //! profiling. A batch's dispatches share one compute pass (a copy, or a kernel timed with
 //! pass timestamps on a device without timestamps inside passes, ends it). Where the device
-//! has immediates, each dispatch's `Params` is set in the command
-//! buffer and its bind group (buffers only) is reused from the context's cache, so a repeated
-//! dispatch creates neither a buffer nor a bind group; otherwise each dispatch makes a
-//! uniform buffer and a bind group.
+//! has immediates, each dispatch's `Params` is set in the command buffer and its bind group
+//! (buffers only) is reused from the context's cache, so a repeated dispatch creates neither
+//! a buffer nor a bind group; otherwise each dispatch makes a uniform buffer and a bind
+//! group.
 
 use wgpu::util::DeviceExt;
 
@@ -36,6 +36,24 @@ impl GpuContext {
     /// Empties the bind-group cache (the buffers it held alive are released).
     pub(crate) fn forget_bind_groups(&self) {
         self.bind_groups.lock().expect("bind groups").clear();
+    }
+
+    /// The cached bind group for `key`, or the one `create` makes, kept for next time.
+    fn cached_bind_group(
+        &self,
+        key: BindKey,
+        create: impl FnOnce() -> Result<wgpu::BindGroup>,
+    ) -> Result<wgpu::BindGroup> {
+        if let Some(group) = self.bind_groups.lock().expect("bind groups").get(&key) {
+            return Ok(group.clone());
+        }
+        let group = create()?;
+        let mut cache = self.bind_groups.lock().expect("bind groups");
+        if cache.len() >= CACHED_BIND_GROUPS {
+            cache.clear();
+        }
+        cache.insert(key, group.clone());
+        Ok(group)
     }
 
     /// Starts a batch of dispatches recorded into one command buffer.
@@ -210,25 +228,7 @@ impl Batch<'_> {
                     .map(|(binding, b)| (*binding, b.buffer.clone(), b.range))
                     .collect(),
             };
-            let cached = self
-                .context
-                .bind_groups
-                .lock()
-                .expect("bind groups")
-                .get(&key)
-                .cloned();
-            match cached {
-                Some(group) => group,
-                None => {
-                    let group = create()?;
-                    let mut cache = self.context.bind_groups.lock().expect("bind groups");
-                    if cache.len() >= CACHED_BIND_GROUPS {
-                        cache.clear();
-                    }
-                    cache.insert(key, group.clone());
-                    group
-                }
-            }
+            self.context.cached_bind_group(key, create)?
         } else {
             create()?
         };

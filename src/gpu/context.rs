@@ -120,7 +120,7 @@ pub struct ContextState {
     pub(super) split_tokens: usize,
     pub(super) subgroups: bool,
     /// Whether kernels read `Params` as immediates (no uniform buffer per dispatch), which
-    /// also lets bind groups be reused ([`GpuContext::bind_group`]).
+    /// also lets bind groups be reused (`bind_groups`, at most 256; see `gpu::batch`).
     pub(super) immediates: bool,
     pub(super) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
@@ -231,8 +231,8 @@ impl GpuContext {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
                 // Optional features, requested where offered: timestamp queries (for
-                // benchmarks, inside passes too), subgroups (for the fast paths) and immediates (parameters
-                // without a uniform buffer per dispatch).
+                // benchmarks, inside passes too), subgroups (for the fast paths) and
+                // immediates (parameters without a uniform buffer per dispatch).
                 required_features: features
                     & (wgpu::Features::TIMESTAMP_QUERY
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
