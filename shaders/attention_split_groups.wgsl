@@ -153,7 +153,9 @@ fn row_scale(byte: u32, base: f32) -> f32 {
         return 0.0;
     }
     let m = 2i * (i32(e) - 64i);
-    return (base * table_entry(POWERS + u32(m & 15i))) * ldexp(1.0, m >> 4u);
+    // 2^(m >> 4) (−8…7) built from its exponent bits: ldexp is a call per lane on llvmpipe.
+    let power = bitcast<f32>(u32((m >> 4u) + 127i) << 23u);
+    return (base * table_entry(POWERS + u32(m & 15i))) * power;
 }
 
 // Row j of group g of a plane whose scale base is `base`: (bits, 0 (the staging loop places
@@ -161,7 +163,8 @@ fn row_scale(byte: u32, base: f32) -> f32 {
 fn stage_row(values: bool, kv_head: u32, g: u32, j: u32, base: f32) -> vec4<u32> {
     let sequency = width_entry(values, kv_head, g, 0u) != TOKEN_MODE;
     let b = budget(values);
-    var bits = b / params.group_size + select(0u, 1u, j < b % params.group_size);
+    let g_shift = firstTrailingBit(params.group_size);
+    var bits = (b >> g_shift) + select(0u, 1u, j < (b & (params.group_size - 1u)));
     if (sequency) {
         bits = width_entry(values, kv_head, g, j);
     }
@@ -374,6 +377,10 @@ fn main(
 ) {
     let d = params.width;
     let g_size = params.group_size;
+    // G is a power of two (8…128): shifts and masks, not divisions (which llvmpipe does one
+    // lane at a time).
+    let g_shift = firstTrailingBit(g_size);
+    let g_mask = g_size - 1u;
     let split = workgroup.x;
     let kv_head = block_kv_head(workgroup.y);
     if (local < BLOCK_ROWS) {
@@ -429,18 +436,18 @@ fn main(
     let end = min(first + params.split_size, params.segment_len);
     for (var tile = first; tile < end; tile = tile + TILE_TOKENS) {
         let count = min(TILE_TOKENS, end - tile);
-        let tile_groups = count / g_size;
-        let first_group = (params.segment_first + tile) / g_size;
+        let tile_groups = count >> g_shift;
+        let first_group = (params.segment_first + tile) >> g_shift;
         // Stage the rows of both planes, then place each row's first code bit.
         for (var r = local; r < count; r = r + LANES) {
-            let g = first_group + r / g_size;
-            key_rows[r] = stage_row(false, kv_head, g, r % g_size, key_base);
-            value_rows[r] = stage_row(true, kv_head, g, r % g_size, value_base);
+            let g = first_group + (r >> g_shift);
+            key_rows[r] = stage_row(false, kv_head, g, r & g_mask, key_base);
+            value_rows[r] = stage_row(true, kv_head, g, r & g_mask, value_base);
         }
         workgroupBarrier();
         if (local < 2u * tile_groups) {
             let values = local >= tile_groups;
-            let group = local % tile_groups;
+            let group = select(local, local - tile_groups, values);
             let word = (kv_head * params.groups + first_group + group) * (budget(values) * d / 32u);
             var offset = 0u;
             for (var j = 0u; j < g_size; j = j + 1u) {
@@ -471,14 +478,14 @@ fn main(
                     high = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
                 }
             }
-            row_dots(local, first_row, count, low, high);
+            row_dots(local, phase, phases, first_row, count, low, high);
         }
         workgroupBarrier();
 
         // Logits: T groups transformed across tokens, centre terms, the mask.
         for (var task = local; task < BLOCK_ROWS * tile_groups; task = task + LANES) {
-            let q_row = task / tile_groups;
-            let group = task % tile_groups;
+            let q_row = task % BLOCK_ROWS;
+            let group = task / BLOCK_ROWS;
             let at = q_row * TILE_TOKENS + group * g_size;
             let info = block_rows[q_row];
             if (key_rows[group * g_size].w == SEQUENCY_ROW) {
@@ -521,8 +528,8 @@ fn main(
 
         // Value-row weights: T groups' weights transformed across tokens; times row scales.
         for (var task = local; task < BLOCK_ROWS * tile_groups; task = task + LANES) {
-            let q_row = task / tile_groups;
-            let group = task % tile_groups;
+            let q_row = task % BLOCK_ROWS;
+            let group = task / BLOCK_ROWS;
             let at = q_row * TILE_TOKENS + group * g_size;
             if (value_rows[group * g_size].w == SEQUENCY_ROW) {
                 transform_group(at);

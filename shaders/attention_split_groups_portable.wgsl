@@ -8,27 +8,26 @@
 // tile_weights[query row][first + phase] ← Σ over the L lanes of a phase of their partial
 // dots (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by
 // every invocation; starts writing at once and ends with a barrier.
-fn row_dots(local: u32, first: u32, count: u32, dot_low: vec4<f32>, dot_high: vec4<f32>) {
+fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low: vec4<f32>, dot_high: vec4<f32>) {
     let row_lanes = params.width / CHUNK;
-    let phases = LANES / row_lanes;
-    if (local < phases * row_lanes) {
+    if (phase < phases) {
         exchange[2u * local] = dot_low;
         exchange[2u * local + 1u] = dot_high;
     }
     workgroupBarrier();
     // phases · 8 ≤ 512 sums (d ≥ 16), each over row_lanes ≤ 16 chunks (d ≤ 256).
     for (var task = local; task < phases * BLOCK_ROWS; task = task + LANES) {
-        let phase = task / BLOCK_ROWS;
+        let sum_phase = task / BLOCK_ROWS;
         let q_row = task % BLOCK_ROWS;
         var sum = vec4<f32>(0.0);
         for (var c = 0u; c < 16u; c = c + 1u) {
             if (c < row_lanes) {
-                sum = sum + exchange[2u * (phase * row_lanes + c) + q_row / 4u];
+                sum = sum + exchange[2u * (sum_phase * row_lanes + c) + q_row / 4u];
             }
         }
-        if (first + phase < count) {
+        if (first + sum_phase < count) {
             let pick = vec4<f32>(vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(q_row % 4u));
-            tile_weights[q_row * TILE_TOKENS + first + phase] = dot(sum, pick);
+            tile_weights[q_row * TILE_TOKENS + first + sum_phase] = dot(sum, pick);
         }
     }
     workgroupBarrier();
