@@ -40,10 +40,11 @@
 // every lane keeps its chunk of the 8 rotated queries and of the 8 value sums in registers.
 // Per tile of 128 tokens: stage the rows' widths, scales and first code bits; key dots
 // (the chunk's partial dots, summed over the row's L lanes by `row_dots`, from
-// attention_split_groups_portable.wgsl or _subgroup.wgsl); the G-point transform of T
-// groups (in registers for G = 32), centre terms and the mask; the rows' running softmax;
-// the value weights (transformed for T groups, times the row scales); Σ weight·levels into
-// the registers.
+// attention_split_groups_portable.wgsl or _subgroup.wgsl); then tasks of (half of the query
+// rows, group), four query rows per vec4: the G-point transform of T groups (in registers
+// for G = 32), centre terms, the mask and the task's maxima; the rows' new maxima; the
+// weights e^(s − max), their sums, and the transform of T value groups; the rows' sums;
+// Σ weight·scale·levels into the registers.
 // At the split's end the phases' sums are added, rotated back (Rot_d) and given the
 // centre's weight times m.
 
@@ -80,20 +81,31 @@ const SEQUENCY_ROW: u32 = 2u;
 
 // Per query row of the block: (tile row, lo, hi, live).
 var<workgroup> block_rows: array<vec4<u32>, BLOCK_ROWS>;
-// Per query row: the running maximum and sum, the factor that rescales the sums so far,
-// the running weight of the values' centre m, and the row's key centre term q·m.
-var<workgroup> running: array<vec2<f32>, BLOCK_ROWS>;
-var<workgroup> rescale: array<f32, BLOCK_ROWS>;
-var<workgroup> centre_weight: array<f32, BLOCK_ROWS>;
-var<workgroup> key_centre: array<f32, BLOCK_ROWS>;
-// [query row][tile row]: the key rows' dots, then logits, weights, and value-row weights.
-var<workgroup> tile_weights: array<f32, 1024>;
+// Per query row (component k of entry h: row 4h + k): the running maximum and sum, the
+// factor that rescales the sums so far, the running weight of the values' centre m, and the
+// row's key centre term q·m.
+var<workgroup> row_max: array<vec4<f32>, 2>;
+var<workgroup> row_sum: array<vec4<f32>, 2>;
+var<workgroup> rescale: array<vec4<f32>, 2>;
+var<workgroup> centre_weight: array<vec4<f32>, 2>;
+var<workgroup> key_centre: array<vec4<f32>, 2>;
+// [tile row][half h]: query rows 4h…4h+3's key dots of the row, then logits, weights and
+// value-row weights (vec4s, so that the phases below read four query rows per load: on
+// llvmpipe every load is a loop over the lanes).
+var<workgroup> tile_weights: array<vec4<f32>, 256>;
+// The maximum of each query row over the tile (the new running maximum).
+var<workgroup> tile_max: array<vec4<f32>, 2>;
 // Per tile row of the key and of the value plane: (bits | first bit ≪ 8, first word, scale
 // as bits, kind).
 var<workgroup> key_rows: array<vec4<u32>, TILE_TOKENS>;
 var<workgroup> value_rows: array<vec4<u32>, TILE_TOKENS>;
-// The chunks' partial dots (row_dots), then four query rows' value sums over d.
+// The chunks' partial dots (row_dots); per task of the logits and weights phases (half h,
+// group) its maxima (at TASK_MAXIMA), sums of weights (TASK_SUMS) and of the centred
+// tokens' weights (TASK_CENTRED); at the split's end four query rows' value sums over d.
 var<workgroup> exchange: array<vec4<f32>, 256>;
+const TASK_MAXIMA: u32 = 0u;
+const TASK_SUMS: u32 = 32u;
+const TASK_CENTRED: u32 = 64u;
 
 fn table_entry(i: u32) -> f32 {
     return table[i / 4u][i % 4u];
@@ -262,41 +274,47 @@ fn add_columns(first: u32, m: mat4x4<f32>) {
     exchange[first + 3u] = exchange[first + 3u] + m[3];
 }
 
-// tile_weights[at…at + G) ← Rot_G · tile_weights[at…at + G) (one invocation): in registers
-// for G = 32 (the presets' group size), else butterflies in workgroup memory.
-fn transform_group(at: u32) {
+// The entry of tile row r for query rows 4h…4h+3 (see tile_weights).
+fn weight_index(r: u32, h: u32) -> u32 {
+    return 2u * r + h;
+}
+
+// Rot_G over the tile rows first…first + G of query rows 4h…4h+3 (one invocation, four
+// query rows at once): in registers for G = 32 (the presets' group size), else butterflies
+// in workgroup memory.
+fn transform_group(first: u32, h: u32) {
     let g = params.group_size;
     if (g == 32u) {
-        transform_32(at);
+        transform_32(first, h);
         return;
     }
     for (var span = 1u; span < g; span = span * 2u) {
         for (var e = 0u; e < g; e = e + 1u) {
             if ((e & span) == 0u) {
-                let a = tile_weights[at + e];
-                let b = tile_weights[at + e + span];
-                tile_weights[at + e] = a + b;
-                tile_weights[at + e + span] = a - b;
+                let a = tile_weights[weight_index(first + e, h)];
+                let b = tile_weights[weight_index(first + e + span, h)];
+                tile_weights[weight_index(first + e, h)] = a + b;
+                tile_weights[weight_index(first + e + span, h)] = a - b;
             }
         }
     }
     let norm = table_entry(BLOCK_SCALES + firstTrailingBit(g));
     for (var e = 0u; e < g; e = e + 1u) {
-        tile_weights[at + e] = tile_weights[at + e] * norm;
+        tile_weights[weight_index(first + e, h)] = tile_weights[weight_index(first + e, h)] * norm;
     }
 }
 
-// The 32-point transform of transform_group as eight vec4s: spans 1 and 2 inside a vec4,
-// spans 4, 8 and 16 between them.
-fn transform_32(at: u32) {
-    let v0 = butterflies_4(weights_4(at));
-    let v1 = butterflies_4(weights_4(at + 4u));
-    let v2 = butterflies_4(weights_4(at + 8u));
-    let v3 = butterflies_4(weights_4(at + 12u));
-    let v4 = butterflies_4(weights_4(at + 16u));
-    let v5 = butterflies_4(weights_4(at + 20u));
-    let v6 = butterflies_4(weights_4(at + 24u));
-    let v7 = butterflies_4(weights_4(at + 28u));
+// The 32-point transform of transform_group as eight mat4x4s (column k: tile row 4i + k):
+// spans 1 and 2 inside a matrix, spans 4, 8 and 16 between them.
+fn transform_32(first: u32, h: u32) {
+    let v0 = butterflies_4(entries_4(first, h));
+    let v1 = butterflies_4(entries_4(first + 4u, h));
+    let v2 = butterflies_4(entries_4(first + 8u, h));
+    let v3 = butterflies_4(entries_4(first + 12u, h));
+    let v4 = butterflies_4(entries_4(first + 16u, h));
+    let v5 = butterflies_4(entries_4(first + 20u, h));
+    let v6 = butterflies_4(entries_4(first + 24u, h));
+    let v7 = butterflies_4(entries_4(first + 28u, h));
     let a0 = v0 + v1;
     let a1 = v0 - v1;
     let a2 = v2 + v3;
@@ -314,31 +332,35 @@ fn transform_32(at: u32) {
     let b6 = a4 - a6;
     let b7 = a5 - a7;
     let norm = table_entry(BLOCK_SCALES + 5u);
-    store_weights_4(at, (b0 + b4) * norm);
-    store_weights_4(at + 4u, (b1 + b5) * norm);
-    store_weights_4(at + 8u, (b2 + b6) * norm);
-    store_weights_4(at + 12u, (b3 + b7) * norm);
-    store_weights_4(at + 16u, (b0 - b4) * norm);
-    store_weights_4(at + 20u, (b1 - b5) * norm);
-    store_weights_4(at + 24u, (b2 - b6) * norm);
-    store_weights_4(at + 28u, (b3 - b7) * norm);
+    store_entries_4(first, h, (b0 + b4) * norm);
+    store_entries_4(first + 4u, h, (b1 + b5) * norm);
+    store_entries_4(first + 8u, h, (b2 + b6) * norm);
+    store_entries_4(first + 12u, h, (b3 + b7) * norm);
+    store_entries_4(first + 16u, h, (b0 - b4) * norm);
+    store_entries_4(first + 20u, h, (b1 - b5) * norm);
+    store_entries_4(first + 24u, h, (b2 - b6) * norm);
+    store_entries_4(first + 28u, h, (b3 - b7) * norm);
 }
 
-// The butterflies of spans 1 and 2 on four consecutive entries.
-fn butterflies_4(a: vec4<f32>) -> vec4<f32> {
-    let b = vec4<f32>(a.x + a.y, a.x - a.y, a.z + a.w, a.z - a.w);
-    return vec4<f32>(b.x + b.z, b.y + b.w, b.x - b.z, b.y - b.w);
+// The butterflies of spans 1 and 2 on four consecutive entries (the matrix's columns).
+fn butterflies_4(a: mat4x4<f32>) -> mat4x4<f32> {
+    let b0 = a[0] + a[1];
+    let b1 = a[0] - a[1];
+    let b2 = a[2] + a[3];
+    let b3 = a[2] - a[3];
+    return mat4x4<f32>(b0 + b2, b1 + b3, b0 - b2, b1 - b3);
 }
 
-fn weights_4(at: u32) -> vec4<f32> {
-    return vec4<f32>(tile_weights[at], tile_weights[at + 1u], tile_weights[at + 2u], tile_weights[at + 3u]);
+fn entries_4(first: u32, h: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(tile_weights[weight_index(first, h)], tile_weights[weight_index(first + 1u, h)],
+                       tile_weights[weight_index(first + 2u, h)], tile_weights[weight_index(first + 3u, h)]);
 }
 
-fn store_weights_4(at: u32, v: vec4<f32>) {
-    tile_weights[at] = v.x;
-    tile_weights[at + 1u] = v.y;
-    tile_weights[at + 2u] = v.z;
-    tile_weights[at + 3u] = v.w;
+fn store_entries_4(first: u32, h: u32, m: mat4x4<f32>) {
+    tile_weights[weight_index(first, h)] = m[0];
+    tile_weights[weight_index(first + 1u, h)] = m[1];
+    tile_weights[weight_index(first + 2u, h)] = m[2];
+    tile_weights[weight_index(first + 3u, h)] = m[3];
 }
 
 // Four query rows' dots with a chunk's levels l (column k: channels 4k…4k+3), the rows'
@@ -395,9 +417,10 @@ fn main(
             centre = centre_terms[tile_row / 4u][tile_row % 4u];
         }
         block_rows[local] = info;
-        key_centre[local] = centre;
-        running[local] = vec2<f32>(LOWEST, 0.0);
-        centre_weight[local] = 0.0;
+        key_centre[local >> 2u][local & 3u] = centre;
+        row_max[local >> 2u][local & 3u] = LOWEST;
+        row_sum[local >> 2u][local & 3u] = 0.0;
+        centre_weight[local >> 2u][local & 3u] = 0.0;
     }
     workgroupBarrier();
 
@@ -482,68 +505,90 @@ fn main(
         }
         workgroupBarrier();
 
-        // Logits: T groups transformed across tokens, centre terms, the mask.
-        for (var task = local; task < BLOCK_ROWS * tile_groups; task = task + LANES) {
-            let q_row = task % BLOCK_ROWS;
-            let group = task / BLOCK_ROWS;
-            let at = q_row * TILE_TOKENS + group * g_size;
-            let info = block_rows[q_row];
-            if (key_rows[group * g_size].w == SEQUENCY_ROW) {
-                transform_group(at);
+        // Logits, a task per (half h of the query rows, group): T groups transformed across
+        // tokens, centre terms, the mask; each task's maxima.
+        for (var task = local; task < 2u * tile_groups; task = task + LANES) {
+            let h = task & 1u;
+            let first_row = (task >> 1u) << g_shift;
+            let i0 = block_rows[4u * h];
+            let i1 = block_rows[4u * h + 1u];
+            let i2 = block_rows[4u * h + 2u];
+            let i3 = block_rows[4u * h + 3u];
+            let lo = vec4<u32>(i0.y, i1.y, i2.y, i3.y);
+            let hi = vec4<u32>(i0.z, i1.z, i2.z, i3.z);
+            let live = vec4<u32>(i0.w, i1.w, i2.w, i3.w) == vec4<u32>(1u);
+            let centre = key_centre[h];
+            if (key_rows[first_row].w == SEQUENCY_ROW) {
+                transform_group(first_row, h);
             }
+            var top = vec4<f32>(LOWEST);
             for (var j = 0u; j < g_size; j = j + 1u) {
-                let r = group * g_size + j;
-                let position = params.segment_start + tile + r;
+                let r = first_row + j;
+                let position = vec4<u32>(params.segment_start + tile + r);
                 let centred = key_rows[r].w != PLAIN_TOKEN;
-                let logit = tile_weights[at + j] + select(0.0, key_centre[q_row], centred);
-                let seen = info.w == 1u && position >= info.y && position < info.z;
-                tile_weights[at + j] = select(LOWEST, logit, seen);
+                let logit = tile_weights[weight_index(r, h)] + select(vec4<f32>(0.0), centre, centred);
+                let seen = live & (position >= lo) & (position < hi);
+                let masked = select(vec4<f32>(LOWEST), logit, seen);
+                tile_weights[weight_index(r, h)] = masked;
+                top = max(top, masked);
             }
+            exchange[TASK_MAXIMA + task] = top;
         }
         workgroupBarrier();
 
-        // The running softmax of each query row over the tile, and the centre's weight.
-        if (local < BLOCK_ROWS) {
-            let before = running[local];
-            let at = local * TILE_TOKENS;
-            var top = before.x;
-            for (var r = 0u; r < count; r = r + 1u) {
-                top = max(top, tile_weights[at + r]);
+        // The rows' new running maxima and the factors that rescale the sums so far.
+        if (local < 2u) {
+            let before = row_max[local];
+            var top = before;
+            for (var group = 0u; group < tile_groups; group = group + 1u) {
+                top = max(top, exchange[TASK_MAXIMA + 2u * group + local]);
             }
-            var sum = 0.0;
-            var centred = 0.0;
-            for (var r = 0u; r < count; r = r + 1u) {
-                let s = tile_weights[at + r];
-                let p = select(0.0, exp(s - top), s > LOWEST);
-                tile_weights[at + r] = p;
-                sum = sum + p;
-                centred = centred + select(0.0, p, value_rows[r].w != PLAIN_TOKEN);
-            }
-            let factor = select(1.0, exp(before.x - top), before.x > LOWEST);
-            rescale[local] = factor;
-            running[local] = vec2<f32>(top, before.y * factor + sum);
-            centre_weight[local] = centre_weight[local] * factor + centred;
+            tile_max[local] = top;
+            row_max[local] = top;
+            rescale[local] = select(vec4<f32>(1.0), exp(before - top), before > vec4<f32>(LOWEST));
         }
         workgroupBarrier();
 
-        // Value-row weights: T groups' weights transformed across tokens; times row scales.
-        for (var task = local; task < BLOCK_ROWS * tile_groups; task = task + LANES) {
-            let q_row = task % BLOCK_ROWS;
-            let group = task / BLOCK_ROWS;
-            let at = q_row * TILE_TOKENS + group * g_size;
-            if (value_rows[group * g_size].w == SEQUENCY_ROW) {
-                transform_group(at);
-            }
+        // Weights, a task per (half, group): p = e^(s − max), each task's sums of p and of the
+        // centred tokens' p, then T groups' weights transformed across tokens (the value sums
+        // multiply them by the row scales).
+        for (var task = local; task < 2u * tile_groups; task = task + LANES) {
+            let h = task & 1u;
+            let first_row = (task >> 1u) << g_shift;
+            let top = tile_max[h];
+            var sum = vec4<f32>(0.0);
+            var centred = vec4<f32>(0.0);
             for (var j = 0u; j < g_size; j = j + 1u) {
-                tile_weights[at + j] = tile_weights[at + j] * bitcast<f32>(value_rows[group * g_size + j].z);
+                let r = first_row + j;
+                let s = tile_weights[weight_index(r, h)];
+                let p = select(vec4<f32>(0.0), exp(s - top), s > vec4<f32>(LOWEST));
+                tile_weights[weight_index(r, h)] = p;
+                sum = sum + p;
+                centred = centred + select(vec4<f32>(0.0), p, value_rows[r].w != PLAIN_TOKEN);
+            }
+            exchange[TASK_SUMS + task] = sum;
+            exchange[TASK_CENTRED + task] = centred;
+            if (value_rows[first_row].w == SEQUENCY_ROW) {
+                transform_group(first_row, h);
             }
         }
         workgroupBarrier();
 
-        // Σ weight · levels over this lane's rows of the tile, for its chunk.
+        // The rows' running sums and centre weights.
+        if (local < 2u) {
+            var sum = vec4<f32>(0.0);
+            var centred = vec4<f32>(0.0);
+            for (var group = 0u; group < tile_groups; group = group + 1u) {
+                sum = sum + exchange[TASK_SUMS + 2u * group + local];
+                centred = centred + exchange[TASK_CENTRED + 2u * group + local];
+            }
+            row_sum[local] = row_sum[local] * rescale[local] + sum;
+            centre_weight[local] = centre_weight[local] * rescale[local] + centred;
+        }
+        // Σ weight · scale · levels over this lane's rows of the tile, for its chunk.
         if (in_phase) {
-            let low_factor = vec4<f32>(rescale[0], rescale[1], rescale[2], rescale[3]);
-            let high_factor = vec4<f32>(rescale[4], rescale[5], rescale[6], rescale[7]);
+            let low_factor = rescale[0];
+            let high_factor = rescale[1];
             s_low_0 = rows_scaled(s_low_0, low_factor);
             s_low_1 = rows_scaled(s_low_1, low_factor);
             s_low_2 = rows_scaled(s_low_2, low_factor);
@@ -556,10 +601,9 @@ fn main(
                 let row = value_rows[r];
                 if ((row.x & 0xffu) > 0u) {
                     let l = chunk_levels(true, row, lane_chunk);
-                    let w_low = vec4<f32>(tile_weights[r], tile_weights[TILE_TOKENS + r],
-                                          tile_weights[2u * TILE_TOKENS + r], tile_weights[3u * TILE_TOKENS + r]);
-                    let w_high = vec4<f32>(tile_weights[4u * TILE_TOKENS + r], tile_weights[5u * TILE_TOKENS + r],
-                                           tile_weights[6u * TILE_TOKENS + r], tile_weights[7u * TILE_TOKENS + r]);
+                    let scale = bitcast<f32>(row.z);
+                    let w_low = tile_weights[weight_index(r, 0u)] * scale;
+                    let w_high = tile_weights[weight_index(r, 1u)] * scale;
                     s_low_0 = s_low_0 + outer(w_low, l[0]);
                     s_low_1 = s_low_1 + outer(w_low, l[1]);
                     s_low_2 = s_low_2 + outer(w_low, l[2]);
@@ -600,7 +644,7 @@ fn main(
             let info = block_rows[4u * h + k];
             if (info.w == 1u) {
                 let slot = info.x * params.total_splits + params.split_offset + split;
-                let weight = centre_weight[4u * h + k];
+                let weight = centre_weight[h][k];
                 for (var e = local; e < d; e = e + LANES) {
                     let pair = unpack2x16float(state_word(true, kv_head, e / 2u));
                     let mean = select(pair.x, pair.y, (e & 1u) == 1u);
@@ -612,6 +656,6 @@ fn main(
     }
     if (local < BLOCK_ROWS && block_rows[local].w == 1u) {
         let slot = block_rows[local].x * params.total_splits + params.split_offset + split;
-        stats[slot] = running[local];
+        stats[slot] = vec2<f32>(row_max[local >> 2u][local & 3u], row_sum[local >> 2u][local & 3u]);
     }
 }

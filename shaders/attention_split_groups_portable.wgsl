@@ -1,11 +1,12 @@
 // attention_split_groups_portable.wgsl — the portable `row_dots` of
 // attention_split_groups.wgsl (appended to it): the lanes' partial dots go through
-// workgroup memory, and 8 query rows × P rows of sums are added by the lanes together.
+// workgroup memory, and P rows × 2 halves of sums (four query rows each) are added by the
+// lanes together.
 // The inner loop has a constant bound (16 chunks, masked to the L of d): on llvmpipe, a
 // loop with a bound read at run time nested here cost a fixed ≈ 35 ms per dispatch
 // (BENCHMARKS.md), even in dispatches that never reached it.
 
-// tile_weights[query row][first + phase] ← Σ over the L lanes of a phase of their partial
+// tile_weights[first + phase] ← Σ over the L lanes of a phase of their partial
 // dots (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by
 // every invocation; starts writing at once and ends with a barrier.
 fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low: vec4<f32>, dot_high: vec4<f32>) {
@@ -15,19 +16,19 @@ fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low
         exchange[2u * local + 1u] = dot_high;
     }
     workgroupBarrier();
-    // phases · 8 ≤ 512 sums (d ≥ 16), each over row_lanes ≤ 16 chunks (d ≤ 256).
-    for (var task = local; task < phases * BLOCK_ROWS; task = task + LANES) {
-        let sum_phase = task / BLOCK_ROWS;
-        let q_row = task % BLOCK_ROWS;
+    // phases · 2 ≤ 128 sums of four query rows (d ≥ 16), each over row_lanes ≤ 16 chunks
+    // (d ≤ 256).
+    for (var task = local; task < phases * 2u; task = task + LANES) {
+        let sum_phase = task / 2u;
+        let h = task % 2u;
         var sum = vec4<f32>(0.0);
         for (var c = 0u; c < 16u; c = c + 1u) {
             if (c < row_lanes) {
-                sum = sum + exchange[2u * (sum_phase * row_lanes + c) + q_row / 4u];
+                sum = sum + exchange[2u * (sum_phase * row_lanes + c) + h];
             }
         }
         if (first + sum_phase < count) {
-            let pick = vec4<f32>(vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(q_row % 4u));
-            tile_weights[q_row * TILE_TOKENS + first + sum_phase] = dot(sum, pick);
+            tile_weights[weight_index(first + sum_phase, h)] = sum;
         }
     }
     workgroupBarrier();

@@ -1,12 +1,12 @@
 // attention_split_groups_subgroup.wgsl — the subgroup `row_dots` of
 // attention_split_groups.wgsl (appended to it), chosen when the adapter has subgroups no
 // smaller than L = d/16 (a power of two): the L lanes of a row, consecutive invocations of
-// one subgroup, add their partial dots with butterflies of subgroupShuffleXor, and lane c
-// of the row writes query rows c, c + L, … (one store per lane for L ≥ 8, rather than
-// eight by the row's first lane); no workgroup memory and no barrier per round.
+// one subgroup, add their partial dots with butterflies of subgroupShuffleXor, and the
+// row's lanes 0 and 1 write query rows 0–3 and 4–7 (lane 0 both for L = 1); no workgroup
+// memory and no barrier per round.
 // Needs the SUBGROUP feature (browsers also want `enable subgroups;`, added per target).
 
-// tile_weights[query row][first + phase] ← Σ over the L lanes of a phase of their partial
+// tile_weights[first + phase] ← Σ over the L lanes of a phase of their partial
 // dots (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by
 // every invocation (the shuffles need the whole subgroup); the caller's next barrier makes
 // the writes visible.
@@ -20,8 +20,8 @@ fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low
     }
     let r = first + phase;
     if (phase < phases && r < count) {
-        for (var k = local & (row_lanes - 1u); k < BLOCK_ROWS; k = k + row_lanes) {
-            tile_weights[k * TILE_TOKENS + r] = select(low, high, k >= 4u)[k % 4u];
+        for (var h = local & (row_lanes - 1u); h < 2u; h = h + row_lanes) {
+            tile_weights[weight_index(r, h)] = select(low, high, h == 1u);
         }
     }
 }

@@ -232,6 +232,25 @@ fn a_512_position_frame_on_the_default_preset() {
     check(&cache, &q, &visible, "vidkv M=512");
 }
 
+/// The default preset with group sizes other than its 32: the fused kernel's transforms
+/// across tokens then run as butterflies in workgroup memory, with 1 to 16 groups per tile,
+/// on the subgroup (d = 128) and portable (d = 80) row sums.
+#[test]
+fn group_sizes_other_than_32_on_the_default_preset() {
+    for (group_size, d) in [(8, 128), (16, 80), (64, 128), (128, 80)] {
+        let (tokens, kv_heads, gqa, queries) = (1_000, 2, 7, 2);
+        let k = random_tensor([1, kv_heads, tokens, d], 51, 1.0);
+        let v = random_tensor([1, kv_heads, tokens, d], 52, 1.0);
+        let q = random_tensor([1, kv_heads * gqa, queries, d], 53, 0.6);
+        let mut config = QuantConfig::preset("vidkv").unwrap();
+        config.residual = config.residual / config.group_size * group_size;
+        config.group_size = group_size;
+        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        let visible = [(0, tokens as u32), (3, tokens as u32 - 40)];
+        check(&cache, &q, &visible, &format!("vidkv G={group_size} d={d}"));
+    }
+}
+
 #[test]
 fn a_128k_context_stays_stable() {
     let tokens = 131_072;
