@@ -146,16 +146,41 @@ fn budget(values: bool) -> u32 {
     return select(params.code_bits, params.value_code_bits, values);
 }
 
-// Width entry j of group g (three bits each, LSB first).
-fn width_entry(values: bool, kv_head: u32, g: u32, j: u32) -> u32 {
+// Of group g's width table (three bits per entry, LSB first): entry 0 (the mode), entry j,
+// and the sum of the entries below j, from the words up to entry j's (so that each row
+// finds its first code bit on its own, with no pass over the group's rows).
+fn width_prefix(values: bool, kv_head: u32, g: u32, j: u32) -> vec3<u32> {
     let base = (kv_head * params.groups + g) * ((3u * params.group_size + 31u) / 32u);
-    let at = 3u * j;
-    let shift = at % 32u;
-    var raw = width_word(values, base + at / 32u) >> shift;
-    if (shift > 29u) {
-        raw = raw | (width_word(values, base + at / 32u + 1u) << (32u - shift));
+    let below = 3u * j;
+    var first = 0u;
+    var entry = 0u;
+    var sum = 0u;
+    for (var t = 0u; 32u * t < below + 3u; t = t + 1u) {
+        let w = width_word(values, base + t);
+        let lo = 32u * t;
+        var prefix_bits = w;
+        if (below < lo + 32u) {
+            prefix_bits = w & ((1u << (below - min(below, lo))) - 1u);
+        }
+        sum = sum + weighted_count(prefix_bits, (2u * t) % 3u);
+        if (t == 0u) {
+            first = w & 7u;
+        }
+        if (below >= lo && below < lo + 32u) {
+            entry = w >> (below - lo);
+        }
+        if (below < lo && below + 3u > lo) {
+            entry = entry | (w << (lo - below));
+        }
     }
-    return raw & 7u;
+    return vec3<u32>(first, entry & 7u, sum);
+}
+
+// The sum of the three-bit entries whose bits are set in `bits`, a word of the width table
+// whose bit 0 is bit k (mod 3) of its entry: bit b weighs 2^((k + b) mod 3).
+fn weighted_count(bits: u32, k: u32) -> u32 {
+    return (countOneBits(bits & 0x49249249u) << k) + (countOneBits(bits & 0x92492492u) << ((k + 1u) % 3u))
+        + (countOneBits(bits & 0x24924924u) << ((k + 2u) % 3u));
 }
 
 // ŝ = base·2^((e − 64)/8) for scale code e (0: a zero row), as the CPU reference decodes it.
@@ -170,24 +195,32 @@ fn row_scale(byte: u32, base: f32) -> f32 {
     return (base * table_entry(POWERS + u32(m & 15i))) * power;
 }
 
-// Row j of group g of a plane whose scale base is `base`: (bits, 0 (the staging loop places
-// its first code bit), scale, kind).
+// Row j of group g of a plane whose scale base is `base`: (bits | first code bit (mod 32)
+// ≪ 8, the word of its first code bit, scale as bits, kind).
 fn stage_row(values: bool, kv_head: u32, g: u32, j: u32, base: f32) -> vec4<u32> {
-    let sequency = width_entry(values, kv_head, g, 0u) != TOKEN_MODE;
+    let widths = width_prefix(values, kv_head, g, j);
+    let sequency = widths.x != TOKEN_MODE;
     let b = budget(values);
     let g_shift = firstTrailingBit(params.group_size);
-    var bits = (b >> g_shift) + select(0u, 1u, j < (b & (params.group_size - 1u)));
+    // Mode A: ⌊b/G⌋ bits per code, one more for the first b mod G tokens.
+    let low = b >> g_shift;
+    let extra = b & (params.group_size - 1u);
+    var bits = low + select(0u, 1u, j < extra);
+    var codes_before = j * low + min(j, extra);
     if (sequency) {
-        bits = width_entry(values, kv_head, g, j);
+        bits = widths.y;
+        codes_before = widths.z;
     }
-    let word = scale_word(values, (kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u);
-    let byte = (word >> (8u * (j % 4u))) & 0xffu;
-    let scale = select(0.0, row_scale(byte, base), bits > 0u);
+    let offset = codes_before * params.width;
+    let word = (kv_head * params.groups + g) * (b * params.width / 32u) + offset / 32u;
+    let scales = scale_word(values, (kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u);
+    let byte = (scales >> (8u * (j % 4u))) & 0xffu;
     var kind = SEQUENCY_ROW;
     if (!sequency) {
         kind = select(PLAIN_TOKEN, CENTRED_TOKEN, (byte & FLAG_BIT) != 0u);
     }
-    return vec4<u32>(bits, 0u, bitcast<u32>(scale), kind);
+    let scale_bits = bitcast<u32>(select(0.0, row_scale(byte, base), bits > 0u));
+    return vec4<u32>(bits | ((offset % 32u) << 8u), word, scale_bits, kind);
 }
 
 // The window of code bits that starts at bit `shift` (0 or 16) of word `word`: the CHUNK
@@ -461,30 +494,11 @@ fn main(
         let count = min(TILE_TOKENS, end - tile);
         let tile_groups = count >> g_shift;
         let first_group = (params.segment_first + tile) >> g_shift;
-        // Stage the rows of both planes, then place each row's first code bit.
+        // Stage the rows of both planes.
         for (var r = local; r < count; r = r + LANES) {
             let g = first_group + (r >> g_shift);
             key_rows[r] = stage_row(false, kv_head, g, r & g_mask, key_base);
             value_rows[r] = stage_row(true, kv_head, g, r & g_mask, value_base);
-        }
-        workgroupBarrier();
-        if (local < 2u * tile_groups) {
-            let values = local >= tile_groups;
-            let group = select(local, local - tile_groups, values);
-            let word = (kv_head * params.groups + first_group + group) * (budget(values) * d / 32u);
-            var offset = 0u;
-            for (var j = 0u; j < g_size; j = j + 1u) {
-                let r = group * g_size + j;
-                var row = select(key_rows[r], value_rows[r], values);
-                row.x = row.x | ((offset % 32u) << 8u);
-                row.y = word + offset / 32u;
-                if (values) {
-                    value_rows[r] = row;
-                } else {
-                    key_rows[r] = row;
-                }
-                offset = offset + (row.x & 0xffu) * d;
-            }
         }
         workgroupBarrier();
 
