@@ -9,8 +9,9 @@ is the full kernel's time minus the time without it. Usage:
 
     python3 scripts/ablate-split-groups.py [part ...]
 
-Parts: none (the shipped kernel), staging, key-dots, logits, softmax, value-weights,
-value-sums, tile-body (everything from staging to the value sums).
+Parts: none (the shipped kernel), staging, key-dots, logits (with the centre terms and the
+mask), maxima (the rows' new maxima), weights (e^(s − max), their sums and the value
+transforms), value-sums, tile-body (everything from staging to the value sums).
 """
 import pathlib
 import re
@@ -25,11 +26,11 @@ END_OF_TILE = "        workgroupBarrier();\n    }\n\n    // The phases' sums"
 CUTS = {
     "none": None,
     "staging": ("        // Stage the rows of both planes", "        // Key dots: row r"),
-    "key-dots": ("        // Key dots: row r", "        // Logits:"),
-    "logits": ("        // Logits:", "        // The running softmax"),
-    "softmax": ("        // The running softmax", "        // Value-row weights"),
-    "value-weights": ("        // Value-row weights", "        // Σ weight · levels"),
-    "value-sums": ("        // Σ weight · levels", END_OF_TILE),
+    "key-dots": ("        // Key dots: row r", "        // Logits,"),
+    "logits": ("        // Logits,", "        // The rows' new running maxima"),
+    "maxima": ("        // The rows' new running maxima", "        // Weights, a task per"),
+    "weights": ("        // Weights, a task per", "        // The rows' running sums"),
+    "value-sums": ("        // Σ weight · scale · levels", END_OF_TILE),
     "tile-body": ("        // Stage the rows of both planes", END_OF_TILE),
 }
 
