@@ -93,8 +93,6 @@ var<workgroup> key_centre: array<vec4<f32>, 2>;
 // value-row weights (vec4s, so that the phases below read four query rows per load: on
 // llvmpipe every load is a loop over the lanes).
 var<workgroup> tile_weights: array<vec4<f32>, 256>;
-// The maximum of each query row over the tile (the new running maximum).
-var<workgroup> tile_max: array<vec4<f32>, 2>;
 // Per tile row of the key and of the value plane: (bits | first bit ≪ 8, first word, scale
 // as bits, kind).
 var<workgroup> key_rows: array<vec4<u32>, TILE_TOKENS>;
@@ -557,7 +555,6 @@ fn main(
             for (var group = 0u; group < tile_groups; group = group + 1u) {
                 top = max(top, exchange[TASK_MAXIMA + 2u * group + local]);
             }
-            tile_max[local] = top;
             row_max[local] = top;
             rescale[local] = select(vec4<f32>(1.0), exp(before - top), before > vec4<f32>(LOWEST));
         }
@@ -569,7 +566,7 @@ fn main(
         for (var task = local; task < 2u * tile_groups; task = task + LANES) {
             let h = task & 1u;
             let first_row = (task >> 1u) << g_shift;
-            let top = tile_max[h];
+            let top = row_max[h];
             var sum = vec4<f32>(0.0);
             var centred = vec4<f32>(0.0);
             for (var j = 0u; j < g_size; j = j + 1u) {
