@@ -22,7 +22,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHADER = "shaders/attention_split_groups.wgsl"
-END_OF_TILE = "        workgroupBarrier();\n    }\n\n    // The phases' sums"
+END_OF_TILE = "        workgroupBarrier();\n    }\n\n    // The centre weights"
 CUTS = {
     "none": None,
     "staging": ("        // Stage the rows of both planes", "        // Key dots: row r"),

@@ -38,13 +38,15 @@
 // tile touches), 64 invocations. Lane layout: a code row is read by L = d/16 lanes of
 // CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase");
 // every lane keeps its chunk of the 8 rotated queries and of the 8 value sums in registers.
-// Per tile of 128 tokens: stage the rows' widths, scales and first code bits; key dots
-// (the chunk's partial dots, summed over the row's L lanes by `row_dots`, from
-// attention_split_groups_portable.wgsl or _subgroup.wgsl); then tasks of (half of the query
-// rows, group), four query rows per vec4: the G-point transform of T groups (in registers
-// for G = 32), centre terms, the mask and the task's maxima; the rows' new maxima; the
-// weights e^(s − max), their sums, and the transform of T value groups; the rows' sums;
-// Σ weight·scale·levels into the registers.
+// Per tile of 128 tokens: stage the rows' widths, scales, first code bits and centre
+// factors; key dots (the chunk's partial dots plus the row's share of the centre terms,
+// summed over the row's L lanes by `row_dots`, from attention_split_groups_portable.wgsl or
+// _subgroup.wgsl); the logits phase over (half of the query rows, group), four query rows
+// per vec4: the G-point transform of T groups, the mask and the maxima; the rows' new
+// maxima; the weights phase: e^(s − max), their sums, and the transform of T value groups;
+// the rows' sums; Σ weight·scale·levels and the centre's weights into the registers. The
+// two phases come from a file appended last: _tasks.wgsl (any G), _tasks32.wgsl (G = 32)
+// or _clusters.wgsl (G = 32 with subgroups).
 // At the split's end the phases' sums are added, rotated back (Rot_d) and given the
 // centre's weight times m.
 
@@ -73,11 +75,8 @@ const BLOCK_SCALES: u32 = 48u;
 const LEVELS: u32 = 64u;
 const TOKEN_MODE: u32 = 7u;
 const FLAG_BIT: u32 = 0x80u;
-// The kind of a staged row (its w): a token of an A group, not centred or centred, or a
-// sequency row of a T group.
-const PLAIN_TOKEN: u32 = 0u;
-const CENTRED_TOKEN: u32 = 1u;
-const SEQUENCY_ROW: u32 = 2u;
+// The bit of a staged row's x that marks a sequency row of a T group.
+const SEQUENCY_FLAG: u32 = 0x10000u;
 
 // Per query row of the block: (tile row, lo, hi, live).
 var<workgroup> block_rows: array<vec4<u32>, BLOCK_ROWS>;
@@ -93,17 +92,16 @@ var<workgroup> key_centre: array<vec4<f32>, 2>;
 // value-row weights (vec4s, so that the phases below read four query rows per load: on
 // llvmpipe every load is a loop over the lanes).
 var<workgroup> tile_weights: array<vec4<f32>, 256>;
-// Per tile row of the key and of the value plane: (bits | first bit ≪ 8, first word, scale
-// as bits, kind).
+// Per tile row of the key and of the value plane: (bits | first bit ≪ 8 | SEQUENCY_FLAG
+// for a T group, first word, scale as bits, centre factor as bits); see stage_row.
 var<workgroup> key_rows: array<vec4<u32>, TILE_TOKENS>;
 var<workgroup> value_rows: array<vec4<u32>, TILE_TOKENS>;
 // The chunks' partial dots (row_dots); per task of the logits and weights phases (half h,
-// group) its maxima (at TASK_MAXIMA), sums of weights (TASK_SUMS) and of the centred
-// tokens' weights (TASK_CENTRED); at the split's end four query rows' value sums over d.
+// group) its maxima (at TASK_MAXIMA) and sums of weights (TASK_SUMS); at the split's end
+// the phases' centre weights, then four query rows' value sums over d.
 var<workgroup> exchange: array<vec4<f32>, 256>;
 const TASK_MAXIMA: u32 = 0u;
 const TASK_SUMS: u32 = 32u;
-const TASK_CENTRED: u32 = 64u;
 
 fn table_entry(i: u32) -> f32 {
     return table[i / 4u][i % 4u];
@@ -194,7 +192,12 @@ fn row_scale(byte: u32, base: f32) -> f32 {
 }
 
 // Row j of group g of a plane whose scale base is `base`: (bits | first code bit (mod 32)
-// ≪ 8, the word of its first code bit, scale as bits, kind).
+// ≪ 8 | SEQUENCY_FLAG in a T group, the word of its first code bit, scale as bits, centre
+// factor as bits). The centre factor c puts the centre's share into the row's own term:
+// the key logits get c·q·m from the row's dot and the value centre m the weight c·p. A
+// token of an A group has c = 1 if flagged, else 0; in a T group, where every token is
+// centred, sequency row 0 has c = √G and the others 0 (Rot_G's column 0 is 1/√G
+// throughout, so c·x added to row 0 adds x to every token after the transform).
 fn stage_row(values: bool, kv_head: u32, g: u32, j: u32, base: f32) -> vec4<u32> {
     let widths = width_prefix(values, kv_head, g, j);
     let sequency = widths.x != TOKEN_MODE;
@@ -213,12 +216,17 @@ fn stage_row(values: bool, kv_head: u32, g: u32, j: u32, base: f32) -> vec4<u32>
     let word = (kv_head * params.groups + g) * (b * params.width / 32u) + offset / 32u;
     let scales = scale_word(values, (kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u);
     let byte = (scales >> (8u * (j % 4u))) & 0xffu;
-    var kind = SEQUENCY_ROW;
+    var centre = select(0.0, sqrt(f32(params.group_size)), j == 0u);
     if (!sequency) {
-        kind = select(PLAIN_TOKEN, CENTRED_TOKEN, (byte & FLAG_BIT) != 0u);
+        centre = select(0.0, 1.0, (byte & FLAG_BIT) != 0u);
     }
     let scale_bits = bitcast<u32>(select(0.0, row_scale(byte, base), bits > 0u));
-    return vec4<u32>(bits | ((offset % 32u) << 8u), word, scale_bits, kind);
+    let flag = select(0u, SEQUENCY_FLAG, sequency);
+    return vec4<u32>(bits | ((offset % 32u) << 8u) | flag, word, scale_bits, bitcast<u32>(centre));
+}
+
+fn is_sequency(row: vec4<u32>) -> bool {
+    return (row.x & SEQUENCY_FLAG) != 0u;
 }
 
 // The window of code bits that starts at bit `shift` (0 or 16) of word `word`: the CHUNK
@@ -259,7 +267,7 @@ fn shift_window(window: ptr<function, vec3<u32>>, bits: u32) {
 // The chunk's levels of a staged row (bits > 0): channels 4k…4k+3 in component k's vec4.
 fn chunk_levels(values: bool, row: vec4<u32>, lane_chunk: u32) -> mat4x4<f32> {
     let bits = row.x & 0xffu;
-    let bit = (row.x >> 8u) + lane_chunk * CHUNK * bits;
+    let bit = ((row.x >> 8u) & 0xffu) + lane_chunk * CHUNK * bits;
     var window = code_window(values, row.y + bit / 32u, bit % 32u);
     let l0 = next_levels(&window, bits);
     let l1 = next_levels(&window, bits);
@@ -310,69 +318,6 @@ fn weight_index(r: u32, h: u32) -> u32 {
     return 2u * r + h;
 }
 
-// Rot_G over the tile rows first…first + G of query rows 4h…4h+3 (one invocation, four
-// query rows at once): in registers for G = 32 (the presets' group size), else butterflies
-// in workgroup memory.
-fn transform_group(first: u32, h: u32) {
-    let g = params.group_size;
-    if (g == 32u) {
-        transform_32(first, h);
-        return;
-    }
-    for (var span = 1u; span < g; span = span * 2u) {
-        for (var e = 0u; e < g; e = e + 1u) {
-            if ((e & span) == 0u) {
-                let a = tile_weights[weight_index(first + e, h)];
-                let b = tile_weights[weight_index(first + e + span, h)];
-                tile_weights[weight_index(first + e, h)] = a + b;
-                tile_weights[weight_index(first + e + span, h)] = a - b;
-            }
-        }
-    }
-    let norm = table_entry(BLOCK_SCALES + firstTrailingBit(g));
-    for (var e = 0u; e < g; e = e + 1u) {
-        tile_weights[weight_index(first + e, h)] = tile_weights[weight_index(first + e, h)] * norm;
-    }
-}
-
-// The 32-point transform of transform_group as eight mat4x4s (column k: tile row 4i + k):
-// spans 1 and 2 inside a matrix, spans 4, 8 and 16 between them.
-fn transform_32(first: u32, h: u32) {
-    let v0 = butterflies_4(entries_4(first, h));
-    let v1 = butterflies_4(entries_4(first + 4u, h));
-    let v2 = butterflies_4(entries_4(first + 8u, h));
-    let v3 = butterflies_4(entries_4(first + 12u, h));
-    let v4 = butterflies_4(entries_4(first + 16u, h));
-    let v5 = butterflies_4(entries_4(first + 20u, h));
-    let v6 = butterflies_4(entries_4(first + 24u, h));
-    let v7 = butterflies_4(entries_4(first + 28u, h));
-    let a0 = v0 + v1;
-    let a1 = v0 - v1;
-    let a2 = v2 + v3;
-    let a3 = v2 - v3;
-    let a4 = v4 + v5;
-    let a5 = v4 - v5;
-    let a6 = v6 + v7;
-    let a7 = v6 - v7;
-    let b0 = a0 + a2;
-    let b1 = a1 + a3;
-    let b2 = a0 - a2;
-    let b3 = a1 - a3;
-    let b4 = a4 + a6;
-    let b5 = a5 + a7;
-    let b6 = a4 - a6;
-    let b7 = a5 - a7;
-    let norm = table_entry(BLOCK_SCALES + 5u);
-    store_entries_4(first, h, (b0 + b4) * norm);
-    store_entries_4(first + 4u, h, (b1 + b5) * norm);
-    store_entries_4(first + 8u, h, (b2 + b6) * norm);
-    store_entries_4(first + 12u, h, (b3 + b7) * norm);
-    store_entries_4(first + 16u, h, (b0 - b4) * norm);
-    store_entries_4(first + 20u, h, (b1 - b5) * norm);
-    store_entries_4(first + 24u, h, (b2 - b6) * norm);
-    store_entries_4(first + 28u, h, (b3 - b7) * norm);
-}
-
 // The butterflies of spans 1 and 2 on four consecutive entries (the matrix's columns).
 fn butterflies_4(a: mat4x4<f32>) -> mat4x4<f32> {
     let b0 = a[0] + a[1];
@@ -392,6 +337,51 @@ fn store_entries_4(first: u32, h: u32, m: mat4x4<f32>) {
     tile_weights[weight_index(first + 1u, h)] = m[1];
     tile_weights[weight_index(first + 2u, h)] = m[2];
     tile_weights[weight_index(first + 3u, h)] = m[3];
+}
+
+// The query rows a task serves (four of them: 4h…4h+3) and their visible positions.
+struct TaskRows {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    live: vec4<bool>,
+}
+
+fn task_rows(h: u32) -> TaskRows {
+    let i0 = block_rows[4u * h];
+    let i1 = block_rows[4u * h + 1u];
+    let i2 = block_rows[4u * h + 2u];
+    let i3 = block_rows[4u * h + 3u];
+    return TaskRows(vec4<u32>(i0.y, i1.y, i2.y, i3.y), vec4<u32>(i0.z, i1.z, i2.z, i3.z),
+                    vec4<u32>(i0.w, i1.w, i2.w, i3.w) == vec4<u32>(1u));
+}
+
+// The logits of four query rows at `position` (LOWEST where the rows do not see it).
+fn masked(logit: vec4<f32>, rows: TaskRows, position: u32) -> vec4<f32> {
+    let at = vec4<u32>(position);
+    return select(vec4<f32>(LOWEST), logit, rows.live & (at >= rows.lo) & (at < rows.hi));
+}
+
+// m's four entries (tile rows first…first+3, the first at `position`) masked.
+fn masked_4(m: mat4x4<f32>, rows: TaskRows, position: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(masked(m[0], rows, position), masked(m[1], rows, position + 1u),
+                       masked(m[2], rows, position + 2u), masked(m[3], rows, position + 3u));
+}
+
+fn max_4(m: mat4x4<f32>) -> vec4<f32> {
+    return max(max(m[0], m[1]), max(m[2], m[3]));
+}
+
+// The weights e^(s − top) of four logits (0 where masked).
+fn weights_4(m: mat4x4<f32>, top: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(weight(m[0], top), weight(m[1], top), weight(m[2], top), weight(m[3], top));
+}
+
+fn weight(s: vec4<f32>, top: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp(s - top), s > vec4<f32>(LOWEST));
+}
+
+fn sum_4(m: mat4x4<f32>) -> vec4<f32> {
+    return (m[0] + m[1]) + (m[2] + m[3]);
 }
 
 // Four query rows' dots with a chunk's levels l (column k: channels 4k…4k+3), the rows'
@@ -451,16 +441,25 @@ fn main(
         key_centre[local >> 2u][local & 3u] = centre;
         row_max[local >> 2u][local & 3u] = LOWEST;
         row_sum[local >> 2u][local & 3u] = 0.0;
-        centre_weight[local >> 2u][local & 3u] = 0.0;
     }
     workgroupBarrier();
+    // The key centre terms q·m of query rows 0–3 and 4–7, and the running weights of the
+    // value centre m (every lane keeps its rows'; the rows' first chunks count).
+    let key_centre_low = key_centre[0];
+    let key_centre_high = key_centre[1];
+    var centre_low = vec4<f32>(0.0);
+    var centre_high = vec4<f32>(0.0);
 
     // This lane's chunk of a code row and its phase (the rows it takes); lanes past the
     // last phase only join the barriers and the shared steps.
+    // (Quotients by L in f32: integer division by a value not known when the shader is
+    // compiled is a loop over the lanes on llvmpipe, and its compiler repeats it in the
+    // loops below. Exact: the dividends are at most 64 and L at most 16, so n + ½ is at
+    // least 1/32 from a multiple of L.)
     let row_lanes = d / CHUNK;
-    let phases = LANES / row_lanes;
-    let phase = local / row_lanes;
-    let lane_chunk = local % row_lanes;
+    let phases = u32((f32(LANES) + 0.5) / f32(row_lanes));
+    let phase = u32((f32(local) + 0.5) / f32(row_lanes));
+    let lane_chunk = local - phase * row_lanes;
     let in_phase = phase < phases;
     // The chunk's rotated queries and value sums, as matrices whose column j holds channel
     // 4k + j of the chunk for query rows 0–3 (…_low_k) or 4–7 (…_high_k).
@@ -512,40 +511,19 @@ fn main(
                     low = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
                     high = chunk_dot(l, q_high_0, q_high_1, q_high_2, q_high_3) * bitcast<f32>(row.z);
                 }
+                // The row's share of the centre terms, on its first chunk (row_dots adds
+                // the chunks).
+                let centre = select(0.0, bitcast<f32>(row.w), lane_chunk == 0u);
+                low = low + key_centre_low * centre;
+                high = high + key_centre_high * centre;
             }
             row_dots(local, phase, phases, first_row, count, low, high);
         }
         workgroupBarrier();
 
         // Logits, a task per (half h of the query rows, group): T groups transformed across
-        // tokens, centre terms, the mask; each task's maxima.
-        for (var task = local; task < 2u * tile_groups; task = task + LANES) {
-            let h = task & 1u;
-            let first_row = (task >> 1u) << g_shift;
-            let i0 = block_rows[4u * h];
-            let i1 = block_rows[4u * h + 1u];
-            let i2 = block_rows[4u * h + 2u];
-            let i3 = block_rows[4u * h + 3u];
-            let lo = vec4<u32>(i0.y, i1.y, i2.y, i3.y);
-            let hi = vec4<u32>(i0.z, i1.z, i2.z, i3.z);
-            let live = vec4<u32>(i0.w, i1.w, i2.w, i3.w) == vec4<u32>(1u);
-            let centre = key_centre[h];
-            if (key_rows[first_row].w == SEQUENCY_ROW) {
-                transform_group(first_row, h);
-            }
-            var top = vec4<f32>(LOWEST);
-            for (var j = 0u; j < g_size; j = j + 1u) {
-                let r = first_row + j;
-                let position = vec4<u32>(params.segment_start + tile + r);
-                let centred = key_rows[r].w != PLAIN_TOKEN;
-                let logit = tile_weights[weight_index(r, h)] + select(vec4<f32>(0.0), centre, centred);
-                let seen = live & (position >= lo) & (position < hi);
-                let masked = select(vec4<f32>(LOWEST), logit, seen);
-                tile_weights[weight_index(r, h)] = masked;
-                top = max(top, masked);
-            }
-            exchange[TASK_MAXIMA + task] = top;
-        }
+        // tokens, the mask; each task's maxima. (The centre terms came with the key dots.)
+        logits_phase(local, tile, tile_groups);
         workgroupBarrier();
 
         // The rows' new running maxima and the factors that rescale the sums so far.
@@ -560,41 +538,19 @@ fn main(
         }
         workgroupBarrier();
 
-        // Weights, a task per (half, group): p = e^(s − max), each task's sums of p and of the
-        // centred tokens' p, then T groups' weights transformed across tokens (the value sums
-        // multiply them by the row scales).
-        for (var task = local; task < 2u * tile_groups; task = task + LANES) {
-            let h = task & 1u;
-            let first_row = (task >> 1u) << g_shift;
-            let top = row_max[h];
-            var sum = vec4<f32>(0.0);
-            var centred = vec4<f32>(0.0);
-            for (var j = 0u; j < g_size; j = j + 1u) {
-                let r = first_row + j;
-                let s = tile_weights[weight_index(r, h)];
-                let p = select(vec4<f32>(0.0), exp(s - top), s > vec4<f32>(LOWEST));
-                tile_weights[weight_index(r, h)] = p;
-                sum = sum + p;
-                centred = centred + select(vec4<f32>(0.0), p, value_rows[r].w != PLAIN_TOKEN);
-            }
-            exchange[TASK_SUMS + task] = sum;
-            exchange[TASK_CENTRED + task] = centred;
-            if (value_rows[first_row].w == SEQUENCY_ROW) {
-                transform_group(first_row, h);
-            }
-        }
+        // Weights, a task per (half, group): p = e^(s − max) and each task's sums, then T
+        // groups' weights transformed across tokens (the value sums multiply them by the row
+        // scales).
+        weights_phase(local, tile_groups);
         workgroupBarrier();
 
-        // The rows' running sums and centre weights.
+        // The rows' running sums.
         if (local < 2u) {
             var sum = vec4<f32>(0.0);
-            var centred = vec4<f32>(0.0);
             for (var group = 0u; group < tile_groups; group = group + 1u) {
                 sum = sum + exchange[TASK_SUMS + 2u * group + local];
-                centred = centred + exchange[TASK_CENTRED + 2u * group + local];
             }
             row_sum[local] = row_sum[local] * rescale[local] + sum;
-            centre_weight[local] = centre_weight[local] * rescale[local] + centred;
         }
         // Σ weight · scale · levels over this lane's rows of the tile, for its chunk.
         if (in_phase) {
@@ -608,13 +564,19 @@ fn main(
             s_high_1 = rows_scaled(s_high_1, high_factor);
             s_high_2 = rows_scaled(s_high_2, high_factor);
             s_high_3 = rows_scaled(s_high_3, high_factor);
+            centre_low = centre_low * low_factor;
+            centre_high = centre_high * high_factor;
             for (var r = phase; r < count; r = r + phases) {
                 let row = value_rows[r];
+                let p_low = tile_weights[weight_index(r, 0u)];
+                let p_high = tile_weights[weight_index(r, 1u)];
+                centre_low = centre_low + p_low * bitcast<f32>(row.w);
+                centre_high = centre_high + p_high * bitcast<f32>(row.w);
                 if ((row.x & 0xffu) > 0u) {
                     let l = chunk_levels(true, row, lane_chunk);
                     let scale = bitcast<f32>(row.z);
-                    let w_low = tile_weights[weight_index(r, 0u)] * scale;
-                    let w_high = tile_weights[weight_index(r, 1u)] * scale;
+                    let w_low = p_low * scale;
+                    let w_high = p_high * scale;
                     s_low_0 = s_low_0 + outer(w_low, l[0]);
                     s_low_1 = s_low_1 + outer(w_low, l[1]);
                     s_low_2 = s_low_2 + outer(w_low, l[2]);
@@ -629,6 +591,20 @@ fn main(
         workgroupBarrier();
     }
 
+    // The centre weights: the phases' sums (from their first chunks).
+    if (in_phase && lane_chunk == 0u) {
+        exchange[2u * phase] = centre_low;
+        exchange[2u * phase + 1u] = centre_high;
+    }
+    workgroupBarrier();
+    if (local < 2u) {
+        var sum = vec4<f32>(0.0);
+        for (var p = 0u; p < phases; p = p + 1u) {
+            sum = sum + exchange[2u * p + local];
+        }
+        centre_weight[local] = sum;
+    }
+    workgroupBarrier();
     // The phases' sums added in exchange (four query rows at a time), rotated back, plus the
     // centre's weight times the values' mean m.
     for (var h = 0u; h < 2u; h = h + 1u) {

@@ -10,14 +10,14 @@ pub const UNIFORM_PARAMS: &str = "@group(0) @binding(0) var<uniform> params: Par
 /// Helpers shared by every kernel (parameter block, f16 packing, code rules, twiddles).
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
-/// One kernel: its shader file (plus, for variants, the file appended to it), its compute
+/// One kernel: its shader file (plus, for variants, the files appended to it), its compute
 /// entry points, and whether it needs the adapter's subgroup feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
-    /// A variant file appended after `source` (empty for single-file kernels).
-    pub variant: &'static str,
+    /// The variant files appended after `source`, in order (none for single-file kernels).
+    pub variants: &'static [&'static str],
     pub entry_points: &'static [&'static str],
     pub needs_subgroups: bool,
 }
@@ -27,16 +27,16 @@ macro_rules! kernel {
         Kernel {
             name: $name,
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
-            variant: "",
+            variants: &[],
             entry_points: &[$($entry),+],
             needs_subgroups: false,
         }
     };
-    ($name:literal + $variant:literal, [$($entry:literal),+], $subgroups:expr) => {
+    ($name:literal $(+ $variant:literal)+, [$($entry:literal),+], $subgroups:expr) => {
         Kernel {
-            name: concat!($name, "+", $variant),
+            name: concat!($name $(, "+", $variant)+),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
-            variant: include_str!(concat!("../../shaders/", $name, "_", $variant, ".wgsl")),
+            variants: &[$(include_str!(concat!("../../shaders/", $name, "_", $variant, ".wgsl"))),+],
             entry_points: &[$($entry),+],
             needs_subgroups: $subgroups,
         }
@@ -58,12 +58,32 @@ pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
 pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
-/// The fused split kernel over codes across tokens, with the portable row-dot sums.
-pub const ATTENTION_SPLIT_GROUPS: Kernel =
-    kernel!("attention_split_groups" + "portable", ["main"], false);
-/// The subgroup fast path of [`ATTENTION_SPLIT_GROUPS`].
-pub const ATTENTION_SPLIT_GROUPS_SUBGROUP: Kernel =
-    kernel!("attention_split_groups" + "subgroup", ["main"], true);
+/// The fused split kernel over codes across tokens, with the portable row-dot sums and the
+/// logits and weights phases as tasks of one invocation (any group size).
+pub const ATTENTION_SPLIT_GROUPS: Kernel = kernel!(
+    "attention_split_groups" + "portable" + "tasks",
+    ["main"],
+    false
+);
+/// [`ATTENTION_SPLIT_GROUPS`] for group size 32, a task's rows in registers.
+pub const ATTENTION_SPLIT_GROUPS_32: Kernel = kernel!(
+    "attention_split_groups" + "portable" + "tasks32",
+    ["main"],
+    false
+);
+/// The subgroup fast path of [`ATTENTION_SPLIT_GROUPS`] for group size 32: subgroup row-dot
+/// sums, and the logits and weights phases by clusters of 8 invocations.
+pub const ATTENTION_SPLIT_GROUPS_SUBGROUP: Kernel = kernel!(
+    "attention_split_groups" + "subgroup" + "clusters",
+    ["main"],
+    true
+);
+/// The subgroup row-dot sums with the phases as tasks: other group sizes.
+pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS: Kernel = kernel!(
+    "attention_split_groups" + "subgroup" + "tasks",
+    ["main"],
+    true
+);
 pub const ATTENTION_SCORES_PACKED: Kernel = kernel!("attention_scores_packed", ["main"]);
 pub const ATTENTION_SOFTMAX: Kernel = kernel!("attention_softmax", ["main"]);
 pub const ATTENTION_VALUES_EXACT: Kernel = kernel!("attention_values_exact", ["main"]);
@@ -132,7 +152,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 28] = [
+pub const ALL: [Kernel; 30] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -149,7 +169,9 @@ pub const ALL: [Kernel; 28] = [
     ATTENTION_SCORES_EXACT,
     ATTENTION_SPLIT,
     ATTENTION_SPLIT_GROUPS,
+    ATTENTION_SPLIT_GROUPS_32,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
     ATTENTION_SCORES_PACKED,
     ATTENTION_SOFTMAX,
     ATTENTION_VALUES_EXACT,
@@ -165,21 +187,23 @@ pub const ALL: [Kernel; 28] = [
 
 impl Kernel {
     /// The files of `shaders/` this kernel is composed of, in order: `common.wgsl`, its own
-    /// file, and for a variant `{base}_{variant}.wgsl`, each with its text. This is the one
-    /// place the composition rule lives ([`Kernel::composed_source`] joins them).
+    /// file, and for each variant (`base+a+b`) `{base}_{a}.wgsl`, `{base}_{b}.wgsl`, each
+    /// with its text. This is the one place the composition rule lives
+    /// ([`Kernel::composed_source`] joins them).
     pub fn files(&self) -> Vec<(String, &'static str)> {
-        let (base, variant) = self.name.split_once('+').unwrap_or((self.name, ""));
+        let mut parts = self.name.split('+');
+        let base = parts.next().unwrap_or(self.name);
         let mut files = vec![
             ("common.wgsl".to_string(), COMMON),
             (format!("{base}.wgsl"), self.source),
         ];
-        if !variant.is_empty() {
-            files.push((format!("{base}_{variant}.wgsl"), self.variant));
+        for (variant, text) in parts.zip(self.variants) {
+            files.push((format!("{base}_{variant}.wgsl"), *text));
         }
         files
     }
 
-    /// `common.wgsl`, this kernel's file and its variant: the module the GPU compiles.
+    /// `common.wgsl`, this kernel's file and its variants: the module the GPU compiles.
     pub fn composed_source(&self) -> String {
         let texts: Vec<&str> = self.files().into_iter().map(|(_, text)| text).collect();
         texts.join("\n")

@@ -297,7 +297,6 @@ fn record_call(
     } else {
         (tile_rows, tile_rows * d * 4)
     };
-    let fused_kernel = rotated_groups::fused_kernel(ctx, subgroups, d);
     // The fused kernel binds the visible ranges and centre terms as uniforms of fixed size.
     let uniform_floor = |bytes: usize| if fused_groups { bytes } else { 0 };
 
@@ -405,7 +404,7 @@ fn record_call(
             if let Some(planes) = rotated_groups::fused_planes(segment).filter(|_| fused_groups) {
                 rotated_groups::record_fused(
                     &mut batch,
-                    fused_kernel,
+                    rotated_groups::fused_kernel(ctx, subgroups, d, planes.0.group_size),
                     planes,
                     seg,
                     (segment.splits(split_tokens) as u32, row_blocks(seg, rows)),

@@ -18,7 +18,8 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::params::Params;
 use crate::gpu::rotated::group_kernel_table;
 use crate::gpu::shaders::{
-    Kernel, ATTENTION_ROTATED_GROUPS, ATTENTION_SPLIT_GROUPS, ATTENTION_SPLIT_GROUPS_SUBGROUP,
+    Kernel, ATTENTION_ROTATED_GROUPS, ATTENTION_SPLIT_GROUPS, ATTENTION_SPLIT_GROUPS_32,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP, ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
 };
 use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{PackedHead, PackedKeys, PackedValues};
@@ -176,14 +177,25 @@ pub(super) fn fused_planes<'a>(
     }
 }
 
-/// The fused kernel for head_dim `d`: the subgroup variant where `subgroups` allows it and
-/// the d/16 lanes that share a code row fit in the adapter's smallest subgroup.
-pub(super) fn fused_kernel(ctx: &GpuContext, subgroups: bool, d: usize) -> &'static Kernel {
+/// The fused kernel for head_dim `d` and group size `group_size`: with `subgroups`, where
+/// the d/16 lanes that share a code row fit in the adapter's smallest subgroup, the subgroup
+/// row sums (and for G = 32 with subgroups of at least 8 invocations the logits and weights
+/// phases by 8-invocation clusters), else the portable ones; G = 32 has phases of its own
+/// either way.
+pub(super) fn fused_kernel(
+    ctx: &GpuContext,
+    subgroups: bool,
+    d: usize,
+    group_size: usize,
+) -> &'static Kernel {
     let row_lanes = (d / 16) as u32;
-    if subgroups && row_lanes.is_power_of_two() && row_lanes <= ctx.subgroup_min_size() {
-        &ATTENTION_SPLIT_GROUPS_SUBGROUP
-    } else {
-        &ATTENTION_SPLIT_GROUPS
+    let min_size = ctx.subgroup_min_size();
+    let subgroup_rows = subgroups && row_lanes.is_power_of_two() && row_lanes <= min_size;
+    match (subgroup_rows, group_size == 32) {
+        (true, true) if min_size >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
+        (true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+        (false, true) => &ATTENTION_SPLIT_GROUPS_32,
+        (false, false) => &ATTENTION_SPLIT_GROUPS,
     }
 }
 

@@ -1,0 +1,90 @@
+// attention_split_groups_clusters.wgsl — the logits and weights phases of
+// attention_split_groups.wgsl for G = 32 (the presets' group size) by clusters of 8
+// consecutive invocations of a subgroup (appended after the subgroup row_dots file; the host
+// picks this file only for G = 32 and subgroups of at least 8 invocations): cluster c takes
+// task c (half c & 1 of the query rows, group c >> 1 of the tile) and its lane k the tile
+// rows 4k…4k+3 as one mat4x4; Rot_G's spans 4, 8 and 16 cross the lanes by
+// subgroupShuffleXor, and the task's maxima and sums are cluster reductions. Every
+// invocation has work: on llvmpipe, a phase that one lane group runs costs nearly as much in
+// each of the others, masked (and a branch to the tasks file's code, even one never taken,
+// costs its masked run too: hence a file of its own).
+// Needs the SUBGROUP feature.
+
+fn logits_phase(local: u32, tile: u32, tile_groups: u32) {
+    let task = local >> 3u;
+    let k = local & 7u;
+    let h = task & 1u;
+    let first_row = (task >> 1u) << 5u;
+    let row = first_row + 4u * k;
+    let live = task < 2u * tile_groups;
+    var x = mat4x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var sequency = false;
+    if (live) {
+        x = entries_4(row, h);
+        sequency = is_sequency(key_rows[first_row]);
+    }
+    let transformed = walsh_lanes(x, k);
+    if (sequency) {
+        x = transformed;
+    }
+    x = masked_4(x, task_rows(h), params.segment_start + tile + row);
+    let top = cluster_max(max_4(x));
+    if (live) {
+        store_entries_4(row, h, x);
+        if (k == 0u) {
+            exchange[TASK_MAXIMA + task] = top;
+        }
+    }
+}
+
+fn weights_phase(local: u32, tile_groups: u32) {
+    let task = local >> 3u;
+    let k = local & 7u;
+    let h = task & 1u;
+    let first_row = (task >> 1u) << 5u;
+    let row = first_row + 4u * k;
+    let live = task < 2u * tile_groups;
+    var p = mat4x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var sequency = false;
+    if (live) {
+        p = weights_4(entries_4(row, h), row_max[h]);
+        sequency = is_sequency(value_rows[first_row]);
+    }
+    let sum = cluster_sum(sum_4(p));
+    let transformed = walsh_lanes(p, k);
+    if (sequency) {
+        p = transformed;
+    }
+    if (live) {
+        store_entries_4(row, h, p);
+        if (k == 0u) {
+            exchange[TASK_SUMS + task] = sum;
+        }
+    }
+}
+
+// Rot_32 of the cluster's 32 entries, lane k holding entries 4k…4k+3.
+fn walsh_lanes(x: mat4x4<f32>, k: u32) -> mat4x4<f32> {
+    var v = butterflies_4(x);
+    for (var lanes = 1u; lanes < 8u; lanes = lanes * 2u) {
+        let other = mat4x4<f32>(subgroupShuffleXor(v[0], lanes), subgroupShuffleXor(v[1], lanes),
+                                subgroupShuffleXor(v[2], lanes), subgroupShuffleXor(v[3], lanes));
+        // The lower lane of a pair keeps a + b, the upper one a − b.
+        let upper = (k & lanes) != 0u;
+        v = mat4x4<f32>(select(v[0] + other[0], other[0] - v[0], upper), select(v[1] + other[1], other[1] - v[1], upper),
+                        select(v[2] + other[2], other[2] - v[2], upper), select(v[3] + other[3], other[3] - v[3], upper));
+    }
+    return v * table_entry(BLOCK_SCALES + 5u);
+}
+
+fn cluster_max(x: vec4<f32>) -> vec4<f32> {
+    var m = max(x, subgroupShuffleXor(x, 1u));
+    m = max(m, subgroupShuffleXor(m, 2u));
+    return max(m, subgroupShuffleXor(m, 4u));
+}
+
+fn cluster_sum(x: vec4<f32>) -> vec4<f32> {
+    var m = x + subgroupShuffleXor(x, 1u);
+    m = m + subgroupShuffleXor(m, 2u);
+    return m + subgroupShuffleXor(m, 4u);
+}
