@@ -81,8 +81,8 @@ const SEQUENCY_FLAG: u32 = 0x10000u;
 // Per query row of the block: (tile row, lo, hi, live).
 var<workgroup> block_rows: array<vec4<u32>, BLOCK_ROWS>;
 // Per query row (component k of entry h: row 4h + k): the running maximum and sum, the
-// factor that rescales the sums so far, the running weight of the values' centre m, and the
-// row's key centre term q·m.
+// factor that rescales the sums so far, the weight of the values' centre m (the phases'
+// sums, at the split's end), and the row's key centre term q·m.
 var<workgroup> row_max: array<vec4<f32>, 2>;
 var<workgroup> row_sum: array<vec4<f32>, 2>;
 var<workgroup> rescale: array<vec4<f32>, 2>;
@@ -201,21 +201,30 @@ fn row_scale(byte: u32, base: f32) -> f32 {
 fn stage_row(values: bool, kv_head: u32, g: u32, j: u32, base: f32) -> vec4<u32> {
     let widths = width_prefix(values, kv_head, g, j);
     let sequency = widths.x != TOKEN_MODE;
-    let b = budget(values);
-    let g_shift = firstTrailingBit(params.group_size);
-    // Mode A: ⌊b/G⌋ bits per code, one more for the first b mod G tokens.
-    let low = b >> g_shift;
-    let extra = b & (params.group_size - 1u);
-    var bits = low + select(0u, 1u, j < extra);
-    var codes_before = j * low + min(j, extra);
+    var code = token_code(values, j);
     if (sequency) {
-        bits = widths.y;
-        codes_before = widths.z;
+        code = widths.yz;
     }
-    let offset = codes_before * params.width;
-    let word = (kv_head * params.groups + g) * (b * params.width / 32u) + offset / 32u;
     let scales = scale_word(values, (kv_head * params.groups + g) * (params.group_size / 4u) + j / 4u);
     let byte = (scales >> (8u * (j % 4u))) & 0xffu;
+    return row_record(values, kv_head, g, j, sequency, code, byte, base);
+}
+
+// Token j of a group in mode A: (its bits, the codes before it): ⌊b/G⌋ bits per code, one
+// more for the first b mod G tokens.
+fn token_code(values: bool, j: u32) -> vec2<u32> {
+    let b = budget(values);
+    let low = b >> firstTrailingBit(params.group_size);
+    let extra = b & (params.group_size - 1u);
+    return vec2<u32>(low + select(0u, 1u, j < extra), j * low + min(j, extra));
+}
+
+// The staged record of row j of group g (see stage_row) from its mode, (bits, codes before
+// it) and scale byte.
+fn row_record(values: bool, kv_head: u32, g: u32, j: u32, sequency: bool, code: vec2<u32>, byte: u32, base: f32) -> vec4<u32> {
+    let bits = code.x;
+    let offset = code.y * params.width;
+    let word = (kv_head * params.groups + g) * (budget(values) * params.width / 32u) + offset / 32u;
     var centre = select(0.0, sqrt(f32(params.group_size)), j == 0u);
     if (!sequency) {
         centre = select(0.0, 1.0, (byte & FLAG_BIT) != 0u);
@@ -413,6 +422,18 @@ fn rotate_exchange(local: u32) {
     workgroupBarrier();
 }
 
+// Stages the `count` rows of the tile whose first group is `first_group` in both planes, a
+// row per invocation at a time (`bases`: the planes' scale bases).
+fn stage_rows(local: u32, count: u32, first_group: u32, kv_head: u32, bases: vec2<f32>) {
+    let g_shift = firstTrailingBit(params.group_size);
+    for (var r = local; r < count; r = r + LANES) {
+        let g = first_group + (r >> g_shift);
+        let j = r & (params.group_size - 1u);
+        key_rows[r] = stage_row(false, kv_head, g, j, bases.x);
+        value_rows[r] = stage_row(true, kv_head, g, j, bases.y);
+    }
+}
+
 @compute @workgroup_size(LANES)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -491,12 +512,8 @@ fn main(
         let count = min(TILE_TOKENS, end - tile);
         let tile_groups = count >> g_shift;
         let first_group = (params.segment_first + tile) >> g_shift;
-        // Stage the rows of both planes.
-        for (var r = local; r < count; r = r + LANES) {
-            let g = first_group + (r >> g_shift);
-            key_rows[r] = stage_row(false, kv_head, g, r & g_mask, key_base);
-            value_rows[r] = stage_row(true, kv_head, g, r & g_mask, value_base);
-        }
+        // Stage the rows of both planes (stage_phase, from the phases file).
+        stage_phase(local, count, first_group, kv_head, vec2<f32>(key_base, value_base));
         workgroupBarrier();
 
         // Key dots: row r = first_row + phase; `row_dots` sums the chunks into tile_weights.

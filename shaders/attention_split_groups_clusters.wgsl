@@ -10,6 +10,62 @@
 // costs its masked run too: hence a file of its own).
 // Needs the SUBGROUP feature.
 
+// Staging by clusters too: clusters 0–3 take the key rows of groups 0–3 of the tile,
+// clusters 4–7 the value rows, lane k rows 4k…4k+3 of its group: their four width entries
+// (from at most two width words), the scale word of the four, and the codes before them by
+// a prefix sum over the cluster (subgroupShuffleUp).
+fn stage_phase(local: u32, count: u32, first_group: u32, kv_head: u32, bases: vec2<f32>) {
+    let cluster = local >> 3u;
+    let k = local & 7u;
+    let values = cluster >= 4u;
+    let group = cluster & 3u;
+    let g = first_group + group;
+    let live = (group << 5u) < count;
+    // Width entries 4k…4k+3: bits 12k…12k+11 of the group's three width words.
+    let first_word = (kv_head * params.groups + g) * 3u;
+    let at = 12u * k;
+    var mode = 0u;
+    var low = 0u;
+    var high = 0u;
+    var scales = 0u;
+    if (live) {
+        mode = width_word(values, first_word) & 7u;
+        low = width_word(values, first_word + (at >> 5u));
+        high = width_word(values, first_word + min((at >> 5u) + 1u, 2u));
+        scales = scale_word(values, (kv_head * params.groups + g) * 8u + k);
+    }
+    let shift = at & 31u;
+    let entries = select(low >> shift, (low >> shift) | (high << (32u - shift)), shift > 20u);
+    let b = vec4<u32>(entries & 7u, (entries >> 3u) & 7u, (entries >> 6u) & 7u, (entries >> 9u) & 7u);
+    let own = b.x + b.y + b.z + b.w;
+    let before = cluster_prefix(own, k) - own;
+    let sequency = mode != TOKEN_MODE;
+    let base = select(bases.x, bases.y, values);
+    let before_rows = vec4<u32>(before, before + b.x, before + b.x + b.y, before + b.x + b.y + b.z);
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let j = 4u * k + i;
+        var code = token_code(values, j);
+        if (sequency) {
+            code = vec2<u32>(b[i], before_rows[i]);
+        }
+        let record = row_record(values, kv_head, g, j, sequency, code, (scales >> (8u * i)) & 0xffu, base);
+        if (live && values) {
+            value_rows[(group << 5u) + j] = record;
+        }
+        if (live && !values) {
+            key_rows[(group << 5u) + j] = record;
+        }
+    }
+}
+
+// The inclusive prefix sum of x over the lanes 0…k of an 8-lane cluster.
+fn cluster_prefix(x: u32, k: u32) -> u32 {
+    var s = x;
+    s = s + select(0u, subgroupShuffleUp(s, 1u), k >= 1u);
+    s = s + select(0u, subgroupShuffleUp(s, 2u), k >= 2u);
+    return s + select(0u, subgroupShuffleUp(s, 4u), k >= 4u);
+}
+
 fn logits_phase(local: u32, tile: u32, tile_groups: u32) {
     let task = local >> 3u;
     let k = local & 7u;

@@ -6,6 +6,10 @@
 // (_tasks32 and _clusters: on llvmpipe even a branch never taken costs its code's masked
 // run, so each group-size path is a file of its own).
 
+fn stage_phase(local: u32, count: u32, first_group: u32, kv_head: u32, bases: vec2<f32>) {
+    stage_rows(local, count, first_group, kv_head, bases);
+}
+
 fn logits_phase(local: u32, tile: u32, tile_groups: u32) {
     for (var task = local; task < 2u * tile_groups; task = task + LANES) {
         logits_task(task, tile);

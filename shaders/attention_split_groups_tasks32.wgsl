@@ -4,6 +4,10 @@
 // task's 32 entries in registers: one load and one store per entry and phase, Rot_32 by
 // butterflies on eight mat4x4s.
 
+fn stage_phase(local: u32, count: u32, first_group: u32, kv_head: u32, bases: vec2<f32>) {
+    stage_rows(local, count, first_group, kv_head, bases);
+}
+
 fn logits_phase(local: u32, tile: u32, tile_groups: u32) {
     for (var task = local; task < 2u * tile_groups; task = task + LANES) {
         let h = task & 1u;
