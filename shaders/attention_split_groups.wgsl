@@ -521,8 +521,8 @@ fn main(
             let r = first_row + phase;
             var low = vec4<f32>(0.0);
             var high = vec4<f32>(0.0);
+            let row = staged_row(false, min(r, count - 1u), lane_chunk);
             if (in_phase && r < count) {
-                let row = key_rows[r];
                 if ((row.x & 0xffu) > 0u) {
                     let l = chunk_levels(false, row, lane_chunk);
                     low = chunk_dot(l, q_low_0, q_low_1, q_low_2, q_low_3) * bitcast<f32>(row.z);
@@ -584,9 +584,9 @@ fn main(
             centre_low = centre_low * low_factor;
             centre_high = centre_high * high_factor;
             for (var r = phase; r < count; r = r + phases) {
-                let row = value_rows[r];
-                let p_low = tile_weights[weight_index(r, 0u)];
-                let p_high = tile_weights[weight_index(r, 1u)];
+                let row = staged_row(true, r, lane_chunk);
+                let p_low = row_weights(r, 0u, lane_chunk);
+                let p_high = row_weights(r, 1u, lane_chunk);
                 centre_low = centre_low + p_low * bitcast<f32>(row.w);
                 centre_high = centre_high + p_high * bitcast<f32>(row.w);
                 if ((row.x & 0xffu) > 0u) {

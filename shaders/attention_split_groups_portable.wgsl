@@ -33,3 +33,16 @@ fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low
     }
     workgroupBarrier();
 }
+
+// The staged record of key (values = false) or value row r, for every lane of the row.
+fn staged_row(values: bool, r: u32, lane_chunk: u32) -> vec4<u32> {
+    if (values) {
+        return value_rows[r];
+    }
+    return key_rows[r];
+}
+
+// Tile row r's weights of query rows 4h…4h+3, for every lane of the row.
+fn row_weights(r: u32, h: u32, lane_chunk: u32) -> vec4<f32> {
+    return tile_weights[weight_index(r, h)];
+}

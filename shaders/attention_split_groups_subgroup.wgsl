@@ -1,27 +1,38 @@
-// attention_split_groups_subgroup.wgsl — the subgroup `row_dots` of
-// attention_split_groups.wgsl (appended to it), chosen when the adapter has subgroups no
-// smaller than L = d/16 (a power of two): the L lanes of a row, consecutive invocations of
-// one subgroup, add their partial dots with butterflies of subgroupShuffleXor, and the
-// row's lanes 0 and 1 write query rows 0–3 and 4–7 (lane 0 both for L = 1); no workgroup
-// memory and no barrier per round.
+// attention_split_groups_subgroup.wgsl — the subgroup row reads of
+// attention_split_groups.wgsl (appended to it, before a row_dots file, _dots or _dots8),
+// chosen when the adapter has subgroups no smaller than L = d/16 (a power of two): the L
+// lanes of a row, consecutive invocations of one subgroup, read a staged record or a row's
+// weights once and pass it on by subgroupShuffleXor.
 // Needs the SUBGROUP feature (browsers also want `enable subgroups;`, added per target).
 
-// tile_weights[first + phase] ← Σ over the L lanes of a phase of their partial
-// dots (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by
-// every invocation (the shuffles need the whole subgroup); the caller's next barrier makes
-// the writes visible.
-fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low: vec4<f32>, dot_high: vec4<f32>) {
-    let row_lanes = params.width / CHUNK;
-    var low = dot_low;
-    var high = dot_high;
-    for (var offset = 1u; offset < row_lanes; offset = offset * 2u) {
-        low = low + subgroupShuffleXor(low, offset);
-        high = high + subgroupShuffleXor(high, offset);
+// The staged record of key (values = false) or value row r, read by the row's first lane
+// and passed to its other lanes by shuffles (on llvmpipe a load is a loop over the lanes
+// that take part in it: one instead of L).
+fn staged_row(values: bool, r: u32, lane_chunk: u32) -> vec4<u32> {
+    var v = vec4<u32>(0u);
+    if (lane_chunk == 0u && values) {
+        v = value_rows[r];
     }
-    let r = first + phase;
-    if (phase < phases && r < count) {
-        for (var h = local & (row_lanes - 1u); h < 2u; h = h + row_lanes) {
-            tile_weights[weight_index(r, h)] = select(low, high, h == 1u);
-        }
+    if (lane_chunk == 0u && !values) {
+        v = key_rows[r];
     }
+    let lanes = params.width / CHUNK;
+    v = v | select(vec4<u32>(0u), subgroupShuffleXor(v, 1u), lanes > 1u);
+    v = v | select(vec4<u32>(0u), subgroupShuffleXor(v, 2u), lanes > 2u);
+    v = v | select(vec4<u32>(0u), subgroupShuffleXor(v, 4u), lanes > 4u);
+    return v | select(vec4<u32>(0u), subgroupShuffleXor(v, 8u), lanes > 8u);
+}
+
+// Tile row r's weights of query rows 4h…4h+3, read by lane h of the row (lane 0 for L = 1)
+// and passed to the others likewise.
+fn row_weights(r: u32, h: u32, lane_chunk: u32) -> vec4<f32> {
+    let lanes = params.width / CHUNK;
+    var v = vec4<f32>(0.0);
+    if (lane_chunk == min(h, lanes - 1u)) {
+        v = tile_weights[weight_index(r, h)];
+    }
+    v = v + select(vec4<f32>(0.0), subgroupShuffleXor(v, 1u), lanes > 1u);
+    v = v + select(vec4<f32>(0.0), subgroupShuffleXor(v, 2u), lanes > 2u);
+    v = v + select(vec4<f32>(0.0), subgroupShuffleXor(v, 4u), lanes > 4u);
+    return v + select(vec4<f32>(0.0), subgroupShuffleXor(v, 8u), lanes > 8u);
 }

@@ -58,8 +58,9 @@ pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
 pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
-/// The fused split kernel over codes across tokens, with the portable row-dot sums and the
-/// logits and weights phases as tasks of one invocation (any group size).
+/// The fused split kernel over codes across tokens, with the portable row reads and
+/// row-dot sums and the logits and weights phases as tasks of one invocation (any group
+/// size).
 pub const ATTENTION_SPLIT_GROUPS: Kernel = kernel!(
     "attention_split_groups" + "portable" + "tasks",
     ["main"],
@@ -71,16 +72,25 @@ pub const ATTENTION_SPLIT_GROUPS_32: Kernel = kernel!(
     ["main"],
     false
 );
-/// The subgroup fast path of [`ATTENTION_SPLIT_GROUPS`] for group size 32: subgroup row-dot
-/// sums, and the logits and weights phases by clusters of 8 invocations.
+/// The subgroup fast path for group size 32 and 8 or 16 lanes per code row (d = 128, 256):
+/// subgroup row reads, row-dot sums by halving shuffles, the phases by 8-invocation
+/// clusters.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "clusters",
+    "attention_split_groups" + "subgroup" + "dots8" + "clusters",
     ["main"],
     true
 );
-/// The subgroup row-dot sums with the phases as tasks: other group sizes.
+/// The subgroup fast path for group size 32 and fewer lanes per code row (d ≤ 112):
+/// row-dot sums by butterflies.
+pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS: Kernel = kernel!(
+    "attention_split_groups" + "subgroup" + "dots" + "clusters",
+    ["main"],
+    true
+);
+/// The subgroup row reads and butterfly row-dot sums with the phases as tasks: other group
+/// sizes.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "tasks",
+    "attention_split_groups" + "subgroup" + "dots" + "tasks",
     ["main"],
     true
 );
@@ -152,7 +162,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 30] = [
+pub const ALL: [Kernel; 31] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -171,6 +181,7 @@ pub const ALL: [Kernel; 30] = [
     ATTENTION_SPLIT_GROUPS,
     ATTENTION_SPLIT_GROUPS_32,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
     ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
     ATTENTION_SCORES_PACKED,
     ATTENTION_SOFTMAX,

@@ -19,7 +19,8 @@ use crate::gpu::params::Params;
 use crate::gpu::rotated::group_kernel_table;
 use crate::gpu::shaders::{
     Kernel, ATTENTION_ROTATED_GROUPS, ATTENTION_SPLIT_GROUPS, ATTENTION_SPLIT_GROUPS_32,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP, ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP, ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
 };
 use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{PackedHead, PackedKeys, PackedValues};
@@ -177,11 +178,13 @@ pub(super) fn fused_planes<'a>(
     }
 }
 
-/// The fused kernel for head_dim `d` and group size `group_size`: with `subgroups`, where
-/// the d/16 lanes that share a code row fit in the adapter's smallest subgroup, the subgroup
-/// row sums (and for G = 32 with subgroups of at least 8 invocations the logits and weights
-/// phases by 8-invocation clusters), else the portable ones; G = 32 has phases of its own
-/// either way.
+/// The fused kernel for head_dim `d` and group size `group_size`. With `subgroups`, where
+/// the L = d/16 lanes that share a code row fit in the adapter's smallest subgroup: subgroup
+/// row reads and row-dot sums (by halving shuffles for L = 8 and 16), and for G = 32 with
+/// subgroups of at least 8 invocations the logits and weights phases by 8-invocation
+/// clusters. Otherwise the portable kernel, with phases of its own for G = 32. (On llvmpipe
+/// a branch never taken still costs its masked run, so each of these is a composition of its
+/// own rather than a branch in one kernel.)
 pub(super) fn fused_kernel(
     ctx: &GpuContext,
     subgroups: bool,
@@ -191,11 +194,13 @@ pub(super) fn fused_kernel(
     let row_lanes = (d / 16) as u32;
     let min_size = ctx.subgroup_min_size();
     let subgroup_rows = subgroups && row_lanes.is_power_of_two() && row_lanes <= min_size;
-    match (subgroup_rows, group_size == 32) {
-        (true, true) if min_size >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
-        (true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
-        (false, true) => &ATTENTION_SPLIT_GROUPS_32,
-        (false, false) => &ATTENTION_SPLIT_GROUPS,
+    let clusters = group_size == 32 && min_size >= 8;
+    match (subgroup_rows, clusters, group_size == 32) {
+        (true, true, _) if row_lanes >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
+        (true, true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
+        (true, false, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+        (false, _, true) => &ATTENTION_SPLIT_GROUPS_32,
+        (false, _, false) => &ATTENTION_SPLIT_GROUPS,
     }
 }
 
