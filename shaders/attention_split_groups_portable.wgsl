@@ -34,7 +34,8 @@ fn row_dots(local: u32, phase: u32, phases: u32, first: u32, count: u32, dot_low
     workgroupBarrier();
 }
 
-// The staged record of key (values = false) or value row r, for every lane of the row.
+// The staged record of key (values = false) or value row r, for every lane of the row (the
+// kernel uses the centre factor w only in the row's first lane).
 fn staged_row(values: bool, r: u32, lane_chunk: u32) -> vec4<u32> {
     if (values) {
         return value_rows[r];

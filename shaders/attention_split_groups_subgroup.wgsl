@@ -7,7 +7,8 @@
 
 // The staged record of key (values = false) or value row r, read by the row's first lane
 // and passed to its other lanes by shuffles (on llvmpipe a load is a loop over the lanes
-// that take part in it: one instead of L).
+// that take part in it: one instead of L). Only x, y and z are passed on: the centre factor
+// w stays with the first lane (0 elsewhere), the one lane whose centre terms count.
 fn staged_row(values: bool, r: u32, lane_chunk: u32) -> vec4<u32> {
     var v = vec4<u32>(0u);
     if (lane_chunk == 0u && values) {
@@ -17,10 +18,12 @@ fn staged_row(values: bool, r: u32, lane_chunk: u32) -> vec4<u32> {
         v = key_rows[r];
     }
     let lanes = params.width / CHUNK;
-    v = v | select(vec4<u32>(0u), subgroupShuffleXor(v, 1u), lanes > 1u);
-    v = v | select(vec4<u32>(0u), subgroupShuffleXor(v, 2u), lanes > 2u);
-    v = v | select(vec4<u32>(0u), subgroupShuffleXor(v, 4u), lanes > 4u);
-    return v | select(vec4<u32>(0u), subgroupShuffleXor(v, 8u), lanes > 8u);
+    var s = v.xyz;
+    s = s | select(vec3<u32>(0u), subgroupShuffleXor(s, 1u), lanes > 1u);
+    s = s | select(vec3<u32>(0u), subgroupShuffleXor(s, 2u), lanes > 2u);
+    s = s | select(vec3<u32>(0u), subgroupShuffleXor(s, 4u), lanes > 4u);
+    s = s | select(vec3<u32>(0u), subgroupShuffleXor(s, 8u), lanes > 8u);
+    return vec4<u32>(s, v.w);
 }
 
 // Tile row r's weights of query rows 4h…4h+3, read by lane h of the row (lane 0 for L = 1)
