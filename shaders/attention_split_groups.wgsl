@@ -250,22 +250,16 @@ fn code_window(values: bool, word: u32, shift: u32) -> vec3<u32> {
     return vec3<u32>((w0 >> shift) | (w1 << (32u - shift)), (w1 >> shift) | (w2 << (32u - shift)), w2 >> shift);
 }
 
-// The levels of the next four codes of `bits` (≥ 1) bits in `window`, which moves past them.
-// (Vectors and matrices rather than arrays indexed in loops: llvmpipe puts such arrays in
-// scratch memory, one load per invocation.)
+// The levels of the next four codes of `bits` (1…5) bits in `window`, which moves past them
+// (they lie in its first word: 4 · bits ≤ 20). (Vectors and matrices rather than arrays
+// indexed in loops: llvmpipe puts such arrays in scratch memory, one load per invocation.)
 fn next_levels(window: ptr<function, vec3<u32>>, bits: u32) -> vec4<f32> {
     let mask = (1u << bits) - 1u;
     let first = LEVELS + (1u << bits) - 2u;
-    var out = vec4<f32>(0.0);
-    out.x = table_entry(first + ((*window).x & mask));
-    shift_window(window, bits);
-    out.y = table_entry(first + ((*window).x & mask));
-    shift_window(window, bits);
-    out.z = table_entry(first + ((*window).x & mask));
-    shift_window(window, bits);
-    out.w = table_entry(first + ((*window).x & mask));
-    shift_window(window, bits);
-    return out;
+    let x = (*window).x;
+    shift_window(window, 4u * bits);
+    return vec4<f32>(table_entry(first + (x & mask)), table_entry(first + ((x >> bits) & mask)),
+                     table_entry(first + ((x >> (2u * bits)) & mask)), table_entry(first + ((x >> (3u * bits)) & mask)));
 }
 
 fn shift_window(window: ptr<function, vec3<u32>>, bits: u32) {

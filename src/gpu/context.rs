@@ -73,8 +73,8 @@ pub struct GpuOptions {
     /// offers subgroups and immediates.
     pub portable_only: bool,
     /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536); `None`
-    /// takes [`crate::gpu::attention::CPU_SPLIT_TOKENS`] on CPU adapters and
-    /// [`crate::gpu::attention::GPU_SPLIT_TOKENS`] elsewhere.
+    /// takes [`crate::gpu::attention::cpu_split_tokens`] of the host's threads on CPU
+    /// adapters and [`crate::gpu::attention::GPU_SPLIT_TOKENS`] elsewhere.
     pub split_tokens: Option<usize>,
 }
 
@@ -316,7 +316,9 @@ impl GpuContext {
                 )))
             }
             None if info.device_type == wgpu::DeviceType::Cpu => {
-                crate::gpu::attention::CPU_SPLIT_TOKENS
+                crate::gpu::attention::cpu_split_tokens(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )
             }
             None => crate::gpu::attention::GPU_SPLIT_TOKENS,
         };

@@ -56,11 +56,27 @@ use crate::config::Grouping;
 use crate::error::{Result, VidkvError};
 use crate::tensor::check_query;
 
-/// Tokens per split of the softmax on CPU adapters (lavapipe, SwiftShader): a few long
-/// splits, since a CPU runs few workgroups at once and each split's end (rotating its sums
-/// back, writing them) costs the same however long it is. `bench attention` at 16k on
-/// lavapipe: the default preset 39 ms with 4096-token splits against 46 ms with 1024.
+/// Tokens per split of the softmax on CPU adapters (lavapipe, SwiftShader) of more than 4
+/// threads: a few long splits, since a CPU runs few workgroups at once and each split's end
+/// (rotating its sums back, writing them) costs the same however long it is. `bench
+/// attention` at 16k on lavapipe (2 threads): the default preset 39 ms with 4096-token
+/// splits against 46 ms with 1024, at an earlier stop.
 pub const CPU_SPLIT_TOKENS: usize = 4096;
+/// Tokens per split on CPU adapters of at most 4 threads: still two workgroups per thread
+/// for the 7B shape (4 KV heads) at 16k tokens. On lavapipe with 2 threads, 16k: the default
+/// preset 19.4-20.4 ms against 21.2-21.4 with 4096-token splits, fp16 unchanged (two
+/// alternating runs each).
+pub const FEW_THREADS_SPLIT_TOKENS: usize = 8192;
+
+/// Tokens per split on a CPU adapter whose host has `threads` hardware threads (the CPU
+/// drivers run a worker per thread).
+pub fn cpu_split_tokens(threads: usize) -> usize {
+    if threads <= 4 {
+        FEW_THREADS_SPLIT_TOKENS
+    } else {
+        CPU_SPLIT_TOKENS
+    }
+}
 /// Tokens per split elsewhere: 512 gives the 7B shape (4 KV heads) 128 workgroups at 16k
 /// tokens and 1,024 at 128k, enough to fill a GPU of about a hundred compute units (a model
 /// from `../shared/docs/decode-kernel-notes.md`, not yet measured on a GPU). Both are
