@@ -39,14 +39,17 @@
 // CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase");
 // every lane keeps its chunk of the 8 rotated queries and of the 8 value sums in registers.
 // Per tile of 128 tokens: stage the rows' widths, scales, first code bits and centre
-// factors; key dots (the chunk's partial dots plus the row's share of the centre terms,
-// summed over the row's L lanes by `row_dots`, from attention_split_groups_portable.wgsl or
-// _subgroup.wgsl); the logits phase over (half of the query rows, group), four query rows
-// per vec4: the G-point transform of T groups, the mask and the maxima; the rows' new
-// maxima; the weights phase: e^(s − max), their sums, and the transform of T value groups;
-// the rows' sums; Σ weight·scale·levels and the centre's weights into the registers. The
-// two phases come from a file appended last: _tasks.wgsl (any G), _tasks32.wgsl (G = 32)
-// or _clusters.wgsl (G = 32 with subgroups).
+// factors (`stage_phase`); key dots (the chunk's partial dots plus the row's share of the
+// centre terms, summed over the row's L lanes by `row_dots`); the logits phase over (half of
+// the query rows, group), four query rows per vec4: the G-point transform of T groups, the
+// mask and the maxima; the rows' new maxima; the weights phase: e^(s − max), their sums, and
+// the transform of T value groups; the rows' sums; Σ weight·scale·levels and the centre's
+// weights into the registers. The files appended to this one (gpu::attention::
+// rotated_groups::fused_kernel picks them): the row reads (`staged_row`, `row_weights`) and,
+// for the portable kernel, `row_dots` from _portable.wgsl, or the row reads from
+// _subgroup.wgsl and `row_dots` from _dots.wgsl or _dots8.wgsl; then `stage_phase`,
+// `logits_phase` and `weights_phase` from _tasks.wgsl (any G), _tasks32.wgsl (G = 32) or
+// _clusters.wgsl (G = 32 with subgroups).
 // At the split's end the phases' sums are added, rotated back (Rot_d) and given the
 // centre's weight times m.
 

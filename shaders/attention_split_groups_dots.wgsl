@@ -6,6 +6,9 @@
 // per round. _dots8.wgsl does it in fewer shuffles for L = 8 and 16.
 // Needs the SUBGROUP feature.
 
+// The smallest L this file serves (any L).
+const ROW_LANES_AT_LEAST: u32 = 1u;
+
 // tile_weights[first + phase] ← Σ over the L lanes of a phase of their partial
 // dots (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by
 // every invocation (the shuffles need the whole subgroup); the caller's next barrier makes

@@ -6,6 +6,9 @@
 // L = 16 one more adds the other 8. Each of the 8 lanes writes its query row's dot.
 // Needs the SUBGROUP feature.
 
+// The smallest L this file serves (L = 8 or 16).
+const ROW_LANES_AT_LEAST: u32 = 8u;
+
 // tile_weights[first + phase] ← Σ over the L lanes of a phase of their partial dots
 // (dot_low: query rows 0–3, dot_high: 4–7), for the rows below `count`. Called by every
 // invocation (the shuffles need the whole subgroup); the caller's next barrier makes the

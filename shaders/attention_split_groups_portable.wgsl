@@ -1,7 +1,8 @@
-// attention_split_groups_portable.wgsl — the portable `row_dots` of
-// attention_split_groups.wgsl (appended to it): the lanes' partial dots go through
-// workgroup memory, and P rows × 2 halves of sums (four query rows each) are added by the
-// lanes together.
+// attention_split_groups_portable.wgsl — the portable row reads and `row_dots` of
+// attention_split_groups.wgsl (appended to it, before a phases file): every lane reads a
+// row's staged record and weights itself; the lanes' partial dots go through workgroup
+// memory, and P rows × 2 halves of sums (four query rows each) are added by the lanes
+// together.
 // The inner loop has a constant bound (16 chunks, masked to the L of d): on llvmpipe, a
 // loop with a bound read at run time nested here cost a fixed ≈ 35 ms per dispatch
 // (BENCHMARKS.md), even in dispatches that never reached it.
