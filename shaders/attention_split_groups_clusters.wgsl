@@ -66,55 +66,63 @@ fn cluster_prefix(x: u32, k: u32) -> u32 {
     return s + select(0u, subgroupShuffleUp(s, 4u), k >= 4u);
 }
 
-fn logits_phase(local: u32, tile: u32, tile_groups: u32) {
+// An invocation's part of the phases: its cluster's task (half h, the group's first tile
+// row), its lane k in the cluster, its first tile row, and whether the tile has the group.
+struct ClusterLane {
+    task: u32,
+    h: u32,
+    first_row: u32,
+    k: u32,
+    row: u32,
+    live: bool,
+}
+
+fn cluster_lane(local: u32, tile_groups: u32) -> ClusterLane {
     let task = local >> 3u;
-    let k = local & 7u;
-    let h = task & 1u;
     let first_row = (task >> 1u) << 5u;
-    let row = first_row + 4u * k;
-    let live = task < 2u * tile_groups;
+    let k = local & 7u;
+    return ClusterLane(task, task & 1u, first_row, k, first_row + 4u * k, task < 2u * tile_groups);
+}
+
+fn logits_phase(local: u32, tile: u32, tile_groups: u32) {
+    let lane = cluster_lane(local, tile_groups);
     var x = mat4x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var sequency = false;
-    if (live) {
-        x = entries_4(row, h);
-        sequency = is_sequency(key_rows[first_row]);
+    if (lane.live) {
+        x = entries_4(lane.row, lane.h);
+        sequency = is_sequency(key_rows[lane.first_row]);
     }
-    let transformed = walsh_lanes(x, k);
+    let transformed = walsh_lanes(x, lane.k);
     if (sequency) {
         x = transformed;
     }
-    x = masked_4(x, task_rows(h), params.segment_start + tile + row);
+    x = masked_4(x, task_rows(lane.h), params.segment_start + tile + lane.row);
     let top = cluster_max(max_4(x));
-    if (live) {
-        store_entries_4(row, h, x);
-        if (k == 0u) {
-            exchange[TASK_MAXIMA + task] = top;
+    if (lane.live) {
+        store_entries_4(lane.row, lane.h, x);
+        if (lane.k == 0u) {
+            exchange[TASK_MAXIMA + lane.task] = top;
         }
     }
 }
 
 fn weights_phase(local: u32, tile_groups: u32) {
-    let task = local >> 3u;
-    let k = local & 7u;
-    let h = task & 1u;
-    let first_row = (task >> 1u) << 5u;
-    let row = first_row + 4u * k;
-    let live = task < 2u * tile_groups;
+    let lane = cluster_lane(local, tile_groups);
     var p = mat4x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var sequency = false;
-    if (live) {
-        p = weights_4(entries_4(row, h), row_max[h]);
-        sequency = is_sequency(value_rows[first_row]);
+    if (lane.live) {
+        p = weights_4(entries_4(lane.row, lane.h), row_max[lane.h]);
+        sequency = is_sequency(value_rows[lane.first_row]);
     }
     let sum = cluster_sum(sum_4(p));
-    let transformed = walsh_lanes(p, k);
+    let transformed = walsh_lanes(p, lane.k);
     if (sequency) {
         p = transformed;
     }
-    if (live) {
-        store_entries_4(row, h, p);
-        if (k == 0u) {
-            exchange[TASK_SUMS + task] = sum;
+    if (lane.live) {
+        store_entries_4(lane.row, lane.h, p);
+        if (lane.k == 0u) {
+            exchange[TASK_SUMS + lane.task] = sum;
         }
     }
 }
