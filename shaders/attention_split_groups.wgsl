@@ -437,11 +437,9 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let d = params.width;
-    let g_size = params.group_size;
-    // G is a power of two (8…128): shifts and masks, not divisions (which llvmpipe does one
-    // lane at a time).
-    let g_shift = firstTrailingBit(g_size);
-    let g_mask = g_size - 1u;
+    // G is a power of two (8…128): shifts, not divisions (which llvmpipe does one lane at a
+    // time).
+    let g_shift = firstTrailingBit(params.group_size);
     let split = workgroup.x;
     let kv_head = block_kv_head(workgroup.y);
     if (local < BLOCK_ROWS) {

@@ -194,13 +194,13 @@ pub(super) fn fused_kernel(
     let row_lanes = (d / 16) as u32;
     let min_size = ctx.subgroup_min_size();
     let subgroup_rows = subgroups && row_lanes.is_power_of_two() && row_lanes <= min_size;
-    let clusters = group_size == 32 && min_size >= 8;
-    match (subgroup_rows, clusters, group_size == 32) {
-        (true, true, _) if row_lanes >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
-        (true, true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
-        (true, false, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
-        (false, _, true) => &ATTENTION_SPLIT_GROUPS_32,
-        (false, _, false) => &ATTENTION_SPLIT_GROUPS,
+    let clusters = min_size >= 8;
+    match (subgroup_rows, group_size == 32) {
+        (true, true) if clusters && row_lanes >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
+        (true, true) if clusters => &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
+        (true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+        (false, true) => &ATTENTION_SPLIT_GROUPS_32,
+        (false, false) => &ATTENTION_SPLIT_GROUPS,
     }
 }
 
