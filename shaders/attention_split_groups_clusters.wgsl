@@ -1,13 +1,13 @@
-// attention_split_groups_clusters.wgsl — the logits and weights phases of
+// attention_split_groups_clusters.wgsl — the staging, logits and weights phases of
 // attention_split_groups.wgsl for G = 32 (the presets' group size) by clusters of 8
 // consecutive invocations of a subgroup (appended after the subgroup row_dots file; the host
 // picks this file only for G = 32 and subgroups of at least 8 invocations): cluster c takes
 // task c (half c & 1 of the query rows, group c >> 1 of the tile) and its lane k the tile
 // rows 4k…4k+3 as one mat4x4; Rot_G's spans 4, 8 and 16 cross the lanes by
 // subgroupShuffleXor, and the task's maxima and sums are cluster reductions. Every
-// invocation has work: on llvmpipe, a phase that one lane group runs costs nearly as much in
-// each of the others, masked (and a branch to the tasks file's code, even one never taken,
-// costs its masked run too: hence a file of its own).
+// invocation has work, where a task per invocation leaves 7 of 8 lane groups running the
+// phase masked on llvmpipe. A file of its own: a branch to the tasks file's code, never
+// taken, still cost its masked run (≈ 2.5 ms at 16k, BENCHMARKS.md).
 // Needs the SUBGROUP feature.
 
 // Staging by clusters too: clusters 0–3 take the key rows of groups 0–3 of the tile,
