@@ -20,9 +20,9 @@
 //             rows_per_head, queries, row_offset, tile_rows)
 //           1 rotated_queries (uniform): vec4<f32> [4096]: the tile's rows (q/√d)·Rot,
 //             [tile rows][d/4] (the host keeps tile rows · d ≤ 16384)
-//           2 table (uniform): vec4<f32> [40]: gpu::rotated::group_kernel_table (sixteenth
-//             powers of two at 32, block scales at 48 + log2 n, the levels of b-bit rows at
-//             64 + 2^b − 2)
+//           2 table (uniform): vec4<f32> [40]: gpu::rotated::group_kernel_table (read here:
+//             sixteenth powers of two at 32, block scales at 48 + log2 n; the levels are
+//             the constants MUX_LEAVES_b)
 //           3 centre_terms (uniform): f32 [1024] (q/√d)·m of the keys per tile row
 //           4 visible (uniform): vec2<u32> [8192]: visible positions [lo, hi) per query
 //             position (uniforms, so that the kernel stays within 10 storage buffers)
@@ -75,7 +75,6 @@ const TILE_TOKENS: u32 = 128u;
 const LOWEST: f32 = -0x1.fffffep+127f;
 const POWERS: u32 = 32u;
 const BLOCK_SCALES: u32 = 48u;
-const LEVELS: u32 = 64u;
 const TOKEN_MODE: u32 = 7u;
 const FLAG_BIT: u32 = 0x80u;
 // The bit of a staged row's x that marks a sequency row of a T group.
@@ -253,16 +252,59 @@ fn code_window(values: bool, word: u32, shift: u32) -> vec3<u32> {
     return vec3<u32>((w0 >> shift) | (w1 << (32u - shift)), (w1 >> shift) | (w2 << (32u - shift)), w2 >> shift);
 }
 
-// The levels of the next four codes of `bits` (1…5) bits in `window`, which moves past them
-// (they lie in its first word: 4 · bits ≤ 20). (Vectors and matrices rather than arrays
+// The levels of the next four codes of `bits` (1…4) bits in `window`, which moves past them
+// (they lie in its first word: 4 · bits ≤ 16). (Vectors and matrices rather than arrays
 // indexed in loops: llvmpipe puts such arrays in scratch memory, one load per invocation.)
-fn next_levels(window: ptr<function, vec3<u32>>, bits: u32) -> vec4<f32> {
-    let mask = (1u << bits) - 1u;
-    let first = LEVELS + (1u << bits) - 2u;
+fn next_levels(window: ptr<function, vec3<u32>>, bits: u32, mux: LevelMux) -> vec4<f32> {
     let x = (*window).x;
     shift_window(window, 4u * bits);
-    return vec4<f32>(table_entry(first + (x & mask)), table_entry(first + ((x >> bits) & mask)),
-                     table_entry(first + ((x >> (2u * bits)) & mask)), table_entry(first + ((x >> (3u * bits)) & mask)));
+    let top = 32u - bits;
+    return vec4<f32>(mux_level(mux, x << top, bits), mux_level(mux, x << (top - bits), bits),
+                     mux_level(mux, x << (top - 2u * bits), bits), mux_level(mux, x << (top - 3u * bits), bits));
+}
+
+// The level mux of a row: the magnitudes of the upper half of its width's levels, largest
+// first and repeated to eight leaves (even leaves in `even`, odd ones in `odd`). The
+// Lloyd-Max levels are symmetric (L[2^b − 1 − c] = −L[c]), so code c's level is ± the leaf
+// at c's low bits, complemented in the upper half; the repetition makes the index bits at
+// and above the width irrelevant. Three selects on the index bits instead of a table
+// lookup per code (a lookup with a different index in every lane is a load per lane on
+// llvmpipe, and serialized on GPUs' constant caches).
+struct LevelMux {
+    even: vec4<f32>,
+    odd: vec4<f32>,
+}
+
+fn level_mux(bits: u32) -> LevelMux {
+    let one = width_mux(MUX_LEAVES_1);
+    let two = width_mux(MUX_LEAVES_2);
+    let three = width_mux(MUX_LEAVES_3);
+    let four = width_mux(MUX_LEAVES_4);
+    let even = select(select(select(four.even, three.even, bits == 3u), two.even, bits == 2u), one.even, bits == 1u);
+    let odd = select(select(select(four.odd, three.odd, bits == 3u), two.odd, bits == 2u), one.odd, bits == 1u);
+    return LevelMux(even, odd);
+}
+
+// The leaves of widths 1…4: leaf k is the level of code 2^b − 1 − (k mod 2^(b−1)) of the
+// Lloyd-Max levels of N(0, 1) (src/reference/lloyd_max.rs; shaders/tests.rs checks that
+// they agree). Constants rather than the table, whose reads llvmpipe repeats for every row.
+const MUX_LEAVES_1 = array<f32, 8>(0.7979, 0.7979, 0.7979, 0.7979, 0.7979, 0.7979, 0.7979, 0.7979);
+const MUX_LEAVES_2 = array<f32, 8>(1.5104, 0.4528, 1.5104, 0.4528, 1.5104, 0.4528, 1.5104, 0.4528);
+const MUX_LEAVES_3 = array<f32, 8>(2.1519, 1.3439, 0.7560, 0.2451, 2.1519, 1.3439, 0.7560, 0.2451);
+const MUX_LEAVES_4 = array<f32, 8>(2.7326, 2.0690, 1.6180, 1.2562, 0.9423, 0.6568, 0.3881, 0.1284);
+
+fn width_mux(leaves: array<f32, 8>) -> LevelMux {
+    return LevelMux(vec4<f32>(leaves[0], leaves[2], leaves[4], leaves[6]), vec4<f32>(leaves[1], leaves[3], leaves[5], leaves[7]));
+}
+
+// The level of the code whose top bit is bit 31 of `u` (its bit i at bit 32 − bits + i).
+// In the upper half (top bit set) the index bits are complemented, and the level is +leaf.
+fn mux_level(mux: LevelMux, u: u32, bits: u32) -> f32 {
+    let t = u ^ bitcast<u32>(bitcast<i32>(u) >> 31u);
+    let pair = select(mux.even, mux.odd, bitcast<i32>(t << ((bits + 31u) & 31u)) < 0i);
+    let quad = select(pair.xz, pair.yw, bitcast<i32>(t << ((bits + 30u) & 31u)) < 0i);
+    let magnitude = select(quad.x, quad.y, bitcast<i32>(t << ((bits + 29u) & 31u)) < 0i);
+    return bitcast<f32>(bitcast<u32>(magnitude) ^ (~u & 0x80000000u));
 }
 
 fn shift_window(window: ptr<function, vec3<u32>>, bits: u32) {
@@ -275,10 +317,11 @@ fn chunk_levels(values: bool, row: vec4<u32>, lane_chunk: u32) -> mat4x4<f32> {
     let bits = row.x & 0xffu;
     let bit = ((row.x >> 8u) & 0xffu) + lane_chunk * CHUNK * bits;
     var window = code_window(values, row.y + bit / 32u, bit % 32u);
-    let l0 = next_levels(&window, bits);
-    let l1 = next_levels(&window, bits);
-    let l2 = next_levels(&window, bits);
-    let l3 = next_levels(&window, bits);
+    let mux = level_mux(bits);
+    let l0 = next_levels(&window, bits, mux);
+    let l1 = next_levels(&window, bits, mux);
+    let l2 = next_levels(&window, bits, mux);
+    let l3 = next_levels(&window, bits, mux);
     return mat4x4<f32>(l0, l1, l2, l3);
 }
 

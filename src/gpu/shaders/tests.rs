@@ -229,3 +229,44 @@ fn wgsl_params_match_the_rust_struct() {
     assert_eq!(span as usize, size_of::<Params>());
     assert_eq!(size_of::<Params>() % 16, 0);
 }
+
+/// The level-mux constants of the fused split-groups kernel, read back with naga, are the
+/// Lloyd-Max levels of the CPU reference: leaf k of width b is the level of code
+/// 2^b − 1 − (k mod 2^(b−1)).
+#[test]
+fn split_groups_level_mux_matches_the_codebooks() {
+    use crate::reference::lloyd_max::Codebook;
+    let source = super::ATTENTION_SPLIT_GROUPS.composed_source();
+    let module = naga::front::wgsl::parse_str(&source).unwrap();
+    for bits in 1..=4u8 {
+        let name = format!("MUX_LEAVES_{bits}");
+        let (_, constant) = module
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not declared"));
+        let naga::Expression::Compose { ref components, .. } =
+            module.global_expressions[constant.init]
+        else {
+            panic!("{name} is not an array constructor");
+        };
+        let leaves: Vec<f32> = components
+            .iter()
+            .map(|&e| match module.global_expressions[e] {
+                naga::Expression::Literal(naga::Literal::F32(x)) => x,
+                ref other => panic!("{name}: {other:?} is not an f32 literal"),
+            })
+            .collect();
+        let levels = Codebook::new(bits).unwrap().levels;
+        let half = 1usize << (bits - 1);
+        let expected: Vec<f32> = (0..8).map(|k| levels[2 * half - 1 - k % half]).collect();
+        assert_eq!(leaves, expected, "{name}");
+        for (c, level) in levels.iter().enumerate() {
+            assert_eq!(
+                *level,
+                -levels[levels.len() - 1 - c],
+                "{bits}-bit levels are symmetric"
+            );
+        }
+    }
+}
