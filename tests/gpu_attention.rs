@@ -1,6 +1,8 @@
 //! Fused GPU attention on the packed cache against the CPU reference attention over the
 //! dequantized cache: relative error ≤ 1e-4 per output row, on the real dev files for every
-//! preset and on generated cases (head_dim 64–256, GQA 1/2/7, M = 1…64, contexts 1…20k).
+//! preset and on generated cases (head_dim 64–256, GQA 1/2/3/7, M = 1…64, contexts 1…20k),
+//! a 512-position frame and a 128k context (`tests/gpu_wide_subgroups.rs` runs the subgroup
+//! kernels on 16-invocation subgroups).
 //! The output is read back with its guard words checked. Every case runs with the fast
 //! paths the adapter offers (subgroups on lavapipe) and with the portable kernels. The
 //! presets include the rotated ones (per-token keys and values with and without group
@@ -15,78 +17,22 @@ mod data;
 #[path = "common/gpu.rs"]
 mod gpu_context;
 
+#[path = "common/attention.rs"]
+mod attention;
+
+use attention::{check, gpu_presets, random_tensor};
 use gpu_context::gpu;
 
 use data::shared_sample;
 
 use proptest::prelude::*;
 
-use vidkv::config::{QuantConfig, ROTATED_PRESET_NAMES};
+use vidkv::config::QuantConfig;
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
 use vidkv::gpu::{GpuContext, GpuOptions};
 use vidkv::packed::stp::takes_protection;
-use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
-use vidkv::{PackedCache, Tensor, PRESET_NAMES};
-
-/// Every preset: the plain ones and the rotated ones (per token and across tokens).
-fn gpu_presets() -> Vec<&'static str> {
-    PRESET_NAMES
-        .iter()
-        .chain(&ROTATED_PRESET_NAMES)
-        .copied()
-        .collect()
-}
-
-/// GPU attention of every layer against the reference; returns the worst relative error.
-fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) -> f64 {
-    let shape = cache.shape;
-    let (k_hat, v_hat) = cache.dequantize();
-    let (q_heads, queries, d) = (q.dim(1), q.dim(2), q.dim(3));
-    let head_len = shape.tokens * d;
-    let mut worst = 0.0f64;
-    for layer in 0..shape.layers {
-        let gpu_layer = GpuLayer::upload(gpu(), cache, layer).unwrap();
-        let q_layer = &q.data[layer * q_heads * queries * d..(layer + 1) * q_heads * queries * d];
-        // The fast paths the adapter offers, the portable kernels, and the three passes that
-        // preceded the fused split kernel for exact segments, always all.
-        let outputs: Vec<(Kernels, Vec<f32>)> =
-            [Kernels::Fastest, Kernels::Portable, Kernels::ThreePass]
-                .into_iter()
-                .map(|k| {
-                    (
-                        k,
-                        attend_with(gpu(), &gpu_layer, q_layer, q_heads, visible, k).unwrap(),
-                    )
-                })
-                .collect();
-        for qh in 0..q_heads {
-            let h = qh / (q_heads / shape.kv_heads);
-            let at = (layer * shape.kv_heads + h) * head_len;
-            for (m, &(lo, hi)) in visible.iter().enumerate() {
-                let row = (qh * queries + m) * d;
-                let mask: Vec<bool> = (0..shape.tokens)
-                    .map(|t| (lo as usize..hi as usize).contains(&t))
-                    .collect();
-                let expected = attend_dense(
-                    &q_layer[row..row + d],
-                    &k_hat.data[at..at + head_len],
-                    &v_hat.data[at..at + head_len],
-                    &mask,
-                );
-                for (kernels, out) in &outputs {
-                    let err = relative_l2(&out[row..row + d], &expected);
-                    worst = worst.max(err);
-                    assert!(
-                        err <= 1e-4,
-                        "{what} ({kernels:?}): layer {layer} head {qh} query {m}: relative error {err}"
-                    );
-                }
-            }
-        }
-    }
-    worst
-}
+use vidkv::PackedCache;
 
 #[test]
 fn real_dev_files_for_every_preset() {
@@ -125,17 +71,6 @@ fn real_dev_files_for_every_preset() {
             eprintln!("{file} {preset}+STP: worst relative error {worst:.2e}");
         }
     }
-}
-
-/// The GPU attention tests' K/V/Q ([`noise::structured_noise`]).
-fn random_tensor(shape: [usize; 4], seed: u64, scale: f32) -> Tensor {
-    noise::structured_noise(
-        shape,
-        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        3,
-        (9, 2.0),
-        scale,
-    )
 }
 
 proptest! {
