@@ -10,8 +10,10 @@
 # so a run carries one path: `.gl`. `run` writes OUT/vulkaninfo.txt (device name, subgroup
 # size, shader-f16, integer dot product, cooperative-matrix lines), OUT/attention.json
 # (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`), OUT/cache.txt
-# (`bench cache`, 28 layers at 16k) and OUT/cache-portable.txt (the same on a context
-# without subgroups, immediates or reused bind groups). On a machine without .gl/ (lavapipe
+# (`bench cache`, 28 layers at 16k), OUT/cache-portable.txt (the same on a context
+# without subgroups, immediates or reused bind groups) and OUT/split-N.json (`vidkv` and
+# fp16 at 16k and 128k with splits of N = 256, 1024 and 2048 tokens, against the default
+# 512: the GPU split size is a guess until such a run). On a machine without .gl/ (lavapipe
 # here) `run` uses target/release/vidkv and the installed loader, as a dry run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,10 @@ run)
     "$binary" bench cache --layers 28 --context 16384 --runs 3 > "$out/cache.txt"
     "$binary" bench cache --layers 28 --context 16384 --runs 3 --portable \
         > "$out/cache-portable.txt"
+    for split in 256 1024 2048; do
+        "$binary" bench attention --context 16384 --context 131072 --preset vidkv \
+            --runs 5 --split-tokens "$split" --json > "$out/split-$split.json"
+    done
     cat "$out/cache.txt"
     ;;
 *)

@@ -165,6 +165,51 @@ fn report_and_bench_write_svg_charts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--split-tokens` sets the split size of both decode benchmarks (reported with the
+/// results), and a size the kernels cannot take is refused with the rule.
+#[test]
+fn benchmarks_take_a_split_size() {
+    let small = [
+        "--kv-heads",
+        "1",
+        "--q-heads",
+        "2",
+        "--head-dim",
+        "64",
+        "--runs",
+        "1",
+        "--split-tokens",
+        "256",
+        "--json",
+    ];
+    let attention = [
+        &[
+            "bench",
+            "attention",
+            "--context",
+            "600",
+            "--preset",
+            "vidkv",
+        ][..],
+        &small[..],
+    ]
+    .concat();
+    assert_eq!(json(&attention)["split_tokens"], 256);
+    let cache = [
+        &["bench", "cache", "--layers", "1", "--context", "600"][..],
+        &small[..],
+    ]
+    .concat();
+    assert_eq!(json(&cache)["split_tokens"], 256);
+    for bench in ["attention", "cache"] {
+        let out = cli_runner::vidkv(&["bench", bench, "--context", "600", "--split-tokens", "300"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bench}: {stderr}");
+        assert!(stderr.contains("multiple of 256"), "{bench}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
+    }
+}
+
 /// `bench attention --kernels` reports GPU time per kernel (lavapipe has timestamp queries).
 #[test]
 fn bench_attention_reports_time_per_kernel() {

@@ -51,6 +51,10 @@ pub(super) struct BenchCacheArgs {
     /// save.
     #[arg(long)]
     portable: bool,
+    /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536) instead
+    /// of the adapter's default (`GpuOptions::split_tokens`), to find the best size on a GPU.
+    #[arg(long, value_name = "N")]
+    split_tokens: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +86,10 @@ pub(super) struct BenchAttentionArgs {
     /// Also write an SVG chart (decode time against context) into this directory.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
+    /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536) instead
+    /// of the adapter's default (`GpuOptions::split_tokens`), to find the best size on a GPU.
+    #[arg(long, value_name = "N")]
+    split_tokens: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +134,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     let presets = resolve_presets(&names, None, None)?;
     let gpu = GpuContext::new(&GpuOptions {
         portable_only: args.portable,
+        split_tokens: args.split_tokens,
         ..GpuOptions::default()
     })?;
     // One preset at a time (as the benchmark runs them), with progress between.
@@ -147,6 +156,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
+            "split_tokens": gpu.split_tokens(),
             "shape": {"layers": args.layers, "q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
             "context": args.context,
             "results": results.iter().map(|r| serde_json::json!({
@@ -163,13 +173,14 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}",
+        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}; splits of {} tokens",
         args.layers,
         args.q_heads,
         args.kv_heads,
         args.head_dim,
         args.context,
-        gpu.adapter_name()
+        gpu.adapter_name(),
+        gpu.split_tokens()
     );
     println!(
         "  {:<14} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14}",
@@ -215,7 +226,10 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
             "contexts and head counts must be positive, q_heads a multiple of kv_heads".into(),
         ));
     }
-    let gpu = GpuContext::new(&GpuOptions::default())?;
+    let gpu = GpuContext::new(&GpuOptions {
+        split_tokens: args.split_tokens,
+        ..GpuOptions::default()
+    })?;
     // One context at a time (every preset of a context runs round-robin, as in one call),
     // with progress between.
     let bar = super::progress::Progress::new(contexts.len() as u64, args.json);
@@ -251,6 +265,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
             "timing": timing,
+            "split_tokens": gpu.split_tokens(),
             "shape": {"q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "layers": 1},
             "results": results.iter().map(|r| serde_json::json!({
                 "preset": r.preset,
@@ -267,11 +282,12 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; timing: {timing}",
+        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; timing: {timing}; splits of {} tokens",
         args.q_heads,
         args.kv_heads,
         args.head_dim,
-        gpu.adapter_name()
+        gpu.adapter_name(),
+        gpu.split_tokens()
     );
     println!(
         "  {:<24} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
