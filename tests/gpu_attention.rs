@@ -1,8 +1,8 @@
 //! Fused GPU attention on the packed cache against the CPU reference attention over the
 //! dequantized cache: relative error ≤ 1e-4 per output row, on the real dev files for every
 //! preset and on generated cases (head_dim 64–256, GQA 1/2/3/7, M = 1…64, contexts 1…20k),
-//! a 512-position frame and a 128k context (`tests/gpu_wide_subgroups.rs` runs the subgroup
-//! kernels on 16-invocation subgroups).
+//! a 512-position frame and a 128k context (`tests/gpu_wide_subgroups.rs` and
+//! `tests/gpu_narrow_subgroups.rs` run the kernels on subgroups of 16 and 4 invocations).
 //! The output is read back with its guard words checked. Every case runs with the fast
 //! paths the adapter offers (subgroups on lavapipe) and with the portable kernels. The
 //! presets include the rotated ones (per-token keys and values with and without group
