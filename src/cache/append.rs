@@ -138,8 +138,42 @@ impl KvCache {
             let groups = (rows - residual) / g;
             self.quantize_window(layer, groups)?;
             self.shift_window(layer, groups * g)?;
+            return self.repack_window(layer);
         }
-        self.repack_window(layer)
+        self.pack_arrivals(layer, before, span)
+    }
+
+    /// Writes the f16 window rows of the tokens just appended to a window that did not
+    /// shift (rows `before..` of every head). Host rows are converted on the host and
+    /// written, with no dispatch: repacking the whole window instead cost two dispatches
+    /// per KV head on every decode step. GPU rows repack the window (a binding offset at an
+    /// odd row would break the storage offset alignment for some head sizes).
+    fn pack_arrivals(&mut self, layer: usize, before: usize, span: RowSpan<'_>) -> Result<()> {
+        let (Rows::Host(_), Rows::Host(_)) = (span.k, span.v) else {
+            return self.repack_window(layer);
+        };
+        let heads = self.heads();
+        let gpu = self.gpu.clone();
+        let ctx = &gpu;
+        self.ensure_exact_window(layer)?;
+        if span.count == 0 {
+            return Ok(());
+        }
+        let store = self.layers[layer].window.as_ref().expect("just ensured");
+        for head in 0..heads.count {
+            write_exact(ctx, store, heads, (head, before), span)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the f16 window that attention reads, if the layer has none yet.
+    fn ensure_exact_window(&mut self, layer: usize) -> Result<()> {
+        if self.layers[layer].window.is_none() {
+            let capacity =
+                (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
+            self.layers[layer].window = Some(ExactStore::new(&self.gpu, self.heads(), capacity)?);
+        }
+        Ok(())
     }
 
     /// Grows the f32 window of `layer` to hold `rows` rows per head (old rows are copied).
@@ -179,11 +213,8 @@ impl KvCache {
         let heads = self.heads();
         let gpu = self.gpu.clone();
         let ctx = &gpu;
-        let capacity = (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
+        self.ensure_exact_window(layer)?;
         let state = &mut self.layers[layer];
-        if state.window.is_none() {
-            state.window = Some(ExactStore::new(ctx, heads, capacity)?);
-        }
         if state.window_rows == 0 {
             return Ok(());
         }
