@@ -144,14 +144,10 @@ impl KvCache {
     }
 
     /// Writes the f16 window rows of the tokens just appended to a window that did not
-    /// shift (rows `before..` of every head). Host rows are converted on the host and
-    /// written, with no dispatch: repacking the whole window instead cost two dispatches
-    /// per KV head on every decode step. GPU rows repack the window (a binding offset at an
-    /// odd row would break the storage offset alignment for some head sizes).
+    /// shift (rows `before..` of every head), rather than repacking the whole window: host
+    /// rows are converted on the host and written (no dispatch), GPU rows packed from the
+    /// f32 window (two dispatches).
     fn pack_arrivals(&mut self, layer: usize, before: usize, span: RowSpan<'_>) -> Result<()> {
-        let (Rows::Host(_), Rows::Host(_)) = (span.k, span.v) else {
-            return self.repack_window(layer);
-        };
         let heads = self.heads();
         let gpu = self.gpu.clone();
         let ctx = &gpu;
@@ -159,11 +155,16 @@ impl KvCache {
         if span.count == 0 {
             return Ok(());
         }
-        let store = self.layers[layer].window.as_ref().expect("just ensured");
-        for head in 0..heads.count {
-            write_exact(ctx, store, heads, (head, before), span)?;
+        let state = &self.layers[layer];
+        let store = state.window.as_ref().expect("just ensured");
+        if let (Rows::Host(_), Rows::Host(_)) = (span.k, span.v) {
+            for head in 0..heads.count {
+                write_exact(ctx, store, heads, (head, before), span)?;
+            }
+            return Ok(());
         }
-        Ok(())
+        let window = state.window_f32.as_ref().expect("rows were just copied in");
+        repack_window(ctx, window, store, heads, before..before + span.count)
     }
 
     /// Makes the f16 window that attention reads, if the layer has none yet.
@@ -220,7 +221,7 @@ impl KvCache {
         }
         let window = state.window_f32.as_ref().expect("a window with rows");
         let store = state.window.as_ref().expect("just made");
-        repack_window(ctx, window, store, heads, state.window_rows)
+        repack_window(ctx, window, store, heads, 0..state.window_rows)
     }
 
     /// A prefill with protected tokens: its quantized part is packed with STP lists.

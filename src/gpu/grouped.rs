@@ -230,6 +230,39 @@ impl Ternary<'_> {
     }
 }
 
+/// `pack_exact::heads`: rows `first..first + rows` of every one of `kv_heads` heads, from
+/// f32 rows with `input_rows` rows per head into f16 pairs with `output_rows` rows per head.
+pub(crate) struct PackHeads<'a> {
+    pub width: usize,
+    pub kv_heads: usize,
+    pub first: usize,
+    pub rows: usize,
+    pub input_rows: usize,
+    pub output_rows: usize,
+    pub input: &'a wgpu::Buffer,
+    pub output: &'a wgpu::Buffer,
+}
+
+impl PackHeads<'_> {
+    pub fn record(&self, batch: &mut Batch<'_>) {
+        batch.dispatch_bound(
+            &PACK_EXACT,
+            "heads",
+            Params {
+                width: self.width as u32,
+                rows: self.rows as u32,
+                kv_heads: self.kv_heads as u32,
+                len: self.input_rows as u32,
+                rows_per_head: self.output_rows as u32,
+                row_offset: self.first as u32,
+                invocations: (self.kv_heads * ExactRows::words(self.rows, self.width)) as u32,
+                ..Default::default()
+            },
+            &[self.input.into(), self.output.into()],
+        );
+    }
+}
+
 /// `pack_exact::main`: `rows` f32 rows of `width` channels packed as f16 pairs.
 pub(crate) struct PackExact<'a> {
     pub width: usize,

@@ -26,9 +26,8 @@ pub(crate) use states::{freeze_split, LayerStates};
 
 use super::attention::{SegmentData, SegmentRef};
 use super::batch::Batch;
-use super::binding::Bound;
 use super::context::GpuContext;
-use super::grouped::PackExact;
+use super::grouped::{PackExact, PackHeads};
 use crate::error::Result;
 use crate::packed::planes::pack_f16_slice;
 
@@ -275,32 +274,31 @@ pub(crate) fn shift_window(
     batch.submit()
 }
 
-/// Rewrites the first `rows` rows of every head of the f16 `store` from the f32 `window`.
+/// Rewrites rows `rows` of every head of the f16 `store` from the f32 `window`: one
+/// dispatch for the keys and one for the values, whatever the number of heads.
 pub(crate) fn repack_window(
     ctx: &GpuContext,
     window: &F32Rows,
     store: &ExactStore,
     heads: Heads,
-    rows: usize,
+    rows: std::ops::Range<usize>,
 ) -> Result<()> {
-    let (h, d) = (heads.count, heads.dim);
-    if rows == 0 {
+    if rows.is_empty() {
         return Ok(());
     }
-    let words = rows * d / 2;
     let mut batch = ctx.batch();
-    for head in 0..h {
-        let input_at = (head * window.capacity * d * 4) as u64;
-        let output_at = (head * store.capacity * d / 2 * 4) as u64;
-        for (input, output) in [(&window.keys, &store.keys), (&window.values, &store.values)] {
-            PackExact {
-                width: d,
-                rows,
-                input: Bound::range(input, input_at, (rows * d * 4) as u64),
-                output: Bound::range(output, output_at, (words * 4) as u64),
-            }
-            .record(&mut batch);
+    for (input, output) in [(&window.keys, &store.keys), (&window.values, &store.values)] {
+        PackHeads {
+            width: heads.dim,
+            kv_heads: heads.count,
+            first: rows.start,
+            rows: rows.len(),
+            input_rows: window.capacity,
+            output_rows: store.capacity,
+            input,
+            output,
         }
+        .record(&mut batch);
     }
     batch.submit()
 }
