@@ -28,12 +28,17 @@ fn main(
     let words_per_row = (params.width + 1u) / 2u;
     let row = index / words_per_row;
     let c = 2u * (index % words_per_row);
-    let lo = input[row * params.width + c];
+    output[index] = packed_pair(row * params.width + c, c);
+}
+
+// The f16 pair of input[at] (channel c of its row) and the next channel, 0 past the row's
+// end (an odd width).
+fn packed_pair(at: u32, c: u32) -> u32 {
     var hi = 0.0;
     if (c + 1u < params.width) {
-        hi = input[row * params.width + c + 1u];
+        hi = input[at + 1u];
     }
-    output[index] = pack_f16_pair(lo, hi);
+    return pack_f16_pair(input[at], hi);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -54,10 +59,5 @@ fn heads(
     let word = within % words_per_row;
     let c = 2u * word;
     let at = (head * params.len + row) * params.width + c;
-    let lo = input[at];
-    var hi = 0.0;
-    if (c + 1u < params.width) {
-        hi = input[at + 1u];
-    }
-    output[(head * params.rows_per_head + row) * words_per_row + word] = pack_f16_pair(lo, hi);
+    output[(head * params.rows_per_head + row) * words_per_row + word] = packed_pair(at, c);
 }
