@@ -34,8 +34,11 @@
 //             three bits per row, entry 0 = 7 marking an A group
 //           13 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
 //           14 partial (storage, read_write): f32 [tile rows][total_splits][d]
-// Dispatch: grid (splits of the segment, row blocks: ⌈rows_per_head / 8⌉ per KV head the
-// tile touches), 64 invocations. Lane layout: a code row is read by L = d/16 lanes of
+//           15…18 the exact splits' queries, segments and rows (see _exact.wgsl)
+// Dispatch: grid (splits of the segment, then the exact splits of up to two exact
+// segments (the sinks, the window), row blocks: ⌈rows_per_head / 8⌉ per KV head the tile
+// touches), 64 invocations. The exact splits run `exact_split` (_exact.wgsl, appended to
+// every composition) in this kernel's workgroup memory. Lane layout: a code row is read by L = d/16 lanes of
 // CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase");
 // every lane keeps its chunk of the 8 rotated queries and of the 8 value sums in registers.
 // Per tile of 128 tokens: stage the rows' widths, scales, first code bits and centre
@@ -502,6 +505,12 @@ fn main(
         row_sum[local >> 2u][local & 3u] = 0.0;
     }
     workgroupBarrier();
+    // Workgroups past the segment's own splits take the exact splits (sinks, window).
+    let own_splits = (params.segment_len + params.split_size - 1u) / params.split_size;
+    if (split >= own_splits) {
+        exact_split(local, kv_head, split - own_splits);
+        return;
+    }
     // The key centre terms q·m of query rows 0–3 and 4–7, and the running weights of the
     // value centre m (every lane keeps its rows'; the rows' first chunks count).
     let key_centre_low = key_centre[0];

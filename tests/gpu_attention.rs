@@ -333,3 +333,51 @@ fn uniform_parameters_agree_with_immediates() {
         }
     }
 }
+
+/// The default preset decodes in three dispatches per layer: the query rotation, one fused
+/// split-K dispatch whose last splits are the exact sinks and window, and the combine. (A
+/// context of its own, so that no other test's kernels enter its profile.)
+#[test]
+fn the_default_preset_takes_its_sinks_and_window_in_the_fused_dispatch() {
+    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+    assert!(
+        ctx.start_kernel_profiling(),
+        "lavapipe has timestamp queries"
+    );
+    let (tokens, d, kv_heads, gqa) = (1000, 128, 2, 3);
+    let k = random_tensor([1, kv_heads, tokens, d], 71, 1.0);
+    let v = random_tensor([1, kv_heads, tokens, d], 72, 1.0);
+    let q = random_tensor([1, kv_heads * gqa, 1, d], 73, 0.6);
+    let cache = PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
+    let layer = GpuLayer::upload(&ctx, &cache, 0).unwrap();
+    for kernels in [Kernels::Fastest, Kernels::Portable] {
+        attend_with(
+            &ctx,
+            &layer,
+            &q.data,
+            kv_heads * gqa,
+            &[(0, tokens as u32)],
+            kernels,
+        )
+        .unwrap();
+        let passes: Vec<String> = ctx
+            .take_kernel_times()
+            .into_iter()
+            .map(|(name, _, passes)| format!("{name} ×{passes}"))
+            .collect();
+        assert_eq!(passes.len(), 3, "{kernels:?}: {passes:?}");
+        assert!(
+            passes[0].starts_with("attention_combine::main ×1"),
+            "{passes:?}"
+        );
+        assert!(
+            passes[1].starts_with("attention_rotated")
+                && passes[1].ends_with("::rotate_queries ×1"),
+            "{passes:?}"
+        );
+        assert!(
+            passes[2].starts_with("attention_split_groups+") && passes[2].ends_with("::main ×1"),
+            "{passes:?}"
+        );
+    }
+}

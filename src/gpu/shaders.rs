@@ -62,13 +62,13 @@ pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
 /// size).
 pub const ATTENTION_SPLIT_GROUPS: Kernel = kernel!(
-    "attention_split_groups" + "portable" + "tasks",
+    "attention_split_groups" + "portable" + "tasks" + "exact",
     ["main"],
     false
 );
 /// [`ATTENTION_SPLIT_GROUPS`] for group size 32, a task's rows in registers.
 pub const ATTENTION_SPLIT_GROUPS_32: Kernel = kernel!(
-    "attention_split_groups" + "portable" + "tasks32",
+    "attention_split_groups" + "portable" + "tasks32" + "exact",
     ["main"],
     false
 );
@@ -76,21 +76,21 @@ pub const ATTENTION_SPLIT_GROUPS_32: Kernel = kernel!(
 /// subgroup row reads, row-dot sums by halving shuffles, the phases by 8-invocation
 /// clusters.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "dots8" + "clusters",
+    "attention_split_groups" + "subgroup" + "dots8" + "clusters" + "exact",
     ["main"],
     true
 );
 /// The subgroup fast path for group size 32 and fewer lanes per code row (d ≤ 112):
 /// row-dot sums by butterflies.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "dots" + "clusters",
+    "attention_split_groups" + "subgroup" + "dots" + "clusters" + "exact",
     ["main"],
     true
 );
 /// The subgroup row reads and butterfly row-dot sums with the phases as tasks: other group
 /// sizes.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "dots" + "tasks",
+    "attention_split_groups" + "subgroup" + "dots" + "tasks" + "exact",
     ["main"],
     true
 );

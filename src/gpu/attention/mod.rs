@@ -322,8 +322,40 @@ fn record_call(
         ((visible_flat.len() * 4).max(uniform_floor(rotated_groups::VISIBLE_UNIFORM_BYTES))) as u64,
     )?;
     ctx.write(&visible_buffer, 0, &visible_flat);
+    // Exact segments (sinks, window) ride in fused dispatches as splits of their own, each
+    // dispatch's riders described by a record in one uniform buffer.
+    let riders = if fused_groups {
+        rotated_groups::exact_riders(segments, |s| rotated_groups::fused_planes(s).is_some())
+    } else {
+        segments.iter().map(|_| None).collect()
+    };
+    let riding: Vec<bool> = (0..segments.len())
+        .map(|i| riders.iter().flatten().any(|r| r.segments.contains(&i)))
+        .collect();
+    let record_words = rotated_groups::EXACT_RECORD_BYTES as usize / 4;
+    let mut records = vec![
+        0u32;
+        if fused_groups {
+            record_words * segments.len()
+        } else {
+            0
+        }
+    ];
+    for (i, rider) in riders.iter().enumerate() {
+        if let Some(rider) = rider {
+            records[i * record_words..][..8]
+                .copy_from_slice(&rider.record(segments, &split_offsets));
+        }
+    }
+    let exact_records = ctx.buffer("attention exact segments", (records.len() * 4) as u64)?;
+    if fused_groups {
+        ctx.write(&exact_records, 0, &records);
+    }
     let scratch = Scratch {
-        natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
+        natural: ctx.buffer(
+            "attention q natural",
+            (tile_rows * d * 4).max(uniform_floor(rotated_groups::QUERY_UNIFORM_BYTES)) as u64,
+        )?,
         planar: ctx.buffer("attention q planar", planar_bytes as u64)?,
         scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
         partial: ctx.buffer(
@@ -380,7 +412,10 @@ fn record_call(
                 ],
             ),
         }
-        for (segment, &split_offset) in segments.iter().zip(&split_offsets) {
+        for (i, (segment, &split_offset)) in segments.iter().zip(&split_offsets).enumerate() {
+            if riding[i] {
+                continue;
+            }
             let seg = Params {
                 segment_start: segment.start as u32,
                 segment_len: segment.len as u32,
@@ -418,15 +453,25 @@ fn record_call(
                 continue;
             }
             if let Some(planes) = rotated_groups::fused_planes(segment).filter(|_| fused_groups) {
+                let rider = riders[i].as_ref();
+                let splits = segment.splits(split_tokens)
+                    + rider.map_or(0, |r| r.splits(segments, split_tokens));
                 rotated_groups::record_fused(
                     &mut batch,
                     rotated_groups::fused_kernel(ctx, subgroups, d, planes.0.group_size),
                     planes,
                     seg,
-                    (segment.splits(split_tokens) as u32, row_blocks(seg, rows)),
-                    &rotated_groups::FusedOutputs {
+                    (splits as u32, row_blocks(seg, rows)),
+                    &rotated_groups::FusedBuffers {
                         visible: &visible_buffer,
                         stats: &stats,
+                        exact: rotated_groups::FusedExact {
+                            keys: rider.map_or(&scratch.unused, |r| r.keys),
+                            values: rider.map_or(&scratch.unused, |r| r.values),
+                            rows_per_head: rider.map_or(0, |r| r.rows_per_head),
+                            records: &exact_records,
+                            record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
+                        },
                     },
                     &scratch,
                 );

@@ -204,33 +204,152 @@ pub(super) fn fused_kernel(
     }
 }
 
-/// What the fused kernel writes to, besides the scratch partial sums.
-pub(super) struct FusedOutputs<'a> {
+/// The call's buffers the fused kernel binds besides the planes and the scratch: the
+/// visible ranges, the stats it writes, and its exact splits' bindings.
+pub(super) struct FusedBuffers<'a> {
     pub visible: &'a wgpu::Buffer,
     pub stats: &'a wgpu::Buffer,
+    pub exact: FusedExact<'a>,
+}
+
+/// Bytes between the exact-segment records of a call's fused dispatches in their uniform
+/// buffer (256: the largest uniform offset alignment WebGPU allows).
+pub(super) const EXACT_RECORD_BYTES: u64 = 256;
+/// Bytes of one record: (first position, tokens, first stored row, splits before it) for
+/// each of two exact segments (`exact_segments` in `attention_split_groups_exact.wgsl`).
+const EXACT_RECORD_USED: u64 = 32;
+
+/// The exact segments (sinks, window) that a fused dispatch takes as splits of its own: at
+/// most two, stored in one pair of buffers.
+pub(super) struct ExactRiders<'a> {
+    pub keys: &'a wgpu::Buffer,
+    pub values: &'a wgpu::Buffer,
+    /// Exact rows per KV head of both buffers.
+    pub rows_per_head: usize,
+    /// The riders' indices among the call's segments.
+    pub segments: Vec<usize>,
+}
+
+impl ExactRiders<'_> {
+    /// The riders' record for the kernel (see [`EXACT_RECORD_USED`]), given each segment's
+    /// splits before it.
+    pub fn record(&self, segments: &[SegmentRef<'_>], split_offsets: &[usize]) -> [u32; 8] {
+        let mut words = [0; 8];
+        for (slot, &i) in self.segments.iter().enumerate() {
+            let SegmentData::Exact { first_row, .. } = segments[i].data else {
+                unreachable!("riders are exact segments");
+            };
+            words[4 * slot..][..4].copy_from_slice(&[
+                segments[i].start as u32,
+                segments[i].len as u32,
+                first_row as u32,
+                split_offsets[i] as u32,
+            ]);
+        }
+        words
+    }
+
+    /// The splits the riders add to the dispatch.
+    pub fn splits(&self, segments: &[SegmentRef<'_>], split_tokens: usize) -> usize {
+        self.segments
+            .iter()
+            .map(|&i| segments[i].splits(split_tokens))
+            .sum()
+    }
+}
+
+/// Which exact segments ride in which fused dispatch, for each of `segments` (`None` for a
+/// segment `fused` does not take, or that carries none). In order, each fused segment takes
+/// the exact segments not yet taken of the pair of buffers that holds most of their tokens,
+/// up to two: a [`crate::gpu::attention::GpuLayer`]'s sinks and window (one pair) ride
+/// in its one fused dispatch; a `KvCache`'s (a store each) in its first two.
+pub(super) fn exact_riders<'a>(
+    segments: &[SegmentRef<'a>],
+    fused: impl Fn(&SegmentRef<'a>) -> bool,
+) -> Vec<Option<ExactRiders<'a>>> {
+    let exact = |i: usize| match segments[i].data {
+        SegmentData::Exact {
+            keys,
+            values,
+            rows_per_head,
+            ..
+        } => Some((keys, values, rows_per_head)),
+        SegmentData::Packed(_) => None,
+    };
+    let mut taken = vec![false; segments.len()];
+    let mut riders: Vec<Option<ExactRiders<'a>>> = Vec::with_capacity(segments.len());
+    for segment in segments {
+        if !fused(segment) {
+            riders.push(None);
+            continue;
+        }
+        let open = |i: &usize| !taken[*i] && exact(*i).is_some();
+        let tokens_in = |keys: &wgpu::Buffer| -> usize {
+            (0..segments.len())
+                .filter(open)
+                .filter(|&i| exact(i).is_some_and(|(k, _, _)| k == keys))
+                .map(|i| segments[i].len)
+                .sum()
+        };
+        let Some(pair) = (0..segments.len())
+            .filter(open)
+            .filter_map(exact)
+            .max_by_key(|(keys, _, _)| tokens_in(keys))
+        else {
+            riders.push(None);
+            continue;
+        };
+        let chosen: Vec<usize> = (0..segments.len())
+            .filter(open)
+            .filter(|&i| exact(i).is_some_and(|(k, _, _)| k == pair.0))
+            .take(2)
+            .collect();
+        for &i in &chosen {
+            taken[i] = true;
+        }
+        riders.push(Some(ExactRiders {
+            keys: pair.0,
+            values: pair.1,
+            rows_per_head: pair.2,
+            segments: chosen,
+        }));
+    }
+    riders
+}
+
+/// The exact splits' bindings of a fused dispatch: the riders' rows (or `unused` where it
+/// carries none), their record at `record` in the call's record buffer.
+pub(super) struct FusedExact<'a> {
+    pub keys: &'a wgpu::Buffer,
+    pub values: &'a wgpu::Buffer,
+    pub rows_per_head: usize,
+    pub records: &'a wgpu::Buffer,
+    pub record: u64,
 }
 
 /// Records the fused split kernel over the segment `seg` (keys and values from
-/// [`fused_planes`]) for the tile's `rows` query rows: one dispatch, grid (splits, row
-/// blocks).
+/// [`fused_planes`]) and the exact segments riding in it for the tile's `rows` query rows:
+/// one dispatch, grid (the segment's splits and the riders', row blocks).
 pub(super) fn record_fused(
     batch: &mut Batch<'_>,
     kernel: &Kernel,
     (keys, values): (&GroupPlanes, &GroupPlanes),
     seg: Params,
     grid: (u32, u32),
-    outputs: &FusedOutputs<'_>,
+    buffers: &FusedBuffers<'_>,
     scratch: &Scratch,
 ) {
+    let exact = &buffers.exact;
     let params = Params {
         value_code_bits: values.budget as u32,
+        rows: exact.rows_per_head as u32,
         ..keys.params(seg)
     };
-    let buffers = [
+    let bindings = [
         Bound::range(&scratch.planar, 0, QUERY_UNIFORM_BYTES as u64),
         Bound::from(&keys.states.table),
         Bound::range(&scratch.centre_terms, 0, CENTRE_UNIFORM_BYTES as u64),
-        Bound::range(outputs.visible, 0, VISIBLE_UNIFORM_BYTES as u64),
+        Bound::range(buffers.visible, 0, VISIBLE_UNIFORM_BYTES as u64),
         Bound::from(&keys.states.states),
         Bound::from(&keys.codes),
         Bound::from(&keys.scales),
@@ -239,8 +358,12 @@ pub(super) fn record_fused(
         Bound::from(&values.codes),
         Bound::from(&values.scales),
         Bound::from(&values.widths),
-        Bound::from(outputs.stats),
+        Bound::from(buffers.stats),
         Bound::from(&*scratch.partial),
+        Bound::range(&scratch.natural, 0, QUERY_UNIFORM_BYTES as u64),
+        Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
+        Bound::from(exact.keys),
+        Bound::from(exact.values),
     ];
-    batch.dispatch_grid_bound(kernel, "main", params, &buffers, grid);
+    batch.dispatch_grid_bound(kernel, "main", params, &bindings, grid);
 }
