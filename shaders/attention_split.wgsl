@@ -9,7 +9,8 @@
 // Bindings: 0 params (uniform Params: width = d (a multiple of 8, at most 256), rows =
 //           exact rows per KV head, segment_first, segment_start, segment_len, split_size,
 //           split_offset, total_splits, rows_per_head, queries, row_offset, tile_rows)
-//           1 queries (storage, read): vec4<f32> [tile rows][d/4], scaled by 1/√d
+//           1 queries (storage, read): vec4<f32> [q_heads][queries][d/4], the call's query
+//             (scaled by params.scale = 1/√d here, so that no pass runs before this one)
 //           2 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
 //           3 keys    (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
 //           4 values  (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
@@ -113,10 +114,11 @@ fn main(
         if (score_info.w == 1u && lane_first < end) {
             let last = min(LANE_TOKENS, end - lane_first) - 1u;
             let key_base = (head_row + lane_first) * octets;
-            let q_base = score_info.x * quads;
+            let q = query_row(score_info.x);
+            let q_base = (q.q_head * params.queries + q.query) * quads;
             for (var o = 0u; o < octets; o = o + 1u) {
-                let qa = queries[q_base + 2u * o];
-                let qb = queries[q_base + 2u * o + 1u];
+                let qa = queries[q_base + 2u * o] * params.scale;
+                let qb = queries[q_base + 2u * o + 1u] * params.scale;
                 let at = key_base + o;
                 c0 = c0 + vec4<f32>(key_dot(qa, qb, at, 0u, octets, last), key_dot(qa, qb, at, 1u, octets, last), key_dot(qa, qb, at, 2u, octets, last), key_dot(qa, qb, at, 3u, octets, last));
                 c1 = c1 + vec4<f32>(key_dot(qa, qb, at, 4u, octets, last), key_dot(qa, qb, at, 5u, octets, last), key_dot(qa, qb, at, 6u, octets, last), key_dot(qa, qb, at, 7u, octets, last));

@@ -18,29 +18,31 @@
 //             segment_first (a multiple of G), segment_start, segment_len (whole groups),
 //             split_size (a multiple of TILE_TOKENS), split_offset, total_splits,
 //             rows_per_head, queries, row_offset, tile_rows)
-//           1 rotated_queries (uniform): vec4<f32> [4096]: the tile's rows (q/√d)·Rot,
-//             [tile rows][d/4] (the host keeps tile rows · d ≤ 16384)
-//           2 table (uniform): vec4<f32> [40]: gpu::rotated::group_kernel_table (read here:
+//           1 table (uniform): vec4<f32> [40]: gpu::rotated::group_kernel_table (read here:
 //             sixteenth powers of two at 32, block scales at 48 + log2 n; the levels are
 //             the constants MUX_LEAVES_b)
-//           3 centre_terms (uniform): f32 [1024] (q/√d)·m of the keys per tile row
-//           4 visible (uniform): vec2<u32> [8192]: visible positions [lo, hi) per query
-//             position (uniforms, so that the kernel stays within 10 storage buffers)
-//           5…8 key_states, key_codes, key_scales, key_widths (storage, read)
-//           9…12 value_states, value_codes, value_scales, value_widths (storage, read):
+//           2 visible (uniform): vec2<u32> [8192]: visible positions [lo, hi) per query
+//             position (a uniform, so that the kernel stays within 13 storage buffers)
+//           3 queries (storage, read): vec4<f32> [q_heads][queries][d/4], the call's query
+//             (scaled by params.scale = 1/√d and rotated here)
+//           4…7 key_states, key_codes, key_scales, key_widths (storage, read)
+//           8…11 value_states, value_codes, value_scales, value_widths (storage, read):
 //             states u32 [kv_heads][d/2 + 1] (f16 means m, then the f16 scale base); codes
 //             u32 [kv_heads][groups][budget·d/32]; scales u32 [kv_heads][groups][G/4], one
 //             byte per row (flag ≪ 7 | scale code); widths u32 [kv_heads][groups][⌈3G/32⌉],
 //             three bits per row, entry 0 = 7 marking an A group
-//           13 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
-//           14 partial (storage, read_write): f32 [tile rows][total_splits][d]
-//           15…18 the exact splits' queries, segments and rows (see _exact.wgsl)
+//           12 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
+//           13 partial (storage, read_write): f32 [tile rows][total_splits][d]
+//           14…16 the exact splits' segments and rows (see _exact.wgsl)
 // Dispatch: grid (splits of the segment, then the exact splits of up to two exact
 // segments (the sinks, the window), row blocks: ⌈rows_per_head / 8⌉ per KV head the tile
 // touches), 64 invocations. The exact splits run `exact_split` (_exact.wgsl, appended to
-// every composition) in this kernel's workgroup memory. Lane layout: a code row is read by L = d/16 lanes of
-// CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase");
-// every lane keeps its chunk of the 8 rotated queries and of the 8 value sums in registers.
+// every composition) in this kernel's workgroup memory. Lane layout: a code row is read by
+// L = d/16 lanes of CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time
+// (the lane's "phase"); every lane keeps its chunk of the 8 rotated queries and of the 8
+// value sums in registers. First the block's rows q/√d are rotated (Rot_d) in workgroup
+// memory, four at a time, and their key centre terms (q/√d)·m summed: each workgroup does
+// this for itself, which saves the call a dispatch and a barrier before this one.
 // Per tile of 128 tokens: stage the rows' widths, scales, first code bits and centre
 // factors (`stage_phase`); key dots (the chunk's partial dots plus the row's share of the
 // centre terms, summed over the row's L lanes by `row_dots`); the logits phase over (half of
@@ -57,20 +59,19 @@
 // centre's weight times m.
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<uniform> rotated_queries: array<vec4<f32>, 4096>;
-@group(0) @binding(2) var<uniform> table: array<vec4<f32>, 40>;
-@group(0) @binding(3) var<uniform> centre_terms: array<vec4<f32>, 256>;
-@group(0) @binding(4) var<uniform> visible: array<vec4<u32>, 4096>;
-@group(0) @binding(5) var<storage, read> key_states: array<u32>;
-@group(0) @binding(6) var<storage, read> key_codes: array<u32>;
-@group(0) @binding(7) var<storage, read> key_scales: array<u32>;
-@group(0) @binding(8) var<storage, read> key_widths: array<u32>;
-@group(0) @binding(9) var<storage, read> value_states: array<u32>;
-@group(0) @binding(10) var<storage, read> value_codes: array<u32>;
-@group(0) @binding(11) var<storage, read> value_scales: array<u32>;
-@group(0) @binding(12) var<storage, read> value_widths: array<u32>;
-@group(0) @binding(13) var<storage, read_write> stats: array<vec2<f32>>;
-@group(0) @binding(14) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(1) var<uniform> table: array<vec4<f32>, 40>;
+@group(0) @binding(2) var<uniform> visible: array<vec4<u32>, 4096>;
+@group(0) @binding(3) var<storage, read> queries: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> key_states: array<u32>;
+@group(0) @binding(5) var<storage, read> key_codes: array<u32>;
+@group(0) @binding(6) var<storage, read> key_scales: array<u32>;
+@group(0) @binding(7) var<storage, read> key_widths: array<u32>;
+@group(0) @binding(8) var<storage, read> value_states: array<u32>;
+@group(0) @binding(9) var<storage, read> value_codes: array<u32>;
+@group(0) @binding(10) var<storage, read> value_scales: array<u32>;
+@group(0) @binding(11) var<storage, read> value_widths: array<u32>;
+@group(0) @binding(12) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(13) var<storage, read_write> partial: array<f32>;
 
 const LANES: u32 = 64u;
 const CHUNK: u32 = 16u;
@@ -328,23 +329,30 @@ fn chunk_levels(values: bool, row: vec4<u32>, lane_chunk: u32) -> mat4x4<f32> {
     return mat4x4<f32>(l0, l1, l2, l3);
 }
 
-// Four query rows' values of channels first…first+3: column j is channel first + j.
-fn query_block(rows: u32, first: u32, live: bool) -> mat4x4<f32> {
-    return mat4x4<f32>(query_column(rows, first, live), query_column(rows, first + 1u, live),
-                       query_column(rows, first + 2u, live), query_column(rows, first + 3u, live));
+// exchange[0..d) ← block rows 4h…4h+3 of the query, q/√d (zero for rows not live);
+// returns this invocation's share of their key centre terms Σ (q/√d)·m over its channels.
+fn load_query_rows(local: u32, h: u32, kv_head: u32) -> vec4<f32> {
+    let d = params.width;
+    var centre = vec4<f32>(0.0);
+    for (var e = local; e < d; e = e + LANES) {
+        var x = vec4<f32>(0.0);
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            let info = block_rows[4u * h + k];
+            if (info.w == 1u) {
+                let r = query_row(info.x);
+                x[k] = queries[((r.q_head * params.queries + r.query) * d + e) / 4u][e % 4u] * params.scale;
+            }
+        }
+        exchange[e] = x;
+        let pair = unpack2x16float(state_word(false, kv_head, e / 2u));
+        centre = centre + x * select(pair.x, pair.y, (e & 1u) == 1u);
+    }
+    return centre;
 }
 
-// Channel c of the rotated queries of block rows rows…rows+3 (zero for rows not live).
-fn query_column(rows: u32, c: u32, live: bool) -> vec4<f32> {
-    var x = vec4<f32>(0.0);
-    for (var k = 0u; k < 4u; k = k + 1u) {
-        let info = block_rows[rows + k];
-        if (info.w == 1u && live) {
-            let at = info.x * params.width + c;
-            x[k] = rotated_queries[at / 4u][at % 4u];
-        }
-    }
-    return x;
+// Four rows' values of channels first…first+3 from exchange: column j is channel first + j.
+fn exchange_block(first: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(exchange[first], exchange[first + 1u], exchange[first + 2u], exchange[first + 3u]);
 }
 
 // m with each column's components multiplied by f's (the rows' rescale factors).
@@ -491,16 +499,13 @@ fn main(
     if (local < BLOCK_ROWS) {
         let tile_row = block_tile_row(workgroup.y, local);
         var info = vec4<u32>(0u);
-        var centre = 0.0;
         if (tile_row != NO_TILE_ROW) {
             let query = query_row(tile_row).query;
             let pair = visible[query / 2u];
             let range = select(pair.xy, pair.zw, query % 2u == 1u);
             info = vec4<u32>(tile_row, range.x, range.y, 1u);
-            centre = centre_terms[tile_row / 4u][tile_row % 4u];
         }
         block_rows[local] = info;
-        key_centre[local >> 2u][local & 3u] = centre;
         row_max[local >> 2u][local & 3u] = LOWEST;
         row_sum[local >> 2u][local & 3u] = 0.0;
     }
@@ -511,13 +516,6 @@ fn main(
         exact_split(local, kv_head, split - own_splits);
         return;
     }
-    // The key centre terms q·m of query rows 0–3 and 4–7, and the running weights of the
-    // value centre m (every lane keeps its rows'; the rows' first chunks count).
-    let key_centre_low = key_centre[0];
-    let key_centre_high = key_centre[1];
-    var centre_low = vec4<f32>(0.0);
-    var centre_high = vec4<f32>(0.0);
-
     // This lane's chunk of a code row and its phase (the rows it takes); lanes past the
     // last phase only join the barriers and the shared steps.
     // (Quotients by L in f32: integer division by a value not known when the shader is
@@ -530,16 +528,41 @@ fn main(
     let lane_chunk = local - phase * row_lanes;
     let in_phase = phase < phases;
     // The chunk's rotated queries and value sums, as matrices whose column j holds channel
-    // 4k + j of the chunk for query rows 0–3 (…_low_k) or 4–7 (…_high_k).
+    // 4k + j of the chunk for query rows 0–3 (…_low_k) or 4–7 (…_high_k). The rows q/√d
+    // are rotated in exchange, four at a time, while the lanes sum their shares of the key
+    // centre terms (q/√d)·m.
     let c0 = lane_chunk * CHUNK;
-    let q_low_0 = query_block(0u, c0, in_phase);
-    let q_low_1 = query_block(0u, c0 + 4u, in_phase);
-    let q_low_2 = query_block(0u, c0 + 8u, in_phase);
-    let q_low_3 = query_block(0u, c0 + 12u, in_phase);
-    let q_high_0 = query_block(4u, c0, in_phase);
-    let q_high_1 = query_block(4u, c0 + 4u, in_phase);
-    let q_high_2 = query_block(4u, c0 + 8u, in_phase);
-    let q_high_3 = query_block(4u, c0 + 12u, in_phase);
+    let centre_share_low = load_query_rows(local, 0u, kv_head);
+    rotate_exchange(local);
+    let q_low_0 = exchange_block(c0);
+    let q_low_1 = exchange_block(c0 + 4u);
+    let q_low_2 = exchange_block(c0 + 8u);
+    let q_low_3 = exchange_block(c0 + 12u);
+    workgroupBarrier();
+    let centre_share_high = load_query_rows(local, 1u, kv_head);
+    rotate_exchange(local);
+    let q_high_0 = exchange_block(c0);
+    let q_high_1 = exchange_block(c0 + 4u);
+    let q_high_2 = exchange_block(c0 + 8u);
+    let q_high_3 = exchange_block(c0 + 12u);
+    workgroupBarrier();
+    exchange[local] = centre_share_low;
+    exchange[LANES + local] = centre_share_high;
+    workgroupBarrier();
+    if (local < 2u) {
+        var sum = vec4<f32>(0.0);
+        for (var i = 0u; i < LANES; i = i + 1u) {
+            sum = sum + exchange[local * LANES + i];
+        }
+        key_centre[local] = sum;
+    }
+    workgroupBarrier();
+    // The key centre terms q·m of query rows 0–3 and 4–7, and the running weights of the
+    // value centre m (every lane keeps its rows'; the rows' first chunks count).
+    let key_centre_low = key_centre[0];
+    let key_centre_high = key_centre[1];
+    var centre_low = vec4<f32>(0.0);
+    var centre_high = vec4<f32>(0.0);
     let zero = mat4x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var s_low_0 = zero;
     var s_low_1 = zero;

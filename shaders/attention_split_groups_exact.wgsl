@@ -4,13 +4,11 @@
 // of attention_split.wgsl before and after it. Appended to every composition of the fused
 // kernel; `main` sends the workgroups past the segment's own splits here.
 //
-// Bindings (after the fused kernel's 0…14):
-//           15 natural_queries (uniform): vec4<f32> [4096]: the tile's rows q/√d (not
-//              rotated), [tile rows][d/4]
-//           16 exact_segments (uniform): vec4<u32> [2]: per exact segment (first position,
+// Bindings (after the fused kernel's 0…13, whose `queries` the exact splits read too):
+//           14 exact_segments (uniform): vec4<u32> [2]: per exact segment (first position,
 //              tokens (0: none), first stored row, splits of the call before it)
-//           17 exact_keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
-//           18 exact_values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
+//           15 exact_keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
+//           16 exact_values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
 //           (params.rows: the exact rows per KV head of both.)
 // Dispatch: the fused kernel's grid, whose x counts the exact segments' splits after the
 // segment's own (`rotated_groups::record_fused` on the host). Per tile of TILE_TOKENS
@@ -21,10 +19,9 @@
 // quad, half of the rows): 2·d/4 tasks, one per invocation up to d = 128 and two for
 // d = 256. The split leaves (m, l) and Σ p·v as attention_split.wgsl does.
 
-@group(0) @binding(15) var<uniform> natural_queries: array<vec4<f32>, 4096>;
-@group(0) @binding(16) var<uniform> exact_segments: array<vec4<u32>, 2>;
-@group(0) @binding(17) var<storage, read> exact_keys: array<vec4<u32>>;
-@group(0) @binding(18) var<storage, read> exact_values: array<vec2<u32>>;
+@group(0) @binding(14) var<uniform> exact_segments: array<vec4<u32>, 2>;
+@group(0) @binding(15) var<storage, read> exact_keys: array<vec4<u32>>;
+@group(0) @binding(16) var<storage, read> exact_values: array<vec2<u32>>;
 
 // Tokens a scoring invocation takes: TILE_TOKENS / (LANES / BLOCK_ROWS).
 const EXACT_LANE_TOKENS: u32 = 16u;
@@ -129,10 +126,11 @@ fn exact_split(local: u32, kv_head: u32, index: u32) {
         if (score_info.w == 1u && lane_first < end) {
             let last = min(EXACT_LANE_TOKENS, end - lane_first) - 1u;
             let key_base = (head_row + lane_first) * octets;
-            let q_base = score_info.x * quads;
+            let q = query_row(score_info.x);
+            let q_base = (q.q_head * params.queries + q.query) * quads;
             for (var o = 0u; o < octets; o = o + 1u) {
-                let qa = natural_queries[q_base + 2u * o];
-                let qb = natural_queries[q_base + 2u * o + 1u];
+                let qa = queries[q_base + 2u * o] * params.scale;
+                let qb = queries[q_base + 2u * o + 1u] * params.scale;
                 let at = key_base + o;
                 c0 = c0 + vec4<f32>(exact_key_dot(qa, qb, at, 0u, octets, last), exact_key_dot(qa, qb, at, 1u, octets, last), exact_key_dot(qa, qb, at, 2u, octets, last), exact_key_dot(qa, qb, at, 3u, octets, last));
                 c1 = c1 + vec4<f32>(exact_key_dot(qa, qb, at, 4u, octets, last), exact_key_dot(qa, qb, at, 5u, octets, last), exact_key_dot(qa, qb, at, 6u, octets, last), exact_key_dot(qa, qb, at, 7u, octets, last));

@@ -899,3 +899,44 @@ fn the_host_device_example_decodes_without_read_backs() {
     );
     assert!(stdout.contains(", 0 read-backs"), "{stdout}");
 }
+
+/// A default-preset cache past one chunk of history (8,192 tokens) decodes a layer in three
+/// dispatches: a fused dispatch per chunk, the sinks riding in the first and the window in
+/// the second, and the combine; its attention equals the packed cache's. (A context of its
+/// own, so that no other test's kernels enter its profile.)
+#[test]
+fn sinks_and_window_ride_in_the_chunk_dispatches() {
+    let ctx = vidkv::gpu::GpuContext::new(&Default::default()).unwrap();
+    let tokens = 8192 + 700;
+    let (k, v) = tensors(tokens);
+    let config = QuantConfig::preset("vidkv").unwrap();
+    let mut cache = KvCache::new(SHAPE, config.clone(), &ctx).unwrap();
+    for l in 0..SHAPE.layers {
+        let rows = |t: &Tensor| t.layer_tokens(l, 0..tokens).unwrap();
+        cache.prefill(l, &rows(&k), &rows(&v)).unwrap();
+    }
+    let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+    let q = queries(2);
+    let visible = [(0u32, tokens as u32), (3, tokens as u32 - 50)];
+    assert!(
+        ctx.start_kernel_profiling(),
+        "lavapipe has timestamp queries"
+    );
+    for l in 0..SHAPE.layers {
+        let got = cache.attend(l, &q, &visible).unwrap();
+        let passes: Vec<String> = ctx
+            .take_kernel_times()
+            .into_iter()
+            .map(|(name, _, passes)| format!("{name} ×{passes}"))
+            .collect();
+        assert_eq!(passes.len(), 2, "{passes:?}");
+        assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
+        assert!(
+            passes[1].starts_with("attention_split_groups+") && passes[1].ends_with("::main ×2"),
+            "{passes:?}"
+        );
+        let expected = attend_packed(&packed, l, &q, &visible);
+        let err = relative_l2(&got, &expected);
+        assert!(err < 1e-5, "layer {l}: relative error {err}");
+    }
+}

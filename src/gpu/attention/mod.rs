@@ -4,7 +4,9 @@
 //!
 //! A call runs, per tile of query rows:
 //! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
-//!    channels, then Mᵀq over the DFT-domain normal channels);
+//!    channels, then Mᵀq over the DFT-domain normal channels), for the segments that go
+//!    through separate passes (the fused kernels read the call's query and scale it
+//!    themselves, so a call of fused dispatches only has no such pass);
 //! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment goes through
 //!    one fused dispatch, `attention_split` (per split of the context's
 //!    [`GpuContext::split_tokens`] and block of 8
@@ -19,16 +21,18 @@
 //!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
 //!
 //! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
-
 //!
 //! Rotated keys replace step 1 with `attention_rotated::rotate_queries` (q/√d, its rotation
 //! and its centre term) and read their scores and values through the same kernel file
 //! (`rotated`), or, coded across tokens, through `attention_rotated_groups.wgsl`
 //! (`rotated_groups`). A segment whose keys and values are both coded across tokens (the
-//! default preset) goes, like an exact one, through one fused split-K dispatch,
-//! `attention_split_groups` (the same skeleton with that format's row decoder; a subgroup
-//! variant sums the row dots where the adapter allows), unless it carries STP refinements
-//! or [`Kernels::ThreePass`] asks for the separate passes.
+//! default preset) goes through one fused split-K dispatch, `attention_split_groups` (the
+//! same skeleton with that format's row decoder; a subgroup variant sums the row dots where
+//! the adapter allows), which rotates its rows itself and takes up to two exact segments
+//! in one pair of buffers (the sinks and the window) as splits of its own
+//! (`rotated_groups::exact_riders`): a default-preset layer is that dispatch and the
+//! combine, as an fp16 layer is `attention_split` and the combine. A segment with STP
+//! refinements, or [`Kernels::ThreePass`], takes the separate passes.
 
 mod layer;
 mod planes;
@@ -294,26 +298,15 @@ fn record_call(
         .clamp(1, total_rows)
         .min(ctx.max_workgroups_per_dimension() as usize);
     let tile_rows = (tile_rows / gqa).max(1) * gqa;
-    // Segments of codes across tokens go through one fused dispatch where the tile's
-    // rotated queries fit the kernel's uniform binding.
-    let query_rows = rotated_groups::QUERY_UNIFORM_BYTES / (4 * d);
+    // Segments of codes across tokens go through one fused dispatch where the visible
+    // ranges fit its uniform binding.
     let fused_groups = kernels != Kernels::ThreePass
-        && gqa <= query_rows
         && queries * 8 <= rotated_groups::VISIBLE_UNIFORM_BYTES
-        && ctx.max_uniform_binding_bytes() >= rotated_groups::QUERY_UNIFORM_BYTES as u64
+        && ctx.max_uniform_binding_bytes() >= rotated_groups::VISIBLE_UNIFORM_BYTES as u64
         && segments
             .iter()
             .any(|s| rotated_groups::fused_planes(s).is_some());
-    let (tile_rows, planar_bytes) = if fused_groups {
-        let rows = tile_rows.min(query_rows / gqa * gqa);
-        (
-            rows,
-            (rows * d * 4).max(rotated_groups::QUERY_UNIFORM_BYTES),
-        )
-    } else {
-        (tile_rows, tile_rows * d * 4)
-    };
-    // The fused kernel binds the visible ranges and centre terms as uniforms of fixed size.
+    // The fused kernel binds the visible ranges as a uniform of fixed size.
     let uniform_floor = |bytes: usize| if fused_groups { bytes } else { 0 };
 
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
@@ -351,21 +344,24 @@ fn record_call(
     if fused_groups {
         ctx.write(&exact_records, 0, &records);
     }
+    // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
+    // only for segments that go through the separate passes.
+    let query_pass = segments.iter().enumerate().any(|(i, s)| {
+        let fused = match s.data {
+            SegmentData::Exact { .. } => kernels != Kernels::ThreePass,
+            SegmentData::Packed(_) => fused_groups && rotated_groups::fused_planes(s).is_some(),
+        };
+        !riding[i] && !fused
+    });
     let scratch = Scratch {
-        natural: ctx.buffer(
-            "attention q natural",
-            (tile_rows * d * 4).max(uniform_floor(rotated_groups::QUERY_UNIFORM_BYTES)) as u64,
-        )?,
-        planar: ctx.buffer("attention q planar", planar_bytes as u64)?,
+        natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
+        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
         scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
         partial: ctx.buffer(
             "attention partial",
             (tile_rows * total_splits * d * 4) as u64,
         )?,
-        centre_terms: ctx.buffer(
-            "attention centre terms",
-            ((tile_rows * 4).max(uniform_floor(rotated_groups::CENTRE_UNIFORM_BYTES))) as u64,
-        )?,
+        centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
         unused: ctx.buffer("unused binding", 16)?,
     };
     let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
@@ -393,6 +389,7 @@ fn record_call(
         };
         let mut batch = ctx.batch();
         match &layer.layout.rotated {
+            _ if !query_pass => {}
             Some(states) => {
                 rotated::record_queries(&mut batch, states, q_buffer, tile, rows, &scratch)
             }
@@ -441,7 +438,7 @@ fn record_call(
                         ..seg
                     },
                     &[
-                        &scratch.natural,
+                        q_buffer,
                         &visible_buffer,
                         keys,
                         values,
@@ -463,6 +460,7 @@ fn record_call(
                     seg,
                     (splits as u32, row_blocks(seg, rows)),
                     &rotated_groups::FusedBuffers {
+                        queries: q_buffer,
                         visible: &visible_buffer,
                         stats: &stats,
                         exact: rotated_groups::FusedExact {

@@ -5,8 +5,10 @@
 //! [`super::Kernels::ThreePass`], two passes of `shaders/attention_rotated_groups.wgsl`
 //! (appended to `attention_rotated.wgsl`) around the softmax: key scores (one G-point
 //! transform of a group's row dots) and value sums (the weights transformed per group, one
-//! rotation back per split). The queries are rotated by `attention_rotated.wgsl`'s
-//! `rotate_queries` either way. The CPU mirror is [`crate::packed::attend`].
+//! rotation back per split), whose queries `attention_rotated.wgsl`'s `rotate_queries`
+//! rotates; the fused kernel rotates its block's rows itself, and takes the call's exact
+//! sinks and window as splits of its own ([`exact_riders`]). The CPU mirror is
+//! [`crate::packed::attend`].
 
 use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
 use super::rotated::{bindings, RotatedStates};
@@ -148,14 +150,7 @@ pub(super) fn record_values(
     );
 }
 
-/// Bytes of the uniform binding through which the fused kernel reads the tile's rotated
-/// queries (`rotated_queries` in `attention_split_groups.wgsl`): a tile holds at most this
-/// many bytes of query rows.
-pub(super) const QUERY_UNIFORM_BYTES: usize = 65536;
-/// Bytes of its uniform binding of the rows' key centre terms (one f32 per tile row; a tile
-/// has at most QUERY_UNIFORM_BYTES / (4 · 16) rows).
-pub(super) const CENTRE_UNIFORM_BYTES: usize = 4096;
-/// Bytes of its uniform binding of the visible ranges (two u32 per query position): calls
+/// Bytes of the fused kernel's uniform binding of the visible ranges (two u32 per query position): calls
 /// of more positions take the separate passes.
 pub(super) const VISIBLE_UNIFORM_BYTES: usize = 65536;
 
@@ -205,8 +200,10 @@ pub(super) fn fused_kernel(
 }
 
 /// The call's buffers the fused kernel binds besides the planes and the scratch: the
+/// query (`[q_heads][queries][d]` f32, which the kernel scales and rotates itself), the
 /// visible ranges, the stats it writes, and its exact splits' bindings.
 pub(super) struct FusedBuffers<'a> {
+    pub queries: &'a wgpu::Buffer,
     pub visible: &'a wgpu::Buffer,
     pub stats: &'a wgpu::Buffer,
     pub exact: FusedExact<'a>,
@@ -346,10 +343,9 @@ pub(super) fn record_fused(
         ..keys.params(seg)
     };
     let bindings = [
-        Bound::range(&scratch.planar, 0, QUERY_UNIFORM_BYTES as u64),
         Bound::from(&keys.states.table),
-        Bound::range(&scratch.centre_terms, 0, CENTRE_UNIFORM_BYTES as u64),
         Bound::range(buffers.visible, 0, VISIBLE_UNIFORM_BYTES as u64),
+        Bound::from(buffers.queries),
         Bound::from(&keys.states.states),
         Bound::from(&keys.codes),
         Bound::from(&keys.scales),
@@ -360,7 +356,6 @@ pub(super) fn record_fused(
         Bound::from(&values.widths),
         Bound::from(buffers.stats),
         Bound::from(&*scratch.partial),
-        Bound::range(&scratch.natural, 0, QUERY_UNIFORM_BYTES as u64),
         Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
         Bound::from(exact.keys),
         Bound::from(exact.values),
