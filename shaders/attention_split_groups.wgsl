@@ -33,16 +33,16 @@
 //             three bits per row, entry 0 = 7 marking an A group
 //           12 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
 //           13 partial (storage, read_write): f32 [tile rows][total_splits][d]
-//           14…16 the exact splits' segments and rows (see _exact.wgsl)
-// Dispatch: grid (splits of the segment, then the exact splits of up to two exact
-// segments (the sinks, the window), row blocks: ⌈rows_per_head / 8⌉ per KV head the tile
-// touches), 64 invocations. The exact splits run `exact_split` (_exact.wgsl, appended to
-// every composition) in this kernel's workgroup memory. Lane layout: a code row is read by
-// L = d/16 lanes of CHUNK = 16 elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time
-// (the lane's "phase"); every lane keeps its chunk of the 8 rotated queries and of the 8
-// value sums in registers. First the block's rows q/√d are rotated (Rot_d) in workgroup
-// memory, four at a time, and their key centre terms (q/√d)·m summed: each workgroup does
-// this for itself, which saves the call a dispatch and a barrier before this one.
+//           14…16 the exact splits' segments and rows (_riders.wgsl), or 14, 15 the
+//             rotated queries and key centre terms of the rotation pass (_staged.wgsl)
+// Dispatch: grid (splits of the segment, then, with _riders, the exact splits of up to two
+// exact segments (the sinks, the window), row blocks: ⌈rows_per_head / 8⌉ per KV head the
+// tile touches), 64 invocations; the exact splits run `exact_split` in this kernel's
+// workgroup memory. Lane layout: a code row is read by L = d/16 lanes of CHUNK = 16
+// elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase"); every lane
+// keeps its chunk of the 8 rotated queries (`block_queries`: rotated here from the call's
+// query with _riders, read from the rotation pass's output with _staged) and of the 8
+// value sums in registers.
 // Per tile of 128 tokens: stage the rows' widths, scales, first code bits and centre
 // factors (`stage_phase`); key dots (the chunk's partial dots plus the row's share of the
 // centre terms, summed over the row's L lanes by `row_dots`); the logits phase over (half of
@@ -54,7 +54,8 @@
 // for the portable kernel, `row_dots` from _portable.wgsl, or the row reads from
 // _subgroup.wgsl and `row_dots` from _dots.wgsl or _dots8.wgsl; then `stage_phase`,
 // `logits_phase` and `weights_phase` from _tasks.wgsl (any G), _tasks32.wgsl (G = 32) or
-// _clusters.wgsl (G = 32 with subgroups).
+// _clusters.wgsl (G = 32 with subgroups); last _riders.wgsl (devices of 13 storage buffers
+// per stage) or _staged.wgsl (fewer).
 // At the split's end the phases' sums are added, rotated back (Rot_d) and given the
 // centre's weight times m.
 
@@ -329,30 +330,19 @@ fn chunk_levels(values: bool, row: vec4<u32>, lane_chunk: u32) -> mat4x4<f32> {
     return mat4x4<f32>(l0, l1, l2, l3);
 }
 
-// exchange[0..d) ← block rows 4h…4h+3 of the query, q/√d (zero for rows not live);
-// returns this invocation's share of their key centre terms Σ (q/√d)·m over its channels.
-fn load_query_rows(local: u32, h: u32, kv_head: u32) -> vec4<f32> {
-    let d = params.width;
-    var centre = vec4<f32>(0.0);
-    for (var e = local; e < d; e = e + LANES) {
-        var x = vec4<f32>(0.0);
-        for (var k = 0u; k < 4u; k = k + 1u) {
-            let info = block_rows[4u * h + k];
-            if (info.w == 1u) {
-                let r = query_row(info.x);
-                x[k] = queries[((r.q_head * params.queries + r.query) * d + e) / 4u][e % 4u] * params.scale;
-            }
-        }
-        exchange[e] = x;
-        let pair = unpack2x16float(state_word(false, kv_head, e / 2u));
-        centre = centre + x * select(pair.x, pair.y, (e & 1u) == 1u);
-    }
-    return centre;
-}
-
-// Four rows' values of channels first…first+3 from exchange: column j is channel first + j.
-fn exchange_block(first: u32) -> mat4x4<f32> {
-    return mat4x4<f32>(exchange[first], exchange[first + 1u], exchange[first + 2u], exchange[first + 3u]);
+// The rotated query rows of the block for a lane's chunk (its first channel c0): column j
+// of low_k holds channel c0 + 4k + j of rows 0–3, of high_k of rows 4–7. `block_queries`
+// (the _riders or _staged file) returns them and leaves the rows' key centre terms in
+// key_centre.
+struct BlockQueries {
+    low_0: mat4x4<f32>,
+    low_1: mat4x4<f32>,
+    low_2: mat4x4<f32>,
+    low_3: mat4x4<f32>,
+    high_0: mat4x4<f32>,
+    high_1: mat4x4<f32>,
+    high_2: mat4x4<f32>,
+    high_3: mat4x4<f32>,
 }
 
 // m with each column's components multiplied by f's (the rows' rescale factors).
@@ -528,35 +518,17 @@ fn main(
     let lane_chunk = local - phase * row_lanes;
     let in_phase = phase < phases;
     // The chunk's rotated queries and value sums, as matrices whose column j holds channel
-    // 4k + j of the chunk for query rows 0–3 (…_low_k) or 4–7 (…_high_k). The rows q/√d
-    // are rotated in exchange, four at a time, while the lanes sum their shares of the key
-    // centre terms (q/√d)·m.
+    // 4k + j of the chunk for query rows 0–3 (…_low_k) or 4–7 (…_high_k).
     let c0 = lane_chunk * CHUNK;
-    let centre_share_low = load_query_rows(local, 0u, kv_head);
-    rotate_exchange(local);
-    let q_low_0 = exchange_block(c0);
-    let q_low_1 = exchange_block(c0 + 4u);
-    let q_low_2 = exchange_block(c0 + 8u);
-    let q_low_3 = exchange_block(c0 + 12u);
-    workgroupBarrier();
-    let centre_share_high = load_query_rows(local, 1u, kv_head);
-    rotate_exchange(local);
-    let q_high_0 = exchange_block(c0);
-    let q_high_1 = exchange_block(c0 + 4u);
-    let q_high_2 = exchange_block(c0 + 8u);
-    let q_high_3 = exchange_block(c0 + 12u);
-    workgroupBarrier();
-    exchange[local] = centre_share_low;
-    exchange[LANES + local] = centre_share_high;
-    workgroupBarrier();
-    if (local < 2u) {
-        var sum = vec4<f32>(0.0);
-        for (var i = 0u; i < LANES; i = i + 1u) {
-            sum = sum + exchange[local * LANES + i];
-        }
-        key_centre[local] = sum;
-    }
-    workgroupBarrier();
+    let queries_of_chunk = block_queries(local, kv_head, c0);
+    let q_low_0 = queries_of_chunk.low_0;
+    let q_low_1 = queries_of_chunk.low_1;
+    let q_low_2 = queries_of_chunk.low_2;
+    let q_low_3 = queries_of_chunk.low_3;
+    let q_high_0 = queries_of_chunk.high_0;
+    let q_high_1 = queries_of_chunk.high_1;
+    let q_high_2 = queries_of_chunk.high_2;
+    let q_high_3 = queries_of_chunk.high_3;
     // The key centre terms q·m of query rows 0–3 and 4–7, and the running weights of the
     // value centre m (every lane keeps its rows'; the rows' first chunks count).
     let key_centre_low = key_centre[0];

@@ -940,3 +940,46 @@ fn sinks_and_window_ride_in_the_chunk_dispatches() {
         assert!(err < 1e-5, "layer {l}: relative error {err}");
     }
 }
+
+/// A host device of 10 storage buffers per stage (Chrome's count, the least the context
+/// accepts) runs the default preset's cache through the fused kernel's staged form (the
+/// rotation pass and the sinks and window in dispatches of their own), to the same
+/// attention as a context of 13 or more, past one chunk of history.
+#[test]
+fn a_host_device_of_ten_storage_buffers_takes_the_staged_kernel() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("an adapter (lavapipe in CI)");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("ten storage buffers"),
+        required_limits: wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 10,
+            ..vidkv::gpu::GpuContext::required_limits()
+        },
+        ..Default::default()
+    }))
+    .expect("a device");
+    let ten =
+        vidkv::gpu::GpuContext::from_device(adapter.get_info(), device, queue, &Default::default())
+            .unwrap();
+    assert_eq!(ten.storage_buffers_per_stage(), 10);
+    let tokens = 8192 + 300;
+    let (k, v) = tensors(tokens);
+    let config = QuantConfig::default();
+    let mut staged = KvCache::new(SHAPE, config.clone(), &ten).unwrap();
+    let mut riders = KvCache::new(SHAPE, config, gpu()).unwrap();
+    for l in 0..SHAPE.layers {
+        let rows = |t: &Tensor| t.layer_tokens(l, 0..tokens).unwrap();
+        staged.prefill(l, &rows(&k), &rows(&v)).unwrap();
+        riders.prefill(l, &rows(&k), &rows(&v)).unwrap();
+    }
+    let q = queries(3);
+    for l in 0..SHAPE.layers {
+        let a = riders.attend_causal(l, &q).unwrap();
+        let b = staged.attend_causal(l, &q).unwrap();
+        let err = relative_l2(&b, &a);
+        assert!(err < 1e-5, "layer {l}: relative error {err}");
+    }
+}

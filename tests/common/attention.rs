@@ -7,6 +7,7 @@ use super::noise;
 
 use vidkv::config::ROTATED_PRESET_NAMES;
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
+use vidkv::gpu::GpuContext;
 use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
@@ -22,13 +23,24 @@ pub fn gpu_presets() -> Vec<&'static str> {
 
 /// GPU attention of every layer against the reference; returns the worst relative error.
 pub fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) -> f64 {
+    check_on(gpu(), cache, q, visible, what)
+}
+
+/// [`check`] on the context `ctx`.
+pub fn check_on(
+    ctx: &GpuContext,
+    cache: &PackedCache,
+    q: &Tensor,
+    visible: &[(u32, u32)],
+    what: &str,
+) -> f64 {
     let shape = cache.shape;
     let (k_hat, v_hat) = cache.dequantize();
     let (q_heads, queries, d) = (q.dim(1), q.dim(2), q.dim(3));
     let head_len = shape.tokens * d;
     let mut worst = 0.0f64;
     for layer in 0..shape.layers {
-        let gpu_layer = GpuLayer::upload(gpu(), cache, layer).unwrap();
+        let gpu_layer = GpuLayer::upload(ctx, cache, layer).unwrap();
         let q_layer = &q.data[layer * q_heads * queries * d..(layer + 1) * q_heads * queries * d];
         // The fast paths the adapter offers, the portable kernels, and the three passes that
         // preceded the fused split kernel for exact segments, always all.
@@ -38,7 +50,7 @@ pub fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str
                 .map(|k| {
                     (
                         k,
-                        attend_with(gpu(), &gpu_layer, q_layer, q_heads, visible, k).unwrap(),
+                        attend_with(ctx, &gpu_layer, q_layer, q_heads, visible, k).unwrap(),
                     )
                 })
                 .collect();

@@ -28,11 +28,13 @@
 //! (`rotated_groups`). A segment whose keys and values are both coded across tokens (the
 //! default preset) goes through one fused split-K dispatch, `attention_split_groups` (the
 //! same skeleton with that format's row decoder; a subgroup variant sums the row dots where
-//! the adapter allows), which rotates its rows itself and takes up to two exact segments
-//! in one pair of buffers (the sinks and the window) as splits of its own
-//! (`rotated_groups::exact_riders`): a default-preset layer is that dispatch and the
-//! combine, as an fp16 layer is `attention_split` and the combine. A segment with STP
-//! refinements, or [`Kernels::ThreePass`], takes the separate passes.
+//! the adapter allows). Where the device allows 13 storage buffers per stage it rotates
+//! its rows itself and takes up to two exact segments in one pair of buffers (the sinks
+//! and the window) as splits of its own (`rotated_groups::exact_riders`): a default-preset
+//! layer is that dispatch and the combine, as an fp16 layer is `attention_split` and the
+//! combine. With fewer (Chrome's 10) its staged form reads the rotation pass's rows and
+//! the exact segments keep their own dispatches. A segment with STP refinements, or
+//! [`Kernels::ThreePass`], takes the separate passes.
 
 mod layer;
 mod planes;
@@ -299,15 +301,30 @@ fn record_call(
         .min(ctx.max_workgroups_per_dimension() as usize);
     let tile_rows = (tile_rows / gqa).max(1) * gqa;
     // Segments of codes across tokens go through one fused dispatch where the visible
-    // ranges fit its uniform binding.
+    // ranges fit its uniform binding, and, in its staged form (devices of fewer storage
+    // buffers), where the tile's rotated queries fit that form's uniform binding.
+    let riders_form = rotated_groups::takes_riders(ctx);
+    let query_rows = rotated_groups::QUERY_UNIFORM_BYTES / (4 * d);
     let fused_groups = kernels != Kernels::ThreePass
         && queries * 8 <= rotated_groups::VISIBLE_UNIFORM_BYTES
         && ctx.max_uniform_binding_bytes() >= rotated_groups::VISIBLE_UNIFORM_BYTES as u64
+        && (riders_form
+            || (gqa <= query_rows
+                && ctx.max_uniform_binding_bytes() >= rotated_groups::QUERY_UNIFORM_BYTES as u64))
         && segments
             .iter()
             .any(|s| rotated_groups::fused_planes(s).is_some());
-    // The fused kernel binds the visible ranges as a uniform of fixed size.
+    let staged = fused_groups && !riders_form;
+    let with_riders = fused_groups && riders_form;
+    let tile_rows = if staged {
+        tile_rows.min(query_rows / gqa * gqa)
+    } else {
+        tile_rows
+    };
+    // The fused kernel binds the visible ranges (and in its staged form the rotated
+    // queries and centre terms) as uniforms of fixed size.
     let uniform_floor = |bytes: usize| if fused_groups { bytes } else { 0 };
+    let staged_floor = |bytes: usize| if staged { bytes } else { 0 };
 
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
     let visible_buffer = ctx.buffer(
@@ -317,7 +334,7 @@ fn record_call(
     ctx.write(&visible_buffer, 0, &visible_flat);
     // Exact segments (sinks, window) ride in fused dispatches as splits of their own, each
     // dispatch's riders described by a record in one uniform buffer.
-    let riders = if fused_groups {
+    let riders = if with_riders {
         rotated_groups::exact_riders(segments, |s| rotated_groups::fused_planes(s).is_some())
     } else {
         segments.iter().map(|_| None).collect()
@@ -328,7 +345,7 @@ fn record_call(
     let record_words = rotated_groups::EXACT_RECORD_BYTES as usize / 4;
     let mut records = vec![
         0u32;
-        if fused_groups {
+        if with_riders {
             record_words * segments.len()
         } else {
             0
@@ -341,7 +358,7 @@ fn record_call(
         }
     }
     let exact_records = ctx.buffer("attention exact segments", (records.len() * 4) as u64)?;
-    if fused_groups {
+    if with_riders {
         ctx.write(&exact_records, 0, &records);
     }
     // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
@@ -349,19 +366,25 @@ fn record_call(
     let query_pass = segments.iter().enumerate().any(|(i, s)| {
         let fused = match s.data {
             SegmentData::Exact { .. } => kernels != Kernels::ThreePass,
-            SegmentData::Packed(_) => fused_groups && rotated_groups::fused_planes(s).is_some(),
+            SegmentData::Packed(_) => with_riders && rotated_groups::fused_planes(s).is_some(),
         };
         !riding[i] && !fused
     });
     let scratch = Scratch {
         natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
-        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
+        planar: ctx.buffer(
+            "attention q planar",
+            (tile_rows * d * 4).max(staged_floor(rotated_groups::QUERY_UNIFORM_BYTES)) as u64,
+        )?,
         scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
         partial: ctx.buffer(
             "attention partial",
             (tile_rows * total_splits * d * 4) as u64,
         )?,
-        centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
+        centre_terms: ctx.buffer(
+            "attention centre terms",
+            (tile_rows * 4).max(staged_floor(rotated_groups::CENTRE_UNIFORM_BYTES)) as u64,
+        )?,
         unused: ctx.buffer("unused binding", 16)?,
     };
     let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
@@ -463,13 +486,13 @@ fn record_call(
                         queries: q_buffer,
                         visible: &visible_buffer,
                         stats: &stats,
-                        exact: rotated_groups::FusedExact {
+                        exact: with_riders.then(|| rotated_groups::FusedExact {
                             keys: rider.map_or(&scratch.unused, |r| r.keys),
                             values: rider.map_or(&scratch.unused, |r| r.values),
                             rows_per_head: rider.map_or(0, |r| r.rows_per_head),
                             records: &exact_records,
                             record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
-                        },
+                        }),
                     },
                     &scratch,
                 );

@@ -6,8 +6,10 @@
 //! (appended to `attention_rotated.wgsl`) around the softmax: key scores (one G-point
 //! transform of a group's row dots) and value sums (the weights transformed per group, one
 //! rotation back per split), whose queries `attention_rotated.wgsl`'s `rotate_queries`
-//! rotates; the fused kernel rotates its block's rows itself, and takes the call's exact
-//! sinks and window as splits of its own ([`exact_riders`]). The CPU mirror is
+//! rotates; the fused kernel, on devices of 13 storage buffers per stage
+//! ([`takes_riders`]), rotates its block's rows itself and takes the call's exact sinks
+//! and window as splits of its own ([`exact_riders`]), and elsewhere reads the rotation
+//! pass's rows (its staged form). The CPU mirror is
 //! [`crate::packed::attend`].
 
 use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
@@ -16,13 +18,15 @@ use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
-use crate::gpu::context::GpuContext;
+use crate::gpu::context::{GpuContext, STORAGE_BUFFERS_PER_STAGE};
 use crate::gpu::params::Params;
 use crate::gpu::rotated::group_kernel_table;
 use crate::gpu::shaders::{
     Kernel, ATTENTION_ROTATED_GROUPS, ATTENTION_SPLIT_GROUPS, ATTENTION_SPLIT_GROUPS_32,
+    ATTENTION_SPLIT_GROUPS_32_STAGED, ATTENTION_SPLIT_GROUPS_STAGED,
     ATTENTION_SPLIT_GROUPS_SUBGROUP, ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS_STAGED, ATTENTION_SPLIT_GROUPS_SUBGROUP_STAGED,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS, ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS_STAGED,
 };
 use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{PackedHead, PackedKeys, PackedValues};
@@ -150,6 +154,13 @@ pub(super) fn record_values(
     );
 }
 
+/// Bytes of the uniform binding through which the fused kernel's staged form reads the
+/// tile's rotated queries (`rotated_queries` in `attention_split_groups_staged.wgsl`): a
+/// tile holds at most this many bytes of query rows.
+pub(super) const QUERY_UNIFORM_BYTES: usize = 65536;
+/// Bytes of its uniform binding of the rows' key centre terms (one f32 per tile row; a tile
+/// has at most QUERY_UNIFORM_BYTES / (4 · 16) rows).
+pub(super) const CENTRE_UNIFORM_BYTES: usize = 4096;
 /// Bytes of the fused kernel's uniform binding of the visible ranges (two u32 per query position): calls
 /// of more positions take the separate passes.
 pub(super) const VISIBLE_UNIFORM_BYTES: usize = 65536;
@@ -177,9 +188,10 @@ pub(super) fn fused_planes<'a>(
 /// the L = d/16 lanes that share a code row fit in the adapter's smallest subgroup: subgroup
 /// row reads and row-dot sums (by halving shuffles for L = 8 and 16), and for G = 32 with
 /// subgroups of at least 8 invocations the logits and weights phases by 8-invocation
-/// clusters. Otherwise the portable kernel, with phases of its own for G = 32. (On llvmpipe
-/// a branch never taken still costs its masked run, so each of these is a composition of its
-/// own rather than a branch in one kernel.)
+/// clusters. Otherwise the portable kernel, with phases of its own for G = 32. Each in the
+/// form with riders where [`takes_riders`], else in its staged form. (On llvmpipe a branch
+/// never taken still costs its masked run, so each of these is a composition of its own
+/// rather than a branch in one kernel.)
 pub(super) fn fused_kernel(
     ctx: &GpuContext,
     subgroups: bool,
@@ -190,30 +202,54 @@ pub(super) fn fused_kernel(
     let min_size = ctx.subgroup_min_size();
     let subgroup_rows = subgroups && row_lanes.is_power_of_two() && row_lanes <= min_size;
     let clusters = min_size >= 8;
-    match (subgroup_rows, group_size == 32) {
-        (true, true) if clusters && row_lanes >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
-        (true, true) if clusters => &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
-        (true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
-        (false, true) => &ATTENTION_SPLIT_GROUPS_32,
-        (false, false) => &ATTENTION_SPLIT_GROUPS,
-    }
+    let kernels = match (subgroup_rows, group_size == 32) {
+        (true, true) if clusters && row_lanes >= 8 => [
+            &ATTENTION_SPLIT_GROUPS_SUBGROUP,
+            &ATTENTION_SPLIT_GROUPS_SUBGROUP_STAGED,
+        ],
+        (true, true) if clusters => [
+            &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
+            &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS_STAGED,
+        ],
+        (true, _) => [
+            &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+            &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS_STAGED,
+        ],
+        (false, true) => [
+            &ATTENTION_SPLIT_GROUPS_32,
+            &ATTENTION_SPLIT_GROUPS_32_STAGED,
+        ],
+        (false, false) => [&ATTENTION_SPLIT_GROUPS, &ATTENTION_SPLIT_GROUPS_STAGED],
+    };
+    kernels[usize::from(!takes_riders(ctx))]
+}
+
+/// Whether the fused kernel takes its form with riders on `ctx` (it scales and rotates its
+/// query rows and takes exact segments as splits), which binds
+/// [`STORAGE_BUFFERS_PER_STAGE`] storage buffers (its query, the planes, stats, partial
+/// sums and one pair of exact rows); otherwise its staged form reads the rotation pass's
+/// rows and the exact segments keep dispatches of their own.
+pub(super) fn takes_riders(ctx: &GpuContext) -> bool {
+    ctx.storage_buffers_per_stage() >= STORAGE_BUFFERS_PER_STAGE
 }
 
 /// The call's buffers the fused kernel binds besides the planes and the scratch: the
-/// query (`[q_heads][queries][d]` f32, which the kernel scales and rotates itself), the
-/// visible ranges, the stats it writes, and its exact splits' bindings.
+/// query (`[q_heads][queries][d]` f32, which the form with riders scales and rotates
+/// itself), the visible ranges, the stats it writes, and, for the form with riders, its
+/// exact splits' bindings (`None`: the staged form, whose rotated queries and centre terms
+/// are the scratch's).
 pub(super) struct FusedBuffers<'a> {
     pub queries: &'a wgpu::Buffer,
     pub visible: &'a wgpu::Buffer,
     pub stats: &'a wgpu::Buffer,
-    pub exact: FusedExact<'a>,
+    pub exact: Option<FusedExact<'a>>,
 }
 
 /// Bytes between the exact-segment records of a call's fused dispatches in their uniform
 /// buffer (256: the largest uniform offset alignment WebGPU allows).
 pub(super) const EXACT_RECORD_BYTES: u64 = 256;
 /// Bytes of one record: (first position, tokens, first stored row, splits before it) for
-/// each of two exact segments (`exact_segments` in `attention_split_groups_exact.wgsl`).
+/// each of two exact segments (`exact_segments` in `attention_split_groups_riders.wgsl`).
 const EXACT_RECORD_USED: u64 = 32;
 
 /// The exact segments (sinks, window) that a fused dispatch takes as splits of its own: at
@@ -336,13 +372,12 @@ pub(super) fn record_fused(
     buffers: &FusedBuffers<'_>,
     scratch: &Scratch,
 ) {
-    let exact = &buffers.exact;
     let params = Params {
         value_code_bits: values.budget as u32,
-        rows: exact.rows_per_head as u32,
+        rows: buffers.exact.as_ref().map_or(0, |e| e.rows_per_head as u32),
         ..keys.params(seg)
     };
-    let bindings = [
+    let mut bindings = vec![
         Bound::from(&keys.states.table),
         Bound::range(buffers.visible, 0, VISIBLE_UNIFORM_BYTES as u64),
         Bound::from(buffers.queries),
@@ -356,9 +391,17 @@ pub(super) fn record_fused(
         Bound::from(&values.widths),
         Bound::from(buffers.stats),
         Bound::from(&*scratch.partial),
-        Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
-        Bound::from(exact.keys),
-        Bound::from(exact.values),
     ];
+    match &buffers.exact {
+        Some(exact) => bindings.extend([
+            Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
+            Bound::from(exact.keys),
+            Bound::from(exact.values),
+        ]),
+        None => bindings.extend([
+            Bound::range(&scratch.planar, 0, QUERY_UNIFORM_BYTES as u64),
+            Bound::range(&scratch.centre_terms, 0, CENTRE_UNIFORM_BYTES as u64),
+        ]),
+    }
     batch.dispatch_grid_bound(kernel, "main", params, &bindings, grid);
 }

@@ -270,3 +270,39 @@ fn split_groups_level_mux_matches_the_codebooks() {
         }
     }
 }
+
+/// Storage buffers each entry point binds (naga's analysis of the composed module): at most
+/// [`STORAGE_BUFFERS_PER_STAGE`] anywhere (what `GpuContext::required_limits` asks for), and
+/// at most [`MIN_STORAGE_BUFFERS_PER_STAGE`] (what Chrome exposes, the least a context
+/// accepts) everywhere but in the fused kernel's forms with riders, which a device of fewer
+/// replaces by their staged forms.
+#[test]
+fn storage_buffers_per_entry_point_fit_the_limits() {
+    use crate::gpu::context::{MIN_STORAGE_BUFFERS_PER_STAGE, STORAGE_BUFFERS_PER_STAGE};
+    let mut over_minimum = Vec::new();
+    for kernel in ALL {
+        let source = kernel.composed_source();
+        let (module, info) = validated(&kernel, &source, Capabilities::empty());
+        for (index, entry) in module.entry_points.iter().enumerate() {
+            let uses = info.get_entry_point(index);
+            let storage = module
+                .global_variables
+                .iter()
+                .filter(|(handle, var)| {
+                    !uses[*handle].is_empty()
+                        && matches!(var.space, naga::AddressSpace::Storage { .. })
+                })
+                .count() as u32;
+            let name = format!("{}::{} ({storage})", kernel.name, entry.name);
+            assert!(storage <= STORAGE_BUFFERS_PER_STAGE, "{name}");
+            if storage > MIN_STORAGE_BUFFERS_PER_STAGE {
+                over_minimum.push(name);
+            }
+        }
+    }
+    assert_eq!(over_minimum.len(), 5, "{over_minimum:#?}");
+    assert!(
+        over_minimum.iter().all(|n| n.contains("+riders::")),
+        "{over_minimum:#?}"
+    );
+}

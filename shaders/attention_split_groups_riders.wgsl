@@ -1,8 +1,11 @@
-// attention_split_groups_exact.wgsl — the exact (f16) splits of the fused dispatch of
-// attention_split_groups.wgsl: a quantized preset's sinks and recent window ride in the
-// same dispatch as its codes across tokens, as splits of their own, instead of dispatches
-// of attention_split.wgsl before and after it. Appended to every composition of the fused
-// kernel; `main` sends the workgroups past the segment's own splits here.
+// attention_split_groups_riders.wgsl — the fused dispatch of attention_split_groups.wgsl on
+// its own, for devices that allow 13 storage buffers per shader stage: it scales and
+// rotates its block's query rows itself (from the call's query), and a quantized preset's
+// sinks and recent window ride in it as splits of their own, instead of dispatches of
+// attention_split.wgsl before and after it. A default-preset layer is then this dispatch
+// and the combine. (Devices of fewer storage buffers, e.g. Chrome's 10, take the _staged
+// file instead.) Appended to the compositions `fused_kernel` picks for such devices;
+// `main` sends the workgroups past the segment's own splits to `exact_split`.
 //
 // Bindings (after the fused kernel's 0…13, whose `queries` the exact splits read too):
 //           14 exact_segments (uniform): vec4<u32> [2]: per exact segment (first position,
@@ -10,8 +13,11 @@
 //           15 exact_keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
 //           16 exact_values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
 //           (params.rows: the exact rows per KV head of both.)
-// Dispatch: the fused kernel's grid, whose x counts the exact segments' splits after the
-// segment's own (`rotated_groups::record_fused` on the host). Per tile of TILE_TOKENS
+// Queries: the block's rows q/√d are rotated (Rot_d) in exchange, four at a time, while the
+// lanes sum their shares of the rows' key centre terms (q/√d)·m; each workgroup does this
+// for itself, which saves the call a dispatch and a barrier before this one.
+// Exact splits: the fused kernel's grid, whose x counts the exact segments' splits after
+// the segment's own (`rotated_groups::record_fused` on the host). Per tile of TILE_TOKENS
 // tokens, in the fused kernel's workgroup memory (no more of it): invocation (row r, block
 // b) scores tokens 16b…16b+15 against row r into tile_weights (entry (token, half) holds
 // four rows, as in the fused kernel); two invocations update the running maxima and sums
@@ -22,6 +28,57 @@
 @group(0) @binding(14) var<uniform> exact_segments: array<vec4<u32>, 2>;
 @group(0) @binding(15) var<storage, read> exact_keys: array<vec4<u32>>;
 @group(0) @binding(16) var<storage, read> exact_values: array<vec2<u32>>;
+
+// The block's rotated query rows of the chunk at c0 (see BlockQueries); the rows' key
+// centre terms go to key_centre. Starts and ends with a barrier.
+fn block_queries(local: u32, kv_head: u32, c0: u32) -> BlockQueries {
+    let centre_low = load_query_rows(local, 0u, kv_head);
+    rotate_exchange(local);
+    let low = array<mat4x4<f32>, 4>(exchange_block(c0), exchange_block(c0 + 4u), exchange_block(c0 + 8u), exchange_block(c0 + 12u));
+    workgroupBarrier();
+    let centre_high = load_query_rows(local, 1u, kv_head);
+    rotate_exchange(local);
+    let high = array<mat4x4<f32>, 4>(exchange_block(c0), exchange_block(c0 + 4u), exchange_block(c0 + 8u), exchange_block(c0 + 12u));
+    workgroupBarrier();
+    exchange[local] = centre_low;
+    exchange[LANES + local] = centre_high;
+    workgroupBarrier();
+    if (local < 2u) {
+        var sum = vec4<f32>(0.0);
+        for (var i = 0u; i < LANES; i = i + 1u) {
+            sum = sum + exchange[local * LANES + i];
+        }
+        key_centre[local] = sum;
+    }
+    workgroupBarrier();
+    return BlockQueries(low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3]);
+}
+
+// exchange[0..d) ← block rows 4h…4h+3 of the query, q/√d (zero for rows not live);
+// returns this invocation's share of their key centre terms Σ (q/√d)·m over its channels.
+fn load_query_rows(local: u32, h: u32, kv_head: u32) -> vec4<f32> {
+    let d = params.width;
+    var centre = vec4<f32>(0.0);
+    for (var e = local; e < d; e = e + LANES) {
+        var x = vec4<f32>(0.0);
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            let info = block_rows[4u * h + k];
+            if (info.w == 1u) {
+                let r = query_row(info.x);
+                x[k] = queries[((r.q_head * params.queries + r.query) * d + e) / 4u][e % 4u] * params.scale;
+            }
+        }
+        exchange[e] = x;
+        let pair = unpack2x16float(state_word(false, kv_head, e / 2u));
+        centre = centre + x * select(pair.x, pair.y, (e & 1u) == 1u);
+    }
+    return centre;
+}
+
+// Four rows' values of channels first…first+3 from exchange: column j is channel first + j.
+fn exchange_block(first: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(exchange[first], exchange[first + 1u], exchange[first + 2u], exchange[first + 3u]);
+}
 
 // Tokens a scoring invocation takes: TILE_TOKENS / (LANES / BLOCK_ROWS).
 const EXACT_LANE_TOKENS: u32 = 16u;
