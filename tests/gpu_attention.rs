@@ -21,7 +21,7 @@ mod gpu_context;
 mod attention;
 
 use attention::{check, check_on, gpu_presets, random_tensor};
-use gpu_context::gpu;
+use gpu_context::{gpu, timed_passes};
 
 use data::shared_sample;
 
@@ -360,11 +360,7 @@ fn a_layer_decodes_in_two_dispatches() {
         for kernels in [Kernels::Fastest, Kernels::Portable] {
             let visible = [(0, tokens as u32)];
             attend_with(&ctx, &layer, &q.data, kv_heads * gqa, &visible, kernels).unwrap();
-            let passes: Vec<String> = ctx
-                .take_kernel_times()
-                .into_iter()
-                .map(|(name, _, passes)| format!("{name} ×{passes}"))
-                .collect();
+            let passes = timed_passes(&ctx);
             assert_eq!(passes.len(), 2, "{preset} {kernels:?}: {passes:?}");
             assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
             assert!(
@@ -425,11 +421,7 @@ fn ten_storage_buffers_take_the_staged_fused_kernel() {
         Kernels::Fastest,
     )
     .unwrap();
-    let passes: Vec<String> = ctx
-        .take_kernel_times()
-        .into_iter()
-        .map(|(name, _, passes)| format!("{name} ×{passes}"))
-        .collect();
+    let passes = timed_passes(&ctx);
     assert_eq!(passes.len(), 4, "{passes:?}");
     assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
     assert!(passes[1].ends_with("::rotate_queries ×1"), "{passes:?}");

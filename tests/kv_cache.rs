@@ -7,7 +7,7 @@ mod metadata;
 #[path = "common/gpu.rs"]
 mod gpu_context;
 
-use gpu_context::gpu;
+use gpu_context::{gpu, timed_passes};
 
 use std::sync::OnceLock;
 
@@ -924,11 +924,7 @@ fn sinks_and_window_ride_in_the_chunk_dispatches() {
     );
     for l in 0..SHAPE.layers {
         let got = cache.attend(l, &q, &visible).unwrap();
-        let passes: Vec<String> = ctx
-            .take_kernel_times()
-            .into_iter()
-            .map(|(name, _, passes)| format!("{name} ×{passes}"))
-            .collect();
+        let passes = timed_passes(&ctx);
         assert_eq!(passes.len(), 2, "{passes:?}");
         assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
         assert!(

@@ -12,3 +12,13 @@ pub fn gpu() -> &'static GpuContext {
             .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
     })
 }
+
+/// The passes `ctx` timed since the last call (kernel profiling on), as `kernel::entry
+/// ×passes` in name order. (Not every binary that shares this file profiles.)
+#[allow(dead_code)]
+pub fn timed_passes(ctx: &GpuContext) -> Vec<String> {
+    ctx.take_kernel_times()
+        .into_iter()
+        .map(|(name, _, passes)| format!("{name} ×{passes}"))
+        .collect()
+}
