@@ -210,6 +210,53 @@ fn benchmarks_take_a_split_size() {
     }
 }
 
+/// `--storage-buffers` caps the storage buffers per stage of both decode benchmarks
+/// (reported with the results; 10 runs the fused kernel's staged form), and a count below
+/// the kernels' 10 is refused.
+#[test]
+fn benchmarks_take_a_storage_buffer_cap() {
+    let small = [
+        "--kv-heads",
+        "1",
+        "--q-heads",
+        "2",
+        "--head-dim",
+        "64",
+        "--runs",
+        "1",
+        "--storage-buffers",
+        "10",
+        "--json",
+    ];
+    let attention = [
+        &[
+            "bench",
+            "attention",
+            "--context",
+            "600",
+            "--preset",
+            "vidkv",
+        ][..],
+        &small[..],
+    ]
+    .concat();
+    assert_eq!(json(&attention)["storage_buffers"], 10);
+    let cache = [
+        &["bench", "cache", "--layers", "1", "--context", "600"][..],
+        &small[..],
+    ]
+    .concat();
+    assert_eq!(json(&cache)["storage_buffers"], 10);
+    for bench in ["attention", "cache"] {
+        let out =
+            cli_runner::vidkv(&["bench", bench, "--context", "600", "--storage-buffers", "8"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bench}: {stderr}");
+        assert!(stderr.contains("at least 10"), "{bench}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
+    }
+}
+
 /// `bench attention --kernels` reports GPU time per kernel (lavapipe has timestamp queries).
 #[test]
 fn bench_attention_reports_time_per_kernel() {

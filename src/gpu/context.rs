@@ -80,7 +80,8 @@ pub struct GpuOptions {
     /// offers subgroups and immediates.
     pub portable_only: bool,
     /// Cap on the storage buffers per shader stage the kernels may bind, below the device's
-    /// own limit (to exercise or emulate Chrome's 10 on larger devices): under 13, a
+    /// own limit (to exercise or emulate Chrome's 10 on larger devices; at least
+    /// [`MIN_STORAGE_BUFFERS_PER_STAGE`], else an `InvalidConfig`): under 13, a
     /// default-preset layer takes the fused kernel's staged form (five dispatches instead
     /// of two; see `gpu::attention`).
     pub max_storage_buffers: Option<u32>,
@@ -340,6 +341,15 @@ impl GpuContext {
             }
             None => crate::gpu::attention::GPU_SPLIT_TOKENS,
         };
+        if let Some(cap) = options
+            .max_storage_buffers
+            .filter(|&n| n < MIN_STORAGE_BUFFERS_PER_STAGE)
+        {
+            return Err(VidkvError::InvalidConfig(format!(
+                "max_storage_buffers must be at least {MIN_STORAGE_BUFFERS_PER_STAGE} (the \
+                 kernels bind up to that many), got {cap}"
+            )));
+        }
         let limits = device.limits();
         let features = device.features();
         let device_binding = limits
