@@ -300,24 +300,12 @@ fn record_call(
         .clamp(1, total_rows)
         .min(ctx.max_workgroups_per_dimension() as usize);
     let tile_rows = (tile_rows / gqa).max(1) * gqa;
-    // Segments of codes across tokens go through one fused dispatch where the visible
-    // ranges fit its uniform binding, and, in its staged form (devices of fewer storage
-    // buffers), where the tile's rotated queries fit that form's uniform binding.
-    let riders_form = rotated_groups::takes_riders(ctx);
-    let query_rows = rotated_groups::QUERY_UNIFORM_BYTES / (4 * d);
-    let fused_groups = kernels != Kernels::ThreePass
-        && queries * 8 <= rotated_groups::VISIBLE_UNIFORM_BYTES
-        && ctx.max_uniform_binding_bytes() >= rotated_groups::VISIBLE_UNIFORM_BYTES as u64
-        && (riders_form
-            || (gqa <= query_rows
-                && ctx.max_uniform_binding_bytes() >= rotated_groups::QUERY_UNIFORM_BYTES as u64))
-        && segments
-            .iter()
-            .any(|s| rotated_groups::fused_planes(s).is_some());
-    let staged = fused_groups && !riders_form;
-    let with_riders = fused_groups && riders_form;
+    let form = rotated_groups::fused_form(ctx, call, gqa);
+    let fused_groups = form.is_some();
+    let staged = form == Some(rotated_groups::FusedForm::Staged);
+    let with_riders = form == Some(rotated_groups::FusedForm::Riders);
     let tile_rows = if staged {
-        tile_rows.min(query_rows / gqa * gqa)
+        tile_rows.min(rotated_groups::QUERY_UNIFORM_BYTES / (4 * d) / gqa * gqa)
     } else {
         tile_rows
     };
@@ -332,35 +320,7 @@ fn record_call(
         ((visible_flat.len() * 4).max(uniform_floor(rotated_groups::VISIBLE_UNIFORM_BYTES))) as u64,
     )?;
     ctx.write(&visible_buffer, 0, &visible_flat);
-    // Exact segments (sinks, window) ride in fused dispatches as splits of their own, each
-    // dispatch's riders described by a record in one uniform buffer.
-    let riders = if with_riders {
-        rotated_groups::exact_riders(segments, |s| rotated_groups::fused_planes(s).is_some())
-    } else {
-        segments.iter().map(|_| None).collect()
-    };
-    let riding: Vec<bool> = (0..segments.len())
-        .map(|i| riders.iter().flatten().any(|r| r.segments.contains(&i)))
-        .collect();
-    let record_words = rotated_groups::EXACT_RECORD_BYTES as usize / 4;
-    let mut records = vec![
-        0u32;
-        if with_riders {
-            record_words * segments.len()
-        } else {
-            0
-        }
-    ];
-    for (i, rider) in riders.iter().enumerate() {
-        if let Some(rider) = rider {
-            records[i * record_words..][..8]
-                .copy_from_slice(&rider.record(segments, &split_offsets));
-        }
-    }
-    let exact_records = ctx.buffer("attention exact segments", (records.len() * 4) as u64)?;
-    if with_riders {
-        ctx.write(&exact_records, 0, &records);
-    }
+    let riders = rotated_groups::RiderPlan::new(ctx, segments, &split_offsets, with_riders)?;
     // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
     // only for segments that go through the separate passes.
     let query_pass = segments.iter().enumerate().any(|(i, s)| {
@@ -368,7 +328,7 @@ fn record_call(
             SegmentData::Exact { .. } => kernels != Kernels::ThreePass,
             SegmentData::Packed(_) => with_riders && rotated_groups::fused_planes(s).is_some(),
         };
-        !riding[i] && !fused
+        !riders.riding[i] && !fused
     });
     let scratch = Scratch {
         natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
@@ -433,7 +393,7 @@ fn record_call(
             ),
         }
         for (i, (segment, &split_offset)) in segments.iter().zip(&split_offsets).enumerate() {
-            if riding[i] {
+            if riders.riding[i] {
                 continue;
             }
             let seg = Params {
@@ -473,7 +433,7 @@ fn record_call(
                 continue;
             }
             if let Some(planes) = rotated_groups::fused_planes(segment).filter(|_| fused_groups) {
-                let rider = riders[i].as_ref();
+                let rider = riders.carried[i].as_ref();
                 let splits = segment.splits(split_tokens)
                     + rider.map_or(0, |r| r.splits(segments, split_tokens));
                 rotated_groups::record_fused(
@@ -490,7 +450,7 @@ fn record_call(
                             keys: rider.map_or(&scratch.unused, |r| r.keys),
                             values: rider.map_or(&scratch.unused, |r| r.values),
                             rows_per_head: rider.map_or(0, |r| r.rows_per_head),
-                            records: &exact_records,
+                            records: &riders.records,
                             record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
                         }),
                     },

@@ -224,6 +224,46 @@ pub(super) fn fused_kernel(
     kernels[usize::from(!takes_riders(ctx))]
 }
 
+/// The form of the fused kernel a call takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FusedForm {
+    /// It rotates its rows and takes exact segments as splits ([`takes_riders`]).
+    Riders,
+    /// It reads the rotation pass's rows; exact segments keep their own dispatches.
+    Staged,
+}
+
+/// The fused kernel's form for `call` (whose query rows come in runs of `gqa` per KV head
+/// and position), or `None` where its segments take the separate passes: for
+/// [`super::Kernels::ThreePass`], where no segment is fused ([`fused_planes`]), where the
+/// visible ranges do not fit the kernel's uniform binding, or, in the staged form, where a
+/// run of rotated query rows does not fit that form's.
+pub(super) fn fused_form(
+    ctx: &GpuContext,
+    call: &super::Call<'_, '_>,
+    gqa: usize,
+) -> Option<FusedForm> {
+    let uniform = ctx.max_uniform_binding_bytes();
+    let form = if takes_riders(ctx) {
+        FusedForm::Riders
+    } else {
+        FusedForm::Staged
+    };
+    let fits = match form {
+        FusedForm::Riders => true,
+        FusedForm::Staged => {
+            gqa <= QUERY_UNIFORM_BYTES / (4 * call.layer.head_dim)
+                && uniform >= QUERY_UNIFORM_BYTES as u64
+        }
+    };
+    (call.kernels != super::Kernels::ThreePass
+        && call.visible.len() * 8 <= VISIBLE_UNIFORM_BYTES
+        && uniform >= VISIBLE_UNIFORM_BYTES as u64
+        && fits
+        && call.segments.iter().any(|s| fused_planes(s).is_some()))
+    .then_some(form)
+}
+
 /// Whether the fused kernel takes its form with riders on `ctx` (it scales and rotates its
 /// query rows and takes exact segments as splits), which binds
 /// [`STORAGE_BUFFERS_PER_STAGE`] storage buffers (its query, the planes, stats, partial
@@ -348,6 +388,60 @@ pub(super) fn exact_riders<'a>(
         }));
     }
     riders
+}
+
+/// The exact segments of a call that ride in its fused dispatches, and their records.
+pub(super) struct RiderPlan<'a> {
+    /// For each segment, the riders its fused dispatch carries.
+    pub carried: Vec<Option<ExactRiders<'a>>>,
+    /// For each segment, whether it rides in another's dispatch.
+    pub riding: Vec<bool>,
+    /// The record of segment i's riders at byte i · [`EXACT_RECORD_BYTES`] (a uniform).
+    pub records: std::sync::Arc<wgpu::Buffer>,
+}
+
+impl<'a> RiderPlan<'a> {
+    /// The riders of `segments` (none unless `with_riders`), each segment's splits before
+    /// it in `split_offsets`; their records are written to a pooled buffer.
+    pub fn new(
+        ctx: &GpuContext,
+        segments: &[SegmentRef<'a>],
+        split_offsets: &[usize],
+        with_riders: bool,
+    ) -> Result<Self> {
+        let carried = if with_riders {
+            exact_riders(segments, |s| fused_planes(s).is_some())
+        } else {
+            segments.iter().map(|_| None).collect()
+        };
+        let riding = (0..segments.len())
+            .map(|i| carried.iter().flatten().any(|r| r.segments.contains(&i)))
+            .collect();
+        let record_words = EXACT_RECORD_BYTES as usize / 4;
+        let mut words = vec![
+            0u32;
+            if with_riders {
+                record_words * segments.len()
+            } else {
+                0
+            }
+        ];
+        for (i, rider) in carried.iter().enumerate() {
+            if let Some(rider) = rider {
+                words[i * record_words..][..8]
+                    .copy_from_slice(&rider.record(segments, split_offsets));
+            }
+        }
+        let records = ctx.buffer("attention exact segments", (words.len() * 4) as u64)?;
+        if with_riders {
+            ctx.write(&records, 0, &words);
+        }
+        Ok(RiderPlan {
+            carried,
+            riding,
+            records,
+        })
+    }
 }
 
 /// The exact splits' bindings of a fused dispatch: the riders' rows (or `unused` where it
