@@ -165,10 +165,10 @@ fn report_and_bench_write_svg_charts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--split-tokens` sets the split size of both decode benchmarks (reported with the
-/// results), and a size the kernels cannot take is refused with the rule.
-#[test]
-fn benchmarks_take_a_split_size() {
+/// Both decode benchmarks take `flag` with the value `taken` (reported as `key` in their
+/// JSON), and refuse the value `refused` with an error that contains `rule`, not a panic.
+fn check_bench_option(flag: &str, taken: u64, key: &str, refused: &str, rule: &str) {
+    let value = taken.to_string();
     let small = [
         "--kv-heads",
         "1",
@@ -178,8 +178,8 @@ fn benchmarks_take_a_split_size() {
         "64",
         "--runs",
         "1",
-        "--split-tokens",
-        "256",
+        flag,
+        &value,
         "--json",
     ];
     let attention = [
@@ -194,20 +194,33 @@ fn benchmarks_take_a_split_size() {
         &small[..],
     ]
     .concat();
-    assert_eq!(json(&attention)["split_tokens"], 256);
+    assert_eq!(json(&attention)[key], taken);
     let cache = [
         &["bench", "cache", "--layers", "1", "--context", "600"][..],
         &small[..],
     ]
     .concat();
-    assert_eq!(json(&cache)["split_tokens"], 256);
+    assert_eq!(json(&cache)[key], taken);
     for bench in ["attention", "cache"] {
-        let out = cli_runner::vidkv(&["bench", bench, "--context", "600", "--split-tokens", "300"]);
+        let out = cli_runner::vidkv(&["bench", bench, "--context", "600", flag, refused]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{bench}: {stderr}");
-        assert!(stderr.contains("multiple of 256"), "{bench}: {stderr}");
+        assert!(stderr.contains(rule), "{bench}: {stderr}");
         assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
     }
+}
+
+/// `--split-tokens` sets the split size of both decode benchmarks (reported with the
+/// results), and a size the kernels cannot take is refused with the rule.
+#[test]
+fn benchmarks_take_a_split_size() {
+    check_bench_option(
+        "--split-tokens",
+        256,
+        "split_tokens",
+        "300",
+        "multiple of 256",
+    );
 }
 
 /// `--storage-buffers` caps the storage buffers per stage of both decode benchmarks
@@ -215,46 +228,13 @@ fn benchmarks_take_a_split_size() {
 /// the kernels' 10 is refused.
 #[test]
 fn benchmarks_take_a_storage_buffer_cap() {
-    let small = [
-        "--kv-heads",
-        "1",
-        "--q-heads",
-        "2",
-        "--head-dim",
-        "64",
-        "--runs",
-        "1",
+    check_bench_option(
         "--storage-buffers",
-        "10",
-        "--json",
-    ];
-    let attention = [
-        &[
-            "bench",
-            "attention",
-            "--context",
-            "600",
-            "--preset",
-            "vidkv",
-        ][..],
-        &small[..],
-    ]
-    .concat();
-    assert_eq!(json(&attention)["storage_buffers"], 10);
-    let cache = [
-        &["bench", "cache", "--layers", "1", "--context", "600"][..],
-        &small[..],
-    ]
-    .concat();
-    assert_eq!(json(&cache)["storage_buffers"], 10);
-    for bench in ["attention", "cache"] {
-        let out =
-            cli_runner::vidkv(&["bench", bench, "--context", "600", "--storage-buffers", "8"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bench}: {stderr}");
-        assert!(stderr.contains("at least 10"), "{bench}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
-    }
+        10,
+        "storage_buffers",
+        "8",
+        "at least 10",
+    );
 }
 
 /// `bench attention --kernels` reports GPU time per kernel (lavapipe has timestamp queries).

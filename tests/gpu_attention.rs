@@ -342,25 +342,12 @@ fn uniform_parameters_agree_with_immediates() {
 #[test]
 fn a_layer_decodes_in_two_dispatches() {
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
-    assert!(
-        ctx.start_kernel_profiling(),
-        "lavapipe has timestamp queries"
-    );
-    let (tokens, d, kv_heads, gqa) = (1000, 128, 2, 3);
-    let k = random_tensor([1, kv_heads, tokens, d], 71, 1.0);
-    let v = random_tensor([1, kv_heads, tokens, d], 72, 1.0);
-    let q = random_tensor([1, kv_heads * gqa, 1, d], 73, 0.6);
     for (preset, fused) in [
         ("vidkv", "attention_split_groups+"),
         ("fp16", "attention_split::"),
     ] {
-        let config = QuantConfig::preset(preset).unwrap();
-        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
-        let layer = GpuLayer::upload(&ctx, &cache, 0).unwrap();
         for kernels in [Kernels::Fastest, Kernels::Portable] {
-            let visible = [(0, tokens as u32)];
-            attend_with(&ctx, &layer, &q.data, kv_heads * gqa, &visible, kernels).unwrap();
-            let passes = timed_passes(&ctx);
+            let passes = decode_passes(&ctx, preset, kernels);
             assert_eq!(passes.len(), 2, "{preset} {kernels:?}: {passes:?}");
             assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
             assert!(
@@ -369,6 +356,27 @@ fn a_layer_decodes_in_two_dispatches() {
             );
         }
     }
+}
+
+/// The passes one decode call on a layer of `preset` runs on `ctx` (1,000 tokens, d = 128,
+/// 2 KV heads, GQA 3, one query position seeing them all), by kernel profiling.
+fn decode_passes(ctx: &GpuContext, preset: &str, kernels: Kernels) -> Vec<String> {
+    let (tokens, d, kv_heads, gqa) = (1000, 128, 2, 3);
+    let k = random_tensor([1, kv_heads, tokens, d], 71, 1.0);
+    let v = random_tensor([1, kv_heads, tokens, d], 72, 1.0);
+    let q = random_tensor([1, kv_heads * gqa, 1, d], 73, 0.6);
+    let config = QuantConfig::preset(preset).unwrap();
+    let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+    let layer = GpuLayer::upload(ctx, &cache, 0).unwrap();
+    assert!(
+        ctx.start_kernel_profiling(),
+        "lavapipe has timestamp queries"
+    );
+    let visible = [(0, tokens as u32)];
+    attend_with(ctx, &layer, &q.data, kv_heads * gqa, &visible, kernels).unwrap();
+    let passes = timed_passes(ctx);
+    ctx.stop_kernel_profiling();
+    passes
 }
 
 /// A device of 10 storage buffers per stage (what Chrome exposes) takes the fused kernel's
@@ -402,26 +410,7 @@ fn ten_storage_buffers_take_the_staged_fused_kernel() {
             &format!("staged d={d} G={group_size}"),
         );
     }
-    assert!(
-        ctx.start_kernel_profiling(),
-        "lavapipe has timestamp queries"
-    );
-    let (tokens, d, kv_heads, gqa) = (1000, 128, 2, 3);
-    let k = random_tensor([1, kv_heads, tokens, d], 91, 1.0);
-    let v = random_tensor([1, kv_heads, tokens, d], 92, 1.0);
-    let q = random_tensor([1, kv_heads * gqa, 1, d], 93, 0.6);
-    let cache = PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
-    let layer = GpuLayer::upload(&ctx, &cache, 0).unwrap();
-    attend_with(
-        &ctx,
-        &layer,
-        &q.data,
-        kv_heads * gqa,
-        &[(0, tokens as u32)],
-        Kernels::Fastest,
-    )
-    .unwrap();
-    let passes = timed_passes(&ctx);
+    let passes = decode_passes(&ctx, "vidkv", Kernels::Fastest);
     assert_eq!(passes.len(), 4, "{passes:?}");
     assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
     assert!(passes[1].ends_with("::rotate_queries ×1"), "{passes:?}");

@@ -336,7 +336,7 @@ impl ExactRiders<'_> {
 /// the exact segments not yet taken of the pair of buffers that holds most of their tokens,
 /// up to two: a [`crate::gpu::attention::GpuLayer`]'s sinks and window (one pair) ride
 /// in its one fused dispatch; a `KvCache`'s (a store each) in its first two.
-pub(super) fn exact_riders<'a>(
+fn exact_riders<'a>(
     segments: &[SegmentRef<'a>],
     fused: impl Fn(&SegmentRef<'a>) -> bool,
 ) -> Vec<Option<ExactRiders<'a>>> {
