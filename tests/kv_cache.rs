@@ -12,6 +12,7 @@ use gpu_context::{gpu, timed_passes};
 use std::sync::OnceLock;
 
 use vidkv::bench::synthetic_tensor;
+use vidkv::cache::DecodeStep;
 use vidkv::gpu::attention::{attend, GpuLayer};
 use vidkv::packed::estimate_size;
 use vidkv::report::relative_l2;
@@ -717,17 +718,19 @@ struct BufferDecode {
 }
 
 impl BufferDecode {
-    fn new() -> Self {
-        let (k, v) = tensors(400);
-        let (k300, v300) = tensors(300);
+    /// Two default-preset caches holding the first `prefill` of `tokens` tokens: one on the
+    /// shared context (the host API's twin), one on a context of its own.
+    fn new(prefill: usize, tokens: usize) -> Self {
+        let (k, v) = tensors(tokens);
         let q = queries(1);
         let config = QuantConfig::default();
-        let host = fill(&config, &k300, &v300, 300, 1);
         let own = vidkv::GpuContext::new(&Default::default()).unwrap();
+        let mut host = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
         let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
         for l in 0..SHAPE.layers {
-            let rows = |t: &Tensor| t.layer_tokens(l, 0..300).unwrap();
-            device.prefill(l, &rows(&k300), &rows(&v300)).unwrap();
+            let rows = |t: &Tensor| t.layer_tokens(l, 0..prefill).unwrap();
+            host.prefill(l, &rows(&k), &rows(&v)).unwrap();
+            device.prefill(l, &rows(&k), &rows(&v)).unwrap();
         }
         let q_buffer = own.create_storage("test rows", &q).unwrap();
         let outs = (0..SHAPE.layers)
@@ -765,6 +768,19 @@ impl BufferDecode {
             .collect()
     }
 
+    /// A step of the device cache with `inputs` (a token's K and V of every layer) appended
+    /// and every layer's attention over all its tokens written to `outs`.
+    fn record_step(&mut self, inputs: &[(wgpu::Buffer, wgpu::Buffer)]) -> DecodeStep<'_> {
+        let mut step = self.device.begin_step().unwrap();
+        for (l, (kb, vb)) in inputs.iter().enumerate() {
+            step.append_buffers(l, kb, vb, 1).unwrap();
+            let visible = [(0u32, step.cache().len(l) as u32)];
+            step.attend_buffers(l, &self.q_buffer, &self.outs[l], &visible)
+                .unwrap();
+        }
+        step
+    }
+
     /// Appends token `t` to every layer of the host-API twin.
     fn append_to_host(&mut self, t: usize) {
         for l in 0..SHAPE.layers {
@@ -784,7 +800,7 @@ impl BufferDecode {
 /// the host API gives. Bad buffers are typed errors.
 #[test]
 fn decode_steps_through_buffers_read_nothing_back() {
-    let mut f = BufferDecode::new();
+    let mut f = BufferDecode::new(300, 400);
     for t in 300..340 {
         let step = f.inputs(t);
         let before = f.own.counts();
@@ -826,18 +842,12 @@ fn decode_steps_through_buffers_read_nothing_back() {
 /// records is a typed error.
 #[test]
 fn a_whole_model_step_is_one_submission() {
-    let mut f = BufferDecode::new();
+    let mut f = BufferDecode::new(300, 400);
     // Steps 300..340 cross the group boundary at 320 (a flush inside a step).
     for t in 300..340 {
         let inputs = f.inputs(t);
         let before = f.own.counts();
-        let mut step = f.device.begin_step().unwrap();
-        for (l, (kb, vb)) in inputs.iter().enumerate() {
-            step.append_buffers(l, kb, vb, 1).unwrap();
-            let visible = [(0u32, step.cache().len(l) as u32)];
-            step.attend_buffers(l, &f.q_buffer, &f.outs[l], &visible)
-                .unwrap();
-        }
+        let step = f.record_step(&inputs);
         if t == 310 {
             // Handed to the host, which submits it with its own work.
             let buffers = step.finish();
@@ -873,6 +883,30 @@ fn a_whole_model_step_is_one_submission() {
     assert!(other.begin_step().is_ok());
 }
 
+/// A decode step whose flush finds the history's planes full grows them inside the step
+/// (the copy and the flush in its one submission), to the host API's attention.
+#[test]
+fn a_step_grows_the_history_in_its_submission() {
+    // 8,288 tokens: 1 sink, 256 groups (planes sized for them, full) and 95 rows in the
+    // window; the next token flushes a group, which first grows the planes.
+    let mut f = BufferDecode::new(8288, 8292);
+    for t in 8288..8292 {
+        let inputs = f.inputs(t);
+        let before = f.own.counts();
+        f.record_step(&inputs).submit().unwrap();
+        assert_eq!(f.own.counts().submissions - before.submissions, 1);
+        f.append_to_host(t);
+        for (l, out) in f.outs.iter().enumerate() {
+            let got = f.own.read_floats(out, f.q.len()).unwrap();
+            let expected = f.host.attend_causal(l, &f.q).unwrap();
+            let err = relative_l2(&got, &expected);
+            assert!(err < 1e-6, "step {t} layer {l}: relative error {err}");
+        }
+    }
+    assert_eq!(f.device.len(0), 8292);
+    assert_eq!(f.device.groups_quantized(), f.host.groups_quantized());
+}
+
 /// `examples/host_device.rs` (which `cargo test` builds) runs: a host device, the host's
 /// own kernel writing K/V/Q, and decode steps with no read-back.
 #[test]
@@ -900,47 +934,96 @@ fn the_host_device_example_decodes_without_read_backs() {
     assert!(stdout.contains(", 0 read-backs"), "{stdout}");
 }
 
-/// A default-preset cache past one chunk of history (8,192 tokens) decodes a layer in three
-/// dispatches: a fused dispatch per chunk, the sinks riding in the first and the window in
-/// the second, and the combine; its attention equals the packed cache's. (A context of its
-/// own, so that no other test's kernels enter its profile.)
+/// A cache whose history grows past one step of its planes (8,192 tokens) still decodes
+/// a layer in two dispatches: the planes grow in place (re-strided on the GPU), so the
+/// history stays one segment, and the sinks and window ride in its fused dispatch
+/// (`vidkv`); fp16 keeps one exact store. A context whose binding limit stops the growth
+/// continues in new chunks (a dispatch each) to the same contents and attention. (Contexts
+/// of their own, so that no other test's kernels enter their profiles.)
 #[test]
-fn sinks_and_window_ride_in_the_chunk_dispatches() {
-    let ctx = vidkv::gpu::GpuContext::new(&Default::default()).unwrap();
-    let tokens = 8192 + 700;
+fn a_growing_history_decodes_in_two_dispatches() {
+    let grown = vidkv::gpu::GpuContext::new(&Default::default()).unwrap();
+    let chunked = vidkv::gpu::GpuContext::new(&vidkv::gpu::GpuOptions {
+        max_binding_bytes: Some(600 * 1024),
+        ..Default::default()
+    })
+    .unwrap();
+    let tokens = 8192 + 900;
     let (k, v) = tensors(tokens);
-    let config = QuantConfig::preset("vidkv").unwrap();
-    let mut cache = KvCache::new(SHAPE, config.clone(), &ctx).unwrap();
-    for l in 0..SHAPE.layers {
-        let rows = |t: &Tensor| t.layer_tokens(l, 0..tokens).unwrap();
-        cache.prefill(l, &rows(&k), &rows(&v)).unwrap();
-    }
-    let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
     let q = queries(2);
     let visible = [(0u32, tokens as u32), (3, tokens as u32 - 50)];
-    assert!(
-        ctx.start_kernel_profiling(),
-        "lavapipe has timestamp queries"
-    );
-    for l in 0..SHAPE.layers {
-        let got = cache.attend(l, &q, &visible).unwrap();
-        let passes = timed_passes(&ctx);
-        assert_eq!(passes.len(), 2, "{passes:?}");
-        assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
+    // Every plane layout re-strides: group records (vidkv), per-token rows with group means
+    // (rotated), per-channel rows (kivi2 keys, k2v2-channel values), signs and ternary
+    // records (vidkv-paper), exact rows (fp16). Only the fused presets' passes are counted.
+    for (preset, passes) in [
+        ("vidkv", Some(("attention_split_groups+", 2))),
+        ("fp16", Some(("attention_split::", 4))),
+        ("rotated", None),
+        ("kivi2", None),
+        ("k2v2-channel", None),
+        ("vidkv-paper", None),
+    ] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let fill_on = |ctx: &vidkv::gpu::GpuContext| {
+            let mut cache = KvCache::new(SHAPE, config.clone(), ctx).unwrap();
+            for l in 0..SHAPE.layers {
+                let rows = |t: &Tensor, r| t.layer_tokens(l, r).unwrap();
+                cache
+                    .prefill(l, &rows(&k, 0..300), &rows(&v, 0..300))
+                    .unwrap();
+                for at in (300..tokens).step_by(200) {
+                    let r = at..(at + 200).min(tokens);
+                    cache.append(l, &rows(&k, r.clone()), &rows(&v, r)).unwrap();
+                }
+            }
+            cache
+        };
+        let (one, many) = (fill_on(&grown), fill_on(&chunked));
+        let contents = one.to_packed().unwrap();
+        // (Compared with `==`: the contents are megabytes of words to print.)
         assert!(
-            passes[1].starts_with("attention_split_groups+") && passes[1].ends_with("::main ×2"),
-            "{passes:?}"
+            contents == many.to_packed().unwrap(),
+            "{preset}: contents differ"
         );
-        let expected = attend_packed(&packed, l, &q, &visible);
-        let err = relative_l2(&got, &expected);
-        assert!(err < 1e-5, "layer {l}: relative error {err}");
+        if !preset.contains("vidkv") && preset != "rotated" {
+            // No learned split or fitted state: the contents are the all-at-once packing.
+            let packed = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+            assert!(
+                contents == packed,
+                "{preset}: contents differ from the packing"
+            );
+        }
+        for (ctx, cache, one_chunk) in [(&grown, &one, true), (&chunked, &many, false)] {
+            if let Some((kernel, chunks)) = passes {
+                assert!(
+                    ctx.start_kernel_profiling(),
+                    "lavapipe has timestamp queries"
+                );
+                cache.attend(0, &q, &visible).unwrap();
+                let dispatches = if one_chunk { 1 } else { chunks };
+                let passes = timed_passes(ctx);
+                assert_eq!(passes.len(), 2, "{preset}: {passes:?}");
+                assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
+                assert!(
+                    passes[1].starts_with(kernel)
+                        && passes[1].ends_with(&format!("::main ×{dispatches}")),
+                    "{preset}: {passes:?}"
+                );
+            }
+            for l in 0..SHAPE.layers {
+                let got = cache.attend(l, &q, &visible).unwrap();
+                let expected = one.attend(l, &q, &visible).unwrap();
+                let err = relative_l2(&got, &expected);
+                assert!(err < 1e-5, "{preset} layer {l}: relative error {err}");
+            }
+        }
     }
 }
 
 /// A host device of 10 storage buffers per stage (Chrome's count, the least the context
 /// accepts) runs the default preset's cache through the fused kernel's staged form (the
 /// rotation pass and the sinks and window in dispatches of their own), to the same
-/// attention as a context of 13 or more, past one chunk of history.
+/// attention as a context of 13 or more, past one step of growth.
 #[test]
 fn a_host_device_of_ten_storage_buffers_takes_the_staged_kernel() {
     let instance =

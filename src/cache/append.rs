@@ -5,8 +5,8 @@ use super::{Chunk, KvCache, CHUNK_GROUPS};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
 use crate::gpu::incremental::{
-    copy_into_window, freeze_split, grow_window, repack_window, shift_window, write_exact,
-    ChunkWords, ExactStore, GroupFlush, LayerStates, RowSpan, Rows, ROW_ALIGN,
+    copy_into_window, freeze_split, grow_planes, grow_window, repack_window, shift_window,
+    write_exact, ChunkWords, ExactStore, GroupFlush, Growth, LayerStates, RowSpan, Rows, ROW_ALIGN,
 };
 use crate::tensor::Tensor;
 
@@ -102,11 +102,8 @@ impl KvCache {
         let tokens = self.layers[layer].tokens;
         let to_sinks = n.min(sinks.saturating_sub(tokens));
         if to_sinks > 0 {
-            if self.layers[layer].sinks.is_none() {
-                let capacity = sinks.next_multiple_of(ROW_ALIGN);
-                self.layers[layer].sinks = Some(ExactStore::new(ctx, heads, capacity)?);
-            }
-            let store = self.layers[layer].sinks.as_ref().expect("just made");
+            self.ensure_exact_rows(layer)?;
+            let store = self.layers[layer].exact.as_ref().expect("just made");
             let span = RowSpan {
                 k,
                 v,
@@ -148,31 +145,34 @@ impl KvCache {
     /// rows are converted on the host and written (no dispatch), GPU rows packed from the
     /// f32 window (two dispatches).
     fn pack_arrivals(&mut self, layer: usize, before: usize, span: RowSpan<'_>) -> Result<()> {
-        let heads = self.heads();
+        let (heads, at_row) = (self.heads(), self.sink_rows());
         let gpu = self.gpu.clone();
         let ctx = &gpu;
-        self.ensure_exact_window(layer)?;
+        self.ensure_exact_rows(layer)?;
         if span.count == 0 {
             return Ok(());
         }
         let state = &self.layers[layer];
-        let store = state.window.as_ref().expect("just ensured");
+        let store = state.exact.as_ref().expect("just ensured");
         if let (Rows::Host(_), Rows::Host(_)) = (span.k, span.v) {
             for head in 0..heads.count {
-                write_exact(ctx, store, heads, (head, before), span)?;
+                write_exact(ctx, store, heads, (head, at_row + before), span)?;
             }
             return Ok(());
         }
         let window = state.window_f32.as_ref().expect("rows were just copied in");
-        repack_window(ctx, window, store, heads, before..before + span.count)
+        let rows = before..before + span.count;
+        repack_window(ctx, window, (store, at_row), heads, rows)
     }
 
-    /// Makes the f16 window that attention reads, if the layer has none yet.
-    fn ensure_exact_window(&mut self, layer: usize) -> Result<()> {
-        if self.layers[layer].window.is_none() {
-            let capacity =
+    /// Makes the f16 rows that attention reads (the sinks, then the window), if the layer
+    /// has none yet.
+    pub(super) fn ensure_exact_rows(&mut self, layer: usize) -> Result<()> {
+        if self.layers[layer].exact.is_none() {
+            let window =
                 (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
-            self.layers[layer].window = Some(ExactStore::new(&self.gpu, self.heads(), capacity)?);
+            let capacity = self.sink_rows() + window;
+            self.layers[layer].exact = Some(ExactStore::new(&self.gpu, self.heads(), capacity)?);
         }
         Ok(())
     }
@@ -211,17 +211,17 @@ impl KvCache {
 
     /// Rewrites the f16 window that attention reads from the f32 window.
     pub(super) fn repack_window(&mut self, layer: usize) -> Result<()> {
-        let heads = self.heads();
+        let (heads, at_row) = (self.heads(), self.sink_rows());
         let gpu = self.gpu.clone();
         let ctx = &gpu;
-        self.ensure_exact_window(layer)?;
+        self.ensure_exact_rows(layer)?;
         let state = &mut self.layers[layer];
         if state.window_rows == 0 {
             return Ok(());
         }
         let window = state.window_f32.as_ref().expect("a window with rows");
-        let store = state.window.as_ref().expect("just made");
-        repack_window(ctx, window, store, heads, 0..state.window_rows)
+        let store = state.exact.as_ref().expect("just made");
+        repack_window(ctx, window, (store, at_row), heads, 0..state.window_rows)
     }
 
     /// A prefill with protected tokens: its quantized part is packed with STP lists.
@@ -254,8 +254,8 @@ impl KvCache {
         let _exclusive = ctx.exclusive();
         let (k, v) = (Rows::Host(k), Rows::Host(v));
         if plan.sinks > 0 {
-            let capacity = self.config.sinks.next_multiple_of(ROW_ALIGN);
-            let store = ExactStore::new(ctx, heads, capacity)?;
+            self.ensure_exact_rows(layer)?;
+            let store = self.layers[layer].exact.as_ref().expect("just made");
             let span = RowSpan {
                 k,
                 v,
@@ -264,9 +264,8 @@ impl KvCache {
                 count: plan.sinks,
             };
             for head in 0..heads.count {
-                write_exact(ctx, &store, heads, (head, 0), span)?;
+                write_exact(ctx, store, heads, (head, 0), span)?;
             }
-            self.layers[layer].sinks = Some(store);
         }
         let tail = plan.tail();
         self.ensure_window(layer, tail)?;
@@ -290,6 +289,7 @@ impl KvCache {
                 start: plan.quantized_start(),
                 groups: plan.quantized / self.config.group_size,
                 capacity: plan.quantized / self.config.group_size,
+                growable: false,
                 planes,
             },
             packed.protected.len(),
@@ -299,27 +299,40 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends to an fp16 cache: every token goes into exact chunks of
-    /// `CHUNK_GROUPS · group_size` rows.
+    /// Appends to an fp16 cache: every token goes into the layer's exact store, grown as it
+    /// fills (a new store only where a grown one would pass the binding limit).
     fn append_exact(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         let heads = self.heads();
-        let capacity = CHUNK_GROUPS * self.config.group_size;
+        let growth = Growth::exact(self.config.group_size);
+        let max = self.gpu.max_binding_bytes();
+        let fits = |rows: usize| ExactStore::bytes(heads, rows) <= max;
         let gpu = self.gpu.clone();
         let ctx = &gpu;
         let mut done = 0;
         while done < n {
-            let state = &mut self.layers[layer];
-            if state
-                .exact_chunks
+            let needed = n - done;
+            let chunks = &mut self.layers[layer].exact_chunks;
+            if chunks
                 .last()
-                .is_none_or(|(_, used)| *used == capacity)
+                .is_none_or(|(store, used)| *used == store.capacity)
             {
-                state
-                    .exact_chunks
-                    .push((ExactStore::new(ctx, heads, capacity)?, 0));
+                let grown = chunks
+                    .last()
+                    .and_then(|(store, _)| growth.capacity(store.capacity, needed, fits));
+                match (chunks.last_mut(), grown) {
+                    (Some((store, used)), Some(to)) => {
+                        *store = store.grown(ctx, heads, *used, to)?
+                    }
+                    _ => {
+                        let capacity = growth.capacity(0, needed, fits);
+                        let store =
+                            ExactStore::new(ctx, heads, capacity.unwrap_or(growth.min_step))?;
+                        chunks.push((store, 0));
+                    }
+                }
             }
             let (store, used) = self.layers[layer].exact_chunks.last().expect("just made");
-            let take = (capacity - *used).min(n - done);
+            let take = (store.capacity - *used).min(needed);
             let span = RowSpan {
                 k,
                 v,
@@ -358,23 +371,15 @@ impl KvCache {
             self.layers[layer].layout = Some(layout);
             self.layers[layer].states = states;
         }
-        let words = ChunkWords::of(&self.config, heads.dim);
         let mut done = 0;
         while done < groups {
+            self.make_room(layer, groups - done)?;
             let state = &self.layers[layer];
-            if state.chunks.last().is_none_or(|c| c.groups == c.capacity) {
-                let start = self.config.sinks + state.quantized;
-                let planes = words.new_planes(ctx, &self.config, heads, &state.states)?;
-                self.layers[layer].chunks.push(Chunk {
-                    start,
-                    groups: 0,
-                    capacity: CHUNK_GROUPS,
-                    planes,
-                });
-            }
-            let state = &self.layers[layer];
-            let chunk = state.chunks.last().expect("just made");
-            let take = (chunk.capacity - chunk.groups).min(groups - done);
+            let chunk = state.chunks.last().expect("room was made");
+            // At most a chunk step per flush, the sizes the kernels' scratch is sized for.
+            let take = (chunk.capacity - chunk.groups)
+                .min(groups - done)
+                .min(CHUNK_GROUPS);
             GroupFlush {
                 config: &self.config,
                 heads,
@@ -384,7 +389,7 @@ impl KvCache {
                     .expect("groups come from the window"),
                 first_row: done * g,
                 planes: &chunk.planes,
-                words: &words,
+                words: &ChunkWords::of(&self.config, heads.dim, chunk.capacity),
                 filled: chunk.groups,
                 take,
                 layout: state.layout.as_ref().expect("frozen above"),
@@ -397,6 +402,50 @@ impl KvCache {
             done += take;
         }
         self.groups_quantized += groups as u64;
+        Ok(())
+    }
+
+    /// Makes room in the last chunk of `layer` for at least one of `needed` groups: a first
+    /// chunk sized for them, or the full last chunk grown (re-strided on the GPU, see
+    /// [`grow_planes`]), or a new chunk after a run that cannot grow (a loaded run, or
+    /// planes at the binding limit).
+    fn make_room(&mut self, layer: usize, needed: usize) -> Result<()> {
+        let heads = self.heads();
+        let (config, gpu) = (&self.config, &self.gpu);
+        let max = gpu.max_binding_bytes();
+        let fits = |groups: usize| {
+            ChunkWords::of(config, heads.dim, groups).largest_bytes(heads.count) <= max
+        };
+        let state = &mut self.layers[layer];
+        if let Some(chunk) = state.chunks.last_mut() {
+            if chunk.groups < chunk.capacity {
+                return Ok(());
+            }
+            let grown = Growth::CHUNK.capacity(chunk.capacity, needed, fits);
+            if let (true, Some(to)) = (chunk.growable, grown) {
+                let sizes = (chunk.capacity, chunk.groups, to);
+                chunk.planes =
+                    grow_planes(gpu, (config, heads, &state.states), &chunk.planes, sizes)?;
+                chunk.capacity = to;
+                return Ok(());
+            }
+        }
+        let capacity = Growth::CHUNK
+            .capacity(0, needed, fits)
+            .unwrap_or(CHUNK_GROUPS);
+        let planes = ChunkWords::of(config, heads.dim, capacity).new_planes(
+            gpu,
+            config,
+            heads,
+            &state.states,
+        )?;
+        state.chunks.push(Chunk {
+            start: config.sinks + state.quantized,
+            groups: 0,
+            capacity,
+            growable: true,
+            planes,
+        });
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Attention over a [`KvCache`] layer: the sinks, every quantized run and the window as
 //! segments of one fused attention call.
 
-use super::{KvCache, CHUNK_GROUPS};
+use super::KvCache;
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{
     attend_segments, attend_segments_into, record_segments, Call, Kernels, KeyLayout,
@@ -79,14 +79,15 @@ impl KvCache {
         let g = self.config.group_size;
         let mut segments = Vec::new();
         if self.config.is_fp16() {
-            let capacity = CHUNK_GROUPS * g;
-            for (i, (store, used)) in state.exact_chunks.iter().enumerate() {
-                segments.push(store.segment(i * capacity, *used));
+            let mut start = 0;
+            for (store, used) in &state.exact_chunks {
+                segments.push(store.segment(0, start, *used));
+                start += used;
             }
         } else {
             let sinks = self.config.sinks.min(state.tokens);
-            if let Some(store) = &state.sinks {
-                segments.push(store.segment(0, sinks));
+            if let Some(store) = &state.exact {
+                segments.push(store.segment(0, 0, sinks));
             }
             for chunk in state.prefill.iter().map(|(c, _)| c).chain(&state.chunks) {
                 segments.push(SegmentRef {
@@ -96,8 +97,9 @@ impl KvCache {
                 });
             }
             let window = state.window_rows;
-            if let Some(store) = &state.window {
-                segments.push(store.segment(state.tokens - window, window));
+            if let Some(store) = &state.exact {
+                let first_row = self.sink_rows();
+                segments.push(store.segment(first_row, state.tokens - window, window));
             }
         }
         segments.retain(|s| s.len > 0);

@@ -6,7 +6,6 @@ use super::{Chunk, KvCache, ModelShape};
 use crate::config::{Grouping, KeyScheme, TokenPlan, ValueScheme};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
-use crate::gpu::incremental::ExactStore;
 use crate::gpu::GpuContext;
 use crate::packed::planes::{ExactRows, GroupedShape, SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::{CacheShape, MixedKeys, PackedCache, PackedHead, PackedKeys, PackedValues};
@@ -69,25 +68,24 @@ impl KvCache {
                 .chain(state.chunks.iter().map(|c| StoredRun::of(c, false)))
                 .collect();
             let heads_of = self.heads();
-            let exact_words =
-                |store: &Option<ExactStore>, rows: usize, keys: bool| -> Result<Vec<Vec<u32>>> {
-                    match store {
-                        Some(store) => store.read_heads(ctx, heads_of, rows, keys),
-                        None => Ok(vec![Vec::new(); h]),
-                    }
-                };
+            let exact_words = |rows: std::ops::Range<usize>, keys: bool| -> Result<Vec<Vec<u32>>> {
+                match &state.exact {
+                    Some(store) => store.read_heads(ctx, heads_of, rows, keys),
+                    None => Ok(vec![Vec::new(); h]),
+                }
+            };
             let (sink_keys, sink_values) = if self.config.is_fp16() {
                 (vec![Vec::new(); h], vec![Vec::new(); h])
             } else {
                 (
-                    exact_words(&state.sinks, plan.sinks, true)?,
-                    exact_words(&state.sinks, plan.sinks, false)?,
+                    exact_words(0..plan.sinks, true)?,
+                    exact_words(0..plan.sinks, false)?,
                 )
             };
             let fp16_rows = |keys: bool| -> Result<Vec<Vec<u32>>> {
                 let mut out = vec![Vec::new(); h];
                 for (store, used) in &state.exact_chunks {
-                    let read = store.read_heads(ctx, heads_of, *used, keys)?;
+                    let read = store.read_heads(ctx, heads_of, 0..*used, keys)?;
                     for (head, rows) in read.into_iter().enumerate() {
                         out[head].extend(rows);
                     }
@@ -112,9 +110,10 @@ impl KvCache {
                 }
                 _ => None,
             };
+            let window = self.sink_rows()..self.sink_rows() + state.window_rows;
             let (window_keys, window_values) = (
-                exact_words(&state.window, state.window_rows, true)?,
-                exact_words(&state.window, state.window_rows, false)?,
+                exact_words(window.clone(), true)?,
+                exact_words(window, false)?,
             );
             let reads = RunReads::read(ctx, &runs)?;
             for head in 0..h {
@@ -338,6 +337,7 @@ impl KvCache {
                         start: plan.quantized_start(),
                         groups: plan.quantized / g,
                         capacity: plan.quantized / g,
+                        growable: false,
                         planes,
                     },
                     packed.protected.len(),

@@ -4,13 +4,11 @@
 
 use super::convert::RunSource;
 use super::runs::{RunReads, StoredRun};
-use super::{Chunk, KvCache, ModelShape, CHUNK_GROUPS};
+use super::{Chunk, KvCache, ModelShape};
 use crate::config::{KeyScheme, TokenPlan};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
-use crate::gpu::incremental::{
-    copy_into_window, ExactStore, LayerStates, RowSpan, Rows, ROW_ALIGN,
-};
+use crate::gpu::incremental::{copy_into_window, ExactStore, Growth, LayerStates, RowSpan, Rows};
 use crate::gpu::GpuContext;
 use crate::packed::planes::ExactRows;
 use crate::packed::stp::takes_protection;
@@ -63,13 +61,13 @@ impl KvCache {
         for (l, state) in self.layers.iter().enumerate() {
             let plan = self.config.plan(state.tokens);
             let heads = self.heads();
-            let exact = |store: &ExactStore, rows: usize, keys: bool| {
+            let exact = |store: &ExactStore, rows: std::ops::Range<usize>, keys: bool| {
                 store.read_heads(ctx, heads, rows, keys)
             };
             let mut exact_keys = vec![Vec::new(); h];
             let mut exact_values = vec![Vec::new(); h];
-            let mut add = |store: &ExactStore, rows: usize| -> Result<()> {
-                for (head, (k, v)) in exact(store, rows, true)?
+            let mut add = |store: &ExactStore, rows: std::ops::Range<usize>| -> Result<()> {
+                for (head, (k, v)) in exact(store, rows.clone(), true)?
                     .into_iter()
                     .zip(exact(store, rows, false)?)
                     .enumerate()
@@ -80,13 +78,12 @@ impl KvCache {
                 Ok(())
             };
             for (store, used) in &state.exact_chunks {
-                add(store, *used)?;
+                add(store, 0..*used)?;
             }
-            if let Some(store) = &state.sinks {
-                add(store, plan.sinks)?;
-            }
-            if let Some(store) = &state.window {
-                add(store, state.window_rows)?;
+            if let Some(store) = &state.exact {
+                let window = self.sink_rows()..self.sink_rows() + state.window_rows;
+                add(store, 0..plan.sinks)?;
+                add(store, window)?;
             }
             for head in 0..h {
                 arrays.push((
@@ -324,6 +321,7 @@ impl KvCache {
                     start,
                     groups,
                     capacity: groups,
+                    growable: false,
                     planes: planes.ok_or_else(|| corrupt("a quantized run of an fp16 cache"))?,
                 };
                 let state = &mut cache.layers[l];
@@ -371,9 +369,14 @@ impl KvCache {
         let words_per_row = d / 2;
         self.layers[l].tokens = tokens;
         if self.config.is_fp16() {
-            let capacity = CHUNK_GROUPS * g;
+            let growth = Growth::exact(g);
+            let max = gpu.max_binding_bytes();
+            let fits = |rows: usize| ExactStore::bytes(heads, rows) <= max;
             let mut at = 0;
             while at < tokens {
+                let capacity = growth
+                    .capacity(0, tokens - at, fits)
+                    .unwrap_or(growth.min_step);
                 let take = capacity.min(tokens - at);
                 let store = ExactStore::new(gpu, heads, capacity)?;
                 let rows = at * words_per_row..(at + take) * words_per_row;
@@ -391,13 +394,12 @@ impl KvCache {
             return Ok(());
         }
         if plan.sinks > 0 {
-            let capacity = self.config.sinks.next_multiple_of(ROW_ALIGN);
-            let store = ExactStore::new(gpu, heads, capacity)?;
+            self.ensure_exact_rows(l)?;
+            let store = self.layers[l].exact.as_ref().expect("just made");
             let rows = ..plan.sinks * words_per_row;
             for head in 0..h {
                 store.write_words(gpu, (head, 0, d), &keys[head][rows], &values[head][rows]);
             }
-            self.layers[l].sinks = Some(store);
         }
         // The window's f32 rows come back from its f16 form.
         let unpack = |words: &[u32]| -> Vec<f32> {

@@ -1,15 +1,18 @@
 //! `KvCache`: a GPU-resident KV cache for a whole model that quantizes each token once.
 //!
-//! Per layer the cache keeps, on the GPU: the exact (f16) attention sinks, the quantized
-//! history in chunks of [`CHUNK_GROUPS`] groups (new chunks are allocated as the history
-//! grows; old data is never copied or re-quantized), and the exact recent window (f16 for
-//! attention, plus the f32 originals). Appended tokens — host slices, or wgpu buffers with
+//! Per layer the cache keeps, on the GPU: the exact (f16) attention sinks and recent window
+//! in one pair of buffers (plus the window's f32 originals), and the quantized history in
+//! one chunk of planes that grows as it fills (by a quarter, at least [`CHUNK_GROUPS`]
+//! groups; its planes are re-strided on the GPU, never re-quantized). A new chunk starts
+//! only where grown planes would pass the device's binding limit, or after a loaded run.
+//! So attention reads a default-preset layer in one fused dispatch, the sinks and window
+//! riding in it, and a combine (where the device allows 13 storage buffers per stage; see
+//! [`crate::gpu::attention`]). Appended tokens — host slices, or wgpu buffers with
 //! [`KvCache::append_buffers`] — wait in the window until at least `residual` newer tokens
-//! exist; then whole groups are quantized on the GPU straight into the current chunk. The key channel split is frozen
-//! at the layer's first quantization (spec §2.5) and reused for every later group.
-//! Attention reads the sinks, every chunk and the window in place
-//! ([`crate::gpu::attention`]); a decode step uploads the new token and the query and
-//! reads back only the output.
+//! exist; then whole groups are quantized on the GPU straight into the chunk. The key
+//! channel split is frozen at the layer's first quantization (spec §2.5) and reused for
+//! every later group. Attention reads the sinks, the chunks and the window in place; a
+//! decode step uploads the new token and the query and reads back only the output.
 //!
 //! STP: [`KvCache::protect`] (before the prefill) keeps the chosen tokens' values at 2 bits
 //! (ternary values) or adds a 1-bit refinement of each one's residual (rotated values, see
@@ -47,7 +50,7 @@ pub use step::DecodeStep;
 use crate::config::{Grouping, KeyScheme, QuantConfig};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::{check_head_dim, KeyLayout, PackedPlanes};
-use crate::gpu::incremental::{ExactStore, F32Rows, Heads, LayerStates};
+use crate::gpu::incremental::{ExactStore, F32Rows, Heads, LayerStates, ROW_ALIGN};
 use crate::gpu::GpuContext;
 use crate::packed::stp::{takes_protection, unprotectable};
 use crate::packed::{estimate_size, CacheShape};
@@ -116,22 +119,25 @@ impl ModelShape {
 struct Chunk {
     start: usize,
     groups: usize,
-    /// Groups the planes can hold (CHUNK_GROUPS, or exactly `groups` for a prefill run or
-    /// a loaded run).
+    /// Groups the planes can hold.
     capacity: usize,
+    /// Whether the planes grow when full (chunk planes; not a prefill or a loaded run).
+    growable: bool,
     planes: PackedPlanes,
 }
 
 #[derive(Default)]
 struct LayerState {
     tokens: usize,
-    sinks: Option<ExactStore>,
-    /// The exact recent window (quantized presets) as f16 rows, what attention reads.
-    window: Option<ExactStore>,
+    /// The exact rows attention reads (quantized presets), f16: the sinks in rows
+    /// `0..sink_rows` and the recent window after them, one pair of buffers so that both
+    /// ride in one attention dispatch.
+    exact: Option<ExactStore>,
     /// The window's f32 originals, waiting for their group to be quantized.
     window_f32: Option<F32Rows>,
     window_rows: usize,
-    /// All tokens of an fp16 cache, in chunks of `CHUNK_GROUPS · group_size` rows.
+    /// All tokens of an fp16 cache with each store's rows used: one store, grown as it
+    /// fills, and another only where a store reaches the binding limit.
     exact_chunks: Vec<(ExactStore, usize)>,
     chunks: Vec<Chunk>,
     layout: Option<KeyLayout>,
@@ -326,6 +332,11 @@ impl KvCache {
             )));
         }
         Ok(())
+    }
+
+    /// The rows of a layer's exact store before its window: the sinks, aligned.
+    fn sink_rows(&self) -> usize {
+        self.config.sinks.next_multiple_of(ROW_ALIGN)
     }
 
     /// KV heads and head dimension, as the GPU helpers take them.

@@ -231,7 +231,8 @@ impl Ternary<'_> {
 }
 
 /// `pack_exact::heads`: rows `first..first + rows` of every one of `kv_heads` heads, from
-/// f32 rows with `input_rows` rows per head into f16 pairs with `output_rows` rows per head.
+/// f32 rows with `input_rows` rows per head into f16 pairs with `output_rows` rows per head
+/// (`output` bound from an aligned row offset where the rows go further down each head).
 pub(crate) struct PackHeads<'a> {
     pub width: usize,
     pub kv_heads: usize,
@@ -240,7 +241,7 @@ pub(crate) struct PackHeads<'a> {
     pub input_rows: usize,
     pub output_rows: usize,
     pub input: &'a wgpu::Buffer,
-    pub output: &'a wgpu::Buffer,
+    pub output: Bound<'a>,
 }
 
 impl PackHeads<'_> {
@@ -258,7 +259,7 @@ impl PackHeads<'_> {
                 invocations: (self.kv_heads * ExactRows::words(self.rows, self.width)) as u32,
                 ..Default::default()
             },
-            &[self.input.into(), self.output.into()],
+            &[self.input.into(), self.output],
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Whole window groups quantized into a chunk's planes, every scheme's kernels recorded
 //! per head.
 
-use super::{ChunkWords, F32Rows, Heads, CHUNK_GROUPS};
+use super::{ChunkWords, F32Rows, Heads};
 use crate::config::{Grouping, QuantConfig, ValueScheme};
 use crate::error::Result;
 use crate::gpu::attention::{
@@ -63,8 +63,8 @@ impl GroupFlush<'_> {
         let (d, g) = (self.heads.dim, self.config.group_size);
         let (layout, words, take) = (self.layout, self.words, self.take);
         let window = GroupWindow {
-            len: CHUNK_GROUPS * g,
-            groups: CHUNK_GROUPS,
+            len: words.capacity * g,
+            groups: words.capacity,
             group_offset: self.filled,
             group_count: take,
         };
@@ -255,7 +255,7 @@ impl GroupFlush<'_> {
             rows: input,
             tokens: self.take * self.config.group_size,
             first_group: self.filled,
-            plane_groups: CHUNK_GROUPS,
+            plane_groups: self.words.capacity,
             codes,
             scales,
             means,

@@ -1,14 +1,20 @@
-//! The GPU side of a growing [`crate::KvCache`]: its exact f16 stores, its f32 window, and
-//! the quantization of whole window groups into preallocated chunk planes.
+//! The GPU side of a growing [`crate::KvCache`]: its exact f16 stores, its f32 window, the
+//! quantization of whole window groups into chunk planes, and the growth of both.
 //!
 //! Everything here records kernels or copies into a [`Batch`]; the cache module only calls
 //! these functions with its state, so a kernel change stops inside `gpu/`. The layouts:
-//! - `ExactStore`: `[kv_heads][capacity][head_dim/2]` f16 pairs (sinks, window, fp16
-//!   chunks); `capacity` is a multiple of `ROW_ALIGN` so every head starts aligned.
+//! - `ExactStore`: `[kv_heads][capacity][head_dim/2]` f16 pairs (a quantized layer's sinks
+//!   and window in one store, the window from an aligned row after the sinks; an fp16
+//!   layer's tokens); `capacity` is a multiple of `ROW_ALIGN` so every head starts aligned.
 //! - `F32Rows`: `[kv_heads][capacity][head_dim]` f32, the window's originals.
-//! - chunk planes (`PackedPlanes`): per KV head, room for [`CHUNK_GROUPS`] groups of each
-//!   plane array (`ChunkWords` words, `chunk.rs`), filled group by group in place by
+//! - chunk planes (`PackedPlanes`): per KV head, room for `capacity` groups of each plane
+//!   array (`ChunkWords` words, `chunk.rs`), filled group by group in place by
 //!   `GroupFlush` (`flush.rs`).
+//! - growth (`Growth`): a full chunk's planes are re-strided into larger ones
+//!   (`grow_planes`: every plane row's filled words copied on the GPU, nothing
+//!   re-quantized), an fp16 store's rows likewise (`ExactStore::grown`), by a quarter and
+//!   at least [`CHUNK_GROUPS`] groups, so that a layer's history stays one segment (one
+//!   attention dispatch) until an array would pass the binding limit.
 //! - what a layer fixes at its first flush (`states.rs`): the key channel split and, for the
 //!   rotated schemes, `LayerStates` (kernel table and every head's state, fitted on the GPU
 //!   and shared by every chunk); chunk planes of per-token
@@ -20,19 +26,66 @@ mod chunk;
 mod flush;
 mod states;
 
-pub(crate) use chunk::ChunkWords;
+pub(crate) use chunk::{grow_planes, ChunkWords};
 pub(crate) use flush::GroupFlush;
 pub(crate) use states::{freeze_split, LayerStates};
 
 use super::attention::{SegmentData, SegmentRef};
 use super::batch::Batch;
+use super::binding::Bound;
 use super::context::GpuContext;
 use super::grouped::{PackExact, PackHeads};
 use crate::error::Result;
 use crate::packed::planes::pack_f16_slice;
 
-/// Groups of quantized storage per chunk (8,192 tokens at the default group size).
+/// The least step, in groups, by which a cache's quantized history (and an fp16 cache's
+/// rows) grow (8,192 tokens at the default group size); a chunk's capacity is a multiple of
+/// it.
 pub const CHUNK_GROUPS: usize = 256;
+
+/// How a store grows: by a quarter of its capacity, at least `min_step` units, to a
+/// multiple of `align` units (chunk groups, or exact rows).
+#[derive(Clone, Copy)]
+pub(crate) struct Growth {
+    pub min_step: usize,
+    pub align: usize,
+}
+
+impl Growth {
+    /// A chunk's planes: by at least [`CHUNK_GROUPS`] groups, to a multiple of it (so that
+    /// every head's range of every array stays storage-offset aligned).
+    pub const CHUNK: Growth = Growth {
+        min_step: CHUNK_GROUPS,
+        align: CHUNK_GROUPS,
+    };
+
+    /// An fp16 store of groups of `group_size` tokens: by at least [`CHUNK_GROUPS`]
+    /// groups' rows, to a multiple of [`ROW_ALIGN`] rows.
+    pub fn exact(group_size: usize) -> Growth {
+        Growth {
+            min_step: CHUNK_GROUPS * group_size,
+            align: ROW_ALIGN,
+        }
+    }
+
+    /// The capacity a store of `capacity` units (0 for a new store) grows to so that
+    /// `needed` more units fit, no larger than `fits` allows (it says whether a capacity
+    /// keeps every array within the binding limit). `None` when no larger capacity fits:
+    /// the history then continues in a new store.
+    pub fn capacity(
+        self,
+        capacity: usize,
+        needed: usize,
+        fits: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let step = (capacity / 4).max(self.min_step).max(needed);
+        let mut to = (capacity + step).next_multiple_of(self.align);
+        while to > capacity && !fits(to) {
+            to -= self.align;
+        }
+        (to > capacity).then_some(to)
+    }
+}
 
 /// Exact stores hold a multiple of this many rows per head, so that every head's slice
 /// starts at a storage-offset-aligned byte offset.
@@ -62,6 +115,43 @@ impl ExactStore {
         })
     }
 
+    /// A store of `capacity` rows per head holding this one's first `used` rows (copied on
+    /// the GPU in one submission; the old store is the caller's to drop).
+    pub fn grown(
+        &self,
+        ctx: &GpuContext,
+        heads: Heads,
+        used: usize,
+        capacity: usize,
+    ) -> Result<Self> {
+        let grown = ExactStore::new(ctx, heads, capacity)?;
+        let rows = HeadRows {
+            heads: heads.count,
+            rows: used,
+            row_bytes: heads.dim / 2 * 4,
+        };
+        let mut batch = ctx.batch();
+        rows.copy(
+            &mut batch,
+            (&self.keys, self.capacity),
+            (&grown.keys, capacity),
+        );
+        rows.copy(
+            &mut batch,
+            (&self.values, self.capacity),
+            (&grown.values, capacity),
+        );
+        batch.submit()?;
+        // Cached bind groups may hold the old store alive.
+        ctx.forget_bind_groups();
+        Ok(grown)
+    }
+
+    /// Bytes of each of the store's two buffers at `capacity` rows per head.
+    pub fn bytes(heads: Heads, capacity: usize) -> u64 {
+        (heads.count * capacity * heads.dim / 2 * 4) as u64
+    }
+
     /// Writes f16 words (`[rows][d/2]` per head, from `keys` and `values`) of head `head`
     /// from row `row` on.
     pub fn write_words(
@@ -76,24 +166,25 @@ impl ExactStore {
         ctx.write(&self.values, offset, values);
     }
 
-    /// The first `rows` rows of every head, as f16 words, read back (keys or values).
+    /// Rows `rows` of every head, as f16 words, read back (keys or values).
     pub fn read_heads(
         &self,
         ctx: &GpuContext,
         heads: Heads,
-        rows: usize,
+        rows: std::ops::Range<usize>,
         keys: bool,
     ) -> Result<Vec<Vec<u32>>> {
         let buffer = if keys { &self.keys } else { &self.values };
-        let per_head = self.capacity * heads.dim / 2;
+        let (per_head, per_row) = (self.capacity * heads.dim / 2, heads.dim / 2);
         let all = ctx.read_words(buffer, heads.count * per_head)?;
         Ok((0..heads.count)
-            .map(|head| all[head * per_head..][..rows * heads.dim / 2].to_vec())
+            .map(|head| all[head * per_head..][rows.start * per_row..rows.end * per_row].to_vec())
             .collect())
     }
 
-    /// The store as an attention segment of `len` tokens from position `start`.
-    pub fn segment(&self, start: usize, len: usize) -> SegmentRef<'_> {
+    /// Rows `first_row .. first_row + len` of the store as an attention segment of
+    /// positions `start .. start + len`.
+    pub fn segment(&self, first_row: usize, start: usize, len: usize) -> SegmentRef<'_> {
         SegmentRef {
             start,
             len,
@@ -101,7 +192,7 @@ impl ExactStore {
                 keys: &self.keys,
                 values: &self.values,
                 rows_per_head: self.capacity,
-                first_row: 0,
+                first_row,
             },
         }
     }
@@ -233,18 +324,45 @@ pub(crate) fn grow_window(
     };
     if let Some(old) = old {
         let mut batch = ctx.batch();
-        for head in 0..h {
-            let size = (used * d * 4) as u64;
-            let (from, to) = (
-                (head * old.capacity * d * 4) as u64,
-                (head * capacity * d * 4) as u64,
-            );
-            batch.copy(&old.keys, from, &grown.keys, to, size);
-            batch.copy(&old.values, from, &grown.values, to, size);
+        for (from, to) in [(&old.keys, &grown.keys), (&old.values, &grown.values)] {
+            let rows = HeadRows {
+                heads: h,
+                rows: used,
+                row_bytes: d * 4,
+            };
+            rows.copy(&mut batch, (from, old.capacity), (to, capacity));
         }
         batch.submit()?;
     }
     Ok(grown)
+}
+
+/// The first `rows` rows of every one of `heads` heads of a `[heads][capacity][row]` array.
+struct HeadRows {
+    heads: usize,
+    rows: usize,
+    row_bytes: usize,
+}
+
+impl HeadRows {
+    /// Copies these rows from `from` (`from_rows` rows per head) to `to` (`to_rows` per
+    /// head).
+    fn copy(
+        &self,
+        batch: &mut Batch<'_>,
+        (from, from_rows): (&wgpu::Buffer, usize),
+        (to, to_rows): (&wgpu::Buffer, usize),
+    ) {
+        for head in 0..self.heads {
+            batch.copy(
+                from,
+                (head * from_rows * self.row_bytes) as u64,
+                to,
+                (head * to_rows * self.row_bytes) as u64,
+                (self.rows * self.row_bytes) as u64,
+            );
+        }
+    }
 }
 
 /// Drops the first `rows` of the `used` rows of every head of `window`, moving the rest to
@@ -274,18 +392,20 @@ pub(crate) fn shift_window(
     batch.submit()
 }
 
-/// Rewrites rows `rows` of every head of the f16 `store` from the f32 `window`: one
-/// dispatch for the keys and one for the values, whatever the number of heads.
+/// Rewrites rows `rows` of every head of the f16 `store` from the f32 `window`, window row
+/// r into store row `at_row` + r (`at_row` a multiple of [`ROW_ALIGN`]): one dispatch for
+/// the keys and one for the values, whatever the number of heads.
 pub(crate) fn repack_window(
     ctx: &GpuContext,
     window: &F32Rows,
-    store: &ExactStore,
+    (store, at_row): (&ExactStore, usize),
     heads: Heads,
     rows: std::ops::Range<usize>,
 ) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
+    let offset = ExactStore::bytes(heads, at_row) / heads.count as u64;
     let mut batch = ctx.batch();
     for (input, output) in [(&window.keys, &store.keys), (&window.values, &store.values)] {
         PackHeads {
@@ -296,7 +416,7 @@ pub(crate) fn repack_window(
             input_rows: window.capacity,
             output_rows: store.capacity,
             input,
-            output,
+            output: Bound::range(output, offset, output.size() - offset),
         }
         .record(&mut batch);
     }
