@@ -13,9 +13,7 @@
 # (`bench cache`, 28 layers at 16k), OUT/cache-portable.txt (the same on a context
 # without subgroups, immediates or reused bind groups) and OUT/split-N.json (`vidkv` and
 # fp16 at 16k and 128k with splits of N = 256, 1024 and 2048 tokens, against the default
-# 512: the GPU split size is a guess until such a run), and OUT/staged.json (`vidkv` at 1k,
-# 16k and 128k with `--storage-buffers 10`: the fused kernel's staged form, five dispatches
-# per layer, against the two of attention.json). On a machine without .gl/ (lavapipe
+# 512: the GPU split size is a guess until such a run). On a machine without .gl/ (lavapipe
 # here) `run` uses target/release/vidkv and the installed loader, as a dry run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,10 +51,6 @@ run)
     "$binary" bench cache --layers 28 --context 16384 --runs 3 > "$out/cache.txt"
     "$binary" bench cache --layers 28 --context 16384 --runs 3 --portable \
         > "$out/cache-portable.txt"
-    # The fused kernel's staged form (what Chrome's 10 storage buffers get): five
-    # dispatches per layer against two, in the same session.
-    "$binary" bench attention --context 1024 --context 16384 --context 131072 \
-        --preset vidkv --runs 5 --storage-buffers 10 --json > "$out/staged.json"
     for split in 256 1024 2048; do
         "$binary" bench attention --context 16384 --context 131072 --preset vidkv \
             --runs 5 --split-tokens "$split" --json > "$out/split-$split.json"

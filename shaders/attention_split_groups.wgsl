@@ -22,27 +22,29 @@
 //             sixteenth powers of two at 32, block scales at 48 + log2 n; the levels are
 //             the constants MUX_LEAVES_b)
 //           2 visible (uniform): vec2<u32> [8192]: visible positions [lo, hi) per query
-//             position (a uniform, so that the kernel stays within 13 storage buffers)
+//             position (a uniform, so that the kernel stays within 10 storage buffers)
 //           3 queries (storage, read): vec4<f32> [q_heads][queries][d/4], the call's query
 //             (scaled by params.scale = 1/√d and rotated here)
-//           4…7 key_states, key_codes, key_scales, key_widths (storage, read)
-//           8…11 value_states, value_codes, value_scales, value_widths (storage, read):
-//             states u32 [kv_heads][d/2 + 1] (f16 means m, then the f16 scale base); codes
-//             u32 [kv_heads][groups][budget·d/32]; scales u32 [kv_heads][groups][G/4], one
+//           4 states (uniform): u32 [2][kv_heads][d/2 + 1] as vec4<u32> [4096], the keys'
+//             then the values' (params.kv_heads) per-head states (f16 means m, then the
+//             f16 scale base)
+//           5…7 key_codes, key_scales, key_widths (storage, read)
+//           8…10 value_codes, value_scales, value_widths (storage, read): codes u32
+//             [kv_heads][groups][budget·d/32]; scales u32 [kv_heads][groups][G/4], one
 //             byte per row (flag ≪ 7 | scale code); widths u32 [kv_heads][groups][⌈3G/32⌉],
 //             three bits per row, entry 0 = 7 marking an A group
-//           12 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
-//           13 partial (storage, read_write): f32 [tile rows][total_splits][d]
-//           14…16 the exact splits' segments and rows (_riders.wgsl), or 14, 15 the
-//             rotated queries and key centre terms of the rotation pass (_staged.wgsl)
-// Dispatch: grid (splits of the segment, then, with _riders, the exact splits of up to two
+//           11 outputs (storage, read_write): f32, the call's split outputs: Σ p·v
+//             [tile rows][total_splits][d] from 0, (m, l) [tile rows][total_splits] from
+//             params.stats_offset (what attention_combine.wgsl reads, as two bindings)
+//           12…14 the exact splits' segments and rows (_riders.wgsl)
+// Storage buffers: 10 with the exact rows, what Chrome allows per shader stage.
+// Dispatch: grid (splits of the segment, then the exact splits of up to two
 // exact segments (the sinks, the window), row blocks: ⌈rows_per_head / 8⌉ per KV head the
 // tile touches), 64 invocations; the exact splits run `exact_split` in this kernel's
 // workgroup memory. Lane layout: a code row is read by L = d/16 lanes of CHUNK = 16
 // elements each (its "chunk"), P = ⌊64 / L⌋ rows at a time (the lane's "phase"); every lane
-// keeps its chunk of the 8 rotated queries (`block_queries`: rotated here from the call's
-// query with _riders, read from the rotation pass's output with _staged) and of the 8
-// value sums in registers.
+// keeps its chunk of the 8 rotated queries (`block_queries`, _riders.wgsl: rotated here
+// from the call's query) and of the 8 value sums in registers.
 // Per tile of 128 tokens: stage the rows' widths, scales, first code bits and centre
 // factors (`stage_phase`); key dots (the chunk's partial dots plus the row's share of the
 // centre terms, summed over the row's L lanes by `row_dots`); the logits phase over (half of
@@ -54,8 +56,8 @@
 // for the portable kernel, `row_dots` from _portable.wgsl, or the row reads from
 // _subgroup.wgsl and `row_dots` from _dots.wgsl or _dots8.wgsl; then `stage_phase`,
 // `logits_phase` and `weights_phase` from _tasks.wgsl (any G), _tasks32.wgsl (G = 32) or
-// _clusters.wgsl (G = 32 with subgroups); last _riders.wgsl (devices of 13 storage buffers
-// per stage) or _staged.wgsl (fewer).
+// _clusters.wgsl (G = 32 with subgroups); last _riders.wgsl (the query rows and the
+// exact splits).
 // At the split's end the phases' sums are added, rotated back (Rot_d) and given the
 // centre's weight times m.
 
@@ -63,16 +65,14 @@
 @group(0) @binding(1) var<uniform> table: array<vec4<f32>, 40>;
 @group(0) @binding(2) var<uniform> visible: array<vec4<u32>, 4096>;
 @group(0) @binding(3) var<storage, read> queries: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> key_states: array<u32>;
+@group(0) @binding(4) var<uniform> states: array<vec4<u32>, 4096>;
 @group(0) @binding(5) var<storage, read> key_codes: array<u32>;
 @group(0) @binding(6) var<storage, read> key_scales: array<u32>;
 @group(0) @binding(7) var<storage, read> key_widths: array<u32>;
-@group(0) @binding(8) var<storage, read> value_states: array<u32>;
-@group(0) @binding(9) var<storage, read> value_codes: array<u32>;
-@group(0) @binding(10) var<storage, read> value_scales: array<u32>;
-@group(0) @binding(11) var<storage, read> value_widths: array<u32>;
-@group(0) @binding(12) var<storage, read_write> stats: array<vec2<f32>>;
-@group(0) @binding(13) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(8) var<storage, read> value_codes: array<u32>;
+@group(0) @binding(9) var<storage, read> value_scales: array<u32>;
+@group(0) @binding(10) var<storage, read> value_widths: array<u32>;
+@group(0) @binding(11) var<storage, read_write> outputs: array<f32>;
 
 const LANES: u32 = 64u;
 const CHUNK: u32 = 16u;
@@ -137,11 +137,19 @@ fn scale_word(values: bool, i: u32) -> u32 {
 }
 
 fn state_word(values: bool, kv_head: u32, i: u32) -> u32 {
-    let at = kv_head * (params.width / 2u + 1u) + i;
-    if (values) {
-        return value_states[at];
-    }
-    return key_states[at];
+    let words = params.width / 2u + 1u;
+    let at = (select(0u, params.kv_heads, values) + kv_head) * words + i;
+    return states[at / 4u][at % 4u];
+}
+
+// Split `slot`'s (m, l) and its partial sum of channel e, in the split outputs.
+fn store_stats(slot: u32, m: f32, l: f32) {
+    outputs[params.stats_offset + 2u * slot] = m;
+    outputs[params.stats_offset + 2u * slot + 1u] = l;
+}
+
+fn store_partial(slot: u32, e: u32, sum: f32) {
+    outputs[slot * params.width + e] = sum;
 }
 
 // Code bits per group of a plane.
@@ -332,7 +340,7 @@ fn chunk_levels(values: bool, row: vec4<u32>, lane_chunk: u32) -> mat4x4<f32> {
 
 // The rotated query rows of the block for a lane's chunk (its first channel c0): column j
 // of low_k holds channel c0 + 4k + j of rows 0–3, of high_k of rows 4–7. `block_queries`
-// (the _riders or _staged file) returns them and leaves the rows' key centre terms in
+// (the _riders file) returns them and leaves the rows' key centre terms in
 // key_centre.
 struct BlockQueries {
     low_0: mat4x4<f32>,
@@ -694,7 +702,7 @@ fn main(
                 for (var e = local; e < d; e = e + LANES) {
                     let pair = unpack2x16float(state_word(true, kv_head, e / 2u));
                     let mean = select(pair.x, pair.y, (e & 1u) == 1u);
-                    partial[slot * d + e] = exchange[e][k] + weight * mean;
+                    store_partial(slot, e, exchange[e][k] + weight * mean);
                 }
             }
         }
@@ -702,6 +710,6 @@ fn main(
     }
     if (local < BLOCK_ROWS && block_rows[local].w == 1u) {
         let slot = block_rows[local].x * params.total_splits + params.split_offset + split;
-        stats[slot] = vec2<f32>(row_max[local >> 2u][local & 3u], row_sum[local >> 2u][local & 3u]);
+        store_stats(slot, row_max[local >> 2u][local & 3u], row_sum[local >> 2u][local & 3u]);
     }
 }

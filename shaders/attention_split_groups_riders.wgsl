@@ -1,17 +1,15 @@
-// attention_split_groups_riders.wgsl — the fused dispatch of attention_split_groups.wgsl on
-// its own, for devices that allow 13 storage buffers per shader stage: it scales and
-// rotates its block's query rows itself (from the call's query), and a quantized preset's
-// sinks and recent window ride in it as splits of their own, instead of dispatches of
-// attention_split.wgsl before and after it. A default-preset layer is then this dispatch
-// and the combine. (Devices of fewer storage buffers, e.g. Chrome's 10, take the _staged
-// file instead.) Appended to the compositions `fused_kernel` picks for such devices;
-// `main` sends the workgroups past the segment's own splits to `exact_split`.
+// attention_split_groups_riders.wgsl — the last stage of attention_split_groups.wgsl: it
+// scales and rotates its block's query rows itself (from the call's query), and a quantized
+// preset's sinks and recent window ride in its dispatch as splits of their own, instead of
+// dispatches of attention_split.wgsl before and after it. A default-preset layer is then
+// this dispatch and the combine. Appended to every composition `fused_kernel` picks; `main`
+// sends the workgroups past the segment's own splits to `exact_split`.
 //
-// Bindings (after the fused kernel's 0…13, whose `queries` the exact splits read too):
-//           14 exact_segments (uniform): vec4<u32> [2]: per exact segment (first position,
+// Bindings (after the fused kernel's 0…11, whose `queries` the exact splits read too):
+//           12 exact_segments (uniform): vec4<u32> [2]: per exact segment (first position,
 //              tokens (0: none), first stored row, splits of the call before it)
-//           15 exact_keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
-//           16 exact_values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
+//           13 exact_keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
+//           14 exact_values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
 //           (params.rows: the exact rows per KV head of both.)
 // Queries: the block's rows q/√d are rotated (Rot_d) in exchange, four at a time, while the
 // lanes sum their shares of the rows' key centre terms (q/√d)·m; each workgroup does this
@@ -25,9 +23,9 @@
 // quad, half of the rows): 2·d/4 tasks, one per invocation up to d = 128 and two for
 // d = 256. The split leaves (m, l) and Σ p·v as attention_split.wgsl does.
 
-@group(0) @binding(14) var<uniform> exact_segments: array<vec4<u32>, 2>;
-@group(0) @binding(15) var<storage, read> exact_keys: array<vec4<u32>>;
-@group(0) @binding(16) var<storage, read> exact_values: array<vec2<u32>>;
+@group(0) @binding(12) var<uniform> exact_segments: array<vec4<u32>, 2>;
+@group(0) @binding(13) var<storage, read> exact_keys: array<vec4<u32>>;
+@group(0) @binding(14) var<storage, read> exact_values: array<vec2<u32>>;
 
 // The block's rotated query rows of the chunk at c0 (see BlockQueries); the rows' key
 // centre terms go to key_centre. Starts and ends with a barrier.
@@ -147,11 +145,11 @@ fn exact_store(task: u32, quads: u32, slot_split: u32, sums: mat4x4<f32>) {
     for (var k = 0u; k < 4u; k = k + 1u) {
         let info = block_rows[4u * h + k];
         if (info.w == 1u) {
-            let at = (info.x * params.total_splits + slot_split) * params.width + 4u * quad;
-            partial[at] = sums[0][k];
-            partial[at + 1u] = sums[1][k];
-            partial[at + 2u] = sums[2][k];
-            partial[at + 3u] = sums[3][k];
+            let slot = info.x * params.total_splits + slot_split;
+            store_partial(slot, 4u * quad, sums[0][k]);
+            store_partial(slot, 4u * quad + 1u, sums[1][k]);
+            store_partial(slot, 4u * quad + 2u, sums[2][k]);
+            store_partial(slot, 4u * quad + 3u, sums[3][k]);
         }
     }
 }
@@ -242,7 +240,7 @@ fn exact_split(local: u32, kv_head: u32, index: u32) {
         }
         if (local < BLOCK_ROWS && block_rows[local].w == 1u) {
             let slot = block_rows[local].x * params.total_splits + slot_split;
-            stats[slot] = vec2<f32>(row_max[local >> 2u][local & 3u], row_sum[local >> 2u][local & 3u]);
+            store_stats(slot, row_max[local >> 2u][local & 3u], row_sum[local >> 2u][local & 3u]);
         }
     }
 }

@@ -66,8 +66,9 @@ struct Params {
     code_bits: u32,
     centre_rows: u32,
     value_code_bits: u32,
-    // Unused: the block stays a multiple of 16 bytes (uniform buffers on every backend).
-    padding_1: u32,
+    // The fused decode kernel: where the (m, l) pairs start (f32 index) in its split
+    // outputs, after the partial sums.
+    stats_offset: u32,
 }
 
 // Index of this invocation in a dispatch of (x, y, 1) workgroups of WORKGROUP_SIZE.

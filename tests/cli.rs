@@ -223,20 +223,6 @@ fn benchmarks_take_a_split_size() {
     );
 }
 
-/// `--storage-buffers` caps the storage buffers per stage of both decode benchmarks
-/// (reported with the results; 10 runs the fused kernel's staged form), and a count below
-/// the kernels' 10 is refused.
-#[test]
-fn benchmarks_take_a_storage_buffer_cap() {
-    check_bench_option(
-        "--storage-buffers",
-        10,
-        "storage_buffers",
-        "8",
-        "at least 10",
-    );
-}
-
 /// `bench attention --kernels` reports GPU time per kernel (lavapipe has timestamp queries).
 #[test]
 fn bench_attention_reports_time_per_kernel() {

@@ -6,8 +6,7 @@
 //! groups; its planes are re-strided on the GPU, never re-quantized). A new chunk starts
 //! only where grown planes would pass the device's binding limit, or after a loaded run.
 //! So attention reads a default-preset layer in one fused dispatch, the sinks and window
-//! riding in it, and a combine (where the device allows 13 storage buffers per stage; see
-//! [`crate::gpu::attention`]). Appended tokens — host slices, or wgpu buffers with
+//! riding in it, and a combine (see [`crate::gpu::attention`]). Appended tokens — host slices, or wgpu buffers with
 //! [`KvCache::append_buffers`] — wait in the window until at least `residual` newer tokens
 //! exist; then whole groups are quantized on the GPU straight into the chunk. The key
 //! channel split is frozen at the layer's first quantization (spec §2.5) and reused for

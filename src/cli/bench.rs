@@ -55,12 +55,6 @@ pub(super) struct BenchCacheArgs {
     /// of the adapter's default (`GpuOptions::split_tokens`), to find the best size on a GPU.
     #[arg(long, value_name = "N")]
     split_tokens: Option<usize>,
-    /// Storage buffers per shader stage the kernels may bind, below the device's own
-    /// (`GpuOptions::max_storage_buffers`, at least 10): 10 times what Chrome runs, the
-    /// default preset's fused kernel in its staged form (five dispatches per layer instead
-    /// of two).
-    #[arg(long, value_name = "N")]
-    storage_buffers: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -96,12 +90,6 @@ pub(super) struct BenchAttentionArgs {
     /// of the adapter's default (`GpuOptions::split_tokens`), to find the best size on a GPU.
     #[arg(long, value_name = "N")]
     split_tokens: Option<usize>,
-    /// Storage buffers per shader stage the kernels may bind, below the device's own
-    /// (`GpuOptions::max_storage_buffers`, at least 10): 10 times what Chrome runs, the
-    /// default preset's fused kernel in its staged form (five dispatches per layer instead
-    /// of two).
-    #[arg(long, value_name = "N")]
-    storage_buffers: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -147,7 +135,6 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     let gpu = GpuContext::new(&GpuOptions {
         portable_only: args.portable,
         split_tokens: args.split_tokens,
-        max_storage_buffers: args.storage_buffers,
         ..GpuOptions::default()
     })?;
     // One preset at a time (as the benchmark runs them), with progress between.
@@ -170,7 +157,6 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
             "split_tokens": gpu.split_tokens(),
-            "storage_buffers": gpu.storage_buffers_per_stage(),
             "shape": {"layers": args.layers, "q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
             "context": args.context,
             "results": results.iter().map(|r| serde_json::json!({
@@ -187,15 +173,14 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}; splits of {} tokens; {} storage buffers per stage",
+        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}; splits of {} tokens",
         args.layers,
         args.q_heads,
         args.kv_heads,
         args.head_dim,
         args.context,
         gpu.adapter_name(),
-        gpu.split_tokens(),
-        gpu.storage_buffers_per_stage()
+        gpu.split_tokens()
     );
     println!(
         "  {:<14} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14}",
@@ -243,7 +228,6 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     }
     let gpu = GpuContext::new(&GpuOptions {
         split_tokens: args.split_tokens,
-        max_storage_buffers: args.storage_buffers,
         ..GpuOptions::default()
     })?;
     // One context at a time (every preset of a context runs round-robin, as in one call),
@@ -282,7 +266,6 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
             "adapter": gpu.adapter_name(),
             "timing": timing,
             "split_tokens": gpu.split_tokens(),
-            "storage_buffers": gpu.storage_buffers_per_stage(),
             "shape": {"q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "layers": 1},
             "results": results.iter().map(|r| serde_json::json!({
                 "preset": r.preset,
@@ -299,13 +282,12 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; timing: {timing}; splits of {} tokens; {} storage buffers per stage",
+        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; timing: {timing}; splits of {} tokens",
         args.q_heads,
         args.kv_heads,
         args.head_dim,
         gpu.adapter_name(),
-        gpu.split_tokens(),
-        gpu.storage_buffers_per_stage()
+        gpu.split_tokens()
     );
     println!(
         "  {:<24} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",

@@ -20,21 +20,17 @@ use super::pipeline::Pipeline;
 use super::profiling::{KernelProfile, Profile};
 use crate::error::{Result, VidkvError};
 
-/// Storage buffers per shader stage that [`GpuContext::required_limits`] asks for: the
-/// fused decode kernel's form with riders binds 13 (`src/gpu/shaders/tests.rs` checks this
-/// is the most any entry point uses).
-pub const STORAGE_BUFFERS_PER_STAGE: u32 = 13;
-/// The fewest storage buffers per shader stage a device may offer: every kernel but the
-/// fused decode kernel's form with riders binds at most 10 (what Chrome exposes), and a
-/// device of fewer than 13 takes that kernel's staged form (`src/gpu/shaders/tests.rs`
-/// checks both).
-pub const MIN_STORAGE_BUFFERS_PER_STAGE: u32 = 10;
+/// Storage buffers per shader stage: the most any kernel binds (what Chrome exposes;
+/// `src/gpu/shaders/tests.rs` checks every entry point), what [`GpuContext::required_limits`]
+/// asks for and what [`GpuContext::new`] creates its device with, so that a kernel over
+/// the browser's limit fails natively too.
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 10;
 
 /// A device-lost or uncaptured-error message, set by a device callback.
 type ErrorSlot = Arc<Mutex<Option<String>>>;
 
-/// The limits of `limits` below what the kernels need, named: [`GpuContext::required_limits`]
-/// but [`MIN_STORAGE_BUFFERS_PER_STAGE`] storage buffers per stage.
+/// The limits of `limits` below what the kernels need ([`GpuContext::required_limits`]),
+/// named.
 fn missing_limits(limits: &wgpu::Limits) -> Vec<String> {
     let need = GpuContext::required_limits();
     let mut missing = Vec::new();
@@ -42,7 +38,7 @@ fn missing_limits(limits: &wgpu::Limits) -> Vec<String> {
         (
             "max_storage_buffers_per_shader_stage",
             limits.max_storage_buffers_per_shader_stage,
-            MIN_STORAGE_BUFFERS_PER_STAGE,
+            need.max_storage_buffers_per_shader_stage,
         ),
         (
             "max_compute_workgroup_size_x",
@@ -79,12 +75,6 @@ pub struct GpuOptions {
     /// Use only the portable kernels and uniform parameter blocks, even where the adapter
     /// offers subgroups and immediates.
     pub portable_only: bool,
-    /// Cap on the storage buffers per shader stage the kernels may bind, below the device's
-    /// own limit (to exercise or emulate Chrome's 10 on larger devices; at least
-    /// [`MIN_STORAGE_BUFFERS_PER_STAGE`], else an `InvalidConfig`): under 13, a
-    /// default-preset layer takes the fused kernel's staged form (five dispatches instead
-    /// of two; see `gpu::attention`).
-    pub max_storage_buffers: Option<u32>,
     /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536); `None`
     /// takes [`crate::gpu::attention::cpu_split_tokens`] of the host's threads on CPU
     /// adapters and [`crate::gpu::attention::GPU_SPLIT_TOKENS`] elsewhere.
@@ -98,7 +88,6 @@ impl Default for GpuOptions {
             adapter: None,
             max_binding_bytes: None,
             portable_only: false,
-            max_storage_buffers: None,
             split_tokens: None,
         }
     }
@@ -130,9 +119,6 @@ pub struct ContextState {
     pub(super) features: wgpu::Features,
     pub(super) max_binding: u64,
     pub(super) max_uniform_binding: u64,
-    /// Storage buffers per shader stage the kernels may bind (the device's, or the cap of
-    /// `GpuOptions::max_storage_buffers`).
-    pub(super) storage_buffers: u32,
     pub(super) max_workgroups: u32,
     pub(super) split_tokens: usize,
     pub(super) subgroups: bool,
@@ -255,7 +241,13 @@ impl GpuContext {
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
                         | wgpu::Features::SUBGROUP
                         | wgpu::Features::IMMEDIATES),
-                required_limits: limits,
+                // The adapter's limits, but storage buffers as many as the kernels bind
+                // (Chrome's count), so that a kernel beyond it fails here too.
+                required_limits: wgpu::Limits {
+                    max_storage_buffers_per_shader_stage: STORAGE_BUFFERS_PER_STAGE
+                        .min(limits.max_storage_buffers_per_shader_stage),
+                    ..limits
+                },
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
@@ -283,10 +275,8 @@ impl GpuContext {
     /// shares its device and queue with the cache (no K/V crosses to the CPU): vidkv makes
     /// its buffers and pipelines on `device` and submits to `queue`. `adapter_info` names the
     /// adapter in reports. Request [`GpuContext::required_limits`] when creating the device
-    /// (WebGPU's defaults allow too few storage buffers per stage); the device must offer
-    /// them, but for storage buffers at least [`MIN_STORAGE_BUFFERS_PER_STAGE`] (fewer than
-    /// 13 take the fused decode kernel's staged form, three dispatches more per layer): a
-    /// device that lacks any is an [`VidkvError::InvalidConfig`] naming each one. The fast
+    /// (WebGPU's defaults allow too few storage buffers per stage); a device that lacks any
+    /// is an [`VidkvError::InvalidConfig`] naming each one. The fast
     /// paths and GPU timestamps are used where the device was created with `SUBGROUP` and
     /// `TIMESTAMP_QUERY`. The host's device-lost and uncaptured-error handlers stay the
     /// host's: vidkv catches its own errors with error scopes around every submission.
@@ -341,15 +331,6 @@ impl GpuContext {
             }
             None => crate::gpu::attention::GPU_SPLIT_TOKENS,
         };
-        if let Some(cap) = options
-            .max_storage_buffers
-            .filter(|&n| n < MIN_STORAGE_BUFFERS_PER_STAGE)
-        {
-            return Err(VidkvError::InvalidConfig(format!(
-                "max_storage_buffers must be at least {MIN_STORAGE_BUFFERS_PER_STAGE} (the \
-                 kernels bind up to that many), got {cap}"
-            )));
-        }
         let limits = device.limits();
         let features = device.features();
         let device_binding = limits
@@ -366,11 +347,6 @@ impl GpuContext {
                 features,
                 max_binding,
                 max_uniform_binding: limits.max_uniform_buffer_binding_size,
-                storage_buffers: options
-                    .max_storage_buffers
-                    .map_or(limits.max_storage_buffers_per_shader_stage, |cap| {
-                        cap.min(limits.max_storage_buffers_per_shader_stage)
-                    }),
                 max_workgroups: limits.max_compute_workgroups_per_dimension,
                 split_tokens,
                 subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
@@ -420,11 +396,6 @@ impl GpuContext {
     /// Largest uniform binding the kernels may use, in bytes.
     pub fn max_uniform_binding_bytes(&self) -> u64 {
         self.max_uniform_binding
-    }
-
-    /// Storage buffers per shader stage the kernels may bind.
-    pub fn storage_buffers_per_stage(&self) -> u32 {
-        self.storage_buffers
     }
 
     /// The smallest subgroup the adapter may run (the subgroup fast paths that share work

@@ -45,6 +45,7 @@ pub struct Params {
     /// Code bits per group of the values where one kernel reads keys and values of codes
     /// across tokens (`code_bits` is then the keys').
     pub value_code_bits: u32,
-    /// Unused: keeps the block a multiple of 16 bytes.
-    pub padding_1: u32,
+    /// The fused decode kernel: the f32 index at which the (m, l) pairs start in its split
+    /// outputs, after the partial sums.
+    pub stats_offset: u32,
 }

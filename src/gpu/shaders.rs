@@ -60,30 +60,16 @@ pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["m
 pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
 /// The fused split kernel over codes across tokens, with the portable row reads and
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
-/// size). Each fused composition comes in two forms: with the `riders` file (the kernel
-/// rotates its query rows and takes the exact sinks and window as splits: 13 storage
-/// buffers) and, as `…_STAGED`, with the `staged` file (query rows from the rotation pass,
-/// no exact splits: 10 storage buffers, what Chrome allows).
+/// size). Every fused composition ends with the `riders` file (the kernel rotates its query
+/// rows and takes the exact sinks and window as splits), within 10 storage buffers.
 pub const ATTENTION_SPLIT_GROUPS: Kernel = kernel!(
     "attention_split_groups" + "portable" + "tasks" + "riders",
-    ["main"],
-    false
-);
-/// [`ATTENTION_SPLIT_GROUPS`] for devices of fewer than 13 storage buffers per stage.
-pub const ATTENTION_SPLIT_GROUPS_STAGED: Kernel = kernel!(
-    "attention_split_groups" + "portable" + "tasks" + "staged",
     ["main"],
     false
 );
 /// [`ATTENTION_SPLIT_GROUPS`] for group size 32, a task's rows in registers.
 pub const ATTENTION_SPLIT_GROUPS_32: Kernel = kernel!(
     "attention_split_groups" + "portable" + "tasks32" + "riders",
-    ["main"],
-    false
-);
-/// [`ATTENTION_SPLIT_GROUPS_32`] for devices of fewer than 13 storage buffers per stage.
-pub const ATTENTION_SPLIT_GROUPS_32_STAGED: Kernel = kernel!(
-    "attention_split_groups" + "portable" + "tasks32" + "staged",
     ["main"],
     false
 );
@@ -95,12 +81,6 @@ pub const ATTENTION_SPLIT_GROUPS_SUBGROUP: Kernel = kernel!(
     ["main"],
     true
 );
-/// [`ATTENTION_SPLIT_GROUPS_SUBGROUP`] for devices of fewer than 13 storage buffers per stage.
-pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_STAGED: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "dots8" + "clusters" + "staged",
-    ["main"],
-    true
-);
 /// The subgroup fast path for group size 32 and fewer lanes per code row (d ≤ 112):
 /// row-dot sums by butterflies.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS: Kernel = kernel!(
@@ -108,22 +88,10 @@ pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS: Kernel = kernel!(
     ["main"],
     true
 );
-/// [`ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS`] for devices of fewer than 13 storage buffers per stage.
-pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS_STAGED: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "dots" + "clusters" + "staged",
-    ["main"],
-    true
-);
 /// The subgroup row reads and butterfly row-dot sums with the phases as tasks: other group
 /// sizes.
 pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS: Kernel = kernel!(
     "attention_split_groups" + "subgroup" + "dots" + "tasks" + "riders",
-    ["main"],
-    true
-);
-/// [`ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS`] for devices of fewer than 13 storage buffers per stage.
-pub const ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS_STAGED: Kernel = kernel!(
-    "attention_split_groups" + "subgroup" + "dots" + "tasks" + "staged",
     ["main"],
     true
 );
@@ -195,7 +163,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 36] = [
+pub const ALL: [Kernel; 31] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -212,15 +180,10 @@ pub const ALL: [Kernel; 36] = [
     ATTENTION_SCORES_EXACT,
     ATTENTION_SPLIT,
     ATTENTION_SPLIT_GROUPS,
-    ATTENTION_SPLIT_GROUPS_STAGED,
     ATTENTION_SPLIT_GROUPS_32,
-    ATTENTION_SPLIT_GROUPS_32_STAGED,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP_STAGED,
     ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS_STAGED,
     ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS_STAGED,
     ATTENTION_SCORES_PACKED,
     ATTENTION_SOFTMAX,
     ATTENTION_VALUES_EXACT,

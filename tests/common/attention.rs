@@ -7,7 +7,6 @@ use super::noise;
 
 use vidkv::config::ROTATED_PRESET_NAMES;
 use vidkv::gpu::attention::{attend_with, GpuLayer, Kernels};
-use vidkv::gpu::GpuContext;
 use vidkv::reference::attention::attend_dense;
 use vidkv::report::relative_l2;
 use vidkv::{PackedCache, Tensor, PRESET_NAMES};
@@ -23,17 +22,7 @@ pub fn gpu_presets() -> Vec<&'static str> {
 
 /// GPU attention of every layer against the reference; returns the worst relative error.
 pub fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str) -> f64 {
-    check_on(gpu(), cache, q, visible, what)
-}
-
-/// [`check`] on the context `ctx`.
-pub fn check_on(
-    ctx: &GpuContext,
-    cache: &PackedCache,
-    q: &Tensor,
-    visible: &[(u32, u32)],
-    what: &str,
-) -> f64 {
+    let ctx = gpu();
     let shape = cache.shape;
     let (k_hat, v_hat) = cache.dequantize();
     let (q_heads, queries, d) = (q.dim(1), q.dim(2), q.dim(3));

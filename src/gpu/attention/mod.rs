@@ -28,13 +28,14 @@
 //! (`rotated_groups`). A segment whose keys and values are both coded across tokens (the
 //! default preset) goes through one fused split-K dispatch, `attention_split_groups` (the
 //! same skeleton with that format's row decoder; a subgroup variant sums the row dots where
-//! the adapter allows). Where the device allows 13 storage buffers per stage it rotates
-//! its rows itself and takes up to two exact segments in one pair of buffers (the sinks
-//! and the window) as splits of its own (`rotated_groups::exact_riders`): a default-preset
-//! layer is that dispatch and the combine, as an fp16 layer is `attention_split` and the
-//! combine. With fewer (Chrome's 10) its staged form reads the rotation pass's rows and
-//! the exact segments keep their own dispatches. A segment with STP refinements, or
-//! [`Kernels::ThreePass`], takes the separate passes.
+//! the adapter allows). It rotates its rows itself and takes up to two exact segments in
+//! one pair of buffers (the sinks and the window) as splits of its own
+//! (`rotated_groups::exact_riders`): a default-preset layer is that dispatch and the
+//! combine, as an fp16 layer is `attention_split` and the combine, on every device (the
+//! kernel binds 10 storage buffers, Chrome's limit: the key and value states reach it as a
+//! uniform, and its partial sums and (m, l) pairs, one buffer for every kernel of the
+//! call, as one binding). A segment with STP refinements, or [`Kernels::ThreePass`], takes
+//! the separate passes.
 
 mod layer;
 mod planes;
@@ -51,6 +52,7 @@ pub(crate) use rotated_groups::GroupPlanes;
 
 use std::sync::Arc;
 
+use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
 use super::shaders::{
@@ -293,26 +295,19 @@ fn record_call(
         .map(|s| s.len.next_multiple_of(4))
         .max()
         .unwrap_or(4);
-    let per_row = (longest.max(total_splits * d) * 4) as u64;
+    // A row's split outputs: its partial sums and its (m, l) pairs (one buffer, the pairs
+    // from an aligned offset after the sums).
+    let per_row = (longest.max(total_splits * (d + 2)) * 4) as u64;
     // Tiles hold whole runs of the `gqa` rows that share a KV head and a query position.
     let gqa = q_heads / layer.kv_heads;
-    let tile_rows = ((ctx.max_data_bytes() / per_row) as usize)
+    let tile_rows = ((ctx.max_data_bytes().saturating_sub(STATS_ALIGN) / per_row) as usize)
         .clamp(1, total_rows)
         .min(ctx.max_workgroups_per_dimension() as usize);
     let tile_rows = (tile_rows / gqa).max(1) * gqa;
-    let form = rotated_groups::fused_form(ctx, call, gqa);
-    let fused_groups = form.is_some();
-    let staged = form == Some(rotated_groups::FusedForm::Staged);
-    let with_riders = form == Some(rotated_groups::FusedForm::Riders);
-    let tile_rows = if staged {
-        tile_rows.min(rotated_groups::QUERY_UNIFORM_BYTES / (4 * d) / gqa * gqa)
-    } else {
-        tile_rows
-    };
-    // The fused kernel binds the visible ranges (and in its staged form the rotated
-    // queries and centre terms) as uniforms of fixed size.
-    let uniform_floor = |bytes: usize| if fused_groups { bytes } else { 0 };
-    let staged_floor = |bytes: usize| if staged { bytes } else { 0 };
+    let fused = rotated_groups::FusedCall::plan(ctx, call);
+    // The fused kernel binds the visible ranges and the key and value states as uniforms
+    // of fixed size.
+    let uniform_floor = |bytes: usize| if fused.is_some() { bytes } else { 0 };
 
     let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
     let visible_buffer = ctx.buffer(
@@ -320,34 +315,33 @@ fn record_call(
         ((visible_flat.len() * 4).max(uniform_floor(rotated_groups::VISIBLE_UNIFORM_BYTES))) as u64,
     )?;
     ctx.write(&visible_buffer, 0, &visible_flat);
-    let riders = rotated_groups::RiderPlan::new(ctx, segments, &split_offsets, with_riders)?;
+    let riders = rotated_groups::RiderPlan::new(ctx, segments, &split_offsets, fused.as_ref())?;
     // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
     // only for segments that go through the separate passes.
     let query_pass = segments.iter().enumerate().any(|(i, s)| {
         let fused = match s.data {
             SegmentData::Exact { .. } => kernels != Kernels::ThreePass,
-            SegmentData::Packed(_) => with_riders && rotated_groups::fused_planes(s).is_some(),
+            SegmentData::Packed(_) => fused.as_ref().is_some_and(|f| f.takes(s).is_some()),
         };
         !riders.riding[i] && !fused
     });
+    let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
+    let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
+    let stats_bytes = (tile_rows * total_splits * 8) as u64;
     let scratch = Scratch {
         natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
-        planar: ctx.buffer(
-            "attention q planar",
-            (tile_rows * d * 4).max(staged_floor(rotated_groups::QUERY_UNIFORM_BYTES)) as u64,
-        )?,
+        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
         scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
-        partial: ctx.buffer(
-            "attention partial",
-            (tile_rows * total_splits * d * 4) as u64,
-        )?,
-        centre_terms: ctx.buffer(
-            "attention centre terms",
-            (tile_rows * 4).max(staged_floor(rotated_groups::CENTRE_UNIFORM_BYTES)) as u64,
-        )?,
+        partial: ctx.buffer("attention split outputs", stats_offset + stats_bytes)?,
+        partial_bytes,
+        stats: (stats_offset, stats_bytes),
+        centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
         unused: ctx.buffer("unused binding", 16)?,
     };
-    let stats = ctx.buffer("attention stats", (tile_rows * total_splits * 8) as u64)?;
+    let fused_states = match &fused {
+        Some(_) => Some(rotated_groups::FusedCall::states_uniform(ctx)?),
+        None => None,
+    };
     let base = Params {
         width: d as u32,
         group_size: layer.group_size as u32,
@@ -360,6 +354,7 @@ fn record_call(
         queries: queries as u32,
         total_splits: total_splits as u32,
         split_size: split_tokens as u32,
+        stats_offset: (stats_offset / 4) as u32,
         ..Default::default()
     };
     let mut row_offset = 0;
@@ -371,6 +366,9 @@ fn record_call(
             ..base
         };
         let mut batch = ctx.batch();
+        if let (Some(fused), Some(states)) = (&fused, &fused_states) {
+            fused.record_states(&mut batch, states);
+        }
         match &layer.layout.rotated {
             _ if !query_pass => {}
             Some(states) => {
@@ -412,7 +410,7 @@ fn record_call(
                 false,
             ) = (&segment.data, kernels == Kernels::ThreePass)
             {
-                batch.dispatch_grid(
+                batch.dispatch_grid_bound(
                     &ATTENTION_SPLIT,
                     "main",
                     Params {
@@ -421,18 +419,19 @@ fn record_call(
                         ..seg
                     },
                     &[
-                        q_buffer,
-                        &visible_buffer,
-                        keys,
-                        values,
-                        &stats,
-                        &scratch.partial,
+                        q_buffer.into(),
+                        (&*visible_buffer).into(),
+                        (*keys).into(),
+                        (*values).into(),
+                        scratch.stats(),
+                        scratch.partial_sums(),
                     ],
                     (segment.splits(split_tokens) as u32, row_blocks(seg, rows)),
                 );
                 continue;
             }
-            if let Some(planes) = rotated_groups::fused_planes(segment).filter(|_| fused_groups) {
+            let fused_planes = fused.as_ref().and_then(|f| f.takes(segment));
+            if let (Some(planes), Some(states)) = (fused_planes, &fused_states) {
                 let rider = riders.carried[i].as_ref();
                 let splits = segment.splits(split_tokens)
                     + rider.map_or(0, |r| r.splits(segments, split_tokens));
@@ -445,28 +444,32 @@ fn record_call(
                     &rotated_groups::FusedBuffers {
                         queries: q_buffer,
                         visible: &visible_buffer,
-                        stats: &stats,
-                        exact: with_riders.then(|| rotated_groups::FusedExact {
+                        states,
+                        exact: rotated_groups::FusedExact {
                             keys: rider.map_or(&scratch.unused, |r| r.keys),
                             values: rider.map_or(&scratch.unused, |r| r.values),
                             rows_per_head: rider.map_or(0, |r| r.rows_per_head),
                             records: &riders.records,
                             record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
-                        }),
+                        },
                     },
                     &scratch,
                 );
                 continue;
             }
             record_scores(&mut batch, layer, segment, seg, rows, &scratch);
-            batch.dispatch(
+            batch.dispatch_bound(
                 &ATTENTION_SOFTMAX,
                 "main",
                 Params {
                     invocations: (rows * segment.splits(split_tokens)) as u32,
                     ..seg
                 },
-                &[&visible_buffer, &scratch.scores, &stats],
+                &[
+                    (&*visible_buffer).into(),
+                    (&*scratch.scores).into(),
+                    scratch.stats(),
+                ],
             );
             record_values(subgroups, &mut batch, segment, seg, rows, &scratch);
             if let SegmentData::Packed(PackedPlanes {
@@ -484,14 +487,14 @@ fn record_call(
                 );
             }
         }
-        batch.dispatch(
+        batch.dispatch_bound(
             &ATTENTION_COMBINE,
             "main",
             Params {
                 invocations: (rows * d) as u32,
                 ..tile
             },
-            &[&stats, &scratch.partial, output],
+            &[scratch.stats(), scratch.partial_sums(), output.into()],
         );
         batch.submit()?;
         row_offset += rows;
@@ -516,9 +519,31 @@ struct Scratch {
     /// The rows' dots with the rotated keys' mean.
     centre_terms: Arc<wgpu::Buffer>,
     scores: Arc<wgpu::Buffer>,
+    /// The split outputs: the partial sums Σ p·v `[tile rows][splits][d]` in the first
+    /// `partial_bytes`, then the (m, l) pairs `[tile rows][splits]` at `stats` (byte offset,
+    /// bytes). Kernels that write both through one binding (the fused kernel) bind it all;
+    /// the others bind the two ranges.
     partial: Arc<wgpu::Buffer>,
+    partial_bytes: u64,
+    stats: (u64, u64),
     /// Bound where a kernel's entry point does not read a binding.
     unused: Arc<wgpu::Buffer>,
+}
+
+/// The alignment of the (m, l) pairs in the split outputs: WebGPU's largest storage-offset
+/// alignment.
+const STATS_ALIGN: u64 = 256;
+
+impl Scratch {
+    /// The (m, l) pairs of the split outputs.
+    fn stats(&self) -> Bound<'_> {
+        Bound::range(&self.partial, self.stats.0, self.stats.1.max(8))
+    }
+
+    /// The partial sums of the split outputs.
+    fn partial_sums(&self) -> Bound<'_> {
+        Bound::range(&self.partial, 0, self.partial_bytes.max(4))
+    }
 }
 
 fn record_scores(

@@ -6,11 +6,11 @@
 //! (appended to `attention_rotated.wgsl`) around the softmax: key scores (one G-point
 //! transform of a group's row dots) and value sums (the weights transformed per group, one
 //! rotation back per split), whose queries `attention_rotated.wgsl`'s `rotate_queries`
-//! rotates; the fused kernel, on devices of 13 storage buffers per stage
-//! ([`takes_riders`]), rotates its block's rows itself and takes the call's exact sinks
-//! and window as splits of its own ([`exact_riders`]), and elsewhere reads the rotation
-//! pass's rows (its staged form). The CPU mirror is
-//! [`crate::packed::attend`].
+//! rotates; the fused kernel rotates its block's rows itself and takes the call's exact
+//! sinks and window as splits of its own ([`exact_riders`]), within 10 storage buffers
+//! (what Chrome allows): the key and value states reach it as one uniform
+//! ([`FusedCall::upload_states`]) and its partial sums and (m, l) pairs as one binding.
+//! The CPU mirror is [`crate::packed::attend`].
 
 use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
 use super::rotated::{bindings, RotatedStates};
@@ -18,15 +18,13 @@ use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
-use crate::gpu::context::{GpuContext, STORAGE_BUFFERS_PER_STAGE};
+use crate::gpu::context::GpuContext;
 use crate::gpu::params::Params;
 use crate::gpu::rotated::group_kernel_table;
 use crate::gpu::shaders::{
     Kernel, ATTENTION_ROTATED_GROUPS, ATTENTION_SPLIT_GROUPS, ATTENTION_SPLIT_GROUPS_32,
-    ATTENTION_SPLIT_GROUPS_32_STAGED, ATTENTION_SPLIT_GROUPS_STAGED,
     ATTENTION_SPLIT_GROUPS_SUBGROUP, ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS_STAGED, ATTENTION_SPLIT_GROUPS_SUBGROUP_STAGED,
-    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS, ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS_STAGED,
+    ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
 };
 use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{PackedHead, PackedKeys, PackedValues};
@@ -154,13 +152,10 @@ pub(super) fn record_values(
     );
 }
 
-/// Bytes of the uniform binding through which the fused kernel's staged form reads the
-/// tile's rotated queries (`rotated_queries` in `attention_split_groups_staged.wgsl`): a
-/// tile holds at most this many bytes of query rows.
-pub(super) const QUERY_UNIFORM_BYTES: usize = 65536;
-/// Bytes of its uniform binding of the rows' key centre terms (one f32 per tile row; a tile
-/// has at most QUERY_UNIFORM_BYTES / (4 · 16) rows).
-pub(super) const CENTRE_UNIFORM_BYTES: usize = 4096;
+/// Bytes of the fused kernel's uniform binding of the key and value states (`states` in
+/// `attention_split_groups.wgsl`): layers of more KV heads than fit take the separate
+/// passes.
+pub(super) const STATES_UNIFORM_BYTES: usize = 65536;
 /// Bytes of the fused kernel's uniform binding of the visible ranges (two u32 per query position): calls
 /// of more positions take the separate passes.
 pub(super) const VISIBLE_UNIFORM_BYTES: usize = 65536;
@@ -188,10 +183,9 @@ pub(super) fn fused_planes<'a>(
 /// the L = d/16 lanes that share a code row fit in the adapter's smallest subgroup: subgroup
 /// row reads and row-dot sums (by halving shuffles for L = 8 and 16), and for G = 32 with
 /// subgroups of at least 8 invocations the logits and weights phases by 8-invocation
-/// clusters. Otherwise the portable kernel, with phases of its own for G = 32. Each in the
-/// form with riders where [`takes_riders`], else in its staged form. (On llvmpipe a branch
-/// never taken still costs its masked run, so each of these is a composition of its own
-/// rather than a branch in one kernel.)
+/// clusters. Otherwise the portable kernel, with phases of its own for G = 32. (On llvmpipe
+/// a branch never taken still costs its masked run, so each of these is a composition of
+/// its own rather than a branch in one kernel.)
 pub(super) fn fused_kernel(
     ctx: &GpuContext,
     subgroups: bool,
@@ -202,87 +196,79 @@ pub(super) fn fused_kernel(
     let min_size = ctx.subgroup_min_size();
     let subgroup_rows = subgroups && row_lanes.is_power_of_two() && row_lanes <= min_size;
     let clusters = min_size >= 8;
-    let kernels = match (subgroup_rows, group_size == 32) {
-        (true, true) if clusters && row_lanes >= 8 => [
-            &ATTENTION_SPLIT_GROUPS_SUBGROUP,
-            &ATTENTION_SPLIT_GROUPS_SUBGROUP_STAGED,
-        ],
-        (true, true) if clusters => [
-            &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
-            &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS_STAGED,
-        ],
-        (true, _) => [
-            &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
-            &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS_STAGED,
-        ],
-        (false, true) => [
-            &ATTENTION_SPLIT_GROUPS_32,
-            &ATTENTION_SPLIT_GROUPS_32_STAGED,
-        ],
-        (false, false) => [&ATTENTION_SPLIT_GROUPS, &ATTENTION_SPLIT_GROUPS_STAGED],
-    };
-    kernels[usize::from(!takes_riders(ctx))]
+    match (subgroup_rows, group_size == 32) {
+        (true, true) if clusters && row_lanes >= 8 => &ATTENTION_SPLIT_GROUPS_SUBGROUP,
+        (true, true) if clusters => &ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
+        (true, _) => &ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
+        (false, true) => &ATTENTION_SPLIT_GROUPS_32,
+        (false, false) => &ATTENTION_SPLIT_GROUPS,
+    }
 }
 
-/// The form of the fused kernel a call takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum FusedForm {
-    /// It rotates its rows and takes exact segments as splits ([`takes_riders`]).
-    Riders,
-    /// It reads the rotation pass's rows; exact segments keep their own dispatches.
-    Staged,
+/// A call's fused dispatches: the key and value states they share (each fused segment's
+/// planes carry these; a segment with other states takes the separate passes).
+pub(super) struct FusedCall<'a> {
+    keys: &'a RotatedStates,
+    values: &'a RotatedStates,
+    kv_heads: usize,
+    head_dim: usize,
 }
 
-/// The fused kernel's form for `call` (whose query rows come in runs of `gqa` per KV head
-/// and position), or `None` where its segments take the separate passes: for
-/// [`super::Kernels::ThreePass`], where no segment is fused ([`fused_planes`]), where the
-/// visible ranges do not fit the kernel's uniform binding, or, in the staged form, where a
-/// run of rotated query rows does not fit that form's.
-pub(super) fn fused_form(
-    ctx: &GpuContext,
-    call: &super::Call<'_, '_>,
-    gqa: usize,
-) -> Option<FusedForm> {
-    let uniform = ctx.max_uniform_binding_bytes();
-    let form = if takes_riders(ctx) {
-        FusedForm::Riders
-    } else {
-        FusedForm::Staged
-    };
-    let fits = match form {
-        FusedForm::Riders => true,
-        FusedForm::Staged => {
-            gqa <= QUERY_UNIFORM_BYTES / (4 * call.layer.head_dim)
-                && uniform >= QUERY_UNIFORM_BYTES as u64
+impl<'a> FusedCall<'a> {
+    /// The fused dispatches of `call`, or `None` where its segments take the separate
+    /// passes: for [`super::Kernels::ThreePass`], where no segment is fused
+    /// ([`fused_planes`]), or where the visible ranges or the states do not fit the kernel's
+    /// uniform bindings.
+    pub fn plan(ctx: &GpuContext, call: &super::Call<'a, '_>) -> Option<Self> {
+        let (kv_heads, head_dim) = (call.layer.kv_heads, call.layer.head_dim);
+        let state_bytes = 2 * kv_heads * (head_dim / 2 + 1) * 4;
+        let uniform = ctx.max_uniform_binding_bytes();
+        if call.kernels == super::Kernels::ThreePass
+            || call.visible.len() * 8 > VISIBLE_UNIFORM_BYTES
+            || uniform < VISIBLE_UNIFORM_BYTES.max(STATES_UNIFORM_BYTES) as u64
+            || state_bytes > STATES_UNIFORM_BYTES
+        {
+            return None;
         }
-    };
-    (call.kernels != super::Kernels::ThreePass
-        && call.visible.len() * 8 <= VISIBLE_UNIFORM_BYTES
-        && uniform >= VISIBLE_UNIFORM_BYTES as u64
-        && fits
-        && call.segments.iter().any(|s| fused_planes(s).is_some()))
-    .then_some(form)
-}
+        let (keys, values) = call.segments.iter().find_map(fused_planes)?;
+        Some(FusedCall {
+            keys: &keys.states,
+            values: &values.states,
+            kv_heads,
+            head_dim,
+        })
+    }
 
-/// Whether the fused kernel takes its form with riders on `ctx` (it scales and rotates its
-/// query rows and takes exact segments as splits), which binds
-/// [`STORAGE_BUFFERS_PER_STAGE`] storage buffers (its query, the planes, stats, partial
-/// sums and one pair of exact rows); otherwise its staged form reads the rotation pass's
-/// rows and the exact segments keep dispatches of their own.
-pub(super) fn takes_riders(ctx: &GpuContext) -> bool {
-    ctx.storage_buffers_per_stage() >= STORAGE_BUFFERS_PER_STAGE
+    /// The key and value planes of `segment` if it takes a fused dispatch.
+    pub fn takes(&self, segment: &SegmentRef<'a>) -> Option<(&'a GroupPlanes, &'a GroupPlanes)> {
+        fused_planes(segment).filter(|(keys, values)| {
+            keys.states.states == self.keys.states && values.states.states == self.values.states
+        })
+    }
+
+    /// A pooled uniform buffer of [`STATES_UNIFORM_BYTES`] for the states.
+    pub fn states_uniform(ctx: &GpuContext) -> Result<std::sync::Arc<wgpu::Buffer>> {
+        ctx.buffer("attention fused states", STATES_UNIFORM_BYTES as u64)
+    }
+
+    /// Records the copy of the states into `uniform`: the keys' `[kv_heads][d/2 + 1]` words,
+    /// then the values' (before the batch's first dispatch, so that no copy splits its
+    /// compute pass).
+    pub fn record_states(&self, batch: &mut Batch<'_>, uniform: &wgpu::Buffer) {
+        let bytes = (self.kv_heads * (self.head_dim / 2 + 1) * 4) as u64;
+        batch.copy(&self.keys.states, 0, uniform, 0, bytes);
+        batch.copy(&self.values.states, 0, uniform, bytes, bytes);
+    }
 }
 
 /// The call's buffers the fused kernel binds besides the planes and the scratch: the
-/// query (`[q_heads][queries][d]` f32, which the form with riders scales and rotates
-/// itself), the visible ranges, the stats it writes, and, for the form with riders, its
-/// exact splits' bindings (`None`: the staged form, whose rotated queries and centre terms
-/// are the scratch's).
+/// query (`[q_heads][queries][d]` f32, which it scales and rotates itself), the visible
+/// ranges, the states ([`FusedCall::upload_states`]) and its exact splits' bindings.
 pub(super) struct FusedBuffers<'a> {
     pub queries: &'a wgpu::Buffer,
     pub visible: &'a wgpu::Buffer,
-    pub stats: &'a wgpu::Buffer,
-    pub exact: Option<FusedExact<'a>>,
+    pub states: &'a wgpu::Buffer,
+    pub exact: FusedExact<'a>,
 }
 
 /// Bytes between the exact-segment records of a call's fused dispatches in their uniform
@@ -335,7 +321,8 @@ impl ExactRiders<'_> {
 /// segment `fused` does not take, or that carries none). In order, each fused segment takes
 /// the exact segments not yet taken of the pair of buffers that holds most of their tokens,
 /// up to two: a [`crate::gpu::attention::GpuLayer`]'s sinks and window (one pair) ride
-/// in its one fused dispatch; a `KvCache`'s (a store each) in its first two.
+/// in its one fused dispatch, and so do a `KvCache`'s (one pair too) in its history's
+/// (its first, where the binding limit made more chunks).
 fn exact_riders<'a>(
     segments: &[SegmentRef<'a>],
     fused: impl Fn(&SegmentRef<'a>) -> bool,
@@ -401,18 +388,18 @@ pub(super) struct RiderPlan<'a> {
 }
 
 impl<'a> RiderPlan<'a> {
-    /// The riders of `segments` (none unless `with_riders`), each segment's splits before
+    /// The riders of `segments` (none without `fused` dispatches), each segment's splits before
     /// it in `split_offsets`; their records are written to a pooled buffer.
     pub fn new(
         ctx: &GpuContext,
         segments: &[SegmentRef<'a>],
         split_offsets: &[usize],
-        with_riders: bool,
+        fused: Option<&FusedCall<'a>>,
     ) -> Result<Self> {
-        let carried = if with_riders {
-            exact_riders(segments, |s| fused_planes(s).is_some())
-        } else {
-            segments.iter().map(|_| None).collect()
+        let with_riders = fused.is_some();
+        let carried = match fused {
+            Some(fused) => exact_riders(segments, |s| fused.takes(s).is_some()),
+            None => segments.iter().map(|_| None).collect(),
         };
         let riding = (0..segments.len())
             .map(|i| carried.iter().flatten().any(|r| r.segments.contains(&i)))
@@ -468,34 +455,25 @@ pub(super) fn record_fused(
 ) {
     let params = Params {
         value_code_bits: values.budget as u32,
-        rows: buffers.exact.as_ref().map_or(0, |e| e.rows_per_head as u32),
+        rows: buffers.exact.rows_per_head as u32,
         ..keys.params(seg)
     };
-    let mut bindings = vec![
+    let exact = &buffers.exact;
+    let bindings = [
         Bound::from(&keys.states.table),
         Bound::range(buffers.visible, 0, VISIBLE_UNIFORM_BYTES as u64),
         Bound::from(buffers.queries),
-        Bound::from(&keys.states.states),
+        Bound::range(buffers.states, 0, STATES_UNIFORM_BYTES as u64),
         Bound::from(&keys.codes),
         Bound::from(&keys.scales),
         Bound::from(&keys.widths),
-        Bound::from(&values.states.states),
         Bound::from(&values.codes),
         Bound::from(&values.scales),
         Bound::from(&values.widths),
-        Bound::from(buffers.stats),
         Bound::from(&*scratch.partial),
+        Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
+        Bound::from(exact.keys),
+        Bound::from(exact.values),
     ];
-    match &buffers.exact {
-        Some(exact) => bindings.extend([
-            Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
-            Bound::from(exact.keys),
-            Bound::from(exact.values),
-        ]),
-        None => bindings.extend([
-            Bound::range(&scratch.planar, 0, QUERY_UNIFORM_BYTES as u64),
-            Bound::range(&scratch.centre_terms, 0, CENTRE_UNIFORM_BYTES as u64),
-        ]),
-    }
     batch.dispatch_grid_bound(kernel, "main", params, &bindings, grid);
 }

@@ -206,7 +206,7 @@ fn wgsl_params_match_the_rust_struct() {
         ("code_bits", offset_of!(Params, code_bits)),
         ("centre_rows", offset_of!(Params, centre_rows)),
         ("value_code_bits", offset_of!(Params, value_code_bits)),
-        ("padding_1", offset_of!(Params, padding_1)),
+        ("stats_offset", offset_of!(Params, stats_offset)),
     ];
     let source = ALL[0].composed_source();
     let module = naga::front::wgsl::parse_str(&source).unwrap();
@@ -272,14 +272,12 @@ fn split_groups_level_mux_matches_the_codebooks() {
 }
 
 /// Storage buffers each entry point binds (naga's analysis of the composed module): at most
-/// [`STORAGE_BUFFERS_PER_STAGE`] anywhere (what `GpuContext::required_limits` asks for), and
-/// at most [`MIN_STORAGE_BUFFERS_PER_STAGE`] (what Chrome exposes, the least a context
-/// accepts) everywhere but in the fused kernel's forms with riders, which a device of fewer
-/// replaces by their staged forms.
+/// [`STORAGE_BUFFERS_PER_STAGE`], Chrome's limit, for every kernel (the fused decode kernel
+/// binds exactly that many).
 #[test]
 fn storage_buffers_per_entry_point_fit_the_limits() {
-    use crate::gpu::context::{MIN_STORAGE_BUFFERS_PER_STAGE, STORAGE_BUFFERS_PER_STAGE};
-    let mut over_minimum = Vec::new();
+    use crate::gpu::context::STORAGE_BUFFERS_PER_STAGE;
+    let mut most = 0;
     for kernel in ALL {
         let source = kernel.composed_source();
         let (module, info) = validated(&kernel, &source, Capabilities::empty());
@@ -295,14 +293,8 @@ fn storage_buffers_per_entry_point_fit_the_limits() {
                 .count() as u32;
             let name = format!("{}::{} ({storage})", kernel.name, entry.name);
             assert!(storage <= STORAGE_BUFFERS_PER_STAGE, "{name}");
-            if storage > MIN_STORAGE_BUFFERS_PER_STAGE {
-                over_minimum.push(name);
-            }
+            most = most.max(storage);
         }
     }
-    assert_eq!(over_minimum.len(), 5, "{over_minimum:#?}");
-    assert!(
-        over_minimum.iter().all(|n| n.contains("+riders::")),
-        "{over_minimum:#?}"
-    );
+    assert_eq!(most, STORAGE_BUFFERS_PER_STAGE);
 }
