@@ -2,7 +2,7 @@
 //! structure): `softmax(q·Kᵀ/√d + mask)·V` for M query rows per query head, GQA, over the
 //! exact sinks, the quantized history and the exact recent window, with no dense K̂ or V̂.
 //!
-//! A call runs, per tile of query rows:
+//! A call (`call.rs`: sized once, then recorded tile by tile) runs, per tile of query rows:
 //! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
 //!    channels, then Mᵀq over the DFT-domain normal channels), for the segments that go
 //!    through separate passes (the fused kernels read the call's query and scale it
@@ -37,6 +37,7 @@
 //! call, as one binding). A segment with STP refinements, or [`Kernels::ThreePass`], takes
 //! the separate passes.
 
+mod call;
 mod layer;
 mod planes;
 mod rotated;
@@ -56,9 +57,8 @@ use super::binding::Bound;
 use super::context::GpuContext;
 use super::params::Params;
 use super::shaders::{
-    ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED,
-    ATTENTION_SOFTMAX, ATTENTION_SPLIT, ATTENTION_VALUES_EXACT, ATTENTION_VALUES_TERNARY,
-    ATTENTION_VALUES_TERNARY_SUBGROUP, ATTENTION_VALUES_TWO_BIT,
+    ATTENTION_SCORES_EXACT, ATTENTION_SCORES_PACKED, ATTENTION_VALUES_EXACT,
+    ATTENTION_VALUES_TERNARY, ATTENTION_VALUES_TERNARY_SUBGROUP, ATTENTION_VALUES_TWO_BIT,
 };
 use crate::config::Grouping;
 use crate::error::{Result, VidkvError};
@@ -147,7 +147,7 @@ pub(crate) fn attend_segments(
     let _exclusive = ctx.exclusive();
     let q_buffer = ctx.upload("attention q", q)?;
     let output = ctx.output("attention output", words)?;
-    record_call(ctx, call, &q_buffer, &output)?;
+    call::record_call(ctx, call, &q_buffer, &output)?;
     let words = ctx.read_output(&output, "attention output", words)?;
     Ok(words.into_iter().map(f32::from_bits).collect())
 }
@@ -164,7 +164,7 @@ pub(crate) fn record_segments(
     let q_buffer = ctx.create_storage("attention q", q)?;
     let output = ctx.create_zeroed("attention output", words)?;
     let _exclusive = ctx.exclusive();
-    record_call(ctx, call, &q_buffer, &output)?;
+    call::record_call(ctx, call, &q_buffer, &output)?;
     Ok((output, words))
 }
 
@@ -207,7 +207,7 @@ pub(crate) fn attend_segments_into(
         }
     }
     let _exclusive = ctx.exclusive();
-    record_call(ctx, call, q, out)
+    call::record_call(ctx, call, q, out)
 }
 
 /// One attention call: the layer, its segments, and the queries' heads and visible ranges.
@@ -259,247 +259,6 @@ fn check_call(
         )));
     }
     Ok(words)
-}
-
-/// Records and submits `call` tile by tile (one submission per tile of query rows), reading
-/// the query from `q_buffer` and writing the output to `output`; the caller holds the
-/// context's exclusive guard.
-fn record_call(
-    ctx: &GpuContext,
-    call: &Call<'_, '_>,
-    q_buffer: &wgpu::Buffer,
-    output: &wgpu::Buffer,
-) -> Result<()> {
-    let Call {
-        layer,
-        segments,
-        q_heads,
-        visible,
-        kernels,
-    } = *call;
-    let subgroups = kernels == Kernels::Fastest && ctx.uses_subgroups();
-    let split_tokens = ctx.split_tokens();
-    let d = layer.head_dim;
-    let queries = visible.len();
-    let rows_per_head = (q_heads / layer.kv_heads) * queries;
-    let total_rows = rows_per_head * layer.kv_heads;
-    let mut split_offsets = Vec::with_capacity(segments.len());
-    let mut total_splits = 0;
-    for segment in segments {
-        split_offsets.push(total_splits);
-        total_splits += segment.splits(split_tokens);
-    }
-    // Score rows are padded to a multiple of 4 floats (`score_stride` in the shaders).
-    let longest = segments
-        .iter()
-        .map(|s| s.len.next_multiple_of(4))
-        .max()
-        .unwrap_or(4);
-    // A row's split outputs: its partial sums and its (m, l) pairs (one buffer, the pairs
-    // from an aligned offset after the sums).
-    let per_row = (longest.max(total_splits * (d + 2)) * 4) as u64;
-    // Tiles hold whole runs of the `gqa` rows that share a KV head and a query position.
-    let gqa = q_heads / layer.kv_heads;
-    let tile_rows = ((ctx.max_data_bytes().saturating_sub(STATS_ALIGN) / per_row) as usize)
-        .clamp(1, total_rows)
-        .min(ctx.max_workgroups_per_dimension() as usize);
-    let tile_rows = (tile_rows / gqa).max(1) * gqa;
-    let fused = rotated_groups::FusedCall::plan(ctx, call);
-    // The fused kernel binds the visible ranges and the key and value states as uniforms
-    // of fixed size.
-    let uniform_floor = |bytes: usize| if fused.is_some() { bytes } else { 0 };
-
-    let visible_flat: Vec<u32> = visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
-    let visible_buffer = ctx.buffer(
-        "attention visible",
-        ((visible_flat.len() * 4).max(uniform_floor(rotated_groups::VISIBLE_UNIFORM_BYTES))) as u64,
-    )?;
-    ctx.write(&visible_buffer, 0, &visible_flat);
-    let riders = rotated_groups::RiderPlan::new(ctx, segments, &split_offsets, fused.as_ref())?;
-    // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
-    // only for segments that go through the separate passes.
-    let query_pass = segments.iter().enumerate().any(|(i, s)| {
-        let fused = match s.data {
-            SegmentData::Exact { .. } => kernels != Kernels::ThreePass,
-            SegmentData::Packed(_) => fused.as_ref().is_some_and(|f| f.takes(s).is_some()),
-        };
-        !riders.riding[i] && !fused
-    });
-    let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
-    let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
-    let stats_bytes = (tile_rows * total_splits * 8) as u64;
-    let scratch = Scratch {
-        natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
-        planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
-        scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
-        partial: ctx.buffer("attention split outputs", stats_offset + stats_bytes)?,
-        partial_bytes,
-        stats: (stats_offset, stats_bytes),
-        centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
-        unused: ctx.buffer("unused binding", 16)?,
-    };
-    let fused_states = match &fused {
-        Some(_) => Some(rotated_groups::FusedCall::states_uniform(ctx)?),
-        None => None,
-    };
-    let base = Params {
-        width: d as u32,
-        group_size: layer.group_size as u32,
-        outliers: layer.layout.outliers as u32,
-        dft_len: layer.layout.normals as u32,
-        scale_rule: u32::from(layer.layout.fft),
-        scale: 1.0 / (d as f32).sqrt(),
-        kv_heads: layer.kv_heads as u32,
-        rows_per_head: rows_per_head as u32,
-        queries: queries as u32,
-        total_splits: total_splits as u32,
-        split_size: split_tokens as u32,
-        stats_offset: (stats_offset / 4) as u32,
-        ..Default::default()
-    };
-    let mut row_offset = 0;
-    while row_offset < total_rows {
-        let rows = tile_rows.min(total_rows - row_offset);
-        let tile = Params {
-            row_offset: row_offset as u32,
-            tile_rows: rows as u32,
-            ..base
-        };
-        let mut batch = ctx.batch();
-        if let (Some(fused), Some(states)) = (&fused, &fused_states) {
-            fused.record_states(&mut batch, states);
-        }
-        match &layer.layout.rotated {
-            _ if !query_pass => {}
-            Some(states) => {
-                rotated::record_queries(&mut batch, states, q_buffer, tile, rows, &scratch)
-            }
-            None => batch.dispatch(
-                &ATTENTION_QUERIES,
-                "main",
-                Params {
-                    invocations: (rows * d) as u32,
-                    ..tile
-                },
-                &[
-                    q_buffer,
-                    &layer.layout.order,
-                    &layer.layout.twiddles,
-                    &scratch.natural,
-                    &scratch.planar,
-                ],
-            ),
-        }
-        for (i, (segment, &split_offset)) in segments.iter().zip(&split_offsets).enumerate() {
-            if riders.riding[i] {
-                continue;
-            }
-            let seg = Params {
-                segment_start: segment.start as u32,
-                segment_len: segment.len as u32,
-                split_offset: split_offset as u32,
-                ..tile
-            };
-            if let (
-                SegmentData::Exact {
-                    keys,
-                    values,
-                    rows_per_head,
-                    first_row,
-                },
-                false,
-            ) = (&segment.data, kernels == Kernels::ThreePass)
-            {
-                batch.dispatch_grid_bound(
-                    &ATTENTION_SPLIT,
-                    "main",
-                    Params {
-                        rows: *rows_per_head as u32,
-                        segment_first: *first_row as u32,
-                        ..seg
-                    },
-                    &[
-                        q_buffer.into(),
-                        (&*visible_buffer).into(),
-                        (*keys).into(),
-                        (*values).into(),
-                        scratch.stats(),
-                        scratch.partial_sums(),
-                    ],
-                    (segment.splits(split_tokens) as u32, row_blocks(seg, rows)),
-                );
-                continue;
-            }
-            let fused_planes = fused.as_ref().and_then(|f| f.takes(segment));
-            if let (Some(planes), Some(states)) = (fused_planes, &fused_states) {
-                let rider = riders.carried[i].as_ref();
-                let splits = segment.splits(split_tokens)
-                    + rider.map_or(0, |r| r.splits(segments, split_tokens));
-                rotated_groups::record_fused(
-                    &mut batch,
-                    rotated_groups::fused_kernel(ctx, subgroups, d, planes.0.group_size),
-                    planes,
-                    seg,
-                    (splits as u32, row_blocks(seg, rows)),
-                    &rotated_groups::FusedBuffers {
-                        queries: q_buffer,
-                        visible: &visible_buffer,
-                        states,
-                        exact: rotated_groups::FusedExact {
-                            keys: rider.map_or(&scratch.unused, |r| r.keys),
-                            values: rider.map_or(&scratch.unused, |r| r.values),
-                            rows_per_head: rider.map_or(0, |r| r.rows_per_head),
-                            records: &riders.records,
-                            record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
-                        },
-                    },
-                    &scratch,
-                );
-                continue;
-            }
-            record_scores(&mut batch, layer, segment, seg, rows, &scratch);
-            batch.dispatch_bound(
-                &ATTENTION_SOFTMAX,
-                "main",
-                Params {
-                    invocations: (rows * segment.splits(split_tokens)) as u32,
-                    ..seg
-                },
-                &[
-                    (&*visible_buffer).into(),
-                    (&*scratch.scores).into(),
-                    scratch.stats(),
-                ],
-            );
-            record_values(subgroups, &mut batch, segment, seg, rows, &scratch);
-            if let SegmentData::Packed(PackedPlanes {
-                refinement: Some(refinement),
-                ..
-            }) = &segment.data
-            {
-                rotated::record_refinement(
-                    &mut batch,
-                    refinement,
-                    seg,
-                    segment.splits(split_tokens),
-                    rows,
-                    &scratch,
-                );
-            }
-        }
-        batch.dispatch_bound(
-            &ATTENTION_COMBINE,
-            "main",
-            Params {
-                invocations: (rows * d) as u32,
-                ..tile
-            },
-            &[scratch.stats(), scratch.partial_sums(), output.into()],
-        );
-        batch.submit()?;
-        row_offset += rows;
-    }
-    Ok(())
 }
 
 /// The grid of a per-row kernel: `items` invocations in x for each of `rows` rows in y.

@@ -1,0 +1,342 @@
+//! One attention call recorded: [`CallPlan::new`] sizes the call once (splits, tiles of
+//! query rows, the scratch, the fused dispatches and the exact segments riding in them),
+//! then [`record_call`] records and submits it tile by tile — the query pass where a
+//! segment needs it, one dispatch (or three passes) per segment, the combine.
+
+use std::sync::Arc;
+
+use super::planes::{LayerGeometry, PackedPlanes, SegmentData};
+use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, RiderPlan};
+use super::{
+    record_scores, record_values, rotated, row_blocks, Call, Kernels, Scratch, STATS_ALIGN,
+};
+use crate::error::Result;
+use crate::gpu::batch::Batch;
+use crate::gpu::context::GpuContext;
+use crate::gpu::params::Params;
+use crate::gpu::shaders::{
+    ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SOFTMAX, ATTENTION_SPLIT,
+};
+
+/// Records and submits `call` tile by tile (one submission per tile of query rows), reading
+/// the query from `q_buffer` and writing the output to `output`; the caller holds the
+/// context's exclusive guard.
+pub(super) fn record_call(
+    ctx: &GpuContext,
+    call: &Call<'_, '_>,
+    q_buffer: &wgpu::Buffer,
+    output: &wgpu::Buffer,
+) -> Result<()> {
+    let plan = CallPlan::new(ctx, call)?;
+    let total_rows = plan.base.rows_per_head as usize * call.layer.kv_heads;
+    let mut row_offset = 0;
+    while row_offset < total_rows {
+        let rows = plan.tile_rows.min(total_rows - row_offset);
+        let tile = Params {
+            row_offset: row_offset as u32,
+            tile_rows: rows as u32,
+            ..plan.base
+        };
+        let mut batch = ctx.batch();
+        plan.record_tile(&mut batch, (tile, rows), q_buffer, output);
+        batch.submit()?;
+        row_offset += rows;
+    }
+    Ok(())
+}
+
+/// What every tile of a call records, sized once.
+struct CallPlan<'c, 'a, 'b> {
+    ctx: &'c GpuContext,
+    call: &'c Call<'a, 'b>,
+    subgroups: bool,
+    split_tokens: usize,
+    /// Each segment's splits before it.
+    split_offsets: Vec<usize>,
+    /// Query rows per tile (whole runs of the rows that share a KV head and a position).
+    tile_rows: usize,
+    /// The parameters every dispatch of the call shares.
+    base: Params,
+    /// The fused dispatches' shared states and their uniform buffer, if any segment is fused.
+    fused: Option<(FusedCall<'a>, Arc<wgpu::Buffer>)>,
+    riders: RiderPlan<'a>,
+    /// Whether some segment goes through the separate passes, which read the query pass.
+    query_pass: bool,
+    visible: Arc<wgpu::Buffer>,
+    scratch: Scratch,
+}
+
+impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
+    fn new(ctx: &'c GpuContext, call: &'c Call<'a, 'b>) -> Result<Self> {
+        let (layer, segments) = (call.layer, call.segments);
+        let split_tokens = ctx.split_tokens();
+        let d = layer.head_dim;
+        let gqa = call.q_heads / layer.kv_heads;
+        let rows_per_head = gqa * call.visible.len();
+        let total_rows = rows_per_head * layer.kv_heads;
+        let mut split_offsets = Vec::with_capacity(segments.len());
+        let mut total_splits = 0;
+        for segment in segments {
+            split_offsets.push(total_splits);
+            total_splits += segment.splits(split_tokens);
+        }
+        // Score rows are padded to a multiple of 4 floats (`score_stride` in the shaders).
+        let longest = segments
+            .iter()
+            .map(|s| s.len.next_multiple_of(4))
+            .max()
+            .unwrap_or(4);
+        // A row's split outputs: its partial sums and its (m, l) pairs (one buffer, the
+        // pairs from an aligned offset after the sums).
+        let per_row = (longest.max(total_splits * (d + 2)) * 4) as u64;
+        let tile_rows = ((ctx.max_data_bytes().saturating_sub(STATS_ALIGN) / per_row) as usize)
+            .clamp(1, total_rows)
+            .min(ctx.max_workgroups_per_dimension() as usize);
+        let tile_rows = (tile_rows / gqa).max(1) * gqa;
+        let fused = FusedCall::plan(ctx, call);
+        // The fused kernel binds the visible ranges as a uniform of fixed size.
+        let visible_floor = if fused.is_some() {
+            rotated_groups::VISIBLE_UNIFORM_BYTES
+        } else {
+            0
+        };
+        let visible_flat: Vec<u32> = call.visible.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
+        let visible = ctx.buffer(
+            "attention visible",
+            (visible_flat.len() * 4).max(visible_floor) as u64,
+        )?;
+        ctx.write(&visible, 0, &visible_flat);
+        let riders = RiderPlan::new(ctx, segments, &split_offsets, fused.as_ref())?;
+        // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
+        // only for segments that go through the separate passes.
+        let query_pass = segments.iter().enumerate().any(|(i, s)| {
+            let one_dispatch = match s.data {
+                SegmentData::Exact { .. } => call.kernels != Kernels::ThreePass,
+                SegmentData::Packed(_) => fused.as_ref().is_some_and(|f| f.takes(s).is_some()),
+            };
+            !riders.riding[i] && !one_dispatch
+        });
+        let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
+        let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
+        let stats_bytes = (tile_rows * total_splits * 8) as u64;
+        let scratch = Scratch {
+            natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
+            planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
+            scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
+            partial: ctx.buffer("attention split outputs", stats_offset + stats_bytes)?,
+            partial_bytes,
+            stats: (stats_offset, stats_bytes),
+            centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
+            unused: ctx.buffer("unused binding", 16)?,
+        };
+        let fused = match fused {
+            Some(fused) => Some((fused, FusedCall::states_uniform(ctx)?)),
+            None => None,
+        };
+        let base = Params {
+            width: d as u32,
+            group_size: layer.group_size as u32,
+            outliers: layer.layout.outliers as u32,
+            dft_len: layer.layout.normals as u32,
+            scale_rule: u32::from(layer.layout.fft),
+            scale: 1.0 / (d as f32).sqrt(),
+            kv_heads: layer.kv_heads as u32,
+            rows_per_head: rows_per_head as u32,
+            queries: call.visible.len() as u32,
+            total_splits: total_splits as u32,
+            split_size: split_tokens as u32,
+            stats_offset: (stats_offset / 4) as u32,
+            ..Default::default()
+        };
+        Ok(CallPlan {
+            ctx,
+            call,
+            subgroups: call.kernels == Kernels::Fastest && ctx.uses_subgroups(),
+            split_tokens,
+            split_offsets,
+            tile_rows,
+            base,
+            fused,
+            riders,
+            query_pass,
+            visible,
+            scratch,
+        })
+    }
+
+    /// Records the tile `tile` of `rows` query rows: the fused dispatches' states, the query
+    /// pass, every segment that does not ride in another's dispatch, and the combine.
+    fn record_tile(
+        &self,
+        batch: &mut Batch<'_>,
+        (tile, rows): (Params, usize),
+        q_buffer: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) {
+        if let Some((fused, states)) = &self.fused {
+            fused.record_states(batch, states);
+        }
+        if self.query_pass {
+            self.record_queries(batch, (tile, rows), q_buffer);
+        }
+        for i in 0..self.call.segments.len() {
+            if !self.riders.riding[i] {
+                self.record_segment(batch, i, (tile, rows), q_buffer);
+            }
+        }
+        batch.dispatch_bound(
+            &ATTENTION_COMBINE,
+            "main",
+            Params {
+                invocations: (rows * self.call.layer.head_dim) as u32,
+                ..tile
+            },
+            &[
+                self.scratch.stats(),
+                self.scratch.partial_sums(),
+                output.into(),
+            ],
+        );
+    }
+
+    /// The query pass: rotated rows and their centre terms for rotated keys, else the rows
+    /// scaled and in plane order.
+    fn record_queries(
+        &self,
+        batch: &mut Batch<'_>,
+        (tile, rows): (Params, usize),
+        q: &wgpu::Buffer,
+    ) {
+        let layout = self.call.layer.layout;
+        let scratch = &self.scratch;
+        match &layout.rotated {
+            Some(states) => rotated::record_queries(batch, states, q, tile, rows, scratch),
+            None => batch.dispatch(
+                &ATTENTION_QUERIES,
+                "main",
+                Params {
+                    invocations: (rows * self.call.layer.head_dim) as u32,
+                    ..tile
+                },
+                &[
+                    q,
+                    &layout.order,
+                    &layout.twiddles,
+                    &scratch.natural,
+                    &scratch.planar,
+                ],
+            ),
+        }
+    }
+
+    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows), one fused
+    /// dispatch with its riders (codes across tokens), or the three passes (and the STP
+    /// refinements' pass).
+    fn record_segment(
+        &self,
+        batch: &mut Batch<'_>,
+        i: usize,
+        (tile, rows): (Params, usize),
+        q_buffer: &wgpu::Buffer,
+    ) {
+        let segment = &self.call.segments[i];
+        let (scratch, split_tokens) = (&self.scratch, self.split_tokens);
+        let splits = segment.splits(split_tokens);
+        let seg = Params {
+            segment_start: segment.start as u32,
+            segment_len: segment.len as u32,
+            split_offset: self.split_offsets[i] as u32,
+            ..tile
+        };
+        if let (
+            SegmentData::Exact {
+                keys,
+                values,
+                rows_per_head,
+                first_row,
+            },
+            false,
+        ) = (&segment.data, self.call.kernels == Kernels::ThreePass)
+        {
+            batch.dispatch_grid_bound(
+                &ATTENTION_SPLIT,
+                "main",
+                Params {
+                    rows: *rows_per_head as u32,
+                    segment_first: *first_row as u32,
+                    ..seg
+                },
+                &[
+                    q_buffer.into(),
+                    (&*self.visible).into(),
+                    (*keys).into(),
+                    (*values).into(),
+                    scratch.stats(),
+                    scratch.partial_sums(),
+                ],
+                (splits as u32, row_blocks(seg, rows)),
+            );
+            return;
+        }
+        if let Some((fused, states)) = &self.fused {
+            if let Some(planes) = fused.takes(segment) {
+                let rider = self.riders.carried[i].as_ref();
+                let riders = rider.map_or(0, |r| r.splits(self.call.segments, split_tokens));
+                let d = self.call.layer.head_dim;
+                rotated_groups::record_fused(
+                    batch,
+                    rotated_groups::fused_kernel(self.ctx, self.subgroups, d, planes.0.group_size),
+                    planes,
+                    seg,
+                    ((splits + riders) as u32, row_blocks(seg, rows)),
+                    &FusedBuffers {
+                        queries: q_buffer,
+                        visible: &self.visible,
+                        states,
+                        exact: FusedExact {
+                            keys: rider.map_or(&scratch.unused, |r| r.keys),
+                            values: rider.map_or(&scratch.unused, |r| r.values),
+                            rows_per_head: rider.map_or(0, |r| r.rows_per_head),
+                            records: &self.riders.records,
+                            record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
+                        },
+                    },
+                    scratch,
+                );
+                return;
+            }
+        }
+        self.record_three_passes(batch, i, (seg, rows));
+    }
+
+    /// Scores, the split softmax and the value sums of segment `i` (and its STP
+    /// refinements).
+    fn record_three_passes(&self, batch: &mut Batch<'_>, i: usize, (seg, rows): (Params, usize)) {
+        let segment = &self.call.segments[i];
+        let layer: &LayerGeometry<'_> = self.call.layer;
+        let scratch = &self.scratch;
+        let splits = segment.splits(self.split_tokens);
+        record_scores(batch, layer, segment, seg, rows, scratch);
+        batch.dispatch_bound(
+            &ATTENTION_SOFTMAX,
+            "main",
+            Params {
+                invocations: (rows * splits) as u32,
+                ..seg
+            },
+            &[
+                (&*self.visible).into(),
+                (&*scratch.scores).into(),
+                scratch.stats(),
+            ],
+        );
+        record_values(self.subgroups, batch, segment, seg, rows, scratch);
+        if let SegmentData::Packed(PackedPlanes {
+            refinement: Some(refinement),
+            ..
+        }) = &segment.data
+        {
+            rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+        }
+    }
+}
