@@ -286,6 +286,8 @@ pub struct CacheStepResult {
     pub buffers_wall_median_ms: f64,
     /// Stored bytes of the cache after the steps.
     pub bytes: usize,
+    /// GPU memory the cache holds after the steps ([`KvCache::allocated_bytes`]).
+    pub allocated_bytes: u64,
 }
 
 /// Decode-step latency of a [`KvCache`] per preset for a model of `shape` filled with
@@ -387,6 +389,7 @@ pub fn cache_decode_step(
             gpu_median_ms: (timestamps && !gpus.is_empty()).then(|| median(gpus)),
             buffers_wall_median_ms: median(buffer_walls),
             bytes: cache.bytes(),
+            allocated_bytes: cache.allocated_bytes(),
         });
     }
     Ok(results)

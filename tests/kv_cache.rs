@@ -905,6 +905,10 @@ fn a_step_grows_the_history_in_its_submission() {
     }
     assert_eq!(f.device.len(0), 8292);
     assert_eq!(f.device.groups_quantized(), f.host.groups_quantized());
+    // The planes grew to 512 groups (257 used); the f32 window went back to its usual size
+    // after the 8,288-token prefill passed through it (it held 17 MB, 28 times the cache).
+    let (held, stored) = (f.device.allocated_bytes(), f.device.bytes() as u64);
+    assert!(held < 3 * stored, "{held} bytes held for {stored} stored");
 }
 
 /// `examples/host_device.rs` (which `cargo test` builds) runs: a host device, the host's
@@ -979,6 +983,17 @@ fn a_growing_history_decodes_in_two_dispatches() {
             cache
         };
         let (one, many) = (fill_on(&grown), fill_on(&chunked));
+        // GPU memory: the stored bytes and the room to grow. An fp16 layer's one store grew
+        // by a quarter or 1,024 rows at a time, so it holds at most that more than its rows.
+        let (held, stored) = (one.allocated_bytes(), one.bytes() as u64);
+        assert!(held >= stored, "{preset}: {held}");
+        if preset == "fp16" {
+            let row_bytes = (SHAPE.layers * SHAPE.kv_heads * SHAPE.head_dim * 2 * 2) as u64;
+            assert!(
+                held <= stored + (stored / 4).max(1024 * row_bytes),
+                "{held}, {stored}"
+            );
+        }
         let contents = one.to_packed().unwrap();
         // (Compared with `==`: the contents are megabytes of words to print.)
         assert!(

@@ -5,7 +5,7 @@ use super::{Chunk, KvCache, CHUNK_GROUPS};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
 use crate::gpu::incremental::{
-    copy_into_window, freeze_split, grow_planes, grow_window, repack_window, shift_window,
+    copy_into_window, freeze_split, grow_planes, repack_window, resized_window, shift_window,
     write_exact, ChunkWords, ExactStore, GroupFlush, Growth, LayerStates, RowSpan, Rows, ROW_ALIGN,
 };
 use crate::tensor::Tensor;
@@ -135,6 +135,7 @@ impl KvCache {
             let groups = (rows - residual) / g;
             self.quantize_window(layer, groups)?;
             self.shift_window(layer, groups * g)?;
+            self.shrink_window(layer)?;
             return self.repack_window(layer);
         }
         self.pack_arrivals(layer, before, span)
@@ -187,7 +188,7 @@ impl KvCache {
             return Ok(());
         }
         let capacity = rows.max(2 * current).max(floor).next_multiple_of(ROW_ALIGN);
-        let grown = grow_window(
+        let grown = resized_window(
             &self.gpu,
             state.window_f32.as_ref(),
             state.window_rows,
@@ -195,6 +196,25 @@ impl KvCache {
             capacity,
         )?;
         state.window_f32 = Some(grown);
+        Ok(())
+    }
+
+    /// Gives the f32 window back its usual size (the residual and a group) once a large
+    /// append, a prefill, has been quantized out of it: the rows a prompt brought through
+    /// the window would otherwise stay allocated (f32, four times the f16 cache they came
+    /// to) for the cache's life.
+    fn shrink_window(&mut self, layer: usize) -> Result<()> {
+        let floor = (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
+        let heads = self.heads();
+        let state = &mut self.layers[layer];
+        let Some(window) = &state.window_f32 else {
+            return Ok(());
+        };
+        let needed = floor.max(state.window_rows.next_multiple_of(ROW_ALIGN));
+        if window.capacity > 2 * needed {
+            let shrunk = resized_window(&self.gpu, Some(window), state.window_rows, heads, needed)?;
+            state.window_f32 = Some(shrunk);
+        }
         Ok(())
     }
 
@@ -303,7 +323,7 @@ impl KvCache {
     /// fills (a new store only where a grown one would pass the binding limit).
     fn append_exact(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         let heads = self.heads();
-        let growth = Growth::exact(self.config.group_size);
+        let growth = Growth::EXACT;
         let max = self.gpu.max_binding_bytes();
         let fits = |rows: usize| ExactStore::bytes(heads, rows) <= max;
         let gpu = self.gpu.clone();

@@ -358,18 +358,14 @@ impl KvCache {
         keys: &[Vec<u32>],
         values: &[Vec<u32>],
     ) -> Result<()> {
-        let (h, d, g) = (
-            self.shape.kv_heads,
-            self.shape.head_dim,
-            self.config.group_size,
-        );
+        let (h, d) = (self.shape.kv_heads, self.shape.head_dim);
         let gpu = &self.gpu.clone();
         let heads = self.heads();
         let plan = self.config.plan(tokens);
         let words_per_row = d / 2;
         self.layers[l].tokens = tokens;
         if self.config.is_fp16() {
-            let growth = Growth::exact(g);
+            let growth = Growth::EXACT;
             let max = gpu.max_binding_bytes();
             let fits = |rows: usize| ExactStore::bytes(heads, rows) <= max;
             let mut at = 0;

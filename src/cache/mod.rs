@@ -287,6 +287,29 @@ impl KvCache {
         }
     }
 
+    /// GPU memory the cache holds, in bytes: every buffer it allocated — the quantized
+    /// planes with their room to grow (at most a quarter of a layer's history, or 256
+    /// groups, whichever is more), the exact sinks and window, the window's f32
+    /// originals, an fp16 cache's rows with theirs (a quarter, or 1,024 rows). At least
+    /// [`KvCache::bytes`].
+    pub fn allocated_bytes(&self) -> u64 {
+        let pair = |keys: &wgpu::Buffer, values: &wgpu::Buffer| keys.size() + values.size();
+        self.layers
+            .iter()
+            .map(|layer| {
+                let exact = layer.exact.iter().map(|e| pair(&e.keys, &e.values));
+                let window = layer.window_f32.iter().map(|w| pair(&w.keys, &w.values));
+                let fp16 = layer
+                    .exact_chunks
+                    .iter()
+                    .map(|(e, _)| pair(&e.keys, &e.values));
+                let runs = layer.prefill.iter().map(|(c, _)| c).chain(&layer.chunks);
+                let planes = runs.map(|c| c.planes.bytes());
+                exact.chain(window).chain(fp16).chain(planes).sum::<u64>()
+            })
+            .sum()
+    }
+
     fn size(&self) -> crate::packed::SizeReport {
         let mut total = crate::packed::SizeReport {
             key_bytes: 0,

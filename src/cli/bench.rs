@@ -167,6 +167,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
                 "buffers_wall_median_ms": r.buffers_wall_median_ms,
                 "buffers_ratio_to_fp16": fp16.buffers_wall_median_ms / r.buffers_wall_median_ms,
                 "bytes": r.bytes,
+                "allocated_bytes": r.allocated_bytes,
             })).collect::<Vec<_>>(),
         });
         println!("{doc}");
@@ -183,22 +184,23 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         gpu.split_tokens()
     );
     println!(
-        "  {:<14} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14}",
-        "cache", "wall ms", "gpu ms", "vs fp16", "buffer API ms", "vs fp16", "bytes"
+        "  {:<14} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14} {:>14}",
+        "cache", "wall ms", "gpu ms", "vs fp16", "buffer API ms", "vs fp16", "bytes", "GPU bytes"
     );
     for r in &results {
         let gpu_ms = r
             .gpu_median_ms
             .map_or("-".to_string(), |ms| format!("{ms:.1}"));
         println!(
-            "  {:<14} {:>12.1} {:>12} {:>8.2}x {:>16.1} {:>8.2}x {:>14}",
+            "  {:<14} {:>12.1} {:>12} {:>8.2}x {:>16.1} {:>8.2}x {:>14} {:>14}",
             r.preset,
             r.wall_median_ms,
             gpu_ms,
             speed(r),
             r.buffers_wall_median_ms,
             fp16.buffers_wall_median_ms / r.buffers_wall_median_ms,
-            r.bytes
+            r.bytes,
+            r.allocated_bytes
         );
     }
     Ok(())

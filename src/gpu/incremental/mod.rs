@@ -12,9 +12,10 @@
 //!   `GroupFlush` (`flush.rs`).
 //! - growth (`Growth`): a full chunk's planes are re-strided into larger ones
 //!   (`grow_planes`: every plane row's filled words copied on the GPU, nothing
-//!   re-quantized), an fp16 store's rows likewise (`ExactStore::grown`), by a quarter and
-//!   at least [`CHUNK_GROUPS`] groups, so that a layer's history stays one segment (one
-//!   attention dispatch) until an array would pass the binding limit.
+//!   re-quantized), by a quarter and at least [`CHUNK_GROUPS`] groups, and an fp16 store's
+//!   rows likewise (`ExactStore::grown`, at least `EXACT_MIN_STEP` rows), so that a layer's
+//!   history stays one segment (one attention dispatch) until an array would pass the
+//!   binding limit.
 //! - what a layer fixes at its first flush (`states.rs`): the key channel split and, for the
 //!   rotated schemes, `LayerStates` (kernel table and every head's state, fitted on the GPU
 //!   and shared by every chunk); chunk planes of per-token
@@ -43,6 +44,10 @@ use crate::packed::planes::pack_f16_slice;
 /// it.
 pub const CHUNK_GROUPS: usize = 256;
 
+/// The least step, in rows, by which an fp16 store grows (its rows need no alignment
+/// beyond [`ROW_ALIGN`], so it wastes at most a quarter, or this many rows).
+pub(crate) const EXACT_MIN_STEP: usize = 1024;
+
 /// How a store grows: by a quarter of its capacity, at least `min_step` units, to a
 /// multiple of `align` units (chunk groups, or exact rows).
 #[derive(Clone, Copy)]
@@ -59,14 +64,12 @@ impl Growth {
         align: CHUNK_GROUPS,
     };
 
-    /// An fp16 store of groups of `group_size` tokens: by at least [`CHUNK_GROUPS`]
-    /// groups' rows, to a multiple of [`ROW_ALIGN`] rows.
-    pub fn exact(group_size: usize) -> Growth {
-        Growth {
-            min_step: CHUNK_GROUPS * group_size,
-            align: ROW_ALIGN,
-        }
-    }
+    /// An fp16 store: by at least [`EXACT_MIN_STEP`] rows, to a multiple of [`ROW_ALIGN`]
+    /// rows.
+    pub const EXACT: Growth = Growth {
+        min_step: EXACT_MIN_STEP,
+        align: ROW_ALIGN,
+    };
 
     /// The capacity a store of `capacity` units (0 for a new store) grows to so that
     /// `needed` more units fit, no larger than `fits` allows (it says whether a capacity
@@ -308,8 +311,9 @@ pub(crate) fn write_exact(
     Ok(())
 }
 
-/// A window of `capacity` rows per head holding the first `used` rows of `old`.
-pub(crate) fn grow_window(
+/// A window of `capacity` rows per head (larger or smaller than `old`'s) holding the first
+/// `used` rows of `old` (`used` ≤ `capacity`).
+pub(crate) fn resized_window(
     ctx: &GpuContext,
     old: Option<&F32Rows>,
     used: usize,
