@@ -781,6 +781,16 @@ impl BufferDecode {
         step
     }
 
+    /// Every layer's output of step `t` equals the host-API twin's attention to 1e-6.
+    fn check_outputs(&self, t: usize) {
+        for (l, out) in self.outs.iter().enumerate() {
+            let got = self.own.read_floats(out, self.q.len()).unwrap();
+            let expected = self.host.attend_causal(l, &self.q).unwrap();
+            let err = relative_l2(&got, &expected);
+            assert!(err < 1e-6, "step {t} layer {l}: relative error {err}");
+        }
+    }
+
     /// Appends token `t` to every layer of the host-API twin.
     fn append_to_host(&mut self, t: usize) {
         for l in 0..SHAPE.layers {
@@ -862,11 +872,7 @@ fn a_whole_model_step_is_one_submission() {
         }
         f.append_to_host(t);
         if t % 10 == 9 {
-            for (l, out) in f.outs.iter().enumerate() {
-                let got = f.own.read_floats(out, f.q.len()).unwrap();
-                let expected = f.host.attend_causal(l, &f.q).unwrap();
-                assert!(relative_l2(&got, &expected) < 1e-6, "step {t} layer {l}");
-            }
+            f.check_outputs(t);
         }
     }
     let step = f.device.begin_step().unwrap();
@@ -896,12 +902,7 @@ fn a_step_grows_the_history_in_its_submission() {
         f.record_step(&inputs).submit().unwrap();
         assert_eq!(f.own.counts().submissions - before.submissions, 1);
         f.append_to_host(t);
-        for (l, out) in f.outs.iter().enumerate() {
-            let got = f.own.read_floats(out, f.q.len()).unwrap();
-            let expected = f.host.attend_causal(l, &f.q).unwrap();
-            let err = relative_l2(&got, &expected);
-            assert!(err < 1e-6, "step {t} layer {l}: relative error {err}");
-        }
+        f.check_outputs(t);
     }
     assert_eq!(f.device.len(0), 8292);
     assert_eq!(f.device.groups_quantized(), f.host.groups_quantized());

@@ -170,9 +170,7 @@ impl KvCache {
     /// has none yet.
     pub(super) fn ensure_exact_rows(&mut self, layer: usize) -> Result<()> {
         if self.layers[layer].exact.is_none() {
-            let window =
-                (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
-            let capacity = self.sink_rows() + window;
+            let capacity = self.sink_rows() + self.window_floor();
             self.layers[layer].exact = Some(ExactStore::new(&self.gpu, self.heads(), capacity)?);
         }
         Ok(())
@@ -180,8 +178,7 @@ impl KvCache {
 
     /// Grows the f32 window of `layer` to hold `rows` rows per head (old rows are copied).
     pub(super) fn ensure_window(&mut self, layer: usize, rows: usize) -> Result<()> {
-        let floor = self.config.residual + self.config.group_size;
-        let heads = self.heads();
+        let (floor, heads) = (self.window_floor(), self.heads());
         let state = &mut self.layers[layer];
         let current = state.window_f32.as_ref().map_or(0, |w| w.capacity);
         if rows <= current {
@@ -204,8 +201,7 @@ impl KvCache {
     /// the window would otherwise stay allocated (f32, four times the f16 cache they came
     /// to) for the cache's life.
     fn shrink_window(&mut self, layer: usize) -> Result<()> {
-        let floor = (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN);
-        let heads = self.heads();
+        let (floor, heads) = (self.window_floor(), self.heads());
         let state = &mut self.layers[layer];
         let Some(window) = &state.window_f32 else {
             return Ok(());
@@ -323,9 +319,6 @@ impl KvCache {
     /// fills (a new store only where a grown one would pass the binding limit).
     fn append_exact(&mut self, layer: usize, k: Rows<'_>, v: Rows<'_>, n: usize) -> Result<()> {
         let heads = self.heads();
-        let growth = Growth::EXACT;
-        let max = self.gpu.max_binding_bytes();
-        let fits = |rows: usize| ExactStore::bytes(heads, rows) <= max;
         let gpu = self.gpu.clone();
         let ctx = &gpu;
         let mut done = 0;
@@ -338,17 +331,12 @@ impl KvCache {
             {
                 let grown = chunks
                     .last()
-                    .and_then(|(store, _)| growth.capacity(store.capacity, needed, fits));
+                    .and_then(|(store, _)| store.growth(ctx, heads, needed));
                 match (chunks.last_mut(), grown) {
                     (Some((store, used)), Some(to)) => {
                         *store = store.grown(ctx, heads, *used, to)?
                     }
-                    _ => {
-                        let capacity = growth.capacity(0, needed, fits);
-                        let store =
-                            ExactStore::new(ctx, heads, capacity.unwrap_or(growth.min_step))?;
-                        chunks.push((store, 0));
-                    }
+                    _ => chunks.push((ExactStore::sized_for(ctx, heads, needed)?, 0)),
                 }
             }
             let (store, used) = self.layers[layer].exact_chunks.last().expect("just made");
@@ -450,9 +438,7 @@ impl KvCache {
                 return Ok(());
             }
         }
-        let capacity = Growth::CHUNK
-            .capacity(0, needed, fits)
-            .unwrap_or(CHUNK_GROUPS);
+        let capacity = Growth::CHUNK.initial(needed, fits);
         let planes = ChunkWords::of(config, heads.dim, capacity).new_planes(
             gpu,
             config,

@@ -8,7 +8,7 @@ use super::{Chunk, KvCache, ModelShape};
 use crate::config::{KeyScheme, TokenPlan};
 use crate::error::{Result, VidkvError};
 use crate::gpu::attention::upload_planes;
-use crate::gpu::incremental::{copy_into_window, ExactStore, Growth, LayerStates, RowSpan, Rows};
+use crate::gpu::incremental::{copy_into_window, ExactStore, LayerStates, RowSpan, Rows};
 use crate::gpu::GpuContext;
 use crate::packed::planes::ExactRows;
 use crate::packed::stp::takes_protection;
@@ -365,16 +365,10 @@ impl KvCache {
         let words_per_row = d / 2;
         self.layers[l].tokens = tokens;
         if self.config.is_fp16() {
-            let growth = Growth::EXACT;
-            let max = gpu.max_binding_bytes();
-            let fits = |rows: usize| ExactStore::bytes(heads, rows) <= max;
             let mut at = 0;
             while at < tokens {
-                let capacity = growth
-                    .capacity(0, tokens - at, fits)
-                    .unwrap_or(growth.min_step);
-                let take = capacity.min(tokens - at);
-                let store = ExactStore::new(gpu, heads, capacity)?;
+                let store = ExactStore::sized_for(gpu, heads, tokens - at)?;
+                let take = store.capacity.min(tokens - at);
                 let rows = at * words_per_row..(at + take) * words_per_row;
                 for head in 0..h {
                     store.write_words(

@@ -361,6 +361,12 @@ impl KvCache {
         self.config.sinks.next_multiple_of(ROW_ALIGN)
     }
 
+    /// The rows a layer's window needs at least (the residual and a group, aligned): the
+    /// exact store's room after the sinks, and the f32 window's usual size.
+    fn window_floor(&self) -> usize {
+        (self.config.residual + self.config.group_size).next_multiple_of(ROW_ALIGN)
+    }
+
     /// KV heads and head dimension, as the GPU helpers take them.
     fn heads(&self) -> Heads {
         Heads {

@@ -9,7 +9,7 @@
 //! rotates; the fused kernel rotates its block's rows itself and takes the call's exact
 //! sinks and window as splits of its own ([`exact_riders`]), within 10 storage buffers
 //! (what Chrome allows): the key and value states reach it as one uniform
-//! ([`FusedCall::upload_states`]) and its partial sums and (m, l) pairs as one binding.
+//! ([`FusedCall::record_states`]) and its partial sums and (m, l) pairs as one binding.
 //! The CPU mirror is [`crate::packed::attend`].
 
 use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
@@ -26,6 +26,7 @@ use crate::gpu::shaders::{
     ATTENTION_SPLIT_GROUPS_SUBGROUP, ATTENTION_SPLIT_GROUPS_SUBGROUP_ROWS,
     ATTENTION_SPLIT_GROUPS_SUBGROUP_TASKS,
 };
+use crate::packed::rotated::RotatedState;
 use crate::packed::rotated_groups::GroupCodes;
 use crate::packed::{PackedHead, PackedKeys, PackedValues};
 
@@ -210,8 +211,8 @@ pub(super) fn fused_kernel(
 pub(super) struct FusedCall<'a> {
     keys: &'a RotatedStates,
     values: &'a RotatedStates,
-    kv_heads: usize,
-    head_dim: usize,
+    /// Bytes of the keys' states, and of the values': `[kv_heads][RotatedState::words]`.
+    state_bytes: u64,
 }
 
 impl<'a> FusedCall<'a> {
@@ -220,13 +221,12 @@ impl<'a> FusedCall<'a> {
     /// ([`fused_planes`]), or where the visible ranges or the states do not fit the kernel's
     /// uniform bindings.
     pub fn plan(ctx: &GpuContext, call: &super::Call<'a, '_>) -> Option<Self> {
-        let (kv_heads, head_dim) = (call.layer.kv_heads, call.layer.head_dim);
-        let state_bytes = 2 * kv_heads * (head_dim / 2 + 1) * 4;
+        let state_bytes = call.layer.kv_heads * RotatedState::words(call.layer.head_dim) * 4;
         let uniform = ctx.max_uniform_binding_bytes();
         if call.kernels == super::Kernels::ThreePass
             || call.visible.len() * 8 > VISIBLE_UNIFORM_BYTES
             || uniform < VISIBLE_UNIFORM_BYTES.max(STATES_UNIFORM_BYTES) as u64
-            || state_bytes > STATES_UNIFORM_BYTES
+            || 2 * state_bytes > STATES_UNIFORM_BYTES
         {
             return None;
         }
@@ -234,8 +234,7 @@ impl<'a> FusedCall<'a> {
         Some(FusedCall {
             keys: &keys.states,
             values: &values.states,
-            kv_heads,
-            head_dim,
+            state_bytes: state_bytes as u64,
         })
     }
 
@@ -255,7 +254,7 @@ impl<'a> FusedCall<'a> {
     /// then the values' (before the batch's first dispatch, so that no copy splits its
     /// compute pass).
     pub fn record_states(&self, batch: &mut Batch<'_>, uniform: &wgpu::Buffer) {
-        let bytes = (self.kv_heads * (self.head_dim / 2 + 1) * 4) as u64;
+        let bytes = self.state_bytes;
         batch.copy(&self.keys.states, 0, uniform, 0, bytes);
         batch.copy(&self.values.states, 0, uniform, bytes, bytes);
     }
@@ -263,7 +262,7 @@ impl<'a> FusedCall<'a> {
 
 /// The call's buffers the fused kernel binds besides the planes and the scratch: the
 /// query (`[q_heads][queries][d]` f32, which it scales and rotates itself), the visible
-/// ranges, the states ([`FusedCall::upload_states`]) and its exact splits' bindings.
+/// ranges, the states ([`FusedCall::record_states`]) and its exact splits' bindings.
 pub(super) struct FusedBuffers<'a> {
     pub queries: &'a wgpu::Buffer,
     pub visible: &'a wgpu::Buffer,
@@ -453,12 +452,12 @@ pub(super) fn record_fused(
     buffers: &FusedBuffers<'_>,
     scratch: &Scratch,
 ) {
+    let exact = &buffers.exact;
     let params = Params {
         value_code_bits: values.budget as u32,
-        rows: buffers.exact.rows_per_head as u32,
+        rows: exact.rows_per_head as u32,
         ..keys.params(seg)
     };
-    let exact = &buffers.exact;
     let bindings = [
         Bound::from(&keys.states.table),
         Bound::range(buffers.visible, 0, VISIBLE_UNIFORM_BYTES as u64),

@@ -8,7 +8,6 @@ use crate::error::Result;
 use crate::gpu::attention::{
     GroupPlanes, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, RotatedPlanes, RotatedStates,
 };
-use crate::gpu::batch::Batch;
 use crate::gpu::context::GpuContext;
 use crate::packed::planes::{SignPlane, TernaryPlane, TwoBitPlane};
 use crate::packed::rotated::{GroupMeans, RotatedRows};
@@ -42,11 +41,7 @@ impl ChunkWords {
         let g = config.group_size;
         let c = capacity;
         let rows = c * g;
-        let k = match config.keys {
-            KeyScheme::Mixed { outlier_ratio, .. } => outlier_count(d, outlier_ratio),
-            _ => d,
-        };
-        let n = d - k;
+        let (k, n) = key_channels(config, d);
         let group_codes = |bits: f32| c * group_budget(bits, g) * d / 32;
         let widths = c * (3 * g).div_ceil(32);
         let (key_codes, key_params) = match config.keys {
@@ -106,14 +101,10 @@ impl ChunkWords {
 
     /// The plane rows per KV head of every array, in the order of [`plane_arrays`].
     fn rows(config: &QuantConfig, d: usize) -> [usize; ARRAYS] {
+        let (channels, n) = key_channels(config, d);
         let k = match config.keys {
-            KeyScheme::Mixed { outlier_ratio, .. } => outlier_count(d, outlier_ratio),
             KeyScheme::Rotated { .. } | KeyScheme::RotatedGroups { .. } => 1,
-            KeyScheme::Fp16 | KeyScheme::TwoBit { .. } => d,
-        };
-        let n = match config.keys {
-            KeyScheme::Mixed { .. } => d - k,
-            _ => 0,
+            _ => channels,
         };
         let (value_codes, value_params) = match config.values {
             ValueScheme::TwoBit {
@@ -255,6 +246,16 @@ impl ChunkWords {
     }
 }
 
+/// The key channels of per-channel 2-bit rows (the outliers under mixed keys, else all
+/// `d`) and of sign rows (the rest).
+fn key_channels(config: &QuantConfig, d: usize) -> (usize, usize) {
+    let k = match config.keys {
+        KeyScheme::Mixed { outlier_ratio, .. } => outlier_count(d, outlier_ratio),
+        _ => d,
+    };
+    (k, d - k)
+}
+
 /// Plane arrays a chunk may have (see [`ChunkWords::each`]).
 const ARRAYS: usize = 10;
 
@@ -329,7 +330,7 @@ pub(crate) fn grow_planes(
     let grown = new.new_planes(ctx, config, heads, states)?;
     let used = ChunkWords::of(config, d, filled);
     let rows = ChunkWords::rows(config, d);
-    let mut batch: Batch<'_> = ctx.batch();
+    let mut batch = ctx.batch();
     let words = old.each().into_iter().zip(new.each()).zip(used.each());
     let buffers = plane_arrays(planes).into_iter().zip(plane_arrays(&grown));
     for ((((old_words, new_words), used_words), rows), buffers) in words.zip(rows).zip(buffers) {

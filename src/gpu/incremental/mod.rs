@@ -39,9 +39,8 @@ use super::grouped::{PackExact, PackHeads};
 use crate::error::Result;
 use crate::packed::planes::pack_f16_slice;
 
-/// The least step, in groups, by which a cache's quantized history (and an fp16 cache's
-/// rows) grow (8,192 tokens at the default group size); a chunk's capacity is a multiple of
-/// it.
+/// The least step, in groups, by which a cache's quantized history grows (8,192 tokens at
+/// the default group size); a chunk's capacity is a multiple of it.
 pub const CHUNK_GROUPS: usize = 256;
 
 /// The least step, in rows, by which an fp16 store grows (its rows need no alignment
@@ -87,6 +86,13 @@ impl Growth {
             to -= self.align;
         }
         (to > capacity).then_some(to)
+    }
+
+    /// The capacity of a new store for `needed` units: [`Growth::capacity`] from nothing,
+    /// or the least step where not even one unit fits (its allocation then names the
+    /// limit).
+    pub fn initial(self, needed: usize, fits: impl Fn(usize) -> bool) -> usize {
+        self.capacity(0, needed, fits).unwrap_or(self.min_step)
     }
 }
 
@@ -150,9 +156,31 @@ impl ExactStore {
         Ok(grown)
     }
 
-    /// Bytes of each of the store's two buffers at `capacity` rows per head.
-    pub fn bytes(heads: Heads, capacity: usize) -> u64 {
-        (heads.count * capacity * heads.dim / 2 * 4) as u64
+    /// A new store for at least one of `needed` rows per head, sized by
+    /// [`Growth::EXACT`] within the context's binding limit.
+    pub fn sized_for(ctx: &GpuContext, heads: Heads, needed: usize) -> Result<Self> {
+        Self::new(
+            ctx,
+            heads,
+            Growth::EXACT.initial(needed, Self::fits(ctx, heads)),
+        )
+    }
+
+    /// The rows per head this full store grows to for `needed` more ([`Growth::EXACT`]),
+    /// or `None` at the binding limit (the rows then go to a new store).
+    pub fn growth(&self, ctx: &GpuContext, heads: Heads, needed: usize) -> Option<usize> {
+        Growth::EXACT.capacity(self.capacity, needed, Self::fits(ctx, heads))
+    }
+
+    /// Whether a store of a given number of rows per head fits the binding limit.
+    fn fits(ctx: &GpuContext, heads: Heads) -> impl Fn(usize) -> bool {
+        let max = ctx.max_binding_bytes();
+        move |rows| Self::head_bytes(heads, rows) * heads.count as u64 <= max
+    }
+
+    /// Bytes of `rows` rows of one head.
+    fn head_bytes(heads: Heads, rows: usize) -> u64 {
+        (rows * heads.dim / 2 * 4) as u64
     }
 
     /// Writes f16 words (`[rows][d/2]` per head, from `keys` and `values`) of head `head`
@@ -409,7 +437,7 @@ pub(crate) fn repack_window(
     if rows.is_empty() {
         return Ok(());
     }
-    let offset = ExactStore::bytes(heads, at_row) / heads.count as u64;
+    let offset = ExactStore::head_bytes(heads, at_row);
     let mut batch = ctx.batch();
     for (input, output) in [(&window.keys, &store.keys), (&window.values, &store.values)] {
         PackHeads {
