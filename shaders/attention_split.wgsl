@@ -1,38 +1,43 @@
-// attention_split.wgsl — fused split-K decode attention over exact (f16) K/V rows: the
-// fp16 cache, and the sinks and recent window of the quantized presets. One workgroup per
-// (split of the segment, block of up to 8 query rows that share a KV head) computes the
-// scores, the split's online softmax and Σ p·v in one pass: every key and value row is
-// read once for all the block's rows (GQA heads × query positions), nothing goes through
-// a score buffer, and the split leaves (m, l) and the unnormalized Σ p·v for
-// attention_combine.wgsl, exactly as the three-pass kernels do.
+// attention_split.wgsl — the fused split-K decode skeleton: one workgroup per (split of the
+// segment, block of up to 8 query rows that share a KV head) computes the scores, the
+// split's online softmax and Σ p·v in one pass for all the block's rows (GQA heads × query
+// positions): each value row is decoded once for them all, each key row scored by one lane
+// per row (the query in its registers), nothing goes through a score buffer, and the split
+// leaves (m, l) and the unnormalized Σ p·v for attention_combine.wgsl, exactly as the
+// three-pass kernels do. A row decoder file
+// completes it (its bindings from 5 on):
+//   attention_split_exact.wgsl   — exact (f16) rows: the fp16 cache, and the sinks and
+//                                   recent window of the quantized presets;
+//   attention_split_two_bit.wgsl — 2-bit keys per channel and 2-bit values per token
+//                                   (KIVI), scale and minimum folded per group.
+// A decoder provides lane_scores (q·k of a query row for one lane's 32 tokens) and
+// value_quad (four channels of one token's value row).
 //
-// Bindings: 0 params (uniform Params: width = d (a multiple of 8, at most 256), rows =
-//           exact rows per KV head, segment_first, segment_start, segment_len, split_size,
-//           split_offset, total_splits, rows_per_head, queries, row_offset, tile_rows)
+// Bindings: 0 params (uniform Params: width = d (a multiple of 8, at most 256),
+//           segment_start, segment_len, split_size, split_offset, total_splits,
+//           rows_per_head, queries, row_offset, tile_rows, scale; the decoder's own)
 //           1 queries (storage, read): vec4<f32> [q_heads][queries][d/4], the call's query
-//             (scaled by params.scale = 1/√d here, so that no pass runs before this one)
+//             in natural channel order (scaled by params.scale = 1/√d by the decoder, so
+//             that no pass runs before this one)
 //           2 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
-//           3 keys    (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
-//           4 values  (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
-//           5 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
-//           6 partial (storage, read_write): vec4<f32> [tile rows][total_splits][d/4]
+//           3 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
+//           4 partial (storage, read_write): vec4<f32> [tile rows][total_splits][d/4]
 // Dispatch: grid (splits of the segment, blocks): blocks count ⌈rows_per_head / 8⌉ per KV
 // head the tile touches (`row_blocks` on the host); 64 invocations. Per tile of 256 tokens:
-// invocation (row r, block b) scores tokens 32b…32b+31 against row r with the query octet
-// in registers (as attention_scores_exact.wgsl does); the first 8 invocations update their
-// row's running maximum and sum; then each invocation adds Σ p·v for its tasks, a task
-// being (channel quad, half of the rows): 2·d/4 tasks, so one task per invocation up to
-// d = 128 and two for d = 256, four tokens per weight load. On lavapipe this is about as
-// fast as the three passes it replaces (BENCHMARKS.md); its point is a real GPU, where it
-// saves two dispatches, two full barriers and the score round trip per segment.
+// invocation (row r, block b) scores tokens 32b…32b+31 against row r (lane_scores, the
+// query in registers); the first 8 invocations update their row's running maximum and
+// sum; then each invocation adds Σ p·v for its task, a task being (channel quad, part of
+// the tile's tokens) for all 8 rows: each value row is decoded once per workgroup, and
+// the d/4 quads take 64·4/d parts (a power of two, at most 8: two of 128 tokens at
+// d = 128, one at d = 256), whose sums are added in workgroup memory at the split's end.
+// Splits and tiles start at multiples of 32 tokens, so a lane's tokens never straddle a
+// group of 32 or more.
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> queries: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> visible: array<vec2<u32>>;
-@group(0) @binding(3) var<storage, read> keys: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> values: array<vec2<u32>>;
-@group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;
-@group(0) @binding(6) var<storage, read_write> partial: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> partial: array<vec4<f32>>;
 
 const LANES: u32 = 64u;
 const TILE_TOKENS: u32 = 256u;
@@ -48,12 +53,6 @@ var<workgroup> tile_weights: array<vec4<f32>, 512>;
 var<workgroup> running: array<vec2<f32>, BLOCK_ROWS>;
 var<workgroup> rescale: array<f32, BLOCK_ROWS>;
 
-// q·k of the query octet (qa, qb) with key row `at + t · octets`, t clamped to `last`.
-fn key_dot(qa: vec4<f32>, qb: vec4<f32>, at: u32, t: u32, octets: u32, last: u32) -> f32 {
-    let k = unpack_f16_octet(keys[at + min(t, last) * octets]);
-    return dot(qa, vec4<f32>(k[0], k[1], k[2], k[3])) + dot(qb, vec4<f32>(k[4], k[5], k[6], k[7]));
-}
-
 // The masked score: LOWEST where row `info` does not see the token.
 fn seen_score(s: f32, info: vec4<u32>, t: u32, end: u32) -> f32 {
     let position = params.segment_start + t;
@@ -68,7 +67,6 @@ fn main(
 ) {
     let d = params.width;
     let quads = d / 4u;
-    let octets = d / 8u;
     let split = workgroup.x;
     let kv_head = block_kv_head(workgroup.y);
     if (local < BLOCK_ROWS) {
@@ -83,13 +81,17 @@ fn main(
     }
     workgroupBarrier();
 
-    // Scoring: this invocation's row and its 16 tokens of each tile.
+    // Scoring: this invocation's row and its LANE_TOKENS tokens of each tile.
     let score_row = local / (LANES / BLOCK_ROWS);
     let score_block = local % (LANES / BLOCK_ROWS);
     let score_info = block_rows[score_row];
-    // Accumulating: tasks of (channel quad, half of the rows): task `local` and, for d > 128,
-    // task `local + LANES`; accumulators a0…a3 are the first task's rows, a4…a7 the second's.
-    let tasks = 2u * quads;
+    // Accumulating: a task is (channel quad, part of the tile's tokens) for all 8 rows, so
+    // that each value row is decoded once per workgroup: `parts` tasks per quad, as many as
+    // fit in the lanes (a power of two, at most 8); a0…a7 are the rows' sums.
+    let parts = token_parts(quads);
+    let span = TILE_TOKENS / parts;
+    let quad = local % quads;
+    let part = local / quads;
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
@@ -100,37 +102,14 @@ fn main(
     var a7 = vec4<f32>(0.0);
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
-    let head_row = kv_head * params.rows + params.segment_first;
     for (var tile = first; tile < end; tile = tile + TILE_TOKENS) {
         let lane_first = tile + score_block * LANE_TOKENS;
-        var c0 = vec4<f32>(0.0);
-        var c1 = vec4<f32>(0.0);
-        var c2 = vec4<f32>(0.0);
-        var c3 = vec4<f32>(0.0);
-        var c4 = vec4<f32>(0.0);
-        var c5 = vec4<f32>(0.0);
-        var c6 = vec4<f32>(0.0);
-        var c7 = vec4<f32>(0.0);
+        var scores = array<vec4<f32>, 8>();
         if (score_info.w == 1u && lane_first < end) {
-            let last = min(LANE_TOKENS, end - lane_first) - 1u;
-            let key_base = (head_row + lane_first) * octets;
             let q = query_row(score_info.x);
             let q_base = (q.q_head * params.queries + q.query) * quads;
-            for (var o = 0u; o < octets; o = o + 1u) {
-                let qa = queries[q_base + 2u * o] * params.scale;
-                let qb = queries[q_base + 2u * o + 1u] * params.scale;
-                let at = key_base + o;
-                c0 = c0 + vec4<f32>(key_dot(qa, qb, at, 0u, octets, last), key_dot(qa, qb, at, 1u, octets, last), key_dot(qa, qb, at, 2u, octets, last), key_dot(qa, qb, at, 3u, octets, last));
-                c1 = c1 + vec4<f32>(key_dot(qa, qb, at, 4u, octets, last), key_dot(qa, qb, at, 5u, octets, last), key_dot(qa, qb, at, 6u, octets, last), key_dot(qa, qb, at, 7u, octets, last));
-                c2 = c2 + vec4<f32>(key_dot(qa, qb, at, 8u, octets, last), key_dot(qa, qb, at, 9u, octets, last), key_dot(qa, qb, at, 10u, octets, last), key_dot(qa, qb, at, 11u, octets, last));
-                c3 = c3 + vec4<f32>(key_dot(qa, qb, at, 12u, octets, last), key_dot(qa, qb, at, 13u, octets, last), key_dot(qa, qb, at, 14u, octets, last), key_dot(qa, qb, at, 15u, octets, last));
-                c4 = c4 + vec4<f32>(key_dot(qa, qb, at, 16u, octets, last), key_dot(qa, qb, at, 17u, octets, last), key_dot(qa, qb, at, 18u, octets, last), key_dot(qa, qb, at, 19u, octets, last));
-                c5 = c5 + vec4<f32>(key_dot(qa, qb, at, 20u, octets, last), key_dot(qa, qb, at, 21u, octets, last), key_dot(qa, qb, at, 22u, octets, last), key_dot(qa, qb, at, 23u, octets, last));
-                c6 = c6 + vec4<f32>(key_dot(qa, qb, at, 24u, octets, last), key_dot(qa, qb, at, 25u, octets, last), key_dot(qa, qb, at, 26u, octets, last), key_dot(qa, qb, at, 27u, octets, last));
-                c7 = c7 + vec4<f32>(key_dot(qa, qb, at, 28u, octets, last), key_dot(qa, qb, at, 29u, octets, last), key_dot(qa, qb, at, 30u, octets, last), key_dot(qa, qb, at, 31u, octets, last));
-            }
+            scores = lane_scores(q_base, kv_head, lane_first, min(LANE_TOKENS, end - lane_first) - 1u);
         }
-        let scores = array<vec4<f32>, 8>(c0, c1, c2, c3, c4, c5, c6, c7);
         let out = score_row * (TILE_TOKENS / 4u) + score_block * (LANE_TOKENS / 4u);
         for (var i = 0u; i < LANE_TOKENS / 4u; i = i + 1u) {
             let t = lane_first + 4u * i;
@@ -164,25 +143,39 @@ fn main(
             running[local] = vec2<f32>(m, before.y * factor + sum.x + sum.y + sum.z + sum.w);
         }
         workgroupBarrier();
-        // Σ p·v over the tile for this invocation's tasks.
-        let count = min(TILE_TOKENS, end - tile);
-        if (local < tasks) {
-            let r = 4u * (local / quads);
-            accumulate(&a0, &a1, &a2, &a3, (head_row + tile) * quads + local % quads, r, count, quads);
-        }
-        if (local + LANES < tasks) {
-            let r = 4u * ((local + LANES) / quads);
-            accumulate(&a4, &a5, &a6, &a7, (head_row + tile) * quads + (local + LANES) % quads, r, count, quads);
+        // Σ p·v over this invocation's part of the tile (none past the split's end, where
+        // the sums are still rescaled).
+        let offset = min(part * span, end - tile);
+        let count = min(span, end - tile - offset);
+        if (part < parts) {
+            accumulate(&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, vec4<u32>(kv_head, tile, offset, quad), count);
         }
         workgroupBarrier();
     }
-    let sums = array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
-    for (var k = 0u; k < 8u; k = k + 1u) {
-        let task = local + (k / 4u) * LANES;
-        let row = 4u * (task / quads) + k % 4u;
-        if (task < tasks && block_rows[row].w == 1u) {
+    // The parts' sums of each (row, quad) added up through workgroup memory (the tile's
+    // weights are no longer needed): part p's sums at [p][quad][row].
+    if (part < parts) {
+        let at = (part * quads + quad) * BLOCK_ROWS;
+        tile_weights[at] = a0;
+        tile_weights[at + 1u] = a1;
+        tile_weights[at + 2u] = a2;
+        tile_weights[at + 3u] = a3;
+        tile_weights[at + 4u] = a4;
+        tile_weights[at + 5u] = a5;
+        tile_weights[at + 6u] = a6;
+        tile_weights[at + 7u] = a7;
+    }
+    workgroupBarrier();
+    for (var out = local; out < quads * BLOCK_ROWS; out = out + LANES) {
+        let row = out / quads;
+        let q = out % quads;
+        if (block_rows[row].w == 1u) {
+            var sum = vec4<f32>(0.0);
+            for (var p = 0u; p < parts; p = p + 1u) {
+                sum = sum + tile_weights[(p * quads + q) * BLOCK_ROWS + row];
+            }
             let slot = block_rows[row].x * params.total_splits + params.split_offset + split;
-            partial[slot * quads + task % quads] = sums[k];
+            partial[slot * quads + q] = sum;
         }
     }
     if (local < BLOCK_ROWS && block_rows[local].w == 1u) {
@@ -191,49 +184,72 @@ fn main(
     }
 }
 
-// Rescales the sums of rows r…r+3 to the rows' new running maxima, then adds Σ p·v over the
-// tile's `count` tokens for the channel quad whose first value is at `base` (the tile's
-// first token).
+// Tasks per channel quad: the largest power of two, at most 8, with quads · parts ≤ LANES.
+fn token_parts(quads: u32) -> u32 {
+    var parts = 8u;
+    while (parts > 1u && parts * quads > LANES) {
+        parts = parts / 2u;
+    }
+    return parts;
+}
+
+// Rescales the 8 rows' sums to their new running maxima, then adds Σ p·v over `count`
+// tokens of the tile for one channel quad: `at` is (KV head, the tile's first token, the
+// first of the tokens within the tile, quad); past `count` a token is clamped to the last
+// (its weight is then zero: it lies past the tile's end).
 fn accumulate(
     a0: ptr<function, vec4<f32>>,
     a1: ptr<function, vec4<f32>>,
     a2: ptr<function, vec4<f32>>,
     a3: ptr<function, vec4<f32>>,
-    base: u32,
-    r: u32,
+    a4: ptr<function, vec4<f32>>,
+    a5: ptr<function, vec4<f32>>,
+    a6: ptr<function, vec4<f32>>,
+    a7: ptr<function, vec4<f32>>,
+    at: vec4<u32>,
     count: u32,
-    quads: u32,
 ) {
-    let last = count - 1u;
+    let first = at.y + at.z;
+    let last = first + max(count, 1u) - 1u;
     let stride = TILE_TOKENS / 4u;
-    var s0 = *a0 * rescale[r];
-    var s1 = *a1 * rescale[r + 1u];
-    var s2 = *a2 * rescale[r + 2u];
-    var s3 = *a3 * rescale[r + 3u];
+    var s0 = *a0 * rescale[0];
+    var s1 = *a1 * rescale[1];
+    var s2 = *a2 * rescale[2];
+    var s3 = *a3 * rescale[3];
+    var s4 = *a4 * rescale[4];
+    var s5 = *a5 * rescale[5];
+    var s6 = *a6 * rescale[6];
+    var s7 = *a7 * rescale[7];
     for (var j = 0u; j < count; j = j + 4u) {
-        let v0 = value_quad(base, j, quads, last);
-        let v1 = value_quad(base, j + 1u, quads, last);
-        let v2 = value_quad(base, j + 2u, quads, last);
-        let v3 = value_quad(base, j + 3u, quads, last);
-        let w = j / 4u;
-        let p0 = tile_weights[r * stride + w];
-        let p1 = tile_weights[(r + 1u) * stride + w];
-        let p2 = tile_weights[(r + 2u) * stride + w];
-        let p3 = tile_weights[(r + 3u) * stride + w];
+        let t = first + j;
+        let v0 = value_quad(at.x, t, at.w);
+        let v1 = value_quad(at.x, min(t + 1u, last), at.w);
+        let v2 = value_quad(at.x, min(t + 2u, last), at.w);
+        let v3 = value_quad(at.x, min(t + 3u, last), at.w);
+        let w = (at.z + j) / 4u;
+        let p0 = tile_weights[w];
+        let p1 = tile_weights[stride + w];
+        let p2 = tile_weights[2u * stride + w];
+        let p3 = tile_weights[3u * stride + w];
+        let p4 = tile_weights[4u * stride + w];
+        let p5 = tile_weights[5u * stride + w];
+        let p6 = tile_weights[6u * stride + w];
+        let p7 = tile_weights[7u * stride + w];
         s0 = s0 + p0.x * v0 + p0.y * v1 + p0.z * v2 + p0.w * v3;
         s1 = s1 + p1.x * v0 + p1.y * v1 + p1.z * v2 + p1.w * v3;
         s2 = s2 + p2.x * v0 + p2.y * v1 + p2.z * v2 + p2.w * v3;
         s3 = s3 + p3.x * v0 + p3.y * v1 + p3.z * v2 + p3.w * v3;
+        s4 = s4 + p4.x * v0 + p4.y * v1 + p4.z * v2 + p4.w * v3;
+        s5 = s5 + p5.x * v0 + p5.y * v1 + p5.z * v2 + p5.w * v3;
+        s6 = s6 + p6.x * v0 + p6.y * v1 + p6.z * v2 + p6.w * v3;
+        s7 = s7 + p7.x * v0 + p7.y * v1 + p7.z * v2 + p7.w * v3;
     }
     *a0 = s0;
     *a1 = s1;
     *a2 = s2;
     *a3 = s3;
-}
-
-// Channels 4c…4c+3 of value row `j` of the tile (from `base`, the row of the tile's first
-// token and quad c), j clamped to `last`: its weight past the tile's end is zero.
-fn value_quad(base: u32, j: u32, quads: u32, last: u32) -> vec4<f32> {
-    let words = values[base + min(j, last) * quads];
-    return vec4<f32>(unpack2x16float(words.x), unpack2x16float(words.y));
+    *a4 = s4;
+    *a5 = s5;
+    *a6 = s6;
+    *a7 = s7;
 }

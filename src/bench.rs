@@ -206,7 +206,7 @@ pub fn attention_latency(
             } else {
                 cases.push((name.clone(), Kernels::Fastest, layer));
             }
-            // The three passes that preceded the fused split kernel for exact (f16) rows,
+            // The three passes that preceded the fused split kernels (exact and 2-bit rows),
             // timed in the same run (after the current kernels: the first row, fp16, is
             // the baseline).
             let layer = GpuLayer::upload(ctx, &cache, 0)?;

@@ -167,22 +167,31 @@ fn a_512_position_frame_on_the_default_preset() {
     check(&cache, &q, &visible, "vidkv M=512");
 }
 
-/// The default preset with group sizes other than its 32: the fused kernel's transforms
-/// across tokens then run as butterflies in workgroup memory, with 1 to 16 groups per tile,
-/// on the subgroup (d = 128) and portable (d = 80) row sums.
+/// Group sizes other than 32. The default preset: the fused kernel's transforms across
+/// tokens then run as butterflies in workgroup memory, with 1 to 16 groups per tile, on the
+/// subgroup (d = 128) and portable (d = 80) row sums. `kivi2`: groups of 64 and 128 tokens
+/// go through the 2-bit row decoder (a lane's 32 tokens a slice of one group), groups of 8
+/// and 16 through the three passes.
 #[test]
-fn group_sizes_other_than_32_on_the_default_preset() {
-    for (group_size, d) in [(8, 128), (16, 80), (64, 128), (128, 80)] {
-        let (tokens, kv_heads, gqa, queries) = (1_000, 2, 7, 2);
-        let k = random_tensor([1, kv_heads, tokens, d], 51, 1.0);
-        let v = random_tensor([1, kv_heads, tokens, d], 52, 1.0);
-        let q = random_tensor([1, kv_heads * gqa, queries, d], 53, 0.6);
-        let mut config = QuantConfig::preset("vidkv").unwrap();
-        config.residual = config.residual / config.group_size * group_size;
-        config.group_size = group_size;
-        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
-        let visible = [(0, tokens as u32), (3, tokens as u32 - 40)];
-        check(&cache, &q, &visible, &format!("vidkv G={group_size} d={d}"));
+fn group_sizes_other_than_32() {
+    for preset in ["vidkv", "kivi2"] {
+        for (group_size, d) in [(8, 128), (16, 80), (64, 128), (128, 80)] {
+            let (tokens, kv_heads, gqa, queries) = (1_000, 2, 7, 2);
+            let k = random_tensor([1, kv_heads, tokens, d], 51, 1.0);
+            let v = random_tensor([1, kv_heads, tokens, d], 52, 1.0);
+            let q = random_tensor([1, kv_heads * gqa, queries, d], 53, 0.6);
+            let mut config = QuantConfig::preset(preset).unwrap();
+            config.residual = config.residual / config.group_size * group_size;
+            config.group_size = group_size;
+            let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+            let visible = [(0, tokens as u32), (3, tokens as u32 - 40)];
+            check(
+                &cache,
+                &q,
+                &visible,
+                &format!("{preset} G={group_size} d={d}"),
+            );
+        }
     }
 }
 
@@ -192,7 +201,7 @@ fn a_128k_context_stays_stable() {
     let k = random_tensor([1, 1, tokens, 64], 3, 1.0);
     let v = random_tensor([1, 1, tokens, 64], 4, 1.0);
     let q = random_tensor([1, 2, 1, 64], 5, 1.0);
-    for preset in ["vidkv-tuned", "vidkv"] {
+    for preset in ["vidkv-tuned", "kivi2", "vidkv"] {
         let cache =
             PackedCache::quantize(&k, &v, &QuantConfig::preset(preset).unwrap(), &[]).unwrap();
         check(&cache, &q, &[(0, tokens as u32)], &format!("128k {preset}"));
@@ -344,7 +353,7 @@ fn a_layer_decodes_in_two_dispatches() {
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
     for (preset, fused) in [
         ("vidkv", "attention_split_groups+"),
-        ("fp16", "attention_split::"),
+        ("fp16", "attention_split+exact::"),
     ] {
         for kernels in [Kernels::Fastest, Kernels::Portable] {
             let passes = decode_passes(&ctx, preset, kernels);
@@ -356,6 +365,37 @@ fn a_layer_decodes_in_two_dispatches() {
             );
         }
     }
+}
+
+/// A `kivi2` layer (2-bit keys per channel, 2-bit values per token) decodes in one fused
+/// dispatch per segment: its quantized groups through the 2-bit row decoder, its exact tail
+/// through the f16 one, then the combine; [`Kernels::ThreePass`] keeps the separate passes.
+#[test]
+fn a_kivi2_layer_decodes_in_one_dispatch_per_segment() {
+    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+    for kernels in [Kernels::Fastest, Kernels::Portable] {
+        let passes = decode_passes(&ctx, "kivi2", kernels);
+        assert_eq!(
+            passes,
+            [
+                "attention_combine::main ×1",
+                "attention_split+exact::main ×1",
+                "attention_split+two_bit::main ×1",
+            ],
+            "{kernels:?}"
+        );
+    }
+    let passes = decode_passes(&ctx, "kivi2", Kernels::ThreePass);
+    assert!(
+        passes
+            .iter()
+            .any(|p| p.starts_with("attention_values_two_bit::per_token")),
+        "{passes:?}"
+    );
+    assert!(
+        passes.iter().all(|p| !p.starts_with("attention_split")),
+        "{passes:?}"
+    );
 }
 
 /// The passes one decode call on a layer of `preset` runs on `ctx` (1,000 tokens, d = 128,

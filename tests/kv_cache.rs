@@ -962,7 +962,7 @@ fn a_growing_history_decodes_in_two_dispatches() {
     // records (vidkv-paper), exact rows (fp16). Only the fused presets' passes are counted.
     for (preset, passes) in [
         ("vidkv", Some(("attention_split_groups+", 2))),
-        ("fp16", Some(("attention_split::", 4))),
+        ("fp16", Some(("attention_split+exact::", 4))),
         ("rotated", None),
         ("kivi2", None),
         ("k2v2-channel", None),

@@ -57,7 +57,10 @@ pub const DEQUANTIZE_TERNARY: Kernel = kernel!("dequantize_ternary", ["main"]);
 pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
-pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split", ["main"]);
+/// The fused split kernel over exact (f16) rows (the fp16 cache, sinks and windows).
+pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split" + "exact", ["main"], false);
+/// The fused split kernel over 2-bit keys per channel and 2-bit values per token (`kivi2`).
+pub const ATTENTION_SPLIT_TWO_BIT: Kernel = kernel!("attention_split" + "two_bit", ["main"], false);
 /// The fused split kernel over codes across tokens, with the portable row reads and
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
 /// size). Every fused composition ends with the `riders` file (the kernel rotates its query
@@ -163,7 +166,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 31] = [
+pub const ALL: [Kernel; 32] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -179,6 +182,7 @@ pub const ALL: [Kernel; 31] = [
     ATTENTION_QUERIES,
     ATTENTION_SCORES_EXACT,
     ATTENTION_SPLIT,
+    ATTENTION_SPLIT_TWO_BIT,
     ATTENTION_SPLIT_GROUPS,
     ATTENTION_SPLIT_GROUPS_32,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,

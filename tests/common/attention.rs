@@ -32,7 +32,7 @@ pub fn check(cache: &PackedCache, q: &Tensor, visible: &[(u32, u32)], what: &str
         let gpu_layer = GpuLayer::upload(ctx, cache, layer).unwrap();
         let q_layer = &q.data[layer * q_heads * queries * d..(layer + 1) * q_heads * queries * d];
         // The fast paths the adapter offers, the portable kernels, and the three passes that
-        // preceded the fused split kernel for exact segments, always all.
+        // preceded the fused split kernels (exact and 2-bit segments), always all.
         let outputs: Vec<(Kernels, Vec<f32>)> =
             [Kernels::Fastest, Kernels::Portable, Kernels::ThreePass]
                 .into_iter()

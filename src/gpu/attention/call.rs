@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::planes::{LayerGeometry, PackedPlanes, SegmentData};
 use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, RiderPlan};
+use super::split::{ExactSplit, SplitInputs, TwoBitSplit};
 use super::{
     record_scores, record_values, rotated, row_blocks, Call, Kernels, Scratch, STATS_ALIGN,
 };
@@ -14,9 +15,7 @@ use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::context::GpuContext;
 use crate::gpu::params::Params;
-use crate::gpu::shaders::{
-    ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SOFTMAX, ATTENTION_SPLIT,
-};
+use crate::gpu::shaders::{ATTENTION_COMBINE, ATTENTION_QUERIES, ATTENTION_SOFTMAX};
 
 /// Records and submits `call` tile by tile (one submission per tile of query rows), reading
 /// the query from `q_buffer` and writing the output to `output`; the caller holds the
@@ -110,10 +109,9 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
         // only for segments that go through the separate passes.
         let query_pass = segments.iter().enumerate().any(|(i, s)| {
-            let one_dispatch = match s.data {
-                SegmentData::Exact { .. } => call.kernels != Kernels::ThreePass,
-                SegmentData::Packed(_) => fused.as_ref().is_some_and(|f| f.takes(s).is_some()),
-            };
+            let one_dispatch = fused.as_ref().is_some_and(|f| f.takes(s).is_some())
+                || (call.kernels != Kernels::ThreePass
+                    && (ExactSplit::of(s).is_some() || TwoBitSplit::of(layer, s).is_some()));
             !riders.riding[i] && !one_dispatch
         });
         let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
@@ -229,9 +227,9 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         }
     }
 
-    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows), one fused
-    /// dispatch with its riders (codes across tokens), or the three passes (and the STP
-    /// refinements' pass).
+    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows, or 2-bit KIVI
+    /// codes), one fused dispatch with its riders (codes across tokens), or the three
+    /// passes (and the STP refinements' pass).
     fn record_segment(
         &self,
         batch: &mut Batch<'_>,
@@ -248,35 +246,20 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             split_offset: self.split_offsets[i] as u32,
             ..tile
         };
-        if let (
-            SegmentData::Exact {
-                keys,
-                values,
-                rows_per_head,
-                first_row,
-            },
-            false,
-        ) = (&segment.data, self.call.kernels == Kernels::ThreePass)
-        {
-            batch.dispatch_grid_bound(
-                &ATTENTION_SPLIT,
-                "main",
-                Params {
-                    rows: *rows_per_head as u32,
-                    segment_first: *first_row as u32,
-                    ..seg
-                },
-                &[
-                    q_buffer.into(),
-                    (&*self.visible).into(),
-                    (*keys).into(),
-                    (*values).into(),
-                    scratch.stats(),
-                    scratch.partial_sums(),
-                ],
-                (splits as u32, row_blocks(seg, rows)),
-            );
-            return;
+        let grid = (splits as u32, row_blocks(seg, rows));
+        let inputs = SplitInputs {
+            queries: q_buffer,
+            visible: &self.visible,
+        };
+        if self.call.kernels != Kernels::ThreePass {
+            if let Some(exact) = ExactSplit::of(segment) {
+                exact.record(batch, (seg, grid), &inputs, scratch);
+                return;
+            }
+            if let Some(two_bit) = TwoBitSplit::of(self.call.layer, segment) {
+                two_bit.record(batch, (seg, grid), &inputs, scratch);
+                return;
+            }
         }
         if let Some((fused, states)) = &self.fused {
             if let Some(planes) = fused.takes(segment) {

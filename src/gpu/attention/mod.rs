@@ -7,14 +7,15 @@
 //!    channels, then Mᵀq over the DFT-domain normal channels), for the segments that go
 //!    through separate passes (the fused kernels read the call's query and scale it
 //!    themselves, so a call of fused dispatches only has no such pass);
-//! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment goes through
-//!    one fused dispatch, `attention_split` (per split of the context's
-//!    [`GpuContext::split_tokens`] and block of 8
-//!    rows of a KV head: scores, online softmax and Σ p·v, each row of K/V read once for
-//!    the block); a packed segment through `attention_scores_*` (q·k for the segment's
-//!    tokens), `attention_softmax` (each split into weights with a split-local maximum and
-//!    sum) and `attention_values_*` (Σ p·v per split). [`Kernels::ThreePass`] sends exact
-//!    segments through the three passes too, to benchmark against;
+//! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment, or a `kivi2`
+//!    one (2-bit keys per channel, 2-bit values per token), goes through one fused
+//!    dispatch of the split skeleton, `attention_split` with that format's row decoder
+//!    (`split.rs`; per split of the context's [`GpuContext::split_tokens`] and block of 8
+//!    rows of a KV head: scores, online softmax and Σ p·v, each value row decoded once for
+//!    the block); another packed segment through `attention_scores_*` (q·k for the
+//!    segment's tokens), `attention_softmax` (each split into weights with a split-local
+//!    maximum and sum) and `attention_values_*` (Σ p·v per split). [`Kernels::ThreePass`]
+//!    sends those segments through the three passes too, to benchmark against;
 //!    (with STP refinements, `refinement_sums` then adds Σ p·r̂ of the split's protected
 //!    tokens);
 //! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
@@ -42,6 +43,7 @@ mod layer;
 mod planes;
 mod rotated;
 mod rotated_groups;
+mod split;
 
 pub use layer::GpuLayer;
 pub(crate) use planes::{
@@ -98,9 +100,9 @@ pub enum Kernels {
     Fastest,
     /// The portable kernels only.
     Portable,
-    /// The portable kernels, with exact (f16) segments through the three passes that
-    /// preceded the fused split kernel (scores, softmax, values): kept to benchmark
-    /// against in the same run.
+    /// The portable kernels, with every segment through the three passes that preceded
+    /// the fused split kernels (scores, softmax, values): kept to benchmark against in the
+    /// same run.
     ThreePass,
 }
 

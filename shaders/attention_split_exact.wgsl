@@ -1,0 +1,53 @@
+// attention_split_exact.wgsl — the exact (f16) row decoder of attention_split.wgsl: the
+// fp16 cache, and the sinks and recent window of the quantized presets.
+//
+// Bindings: 5 keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
+//           6 values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
+// Params: rows = exact rows per KV head, segment_first = the segment's first stored row.
+// The query octet stays in registers while a lane walks its 32 key rows (as
+// attention_scores_exact.wgsl does).
+
+@group(0) @binding(5) var<storage, read> keys: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> values: array<vec2<u32>>;
+
+// q·k of the query octet (qa, qb) with key row `at + t · octets`, t clamped to `last`.
+fn key_dot(qa: vec4<f32>, qb: vec4<f32>, at: u32, t: u32, octets: u32, last: u32) -> f32 {
+    let k = unpack_f16_octet(keys[at + min(t, last) * octets]);
+    return dot(qa, vec4<f32>(k[0], k[1], k[2], k[3])) + dot(qb, vec4<f32>(k[4], k[5], k[6], k[7]));
+}
+
+// The scaled scores of query row `q_base` (in vec4s) against the 32 tokens from
+// `lane_first` of KV head `kv_head`'s segment, tokens past `last` (a lane offset) clamped.
+fn lane_scores(q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
+    let octets = params.width / 8u;
+    let key_base = (kv_head * params.rows + params.segment_first + lane_first) * octets;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    for (var o = 0u; o < octets; o = o + 1u) {
+        let qa = queries[q_base + 2u * o] * params.scale;
+        let qb = queries[q_base + 2u * o + 1u] * params.scale;
+        let at = key_base + o;
+        c0 = c0 + vec4<f32>(key_dot(qa, qb, at, 0u, octets, last), key_dot(qa, qb, at, 1u, octets, last), key_dot(qa, qb, at, 2u, octets, last), key_dot(qa, qb, at, 3u, octets, last));
+        c1 = c1 + vec4<f32>(key_dot(qa, qb, at, 4u, octets, last), key_dot(qa, qb, at, 5u, octets, last), key_dot(qa, qb, at, 6u, octets, last), key_dot(qa, qb, at, 7u, octets, last));
+        c2 = c2 + vec4<f32>(key_dot(qa, qb, at, 8u, octets, last), key_dot(qa, qb, at, 9u, octets, last), key_dot(qa, qb, at, 10u, octets, last), key_dot(qa, qb, at, 11u, octets, last));
+        c3 = c3 + vec4<f32>(key_dot(qa, qb, at, 12u, octets, last), key_dot(qa, qb, at, 13u, octets, last), key_dot(qa, qb, at, 14u, octets, last), key_dot(qa, qb, at, 15u, octets, last));
+        c4 = c4 + vec4<f32>(key_dot(qa, qb, at, 16u, octets, last), key_dot(qa, qb, at, 17u, octets, last), key_dot(qa, qb, at, 18u, octets, last), key_dot(qa, qb, at, 19u, octets, last));
+        c5 = c5 + vec4<f32>(key_dot(qa, qb, at, 20u, octets, last), key_dot(qa, qb, at, 21u, octets, last), key_dot(qa, qb, at, 22u, octets, last), key_dot(qa, qb, at, 23u, octets, last));
+        c6 = c6 + vec4<f32>(key_dot(qa, qb, at, 24u, octets, last), key_dot(qa, qb, at, 25u, octets, last), key_dot(qa, qb, at, 26u, octets, last), key_dot(qa, qb, at, 27u, octets, last));
+        c7 = c7 + vec4<f32>(key_dot(qa, qb, at, 28u, octets, last), key_dot(qa, qb, at, 29u, octets, last), key_dot(qa, qb, at, 30u, octets, last), key_dot(qa, qb, at, 31u, octets, last));
+    }
+    return array<vec4<f32>, 8>(c0, c1, c2, c3, c4, c5, c6, c7);
+}
+
+// Channels 4·quad…4·quad+3 of the value row of `token` (of the segment) of KV head `kv_head`.
+fn value_quad(kv_head: u32, token: u32, quad: u32) -> vec4<f32> {
+    let quads = params.width / 4u;
+    let words = values[(kv_head * params.rows + params.segment_first + token) * quads + quad];
+    return vec4<f32>(unpack2x16float(words.x), unpack2x16float(words.y));
+}

@@ -1,0 +1,181 @@
+//! The fused split-K skeleton (`attention_split.wgsl`) with its row decoders: one
+//! dispatch per segment computes every split's scores, online softmax and Σ p·v for
+//! blocks of 8 query rows of a KV head, reading the call's query itself. [`ExactSplit`]
+//! decodes exact (f16) rows (the fp16 cache, the sinks and window), [`TwoBitSplit`] 2-bit
+//! keys per channel and 2-bit values per token (`kivi2`).
+
+use super::planes::{LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
+use super::planes::{SegmentData, SegmentRef};
+use super::Scratch;
+use crate::config::Grouping;
+use crate::gpu::batch::Batch;
+use crate::gpu::binding::Bound;
+use crate::gpu::params::Params;
+use crate::gpu::shaders::{Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_TWO_BIT};
+
+/// The buffers every split-skeleton dispatch of a call binds before its decoder's: the
+/// call's query (f32, natural order, unscaled) and the visible ranges.
+pub(super) struct SplitInputs<'a> {
+    pub queries: &'a wgpu::Buffer,
+    pub visible: &'a wgpu::Buffer,
+}
+
+/// An exact segment's f16 rows: `[kv_heads][rows_per_head][d/2]` words from `first_row`.
+pub(super) struct ExactSplit<'a> {
+    pub keys: &'a wgpu::Buffer,
+    pub values: &'a wgpu::Buffer,
+    pub rows_per_head: usize,
+    pub first_row: usize,
+}
+
+impl<'a> ExactSplit<'a> {
+    /// The exact rows of `segment`, if it is exact.
+    pub fn of(segment: &SegmentRef<'a>) -> Option<Self> {
+        match segment.data {
+            SegmentData::Exact {
+                keys,
+                values,
+                rows_per_head,
+                first_row,
+            } => Some(ExactSplit {
+                keys,
+                values,
+                rows_per_head,
+                first_row,
+            }),
+            SegmentData::Packed(_) => None,
+        }
+    }
+
+    /// Records the segment's dispatch: `seg` holds its place in the call, `grid` is (its
+    /// splits, `row_blocks`).
+    pub fn record(
+        &self,
+        batch: &mut Batch<'_>,
+        (seg, grid): (Params, (u32, u32)),
+        inputs: &SplitInputs<'_>,
+        scratch: &Scratch,
+    ) {
+        let params = Params {
+            rows: self.rows_per_head as u32,
+            segment_first: self.first_row as u32,
+            ..seg
+        };
+        let planes = [self.keys.into(), self.values.into()];
+        record_split(
+            batch,
+            &ATTENTION_SPLIT,
+            (params, grid),
+            inputs,
+            scratch,
+            planes,
+        );
+    }
+}
+
+/// A quantized segment with 2-bit keys on every channel (grouped over G ≥ 32 tokens) and
+/// 2-bit values per token: the planes `attention_split_two_bit.wgsl` decodes.
+pub(super) struct TwoBitSplit<'a> {
+    key_codes: &'a wgpu::Buffer,
+    key_scale_min: &'a wgpu::Buffer,
+    key_groups: usize,
+    value_codes: &'a wgpu::Buffer,
+    value_scale_min: &'a wgpu::Buffer,
+    value_rows: usize,
+    value_groups: usize,
+}
+
+impl<'a> TwoBitSplit<'a> {
+    /// The planes of `segment` if its format is the 2-bit decoder's: every key channel a
+    /// 2-bit row in natural order (no sign rows), groups of at least 32 tokens, values
+    /// 2-bit per token.
+    pub fn of(layer: &LayerGeometry<'_>, segment: &SegmentRef<'a>) -> Option<Self> {
+        let layout = layer.layout;
+        if layout.outliers != layer.head_dim
+            || layout.normals != 0
+            || layout.rotated.is_some()
+            || layer.group_size < 32
+        {
+            return None;
+        }
+        match segment.data {
+            SegmentData::Packed(PackedPlanes {
+                groups,
+                keys:
+                    PackedKeyPlanes::Packed {
+                        codes: key_codes,
+                        scale_min: key_scale_min,
+                        ..
+                    },
+                values:
+                    PackedValuePlanes::TwoBit {
+                        grouping: Grouping::PerToken,
+                        rows,
+                        groups: value_groups,
+                        codes,
+                        scale_min,
+                    },
+                refinement: None,
+            }) => Some(TwoBitSplit {
+                key_codes,
+                key_scale_min,
+                key_groups: *groups,
+                value_codes: codes,
+                value_scale_min: scale_min,
+                value_rows: *rows,
+                value_groups: *value_groups,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Records the segment's dispatch, as [`ExactSplit::record`].
+    pub fn record(
+        &self,
+        batch: &mut Batch<'_>,
+        (seg, grid): (Params, (u32, u32)),
+        inputs: &SplitInputs<'_>,
+        scratch: &Scratch,
+    ) {
+        let params = Params {
+            groups: self.key_groups as u32,
+            rows: self.value_rows as u32,
+            group_count: self.value_groups as u32,
+            ..seg
+        };
+        let planes = [
+            self.key_codes.into(),
+            self.key_scale_min.into(),
+            self.value_codes.into(),
+            self.value_scale_min.into(),
+        ];
+        record_split(
+            batch,
+            &ATTENTION_SPLIT_TWO_BIT,
+            (params, grid),
+            inputs,
+            scratch,
+            planes,
+        );
+    }
+}
+
+/// One dispatch of the skeleton composed with a decoder: the skeleton's bindings (query,
+/// visible ranges, the split outputs' (m, l) pairs and sums), then the decoder's `planes`.
+fn record_split<const N: usize>(
+    batch: &mut Batch<'_>,
+    kernel: &Kernel,
+    (params, grid): (Params, (u32, u32)),
+    inputs: &SplitInputs<'_>,
+    scratch: &Scratch,
+    planes: [Bound<'_>; N],
+) {
+    let mut bound = vec![
+        inputs.queries.into(),
+        inputs.visible.into(),
+        scratch.stats(),
+        scratch.partial_sums(),
+    ];
+    bound.extend(planes);
+    batch.dispatch_grid_bound(kernel, "main", params, &bound, grid);
+}
