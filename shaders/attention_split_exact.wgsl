@@ -1,9 +1,10 @@
 // attention_split_exact.wgsl — the exact (f16) row decoder of attention_split.wgsl: the
-// fp16 cache, and the sinks and recent window of the quantized presets.
+// fp16 cache, and the sinks and recent window of the quantized presets (as a segment of
+// their own, or riding in a 2-bit segment's dispatch).
 //
 // Bindings: 5 keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
 //           6 values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
-// Params: rows = exact rows per KV head, segment_first = the segment's first stored row.
+// Params: rows = exact rows per KV head; the segment's first stored row is seg.first_row.
 // The query octet stays in registers while a lane walks its 32 key rows (as
 // attention_scores_exact.wgsl does).
 
@@ -18,9 +19,9 @@ fn key_dot(qa: vec4<f32>, qb: vec4<f32>, at: u32, t: u32, octets: u32, last: u32
 
 // The scaled scores of query row `q_base` (in vec4s) against the 32 tokens from
 // `lane_first` of KV head `kv_head`'s segment, tokens past `last` (a lane offset) clamped.
-fn lane_scores(q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
+fn exact_lane_scores(seg: SplitSegment, q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
     let octets = params.width / 8u;
-    let key_base = (kv_head * params.rows + params.segment_first + lane_first) * octets;
+    let key_base = (kv_head * params.rows + seg.first_row + lane_first) * octets;
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);
     var c2 = vec4<f32>(0.0);
@@ -45,9 +46,33 @@ fn lane_scores(q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<v
     return array<vec4<f32>, 8>(c0, c1, c2, c3, c4, c5, c6, c7);
 }
 
-// Channels 4·quad…4·quad+3 of the value row of `token` (of the segment) of KV head `kv_head`.
-fn value_quad(kv_head: u32, token: u32, quad: u32) -> vec4<f32> {
+// Adds Σ p·v over `count` tokens of the tile for one channel quad to the 8 rows' sums:
+// `at` is (KV head, the tile's first token, the first of the tokens within the tile, quad);
+// a token past `count` is clamped to the last (its weight is then zero: it lies past the
+// tile's end).
+fn exact_value_sums(
+    sums: ptr<function, RowSums>,
+    seg: SplitSegment,
+    at: vec4<u32>,
+    count: u32,
+) {
     let quads = params.width / 4u;
-    let words = values[(kv_head * params.rows + params.segment_first + token) * quads + quad];
+    let first = (at.x * params.rows + seg.first_row + at.y + at.z) * quads + at.w;
+    let last = first + (max(count, 1u) - 1u) * quads;
+    for (var j = 0u; j < count; j = j + 4u) {
+        let row = first + j * quads;
+        let v = mat4x4<f32>(
+            exact_value_quad(row),
+            exact_value_quad(min(row + quads, last)),
+            exact_value_quad(min(row + 2u * quads, last)),
+            exact_value_quad(min(row + 3u * quads, last)),
+        );
+        add_weighted(sums, v, (at.z + j) / 4u);
+    }
+}
+
+// The four f16 values at vec2 index `at` of the value rows.
+fn exact_value_quad(at: u32) -> vec4<f32> {
+    let words = values[at];
     return vec4<f32>(unpack2x16float(words.x), unpack2x16float(words.y));
 }

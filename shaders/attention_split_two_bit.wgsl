@@ -1,22 +1,65 @@
-// attention_split_two_bit.wgsl — the 2-bit row decoder of attention_split.wgsl (KIVI): keys
-// 2-bit per channel over groups of G ≥ 32 tokens, values 2-bit per token over groups of G
-// channels, x̂ = code·scale + min. A lane's 32 tokens lie in one key group, so each
-// channel's scale is folded into the query (q·scale) and its minimum into one bias
-// (Σ q·min) for the lane: a key channel costs two code words and one scale pair per 32
-// tokens. A value quad is one byte of a code word and its token's scale pair.
+// attention_split_two_bit.wgsl — the 2-bit row decoder of attention_split.wgsl (KIVI),
+// composed after _exact.wgsl: keys 2-bit per channel over groups of G ≥ 32 tokens, values
+// 2-bit per token over groups of G channels, x̂ = code·scale + min. A lane's 32 tokens lie
+// in one key group, so each channel's scale is folded into the query (q·scale) and its
+// minimum into one bias (Σ q·min) for the lane: a key channel costs two code words and
+// one scale pair per 32 tokens. A value quad is one byte of a code word and its token's
+// scale pair. Up to two exact segments (the sinks, the window) ride in the same dispatch
+// as splits of their own after the segment's (`exact_segments`), decoded by _exact.wgsl.
 //
-// Bindings: 5 key_codes       (storage, read): u32 [kv_heads][d][groups][⌈2G/32⌉]
-//           6 key_scale_min   (storage, read): u32 [kv_heads][d][groups], f16 scale + min
-//           7 value_codes     (storage, read): u32 [kv_heads][rows][group_count][⌈2G/32⌉]
-//           8 value_scale_min (storage, read): u32 [kv_heads][rows][group_count], f16 pairs
+// Bindings: 5, 6 the riders' exact rows (_exact.wgsl)
+//           7 key_codes       (storage, read): u32 [kv_heads][d][groups][⌈2G/32⌉]
+//           8 key_scale_min   (storage, read): u32 [kv_heads][d][groups], f16 scale + min
+//           9 value_codes     (storage, read): u32 [kv_heads][groups·G][group_count][⌈2G/32⌉]
+//           10 value_scale_min (storage, read): u32 [kv_heads][groups·G][group_count], f16
+//              pairs
+//           11 exact_segments (uniform): vec4<u32> [2]: per riding exact segment (first
+//              position, tokens (0: none), first stored row, its first slot among the
+//              call's splits)
 // Params: group_size = G (a multiple of 32), groups = key groups per channel row (the
-// planes' capacity), rows = value rows per KV head (token capacity), group_count = value
-// groups per token row (⌈d/G⌉).
+// planes' capacity; the value rows per KV head are groups·G), group_count = value groups
+// per token row (⌈d/G⌉), rows = the riders' exact rows per KV head; segment_start,
+// segment_len, split_offset of the 2-bit segment.
+// Dispatch: grid x = the segment's splits, then the riders' splits.
 
-@group(0) @binding(5) var<storage, read> key_codes: array<u32>;
-@group(0) @binding(6) var<storage, read> key_scale_min: array<u32>;
-@group(0) @binding(7) var<storage, read> value_codes: array<u32>;
-@group(0) @binding(8) var<storage, read> value_scale_min: array<u32>;
+@group(0) @binding(7) var<storage, read> key_codes: array<u32>;
+@group(0) @binding(8) var<storage, read> key_scale_min: array<u32>;
+@group(0) @binding(9) var<storage, read> value_codes: array<u32>;
+@group(0) @binding(10) var<storage, read> value_scale_min: array<u32>;
+@group(0) @binding(11) var<uniform> exact_segments: array<vec4<u32>, 2>;
+
+// The segment of split x: the 2-bit segment's own splits first, then each rider's.
+fn split_segment(x: u32) -> SplitSegment {
+    let own = (params.segment_len + params.split_size - 1u) / params.split_size;
+    if (x < own) {
+        return SplitSegment(params.segment_start, params.segment_len, 0u, x, params.split_offset + x, false);
+    }
+    let e0 = exact_segments[0];
+    let splits0 = (e0.y + params.split_size - 1u) / params.split_size;
+    let e = select(exact_segments[1], e0, x - own < splits0);
+    let index = select(x - own - splits0, x - own, x - own < splits0);
+    return SplitSegment(e.x, e.y, e.z, index, e.w + index, true);
+}
+
+fn lane_scores(seg: SplitSegment, q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
+    if (seg.exact) {
+        return exact_lane_scores(seg, q_base, kv_head, lane_first, last);
+    }
+    return two_bit_lane_scores(q_base, kv_head, lane_first);
+}
+
+fn value_sums(
+    sums: ptr<function, RowSums>,
+    seg: SplitSegment,
+    at: vec4<u32>,
+    count: u32,
+) {
+    if (seg.exact) {
+        exact_value_sums(sums, seg, at, count);
+    } else {
+        two_bit_value_sums(sums, at, count);
+    }
+}
 
 // Codes 4i…4i+3 of a 2-bit word as floats.
 fn two_bit_codes4(word: u32, i: u32) -> vec4<f32> {
@@ -25,7 +68,7 @@ fn two_bit_codes4(word: u32, i: u32) -> vec4<f32> {
 
 // The scaled scores of query row `q_base` (in vec4s) against the 32 tokens from
 // `lane_first` of KV head `kv_head`'s segment (whole groups: no token is clamped).
-fn lane_scores(q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
+fn two_bit_lane_scores(q_base: u32, kv_head: u32, lane_first: u32) -> array<vec4<f32>, 8> {
     let g_size = params.group_size;
     let words = (2u * g_size + 31u) / 32u;
     let group = lane_first / g_size;
@@ -62,14 +105,38 @@ fn lane_scores(q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<v
     return array<vec4<f32>, 8>(c0 + bias, c1 + bias, c2 + bias, c3 + bias, c4 + bias, c5 + bias, c6 + bias, c7 + bias);
 }
 
-// Channels 4·quad…4·quad+3 of the value row of `token` (of the segment) of KV head `kv_head`.
-fn value_quad(kv_head: u32, token: u32, quad: u32) -> vec4<f32> {
+// Adds Σ p·v over `count` tokens of the tile for one channel quad to the 8 rows' sums, as
+// exact_value_sums does (`at` the same).
+fn two_bit_value_sums(
+    sums: ptr<function, RowSums>,
+    at: vec4<u32>,
+    count: u32,
+) {
     let g_size = params.group_size;
-    let words = (2u * g_size + 31u) / 32u;
-    let channel = 4u * quad;
+    let channel = 4u * at.w;
     let within = channel % g_size;
-    let record = (kv_head * params.rows + token) * params.group_count + channel / g_size;
-    let word = value_codes[record * words + within / 16u] >> (2u * (within % 16u));
+    let step = params.group_count;
+    let first = (at.x * params.groups * g_size + at.y + at.z) * step + channel / g_size;
+    let last = first + (max(count, 1u) - 1u) * step;
+    let word = within / 16u;
+    let shift = 2u * (within % 16u);
+    for (var j = 0u; j < count; j = j + 4u) {
+        let record = first + j * step;
+        let v = mat4x4<f32>(
+            two_bit_value_quad(record, word, shift),
+            two_bit_value_quad(min(record + step, last), word, shift),
+            two_bit_value_quad(min(record + 2u * step, last), word, shift),
+            two_bit_value_quad(min(record + 3u * step, last), word, shift),
+        );
+        add_weighted(sums, v, (at.z + j) / 4u);
+    }
+}
+
+// The four values of a quad from value record `record` (a token's channel group): the
+// byte at bit `shift` of the record's code word `word`, and the record's scale and minimum.
+fn two_bit_value_quad(record: u32, word: u32, shift: u32) -> vec4<f32> {
+    let words = (2u * params.group_size + 31u) / 32u;
+    let codes = value_codes[record * words + word] >> shift;
     let p = unpack2x16float(value_scale_min[record]);
-    return two_bit_codes4(word, 0u) * p.x + p.y;
+    return two_bit_codes4(codes, 0u) * p.x + p.y;
 }

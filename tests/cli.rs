@@ -265,7 +265,7 @@ fn bench_attention_reports_time_per_kernel() {
         let exact = if preset.ends_with("(three-pass)") {
             "attention_scores_exact::main"
         } else {
-            "attention_split+exact::main"
+            "attention_split+exact+f16::main"
         };
         assert!(names.contains(&exact), "{preset}: {names:?}");
         assert!(kernels

@@ -58,9 +58,11 @@ pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
 /// The fused split kernel over exact (f16) rows (the fp16 cache, sinks and windows).
-pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split" + "exact", ["main"], false);
-/// The fused split kernel over 2-bit keys per channel and 2-bit values per token (`kivi2`).
-pub const ATTENTION_SPLIT_TWO_BIT: Kernel = kernel!("attention_split" + "two_bit", ["main"], false);
+pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split" + "exact" + "f16", ["main"], false);
+/// The fused split kernel over 2-bit keys per channel and 2-bit values per token (`kivi2`),
+/// with exact segments riding as splits of their own.
+pub const ATTENTION_SPLIT_TWO_BIT: Kernel =
+    kernel!("attention_split" + "exact" + "two_bit", ["main"], false);
 /// The fused split kernel over codes across tokens, with the portable row reads and
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
 /// size). Every fused composition ends with the `riders` file (the kernel rotates its query

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::planes::{LayerGeometry, PackedPlanes, SegmentData};
+use super::planes::{LayerGeometry, PackedPlanes, SegmentData, SegmentRef};
 use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, RiderPlan};
 use super::split::{ExactSplit, SplitInputs, TwoBitSplit};
 use super::{
@@ -105,7 +105,11 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             (visible_flat.len() * 4).max(visible_floor) as u64,
         )?;
         ctx.write(&visible, 0, &visible_flat);
-        let riders = RiderPlan::new(ctx, segments, &split_offsets, fused.as_ref())?;
+        let hosts = |s: &SegmentRef<'a>| {
+            fused.as_ref().is_some_and(|f| f.takes(s).is_some())
+                || (call.kernels != Kernels::ThreePass && TwoBitSplit::of(layer, s).is_some())
+        };
+        let riders = RiderPlan::new(ctx, segments, &split_offsets, hosts)?;
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
         // only for segments that go through the separate passes.
         let query_pass = segments.iter().enumerate().any(|(i, s)| {
@@ -257,14 +261,15 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                 return;
             }
             if let Some(two_bit) = TwoBitSplit::of(self.call.layer, segment) {
-                two_bit.record(batch, (seg, grid), &inputs, scratch);
+                let (exact, riders) = self.riders_of(i);
+                let grid = (grid.0 + riders as u32, grid.1);
+                two_bit.record(batch, (seg, grid), &inputs, &exact, scratch);
                 return;
             }
         }
         if let Some((fused, states)) = &self.fused {
             if let Some(planes) = fused.takes(segment) {
-                let rider = self.riders.carried[i].as_ref();
-                let riders = rider.map_or(0, |r| r.splits(self.call.segments, split_tokens));
+                let (exact, riders) = self.riders_of(i);
                 let d = self.call.layer.head_dim;
                 rotated_groups::record_fused(
                     batch,
@@ -276,13 +281,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                         queries: q_buffer,
                         visible: &self.visible,
                         states,
-                        exact: FusedExact {
-                            keys: rider.map_or(&scratch.unused, |r| r.keys),
-                            values: rider.map_or(&scratch.unused, |r| r.values),
-                            rows_per_head: rider.map_or(0, |r| r.rows_per_head),
-                            records: &self.riders.records,
-                            record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
-                        },
+                        exact,
                     },
                     scratch,
                 );
@@ -290,6 +289,22 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             }
         }
         self.record_three_passes(batch, i, (seg, rows));
+    }
+
+    /// The exact segments riding in segment `i`'s dispatch (the `unused` buffer where none
+    /// does) and the splits they add.
+    fn riders_of(&self, i: usize) -> (FusedExact<'_>, usize) {
+        let rider = self.riders.carried[i].as_ref();
+        let unused = &self.scratch.unused;
+        let exact = FusedExact {
+            keys: rider.map_or(unused, |r| r.keys),
+            values: rider.map_or(unused, |r| r.values),
+            rows_per_head: rider.map_or(0, |r| r.rows_per_head),
+            records: &self.riders.records,
+            record: i as u64 * rotated_groups::EXACT_RECORD_BYTES,
+        };
+        let splits = rider.map_or(0, |r| r.splits(self.call.segments, self.split_tokens));
+        (exact, splits)
     }
 
     /// Scores, the split softmax and the value sums of segment `i` (and its STP

@@ -12,7 +12,8 @@
 //!    dispatch of the split skeleton, `attention_split` with that format's row decoder
 //!    (`split.rs`; per split of the context's [`GpuContext::split_tokens`] and block of 8
 //!    rows of a KV head: scores, online softmax and Σ p·v, each value row decoded once for
-//!    the block); another packed segment through `attention_scores_*` (q·k for the
+//!    the block; a `kivi2` segment's dispatch carries the exact sinks and window as splits
+//!    of its own); another packed segment through `attention_scores_*` (q·k for the
 //!    segment's tokens), `attention_softmax` (each split into weights with a split-local
 //!    maximum and sum) and `attention_values_*` (Σ p·v per split). [`Kernels::ThreePass`]
 //!    sends those segments through the three passes too, to benchmark against;

@@ -275,7 +275,7 @@ pub(super) struct FusedBuffers<'a> {
 pub(super) const EXACT_RECORD_BYTES: u64 = 256;
 /// Bytes of one record: (first position, tokens, first stored row, splits before it) for
 /// each of two exact segments (`exact_segments` in `attention_split_groups_riders.wgsl`).
-const EXACT_RECORD_USED: u64 = 32;
+pub(super) const EXACT_RECORD_USED: u64 = 32;
 
 /// The exact segments (sinks, window) that a fused dispatch takes as splits of its own: at
 /// most two, stored in one pair of buffers.
@@ -387,19 +387,17 @@ pub(super) struct RiderPlan<'a> {
 }
 
 impl<'a> RiderPlan<'a> {
-    /// The riders of `segments` (none without `fused` dispatches), each segment's splits before
-    /// it in `split_offsets`; their records are written to a pooled buffer.
+    /// The riders of `segments` in the dispatches of the segments `hosts` accepts (the fused
+    /// codes-across-tokens and 2-bit dispatches), each segment's splits before it in
+    /// `split_offsets`; their records are written to a pooled buffer.
     pub fn new(
         ctx: &GpuContext,
         segments: &[SegmentRef<'a>],
         split_offsets: &[usize],
-        fused: Option<&FusedCall<'a>>,
+        hosts: impl Fn(&SegmentRef<'a>) -> bool,
     ) -> Result<Self> {
-        let with_riders = fused.is_some();
-        let carried = match fused {
-            Some(fused) => exact_riders(segments, |s| fused.takes(s).is_some()),
-            None => segments.iter().map(|_| None).collect(),
-        };
+        let with_riders = segments.iter().any(&hosts);
+        let carried = exact_riders(segments, hosts);
         let riding = (0..segments.len())
             .map(|i| carried.iter().flatten().any(|r| r.segments.contains(&i)))
             .collect();

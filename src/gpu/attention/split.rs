@@ -1,11 +1,13 @@
 //! The fused split-K skeleton (`attention_split.wgsl`) with its row decoders: one
 //! dispatch per segment computes every split's scores, online softmax and Σ p·v for
 //! blocks of 8 query rows of a KV head, reading the call's query itself. [`ExactSplit`]
-//! decodes exact (f16) rows (the fp16 cache, the sinks and window), [`TwoBitSplit`] 2-bit
-//! keys per channel and 2-bit values per token (`kivi2`).
+//! decodes exact (f16) rows (the fp16 cache, sinks and windows riding nowhere else),
+//! [`TwoBitSplit`] 2-bit keys per channel and 2-bit values per token (`kivi2`), with up to
+//! two exact segments (the sinks, the window) riding in its dispatch as splits of their own.
 
 use super::planes::{LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
 use super::planes::{SegmentData, SegmentRef};
+use super::rotated_groups::{FusedExact, EXACT_RECORD_USED};
 use super::Scratch;
 use crate::config::Grouping;
 use crate::gpu::batch::Batch;
@@ -81,14 +83,13 @@ pub(super) struct TwoBitSplit<'a> {
     key_groups: usize,
     value_codes: &'a wgpu::Buffer,
     value_scale_min: &'a wgpu::Buffer,
-    value_rows: usize,
     value_groups: usize,
 }
 
 impl<'a> TwoBitSplit<'a> {
     /// The planes of `segment` if its format is the 2-bit decoder's: every key channel a
     /// 2-bit row in natural order (no sign rows), groups of at least 32 tokens, values
-    /// 2-bit per token.
+    /// 2-bit per token with as many rows as the key planes hold tokens.
     pub fn of(layer: &LayerGeometry<'_>, segment: &SegmentRef<'a>) -> Option<Self> {
         let layout = layer.layout;
         if layout.outliers != layer.head_dim
@@ -116,38 +117,42 @@ impl<'a> TwoBitSplit<'a> {
                         scale_min,
                     },
                 refinement: None,
-            }) => Some(TwoBitSplit {
+            }) if *rows == groups * layer.group_size => Some(TwoBitSplit {
                 key_codes,
                 key_scale_min,
                 key_groups: *groups,
                 value_codes: codes,
                 value_scale_min: scale_min,
-                value_rows: *rows,
                 value_groups: *value_groups,
             }),
             _ => None,
         }
     }
 
-    /// Records the segment's dispatch, as [`ExactSplit::record`].
+    /// Records the segment's dispatch and its riders' (`exact`; `grid` counts their splits
+    /// after the segment's), as [`ExactSplit::record`].
     pub fn record(
         &self,
         batch: &mut Batch<'_>,
         (seg, grid): (Params, (u32, u32)),
         inputs: &SplitInputs<'_>,
+        exact: &FusedExact<'_>,
         scratch: &Scratch,
     ) {
         let params = Params {
             groups: self.key_groups as u32,
-            rows: self.value_rows as u32,
+            rows: exact.rows_per_head as u32,
             group_count: self.value_groups as u32,
             ..seg
         };
         let planes = [
+            exact.keys.into(),
+            exact.values.into(),
             self.key_codes.into(),
             self.key_scale_min.into(),
             self.value_codes.into(),
             self.value_scale_min.into(),
+            Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
         ];
         record_split(
             batch,
@@ -161,7 +166,8 @@ impl<'a> TwoBitSplit<'a> {
 }
 
 /// One dispatch of the skeleton composed with a decoder: the skeleton's bindings (query,
-/// visible ranges, the split outputs' (m, l) pairs and sums), then the decoder's `planes`.
+/// visible ranges, the split outputs' (m, l) pairs and sums), then the decoder's from
+/// binding 5 on.
 fn record_split<const N: usize>(
     batch: &mut Batch<'_>,
     kernel: &Kernel,
