@@ -8,9 +8,11 @@
 //   attention_split_exact.wgsl   — exact (f16) rows (exact_lane_scores, exact_value_sums);
 //   attention_split_f16.wgsl     — last file for a segment of exact rows on its own (the
 //                                   fp16 cache; sinks and windows that ride nowhere else);
-//   attention_split_two_bit.wgsl — last file for 2-bit keys per channel and 2-bit values
-//                                   per token (KIVI), scale and minimum folded per group,
-//                                   with up to two exact segments riding as splits.
+//   attention_split_two_bit.wgsl — 2-bit keys per channel (KIVI), scale and minimum
+//                                   folded per group, with up to two exact segments
+//                                   riding as splits; then, last,
+//   attention_split_value_tokens.wgsl or _value_channels.wgsl — 2-bit values per token
+//                                   (`kivi2`) or per channel (`k2v2-channel`).
 // The last file provides split_segment (the segment of a workgroup's split: the dispatch's
 // own, or a rider's), lane_scores (q·k of a query row for one lane's 32 tokens) and
 // value_sums (Σ p·v of a task's tokens, through add_weighted).

@@ -1,25 +1,24 @@
-// attention_split_two_bit.wgsl — the 2-bit row decoder of attention_split.wgsl (KIVI),
-// composed after _exact.wgsl: keys 2-bit per channel over groups of G ≥ 32 tokens, values
-// 2-bit per token over groups of G channels, x̂ = code·scale + min. A lane's 32 tokens lie
-// in one key group, so each channel's scale is folded into the query (q·scale) and its
-// minimum into one bias (Σ q·min) for the lane: a key channel costs two code words and
-// one scale pair per 32 tokens. A value quad is one byte of a code word and its token's
-// scale pair. Up to two exact segments (the sinks, the window) ride in the same dispatch
-// as splits of their own after the segment's (`exact_segments`), decoded by _exact.wgsl.
+// attention_split_two_bit.wgsl — the 2-bit key decoder of attention_split.wgsl (KIVI),
+// composed after _exact.wgsl and before a value decoder: keys 2-bit per channel over
+// groups of G ≥ 32 tokens, x̂ = code·scale + min. A lane's 32 tokens lie in one key group,
+// so each channel's scale is folded into the query (q·scale) and its minimum into one bias
+// (Σ q·min) for the lane: a key channel costs two code words and one scale pair per 32
+// tokens. The values are 2-bit too, per token (_value_tokens.wgsl, `kivi2`) or per channel
+// (_value_channels.wgsl, `k2v2-channel`); each provides two_bit_value_sums. Up to two
+// exact segments (the sinks, the window) ride in the same dispatch as splits of their own
+// after the segment's (`exact_segments`), decoded by _exact.wgsl.
 //
 // Bindings: 5, 6 the riders' exact rows (_exact.wgsl)
 //           7 key_codes       (storage, read): u32 [kv_heads][d][groups][⌈2G/32⌉]
 //           8 key_scale_min   (storage, read): u32 [kv_heads][d][groups], f16 scale + min
-//           9 value_codes     (storage, read): u32 [kv_heads][groups·G][group_count][⌈2G/32⌉]
-//           10 value_scale_min (storage, read): u32 [kv_heads][groups·G][group_count], f16
-//              pairs
+//           9 value_codes     (storage, read): u32, 2-bit value records of ⌈2G/32⌉ words
+//           10 value_scale_min (storage, read): u32, a record's f16 scale + min
 //           11 exact_segments (uniform): vec4<u32> [2]: per riding exact segment (first
 //              position, tokens (0: none), first stored row, its first slot among the
 //              call's splits)
 // Params: group_size = G (a multiple of 32), groups = key groups per channel row (the
-// planes' capacity; the value rows per KV head are groups·G), group_count = value groups
-// per token row (⌈d/G⌉), rows = the riders' exact rows per KV head; segment_start,
-// segment_len, split_offset of the 2-bit segment.
+// planes' capacity), rows = the riders' exact rows per KV head; segment_start,
+// segment_len, split_offset of the 2-bit segment; the value decoder's own.
 // Dispatch: grid x = the segment's splits, then the riders' splits.
 
 @group(0) @binding(7) var<storage, read> key_codes: array<u32>;
@@ -103,40 +102,4 @@ fn two_bit_lane_scores(q_base: u32, kv_head: u32, lane_first: u32) -> array<vec4
         }
     }
     return array<vec4<f32>, 8>(c0 + bias, c1 + bias, c2 + bias, c3 + bias, c4 + bias, c5 + bias, c6 + bias, c7 + bias);
-}
-
-// Adds Σ p·v over `count` tokens of the tile for one channel quad to the 8 rows' sums, as
-// exact_value_sums does (`at` the same).
-fn two_bit_value_sums(
-    sums: ptr<function, RowSums>,
-    at: vec4<u32>,
-    count: u32,
-) {
-    let g_size = params.group_size;
-    let channel = 4u * at.w;
-    let within = channel % g_size;
-    let step = params.group_count;
-    let first = (at.x * params.groups * g_size + at.y + at.z) * step + channel / g_size;
-    let last = first + (max(count, 1u) - 1u) * step;
-    let word = within / 16u;
-    let shift = 2u * (within % 16u);
-    for (var j = 0u; j < count; j = j + 4u) {
-        let record = first + j * step;
-        let v = mat4x4<f32>(
-            two_bit_value_quad(record, word, shift),
-            two_bit_value_quad(min(record + step, last), word, shift),
-            two_bit_value_quad(min(record + 2u * step, last), word, shift),
-            two_bit_value_quad(min(record + 3u * step, last), word, shift),
-        );
-        add_weighted(sums, v, (at.z + j) / 4u);
-    }
-}
-
-// The four values of a quad from value record `record` (a token's channel group): the
-// byte at bit `shift` of the record's code word `word`, and the record's scale and minimum.
-fn two_bit_value_quad(record: u32, word: u32, shift: u32) -> vec4<f32> {
-    let words = (2u * params.group_size + 31u) / 32u;
-    let codes = value_codes[record * words + word] >> shift;
-    let p = unpack2x16float(value_scale_min[record]);
-    return two_bit_codes4(codes, 0u) * p.x + p.y;
 }

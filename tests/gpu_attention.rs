@@ -171,10 +171,10 @@ fn a_512_position_frame_on_the_default_preset() {
 /// tokens then run as butterflies in workgroup memory, with 1 to 16 groups per tile, on the
 /// subgroup (d = 128) and portable (d = 80) row sums. `kivi2`: groups of 64 and 128 tokens
 /// go through the 2-bit row decoder (a lane's 32 tokens a slice of one group), groups of 8
-/// and 16 through the three passes.
+/// and 16 through the three passes; `k2v2-channel` the same with values per channel.
 #[test]
 fn group_sizes_other_than_32() {
-    for preset in ["vidkv", "kivi2"] {
+    for preset in ["vidkv", "kivi2", "k2v2-channel"] {
         for (group_size, d) in [(8, 128), (16, 80), (64, 128), (128, 80)] {
             let (tokens, kv_heads, gqa, queries) = (1_000, 2, 7, 2);
             let k = random_tensor([1, kv_heads, tokens, d], 51, 1.0);
@@ -367,35 +367,46 @@ fn a_layer_decodes_in_two_dispatches() {
     }
 }
 
-/// A `kivi2` layer (2-bit keys per channel, 2-bit values per token) decodes in two
-/// dispatches too: its quantized groups through the 2-bit row decoder, with its exact tail
-/// riding as a split of its own, then the combine; [`Kernels::ThreePass`] keeps the separate
-/// passes.
+/// The 2-bit presets' layers (2-bit keys per channel; values per token for `kivi2`, per
+/// channel for `k2v2-channel`) decode in two dispatches too: the quantized groups through
+/// the 2-bit row decoders, with the exact tail riding as a split of its own, then the
+/// combine; [`Kernels::ThreePass`] keeps the separate passes.
 #[test]
-fn a_kivi2_layer_decodes_in_two_dispatches() {
+fn two_bit_layers_decode_in_two_dispatches() {
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
-    for kernels in [Kernels::Fastest, Kernels::Portable] {
-        let passes = decode_passes(&ctx, "kivi2", kernels);
-        assert_eq!(
-            passes,
-            [
-                "attention_combine::main ×1",
-                "attention_split+exact+two_bit::main ×1",
-            ],
-            "{kernels:?}"
+    for (preset, values, three_pass) in [
+        (
+            "kivi2",
+            "value_tokens",
+            "attention_values_two_bit::per_token",
+        ),
+        (
+            "k2v2-channel",
+            "value_channels",
+            "attention_values_two_bit::per_channel",
+        ),
+    ] {
+        for kernels in [Kernels::Fastest, Kernels::Portable] {
+            let passes = decode_passes(&ctx, preset, kernels);
+            assert_eq!(
+                passes,
+                [
+                    "attention_combine::main ×1".to_string(),
+                    format!("attention_split+exact+two_bit+{values}::main ×1"),
+                ],
+                "{preset} {kernels:?}"
+            );
+        }
+        let passes = decode_passes(&ctx, preset, Kernels::ThreePass);
+        assert!(
+            passes.iter().any(|p| p.starts_with(three_pass)),
+            "{passes:?}"
+        );
+        assert!(
+            passes.iter().all(|p| !p.starts_with("attention_split")),
+            "{passes:?}"
         );
     }
-    let passes = decode_passes(&ctx, "kivi2", Kernels::ThreePass);
-    assert!(
-        passes
-            .iter()
-            .any(|p| p.starts_with("attention_values_two_bit::per_token")),
-        "{passes:?}"
-    );
-    assert!(
-        passes.iter().all(|p| !p.starts_with("attention_split")),
-        "{passes:?}"
-    );
 }
 
 /// The passes one decode call on a layer of `preset` runs on `ctx` (1,000 tokens, d = 128,

@@ -965,8 +965,14 @@ fn a_growing_history_decodes_in_two_dispatches() {
         ("vidkv", Some(("attention_split_groups+", 2))),
         ("fp16", Some(("attention_split+exact+f16::", 4))),
         ("rotated", None),
-        ("kivi2", Some(("attention_split+exact+two_bit::", 1))),
-        ("k2v2-channel", None),
+        (
+            "kivi2",
+            Some(("attention_split+exact+two_bit+value_tokens::", 1)),
+        ),
+        (
+            "k2v2-channel",
+            Some(("attention_split+exact+two_bit+value_channels::", 1)),
+        ),
         ("vidkv-paper", None),
     ] {
         let config = QuantConfig::preset(preset).unwrap();

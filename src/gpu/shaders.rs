@@ -61,8 +61,17 @@ pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["m
 pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split" + "exact" + "f16", ["main"], false);
 /// The fused split kernel over 2-bit keys per channel and 2-bit values per token (`kivi2`),
 /// with exact segments riding as splits of their own.
-pub const ATTENTION_SPLIT_TWO_BIT: Kernel =
-    kernel!("attention_split" + "exact" + "two_bit", ["main"], false);
+pub const ATTENTION_SPLIT_TWO_BIT_TOKENS: Kernel = kernel!(
+    "attention_split" + "exact" + "two_bit" + "value_tokens",
+    ["main"],
+    false
+);
+/// The same with 2-bit values per channel (`k2v2-channel`).
+pub const ATTENTION_SPLIT_TWO_BIT_CHANNELS: Kernel = kernel!(
+    "attention_split" + "exact" + "two_bit" + "value_channels",
+    ["main"],
+    false
+);
 /// The fused split kernel over codes across tokens, with the portable row reads and
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
 /// size). Every fused composition ends with the `riders` file (the kernel rotates its query
@@ -168,7 +177,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 32] = [
+pub const ALL: [Kernel; 33] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -184,7 +193,8 @@ pub const ALL: [Kernel; 32] = [
     ATTENTION_QUERIES,
     ATTENTION_SCORES_EXACT,
     ATTENTION_SPLIT,
-    ATTENTION_SPLIT_TWO_BIT,
+    ATTENTION_SPLIT_TWO_BIT_TOKENS,
+    ATTENTION_SPLIT_TWO_BIT_CHANNELS,
     ATTENTION_SPLIT_GROUPS,
     ATTENTION_SPLIT_GROUPS_32,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,

@@ -7,12 +7,13 @@
 //!    channels, then Mᵀq over the DFT-domain normal channels), for the segments that go
 //!    through separate passes (the fused kernels read the call's query and scale it
 //!    themselves, so a call of fused dispatches only has no such pass);
-//! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment, or a `kivi2`
-//!    one (2-bit keys per channel, 2-bit values per token), goes through one fused
+//! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment, or a 2-bit
+//!    one (keys per channel, values per token or channel: `kivi2`, `k2v2-channel`), goes
+//!    through one fused
 //!    dispatch of the split skeleton, `attention_split` with that format's row decoder
 //!    (`split.rs`; per split of the context's [`GpuContext::split_tokens`] and block of 8
 //!    rows of a KV head: scores, online softmax and Σ p·v, each value row decoded once for
-//!    the block; a `kivi2` segment's dispatch carries the exact sinks and window as splits
+//!    the block; a 2-bit segment's dispatch carries the exact sinks and window as splits
 //!    of its own); another packed segment through `attention_scores_*` (q·k for the
 //!    segment's tokens), `attention_softmax` (each split into weights with a split-local
 //!    maximum and sum) and `attention_values_*` (Σ p·v per split). [`Kernels::ThreePass`]

@@ -2,8 +2,9 @@
 //! dispatch per segment computes every split's scores, online softmax and Σ p·v for
 //! blocks of 8 query rows of a KV head, reading the call's query itself. [`ExactSplit`]
 //! decodes exact (f16) rows (the fp16 cache, sinks and windows riding nowhere else),
-//! [`TwoBitSplit`] 2-bit keys per channel and 2-bit values per token (`kivi2`), with up to
-//! two exact segments (the sinks, the window) riding in its dispatch as splits of their own.
+//! [`TwoBitSplit`] 2-bit keys per channel and 2-bit values per token (`kivi2`) or per
+//! channel (`k2v2-channel`), with up to two exact segments (the sinks, the window) riding
+//! in its dispatch as splits of their own.
 
 use super::planes::{LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
 use super::planes::{SegmentData, SegmentRef};
@@ -13,7 +14,9 @@ use crate::config::Grouping;
 use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
 use crate::gpu::params::Params;
-use crate::gpu::shaders::{Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_TWO_BIT};
+use crate::gpu::shaders::{
+    Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_TWO_BIT_CHANNELS, ATTENTION_SPLIT_TWO_BIT_TOKENS,
+};
 
 /// The buffers every split-skeleton dispatch of a call binds before its decoder's: the
 /// call's query (f32, natural order, unscaled) and the visible ranges.
@@ -83,13 +86,16 @@ pub(super) struct TwoBitSplit<'a> {
     key_groups: usize,
     value_codes: &'a wgpu::Buffer,
     value_scale_min: &'a wgpu::Buffer,
+    /// Values per token (`kivi2`) or per channel (`k2v2-channel`).
+    value_grouping: Grouping,
     value_groups: usize,
 }
 
 impl<'a> TwoBitSplit<'a> {
     /// The planes of `segment` if its format is the 2-bit decoder's: every key channel a
     /// 2-bit row in natural order (no sign rows), groups of at least 32 tokens, values
-    /// 2-bit per token with as many rows as the key planes hold tokens.
+    /// 2-bit per token with as many rows as the key planes hold tokens, or per channel with
+    /// as many groups as the key planes.
     pub fn of(layer: &LayerGeometry<'_>, segment: &SegmentRef<'a>) -> Option<Self> {
         let layout = layer.layout;
         if layout.outliers != layer.head_dim
@@ -110,21 +116,28 @@ impl<'a> TwoBitSplit<'a> {
                     },
                 values:
                     PackedValuePlanes::TwoBit {
-                        grouping: Grouping::PerToken,
+                        grouping,
                         rows,
                         groups: value_groups,
                         codes,
                         scale_min,
                     },
                 refinement: None,
-            }) if *rows == groups * layer.group_size => Some(TwoBitSplit {
-                key_codes,
-                key_scale_min,
-                key_groups: *groups,
-                value_codes: codes,
-                value_scale_min: scale_min,
-                value_groups: *value_groups,
-            }),
+            }) if match grouping {
+                Grouping::PerToken => *rows == groups * layer.group_size,
+                Grouping::PerChannel => *rows == layer.head_dim && value_groups == groups,
+            } =>
+            {
+                Some(TwoBitSplit {
+                    key_codes,
+                    key_scale_min,
+                    key_groups: *groups,
+                    value_codes: codes,
+                    value_scale_min: scale_min,
+                    value_grouping: *grouping,
+                    value_groups: *value_groups,
+                })
+            }
             _ => None,
         }
     }
@@ -154,14 +167,11 @@ impl<'a> TwoBitSplit<'a> {
             self.value_scale_min.into(),
             Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
         ];
-        record_split(
-            batch,
-            &ATTENTION_SPLIT_TWO_BIT,
-            (params, grid),
-            inputs,
-            scratch,
-            planes,
-        );
+        let kernel = match self.value_grouping {
+            Grouping::PerToken => &ATTENTION_SPLIT_TWO_BIT_TOKENS,
+            Grouping::PerChannel => &ATTENTION_SPLIT_TWO_BIT_CHANNELS,
+        };
+        record_split(batch, kernel, (params, grid), inputs, scratch, planes);
     }
 }
 
