@@ -105,6 +105,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             (visible_flat.len() * 4).max(visible_floor) as u64,
         )?;
         ctx.write(&visible, 0, &visible_flat);
+        // Segments whose one dispatch may carry exact riders: codes across tokens, 2-bit.
         let hosts = |s: &SegmentRef<'a>| {
             fused.as_ref().is_some_and(|f| f.takes(s).is_some())
                 || (call.kernels != Kernels::ThreePass && TwoBitSplit::of(layer, s).is_some())
@@ -113,9 +114,8 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
         // only for segments that go through the separate passes.
         let query_pass = segments.iter().enumerate().any(|(i, s)| {
-            let one_dispatch = fused.as_ref().is_some_and(|f| f.takes(s).is_some())
-                || (call.kernels != Kernels::ThreePass
-                    && (ExactSplit::of(s).is_some() || TwoBitSplit::of(layer, s).is_some()));
+            let one_dispatch =
+                hosts(s) || (call.kernels != Kernels::ThreePass && ExactSplit::of(s).is_some());
             !riders.riding[i] && !one_dispatch
         });
         let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
@@ -231,9 +231,9 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         }
     }
 
-    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows, or 2-bit KIVI
-    /// codes), one fused dispatch with its riders (codes across tokens), or the three
-    /// passes (and the STP refinements' pass).
+    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows, or 2-bit codes
+    /// with their riders), one fused dispatch with its riders (codes across tokens), or the
+    /// three passes (and the STP refinements' pass).
     fn record_segment(
         &self,
         batch: &mut Batch<'_>,
