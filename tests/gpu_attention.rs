@@ -151,20 +151,24 @@ fn rotated_halves_mix_with_the_other_schemes() {
     }
 }
 
-/// A frame of 512 query positions on the default preset (codes across tokens): 2,048 query
-/// rows, more than one tile of the fused kernel's uniform query binding holds, each
-/// position seeing its own causal prefix.
+/// A frame of 512 query positions: 2,048 query rows, more than one tile of the fused
+/// kernel's uniform query binding holds, each position seeing its own causal prefix; on the
+/// default preset (codes across tokens), `kivi2` (the 2-bit decoder with its exact tail
+/// riding) and fp16 (the exact decoder).
 #[test]
-fn a_512_position_frame_on_the_default_preset() {
+fn a_512_position_frame() {
     let (tokens, d, kv_heads, gqa, queries) = (700, 64, 2, 2, 512);
     let k = random_tensor([1, kv_heads, tokens, d], 41, 1.0);
     let v = random_tensor([1, kv_heads, tokens, d], 42, 1.0);
     let q = random_tensor([1, kv_heads * gqa, queries, d], 43, 0.6);
-    let cache = PackedCache::quantize(&k, &v, &QuantConfig::preset("vidkv").unwrap(), &[]).unwrap();
     let visible: Vec<(u32, u32)> = (0..queries)
         .map(|m| (0, (tokens - queries + 1 + m) as u32))
         .collect();
-    check(&cache, &q, &visible, "vidkv M=512");
+    for preset in ["vidkv", "kivi2", "fp16"] {
+        let config = QuantConfig::preset(preset).unwrap();
+        let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+        check(&cache, &q, &visible, &format!("{preset} M=512"));
+    }
 }
 
 /// Group sizes other than 32. The default preset: the fused kernel's transforms across
