@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::planes::{LayerGeometry, PackedPlanes, SegmentData, SegmentRef};
-use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, RiderPlan};
+use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, GroupPlanes, RiderPlan};
 use super::split::{ExactSplit, SplitInputs, TwoBitSplit};
 use super::{
     record_scores, record_values, rotated, row_blocks, Call, Kernels, Scratch, STATS_ALIGN,
@@ -58,6 +58,8 @@ struct CallPlan<'c, 'a, 'b> {
     base: Params,
     /// The fused dispatches' shared states and their uniform buffer, if any segment is fused.
     fused: Option<(FusedCall<'a>, Arc<wgpu::Buffer>)>,
+    /// How each segment is recorded.
+    routes: Vec<Route<'a>>,
     riders: RiderPlan<'a>,
     /// Whether some segment goes through the separate passes, which read the query pass.
     query_pass: bool,
@@ -92,7 +94,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             .clamp(1, total_rows)
             .min(ctx.max_workgroups_per_dimension() as usize);
         let tile_rows = (tile_rows / gqa).max(1) * gqa;
-        let fused = FusedCall::plan(ctx, call);
+        let fused = match FusedCall::plan(ctx, call) {
+            Some(fused) => Some((fused, FusedCall::states_uniform(ctx)?)),
+            None => None,
+        };
         // The fused kernel binds the visible ranges as a uniform of fixed size.
         let visible_floor = if fused.is_some() {
             rotated_groups::VISIBLE_UNIFORM_BYTES
@@ -105,19 +110,20 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             (visible_flat.len() * 4).max(visible_floor) as u64,
         )?;
         ctx.write(&visible, 0, &visible_flat);
+        let routes: Vec<Route<'a>> = segments
+            .iter()
+            .map(|s| Route::of(call, fused.as_ref(), s))
+            .collect();
         // Segments whose one dispatch may carry exact riders: codes across tokens, 2-bit.
-        let hosts = |s: &SegmentRef<'a>| {
-            fused.as_ref().is_some_and(|f| f.takes(s).is_some())
-                || (call.kernels != Kernels::ThreePass && TwoBitSplit::of(layer, s).is_some())
-        };
-        let riders = RiderPlan::new(ctx, segments, &split_offsets, hosts)?;
+        let hosts: Vec<bool> = routes
+            .iter()
+            .map(|r| matches!(r, Route::TwoBit(_) | Route::Fused { .. }))
+            .collect();
+        let riders = RiderPlan::new(ctx, segments, &split_offsets, &hosts)?;
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
         // only for segments that go through the separate passes.
-        let query_pass = segments.iter().enumerate().any(|(i, s)| {
-            let one_dispatch =
-                hosts(s) || (call.kernels != Kernels::ThreePass && ExactSplit::of(s).is_some());
-            !riders.riding[i] && !one_dispatch
-        });
+        let query_pass =
+            (0..segments.len()).any(|i| !riders.riding[i] && matches!(routes[i], Route::Passes));
         let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
         let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
         let stats_bytes = (tile_rows * total_splits * 8) as u64;
@@ -130,10 +136,6 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             stats: (stats_offset, stats_bytes),
             centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
             unused: ctx.buffer("unused binding", 16)?,
-        };
-        let fused = match fused {
-            Some(fused) => Some((fused, FusedCall::states_uniform(ctx)?)),
-            None => None,
         };
         let base = Params {
             width: d as u32,
@@ -159,6 +161,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             tile_rows,
             base,
             fused,
+            routes,
             riders,
             query_pass,
             visible,
@@ -255,28 +258,22 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             queries: q_buffer,
             visible: &self.visible,
         };
-        if self.call.kernels != Kernels::ThreePass {
-            if let Some(exact) = ExactSplit::of(segment) {
-                exact.record(batch, (seg, grid), &inputs, scratch);
-                return;
-            }
-            if let Some(two_bit) = TwoBitSplit::of(self.call.layer, segment) {
+        match &self.routes[i] {
+            Route::Exact(exact) => exact.record(batch, (seg, grid), &inputs, scratch),
+            Route::TwoBit(two_bit) => {
                 let (exact, riders) = self.riders_of(i);
                 let grid = (grid.0 + riders as u32, grid.1);
                 two_bit.record(batch, (seg, grid), &inputs, &exact, scratch);
-                return;
             }
-        }
-        if let Some((fused, states)) = &self.fused {
-            if let Some(planes) = fused.takes(segment) {
+            Route::Fused { planes, states } => {
                 let (exact, riders) = self.riders_of(i);
                 let d = self.call.layer.head_dim;
                 rotated_groups::record_fused(
                     batch,
                     rotated_groups::fused_kernel(self.ctx, self.subgroups, d, planes.0.group_size),
-                    planes,
+                    *planes,
                     seg,
-                    ((splits + riders) as u32, row_blocks(seg, rows)),
+                    (grid.0 + riders as u32, grid.1),
                     &FusedBuffers {
                         queries: q_buffer,
                         visible: &self.visible,
@@ -285,10 +282,9 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                     },
                     scratch,
                 );
-                return;
             }
+            Route::Passes => self.record_three_passes(batch, i, (seg, rows)),
         }
-        self.record_three_passes(batch, i, (seg, rows));
     }
 
     /// The exact segments riding in segment `i`'s dispatch (the `unused` buffer where none
@@ -336,5 +332,46 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         {
             rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
         }
+    }
+}
+
+/// How a segment of a call is recorded, decided once per call.
+enum Route<'a> {
+    /// One `attention_split` dispatch over its exact rows.
+    Exact(ExactSplit<'a>),
+    /// One 2-bit split dispatch, with the exact segments riding in it.
+    TwoBit(TwoBitSplit<'a>),
+    /// One fused codes-across-tokens dispatch (keys' and values' planes, the call's states
+    /// uniform), with the exact segments riding in it.
+    Fused {
+        planes: (&'a GroupPlanes, &'a GroupPlanes),
+        states: Arc<wgpu::Buffer>,
+    },
+    /// The separate passes (after the query pass), for [`Kernels::ThreePass`] and the
+    /// formats no fused kernel reads.
+    Passes,
+}
+
+impl<'a> Route<'a> {
+    fn of(
+        call: &Call<'_, '_>,
+        fused: Option<&(FusedCall<'a>, Arc<wgpu::Buffer>)>,
+        segment: &SegmentRef<'a>,
+    ) -> Self {
+        if let Some((planes, states)) =
+            fused.and_then(|(f, states)| f.takes(segment).map(|planes| (planes, states)))
+        {
+            return Route::Fused {
+                planes,
+                states: Arc::clone(states),
+            };
+        }
+        if call.kernels == Kernels::ThreePass {
+            return Route::Passes;
+        }
+        ExactSplit::of(segment)
+            .map(Route::Exact)
+            .or_else(|| TwoBitSplit::of(call.layer, segment).map(Route::TwoBit))
+            .unwrap_or(Route::Passes)
     }
 }

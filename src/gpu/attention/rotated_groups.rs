@@ -14,6 +14,7 @@
 
 use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
 use super::rotated::{bindings, RotatedStates};
+use super::split::ExactSplit;
 use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
@@ -317,28 +318,19 @@ impl ExactRiders<'_> {
 }
 
 /// Which exact segments ride in which fused dispatch, for each of `segments` (`None` for a
-/// segment `fused` does not take, or that carries none). In order, each fused segment takes
+/// segment that is no host, or that carries none). In order, each host segment takes
 /// the exact segments not yet taken of the pair of buffers that holds most of their tokens,
 /// up to two: a [`crate::gpu::attention::GpuLayer`]'s sinks and window (one pair) ride
 /// in its one fused dispatch, and so do a `KvCache`'s (one pair too) in its history's
 /// (its first, where the binding limit made more chunks).
-fn exact_riders<'a>(
-    segments: &[SegmentRef<'a>],
-    fused: impl Fn(&SegmentRef<'a>) -> bool,
-) -> Vec<Option<ExactRiders<'a>>> {
-    let exact = |i: usize| match segments[i].data {
-        SegmentData::Exact {
-            keys,
-            values,
-            rows_per_head,
-            ..
-        } => Some((keys, values, rows_per_head)),
-        SegmentData::Packed(_) => None,
+fn exact_riders<'a>(segments: &[SegmentRef<'a>], hosts: &[bool]) -> Vec<Option<ExactRiders<'a>>> {
+    let exact = |i: usize| {
+        ExactSplit::of(&segments[i]).map(|rows| (rows.keys, rows.values, rows.rows_per_head))
     };
     let mut taken = vec![false; segments.len()];
     let mut riders: Vec<Option<ExactRiders<'a>>> = Vec::with_capacity(segments.len());
-    for segment in segments {
-        if !fused(segment) {
+    for &host in hosts {
+        if !host {
             riders.push(None);
             continue;
         }
@@ -387,16 +379,16 @@ pub(super) struct RiderPlan<'a> {
 }
 
 impl<'a> RiderPlan<'a> {
-    /// The riders of `segments` in the dispatches of the segments `hosts` accepts (the fused
-    /// codes-across-tokens and 2-bit dispatches), each segment's splits before it in
+    /// The riders of `segments` in the dispatches of the segments flagged in `hosts` (the
+    /// fused codes-across-tokens and 2-bit dispatches), each segment's splits before it in
     /// `split_offsets`; their records are written to a pooled buffer.
     pub fn new(
         ctx: &GpuContext,
         segments: &[SegmentRef<'a>],
         split_offsets: &[usize],
-        hosts: impl Fn(&SegmentRef<'a>) -> bool,
+        hosts: &[bool],
     ) -> Result<Self> {
-        let with_riders = segments.iter().any(&hosts);
+        let with_riders = hosts.contains(&true);
         let carried = exact_riders(segments, hosts);
         let riding = (0..segments.len())
             .map(|i| carried.iter().flatten().any(|r| r.segments.contains(&i)))
