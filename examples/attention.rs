@@ -63,5 +63,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layer.cache_bytes(),
         cache.size().all_bits()
     );
+    // The fast paths the context chose for this adapter (GpuOptions can ask for portable
+    // kernels only, or for f16 row loads on a CPU adapter too).
+    println!(
+        "fast paths: subgroups {}, shader-f16 row loads {}",
+        gpu.uses_subgroups(),
+        gpu.uses_f16_loads()
+    );
     Ok(())
 }

@@ -9,7 +9,8 @@
 # `prepare` copies target/release/vidkv into .gl/ (git-ignored through .git/info/exclude),
 # so a run carries one path: `.gl`. `run` writes OUT/vulkaninfo.txt (device name, subgroup
 # size, shader-f16, integer dot product, cooperative-matrix lines), OUT/attention.json
-# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`), OUT/cache.txt
+# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`; its `(portable)`
+# rows time the subgroup and shader-f16 fast paths' portable counterparts), OUT/cache.txt
 # (`bench cache`, 28 layers at 16k), OUT/cache-portable.txt (the same on a context
 # without subgroups, immediates or reused bind groups) and OUT/split-N.json (`vidkv` and
 # fp16 at 16k and 128k with splits of N = 256, 1024 and 2048 tokens, against the default

@@ -5,16 +5,22 @@
 // (the query in its registers), nothing goes through a score buffer, and the split leaves
 // (m, l) and the unnormalized Σ p·v for attention_combine.wgsl, exactly as the three-pass
 // kernels do. Row decoder files complete it (their bindings from 5 on):
-//   attention_split_exact.wgsl   — exact (f16) rows (exact_lane_scores, exact_value_sums);
-//   attention_split_f16.wgsl     — last file for a segment of exact rows on its own (the
-//                                   fp16 cache; sinks and windows that ride nowhere else);
+//   attention_split_exact.wgsl   — exact (f16) rows (exact_lane_scores, exact_value_sums),
+//                                   read by the next file: _words.wgsl (u32 words,
+//                                   portable) or _halves.wgsl (f16 loads, shader-f16);
+//   attention_split_exact_only.wgsl — last file for a segment of exact rows on its own
+//                                   (the fp16 cache; sinks and windows that ride nowhere
+//                                   else);
 //   attention_split_two_bit.wgsl — 2-bit keys per channel (KIVI), scale and minimum
 //                                   folded per group, with up to two exact segments
 //                                   riding as splits; then, last,
 //   attention_split_value_tokens.wgsl or _value_channels.wgsl — 2-bit values per token
-//                                   (`kivi2`) or per channel (`k2v2-channel`).
+//                                   (`kivi2`) or per channel (`k2v2-channel`);
+//   attention_split_signs_trits.wgsl — on its own: the VidKV paper's format (2-bit
+//                                   outlier channels and sign rows against the planar
+//                                   query of the queries pass, ternary values).
 // The last file provides split_segment (the segment of a workgroup's split: the dispatch's
-// own, or a rider's), lane_scores (q·k of a query row for one lane's 32 tokens) and
+// own, or a rider's), lane_scores (q·k of a tile row's query for one lane's 32 tokens) and
 // value_sums (Σ p·v of a task's tokens, through add_weighted).
 //
 // Bindings: 0 params (uniform Params: width = d (a multiple of 8, at most 256),
@@ -22,7 +28,8 @@
 //           rows_per_head, queries, row_offset, tile_rows, scale; the decoder's own)
 //           1 queries (storage, read): vec4<f32> [q_heads][queries][d/4], the call's query
 //             in natural channel order (scaled by params.scale = 1/√d by the decoder, so
-//             that no pass runs before this one)
+//             that no pass runs before this one; natural_query_base); the signs-and-trits
+//             decoder binds its planar query here instead
 //           2 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
 //           3 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
 //           4 partial (storage, read_write): vec4<f32> [tile rows][total_splits][d/4]
@@ -122,9 +129,7 @@ fn main(
         let lane_first = tile + score_block * LANE_TOKENS;
         var scores = array<vec4<f32>, 8>();
         if (score_info.w == 1u && lane_first < end) {
-            let q = query_row(score_info.x);
-            let q_base = (q.q_head * params.queries + q.query) * quads;
-            scores = lane_scores(seg, q_base, kv_head, lane_first, min(LANE_TOKENS, end - lane_first) - 1u);
+            scores = lane_scores(seg, score_info.x, kv_head, lane_first, min(LANE_TOKENS, end - lane_first) - 1u);
         }
         let out = score_row * (TILE_TOKENS / 4u) + score_block * (LANE_TOKENS / 4u);
         for (var i = 0u; i < LANE_TOKENS / 4u; i = i + 1u) {
@@ -199,6 +204,12 @@ fn main(
         let slot = block_rows[local].x * params.total_splits + seg.slot;
         stats[slot] = running[local];
     }
+}
+
+// The first vec4 of tile row `tile_row`'s query in the call's natural query (binding 1).
+fn natural_query_base(tile_row: u32) -> u32 {
+    let q = query_row(tile_row);
+    return (q.q_head * params.queries + q.query) * (params.width / 4u);
 }
 
 // Tasks per channel quad: the largest power of two, at most 8, with quads · parts ≤ LANES.

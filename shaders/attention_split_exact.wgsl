@@ -1,20 +1,18 @@
 // attention_split_exact.wgsl — the exact (f16) row decoder of attention_split.wgsl: the
 // fp16 cache, and the sinks and recent window of the quantized presets (as a segment of
-// their own, or riding in a 2-bit segment's dispatch).
+// their own, or riding in a 2-bit segment's dispatch). Its rows are read by the file that
+// follows it: attention_split_words.wgsl (u32 words and unpack2x16float, portable) or
+// attention_split_halves.wgsl (native f16 loads where the device has shader-f16), which
+// declare bindings 5 (keys) and 6 (values) and provide exact_key_dot and exact_value_quad.
 //
-// Bindings: 5 keys   (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
-//           6 values (storage, read): vec2<u32> [kv_heads][rows][d/4], f16 pairs
+// Layout: keys and values [kv_heads][rows][d] f16, row-major.
 // Params: rows = exact rows per KV head; the segment's first stored row is seg.first_row.
 // The query octet stays in registers while a lane walks its 32 key rows (as
 // attention_scores_exact.wgsl does).
 
-@group(0) @binding(5) var<storage, read> keys: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read> values: array<vec2<u32>>;
-
-// q·k of the query octet (qa, qb) with key row `at + t · octets`, t clamped to `last`.
+// q·k of the query octet (qa, qb) with key octet `at + t · octets`, t clamped to `last`.
 fn key_dot(qa: vec4<f32>, qb: vec4<f32>, at: u32, t: u32, octets: u32, last: u32) -> f32 {
-    let k = unpack_f16_octet(keys[at + min(t, last) * octets]);
-    return dot(qa, vec4<f32>(k[0], k[1], k[2], k[3])) + dot(qb, vec4<f32>(k[4], k[5], k[6], k[7]));
+    return exact_key_dot(qa, qb, at + min(t, last) * octets);
 }
 
 // The scaled scores of query row `q_base` (in vec4s) against the 32 tokens from
@@ -69,10 +67,4 @@ fn exact_value_sums(
         );
         add_weighted(sums, v, (at.z + j) / 4u);
     }
-}
-
-// The four f16 values at vec2 index `at` of the value rows.
-fn exact_value_quad(at: u32) -> vec4<f32> {
-    let words = values[at];
-    return vec4<f32>(unpack2x16float(words.x), unpack2x16float(words.y));
 }

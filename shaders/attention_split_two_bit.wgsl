@@ -40,7 +40,8 @@ fn split_segment(x: u32) -> SplitSegment {
     return SplitSegment(e.x, e.y, e.z, index, e.w + index, true);
 }
 
-fn lane_scores(seg: SplitSegment, q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
+fn lane_scores(seg: SplitSegment, tile_row: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
+    let q_base = natural_query_base(tile_row);
     if (seg.exact) {
         return exact_lane_scores(seg, q_base, kv_head, lane_first, last);
     }
@@ -58,11 +59,6 @@ fn value_sums(
     } else {
         two_bit_value_sums(sums, at, count);
     }
-}
-
-// Codes 4i…4i+3 of a 2-bit word as floats.
-fn two_bit_codes4(word: u32, i: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(word >> (8u * i)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u));
 }
 
 // The scaled scores of query row `q_base` (in vec4s) against the 32 tokens from

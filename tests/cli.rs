@@ -242,6 +242,7 @@ fn bench_attention_reports_time_per_kernel() {
         "--preset",
         "vidkv-tuned",
         "--kernels",
+        "--f16-loads-on-cpu",
         "--json",
     ]);
     for result in doc["results"].as_array().unwrap() {
@@ -252,20 +253,29 @@ fn bench_attention_reports_time_per_kernel() {
             .collect();
         assert!(names.contains(&"attention_combine::main"), "{names:?}");
         let preset = result["preset"].as_str().unwrap();
+        // vidkv-tuned's quantized groups: the signs-and-trits split kernel, or the ternary
+        // value pass of the three passes.
         if preset.starts_with("vidkv-tuned") {
+            let values = if preset.ends_with("(three-pass)") {
+                "attention_values_ternary"
+            } else {
+                "attention_split+signs_trits::main"
+            };
             assert!(
-                names
-                    .iter()
-                    .any(|n| n.starts_with("attention_values_ternary")),
-                "{names:?}"
+                names.iter().any(|n| n.starts_with(values)),
+                "{preset}: {names:?}"
             );
         }
         // Exact rows (the fp16 cache, the sinks and window) go through the fused split
-        // kernel, or through the three passes it replaced in the `(three-pass)` rows.
+        // kernel (rows loaded as f16 on the fast path, lavapipe having shader-f16, as u32
+        // words by the portable kernels), or through the three passes it replaced in the
+        // `(three-pass)` rows.
         let exact = if preset.ends_with("(three-pass)") {
             "attention_scores_exact::main"
+        } else if preset.ends_with("(portable)") {
+            "attention_split+exact+words+exact_only::main"
         } else {
-            "attention_split+exact+f16::main"
+            "attention_split+exact+halves+exact_only::main"
         };
         assert!(names.contains(&exact), "{preset}: {names:?}");
         assert!(kernels

@@ -154,7 +154,8 @@ fn rotated_halves_mix_with_the_other_schemes() {
 /// A frame of 512 query positions: 2,048 query rows, more than one tile of the fused
 /// kernel's uniform query binding holds, each position seeing its own causal prefix; on the
 /// default preset (codes across tokens), `kivi2` (the 2-bit decoder with its exact tail
-/// riding) and fp16 (the exact decoder).
+/// riding), `vidkv-tuned` (the signs-and-trits decoder after the queries pass) and fp16 (the
+/// exact decoder).
 #[test]
 fn a_512_position_frame() {
     let (tokens, d, kv_heads, gqa, queries) = (700, 64, 2, 2, 512);
@@ -164,7 +165,7 @@ fn a_512_position_frame() {
     let visible: Vec<(u32, u32)> = (0..queries)
         .map(|m| (0, (tokens - queries + 1 + m) as u32))
         .collect();
-    for preset in ["vidkv", "kivi2", "fp16"] {
+    for preset in ["vidkv", "kivi2", "vidkv-tuned", "fp16"] {
         let config = QuantConfig::preset(preset).unwrap();
         let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
         check(&cache, &q, &visible, &format!("{preset} M=512"));
@@ -175,10 +176,18 @@ fn a_512_position_frame() {
 /// tokens then run as butterflies in workgroup memory, with 1 to 16 groups per tile, on the
 /// subgroup (d = 128) and portable (d = 80) row sums. `kivi2`: groups of 64 and 128 tokens
 /// go through the 2-bit row decoder (a lane's 32 tokens a slice of one group), groups of 8
-/// and 16 through the three passes; `k2v2-channel` the same with values per channel.
+/// and 16 through the three passes; `k2v2-channel` the same with values per channel;
+/// `vidkv-tuned` and `vidkv-paper` the same through the signs-and-trits decoder (d = 80:
+/// sixteen whole trit bytes; d = 128: a last byte of three channels).
 #[test]
 fn group_sizes_other_than_32() {
-    for preset in ["vidkv", "kivi2", "k2v2-channel"] {
+    for preset in [
+        "vidkv",
+        "kivi2",
+        "k2v2-channel",
+        "vidkv-tuned",
+        "vidkv-paper",
+    ] {
         for (group_size, d) in [(8, 128), (16, 80), (64, 128), (128, 80)] {
             let (tokens, kv_heads, gqa, queries) = (1_000, 2, 7, 2);
             let k = random_tensor([1, kv_heads, tokens, d], 51, 1.0);
@@ -350,34 +359,57 @@ fn uniform_parameters_agree_with_immediates() {
 /// The default preset decodes a layer in two dispatches, as issue 13 asks: one fused split-K
 /// dispatch (which scales and rotates its query rows itself, and whose last splits are the
 /// exact sinks and window) and the combine; so does the fp16 baseline (its split kernel
-/// scales the rows itself). (A context of its own, so that no other test's kernels enter
-/// its profile.)
+/// scales the rows itself; its rows loaded as f16 on the fast path, lavapipe having
+/// shader-f16, and as u32 words by the portable kernels). (A context of its own, so that no
+/// other test's kernels enter its profile.) A CPU adapter loads f16 only when asked.
 #[test]
 fn a_layer_decodes_in_two_dispatches() {
-    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
-    for (preset, fused) in [
-        ("vidkv", "attention_split_groups+"),
-        ("fp16", "attention_split+exact+f16::"),
+    let by_default = GpuContext::new(&GpuOptions::default()).unwrap();
+    assert_eq!(by_default.adapter_info().device_type, wgpu::DeviceType::Cpu);
+    assert!(!by_default.uses_f16_loads());
+    drop(by_default);
+    let ctx = GpuContext::new(&GpuOptions {
+        f16_loads_on_cpu: true,
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    assert!(ctx.uses_f16_loads(), "lavapipe has shader-f16");
+    for (preset, kernels, fused) in [
+        ("vidkv", Kernels::Fastest, "attention_split_groups+"),
+        ("vidkv", Kernels::Portable, "attention_split_groups+"),
+        (
+            "fp16",
+            Kernels::Fastest,
+            "attention_split+exact+halves+exact_only::",
+        ),
+        (
+            "fp16",
+            Kernels::Portable,
+            "attention_split+exact+words+exact_only::",
+        ),
     ] {
-        for kernels in [Kernels::Fastest, Kernels::Portable] {
-            let passes = decode_passes(&ctx, preset, kernels);
-            assert_eq!(passes.len(), 2, "{preset} {kernels:?}: {passes:?}");
-            assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
-            assert!(
-                passes[1].starts_with(fused) && passes[1].ends_with("::main ×1"),
-                "{preset}: {passes:?}"
-            );
-        }
+        let passes = decode_passes(&ctx, preset, kernels);
+        assert_eq!(passes.len(), 2, "{preset} {kernels:?}: {passes:?}");
+        assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
+        assert!(
+            passes[1].starts_with(fused) && passes[1].ends_with("::main ×1"),
+            "{preset}: {passes:?}"
+        );
     }
 }
 
 /// The 2-bit presets' layers (2-bit keys per channel; values per token for `kivi2`, per
 /// channel for `k2v2-channel`) decode in two dispatches too: the quantized groups through
-/// the 2-bit row decoders, with the exact tail riding as a split of its own, then the
-/// combine; [`Kernels::ThreePass`] keeps the separate passes.
+/// the 2-bit row decoders, with the exact tail riding as a split of its own (its rows
+/// loaded as f16 on the fast path), then the combine; [`Kernels::ThreePass`] keeps the
+/// separate passes.
 #[test]
 fn two_bit_layers_decode_in_two_dispatches() {
-    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+    let ctx = GpuContext::new(&GpuOptions {
+        f16_loads_on_cpu: true,
+        ..GpuOptions::default()
+    })
+    .unwrap();
     for (preset, values, three_pass) in [
         (
             "kivi2",
@@ -390,13 +422,13 @@ fn two_bit_layers_decode_in_two_dispatches() {
             "attention_values_two_bit::per_channel",
         ),
     ] {
-        for kernels in [Kernels::Fastest, Kernels::Portable] {
+        for (kernels, rows) in [(Kernels::Fastest, "halves"), (Kernels::Portable, "words")] {
             let passes = decode_passes(&ctx, preset, kernels);
             assert_eq!(
                 passes,
                 [
                     "attention_combine::main ×1".to_string(),
-                    format!("attention_split+exact+two_bit+{values}::main ×1"),
+                    format!("attention_split+exact+{rows}+two_bit+{values}::main ×1"),
                 ],
                 "{preset} {kernels:?}"
             );
@@ -404,6 +436,42 @@ fn two_bit_layers_decode_in_two_dispatches() {
         let passes = decode_passes(&ctx, preset, Kernels::ThreePass);
         assert!(
             passes.iter().any(|p| p.starts_with(three_pass)),
+            "{passes:?}"
+        );
+        assert!(
+            passes.iter().all(|p| !p.starts_with("attention_split")),
+            "{passes:?}"
+        );
+    }
+}
+
+/// The VidKV paper's presets decode a layer in the queries pass (their keys are scored
+/// against Mᵀq), one signs-and-trits split dispatch for the quantized groups, an exact
+/// split dispatch for each exact segment (`vidkv-tuned`'s sinks and tail, `vidkv-paper`'s
+/// tail: none rides in the signs-and-trits dispatch, whose bindings are full), and the
+/// combine; [`Kernels::ThreePass`] keeps the separate passes.
+#[test]
+fn paper_layers_decode_in_one_split_dispatch() {
+    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+    for (preset, exact) in [("vidkv-tuned", 2), ("vidkv-paper", 1)] {
+        for kernels in [Kernels::Fastest, Kernels::Portable] {
+            let passes = decode_passes(&ctx, preset, kernels);
+            assert_eq!(
+                passes,
+                [
+                    "attention_combine::main ×1".to_string(),
+                    "attention_queries::main ×1".to_string(),
+                    format!("attention_split+exact+words+exact_only::main ×{exact}"),
+                    "attention_split+signs_trits::main ×1".to_string(),
+                ],
+                "{preset} {kernels:?}"
+            );
+        }
+        let passes = decode_passes(&ctx, preset, Kernels::ThreePass);
+        assert!(
+            passes
+                .iter()
+                .any(|p| p.starts_with("attention_values_ternary")),
             "{passes:?}"
         );
         assert!(

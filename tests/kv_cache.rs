@@ -963,15 +963,18 @@ fn a_growing_history_decodes_in_two_dispatches() {
     // (kivi2's planes stay under the limited context's binding limit: one chunk there too).
     for (preset, passes) in [
         ("vidkv", Some(("attention_split_groups+", 2))),
-        ("fp16", Some(("attention_split+exact+f16::", 4))),
+        (
+            "fp16",
+            Some(("attention_split+exact+words+exact_only::", 4)),
+        ),
         ("rotated", None),
         (
             "kivi2",
-            Some(("attention_split+exact+two_bit+value_tokens::", 1)),
+            Some(("attention_split+exact+words+two_bit+value_tokens::", 1)),
         ),
         (
             "k2v2-channel",
-            Some(("attention_split+exact+two_bit+value_channels::", 1)),
+            Some(("attention_split+exact+words+two_bit+value_channels::", 1)),
         ),
         ("vidkv-paper", None),
     ] {

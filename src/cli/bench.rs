@@ -55,6 +55,10 @@ pub(super) struct BenchCacheArgs {
     /// of the adapter's default (`GpuOptions::split_tokens`), to find the best size on a GPU.
     #[arg(long, value_name = "N")]
     split_tokens: Option<usize>,
+    /// Load exact (f16) rows as f16 on a CPU adapter too (`GpuOptions::f16_loads_on_cpu`),
+    /// to time the shader-f16 fast path against the portable rows there.
+    #[arg(long)]
+    f16_loads_on_cpu: bool,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +94,10 @@ pub(super) struct BenchAttentionArgs {
     /// of the adapter's default (`GpuOptions::split_tokens`), to find the best size on a GPU.
     #[arg(long, value_name = "N")]
     split_tokens: Option<usize>,
+    /// Load exact (f16) rows as f16 on a CPU adapter too (`GpuOptions::f16_loads_on_cpu`),
+    /// to time the shader-f16 fast path against the portable rows there.
+    #[arg(long)]
+    f16_loads_on_cpu: bool,
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +143,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     let gpu = GpuContext::new(&GpuOptions {
         portable_only: args.portable,
         split_tokens: args.split_tokens,
+        f16_loads_on_cpu: args.f16_loads_on_cpu,
         ..GpuOptions::default()
     })?;
     // One preset at a time (as the benchmark runs them), with progress between.
@@ -230,6 +239,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     }
     let gpu = GpuContext::new(&GpuOptions {
         split_tokens: args.split_tokens,
+        f16_loads_on_cpu: args.f16_loads_on_cpu,
         ..GpuOptions::default()
     })?;
     // One context at a time (every preset of a context runs round-robin, as in one call),

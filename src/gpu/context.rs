@@ -73,12 +73,16 @@ pub struct GpuOptions {
     /// or emulate WebGPU's 128 MiB default on larger devices).
     pub max_binding_bytes: Option<u64>,
     /// Use only the portable kernels and uniform parameter blocks, even where the adapter
-    /// offers subgroups and immediates.
+    /// offers subgroups, shader-f16 and immediates.
     pub portable_only: bool,
     /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536); `None`
     /// takes [`crate::gpu::attention::cpu_split_tokens`] of the host's threads on CPU
     /// adapters and [`crate::gpu::attention::GPU_SPLIT_TOKENS`] elsewhere.
     pub split_tokens: Option<usize>,
+    /// Load the split kernels' exact (f16) rows as f16 on a CPU adapter too, where it offers
+    /// `SHADER_F16` (on llvmpipe the native loads measured 1.6× slower than u32 words, so a
+    /// CPU adapter keeps the words unless asked): to test and benchmark the fast path there.
+    pub f16_loads_on_cpu: bool,
 }
 
 impl Default for GpuOptions {
@@ -89,6 +93,7 @@ impl Default for GpuOptions {
             max_binding_bytes: None,
             portable_only: false,
             split_tokens: None,
+            f16_loads_on_cpu: false,
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct ContextState {
     pub(super) max_workgroups: u32,
     pub(super) split_tokens: usize,
     pub(super) subgroups: bool,
+    /// Whether the exact-row decoders load f16 natively (the device has `SHADER_F16`).
+    pub(super) f16_loads: bool,
     /// Whether kernels read `Params` as immediates (no uniform buffer per dispatch), which
     /// also lets bind groups be reused (`bind_groups`, at most 256; see `gpu::batch`).
     pub(super) immediates: bool,
@@ -234,12 +241,13 @@ impl GpuContext {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
                 // Optional features, requested where offered: timestamp queries (for
-                // benchmarks, inside passes too), subgroups (for the fast paths) and
-                // immediates (parameters without a uniform buffer per dispatch).
+                // benchmarks, inside passes too), subgroups and shader-f16 (for the fast
+                // paths) and immediates (parameters without a uniform buffer per dispatch).
                 required_features: features
                     & (wgpu::Features::TIMESTAMP_QUERY
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
                         | wgpu::Features::SUBGROUP
+                        | wgpu::Features::SHADER_F16
                         | wgpu::Features::IMMEDIATES),
                 // The adapter's limits, but storage buffers as many as the kernels bind
                 // (Chrome's count), so that a kernel beyond it fails here too.
@@ -276,8 +284,8 @@ impl GpuContext {
     /// its buffers and pipelines on `device` and submits to `queue`. `adapter_info` names the
     /// adapter in reports. Request [`GpuContext::required_limits`] when creating the device
     /// (WebGPU's defaults allow too few storage buffers per stage); a device that lacks any
-    /// is an [`VidkvError::InvalidConfig`] naming each one. The fast
-    /// paths and GPU timestamps are used where the device was created with `SUBGROUP` and
+    /// is an [`VidkvError::InvalidConfig`] naming each one. The fast paths and GPU
+    /// timestamps are used where the device was created with `SUBGROUP`, `SHADER_F16` and
     /// `TIMESTAMP_QUERY`. The host's device-lost and uncaptured-error handlers stay the
     /// host's: vidkv catches its own errors with error scopes around every submission.
     pub fn from_device(
@@ -333,6 +341,9 @@ impl GpuContext {
         };
         let limits = device.limits();
         let features = device.features();
+        let f16_loads = !options.portable_only
+            && features.contains(wgpu::Features::SHADER_F16)
+            && (options.f16_loads_on_cpu || info.device_type != wgpu::DeviceType::Cpu);
         let device_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -350,6 +361,7 @@ impl GpuContext {
                 max_workgroups: limits.max_compute_workgroups_per_dimension,
                 split_tokens,
                 subgroups: !options.portable_only && features.contains(wgpu::Features::SUBGROUP),
+                f16_loads,
                 immediates: !options.portable_only
                     && features.contains(wgpu::Features::IMMEDIATES)
                     && limits.max_immediate_size as usize >= std::mem::size_of::<Params>(),
@@ -391,6 +403,14 @@ impl GpuContext {
     /// did not ask for portable kernels only).
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// Whether the shader-f16 fast path is used: the split kernels' exact (f16) rows loaded
+    /// as f16 rather than as u32 words (the adapter has `SHADER_F16`, is no CPU adapter
+    /// unless [`GpuOptions::f16_loads_on_cpu`], and the options did not ask for portable
+    /// kernels only).
+    pub fn uses_f16_loads(&self) -> bool {
+        self.f16_loads
     }
 
     /// Largest uniform binding the kernels may use, in bytes.

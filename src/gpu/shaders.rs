@@ -7,11 +7,14 @@
 /// How every kernel declares its parameter block (the line that immediates replace).
 pub const UNIFORM_PARAMS: &str = "@group(0) @binding(0) var<uniform> params: Params;";
 
+/// The directive that enables f16 in a module (the shader-f16 fast paths).
+pub const F16_DIRECTIVE: &str = "enable f16;";
+
 /// Helpers shared by every kernel (parameter block, f16 packing, code rules, twiddles).
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 /// One kernel: its shader file (plus, for variants, the files appended to it), its compute
-/// entry points, and whether it needs the adapter's subgroup feature.
+/// entry points, and whether it needs the adapter's subgroup or shader-f16 feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
     pub name: &'static str,
@@ -20,6 +23,8 @@ pub struct Kernel {
     pub variants: &'static [&'static str],
     pub entry_points: &'static [&'static str],
     pub needs_subgroups: bool,
+    /// Whether it reads f16 natively (`enable f16;`, the device's `SHADER_F16`).
+    pub needs_f16: bool,
 }
 
 macro_rules! kernel {
@@ -30,15 +35,20 @@ macro_rules! kernel {
             variants: &[],
             entry_points: &[$($entry),+],
             needs_subgroups: false,
+            needs_f16: false,
         }
     };
     ($name:literal $(+ $variant:literal)+, [$($entry:literal),+], $subgroups:expr) => {
+        kernel!($name $(+ $variant)+, [$($entry),+], $subgroups, false)
+    };
+    ($name:literal $(+ $variant:literal)+, [$($entry:literal),+], $subgroups:expr, $f16:expr) => {
         Kernel {
             name: concat!($name $(, "+", $variant)+),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
             variants: &[$(include_str!(concat!("../../shaders/", $name, "_", $variant, ".wgsl"))),+],
             entry_points: &[$($entry),+],
             needs_subgroups: $subgroups,
+            needs_f16: $f16,
         }
     };
 }
@@ -57,21 +67,51 @@ pub const DEQUANTIZE_TERNARY: Kernel = kernel!("dequantize_ternary", ["main"]);
 pub const UNPACK_EXACT: Kernel = kernel!("unpack_exact", ["main"]);
 pub const ATTENTION_QUERIES: Kernel = kernel!("attention_queries", ["main"]);
 pub const ATTENTION_SCORES_EXACT: Kernel = kernel!("attention_scores_exact", ["main"]);
-/// The fused split kernel over exact (f16) rows (the fp16 cache, sinks and windows).
-pub const ATTENTION_SPLIT: Kernel = kernel!("attention_split" + "exact" + "f16", ["main"], false);
-/// The fused split kernel over 2-bit keys per channel and 2-bit values per token (`kivi2`),
-/// with exact segments riding as splits of their own.
-pub const ATTENTION_SPLIT_TWO_BIT_TOKENS: Kernel = kernel!(
-    "attention_split" + "exact" + "two_bit" + "value_tokens",
+/// The fused split kernel over exact (f16) rows (the fp16 cache, sinks and windows), its
+/// rows read as u32 words (portable).
+pub const ATTENTION_SPLIT: Kernel = kernel!(
+    "attention_split" + "exact" + "words" + "exact_only",
     ["main"],
     false
+);
+/// [`ATTENTION_SPLIT`] with native f16 row loads (the shader-f16 fast path).
+pub const ATTENTION_SPLIT_HALVES: Kernel = kernel!(
+    "attention_split" + "exact" + "halves" + "exact_only",
+    ["main"],
+    false,
+    true
+);
+/// The fused split kernel over 2-bit keys per channel and 2-bit values per token (`kivi2`),
+/// with exact segments riding as splits of their own (their rows read as u32 words).
+pub const ATTENTION_SPLIT_TWO_BIT_TOKENS: Kernel = kernel!(
+    "attention_split" + "exact" + "words" + "two_bit" + "value_tokens",
+    ["main"],
+    false
+);
+/// [`ATTENTION_SPLIT_TWO_BIT_TOKENS`] with the riders' rows loaded as f16.
+pub const ATTENTION_SPLIT_TWO_BIT_TOKENS_HALVES: Kernel = kernel!(
+    "attention_split" + "exact" + "halves" + "two_bit" + "value_tokens",
+    ["main"],
+    false,
+    true
 );
 /// The same with 2-bit values per channel (`k2v2-channel`).
 pub const ATTENTION_SPLIT_TWO_BIT_CHANNELS: Kernel = kernel!(
-    "attention_split" + "exact" + "two_bit" + "value_channels",
+    "attention_split" + "exact" + "words" + "two_bit" + "value_channels",
     ["main"],
     false
 );
+/// [`ATTENTION_SPLIT_TWO_BIT_CHANNELS`] with the riders' rows loaded as f16.
+pub const ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES: Kernel = kernel!(
+    "attention_split" + "exact" + "halves" + "two_bit" + "value_channels",
+    ["main"],
+    false,
+    true
+);
+/// The fused split kernel over the VidKV paper's format (`vidkv-tuned`, `vidkv-paper`):
+/// 2-bit outlier channels and sign rows against the planar query, ternary values.
+pub const ATTENTION_SPLIT_SIGNS_TRITS: Kernel =
+    kernel!("attention_split" + "signs_trits", ["main"], false);
 /// The fused split kernel over codes across tokens, with the portable row reads and
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
 /// size). Every fused composition ends with the `riders` file (the kernel rotates its query
@@ -177,7 +217,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 33] = [
+pub const ALL: [Kernel; 37] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -193,8 +233,12 @@ pub const ALL: [Kernel; 33] = [
     ATTENTION_QUERIES,
     ATTENTION_SCORES_EXACT,
     ATTENTION_SPLIT,
+    ATTENTION_SPLIT_HALVES,
     ATTENTION_SPLIT_TWO_BIT_TOKENS,
+    ATTENTION_SPLIT_TWO_BIT_TOKENS_HALVES,
     ATTENTION_SPLIT_TWO_BIT_CHANNELS,
+    ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES,
+    ATTENTION_SPLIT_SIGNS_TRITS,
     ATTENTION_SPLIT_GROUPS,
     ATTENTION_SPLIT_GROUPS_32,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,
@@ -231,10 +275,17 @@ impl Kernel {
         files
     }
 
-    /// `common.wgsl`, this kernel's file and its variants: the module the GPU compiles.
+    /// `common.wgsl`, this kernel's file and its variants: the module the GPU compiles,
+    /// after `enable f16;` for a kernel that reads f16 natively (a directive precedes
+    /// every declaration, so no file can carry it).
     pub fn composed_source(&self) -> String {
         let texts: Vec<&str> = self.files().into_iter().map(|(_, text)| text).collect();
-        texts.join("\n")
+        let module = texts.join("\n");
+        if self.needs_f16 {
+            format!("{F16_DIRECTIVE}\n{module}")
+        } else {
+            module
+        }
     }
 
     /// [`Kernel::composed_source`] with `Params` read as immediates instead of the uniform

@@ -4,12 +4,17 @@ use std::sync::OnceLock;
 
 use vidkv::gpu::{GpuContext, GpuOptions};
 
-/// The process-wide context; a missing adapter fails the test with the install hint.
+/// The process-wide context; a missing adapter fails the test with the install hint. It
+/// takes every fast path lavapipe offers, the shader-f16 row loads included (which a CPU
+/// adapter leaves off by default), so that the tests' fastest kernels cover them all.
 pub fn gpu() -> &'static GpuContext {
     static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
     CONTEXT.get_or_init(|| {
-        GpuContext::new(&GpuOptions::default())
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+        GpuContext::new(&GpuOptions {
+            f16_loads_on_cpu: true,
+            ..GpuOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::planes::{LayerGeometry, PackedPlanes, SegmentData, SegmentRef};
 use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, GroupPlanes, RiderPlan};
-use super::split::{ExactSplit, SplitInputs, TwoBitSplit};
+use super::split::{ExactSplit, SignsTritsSplit, SplitInputs, TwoBitSplit};
 use super::{
     record_scores, record_values, rotated, row_blocks, Call, Kernels, Scratch, STATS_ALIGN,
 };
@@ -49,6 +49,8 @@ struct CallPlan<'c, 'a, 'b> {
     ctx: &'c GpuContext,
     call: &'c Call<'a, 'b>,
     subgroups: bool,
+    /// Whether the split kernels load exact rows as f16 (the shader-f16 fast path).
+    f16_loads: bool,
     split_tokens: usize,
     /// Each segment's splits before it.
     split_offsets: Vec<usize>,
@@ -121,9 +123,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             .collect();
         let riders = RiderPlan::new(ctx, segments, &split_offsets, &hosts)?;
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
-        // only for segments that go through the separate passes.
-        let query_pass =
-            (0..segments.len()).any(|i| !riders.riding[i] && matches!(routes[i], Route::Passes));
+        // only for segments that go through the separate passes or read the planar query.
+        let query_pass = (0..segments.len()).any(|i| {
+            !riders.riding[i] && matches!(routes[i], Route::Passes | Route::SignsTrits(_))
+        });
         let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
         let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
         let stats_bytes = (tile_rows * total_splits * 8) as u64;
@@ -156,6 +159,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             ctx,
             call,
             subgroups: call.kernels == Kernels::Fastest && ctx.uses_subgroups(),
+            f16_loads: call.kernels == Kernels::Fastest && ctx.uses_f16_loads(),
             split_tokens,
             split_offsets,
             tile_rows,
@@ -257,9 +261,17 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         let inputs = SplitInputs {
             queries: q_buffer,
             visible: &self.visible,
+            f16_loads: self.f16_loads,
         };
         match &self.routes[i] {
             Route::Exact(exact) => exact.record(batch, (seg, grid), &inputs, scratch),
+            Route::SignsTrits(split) => {
+                let inputs = SplitInputs {
+                    queries: &scratch.planar,
+                    ..inputs
+                };
+                split.record(batch, (seg, grid), &inputs, scratch);
+            }
             Route::TwoBit(two_bit) => {
                 let (exact, riders) = self.riders_of(i);
                 let grid = (grid.0 + riders as u32, grid.1);
@@ -341,6 +353,8 @@ enum Route<'a> {
     Exact(ExactSplit<'a>),
     /// One 2-bit split dispatch, with the exact segments riding in it.
     TwoBit(TwoBitSplit<'a>),
+    /// One split dispatch over the VidKV paper's format, after the query pass.
+    SignsTrits(SignsTritsSplit<'a>),
     /// One fused codes-across-tokens dispatch (keys' and values' planes, the call's states
     /// uniform), with the exact segments riding in it.
     Fused {
@@ -372,6 +386,7 @@ impl<'a> Route<'a> {
         ExactSplit::of(segment)
             .map(Route::Exact)
             .or_else(|| TwoBitSplit::of(call.layer, segment).map(Route::TwoBit))
+            .or_else(|| SignsTritsSplit::of(call.layer, segment).map(Route::SignsTrits))
             .unwrap_or(Route::Passes)
     }
 }

@@ -1,10 +1,13 @@
 //! The fused split-K skeleton (`attention_split.wgsl`) with its row decoders: one
 //! dispatch per segment computes every split's scores, online softmax and Σ p·v for
 //! blocks of 8 query rows of a KV head, reading the call's query itself. [`ExactSplit`]
-//! decodes exact (f16) rows (the fp16 cache, sinks and windows riding nowhere else),
+//! decodes exact (f16) rows (the fp16 cache, sinks and windows riding nowhere else), read
+//! as u32 words or, on the shader-f16 fast path ([`SplitInputs::f16_loads`]), as f16;
 //! [`TwoBitSplit`] 2-bit keys per channel and 2-bit values per token (`kivi2`) or per
 //! channel (`k2v2-channel`), with up to two exact segments (the sinks, the window) riding
-//! in its dispatch as splits of their own.
+//! in its dispatch as splits of their own; [`SignsTritsSplit`] the VidKV paper's format
+//! (2-bit outlier channels, sign rows and ternary values: `vidkv-tuned`, `vidkv-paper`)
+//! against the queries pass's planar query.
 
 use super::planes::{LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
 use super::planes::{SegmentData, SegmentRef};
@@ -15,14 +18,19 @@ use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
 use crate::gpu::params::Params;
 use crate::gpu::shaders::{
-    Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_TWO_BIT_CHANNELS, ATTENTION_SPLIT_TWO_BIT_TOKENS,
+    Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_HALVES, ATTENTION_SPLIT_SIGNS_TRITS,
+    ATTENTION_SPLIT_TWO_BIT_CHANNELS, ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES,
+    ATTENTION_SPLIT_TWO_BIT_TOKENS, ATTENTION_SPLIT_TWO_BIT_TOKENS_HALVES,
 };
 
 /// The buffers every split-skeleton dispatch of a call binds before its decoder's: the
-/// call's query (f32, natural order, unscaled) and the visible ranges.
+/// call's query (f32, natural order, unscaled) and the visible ranges; and how the exact
+/// rows are read: `f16_loads` picks the shader-f16 fast path (`_halves.wgsl`) over the
+/// portable u32 words (`_words.wgsl`).
 pub(super) struct SplitInputs<'a> {
     pub queries: &'a wgpu::Buffer,
     pub visible: &'a wgpu::Buffer,
+    pub f16_loads: bool,
 }
 
 /// An exact segment's f16 rows: `[kv_heads][rows_per_head][d/2]` words from `first_row`.
@@ -67,14 +75,12 @@ impl<'a> ExactSplit<'a> {
             ..seg
         };
         let planes = [self.keys.into(), self.values.into()];
-        record_split(
-            batch,
-            &ATTENTION_SPLIT,
-            (params, grid),
-            inputs,
-            scratch,
-            planes,
-        );
+        let kernel = if inputs.f16_loads {
+            &ATTENTION_SPLIT_HALVES
+        } else {
+            &ATTENTION_SPLIT
+        };
+        record_split(batch, kernel, (params, grid), inputs, scratch, planes);
     }
 }
 
@@ -167,10 +173,96 @@ impl<'a> TwoBitSplit<'a> {
             self.value_scale_min.into(),
             Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
         ];
-        let kernel = match self.value_grouping {
-            Grouping::PerToken => &ATTENTION_SPLIT_TWO_BIT_TOKENS,
-            Grouping::PerChannel => &ATTENTION_SPLIT_TWO_BIT_CHANNELS,
+        let kernel = match (self.value_grouping, inputs.f16_loads) {
+            (Grouping::PerToken, false) => &ATTENTION_SPLIT_TWO_BIT_TOKENS,
+            (Grouping::PerToken, true) => &ATTENTION_SPLIT_TWO_BIT_TOKENS_HALVES,
+            (Grouping::PerChannel, false) => &ATTENTION_SPLIT_TWO_BIT_CHANNELS,
+            (Grouping::PerChannel, true) => &ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES,
         };
+        record_split(batch, kernel, (params, grid), inputs, scratch, planes);
+    }
+}
+
+/// A quantized segment in the VidKV paper's format: 2-bit outlier rows and sign rows
+/// (grouped over G tokens, a multiple of 32) and ternary values without STP-protected
+/// tokens, the planes `attention_split_signs_trits.wgsl` decodes. It reads the planar query
+/// of the queries pass (bound where the other decoders bind the call's query), so no exact
+/// segment rides in its dispatch.
+pub(super) struct SignsTritsSplit<'a> {
+    key_codes: &'a wgpu::Buffer,
+    key_scale_min: &'a wgpu::Buffer,
+    sign_codes: &'a wgpu::Buffer,
+    sign_scales: &'a wgpu::Buffer,
+    key_groups: usize,
+    trit_codes: &'a wgpu::Buffer,
+    trit_scales: &'a wgpu::Buffer,
+    trit_groups: usize,
+}
+
+impl<'a> SignsTritsSplit<'a> {
+    /// The planes of `segment` if its format is this decoder's: packed keys (any split of
+    /// outlier and sign rows, not rotated), groups of a multiple of 32 tokens, ternary
+    /// values with no STP positions listed, no refinements.
+    pub fn of(layer: &LayerGeometry<'_>, segment: &SegmentRef<'a>) -> Option<Self> {
+        if layer.layout.rotated.is_some() || layer.group_size % 32 != 0 {
+            return None;
+        }
+        match segment.data {
+            SegmentData::Packed(PackedPlanes {
+                groups,
+                keys:
+                    PackedKeyPlanes::Packed {
+                        codes: key_codes,
+                        scale_min: key_scale_min,
+                        sign_codes,
+                        sign_scales,
+                    },
+                values:
+                    PackedValuePlanes::Ternary {
+                        groups: trit_groups,
+                        stp: false,
+                        codes,
+                        scales,
+                        ..
+                    },
+                refinement: None,
+            }) => Some(SignsTritsSplit {
+                key_codes,
+                key_scale_min,
+                sign_codes,
+                sign_scales,
+                key_groups: *groups,
+                trit_codes: codes,
+                trit_scales: scales,
+                trit_groups: *trit_groups,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Records the segment's dispatch, as [`ExactSplit::record`]; `inputs.queries` is the
+    /// planar query of the queries pass.
+    pub fn record(
+        &self,
+        batch: &mut Batch<'_>,
+        (seg, grid): (Params, (u32, u32)),
+        inputs: &SplitInputs<'_>,
+        scratch: &Scratch,
+    ) {
+        let params = Params {
+            groups: self.key_groups as u32,
+            group_count: self.trit_groups as u32,
+            ..seg
+        };
+        let planes = [
+            self.key_codes.into(),
+            self.key_scale_min.into(),
+            self.sign_codes.into(),
+            self.sign_scales.into(),
+            self.trit_codes.into(),
+            self.trit_scales.into(),
+        ];
+        let kernel = &ATTENTION_SPLIT_SIGNS_TRITS;
         record_split(batch, kernel, (params, grid), inputs, scratch, planes);
     }
 }

@@ -10,8 +10,8 @@ use super::{ALL, UNIFORM_PARAMS};
 
 /// `source` of `kernel` parsed and validated with naga. The portable kernels need no optional
 /// feature beyond `extra`: only pack/unpack2x16float, which core WebGPU guarantees (wgpu's
-/// downlevel flag SHADER_F16_IN_F32). Fast paths declare the subgroup feature they need, and
-/// only that.
+/// downlevel flag SHADER_F16_IN_F32). Fast paths declare the subgroup or shader-f16 feature
+/// they need, and only that.
 fn validated(
     kernel: &super::Kernel,
     source: &str,
@@ -22,6 +22,9 @@ fn validated(
     let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32 | extra;
     if kernel.needs_subgroups {
         capabilities |= Capabilities::SUBGROUP;
+    }
+    if kernel.needs_f16 {
+        capabilities |= Capabilities::SHADER_FLOAT16;
     }
     let info = Validator::new(ValidationFlags::all(), capabilities)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
@@ -123,8 +126,11 @@ fn every_shader_validates_and_translates_to_every_backend() {
             )
             .unwrap_or_else(|e| panic!("{}::{entry} MSL: {e}", kernel.name));
 
+            // f16 needs shader model 6.2 (and DXC).
             let hlsl_options = hlsl::Options {
-                shader_model: if kernel.needs_subgroups {
+                shader_model: if kernel.needs_f16 {
+                    hlsl::ShaderModel::V6_2
+                } else if kernel.needs_subgroups {
                     hlsl::ShaderModel::V6_0
                 } else {
                     hlsl::Options::default().shader_model
@@ -139,8 +145,9 @@ fn every_shader_validates_and_translates_to_every_backend() {
                 .write(&module, &info, None)
                 .unwrap_or_else(|e| panic!("{}::{entry} HLSL: {e}", kernel.name));
 
-            // wgpu's GL backend offers no subgroups, so the fast paths never run on GL.
-            if kernel.needs_subgroups {
+            // wgpu's GL backend offers neither subgroups nor f16, so the fast paths never
+            // run on GL.
+            if kernel.needs_subgroups || kernel.needs_f16 {
                 continue;
             }
             let glsl_options = glsl::Options {
