@@ -5,10 +5,28 @@
 // attention_split_halves.wgsl (native f16 loads where the device has shader-f16), which
 // declare bindings 5 (keys) and 6 (values) and provide exact_key_dot and exact_value_quad.
 //
+// Up to two exact segments of one pair of buffers are a dispatch's riders: splits of their
+// own, after the dispatch's own splits (none in _exact_only.wgsl), described by
+// `exact_segments`.
+//
+// Bindings: 7 exact_segments (uniform): vec4<u32> [2]: per riding exact segment (first
+//           position, tokens (0: none), first stored row, its first slot among the call's
+//           splits)
 // Layout: keys and values [kv_heads][rows][d] f16, row-major.
 // Params: rows = exact rows per KV head; the segment's first stored row is seg.first_row.
 // The query octet stays in registers while a lane walks its 32 key rows (as
 // attention_scores_exact.wgsl does).
+
+@group(0) @binding(7) var<uniform> exact_segments: array<vec4<u32>, 2>;
+
+// The riding segment of rider split x (the dispatch's splits after its own).
+fn rider_segment(x: u32) -> SplitSegment {
+    let e0 = exact_segments[0];
+    let splits0 = (e0.y + params.split_size - 1u) / params.split_size;
+    let e = select(exact_segments[1], e0, x < splits0);
+    let index = select(x - splits0, x, x < splits0);
+    return SplitSegment(e.x, e.y, e.z, index, e.w + index, true);
+}
 
 // q·k of the query octet (qa, qb) with key octet `at + t · octets`, t clamped to `last`.
 fn key_dot(qa: vec4<f32>, qb: vec4<f32>, at: u32, t: u32, octets: u32, last: u32) -> f32 {

@@ -1,12 +1,13 @@
 // attention_split_exact_only.wgsl — completes attention_split.wgsl + _exact.wgsl (and its
-// row reads) for a segment of exact rows on its own (the fp16 cache, or sinks and windows
-// that ride in no other dispatch): every split is the segment's.
+// row reads) for a dispatch of exact rows only: one or two exact segments of one pair of
+// buffers that ride in no quantized segment's dispatch (the fp16 cache; a layer's sinks and
+// window beside the separate passes or the paper format's dispatch), all of them riders
+// (`exact_segments`).
 //
-// Params: segment_start, segment_len, segment_first (its first stored row), split_offset.
-// Bindings: none of its own.
+// Bindings: none of its own. Dispatch: grid x = the riders' splits.
 
 fn split_segment(x: u32) -> SplitSegment {
-    return SplitSegment(params.segment_start, params.segment_len, params.segment_first, x, params.split_offset + x, true);
+    return rider_segment(x);
 }
 
 fn lane_scores(seg: SplitSegment, tile_row: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {

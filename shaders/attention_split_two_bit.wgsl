@@ -8,24 +8,20 @@
 // exact segments (the sinks, the window) ride in the same dispatch as splits of their own
 // after the segment's (`exact_segments`), decoded by _exact.wgsl.
 //
-// Bindings: 5, 6 the riders' exact rows (_exact.wgsl)
-//           7 key_codes       (storage, read): u32 [kv_heads][d][groups][⌈2G/32⌉]
-//           8 key_scale_min   (storage, read): u32 [kv_heads][d][groups], f16 scale + min
-//           9 value_codes     (storage, read): u32, 2-bit value records of ⌈2G/32⌉ words
-//           10 value_scale_min (storage, read): u32, a record's f16 scale + min
-//           11 exact_segments (uniform): vec4<u32> [2]: per riding exact segment (first
-//              position, tokens (0: none), first stored row, its first slot among the
-//              call's splits)
+// Bindings: 5, 6 the riders' exact rows, 7 their records (_exact.wgsl)
+//           8 key_codes       (storage, read): u32 [kv_heads][d][groups][⌈2G/32⌉]
+//           9 key_scale_min   (storage, read): u32 [kv_heads][d][groups], f16 scale + min
+//           10 value_codes    (storage, read): u32, 2-bit value records of ⌈2G/32⌉ words
+//           11 value_scale_min (storage, read): u32, a record's f16 scale + min
 // Params: group_size = G (a multiple of 32), groups = key groups per channel row (the
 // planes' capacity), rows = the riders' exact rows per KV head; segment_start,
 // segment_len, split_offset of the 2-bit segment; the value decoder's own.
 // Dispatch: grid x = the segment's splits, then the riders' splits.
 
-@group(0) @binding(7) var<storage, read> key_codes: array<u32>;
-@group(0) @binding(8) var<storage, read> key_scale_min: array<u32>;
-@group(0) @binding(9) var<storage, read> value_codes: array<u32>;
-@group(0) @binding(10) var<storage, read> value_scale_min: array<u32>;
-@group(0) @binding(11) var<uniform> exact_segments: array<vec4<u32>, 2>;
+@group(0) @binding(8) var<storage, read> key_codes: array<u32>;
+@group(0) @binding(9) var<storage, read> key_scale_min: array<u32>;
+@group(0) @binding(10) var<storage, read> value_codes: array<u32>;
+@group(0) @binding(11) var<storage, read> value_scale_min: array<u32>;
 
 // The segment of split x: the 2-bit segment's own splits first, then each rider's.
 fn split_segment(x: u32) -> SplitSegment {
@@ -33,11 +29,7 @@ fn split_segment(x: u32) -> SplitSegment {
     if (x < own) {
         return SplitSegment(params.segment_start, params.segment_len, 0u, x, params.split_offset + x, false);
     }
-    let e0 = exact_segments[0];
-    let splits0 = (e0.y + params.split_size - 1u) / params.split_size;
-    let e = select(exact_segments[1], e0, x - own < splits0);
-    let index = select(x - own - splits0, x - own, x - own < splits0);
-    return SplitSegment(e.x, e.y, e.z, index, e.w + index, true);
+    return rider_segment(x - own);
 }
 
 fn lane_scores(seg: SplitSegment, tile_row: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {

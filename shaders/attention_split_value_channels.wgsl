@@ -3,7 +3,7 @@
 // layout, so a quad's four channels take two code words and one scale pair each per 32
 // tokens, and each 4-token step decodes a byte of each.
 //
-// Bindings: 9 value_codes [kv_heads][d][groups][⌈2G/32⌉], 10 value_scale_min
+// Bindings: 10 value_codes [kv_heads][d][groups][⌈2G/32⌉], 11 value_scale_min
 // [kv_heads][d][groups] (declared in _two_bit.wgsl).
 
 // Adds Σ p·v over `count` tokens of the tile (a multiple of 32: whole groups, tiles and

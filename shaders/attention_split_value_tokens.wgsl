@@ -2,7 +2,7 @@
 // (`kivi2`), for attention_split_two_bit.wgsl: a value quad is one byte of a token's code
 // word and the token's scale pair.
 //
-// Bindings: 9 value_codes [kv_heads][groups·G][group_count][⌈2G/32⌉], 10 value_scale_min
+// Bindings: 10 value_codes [kv_heads][groups·G][group_count][⌈2G/32⌉], 11 value_scale_min
 // [kv_heads][groups·G][group_count] (declared in _two_bit.wgsl).
 // Params: group_count = value groups per token row (⌈d/G⌉); the value rows per KV head
 // are groups·G (the key planes' capacity in tokens).

@@ -116,10 +116,11 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             .iter()
             .map(|s| Route::of(call, fused.as_ref(), s))
             .collect();
-        // Segments whose one dispatch may carry exact riders: codes across tokens, 2-bit.
+        // Segments whose one dispatch may carry exact riders: codes across tokens, 2-bit,
+        // and exact segments themselves (where no other carries them).
         let hosts: Vec<bool> = routes
             .iter()
-            .map(|r| matches!(r, Route::TwoBit(_) | Route::Fused { .. }))
+            .map(|r| matches!(r, Route::TwoBit(_) | Route::Fused { .. } | Route::Exact))
             .collect();
         let riders = RiderPlan::new(ctx, segments, &split_offsets, &hosts)?;
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
@@ -238,9 +239,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         }
     }
 
-    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows, or 2-bit codes
-    /// with their riders), one fused dispatch with its riders (codes across tokens), or the
-    /// three passes (and the STP refinements' pass).
+    /// Segment `i` for the tile: one `attention_split` dispatch (exact rows, carrying
+    /// themselves and the next exact segment of their buffers; 2-bit codes with their
+    /// riders; the paper format after the queries pass), one fused dispatch with its riders
+    /// (codes across tokens), or the three passes (and the STP refinements' pass).
     fn record_segment(
         &self,
         batch: &mut Batch<'_>,
@@ -264,7 +266,11 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             f16_loads: self.f16_loads,
         };
         match &self.routes[i] {
-            Route::Exact(exact) => exact.record(batch, (seg, grid), &inputs, scratch),
+            Route::Exact => {
+                let (riders, splits) = self.riders_of(i);
+                let grid = (splits as u32, grid.1);
+                ExactSplit::record_riders(batch, (seg, grid), &inputs, &riders, scratch);
+            }
             Route::SignsTrits(split) => {
                 let inputs = SplitInputs {
                     queries: &scratch.planar,
@@ -349,8 +355,9 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
 
 /// How a segment of a call is recorded, decided once per call.
 enum Route<'a> {
-    /// One `attention_split` dispatch over its exact rows.
-    Exact(ExactSplit<'a>),
+    /// One `attention_split` dispatch over its exact rows and those of the next exact
+    /// segment of its buffers that rides nowhere else.
+    Exact,
     /// One 2-bit split dispatch, with the exact segments riding in it.
     TwoBit(TwoBitSplit<'a>),
     /// One split dispatch over the VidKV paper's format, after the query pass.
@@ -384,7 +391,7 @@ impl<'a> Route<'a> {
             return Route::Passes;
         }
         ExactSplit::of(segment)
-            .map(Route::Exact)
+            .map(|_| Route::Exact)
             .or_else(|| TwoBitSplit::of(call.layer, segment).map(Route::TwoBit))
             .or_else(|| SignsTritsSplit::of(call.layer, segment).map(Route::SignsTrits))
             .unwrap_or(Route::Passes)

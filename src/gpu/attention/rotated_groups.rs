@@ -317,24 +317,27 @@ impl ExactRiders<'_> {
     }
 }
 
-/// Which exact segments ride in which fused dispatch, for each of `segments` (`None` for a
-/// segment that is no host, or that carries none). In order, each host segment takes
-/// the exact segments not yet taken of the pair of buffers that holds most of their tokens,
-/// up to two: a [`crate::gpu::attention::GpuLayer`]'s sinks and window (one pair) ride
-/// in its one fused dispatch, and so do a `KvCache`'s (one pair too) in its history's
-/// (its first, where the binding limit made more chunks).
+/// Which exact segments ride in which dispatch, for each of `segments` (`None` for a
+/// segment that is no host, or that carries none). The quantized hosts first, in order:
+/// each takes the exact segments not yet taken of the pair of buffers that holds most of
+/// their tokens, up to two: a [`crate::gpu::attention::GpuLayer`]'s sinks and window (one
+/// pair) ride in its one fused dispatch, and so do a `KvCache`'s (one pair too) in its
+/// history's (its first, where the binding limit made more chunks). Then each exact host
+/// not taken carries itself and the next exact segment of its own pair, so that exact
+/// segments that ride nowhere else are one dispatch per pair of buffers.
 fn exact_riders<'a>(segments: &[SegmentRef<'a>], hosts: &[bool]) -> Vec<Option<ExactRiders<'a>>> {
     let exact = |i: usize| {
         ExactSplit::of(&segments[i]).map(|rows| (rows.keys, rows.values, rows.rows_per_head))
     };
     let mut taken = vec![false; segments.len()];
-    let mut riders: Vec<Option<ExactRiders<'a>>> = Vec::with_capacity(segments.len());
-    for &host in hosts {
-        if !host {
-            riders.push(None);
+    let mut riders: Vec<Option<ExactRiders<'a>>> = (0..segments.len()).map(|_| None).collect();
+    let quantized_hosts = (0..segments.len()).filter(|&i| hosts[i] && exact(i).is_none());
+    let exact_hosts = (0..segments.len()).filter(|&i| hosts[i] && exact(i).is_some());
+    for host in quantized_hosts.chain(exact_hosts) {
+        let open = |i: &usize| !taken[*i] && exact(*i).is_some();
+        if exact(host).is_some() && !open(&host) {
             continue;
         }
-        let open = |i: &usize| !taken[*i] && exact(*i).is_some();
         let tokens_in = |keys: &wgpu::Buffer| -> usize {
             (0..segments.len())
                 .filter(open)
@@ -342,28 +345,35 @@ fn exact_riders<'a>(segments: &[SegmentRef<'a>], hosts: &[bool]) -> Vec<Option<E
                 .map(|i| segments[i].len)
                 .sum()
         };
-        let Some(pair) = (0..segments.len())
-            .filter(open)
-            .filter_map(exact)
-            .max_by_key(|(keys, _, _)| tokens_in(keys))
-        else {
-            riders.push(None);
+        // An exact host's riders share its own buffers, which it binds.
+        let Some(pair) = exact(host).or_else(|| {
+            (0..segments.len())
+                .filter(open)
+                .filter_map(exact)
+                .max_by_key(|(keys, _, _)| tokens_in(keys))
+        }) else {
             continue;
         };
-        let chosen: Vec<usize> = (0..segments.len())
-            .filter(open)
-            .filter(|&i| exact(i).is_some_and(|(k, _, _)| k == pair.0))
+        let first = exact(host).map(|_| host);
+        let chosen: Vec<usize> = first
+            .into_iter()
+            .chain(
+                (0..segments.len())
+                    .filter(open)
+                    .filter(|&i| Some(i) != first)
+                    .filter(|&i| exact(i).is_some_and(|(k, _, _)| k == pair.0)),
+            )
             .take(2)
             .collect();
         for &i in &chosen {
             taken[i] = true;
         }
-        riders.push(Some(ExactRiders {
+        riders[host] = Some(ExactRiders {
             keys: pair.0,
             values: pair.1,
             rows_per_head: pair.2,
             segments: chosen,
-        }));
+        });
     }
     riders
 }
@@ -380,7 +390,8 @@ pub(super) struct RiderPlan<'a> {
 
 impl<'a> RiderPlan<'a> {
     /// The riders of `segments` in the dispatches of the segments flagged in `hosts` (the
-    /// fused codes-across-tokens and 2-bit dispatches), each segment's splits before it in
+    /// fused codes-across-tokens and 2-bit dispatches, and exact segments, which carry
+    /// themselves), each segment's splits before it in
     /// `split_offsets`; their records are written to a pooled buffer.
     pub fn new(
         ctx: &GpuContext,
@@ -390,8 +401,13 @@ impl<'a> RiderPlan<'a> {
     ) -> Result<Self> {
         let with_riders = hosts.contains(&true);
         let carried = exact_riders(segments, hosts);
+        // An exact host carries itself: it rides in no other's dispatch.
         let riding = (0..segments.len())
-            .map(|i| carried.iter().flatten().any(|r| r.segments.contains(&i)))
+            .map(|i| {
+                carried.iter().enumerate().any(|(host, r)| {
+                    host != i && r.as_ref().is_some_and(|r| r.segments.contains(&i))
+                })
+            })
             .collect();
         let record_words = EXACT_RECORD_BYTES as usize / 4;
         let mut words = vec![

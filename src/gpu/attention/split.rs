@@ -1,8 +1,9 @@
 //! The fused split-K skeleton (`attention_split.wgsl`) with its row decoders: one
 //! dispatch per segment computes every split's scores, online softmax and Σ p·v for
 //! blocks of 8 query rows of a KV head, reading the call's query itself. [`ExactSplit`]
-//! decodes exact (f16) rows (the fp16 cache, sinks and windows riding nowhere else), read
-//! as u32 words or, on the shader-f16 fast path ([`SplitInputs::f16_loads`]), as f16;
+//! decodes exact (f16) rows (the fp16 cache, sinks and windows riding nowhere else: one
+//! dispatch per pair of buffers, the first such segment carrying the next as a rider),
+//! read as u32 words or, on the shader-f16 fast path ([`SplitInputs::f16_loads`]), as f16;
 //! [`TwoBitSplit`] 2-bit keys per channel and 2-bit values per token (`kivi2`) or per
 //! channel (`k2v2-channel`), with up to two exact segments (the sinks, the window) riding
 //! in its dispatch as splits of their own; [`SignsTritsSplit`] the VidKV paper's format
@@ -33,12 +34,12 @@ pub(super) struct SplitInputs<'a> {
     pub f16_loads: bool,
 }
 
-/// An exact segment's f16 rows: `[kv_heads][rows_per_head][d/2]` words from `first_row`.
+/// The buffers of an exact segment's f16 rows, `[kv_heads][rows_per_head][d/2]` words (its
+/// first stored row is in its [`SegmentData::Exact`]).
 pub(super) struct ExactSplit<'a> {
     pub keys: &'a wgpu::Buffer,
     pub values: &'a wgpu::Buffer,
     pub rows_per_head: usize,
-    pub first_row: usize,
 }
 
 impl<'a> ExactSplit<'a> {
@@ -49,32 +50,35 @@ impl<'a> ExactSplit<'a> {
                 keys,
                 values,
                 rows_per_head,
-                first_row,
+                ..
             } => Some(ExactSplit {
                 keys,
                 values,
                 rows_per_head,
-                first_row,
             }),
             SegmentData::Packed(_) => None,
         }
     }
 
-    /// Records the segment's dispatch: `seg` holds its place in the call, `grid` is (its
-    /// splits, `row_blocks`).
-    pub fn record(
-        &self,
+    /// Records the dispatch of exact segments `riders` (one pair of buffers, among them the
+    /// host segment, which carries itself): `seg` holds the call's place, `grid` is (the
+    /// riders' splits, `row_blocks`).
+    pub fn record_riders(
         batch: &mut Batch<'_>,
         (seg, grid): (Params, (u32, u32)),
         inputs: &SplitInputs<'_>,
+        riders: &FusedExact<'_>,
         scratch: &Scratch,
     ) {
         let params = Params {
-            rows: self.rows_per_head as u32,
-            segment_first: self.first_row as u32,
+            rows: riders.rows_per_head as u32,
             ..seg
         };
-        let planes = [self.keys.into(), self.values.into()];
+        let planes = [
+            riders.keys.into(),
+            riders.values.into(),
+            Bound::range(riders.records, riders.record, EXACT_RECORD_USED),
+        ];
         let kernel = if inputs.f16_loads {
             &ATTENTION_SPLIT_HALVES
         } else {
@@ -167,11 +171,11 @@ impl<'a> TwoBitSplit<'a> {
         let planes = [
             exact.keys.into(),
             exact.values.into(),
+            Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
             self.key_codes.into(),
             self.key_scale_min.into(),
             self.value_codes.into(),
             self.value_scale_min.into(),
-            Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
         ];
         let kernel = match (self.value_grouping, inputs.f16_loads) {
             (Grouping::PerToken, false) => &ATTENTION_SPLIT_TWO_BIT_TOKENS,
