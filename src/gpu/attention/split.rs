@@ -74,11 +74,7 @@ impl<'a> ExactSplit<'a> {
             rows: riders.rows_per_head as u32,
             ..seg
         };
-        let planes = [
-            riders.keys.into(),
-            riders.values.into(),
-            Bound::range(riders.records, riders.record, EXACT_RECORD_USED),
-        ];
+        let planes = rider_bindings(riders);
         let kernel = if inputs.f16_loads {
             &ATTENTION_SPLIT_HALVES
         } else {
@@ -153,7 +149,7 @@ impl<'a> TwoBitSplit<'a> {
     }
 
     /// Records the segment's dispatch and its riders' (`exact`; `grid` counts their splits
-    /// after the segment's), as [`ExactSplit::record`].
+    /// after the segment's), as [`ExactSplit::record_riders`].
     pub fn record(
         &self,
         batch: &mut Batch<'_>,
@@ -168,10 +164,11 @@ impl<'a> TwoBitSplit<'a> {
             group_count: self.value_groups as u32,
             ..seg
         };
+        let [keys, values, records] = rider_bindings(exact);
         let planes = [
-            exact.keys.into(),
-            exact.values.into(),
-            Bound::range(exact.records, exact.record, EXACT_RECORD_USED),
+            keys,
+            values,
+            records,
             self.key_codes.into(),
             self.key_scale_min.into(),
             self.value_codes.into(),
@@ -244,7 +241,7 @@ impl<'a> SignsTritsSplit<'a> {
         }
     }
 
-    /// Records the segment's dispatch, as [`ExactSplit::record`]; `inputs.queries` is the
+    /// Records the segment's dispatch, as [`ExactSplit::record_riders`]; `inputs.queries` is the
     /// planar query of the queries pass.
     pub fn record(
         &self,
@@ -269,6 +266,15 @@ impl<'a> SignsTritsSplit<'a> {
         let kernel = &ATTENTION_SPLIT_SIGNS_TRITS;
         record_split(batch, kernel, (params, grid), inputs, scratch, planes);
     }
+}
+
+/// The riders' bindings of `_exact.wgsl`: their rows (5, 6) and their record (7).
+fn rider_bindings<'b>(riders: &FusedExact<'b>) -> [Bound<'b>; 3] {
+    [
+        riders.keys.into(),
+        riders.values.into(),
+        Bound::range(riders.records, riders.record, EXACT_RECORD_USED),
+    ]
 }
 
 /// One dispatch of the skeleton composed with a decoder: the skeleton's bindings (query,
