@@ -245,6 +245,16 @@ fn bench_attention_reports_time_per_kernel() {
         "--f16-loads-on-cpu",
         "--json",
     ]);
+    let paths: Vec<&str> = doc["fast_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"subgroups") && paths.contains(&"shader-f16 loads"),
+        "lavapipe has both: {paths:?}"
+    );
     for result in doc["results"].as_array().unwrap() {
         let kernels = result["kernels"].as_array().unwrap();
         let names: Vec<&str> = kernels

@@ -165,6 +165,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
+            "fast_paths": fast_paths(&gpu),
             "split_tokens": gpu.split_tokens(),
             "shape": {"layers": args.layers, "q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
             "context": args.context,
@@ -183,13 +184,14 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}; splits of {} tokens",
+        "decode step, {} layers x {} query / {} KV heads x d {} at {} tokens; adapter: {}; fast paths: {}; splits of {} tokens",
         args.layers,
         args.q_heads,
         args.kv_heads,
         args.head_dim,
         args.context,
         gpu.adapter_name(),
+        fast_paths_line(&gpu),
         gpu.split_tokens()
     );
     println!(
@@ -276,6 +278,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
+            "fast_paths": fast_paths(&gpu),
             "timing": timing,
             "split_tokens": gpu.split_tokens(),
             "shape": {"q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "layers": 1},
@@ -294,11 +297,12 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; timing: {timing}; splits of {} tokens",
+        "decode attention, one layer: {} query heads, {} KV heads, d {}; adapter: {}; fast paths: {}; timing: {timing}; splits of {} tokens",
         args.q_heads,
         args.kv_heads,
         args.head_dim,
         gpu.adapter_name(),
+        fast_paths_line(&gpu),
         gpu.split_tokens()
     );
     println!(
@@ -409,4 +413,27 @@ pub(super) fn run_bench_quantize(args: &BenchQuantizeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The fast paths `gpu` uses (what a benchmark's fastest rows ran with): subgroups,
+/// shader-f16 row loads, parameters as immediates.
+fn fast_paths(gpu: &GpuContext) -> Vec<&'static str> {
+    [
+        (gpu.uses_subgroups(), "subgroups"),
+        (gpu.uses_f16_loads(), "shader-f16 loads"),
+        (gpu.uses_immediates(), "immediates"),
+    ]
+    .into_iter()
+    .filter_map(|(used, name)| used.then_some(name))
+    .collect()
+}
+
+/// [`fast_paths`] for a table's header line ("none" where there are none).
+fn fast_paths_line(gpu: &GpuContext) -> String {
+    let paths = fast_paths(gpu);
+    if paths.is_empty() {
+        "none".to_string()
+    } else {
+        paths.join(", ")
+    }
 }
