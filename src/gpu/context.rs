@@ -80,8 +80,9 @@ pub struct GpuOptions {
     /// adapters and [`crate::gpu::attention::GPU_SPLIT_TOKENS`] elsewhere.
     pub split_tokens: Option<usize>,
     /// Load the split kernels' exact (f16) rows as f16 on a CPU adapter too, where it offers
-    /// `SHADER_F16` (on llvmpipe the native loads measured 1.6× slower than u32 words, so a
-    /// CPU adapter keeps the words unless asked): to test and benchmark the fast path there.
+    /// `SHADER_F16` (on llvmpipe the native loads measured 1.5–1.7× slower than u32 words,
+    /// so a CPU adapter keeps the words unless asked): to test and benchmark the fast path
+    /// there.
     pub f16_loads_on_cpu: bool,
 }
 
