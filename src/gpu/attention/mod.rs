@@ -98,7 +98,8 @@ pub const GPU_SPLIT_TOKENS: usize = 512;
 /// Which kernels an attention call may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
-    /// The fast paths the adapter supports (subgroups), else the portable kernels.
+    /// The fast paths the context uses (subgroups, shader-f16 row loads), else the portable
+    /// kernels.
     Fastest,
     /// The portable kernels only.
     Portable,
