@@ -65,6 +65,33 @@ var<workgroup> tile_weights: array<vec4<f32>, 512>;
 var<workgroup> running: array<vec2<f32>, BLOCK_ROWS>;
 var<workgroup> rescale: array<f32, BLOCK_ROWS>;
 
+// A lane's 32 scores as eight vec4s (constant indices only, so that a CPU driver keeps them
+// in registers) and a bias that each score gets (the 2-bit rows' Σ q·min).
+struct LaneScores {
+    c: array<vec4<f32>, 8>,
+    bias: f32,
+}
+
+// Adds one 2-bit key row's slice of a lane's 32 tokens (code words `low`, `high`, the
+// first token in the low bits): qs = q·scale times each code, and q·min to the bias.
+fn add_two_bit_slice(acc: ptr<function, LaneScores>, qs: f32, q_min: f32, low: u32, high: u32) {
+    (*acc).bias = (*acc).bias + q_min;
+    (*acc).c[0] = (*acc).c[0] + qs * two_bit_codes4(low, 0u);
+    (*acc).c[1] = (*acc).c[1] + qs * two_bit_codes4(low, 1u);
+    (*acc).c[2] = (*acc).c[2] + qs * two_bit_codes4(low, 2u);
+    (*acc).c[3] = (*acc).c[3] + qs * two_bit_codes4(low, 3u);
+    (*acc).c[4] = (*acc).c[4] + qs * two_bit_codes4(high, 0u);
+    (*acc).c[5] = (*acc).c[5] + qs * two_bit_codes4(high, 1u);
+    (*acc).c[6] = (*acc).c[6] + qs * two_bit_codes4(high, 2u);
+    (*acc).c[7] = (*acc).c[7] + qs * two_bit_codes4(high, 3u);
+}
+
+// The lane's scores with the bias added.
+fn lane_totals(acc: LaneScores) -> array<vec4<f32>, 8> {
+    let b = vec4<f32>(acc.bias);
+    return array<vec4<f32>, 8>(acc.c[0] + b, acc.c[1] + b, acc.c[2] + b, acc.c[3] + b, acc.c[4] + b, acc.c[5] + b, acc.c[6] + b, acc.c[7] + b);
+}
+
 // A task's value sums, one vec4 per row of the block (constant indices only, so that a CPU
 // driver keeps them in registers).
 struct RowSums {

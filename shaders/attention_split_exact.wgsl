@@ -38,28 +38,21 @@ fn key_dot(qa: vec4<f32>, qb: vec4<f32>, at: u32, t: u32, octets: u32, last: u32
 fn exact_lane_scores(seg: SplitSegment, q_base: u32, kv_head: u32, lane_first: u32, last: u32) -> array<vec4<f32>, 8> {
     let octets = params.width / 8u;
     let key_base = (kv_head * params.rows + seg.first_row + lane_first) * octets;
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-    var c4 = vec4<f32>(0.0);
-    var c5 = vec4<f32>(0.0);
-    var c6 = vec4<f32>(0.0);
-    var c7 = vec4<f32>(0.0);
+    var acc = LaneScores();
     for (var o = 0u; o < octets; o = o + 1u) {
         let qa = queries[q_base + 2u * o] * params.scale;
         let qb = queries[q_base + 2u * o + 1u] * params.scale;
         let at = key_base + o;
-        c0 = c0 + vec4<f32>(key_dot(qa, qb, at, 0u, octets, last), key_dot(qa, qb, at, 1u, octets, last), key_dot(qa, qb, at, 2u, octets, last), key_dot(qa, qb, at, 3u, octets, last));
-        c1 = c1 + vec4<f32>(key_dot(qa, qb, at, 4u, octets, last), key_dot(qa, qb, at, 5u, octets, last), key_dot(qa, qb, at, 6u, octets, last), key_dot(qa, qb, at, 7u, octets, last));
-        c2 = c2 + vec4<f32>(key_dot(qa, qb, at, 8u, octets, last), key_dot(qa, qb, at, 9u, octets, last), key_dot(qa, qb, at, 10u, octets, last), key_dot(qa, qb, at, 11u, octets, last));
-        c3 = c3 + vec4<f32>(key_dot(qa, qb, at, 12u, octets, last), key_dot(qa, qb, at, 13u, octets, last), key_dot(qa, qb, at, 14u, octets, last), key_dot(qa, qb, at, 15u, octets, last));
-        c4 = c4 + vec4<f32>(key_dot(qa, qb, at, 16u, octets, last), key_dot(qa, qb, at, 17u, octets, last), key_dot(qa, qb, at, 18u, octets, last), key_dot(qa, qb, at, 19u, octets, last));
-        c5 = c5 + vec4<f32>(key_dot(qa, qb, at, 20u, octets, last), key_dot(qa, qb, at, 21u, octets, last), key_dot(qa, qb, at, 22u, octets, last), key_dot(qa, qb, at, 23u, octets, last));
-        c6 = c6 + vec4<f32>(key_dot(qa, qb, at, 24u, octets, last), key_dot(qa, qb, at, 25u, octets, last), key_dot(qa, qb, at, 26u, octets, last), key_dot(qa, qb, at, 27u, octets, last));
-        c7 = c7 + vec4<f32>(key_dot(qa, qb, at, 28u, octets, last), key_dot(qa, qb, at, 29u, octets, last), key_dot(qa, qb, at, 30u, octets, last), key_dot(qa, qb, at, 31u, octets, last));
+        acc.c[0] = acc.c[0] + vec4<f32>(key_dot(qa, qb, at, 0u, octets, last), key_dot(qa, qb, at, 1u, octets, last), key_dot(qa, qb, at, 2u, octets, last), key_dot(qa, qb, at, 3u, octets, last));
+        acc.c[1] = acc.c[1] + vec4<f32>(key_dot(qa, qb, at, 4u, octets, last), key_dot(qa, qb, at, 5u, octets, last), key_dot(qa, qb, at, 6u, octets, last), key_dot(qa, qb, at, 7u, octets, last));
+        acc.c[2] = acc.c[2] + vec4<f32>(key_dot(qa, qb, at, 8u, octets, last), key_dot(qa, qb, at, 9u, octets, last), key_dot(qa, qb, at, 10u, octets, last), key_dot(qa, qb, at, 11u, octets, last));
+        acc.c[3] = acc.c[3] + vec4<f32>(key_dot(qa, qb, at, 12u, octets, last), key_dot(qa, qb, at, 13u, octets, last), key_dot(qa, qb, at, 14u, octets, last), key_dot(qa, qb, at, 15u, octets, last));
+        acc.c[4] = acc.c[4] + vec4<f32>(key_dot(qa, qb, at, 16u, octets, last), key_dot(qa, qb, at, 17u, octets, last), key_dot(qa, qb, at, 18u, octets, last), key_dot(qa, qb, at, 19u, octets, last));
+        acc.c[5] = acc.c[5] + vec4<f32>(key_dot(qa, qb, at, 20u, octets, last), key_dot(qa, qb, at, 21u, octets, last), key_dot(qa, qb, at, 22u, octets, last), key_dot(qa, qb, at, 23u, octets, last));
+        acc.c[6] = acc.c[6] + vec4<f32>(key_dot(qa, qb, at, 24u, octets, last), key_dot(qa, qb, at, 25u, octets, last), key_dot(qa, qb, at, 26u, octets, last), key_dot(qa, qb, at, 27u, octets, last));
+        acc.c[7] = acc.c[7] + vec4<f32>(key_dot(qa, qb, at, 28u, octets, last), key_dot(qa, qb, at, 29u, octets, last), key_dot(qa, qb, at, 30u, octets, last), key_dot(qa, qb, at, 31u, octets, last));
     }
-    return array<vec4<f32>, 8>(c0, c1, c2, c3, c4, c5, c6, c7);
+    return acc.c;
 }
 
 // Adds Σ p·v over `count` tokens of the tile for one channel quad to the 8 rows' sums:

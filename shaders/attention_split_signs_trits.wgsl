@@ -41,13 +41,6 @@ fn signed4(qs: u32, flip: u32, i: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(qs) ^ bits);
 }
 
-// A lane's 32 scores as eight vec4s (constant indices only, so that a CPU driver keeps them
-// in registers) and the outlier rows' bias.
-struct LaneScores {
-    c: array<vec4<f32>, 8>,
-    bias: f32,
-}
-
 // Where a lane's tokens lie: KV head, key group, 32-token slice of the group.
 struct LaneSlice {
     kv_head: u32,
@@ -60,18 +53,9 @@ fn add_outlier(acc: ptr<function, LaneScores>, at: LaneSlice, c: u32, q: f32) {
     let words = (2u * params.group_size + 31u) / 32u;
     let record = (at.kv_head * params.outliers + c) * params.groups + at.group;
     let p = unpack2x16float(key_scale_min[record]);
-    let qs = q * p.x;
-    (*acc).bias = (*acc).bias + q * p.y;
     let low = key_codes[record * words + 2u * at.slice];
     let high = key_codes[record * words + 2u * at.slice + 1u];
-    (*acc).c[0] = (*acc).c[0] + qs * two_bit_codes4(low, 0u);
-    (*acc).c[1] = (*acc).c[1] + qs * two_bit_codes4(low, 1u);
-    (*acc).c[2] = (*acc).c[2] + qs * two_bit_codes4(low, 2u);
-    (*acc).c[3] = (*acc).c[3] + qs * two_bit_codes4(low, 3u);
-    (*acc).c[4] = (*acc).c[4] + qs * two_bit_codes4(high, 0u);
-    (*acc).c[5] = (*acc).c[5] + qs * two_bit_codes4(high, 1u);
-    (*acc).c[6] = (*acc).c[6] + qs * two_bit_codes4(high, 2u);
-    (*acc).c[7] = (*acc).c[7] + qs * two_bit_codes4(high, 3u);
+    add_two_bit_slice(acc, q * p.x, q * p.y, low, high);
 }
 
 // Adds sign row `j` (query element `q`) to the lane's scores.
@@ -132,8 +116,7 @@ fn lane_scores(seg: SplitSegment, tile_row: u32, kv_head: u32, lane_first: u32, 
         add_sign_row(&acc, at, 4u * o + 2u - k, q4.z);
         add_sign_row(&acc, at, 4u * o + 3u - k, q4.w);
     }
-    let b = vec4<f32>(acc.bias);
-    return array<vec4<f32>, 8>(acc.c[0] + b, acc.c[1] + b, acc.c[2] + b, acc.c[3] + b, acc.c[4] + b, acc.c[5] + b, acc.c[6] + b, acc.c[7] + b);
+    return lane_totals(acc);
 }
 
 // The quad's four values of token `i` of a step: byte i of each channel's word `words`,

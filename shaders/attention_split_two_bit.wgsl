@@ -60,34 +60,17 @@ fn two_bit_lane_scores(q_base: u32, kv_head: u32, lane_first: u32) -> array<vec4
     let words = (2u * g_size + 31u) / 32u;
     let group = lane_first / g_size;
     let slice_word = 2u * ((lane_first % g_size) / 32u);
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-    var c4 = vec4<f32>(0.0);
-    var c5 = vec4<f32>(0.0);
-    var c6 = vec4<f32>(0.0);
-    var c7 = vec4<f32>(0.0);
-    var bias = 0.0;
+    var acc = LaneScores();
     let first_record = kv_head * params.width * params.groups + group;
     for (var o = 0u; o < params.width / 4u; o = o + 1u) {
         let q4 = queries[q_base + o] * params.scale;
         for (var i = 0u; i < 4u; i = i + 1u) {
             let record = first_record + (4u * o + i) * params.groups;
             let p = unpack2x16float(key_scale_min[record]);
-            let qs = q4[i] * p.x;
-            bias = bias + q4[i] * p.y;
             let low = key_codes[record * words + slice_word];
             let high = key_codes[record * words + slice_word + 1u];
-            c0 = c0 + qs * two_bit_codes4(low, 0u);
-            c1 = c1 + qs * two_bit_codes4(low, 1u);
-            c2 = c2 + qs * two_bit_codes4(low, 2u);
-            c3 = c3 + qs * two_bit_codes4(low, 3u);
-            c4 = c4 + qs * two_bit_codes4(high, 0u);
-            c5 = c5 + qs * two_bit_codes4(high, 1u);
-            c6 = c6 + qs * two_bit_codes4(high, 2u);
-            c7 = c7 + qs * two_bit_codes4(high, 3u);
+            add_two_bit_slice(&acc, q4[i] * p.x, q4[i] * p.y, low, high);
         }
     }
-    return array<vec4<f32>, 8>(c0 + bias, c1 + bias, c2 + bias, c3 + bias, c4 + bias, c5 + bias, c6 + bias, c7 + bias);
+    return lane_totals(acc);
 }
