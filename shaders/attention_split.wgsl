@@ -18,10 +18,15 @@
 //                                   (`kivi2`) or per channel (`k2v2-channel`);
 //   attention_split_signs_trits.wgsl — on its own: the VidKV paper's format (2-bit
 //                                   outlier channels and sign rows against the planar
-//                                   query of the queries pass, ternary values).
+//                                   query of the queries pass, ternary values);
+//   attention_split_rotated_tokens.wgsl — on its own: rotated per-token codes against the
+//                                   rotated query of the query rotation, values summed in
+//                                   the rotated domain and rotated back at the split's end.
 // The last file provides split_segment (the segment of a workgroup's split: the dispatch's
-// own, or a rider's), lane_scores (q·k of a tile row's query for one lane's 32 tokens) and
-// value_sums (Σ p·v of a task's tokens, through add_weighted).
+// own, or a rider's), lane_scores (q·k of a tile row's query for one lane's 32 tokens),
+// value_sums (Σ p·v of a task's tokens, through add_weighted) and finish_sums (run by every
+// invocation on the split's summed rows in workgroup memory before they are written:
+// nothing for the natural-domain decoders, the rotation back for rotated codes).
 //
 // Bindings: 0 params (uniform Params: width = d (a multiple of 8, at most 256),
 //           segment_start, segment_len, split_size, split_offset, total_splits,
@@ -41,7 +46,8 @@
 // sum; then each invocation adds Σ p·v for its task, a task being (channel quad, part of
 // the tile's tokens) for all 8 rows: each value row is decoded once per workgroup, and
 // the d/4 quads take 64·4/d parts (a power of two, at most 8: two of 128 tokens at
-// d = 128, one at d = 256), whose sums are added in workgroup memory at the split's end.
+// d = 128, one at d = 256), whose sums are added in workgroup memory at the split's end
+// ([quad][row] in tile_weights, where finish_sums finds them).
 // Splits and tiles start at multiples of 32 tokens, so a lane's tokens never straddle a
 // group of 32 or more.
 
@@ -196,13 +202,14 @@ fn main(
         let offset = min(part * span, end - tile);
         let count = min(span, end - tile - offset);
         if (part < parts) {
-            rescale_sums(&sums);
+            sums = rescaled(sums);
             value_sums(&sums, seg, vec4<u32>(kv_head, tile, offset, quad), count);
         }
         workgroupBarrier();
     }
     // The parts' sums of each (row, quad) added up through workgroup memory (the tile's
-    // weights are no longer needed): part p's sums at [p][quad][row].
+    // weights are no longer needed): part p's sums at [p][quad][row], their total where
+    // part 0's were, [quad][row] (each total's own entries, so no lane reads another's).
     if (part < parts) {
         let at = (part * quads + quad) * BLOCK_ROWS;
         tile_weights[at] = sums.rows[0];
@@ -216,15 +223,22 @@ fn main(
     }
     workgroupBarrier();
     for (var out = local; out < quads * BLOCK_ROWS; out = out + LANES) {
+        var sum = vec4<f32>(0.0);
+        for (var p = 0u; p < parts; p = p + 1u) {
+            sum = sum + tile_weights[p * quads * BLOCK_ROWS + out];
+        }
+        tile_weights[out] = sum;
+    }
+    workgroupBarrier();
+    // The decoder's last word on the sums (rotating them back, for rotated codes).
+    finish_sums(kv_head, local, part < parts, quad);
+    workgroupBarrier();
+    for (var out = local; out < quads * BLOCK_ROWS; out = out + LANES) {
         let row = out / quads;
         let q = out % quads;
         if (block_rows[row].w == 1u) {
-            var sum = vec4<f32>(0.0);
-            for (var p = 0u; p < parts; p = p + 1u) {
-                sum = sum + tile_weights[(p * quads + q) * BLOCK_ROWS + row];
-            }
             let slot = block_rows[row].x * params.total_splits + seg.slot;
-            partial[slot * quads + q] = sum;
+            partial[slot * quads + q] = tile_weights[q * BLOCK_ROWS + row];
         }
     }
     if (local < BLOCK_ROWS && block_rows[local].w == 1u) {
@@ -248,18 +262,18 @@ fn token_parts(quads: u32) -> u32 {
     return parts;
 }
 
-// Rescales the 8 rows' sums to their new running maxima.
-fn rescale_sums(
-    sums: ptr<function, RowSums>,
-) {
-    (*sums).rows[0] = (*sums).rows[0] * rescale[0];
-    (*sums).rows[1] = (*sums).rows[1] * rescale[1];
-    (*sums).rows[2] = (*sums).rows[2] * rescale[2];
-    (*sums).rows[3] = (*sums).rows[3] * rescale[3];
-    (*sums).rows[4] = (*sums).rows[4] * rescale[4];
-    (*sums).rows[5] = (*sums).rows[5] * rescale[5];
-    (*sums).rows[6] = (*sums).rows[6] * rescale[6];
-    (*sums).rows[7] = (*sums).rows[7] * rescale[7];
+// The 8 rows' sums rescaled to their new running maxima.
+fn rescaled(sums: RowSums) -> RowSums {
+    return RowSums(array<vec4<f32>, 8>(
+        sums.rows[0] * rescale[0],
+        sums.rows[1] * rescale[1],
+        sums.rows[2] * rescale[2],
+        sums.rows[3] * rescale[3],
+        sums.rows[4] * rescale[4],
+        sums.rows[5] * rescale[5],
+        sums.rows[6] * rescale[6],
+        sums.rows[7] * rescale[7],
+    ));
 }
 
 // Adds the weighted value quads v0…v3 of four consecutive tokens to the 8 rows' sums; `w`

@@ -154,8 +154,8 @@ fn rotated_halves_mix_with_the_other_schemes() {
 /// A frame of 512 query positions: 2,048 query rows, more than one tile of the fused
 /// kernel's uniform query binding holds, each position seeing its own causal prefix; on the
 /// default preset (codes across tokens), `kivi2` (the 2-bit decoder with its exact tail
-/// riding), `vidkv-tuned` (the signs-and-trits decoder after the queries pass) and fp16 (the
-/// exact decoder).
+/// riding), `vidkv-tuned` (the signs-and-trits decoder after the queries pass), `rotated`
+/// (the rotated per-token decoder after the query rotation) and fp16 (the exact decoder).
 #[test]
 fn a_512_position_frame() {
     let (tokens, d, kv_heads, gqa, queries) = (700, 64, 2, 2, 512);
@@ -165,7 +165,7 @@ fn a_512_position_frame() {
     let visible: Vec<(u32, u32)> = (0..queries)
         .map(|m| (0, (tokens - queries + 1 + m) as u32))
         .collect();
-    for preset in ["vidkv", "kivi2", "vidkv-tuned", "fp16"] {
+    for preset in ["vidkv", "kivi2", "vidkv-tuned", "rotated", "fp16"] {
         let config = QuantConfig::preset(preset).unwrap();
         let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
         check(&cache, &q, &visible, &format!("{preset} M=512"));
@@ -178,7 +178,10 @@ fn a_512_position_frame() {
 /// go through the 2-bit row decoder (a lane's 32 tokens a slice of one group), groups of 8
 /// and 16 through the three passes; `k2v2-channel` the same with values per channel;
 /// `vidkv-tuned` and `vidkv-paper` the same through the signs-and-trits decoder (d = 80:
-/// sixteen whole trit bytes; d = 128: a last byte of three channels).
+/// sixteen whole trit bytes; d = 128: a last byte of three channels); `rotated` and
+/// `rotated-k3v1` the same through the rotated per-token decoder (d = 80: rotation blocks of
+/// 64 and 16 channels, the sums rotated back block by block; group means per 64 or 128
+/// tokens).
 #[test]
 fn group_sizes_other_than_32() {
     for preset in [
@@ -187,6 +190,8 @@ fn group_sizes_other_than_32() {
         "k2v2-channel",
         "vidkv-tuned",
         "vidkv-paper",
+        "rotated",
+        "rotated-k3v1",
     ] {
         for (group_size, d) in [(8, 128), (16, 80), (64, 128), (128, 80)] {
             let (tokens, kv_heads, gqa, queries) = (1_000, 2, 7, 2);
@@ -473,6 +478,39 @@ fn paper_layers_decode_in_one_split_dispatch() {
             passes
                 .iter()
                 .any(|p| p.starts_with("attention_values_ternary")),
+            "{passes:?}"
+        );
+        assert!(
+            passes.iter().all(|p| !p.starts_with("attention_split")),
+            "{passes:?}"
+        );
+    }
+}
+
+/// The rotated per-token presets decode a layer in the query rotation pass, one rotated
+/// split dispatch for the quantized groups, one exact split dispatch for the sinks and the
+/// window (the first carrying the second), and the combine; [`Kernels::ThreePass`] keeps
+/// the separate passes.
+#[test]
+fn rotated_token_layers_decode_in_one_split_dispatch() {
+    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+    for preset in ["rotated", "rotated-flat", "rotated-k3v1"] {
+        for kernels in [Kernels::Fastest, Kernels::Portable] {
+            let passes = decode_passes(&ctx, preset, kernels);
+            assert_eq!(
+                passes,
+                [
+                    "attention_combine::main ×1".to_string(),
+                    "attention_rotated+tokens::rotate_queries ×1".to_string(),
+                    "attention_split+exact+words+exact_only::main ×1".to_string(),
+                    "attention_split+rotated_tokens::main ×1".to_string(),
+                ],
+                "{preset} {kernels:?}"
+            );
+        }
+        let passes = decode_passes(&ctx, preset, Kernels::ThreePass);
+        assert!(
+            passes.iter().any(|p| p.ends_with("value_sums ×1")),
             "{passes:?}"
         );
         assert!(

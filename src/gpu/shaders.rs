@@ -112,6 +112,11 @@ pub const ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES: Kernel = kernel!(
 /// 2-bit outlier channels and sign rows against the planar query, ternary values.
 pub const ATTENTION_SPLIT_SIGNS_TRITS: Kernel =
     kernel!("attention_split" + "signs_trits", ["main"], false);
+/// The fused split kernel over rotated per-token codes (`rotated`, `rotated-flat`,
+/// `rotated-k3v1`) against the rotated query of the queries pass; the split's sums are
+/// rotated back at its end.
+pub const ATTENTION_SPLIT_ROTATED_TOKENS: Kernel =
+    kernel!("attention_split" + "rotated_tokens", ["main"], false);
 /// The fused split kernel over codes across tokens, with the portable row reads and
 /// row-dot sums and the logits and weights phases as tasks of one invocation (any group
 /// size). Every fused composition ends with the `riders` file (the kernel rotates its query
@@ -217,7 +222,7 @@ pub const ROTATED: Kernel = kernel!(
 
 /// Every kernel, in pipeline order (the tests validate them all).
 #[cfg(test)]
-pub const ALL: [Kernel; 37] = [
+pub const ALL: [Kernel; 38] = [
     CHANNEL_RANGE,
     CHANNEL_SPLIT,
     QUANTIZE_TWO_BIT,
@@ -239,6 +244,7 @@ pub const ALL: [Kernel; 37] = [
     ATTENTION_SPLIT_TWO_BIT_CHANNELS,
     ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES,
     ATTENTION_SPLIT_SIGNS_TRITS,
+    ATTENTION_SPLIT_ROTATED_TOKENS,
     ATTENTION_SPLIT_GROUPS,
     ATTENTION_SPLIT_GROUPS_32,
     ATTENTION_SPLIT_GROUPS_SUBGROUP,

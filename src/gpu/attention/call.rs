@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::planes::{LayerGeometry, PackedPlanes, SegmentData, SegmentRef};
-use super::rotated_groups::{self, FusedBuffers, FusedCall, FusedExact, GroupPlanes, RiderPlan};
-use super::split::{ExactSplit, SignsTritsSplit, SplitInputs, TwoBitSplit};
+use super::rotated_groups::{self, FusedBuffers, FusedExact, GroupPlanes, RiderPlan, SharedStates};
+use super::split::{ExactSplit, RotatedTokensSplit, SignsTritsSplit, SplitInputs, TwoBitSplit};
 use super::{
     record_scores, record_values, rotated, row_blocks, Call, Kernels, Scratch, STATS_ALIGN,
 };
@@ -58,8 +58,9 @@ struct CallPlan<'c, 'a, 'b> {
     tile_rows: usize,
     /// The parameters every dispatch of the call shares.
     base: Params,
-    /// The fused dispatches' shared states and their uniform buffer, if any segment is fused.
-    fused: Option<(FusedCall<'a>, Arc<wgpu::Buffer>)>,
+    /// The rotated split dispatches' shared states and their uniform buffer, if any
+    /// segment takes one.
+    shared: Option<(SharedStates<'a>, Arc<wgpu::Buffer>)>,
     /// How each segment is recorded.
     routes: Vec<Route<'a>>,
     riders: RiderPlan<'a>,
@@ -96,12 +97,12 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             .clamp(1, total_rows)
             .min(ctx.max_workgroups_per_dimension() as usize);
         let tile_rows = (tile_rows / gqa).max(1) * gqa;
-        let fused = match FusedCall::plan(ctx, call) {
-            Some(fused) => Some((fused, FusedCall::states_uniform(ctx)?)),
+        let shared = match SharedStates::plan(ctx, call) {
+            Some(states) => Some((states, SharedStates::states_uniform(ctx)?)),
             None => None,
         };
         // The fused kernel binds the visible ranges as a uniform of fixed size.
-        let visible_floor = if fused.is_some() {
+        let visible_floor = if shared.is_some() {
             rotated_groups::VISIBLE_UNIFORM_BYTES
         } else {
             0
@@ -114,7 +115,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         ctx.write(&visible, 0, &visible_flat);
         let routes: Vec<Route<'a>> = segments
             .iter()
-            .map(|s| Route::of(call, fused.as_ref(), s))
+            .map(|s| Route::of(call, shared.as_ref(), s))
             .collect();
         // Segments whose one dispatch may carry exact riders: codes across tokens, 2-bit,
         // and exact segments themselves (where no other carries them).
@@ -126,19 +127,26 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         // The fused kernels scale (and rotate) their rows themselves: the queries pass runs
         // only for segments that go through the separate passes or read the planar query.
         let query_pass = (0..segments.len()).any(|i| {
-            !riders.riding[i] && matches!(routes[i], Route::Passes | Route::SignsTrits(_))
+            !riders.riding[i]
+                && matches!(
+                    routes[i],
+                    Route::Passes | Route::SignsTrits(_) | Route::RotatedTokens { .. }
+                )
         });
         let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
         let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
         let stats_bytes = (tile_rows * total_splits * 8) as u64;
         let scratch = Scratch {
             natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
-            planar: ctx.buffer("attention q planar", (tile_rows * d * 4) as u64)?,
+            planar: ctx.buffer(
+                "attention q planar",
+                Scratch::planar_bytes((d * 4) as u64, tile_rows),
+            )?,
+            row_bytes: (d * 4) as u64,
             scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
             partial: ctx.buffer("attention split outputs", stats_offset + stats_bytes)?,
             partial_bytes,
             stats: (stats_offset, stats_bytes),
-            centre_terms: ctx.buffer("attention centre terms", (tile_rows * 4) as u64)?,
             unused: ctx.buffer("unused binding", 16)?,
         };
         let base = Params {
@@ -165,7 +173,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             split_offsets,
             tile_rows,
             base,
-            fused,
+            shared,
             routes,
             riders,
             query_pass,
@@ -183,8 +191,8 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         q_buffer: &wgpu::Buffer,
         output: &wgpu::Buffer,
     ) {
-        if let Some((fused, states)) = &self.fused {
-            fused.record_states(batch, states);
+        if let Some((shared, states)) = &self.shared {
+            shared.record_states(batch, states);
         }
         if self.query_pass {
             self.record_queries(batch, (tile, rows), q_buffer);
@@ -278,6 +286,13 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                 };
                 split.record(batch, (seg, grid), &inputs, scratch);
             }
+            Route::RotatedTokens { split, states } => {
+                let inputs = SplitInputs {
+                    queries: &scratch.planar,
+                    ..inputs
+                };
+                split.record(batch, (seg, grid), &inputs, states, scratch);
+            }
             Route::TwoBit(two_bit) => {
                 let (exact, riders) = self.riders_of(i);
                 let grid = (grid.0 + riders as u32, grid.1);
@@ -362,6 +377,12 @@ enum Route<'a> {
     TwoBit(TwoBitSplit<'a>),
     /// One split dispatch over the VidKV paper's format, after the query pass.
     SignsTrits(SignsTritsSplit<'a>),
+    /// One split dispatch over rotated per-token codes, after the query pass (its rotation),
+    /// with the call's states uniform.
+    RotatedTokens {
+        split: RotatedTokensSplit<'a>,
+        states: Arc<wgpu::Buffer>,
+    },
     /// One fused codes-across-tokens dispatch (keys' and values' planes, the call's states
     /// uniform), with the exact segments riding in it.
     Fused {
@@ -376,16 +397,22 @@ enum Route<'a> {
 impl<'a> Route<'a> {
     fn of(
         call: &Call<'_, '_>,
-        fused: Option<&(FusedCall<'a>, Arc<wgpu::Buffer>)>,
+        shared: Option<&(SharedStates<'a>, Arc<wgpu::Buffer>)>,
         segment: &SegmentRef<'a>,
     ) -> Self {
-        if let Some((planes, states)) =
-            fused.and_then(|(f, states)| f.takes(segment).map(|planes| (planes, states)))
-        {
-            return Route::Fused {
-                planes,
-                states: Arc::clone(states),
-            };
+        if let Some((shared, states)) = shared {
+            if let Some(planes) = shared.takes(segment) {
+                return Route::Fused {
+                    planes,
+                    states: Arc::clone(states),
+                };
+            }
+            if let Some(split) = shared.takes_tokens(call.layer, segment) {
+                return Route::RotatedTokens {
+                    split,
+                    states: Arc::clone(states),
+                };
+            }
         }
         if call.kernels == Kernels::ThreePass {
             return Route::Passes;

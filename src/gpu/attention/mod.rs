@@ -3,42 +3,42 @@
 //! exact sinks, the quantized history and the exact recent window, with no dense K̂ or V̂.
 //!
 //! A call (`call.rs`: sized once, then recorded tile by tile) runs, per tile of query rows:
-//! 1. `attention_queries`: scale by 1/√d and bring each row into plane order (outlier
-//!    channels, then Mᵀq over the DFT-domain normal channels), for the segments that go
-//!    through separate passes (the fused kernels read the call's query and scale it
-//!    themselves, so a call of fused dispatches only has no such pass);
-//! 2. per segment (sinks, quantized history, tail) — an exact (f16) segment, or a 2-bit
-//!    one (keys per channel, values per token or channel: `kivi2`, `k2v2-channel`), goes
-//!    through one fused
-//!    dispatch of the split skeleton, `attention_split` with that format's row decoder
-//!    (`split.rs`; per split of the context's [`GpuContext::split_tokens`] and block of 8
-//!    rows of a KV head: scores, online softmax and Σ p·v, each value row decoded once for
-//!    the block; a 2-bit segment's dispatch carries the exact sinks and window as splits
-//!    of its own); another packed segment through `attention_scores_*` (q·k for the
-//!    segment's tokens), `attention_softmax` (each split into weights with a split-local
-//!    maximum and sum) and `attention_values_*` (Σ p·v per split). [`Kernels::ThreePass`]
-//!    sends those segments through the three passes too, to benchmark against;
-//!    (with STP refinements, `refinement_sums` then adds Σ p·r̂ of the split's protected
-//!    tokens);
+//! 1. the query pass, where a segment reads its output: `attention_queries` (scale by 1/√d
+//!    and bring each row into plane order: outlier channels, then Mᵀq over the DFT-domain
+//!    normal channels) for the VidKV paper's format, or for rotated keys
+//!    `attention_rotated::rotate_queries` (q/√d, its rotation and its centre term q·m);
+//!    the kernels over exact rows, 2-bit codes and codes across tokens read the call's
+//!    query and scale (and rotate) it themselves, so a call of those only has no such pass;
+//! 2. per segment (sinks, quantized history, tail), one dispatch of the split skeleton,
+//!    `attention_split` with that format's row decoder (`split.rs`; per split of the
+//!    context's [`GpuContext::split_tokens`] and block of 8 rows of a KV head: scores,
+//!    online softmax and Σ p·v, each value row decoded once for the block): exact (f16)
+//!    rows; 2-bit keys per channel with values per token or channel (`kivi2`,
+//!    `k2v2-channel`), carrying the exact sinks and window as splits of their own; the
+//!    paper's format (`vidkv-tuned`, `vidkv-paper`) and rotated per-token codes (`rotated`,
+//!    `rotated-flat`, `rotated-k3v1`: the split's sums rotated back at its end) after the
+//!    query pass, their exact segments in one exact dispatch. A segment whose keys and
+//!    values are both coded across tokens (the default preset) goes through the fused
+//!    `attention_split_groups` (the same skeleton with that format's row decoder; a
+//!    subgroup variant sums the row dots where the adapter allows), which rotates its rows
+//!    itself and takes up to two exact segments in one pair of buffers (the sinks and the
+//!    window) as splits of its own (`rotated_groups::exact_riders`). The rotated kernels
+//!    read the key and value states from one uniform (`rotated_groups::SharedStates`), so
+//!    each binds at most 10 storage buffers (Chrome's limit; the partial sums and (m, l)
+//!    pairs, one buffer for every kernel of the call, are one binding of the fused kernel).
+//!    A segment with STP positions or refinements, or every segment for
+//!    [`Kernels::ThreePass`], takes the separate passes: `attention_scores_*` or
+//!    `attention_rotated*` (q·k for the segment's tokens), `attention_softmax` (each split
+//!    into weights with a split-local maximum and sum) and `attention_values_*` (Σ p·v per
+//!    split; with STP refinements, `refinement_sums` then adds Σ p·r̂ of the split's
+//!    protected tokens);
 //! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
 //!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
 //!
-//! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
+//! So a default-preset, fp16, `kivi2` or `k2v2-channel` layer is two dispatches on every
+//! device, a paper-format or rotated per-token layer four.
 //!
-//! Rotated keys replace step 1 with `attention_rotated::rotate_queries` (q/√d, its rotation
-//! and its centre term) and read their scores and values through the same kernel file
-//! (`rotated`), or, coded across tokens, through `attention_rotated_groups.wgsl`
-//! (`rotated_groups`). A segment whose keys and values are both coded across tokens (the
-//! default preset) goes through one fused split-K dispatch, `attention_split_groups` (the
-//! same skeleton with that format's row decoder; a subgroup variant sums the row dots where
-//! the adapter allows). It rotates its rows itself and takes up to two exact segments in
-//! one pair of buffers (the sinks and the window) as splits of its own
-//! (`rotated_groups::exact_riders`): a default-preset layer is that dispatch and the
-//! combine, as an fp16 layer is `attention_split` and the combine, on every device (the
-//! kernel binds 10 storage buffers, Chrome's limit: the key and value states reach it as a
-//! uniform, and its partial sums and (m, l) pairs, one buffer for every kernel of the
-//! call, as one binding). A segment with STP refinements, or [`Kernels::ThreePass`], takes
-//! the separate passes.
+//! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
 
 mod call;
 mod layer;
@@ -278,10 +278,12 @@ fn per_row_grid(items: usize, rows: usize) -> (u32, u32) {
 struct Scratch {
     /// Query rows scaled by 1/√d, in channel order.
     natural: Arc<wgpu::Buffer>,
-    /// The same rows in plane order, or rotated for rotated keys.
+    /// The same rows in plane order, or rotated for rotated keys; for rotated keys, the
+    /// rows' dots with the keys' mean (their centre terms) follow a tile's rows from the
+    /// next [`STATS_ALIGN`] boundary ([`Scratch::centre_terms`]).
     planar: Arc<wgpu::Buffer>,
-    /// The rows' dots with the rotated keys' mean.
-    centre_terms: Arc<wgpu::Buffer>,
+    /// Bytes of one query row (f32 × head_dim).
+    row_bytes: u64,
     scores: Arc<wgpu::Buffer>,
     /// The split outputs: the partial sums Σ p·v `[tile rows][splits][d]` in the first
     /// `partial_bytes`, then the (m, l) pairs `[tile rows][splits]` at `stats` (byte offset,
@@ -307,6 +309,29 @@ impl Scratch {
     /// The partial sums of the split outputs.
     fn partial_sums(&self) -> Bound<'_> {
         Bound::range(&self.partial, 0, self.partial_bytes.max(4))
+    }
+
+    /// Where a tile of `rows` query rows' centre terms start in `planar`: the first
+    /// [`STATS_ALIGN`] boundary after the rows (`centre_term` in
+    /// `attention_split_rotated_tokens.wgsl` computes the same).
+    fn centre_offset(row_bytes: u64, rows: usize) -> u64 {
+        (rows as u64 * row_bytes).next_multiple_of(STATS_ALIGN)
+    }
+
+    /// Bytes of `planar` for tiles of up to `rows` rows of `row_bytes`.
+    fn planar_bytes(row_bytes: u64, rows: usize) -> u64 {
+        Self::centre_offset(row_bytes, rows) + rows as u64 * 4
+    }
+
+    /// The rotated query rows of a tile of `rows` rows.
+    fn rotated_rows(&self, rows: usize) -> Bound<'_> {
+        Bound::range(&self.planar, 0, rows as u64 * self.row_bytes)
+    }
+
+    /// The centre terms of a tile of `rows` rows.
+    fn centre_terms(&self, rows: usize) -> Bound<'_> {
+        let offset = Self::centre_offset(self.row_bytes, rows);
+        Bound::range(&self.planar, offset, (rows as u64 * 4).max(4))
     }
 }
 

@@ -8,6 +8,7 @@
 use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
+use crate::gpu::binding::Bound;
 use crate::gpu::context::GpuContext;
 use crate::gpu::params::Params;
 use crate::gpu::rotated::kernel_table;
@@ -165,32 +166,32 @@ impl RefinementPlanes {
     }
 }
 
-/// The kernel's bindings 1…12 (see the shader header); what an entry point does not use
-/// is bound to `scratch.unused`.
+/// The kernel's bindings 1…12 (see the shader header) for a tile of `rows` query rows; what
+/// an entry point does not use is bound to `scratch.unused`.
 pub(super) fn bindings<'a>(
     states: &'a RotatedStates,
     planes: Option<&'a RotatedPlanes>,
     q: &'a wgpu::Buffer,
-    scratch: &'a Scratch,
-) -> [&'a wgpu::Buffer; 12] {
+    (scratch, rows): (&'a Scratch, usize),
+) -> [Bound<'a>; 12] {
     let unused = &*scratch.unused;
     let (codes, scales) = planes.map_or((unused, unused), |p| (&p.codes, &p.scales));
     let (mean_codes, mean_steps) = planes
         .and_then(|p| p.means.as_ref())
         .map_or((unused, unused), |(c, s)| (c, s));
     [
-        q,
-        &states.table,
-        &states.states,
-        codes,
-        scales,
-        mean_codes,
-        mean_steps,
-        &scratch.natural,
-        &scratch.planar,
-        &scratch.centre_terms,
-        &scratch.scores,
-        &scratch.partial,
+        q.into(),
+        (&states.table).into(),
+        (&states.states).into(),
+        codes.into(),
+        scales.into(),
+        mean_codes.into(),
+        mean_steps.into(),
+        (&*scratch.natural).into(),
+        scratch.rotated_rows(rows),
+        scratch.centre_terms(rows),
+        (&*scratch.scores).into(),
+        (&*scratch.partial).into(),
     ]
 }
 
@@ -205,14 +206,14 @@ pub(super) fn record_queries(
     rows: usize,
     scratch: &Scratch,
 ) {
-    batch.dispatch_grid(
+    batch.dispatch_grid_bound(
         &ATTENTION_ROTATED,
         "rotate_queries",
         Params {
             code_bits: u32::from(states.bits),
             ..tile
         },
-        &bindings(states, None, q, scratch),
+        &bindings(states, None, q, (scratch, rows)),
         (1, row_quads(tile, rows)),
     );
 }
@@ -226,11 +227,11 @@ pub(super) fn record_scores(
     scratch: &Scratch,
 ) {
     let blocks = (seg.segment_len as usize).div_ceil(crate::gpu::params::WORKGROUP_SIZE as usize);
-    batch.dispatch_grid(
+    batch.dispatch_grid_bound(
         &ATTENTION_ROTATED,
         "key_scores",
         keys.params(seg),
-        &bindings(&keys.states, Some(keys), &scratch.unused, scratch),
+        &bindings(&keys.states, Some(keys), &scratch.unused, (scratch, rows)),
         (blocks as u32, row_quads(seg, rows)),
     );
 }
@@ -244,11 +245,16 @@ pub(super) fn record_values(
     rows: usize,
     scratch: &Scratch,
 ) {
-    batch.dispatch_grid(
+    batch.dispatch_grid_bound(
         &ATTENTION_ROTATED,
         "value_sums",
         values.params(seg),
-        &bindings(&values.states, Some(values), &scratch.unused, scratch),
+        &bindings(
+            &values.states,
+            Some(values),
+            &scratch.unused,
+            (scratch, rows),
+        ),
         (splits as u32, row_quads(seg, rows)),
     );
 }
@@ -264,9 +270,15 @@ pub(super) fn record_refinement(
     scratch: &Scratch,
 ) {
     let planes = &refinement.rows;
-    let mut list = bindings(&planes.states, Some(planes), &scratch.unused, scratch).to_vec();
-    list.push(&refinement.positions);
-    batch.dispatch_grid(
+    let mut list = bindings(
+        &planes.states,
+        Some(planes),
+        &scratch.unused,
+        (scratch, rows),
+    )
+    .to_vec();
+    list.push((&refinement.positions).into());
+    batch.dispatch_grid_bound(
         &ATTENTION_ROTATED,
         "refinement_sums",
         planes.params(seg),

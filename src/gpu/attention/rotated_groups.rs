@@ -9,12 +9,14 @@
 //! rotates; the fused kernel rotates its block's rows itself and takes the call's exact
 //! sinks and window as splits of its own ([`exact_riders`]), within 10 storage buffers
 //! (what Chrome allows): the key and value states reach it as one uniform
-//! ([`FusedCall::record_states`]) and its partial sums and (m, l) pairs as one binding.
+//! ([`SharedStates::record_states`]) and its partial sums and (m, l) pairs as one binding.
 //! The CPU mirror is [`crate::packed::attend`].
 
-use super::planes::{PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef};
+use super::planes::{
+    LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes, SegmentData, SegmentRef,
+};
 use super::rotated::{bindings, RotatedStates};
-use super::split::ExactSplit;
+use super::split::{ExactSplit, RotatedTokensSplit};
 use super::{row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
@@ -108,12 +110,12 @@ impl GroupPlanes {
         }
     }
 
-    /// The kernel's bindings 1…13.
-    fn bindings<'a>(&'a self, scratch: &'a Scratch) -> Vec<&'a wgpu::Buffer> {
-        let mut list = bindings(&self.states, None, &scratch.unused, scratch).to_vec();
-        list[3] = &self.codes;
-        list[4] = &self.scales;
-        list.push(&self.widths);
+    /// The kernel's bindings 1…13 for a tile of `rows` query rows.
+    fn bindings<'a>(&'a self, scratch: &'a Scratch, rows: usize) -> Vec<Bound<'a>> {
+        let mut list = bindings(&self.states, None, &scratch.unused, (scratch, rows)).to_vec();
+        list[3] = (&self.codes).into();
+        list[4] = (&self.scales).into();
+        list.push((&self.widths).into());
         list
     }
 }
@@ -127,11 +129,11 @@ pub(super) fn record_scores(
     scratch: &Scratch,
 ) {
     let groups = seg.segment_len as usize / keys.group_size;
-    batch.dispatch_grid(
+    batch.dispatch_grid_bound(
         &ATTENTION_ROTATED_GROUPS,
         "group_scores",
         keys.params(seg),
-        &keys.bindings(scratch),
+        &keys.bindings(scratch, rows),
         (groups as u32, row_quads(seg, rows)),
     );
 }
@@ -145,11 +147,11 @@ pub(super) fn record_values(
     rows: usize,
     scratch: &Scratch,
 ) {
-    batch.dispatch_grid(
+    batch.dispatch_grid_bound(
         &ATTENTION_ROTATED_GROUPS,
         "group_values",
         values.params(seg),
-        &values.bindings(scratch),
+        &values.bindings(scratch, rows),
         (splits as u32, row_quads(seg, rows)),
     );
 }
@@ -207,20 +209,34 @@ pub(super) fn fused_kernel(
     }
 }
 
-/// A call's fused dispatches: the key and value states they share (each fused segment's
-/// planes carry these; a segment with other states takes the separate passes).
-pub(super) struct FusedCall<'a> {
+/// The key and value states that a call's rotated split dispatches read from one uniform:
+/// the fused kernel over codes across tokens, and the split skeleton's decoder of rotated
+/// per-token codes (each such segment's planes carry these states; a segment with other
+/// states takes the separate passes).
+pub(super) struct SharedStates<'a> {
     keys: &'a RotatedStates,
     values: &'a RotatedStates,
     /// Bytes of the keys' states, and of the values': `[kv_heads][RotatedState::words]`.
     state_bytes: u64,
 }
 
-impl<'a> FusedCall<'a> {
-    /// The fused dispatches of `call`, or `None` where its segments take the separate
-    /// passes: for [`super::Kernels::ThreePass`], where no segment is fused
-    /// ([`fused_planes`]), or where the visible ranges or the states do not fit the kernel's
-    /// uniform bindings.
+/// The key and value states of `segment` if one of the states-uniform dispatches takes it.
+fn uniform_states<'a>(
+    layer: &LayerGeometry<'_>,
+    segment: &SegmentRef<'a>,
+) -> Option<(&'a RotatedStates, &'a RotatedStates)> {
+    fused_planes(segment)
+        .map(|(keys, values)| (&keys.states, &values.states))
+        .or_else(|| {
+            RotatedTokensSplit::of(layer, segment).map(|s| (&s.keys.states, &s.values.states))
+        })
+}
+
+impl<'a> SharedStates<'a> {
+    /// The shared states of `call`, or `None` where its segments take the separate passes:
+    /// for [`super::Kernels::ThreePass`], where no segment reads them ([`fused_planes`],
+    /// [`RotatedTokensSplit::of`]), or where the visible ranges (a uniform of the fused
+    /// kernel) or the states do not fit the uniform bindings.
     pub fn plan(ctx: &GpuContext, call: &super::Call<'a, '_>) -> Option<Self> {
         let state_bytes = call.layer.kv_heads * RotatedState::words(call.layer.head_dim) * 4;
         let uniform = ctx.max_uniform_binding_bytes();
@@ -231,19 +247,34 @@ impl<'a> FusedCall<'a> {
         {
             return None;
         }
-        let (keys, values) = call.segments.iter().find_map(fused_planes)?;
-        Some(FusedCall {
-            keys: &keys.states,
-            values: &values.states,
+        let (keys, values) = call
+            .segments
+            .iter()
+            .find_map(|s| uniform_states(call.layer, s))?;
+        Some(SharedStates {
+            keys,
+            values,
             state_bytes: state_bytes as u64,
         })
     }
 
+    fn shares(&self, (keys, values): (&RotatedStates, &RotatedStates)) -> bool {
+        keys.states == self.keys.states && values.states == self.values.states
+    }
+
     /// The key and value planes of `segment` if it takes a fused dispatch.
     pub fn takes(&self, segment: &SegmentRef<'a>) -> Option<(&'a GroupPlanes, &'a GroupPlanes)> {
-        fused_planes(segment).filter(|(keys, values)| {
-            keys.states.states == self.keys.states && values.states.states == self.values.states
-        })
+        fused_planes(segment).filter(|(keys, values)| self.shares((&keys.states, &values.states)))
+    }
+
+    /// The planes of `segment` if it takes a rotated per-token split dispatch.
+    pub fn takes_tokens(
+        &self,
+        layer: &LayerGeometry<'_>,
+        segment: &SegmentRef<'a>,
+    ) -> Option<RotatedTokensSplit<'a>> {
+        RotatedTokensSplit::of(layer, segment)
+            .filter(|s| self.shares((&s.keys.states, &s.values.states)))
     }
 
     /// A pooled uniform buffer of [`STATES_UNIFORM_BYTES`] for the states.
@@ -263,7 +294,7 @@ impl<'a> FusedCall<'a> {
 
 /// The call's buffers the fused kernel binds besides the planes and the scratch: the
 /// query (`[q_heads][queries][d]` f32, which it scales and rotates itself), the visible
-/// ranges, the states ([`FusedCall::record_states`]) and its exact splits' bindings.
+/// ranges, the states ([`SharedStates::record_states`]) and its exact splits' bindings.
 pub(super) struct FusedBuffers<'a> {
     pub queries: &'a wgpu::Buffer,
     pub visible: &'a wgpu::Buffer,

@@ -8,20 +8,24 @@
 //! channel (`k2v2-channel`), with up to two exact segments (the sinks, the window) riding
 //! in its dispatch as splits of their own; [`SignsTritsSplit`] the VidKV paper's format
 //! (2-bit outlier channels, sign rows and ternary values: `vidkv-tuned`, `vidkv-paper`)
-//! against the queries pass's planar query.
+//! against the queries pass's planar query; [`RotatedTokensSplit`] rotated per-token codes
+//! (`rotated`, `rotated-flat`, `rotated-k3v1`) against its rotated query, the split's sums
+//! rotated back at its end.
 
 use super::planes::{LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
 use super::planes::{SegmentData, SegmentRef};
-use super::rotated_groups::{FusedExact, EXACT_RECORD_USED};
+use super::rotated::RotatedPlanes;
+use super::rotated_groups::{FusedExact, EXACT_RECORD_USED, STATES_UNIFORM_BYTES};
 use super::Scratch;
 use crate::config::Grouping;
 use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
 use crate::gpu::params::Params;
 use crate::gpu::shaders::{
-    Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_HALVES, ATTENTION_SPLIT_SIGNS_TRITS,
-    ATTENTION_SPLIT_TWO_BIT_CHANNELS, ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES,
-    ATTENTION_SPLIT_TWO_BIT_TOKENS, ATTENTION_SPLIT_TWO_BIT_TOKENS_HALVES,
+    Kernel, ATTENTION_SPLIT, ATTENTION_SPLIT_HALVES, ATTENTION_SPLIT_ROTATED_TOKENS,
+    ATTENTION_SPLIT_SIGNS_TRITS, ATTENTION_SPLIT_TWO_BIT_CHANNELS,
+    ATTENTION_SPLIT_TWO_BIT_CHANNELS_HALVES, ATTENTION_SPLIT_TWO_BIT_TOKENS,
+    ATTENTION_SPLIT_TWO_BIT_TOKENS_HALVES,
 };
 
 /// The buffers every split-skeleton dispatch of a call binds before its decoder's: the
@@ -264,6 +268,83 @@ impl<'a> SignsTritsSplit<'a> {
             self.trit_scales.into(),
         ];
         let kernel = &ATTENTION_SPLIT_SIGNS_TRITS;
+        record_split(batch, kernel, (params, grid), inputs, scratch, planes);
+    }
+}
+
+/// A quantized segment of rotated per-token keys and values (`rotated`, `rotated-flat`,
+/// `rotated-k3v1`): codes of 1 to 3 bits, groups of a multiple of 32 tokens, no STP
+/// refinements; the planes `attention_split_rotated_tokens.wgsl` decodes. It reads the
+/// rotated query and centre terms of the queries pass (bound where the other decoders bind
+/// the call's query) and the key and value states from the call's states uniform, so no
+/// exact segment rides in its dispatch.
+pub(super) struct RotatedTokensSplit<'a> {
+    pub keys: &'a RotatedPlanes,
+    pub values: &'a RotatedPlanes,
+}
+
+/// The widest codes the rotated per-token decoder reads (a select tree over eight levels).
+const ROTATED_TOKENS_MAX_BITS: u8 = 3;
+
+impl<'a> RotatedTokensSplit<'a> {
+    /// The planes of `segment` if its format is this decoder's.
+    pub fn of(layer: &LayerGeometry<'_>, segment: &SegmentRef<'a>) -> Option<Self> {
+        if layer.group_size % 32 != 0 {
+            return None;
+        }
+        match segment.data {
+            SegmentData::Packed(PackedPlanes {
+                keys: PackedKeyPlanes::Rotated(keys),
+                values: PackedValuePlanes::Rotated(values),
+                refinement: None,
+                ..
+            }) if keys.tokens == values.tokens
+                && keys.states.bits <= ROTATED_TOKENS_MAX_BITS
+                && values.states.bits <= ROTATED_TOKENS_MAX_BITS =>
+            {
+                Some(RotatedTokensSplit { keys, values })
+            }
+            _ => None,
+        }
+    }
+
+    /// Records the segment's dispatch, as [`ExactSplit::record_riders`]; `inputs.queries` is
+    /// the rotated query of the queries pass (with the centre terms after it), `states` the
+    /// call's states uniform (`rotated_groups::SharedStates::record_states`).
+    pub fn record(
+        &self,
+        batch: &mut Batch<'_>,
+        (seg, grid): (Params, (u32, u32)),
+        inputs: &SplitInputs<'_>,
+        states: &wgpu::Buffer,
+        scratch: &Scratch,
+    ) {
+        let (keys, values) = (self.keys, self.values);
+        let params = Params {
+            code_bits: u32::from(keys.states.bits),
+            value_code_bits: u32::from(values.states.bits),
+            rows: keys.tokens as u32,
+            groups: values.groups as u32,
+            centre_rows: u32::from(values.means.is_some()),
+            ..seg
+        };
+        let unused = &*scratch.unused;
+        let (mean_codes, mean_steps) = values
+            .means
+            .as_ref()
+            .map_or((unused, unused), |(c, s)| (c, s));
+        let planes = [
+            (&keys.states.table).into(),
+            (&values.states.table).into(),
+            Bound::range(states, 0, STATES_UNIFORM_BYTES as u64),
+            (&keys.codes).into(),
+            (&keys.scales).into(),
+            (&values.codes).into(),
+            (&values.scales).into(),
+            mean_codes.into(),
+            mean_steps.into(),
+        ];
+        let kernel = &ATTENTION_SPLIT_ROTATED_TOKENS;
         record_split(batch, kernel, (params, grid), inputs, scratch, planes);
     }
 }
