@@ -35,7 +35,11 @@
 //             three bits per row, entry 0 = 7 marking an A group
 //           11 outputs (storage, read_write): f32, the call's split outputs: Σ p·v
 //             [tile rows][total_splits][d] from 0, (m, l) [tile rows][total_splits] from
-//             params.stats_offset (what attention_combine.wgsl reads, as two bindings)
+//             params.stats_offset (what attention_combine.wgsl reads, as two bindings); for
+//             a segment with STP refinements (params.stp ≠ 0), the masked logits
+//             [tile rows][score_stride()] from params.stp, where attention_softmax.wgsl
+//             turns them into weights for the refinement pass
+//             (attention_rotated_tokens.wgsl's refinement_sums)
 //           12…14 the exact splits' segments and rows (_riders.wgsl)
 // Storage buffers: 10 with the exact rows, what Chrome allows per shader stage.
 // Dispatch: grid (splits of the segment, then the exact splits of up to two
@@ -483,6 +487,23 @@ fn stage_rows(local: u32, count: u32, first_group: u32, kv_head: u32, bases: vec
     }
 }
 
+// The tile's logits (tile_weights after the logits phase) into the outputs from f32 index
+// params.stp, [tile rows][score_stride()] by the segment's tokens, for the softmax and STP
+// refinement passes that follow a segment with refinements (see the header).
+fn store_logits(local: u32, tile: u32, count: u32) {
+    for (var e = local; e < 2u * count; e = e + LANES) {
+        let r = e >> 1u;
+        let h = e & 1u;
+        let logits = tile_weights[weight_index(r, h)];
+        for (var k = 0u; k < 4u; k = k + 1u) {
+            let info = block_rows[4u * h + k];
+            if (info.w == 1u) {
+                outputs[params.stp + info.x * score_stride() + tile + r] = logits[k];
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(LANES)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -592,6 +613,9 @@ fn main(
         // tokens, the mask; each task's maxima. (The centre terms came with the key dots.)
         logits_phase(local, tile, tile_groups);
         workgroupBarrier();
+        if (params.stp != 0u) {
+            store_logits(local, tile, count);
+        }
 
         // The rows' new running maxima and the factors that rescale the sums so far.
         if (local < 2u) {

@@ -4,7 +4,8 @@
 // Bindings: 0 params (uniform Params: width = d (a multiple of 8), rows = exact rows per
 //           KV head, segment_first, segment_len, split_size, split_offset, total_splits,
 //           rows_per_head, queries, row_offset)
-//           1 weights (storage, read): vec4<f32> [tile rows][score_stride()/4] (softmax
+//           1 weights (storage, read_write: the scores share the split outputs' buffer,
+//             which the kernel writes): vec4<f32> [tile rows][score_stride()/4] (softmax
 //             weights, zero past the segment)
 //           2 values  (storage, read): vec4<u32> [kv_heads][rows][d/8], f16 pairs
 //           3 partial (storage, read_write): f32 [tile rows][total_splits][d]
@@ -12,7 +13,7 @@
 // workgroup share its weights (uniform loads) and take the 8-channel blocks in turn.
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> weights: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> values: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 

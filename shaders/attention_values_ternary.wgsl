@@ -10,7 +10,9 @@
 //           (offset of the protected positions in `positions`), stp (1: positions are
 //           listed), segment_start, segment_len, split_offset, total_splits, rows_per_head,
 //           queries, row_offset, tile_rows)
-//           1 weights     (storage, read): vec4<f32> [tile rows][score_stride()/4]
+//           1 weights     (storage, read_write: the scores share the split outputs'
+//                         buffer, which the kernel writes): vec4<f32>
+//                         [tile rows][score_stride()/4]
 //           2 split_elements (storage, read): vec4<u32> per split of the segment, read when
 //             stp = 1: (first ternary element, count, first protected element, count)
 //           3 codes       (storage, read): u32 [kv_heads][⌈d/5⌉][groups][⌈G/4⌉]
@@ -30,7 +32,7 @@
 // attention_values_ternary_portable.wgsl or attention_values_ternary_subgroup.wgsl.
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> weights: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> split_elements: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> codes: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;

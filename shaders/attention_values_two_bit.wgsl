@@ -5,7 +5,8 @@
 // Bindings: 0 params (uniform Params: width = d (a multiple of 8), rows = plane rows per KV
 //           head (d per channel, tokens per token), group_size, groups, segment_len,
 //           split_size, split_offset, total_splits, rows_per_head, queries, row_offset)
-//           1 weights   (storage, read): vec4<f32> [tile rows][score_stride()/4]
+//           1 weights   (storage, read_write: the scores share the split outputs' buffer,
+//                       which the kernel writes): vec4<f32> [tile rows][score_stride()/4]
 //           2 codes     (storage, read): u32 [kv_heads][rows][groups][⌈2G/32⌉]
 //           3 scale_min (storage, read): u32 [kv_heads][rows][groups], f16 scale + min
 //           4 partial   (storage, read_write): f32 [tile rows][total_splits][d]
@@ -18,7 +19,7 @@
 // workgroup share its weights (uniform loads) and take the 8-channel blocks in turn.
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> weights: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> codes: array<u32>;
 @group(0) @binding(3) var<storage, read> scale_min: array<u32>;
 @group(0) @binding(4) var<storage, read_write> partial: array<f32>;

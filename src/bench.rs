@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::gpu::attention::{attend_with, GpuLayer, Kernels};
 use crate::gpu::quantize::quantize_cache;
 use crate::gpu::GpuContext;
+use crate::packed::stp::takes_protection;
 use crate::packed::{CacheShape, PackedCache};
 use crate::tensor::{check_host_memory, Tensor};
 
@@ -146,6 +147,18 @@ pub struct AttentionBench {
     pub runs: usize,
     /// Afterwards, `runs` more calls per case timed pass by pass (with timestamp queries).
     pub per_kernel: bool,
+    /// The share of the tokens protected (STP, evenly spaced) in the caches of the presets
+    /// whose values take protection (0: none).
+    pub protected_share: f32,
+}
+
+/// Evenly spaced positions, `share` of `tokens` (none for a share of 0).
+pub fn spaced_positions(tokens: usize, share: f32) -> Vec<u32> {
+    if share <= 0.0 {
+        return Vec::new();
+    }
+    let step = (1.0 / share).round().max(1.0) as usize;
+    (0..tokens as u32).step_by(step).collect()
 }
 
 /// Decode latency (one query position per query head, all of the context visible) of each
@@ -163,6 +176,7 @@ pub fn attention_latency(
         head_dim,
         runs,
         per_kernel,
+        protected_share,
     } = *bench;
     let timestamps = ctx.start_profiling();
     let mut results = Vec::new();
@@ -199,7 +213,17 @@ pub fn attention_latency(
         // shader-f16 for every preset's exact rows).
         let (mut cases, mut baseline_cases) = (Vec::new(), 0);
         for (name, config) in presets {
-            let cache = PackedCache::quantize(&k, &v, config, &[])?;
+            let protected = if takes_protection(&config.values) {
+                spaced_positions(context, protected_share)
+            } else {
+                Vec::new()
+            };
+            let cache = PackedCache::quantize(&k, &v, config, &protected)?;
+            let name = &if protected.is_empty() {
+                name.clone()
+            } else {
+                format!("{name}+STP")
+            };
             let layer = GpuLayer::upload(ctx, &cache, 0)?;
             if (ctx.uses_subgroups() && !config.is_fp16()) || ctx.uses_f16_loads() {
                 cases.push((name.clone(), Kernels::Fastest, layer));

@@ -223,6 +223,74 @@ fn benchmarks_take_a_split_size() {
     );
 }
 
+/// `bench attention --protect` protects a share of the tokens in the caches whose values
+/// take protection (`vidkv+STP`: its fused dispatch, then the softmax and refinement
+/// passes), not in the others (`kivi2`); a share outside (0, 1] is refused.
+#[test]
+fn bench_attention_times_protected_caches() {
+    let doc = json(&[
+        "bench",
+        "attention",
+        "--context",
+        "600",
+        "--runs",
+        "1",
+        "--kv-heads",
+        "1",
+        "--q-heads",
+        "2",
+        "--head-dim",
+        "64",
+        "--preset",
+        "vidkv",
+        "--preset",
+        "kivi2",
+        "--protect",
+        "0.2",
+        "--kernels",
+        "--json",
+    ]);
+    assert_eq!(doc["protected_share"].as_f64().unwrap() as f32, 0.2);
+    let rows: Vec<&str> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["preset"].as_str().unwrap())
+        .collect();
+    assert!(
+        rows.contains(&"vidkv+STP") && rows.contains(&"kivi2"),
+        "{rows:?}"
+    );
+    let fused =
+        &doc["results"].as_array().unwrap()[rows.iter().position(|r| *r == "vidkv+STP").unwrap()];
+    let names: Vec<&str> = fused["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"attention_rotated+tokens::refinement_sums")
+            && names
+                .iter()
+                .any(|n| n.starts_with("attention_split_groups+")),
+        "{names:?}"
+    );
+    for refused in ["0", "1.5", "NaN"] {
+        let out = cli_runner::vidkv(&[
+            "bench",
+            "attention",
+            "--context",
+            "600",
+            "--protect",
+            refused,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{refused}: {stderr}");
+        assert!(stderr.contains("(0, 1]"), "{refused}: {stderr}");
+    }
+}
+
 /// `bench attention --kernels` reports GPU time per kernel (lavapipe has timestamp queries).
 #[test]
 fn bench_attention_reports_time_per_kernel() {

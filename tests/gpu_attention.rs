@@ -520,15 +520,50 @@ fn rotated_token_layers_decode_in_one_split_dispatch() {
     }
 }
 
+/// A default-preset layer with STP-protected tokens keeps its fused dispatch, which then
+/// writes its logits; the softmax pass turns them into the weights of the refinement pass,
+/// which adds Σ p·r̂ of the protected tokens: four dispatches, where the separate passes
+/// were six (the query rotation, key scores, softmax, value sums, refinements, the exact
+/// segments' dispatch) and the combine.
+#[test]
+fn protected_default_layers_keep_the_fused_dispatch() {
+    let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
+    let protected: Vec<u32> = (40..600).step_by(7).collect();
+    for kernels in [Kernels::Fastest, Kernels::Portable] {
+        let passes = decode_passes_protected(&ctx, "vidkv", kernels, &protected);
+        assert_eq!(passes.len(), 4, "{kernels:?}: {passes:?}");
+        assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
+        assert_eq!(
+            passes[1], "attention_rotated+tokens::refinement_sums ×1",
+            "{passes:?}"
+        );
+        assert_eq!(passes[2], "attention_softmax::main ×1", "{passes:?}");
+        assert!(
+            passes[3].starts_with("attention_split_groups+") && passes[3].ends_with("::main ×1"),
+            "{passes:?}"
+        );
+    }
+}
+
 /// The passes one decode call on a layer of `preset` runs on `ctx` (1,000 tokens, d = 128,
 /// 2 KV heads, GQA 3, one query position seeing them all), by kernel profiling.
 fn decode_passes(ctx: &GpuContext, preset: &str, kernels: Kernels) -> Vec<String> {
+    decode_passes_protected(ctx, preset, kernels, &[])
+}
+
+/// [`decode_passes`] on a cache whose tokens `protected` are STP-protected.
+fn decode_passes_protected(
+    ctx: &GpuContext,
+    preset: &str,
+    kernels: Kernels,
+    protected: &[u32],
+) -> Vec<String> {
     let (tokens, d, kv_heads, gqa) = (1000, 128, 2, 3);
     let k = random_tensor([1, kv_heads, tokens, d], 71, 1.0);
     let v = random_tensor([1, kv_heads, tokens, d], 72, 1.0);
     let q = random_tensor([1, kv_heads * gqa, 1, d], 73, 0.6);
     let config = QuantConfig::preset(preset).unwrap();
-    let cache = PackedCache::quantize(&k, &v, &config, &[]).unwrap();
+    let cache = PackedCache::quantize(&k, &v, &config, protected).unwrap();
     let layer = GpuLayer::upload(ctx, &cache, 0).unwrap();
     assert!(
         ctx.start_kernel_profiling(),

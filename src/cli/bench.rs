@@ -98,6 +98,11 @@ pub(super) struct BenchAttentionArgs {
     /// to time the shader-f16 fast path against the portable rows there.
     #[arg(long)]
     f16_loads_on_cpu: bool,
+    /// Protect this share of the tokens (STP: evenly spaced positions, 0 < share ≤ 1) in
+    /// the caches of the presets whose values take protection (named `preset+STP`), to time
+    /// the refinement passes.
+    #[arg(long, value_name = "SHARE")]
+    protect: Option<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +244,12 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
             "contexts and head counts must be positive, q_heads a multiple of kv_heads".into(),
         ));
     }
+    let protected_share = args.protect.unwrap_or(0.0);
+    if args.protect.is_some() && !(protected_share > 0.0 && protected_share <= 1.0) {
+        return Err(VidkvError::InvalidConfig(format!(
+            "--protect takes a share of the tokens in (0, 1], not {protected_share}"
+        )));
+    }
     let gpu = GpuContext::new(&GpuOptions {
         split_tokens: args.split_tokens,
         f16_loads_on_cpu: args.f16_loads_on_cpu,
@@ -260,6 +271,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
                 head_dim: args.head_dim,
                 runs: args.runs,
                 per_kernel: args.kernels,
+                protected_share,
             },
         )?;
         results.extend(some);
@@ -281,6 +293,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
             "fast_paths": fast_paths(&gpu),
             "timing": timing,
             "split_tokens": gpu.split_tokens(),
+            "protected_share": protected_share,
             "shape": {"q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "layers": 1},
             "results": results.iter().map(|r| serde_json::json!({
                 "preset": r.preset,
@@ -305,13 +318,20 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         fast_paths_line(&gpu),
         gpu.split_tokens()
     );
+    // The name column fits the longest row name (`rotated-groups+STP (three-pass)`).
+    let name = results
+        .iter()
+        .map(|r| r.preset.len())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     println!(
-        "  {:<24} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
+        "  {:<name$} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
         "preset", "context", "median ms", "wall ms", "vs fp16", "bytes read", "GB/s"
     );
     for r in &results {
         println!(
-            "  {:<24} {:>8} {:>11.3} {:>9.3} {:>8.2}x {:>13} {:>8.2}",
+            "  {:<name$} {:>8} {:>11.3} {:>9.3} {:>8.2}x {:>13} {:>8.2}",
             r.preset,
             r.context,
             r.median_ms,
@@ -331,7 +351,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
                 .map(|(kernel, ms)| format!("{kernel} {ms:.3}"))
                 .collect();
             println!(
-                "  {:<24} {:>8}  total {total:.3}: {}",
+                "  {:<name$} {:>8}  total {total:.3}: {}",
                 r.preset,
                 r.context,
                 parts.join(", ")

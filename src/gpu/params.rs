@@ -38,6 +38,8 @@ pub struct Params {
     pub split_size: u32,
     pub total_splits: u32,
     pub segment_first: u32,
+    /// Whether values carry an STP position list; for the fused decode kernel, the f32 index
+    /// of its split outputs where it writes its logits for the STP refinement pass (0: none).
     pub stp: u32,
     pub scale: f32,
     pub code_bits: u32,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::planes::{LayerGeometry, PackedPlanes, SegmentData, SegmentRef};
+use super::rotated::RefinementPlanes;
 use super::rotated_groups::{self, FusedBuffers, FusedExact, GroupPlanes, RiderPlan, SharedStates};
 use super::split::{ExactSplit, RotatedTokensSplit, SignsTritsSplit, SplitInputs, TwoBitSplit};
 use super::{
@@ -92,8 +93,8 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             .unwrap_or(4);
         // A row's split outputs: its partial sums and its (m, l) pairs (one buffer, the
         // pairs from an aligned offset after the sums).
-        let per_row = (longest.max(total_splits * (d + 2)) * 4) as u64;
-        let tile_rows = ((ctx.max_data_bytes().saturating_sub(STATS_ALIGN) / per_row) as usize)
+        let per_row = ((longest + total_splits * (d + 2)) * 4) as u64;
+        let tile_rows = ((ctx.max_data_bytes().saturating_sub(2 * STATS_ALIGN) / per_row) as usize)
             .clamp(1, total_rows)
             .min(ctx.max_workgroups_per_dimension() as usize);
         let tile_rows = (tile_rows / gqa).max(1) * gqa;
@@ -136,6 +137,8 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         let partial_bytes = (tile_rows * total_splits * d * 4) as u64;
         let stats_offset = partial_bytes.next_multiple_of(STATS_ALIGN);
         let stats_bytes = (tile_rows * total_splits * 8) as u64;
+        let scores_offset = (stats_offset + stats_bytes).next_multiple_of(STATS_ALIGN);
+        let scores_bytes = (tile_rows * longest * 4) as u64;
         let scratch = Scratch {
             natural: ctx.buffer("attention q natural", (tile_rows * d * 4) as u64)?,
             planar: ctx.buffer(
@@ -143,10 +146,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                 Scratch::planar_bytes((d * 4) as u64, tile_rows),
             )?,
             row_bytes: (d * 4) as u64,
-            scores: ctx.buffer("attention scores", (tile_rows * longest * 4) as u64)?,
-            partial: ctx.buffer("attention split outputs", stats_offset + stats_bytes)?,
+            partial: ctx.buffer("attention split outputs", scores_offset + scores_bytes)?,
             partial_bytes,
             stats: (stats_offset, stats_bytes),
+            scores: (scores_offset, scores_bytes),
             unused: ctx.buffer("unused binding", 16)?,
         };
         let base = Params {
@@ -298,14 +301,23 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                 let grid = (grid.0 + riders as u32, grid.1);
                 two_bit.record(batch, (seg, grid), &inputs, &exact, scratch);
             }
-            Route::Fused { planes, states } => {
+            Route::Fused {
+                planes,
+                states,
+                refinement,
+            } => {
                 let (exact, riders) = self.riders_of(i);
                 let d = self.call.layer.head_dim;
+                // With refinements, the logits go to the separate passes' scores.
+                let logits_at = refinement.map_or(0, |_| (scratch.scores.0 / 4) as u32);
                 rotated_groups::record_fused(
                     batch,
                     rotated_groups::fused_kernel(self.ctx, self.subgroups, d, planes.0.group_size),
                     *planes,
-                    seg,
+                    Params {
+                        stp: logits_at,
+                        ..seg
+                    },
                     (grid.0 + riders as u32, grid.1),
                     &FusedBuffers {
                         queries: q_buffer,
@@ -315,6 +327,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                     },
                     scratch,
                 );
+                if let Some(refinement) = refinement {
+                    self.record_softmax(batch, (seg, rows), splits);
+                    rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+                }
             }
             Route::Passes => self.record_three_passes(batch, i, (seg, rows)),
         }
@@ -344,6 +360,20 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         let scratch = &self.scratch;
         let splits = segment.splits(self.split_tokens);
         record_scores(batch, layer, segment, seg, rows, scratch);
+        self.record_softmax(batch, (seg, rows), splits);
+        record_values(self.subgroups, batch, segment, seg, rows, scratch);
+        if let SegmentData::Packed(PackedPlanes {
+            refinement: Some(refinement),
+            ..
+        }) = &segment.data
+        {
+            rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+        }
+    }
+
+    /// The split softmax of the segment `seg` (its `splits`) for the tile's `rows` rows: the
+    /// scores' logits into weights, each split's (m, l).
+    fn record_softmax(&self, batch: &mut Batch<'_>, (seg, rows): (Params, usize), splits: usize) {
         batch.dispatch_bound(
             &ATTENTION_SOFTMAX,
             "main",
@@ -353,18 +383,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             },
             &[
                 (&*self.visible).into(),
-                (&*scratch.scores).into(),
-                scratch.stats(),
+                self.scratch.scores(),
+                self.scratch.stats(),
             ],
         );
-        record_values(self.subgroups, batch, segment, seg, rows, scratch);
-        if let SegmentData::Packed(PackedPlanes {
-            refinement: Some(refinement),
-            ..
-        }) = &segment.data
-        {
-            rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
-        }
     }
 }
 
@@ -384,10 +406,12 @@ enum Route<'a> {
         states: Arc<wgpu::Buffer>,
     },
     /// One fused codes-across-tokens dispatch (keys' and values' planes, the call's states
-    /// uniform), with the exact segments riding in it.
+    /// uniform), with the exact segments riding in it; with STP refinements, it also writes
+    /// its logits, which the softmax pass turns into the refinement pass's weights.
     Fused {
         planes: (&'a GroupPlanes, &'a GroupPlanes),
         states: Arc<wgpu::Buffer>,
+        refinement: Option<&'a RefinementPlanes>,
     },
     /// The separate passes (after the query pass), for [`Kernels::ThreePass`] and the
     /// formats no fused kernel reads.
@@ -402,9 +426,14 @@ impl<'a> Route<'a> {
     ) -> Self {
         if let Some((shared, states)) = shared {
             if let Some(planes) = shared.takes(segment) {
+                let refinement = match &segment.data {
+                    SegmentData::Packed(planes) => planes.refinement.as_ref(),
+                    SegmentData::Exact { .. } => None,
+                };
                 return Route::Fused {
                     planes,
                     states: Arc::clone(states),
+                    refinement,
                 };
             }
             if let Some(split) = shared.takes_tokens(call.layer, segment) {

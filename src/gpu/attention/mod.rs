@@ -26,17 +26,20 @@
 //!    read the key and value states from one uniform (`rotated_groups::SharedStates`), so
 //!    each binds at most 10 storage buffers (Chrome's limit; the partial sums and (m, l)
 //!    pairs, one buffer for every kernel of the call, are one binding of the fused kernel).
-//!    A segment with STP positions or refinements, or every segment for
-//!    [`Kernels::ThreePass`], takes the separate passes: `attention_scores_*` or
-//!    `attention_rotated*` (q·k for the segment's tokens), `attention_softmax` (each split
-//!    into weights with a split-local maximum and sum) and `attention_values_*` (Σ p·v per
-//!    split; with STP refinements, `refinement_sums` then adds Σ p·r̂ of the split's
-//!    protected tokens);
+//!    A default-preset segment with STP refinements keeps its fused dispatch, which then
+//!    also writes its masked logits into the scores, and `attention_softmax` (each split
+//!    into weights with a split-local maximum and sum) and `refinement_sums` (Σ p·r̂ of the
+//!    split's protected tokens) follow it. Another segment with STP positions or
+//!    refinements, or every segment for [`Kernels::ThreePass`], takes the separate
+//!    passes: `attention_scores_*` or `attention_rotated*` (q·k for the segment's tokens),
+//!    `attention_softmax` and `attention_values_*` (Σ p·v per split; with STP refinements,
+//!    then `refinement_sums`);
 //! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
 //!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
 //!
 //! So a default-preset, fp16, `kivi2` or `k2v2-channel` layer is two dispatches on every
-//! device, a paper-format or rotated per-token layer four.
+//! device, a paper-format or rotated per-token layer four, a default-preset layer with STP
+//! refinements four.
 //!
 //! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
 
@@ -284,14 +287,16 @@ struct Scratch {
     planar: Arc<wgpu::Buffer>,
     /// Bytes of one query row (f32 × head_dim).
     row_bytes: u64,
-    scores: Arc<wgpu::Buffer>,
-    /// The split outputs: the partial sums Σ p·v `[tile rows][splits][d]` in the first
-    /// `partial_bytes`, then the (m, l) pairs `[tile rows][splits]` at `stats` (byte offset,
-    /// bytes). Kernels that write both through one binding (the fused kernel) bind it all;
-    /// the others bind the two ranges.
+    /// The split outputs and the scores: the partial sums Σ p·v `[tile rows][splits][d]` in
+    /// the first `partial_bytes`, then the (m, l) pairs `[tile rows][splits]` at `stats`
+    /// (byte offset, bytes), then the separate passes' scores `[tile rows][score_stride]`
+    /// (logits, then softmax weights) at `scores`. A kernel that writes more than one
+    /// region through one binding (the fused kernel) binds it all; the others bind the
+    /// ranges.
     partial: Arc<wgpu::Buffer>,
     partial_bytes: u64,
     stats: (u64, u64),
+    scores: (u64, u64),
     /// Bound where a kernel's entry point does not read a binding.
     unused: Arc<wgpu::Buffer>,
 }
@@ -309,6 +314,11 @@ impl Scratch {
     /// The partial sums of the split outputs.
     fn partial_sums(&self) -> Bound<'_> {
         Bound::range(&self.partial, 0, self.partial_bytes.max(4))
+    }
+
+    /// The scores of the separate passes.
+    fn scores(&self) -> Bound<'_> {
+        Bound::range(&self.partial, self.scores.0, self.scores.1.max(4))
     }
 
     /// Where a tile of `rows` query rows' centre terms start in `planar`: the first
@@ -343,7 +353,7 @@ fn record_scores(
     rows: usize,
     scratch: &Scratch,
 ) {
-    let (natural, planar, scores) = (&*scratch.natural, &*scratch.planar, &*scratch.scores);
+    let (natural, planar, scores) = (&*scratch.natural, &*scratch.planar, scratch.scores());
     match &segment.data {
         SegmentData::Exact {
             keys,
@@ -352,7 +362,7 @@ fn record_scores(
             ..
         } => {
             let blocks = segment.len.div_ceil(32);
-            batch.dispatch_grid(
+            batch.dispatch_grid_bound(
                 &ATTENTION_SCORES_EXACT,
                 "main",
                 Params {
@@ -361,7 +371,7 @@ fn record_scores(
                     invocations: blocks as u32,
                     ..seg
                 },
-                &[natural, keys, scores],
+                &[natural.into(), (*keys).into(), scores],
                 per_row_grid(blocks, rows),
             )
         }
@@ -386,7 +396,7 @@ fn record_scores(
             },
         ) => {
             let slices = (segment.len / layer.group_size) * layer.group_size.div_ceil(32);
-            batch.dispatch_grid(
+            batch.dispatch_grid_bound(
                 &ATTENTION_SCORES_PACKED,
                 "main",
                 Params {
@@ -394,7 +404,14 @@ fn record_scores(
                     invocations: slices as u32,
                     ..seg
                 },
-                &[planar, codes, scale_min, sign_codes, sign_scales, scores],
+                &[
+                    planar.into(),
+                    codes.into(),
+                    scale_min.into(),
+                    sign_codes.into(),
+                    sign_scales.into(),
+                    scores,
+                ],
                 per_row_grid(slices, rows),
             );
         }
@@ -409,7 +426,7 @@ fn record_values(
     rows: usize,
     scratch: &Scratch,
 ) {
-    let (scores, partial) = (&*scratch.scores, &*scratch.partial);
+    let (scores, partial) = (scratch.scores(), scratch.partial_sums());
     let splits = segment.splits(seg.split_size as usize);
     let grid = (splits as u32, rows as u32);
     match &segment.data {
@@ -418,7 +435,7 @@ fn record_values(
             rows_per_head,
             first_row,
             ..
-        } => batch.dispatch_grid(
+        } => batch.dispatch_grid_bound(
             &ATTENTION_VALUES_EXACT,
             "main",
             Params {
@@ -426,7 +443,7 @@ fn record_values(
                 segment_first: *first_row as u32,
                 ..seg
             },
-            &[scores, values, partial],
+            &[scores, (*values).into(), partial],
             grid,
         ),
         SegmentData::Packed(planes) => match &planes.values {
@@ -442,7 +459,7 @@ fn record_values(
                 groups,
                 codes,
                 scale_min,
-            } => batch.dispatch_grid(
+            } => batch.dispatch_grid_bound(
                 &ATTENTION_VALUES_TWO_BIT,
                 match grouping {
                     Grouping::PerChannel => "per_channel",
@@ -453,7 +470,7 @@ fn record_values(
                     groups: *groups as u32,
                     ..seg
                 },
-                &[scores, codes, scale_min, partial],
+                &[scores, codes.into(), scale_min.into(), partial],
                 grid,
             ),
             PackedValuePlanes::Ternary {
@@ -467,7 +484,7 @@ fn record_values(
                 kept_params,
                 positions,
                 split_elements,
-            } => batch.dispatch_grid(
+            } => batch.dispatch_grid_bound(
                 if subgroups {
                     &ATTENTION_VALUES_TERNARY_SUBGROUP
                 } else {
@@ -483,12 +500,12 @@ fn record_values(
                 },
                 &[
                     scores,
-                    split_elements,
-                    codes,
-                    scales,
-                    kept_codes,
-                    kept_params,
-                    positions,
+                    split_elements.into(),
+                    codes.into(),
+                    scales.into(),
+                    kept_codes.into(),
+                    kept_params.into(),
+                    positions.into(),
                     partial,
                 ],
                 (grid.0, row_quads(seg, rows)),

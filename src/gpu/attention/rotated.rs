@@ -190,8 +190,8 @@ pub(super) fn bindings<'a>(
         (&*scratch.natural).into(),
         scratch.rotated_rows(rows),
         scratch.centre_terms(rows),
-        (&*scratch.scores).into(),
-        (&*scratch.partial).into(),
+        scratch.scores(),
+        scratch.partial_sums(),
     ]
 }
 

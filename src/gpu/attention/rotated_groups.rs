@@ -1,7 +1,9 @@
 //! Attention from codes across tokens ("T2"): a segment's group records on the GPU and
 //! the dispatches of a call. Where keys and values are both codes across tokens (the
 //! default preset), one fused split-K dispatch per segment
-//! (`shaders/attention_split_groups.wgsl`, [`record_fused`]); otherwise, or for
+//! (`shaders/attention_split_groups.wgsl`, [`record_fused`]; with STP refinements it also
+//! writes its logits, from which the softmax and refinement passes add Σ p·r̂); otherwise,
+//! or for
 //! [`super::Kernels::ThreePass`], two passes of `shaders/attention_rotated_groups.wgsl`
 //! (appended to `attention_rotated.wgsl`) around the softmax: key scores (one G-point
 //! transform of a group's row dots) and value sums (the weights transformed per group, one
@@ -9,7 +11,8 @@
 //! rotates; the fused kernel rotates its block's rows itself and takes the call's exact
 //! sinks and window as splits of its own ([`exact_riders`]), within 10 storage buffers
 //! (what Chrome allows): the key and value states reach it as one uniform
-//! ([`SharedStates::record_states`]) and its partial sums and (m, l) pairs as one binding.
+//! ([`SharedStates::record_states`]) and its partial sums, (m, l) pairs and logits as one
+//! binding.
 //! The CPU mirror is [`crate::packed::attend`].
 
 use super::planes::{
@@ -165,8 +168,8 @@ pub(super) const STATES_UNIFORM_BYTES: usize = 65536;
 pub(super) const VISIBLE_UNIFORM_BYTES: usize = 65536;
 
 /// The key and value planes of a segment that the fused kernel takes: both codes across
-/// tokens, with the same groups, and no STP refinements (those are summed by their own
-/// pass from the softmax weights, which only the separate passes write).
+/// tokens, with the same groups (with STP refinements, the fused dispatch also writes its
+/// logits, for the softmax and refinement passes that follow it).
 pub(super) fn fused_planes<'a>(
     segment: &SegmentRef<'a>,
 ) -> Option<(&'a GroupPlanes, &'a GroupPlanes)> {
@@ -174,7 +177,6 @@ pub(super) fn fused_planes<'a>(
         SegmentData::Packed(PackedPlanes {
             keys: PackedKeyPlanes::RotatedGroups(keys),
             values: PackedValuePlanes::RotatedGroups(values),
-            refinement: None,
             ..
         }) if keys.groups == values.groups && keys.group_size == values.group_size => {
             Some((keys, values))
