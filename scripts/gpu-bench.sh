@@ -9,8 +9,10 @@
 # `prepare` copies target/release/vidkv into .gl/ (git-ignored through .git/info/exclude),
 # so a run carries one path: `.gl`. `run` writes OUT/vulkaninfo.txt (device name, subgroup
 # size, shader-f16, integer dot product, cooperative-matrix lines), OUT/attention.json
-# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`; its `(portable)`
-# rows time the subgroup and shader-f16 fast paths' portable counterparts), OUT/cache.txt
+# (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`, the default
+# presets and `rotated`; its `(portable)` rows time the subgroup and shader-f16 fast paths'
+# portable counterparts), OUT/protected.json (`vidkv` with every fifth token protected:
+# its fused dispatch, then the softmax and STP refinement passes), OUT/cache.txt
 # (`bench cache`, 28 layers at 16k), OUT/cache-portable.txt (the same on a context
 # without subgroups, immediates or reused bind groups) and OUT/split-N.json (`vidkv` and
 # fp16 at 16k and 128k with splits of N = 256, 1024 and 2048 tokens, against the default
@@ -48,7 +50,10 @@ run)
             | sort -u > "$out/vulkaninfo.txt" || true
     fi
     "$binary" bench attention --context 16384 --context 65536 --context 131072 \
-        --runs 5 --kernels --json > "$out/attention.json"
+        --preset kivi2 --preset vidkv-paper --preset vidkv-tuned --preset vidkv \
+        --preset rotated --runs 5 --kernels --json > "$out/attention.json"
+    "$binary" bench attention --context 16384 --context 131072 --preset vidkv \
+        --protect 0.2 --runs 5 --kernels --json > "$out/protected.json"
     "$binary" bench cache --layers 28 --context 16384 --runs 3 > "$out/cache.txt"
     "$binary" bench cache --layers 28 --context 16384 --runs 3 --portable \
         > "$out/cache-portable.txt"

@@ -36,7 +36,9 @@
 //             that no pass runs before this one; natural_query_base); the signs-and-trits
 //             decoder binds its planar query here instead
 //           2 visible (storage, read): vec2<u32> [queries]: visible positions [lo, hi)
-//           3 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits]
+//           3 stats   (storage, read_write): vec2<f32> (m, l) [tile rows][total_splits];
+//             then, from vec2 index params.stp where that is not 0 (a segment with STP
+//             refinements), the masked logits [tile rows][score_stride()] (store_logits)
 //           4 partial (storage, read_write): vec4<f32> [tile rows][total_splits][d/4]
 // Dispatch: grid (splits of the segment, then its riders', blocks): blocks count
 // ⌈rows_per_head / 8⌉ per KV head the tile touches (`row_blocks` on the host); 64
@@ -168,12 +170,16 @@ fn main(
         for (var i = 0u; i < LANE_TOKENS / 4u; i = i + 1u) {
             let t = lane_first + 4u * i;
             let c = scores[i];
-            tile_weights[out + i] = vec4<f32>(
+            let seen = vec4<f32>(
                 seen_score(c.x, score_info, t, end, seg.start),
                 seen_score(c.y, score_info, t + 1u, end, seg.start),
                 seen_score(c.z, score_info, t + 2u, end, seg.start),
                 seen_score(c.w, score_info, t + 3u, end, seg.start),
             );
+            tile_weights[out + i] = seen;
+            if (params.stp != 0u && score_info.w == 1u && t < end) {
+                store_logits(score_info.x, t, seen);
+            }
         }
         workgroupBarrier();
         // The running softmax of each row over this tile.
@@ -245,6 +251,16 @@ fn main(
         let slot = block_rows[local].x * params.total_splits + seg.slot;
         stats[slot] = running[local];
     }
+}
+
+// Four tokens' masked logits (from token t of the segment) of tile row `tile_row` into the
+// scores after the (m, l) pairs in binding 3, for the softmax and STP refinement passes
+// that follow a segment with refinements: [tile rows][score_stride()] f32 from vec2 index
+// params.stp (score_stride() and t are multiples of 4).
+fn store_logits(tile_row: u32, t: u32, logits: vec4<f32>) {
+    let at = params.stp + (tile_row * score_stride() + t) / 2u;
+    stats[at] = logits.xy;
+    stats[at + 1u] = logits.zw;
 }
 
 // The first vec4 of tile row `tile_row`'s query in the call's natural query (binding 1).

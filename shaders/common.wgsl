@@ -46,9 +46,10 @@ struct Params {
     // positions per query head (M), query rows handled by this dispatch (a tile), first
     // absolute position of the segment, its length in tokens, splits before this segment,
     // tokens per split, total splits of the context, first stored row/element of the
-    // segment, whether values carry an STP position list (the fused decode kernel: where
-    // it writes its logits for the STP refinement pass, an f32 index of its split outputs,
-    // 0 for nowhere), and the softmax scale 1/√d.
+    // segment, whether values carry an STP position list (the fused decode kernels: where
+    // they write their logits for the STP refinement pass, 0 for nowhere: an f32 index of
+    // attention_split_groups.wgsl's split outputs, a vec2 index of attention_split.wgsl's
+    // stats binding), and the softmax scale 1/√d.
     kv_heads: u32,
     rows_per_head: u32,
     queries: u32,

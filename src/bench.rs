@@ -333,11 +333,13 @@ pub struct CacheStepResult {
 }
 
 /// Decode-step latency of a [`KvCache`] per preset for a model of `shape` filled with
-/// `context` tokens per layer.
+/// `context` tokens per layer, `protected_share` of them protected (STP, evenly spaced:
+/// [`spaced_positions`]) where the preset's values take protection (rows named
+/// `preset+STP`).
 pub fn cache_decode_step(
     ctx: &GpuContext,
     shape: ModelShape,
-    context: usize,
+    (context, protected_share): (usize, f32),
     presets: &[(String, QuantConfig)],
     runs: usize,
 ) -> Result<Vec<CacheStepResult>> {
@@ -377,6 +379,17 @@ pub fn cache_decode_step(
     let mut results = Vec::new();
     for (name, config) in presets {
         let mut cache = KvCache::new(shape, config.clone(), ctx)?;
+        let protected = if takes_protection(&config.values) {
+            spaced_positions(context, protected_share)
+        } else {
+            Vec::new()
+        };
+        cache.protect(&protected)?;
+        let name = &if protected.is_empty() {
+            name.clone()
+        } else {
+            format!("{name}+STP")
+        };
         for layer in 0..shape.layers {
             let k = synthetic_tensor(layer_shape, 100 + layer as u64)?;
             let v = synthetic_tensor(layer_shape, 200 + layer as u64)?;

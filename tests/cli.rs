@@ -165,23 +165,23 @@ fn report_and_bench_write_svg_charts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A small model shape and one timed run, for the decode benchmarks.
+const SMALL_SHAPE: [&str; 8] = [
+    "--kv-heads",
+    "1",
+    "--q-heads",
+    "2",
+    "--head-dim",
+    "64",
+    "--runs",
+    "1",
+];
+
 /// Both decode benchmarks take `flag` with the value `taken` (reported as `key` in their
 /// JSON), and refuse the value `refused` with an error that contains `rule`, not a panic.
 fn check_bench_option(flag: &str, taken: u64, key: &str, refused: &str, rule: &str) {
     let value = taken.to_string();
-    let small = [
-        "--kv-heads",
-        "1",
-        "--q-heads",
-        "2",
-        "--head-dim",
-        "64",
-        "--runs",
-        "1",
-        flag,
-        &value,
-        "--json",
-    ];
+    let small = [&SMALL_SHAPE[..], &[flag, &value, "--json"][..]].concat();
     let attention = [
         &[
             "bench",
@@ -223,46 +223,43 @@ fn benchmarks_take_a_split_size() {
     );
 }
 
-/// `bench attention --protect` protects a share of the tokens in the caches whose values
-/// take protection (`vidkv+STP`: its fused dispatch, then the softmax and refinement
-/// passes), not in the others (`kivi2`); a share outside (0, 1] is refused.
+/// Both decode benchmarks take `--protect`: a share of the tokens protected in the caches
+/// whose values take protection (`vidkv+STP`; in `bench attention`, its fused dispatch,
+/// then the softmax and refinement passes), not in the others (`kivi2`); a share outside
+/// (0, 1] is refused.
 #[test]
-fn bench_attention_times_protected_caches() {
-    let doc = json(&[
-        "bench",
-        "attention",
-        "--context",
-        "600",
-        "--runs",
-        "1",
-        "--kv-heads",
-        "1",
-        "--q-heads",
-        "2",
-        "--head-dim",
-        "64",
+fn benchmarks_time_protected_caches() {
+    let presets = [
         "--preset",
         "vidkv",
         "--preset",
         "kivi2",
         "--protect",
         "0.2",
-        "--kernels",
         "--json",
-    ]);
-    assert_eq!(doc["protected_share"].as_f64().unwrap() as f32, 0.2);
-    let rows: Vec<&str> = doc["results"]
+    ];
+    let run = |bench: &[&str]| json(&[bench, &SMALL_SHAPE[..], &presets[..]].concat());
+    let attention = run(&["bench", "attention", "--context", "600", "--kernels"]);
+    let cache = run(&["bench", "cache", "--layers", "1", "--context", "600"]);
+    for doc in [&attention, &cache] {
+        assert_eq!(doc["protected_share"].as_f64().unwrap() as f32, 0.2);
+        let rows: Vec<&str> = doc["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["preset"].as_str().unwrap())
+            .collect();
+        assert!(
+            rows.contains(&"vidkv+STP") && rows.contains(&"kivi2"),
+            "{rows:?}"
+        );
+    }
+    let fused = attention["results"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["preset"].as_str().unwrap())
-        .collect();
-    assert!(
-        rows.contains(&"vidkv+STP") && rows.contains(&"kivi2"),
-        "{rows:?}"
-    );
-    let fused =
-        &doc["results"].as_array().unwrap()[rows.iter().position(|r| *r == "vidkv+STP").unwrap()];
+        .find(|r| r["preset"] == "vidkv+STP")
+        .unwrap();
     let names: Vec<&str> = fused["kernels"]
         .as_array()
         .unwrap()
@@ -276,18 +273,15 @@ fn bench_attention_times_protected_caches() {
                 .any(|n| n.starts_with("attention_split_groups+")),
         "{names:?}"
     );
-    for refused in ["0", "1.5", "NaN"] {
-        let out = cli_runner::vidkv(&[
-            "bench",
-            "attention",
-            "--context",
-            "600",
-            "--protect",
-            refused,
-        ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{refused}: {stderr}");
-        assert!(stderr.contains("(0, 1]"), "{refused}: {stderr}");
+    for bench in ["attention", "cache"] {
+        for refused in ["0", "1.5", "NaN"] {
+            let out =
+                cli_runner::vidkv(&["bench", bench, "--context", "600", "--protect", refused]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{bench} {refused}: {stderr}");
+            assert!(stderr.contains("(0, 1]"), "{bench} {refused}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{bench} {refused}: {stderr}");
+        }
     }
 }
 

@@ -59,7 +59,7 @@ fn real_dev_files_for_every_preset() {
             eprintln!("{file} {preset}: worst relative error {worst:.2e}");
         }
         let protected: Vec<u32> = (3..tokens as u32).step_by(5).collect();
-        for preset in ["vidkv-tuned", "vidkv"] {
+        for preset in ["vidkv-tuned", "vidkv", "rotated"] {
             let cache = PackedCache::quantize(
                 &sample.k,
                 &sample.v,
@@ -228,14 +228,23 @@ fn a_128k_context_stays_stable() {
 
 /// Tiles of query rows that start and end inside a KV head's rows (a small binding cap forces
 /// them) give the same outputs as one tile: the row quads of the ternary value kernel and of
-/// the rotated value and STP refinement kernels are masked to the tile and the head.
+/// the rotated value and STP refinement kernels are masked to the tile and the head. Under
+/// a cap of 48 KB the rotated kernels' 64 KB states uniform does not fit, so they take the
+/// separate passes; under 80 KB the split and fused dispatches run in tiles too.
 #[test]
 fn tiles_that_split_a_kv_head_match_one_tile() {
-    let capped = GpuContext::new(&GpuOptions {
-        max_binding_bytes: Some(48 * 1024),
-        ..GpuOptions::default()
-    })
-    .unwrap();
+    // The default preset's group codes (55 KB) need the larger cap.
+    for (cap, default_preset) in [(48 * 1024, false), (80 * 1024, true)] {
+        let capped = GpuContext::new(&GpuOptions {
+            max_binding_bytes: Some(cap),
+            ..GpuOptions::default()
+        })
+        .unwrap();
+        tiles_match_one_tile(&capped, default_preset);
+    }
+}
+
+fn tiles_match_one_tile(capped: &GpuContext, default_preset: bool) {
     let (tokens, d, kv_heads) = (1500, 64, 2);
     for (gqa, queries) in [(2usize, 5usize), (7, 3)] {
         let q_heads = kv_heads * gqa;
@@ -250,16 +259,20 @@ fn tiles_that_split_a_kv_head_match_one_tile() {
             ("vidkv-tuned", &protected[..]),
             ("vidkv-paper", &[][..]),
             ("rotated", &protected[..]),
-        ] {
+            ("rotated", &[][..]),
+            ("vidkv", &protected[..]),
+        ]
+        .into_iter()
+        .filter(|(preset, _)| default_preset || *preset != "vidkv")
+        {
             let config = QuantConfig::preset(preset).unwrap();
             let cache = PackedCache::quantize(&k, &v, &config, stp).unwrap();
             let whole = GpuLayer::upload(gpu(), &cache, 0).unwrap();
-            let tiled = GpuLayer::upload(&capped, &cache, 0).unwrap();
+            let tiled = GpuLayer::upload(capped, &cache, 0).unwrap();
             for kernels in [Kernels::Fastest, Kernels::Portable, Kernels::ThreePass] {
                 let expected =
                     attend_with(gpu(), &whole, &q.data, q_heads, &visible, kernels).unwrap();
-                let got =
-                    attend_with(&capped, &tiled, &q.data, q_heads, &visible, kernels).unwrap();
+                let got = attend_with(capped, &tiled, &q.data, q_heads, &visible, kernels).unwrap();
                 let err = relative_l2(&got, &expected);
                 assert!(
                     err <= 1e-6,
@@ -489,8 +502,8 @@ fn paper_layers_decode_in_one_split_dispatch() {
 
 /// The rotated per-token presets decode a layer in the query rotation pass, one rotated
 /// split dispatch for the quantized groups, one exact split dispatch for the sinks and the
-/// window (the first carrying the second), and the combine; [`Kernels::ThreePass`] keeps
-/// the separate passes.
+/// window (the first carrying the second), and the combine (with STP refinements, also the
+/// softmax and refinement passes); [`Kernels::ThreePass`] keeps the separate passes.
 #[test]
 fn rotated_token_layers_decode_in_one_split_dispatch() {
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
@@ -508,6 +521,22 @@ fn rotated_token_layers_decode_in_one_split_dispatch() {
                 "{preset} {kernels:?}"
             );
         }
+        // With STP refinements, the split dispatch also writes its logits for the softmax
+        // and refinement passes.
+        let protected: Vec<u32> = (40..600).step_by(7).collect();
+        let passes = decode_passes_protected(&ctx, preset, Kernels::Fastest, &protected);
+        assert_eq!(
+            passes,
+            [
+                "attention_combine::main ×1".to_string(),
+                "attention_rotated+tokens::refinement_sums ×1".to_string(),
+                "attention_rotated+tokens::rotate_queries ×1".to_string(),
+                "attention_softmax::main ×1".to_string(),
+                "attention_split+exact+words+exact_only::main ×1".to_string(),
+                "attention_split+rotated_tokens::main ×1".to_string(),
+            ],
+            "{preset} STP"
+        );
         let passes = decode_passes(&ctx, preset, Kernels::ThreePass);
         assert!(
             passes.iter().any(|p| p.ends_with("value_sums ×1")),

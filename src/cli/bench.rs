@@ -59,6 +59,11 @@ pub(super) struct BenchCacheArgs {
     /// to time the shader-f16 fast path against the portable rows there.
     #[arg(long)]
     f16_loads_on_cpu: bool,
+    /// Protect this share of the tokens (STP: evenly spaced positions, 0 < share ≤ 1) in
+    /// the caches of the presets whose values take protection (named `preset+STP`), to time
+    /// the refinement passes.
+    #[arg(long, value_name = "SHARE")]
+    protect: Option<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +132,17 @@ pub(super) struct BenchQuantizeArgs {
     json: bool,
 }
 
+/// The share of `--protect` (0 without it), checked: in (0, 1].
+fn protected_share(protect: Option<f32>) -> Result<f32> {
+    match protect {
+        None => Ok(0.0),
+        Some(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        Some(share) => Err(VidkvError::InvalidConfig(format!(
+            "--protect takes a share of the tokens in (0, 1], not {share}"
+        ))),
+    }
+}
+
 pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     let shape = crate::cache::ModelShape {
         layers: args.layers,
@@ -145,6 +161,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     }
     names.extend(args.presets.iter().filter(|p| *p != "fp16").cloned());
     let presets = resolve_presets(&names, None, None)?;
+    let protected_share = protected_share(args.protect)?;
     let gpu = GpuContext::new(&GpuOptions {
         portable_only: args.portable,
         split_tokens: args.split_tokens,
@@ -159,7 +176,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         results.extend(crate::bench::cache_decode_step(
             &gpu,
             shape,
-            args.context,
+            (args.context, protected_share),
             std::slice::from_ref(preset),
             args.runs,
         )?);
@@ -172,6 +189,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
             "adapter": gpu.adapter_name(),
             "fast_paths": fast_paths(&gpu),
             "split_tokens": gpu.split_tokens(),
+            "protected_share": protected_share,
             "shape": {"layers": args.layers, "q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
             "context": args.context,
             "results": results.iter().map(|r| serde_json::json!({
@@ -199,8 +217,14 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         fast_paths_line(&gpu),
         gpu.split_tokens()
     );
+    let name = results
+        .iter()
+        .map(|r| r.preset.len())
+        .max()
+        .unwrap_or(0)
+        .max(14);
     println!(
-        "  {:<14} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14} {:>14}",
+        "  {:<name$} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14} {:>14}",
         "cache", "wall ms", "gpu ms", "vs fp16", "buffer API ms", "vs fp16", "bytes", "GPU bytes"
     );
     for r in &results {
@@ -208,7 +232,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
             .gpu_median_ms
             .map_or("-".to_string(), |ms| format!("{ms:.1}"));
         println!(
-            "  {:<14} {:>12.1} {:>12} {:>8.2}x {:>16.1} {:>8.2}x {:>14} {:>14}",
+            "  {:<name$} {:>12.1} {:>12} {:>8.2}x {:>16.1} {:>8.2}x {:>14} {:>14}",
             r.preset,
             r.wall_median_ms,
             gpu_ms,
@@ -244,12 +268,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
             "contexts and head counts must be positive, q_heads a multiple of kv_heads".into(),
         ));
     }
-    let protected_share = args.protect.unwrap_or(0.0);
-    if args.protect.is_some() && !(protected_share > 0.0 && protected_share <= 1.0) {
-        return Err(VidkvError::InvalidConfig(format!(
-            "--protect takes a share of the tokens in (0, 1], not {protected_share}"
-        )));
-    }
+    let protected_share = protected_share(args.protect)?;
     let gpu = GpuContext::new(&GpuOptions {
         split_tokens: args.split_tokens,
         f16_loads_on_cpu: args.f16_loads_on_cpu,

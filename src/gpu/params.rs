@@ -38,8 +38,9 @@ pub struct Params {
     pub split_size: u32,
     pub total_splits: u32,
     pub segment_first: u32,
-    /// Whether values carry an STP position list; for the fused decode kernel, the f32 index
-    /// of its split outputs where it writes its logits for the STP refinement pass (0: none).
+    /// Whether values carry an STP position list; for the fused decode kernels, where they
+    /// write their logits for the STP refinement pass (0: nowhere): an f32 index of the
+    /// fused kernel's split outputs, a vec2 index of the split skeleton's stats binding.
     pub stp: u32,
     pub scale: f32,
     pub code_bits: u32,

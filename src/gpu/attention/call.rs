@@ -295,6 +295,10 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                     ..inputs
                 };
                 split.record(batch, (seg, grid), &inputs, states, scratch);
+                if let Some(refinement) = split.refinement {
+                    self.record_softmax(batch, (seg, rows), splits);
+                    rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+                }
             }
             Route::TwoBit(two_bit) => {
                 let (exact, riders) = self.riders_of(i);
@@ -400,7 +404,8 @@ enum Route<'a> {
     /// One split dispatch over the VidKV paper's format, after the query pass.
     SignsTrits(SignsTritsSplit<'a>),
     /// One split dispatch over rotated per-token codes, after the query pass (its rotation),
-    /// with the call's states uniform.
+    /// with the call's states uniform; with STP refinements, it also writes its logits,
+    /// which the softmax pass turns into the refinement pass's weights.
     RotatedTokens {
         split: RotatedTokensSplit<'a>,
         states: Arc<wgpu::Buffer>,

@@ -26,20 +26,20 @@
 //!    read the key and value states from one uniform (`rotated_groups::SharedStates`), so
 //!    each binds at most 10 storage buffers (Chrome's limit; the partial sums and (m, l)
 //!    pairs, one buffer for every kernel of the call, are one binding of the fused kernel).
-//!    A default-preset segment with STP refinements keeps its fused dispatch, which then
-//!    also writes its masked logits into the scores, and `attention_softmax` (each split
-//!    into weights with a split-local maximum and sum) and `refinement_sums` (Σ p·r̂ of the
-//!    split's protected tokens) follow it. Another segment with STP positions or
-//!    refinements, or every segment for [`Kernels::ThreePass`], takes the separate
-//!    passes: `attention_scores_*` or `attention_rotated*` (q·k for the segment's tokens),
+//!    A segment with STP refinements (rotated values) keeps its fused or split dispatch,
+//!    which then also writes its masked logits into the scores, and `attention_softmax`
+//!    (each split into weights with a split-local maximum and sum) and `refinement_sums`
+//!    (Σ p·r̂ of the split's protected tokens) follow it. A paper-format segment with STP
+//!    positions, or every segment for [`Kernels::ThreePass`], takes the separate passes:
+//!    `attention_scores_*` or `attention_rotated*` (q·k for the segment's tokens),
 //!    `attention_softmax` and `attention_values_*` (Σ p·v per split; with STP refinements,
 //!    then `refinement_sums`);
 //! 3. `attention_combine`: merges all splits flash-decoding style (rescaling by
 //!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
 //!
 //! So a default-preset, fp16, `kivi2` or `k2v2-channel` layer is two dispatches on every
-//! device, a paper-format or rotated per-token layer four, a default-preset layer with STP
-//! refinements four.
+//! device, a paper-format or rotated per-token layer four; STP refinements add the softmax
+//! and refinement passes.
 //!
 //! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
 
@@ -319,6 +319,19 @@ impl Scratch {
     /// The scores of the separate passes.
     fn scores(&self) -> Bound<'_> {
         Bound::range(&self.partial, self.scores.0, self.scores.1.max(4))
+    }
+
+    /// The (m, l) pairs and the scores after them, which the split skeleton binds as one
+    /// (it writes logits there for a segment with STP refinements).
+    fn stats_and_scores(&self) -> Bound<'_> {
+        let end = self.scores.0 + self.scores.1.max(4);
+        Bound::range(&self.partial, self.stats.0, end - self.stats.0)
+    }
+
+    /// Where the scores start in [`Scratch::stats_and_scores`], as a vec2 index (the split
+    /// skeleton's `params.stp`).
+    fn scores_after_stats(&self) -> u32 {
+        ((self.scores.0 - self.stats.0) / 8) as u32
     }
 
     /// Where a tile of `rows` query rows' centre terms start in `planar`: the first

@@ -241,7 +241,8 @@ impl<'a> SharedStates<'a> {
     /// kernel) or the states do not fit the uniform bindings.
     pub fn plan(ctx: &GpuContext, call: &super::Call<'a, '_>) -> Option<Self> {
         let state_bytes = call.layer.kv_heads * RotatedState::words(call.layer.head_dim) * 4;
-        let uniform = ctx.max_uniform_binding_bytes();
+        // The uniforms are buffers of the context's own, within its binding cap too.
+        let uniform = ctx.max_uniform_binding_bytes().min(ctx.max_data_bytes());
         if call.kernels == super::Kernels::ThreePass
             || call.visible.len() * 8 > VISIBLE_UNIFORM_BYTES
             || uniform < VISIBLE_UNIFORM_BYTES.max(STATES_UNIFORM_BYTES) as u64

@@ -14,7 +14,7 @@
 
 use super::planes::{LayerGeometry, PackedKeyPlanes, PackedPlanes, PackedValuePlanes};
 use super::planes::{SegmentData, SegmentRef};
-use super::rotated::RotatedPlanes;
+use super::rotated::{RefinementPlanes, RotatedPlanes};
 use super::rotated_groups::{FusedExact, EXACT_RECORD_USED, STATES_UNIFORM_BYTES};
 use super::Scratch;
 use crate::config::Grouping;
@@ -273,14 +273,18 @@ impl<'a> SignsTritsSplit<'a> {
 }
 
 /// A quantized segment of rotated per-token keys and values (`rotated`, `rotated-flat`,
-/// `rotated-k3v1`): codes of 1 to 3 bits, groups of a multiple of 32 tokens, no STP
-/// refinements; the planes `attention_split_rotated_tokens.wgsl` decodes. It reads the
+/// `rotated-k3v1`): codes of 1 to 3 bits, groups of a multiple of 32 tokens; the planes
+/// `attention_split_rotated_tokens.wgsl` decodes (with STP refinements, the dispatch also
+/// writes its logits, and the softmax and refinement passes follow it). It reads the
 /// rotated query and centre terms of the queries pass (bound where the other decoders bind
 /// the call's query) and the key and value states from the call's states uniform, so no
 /// exact segment rides in its dispatch.
 pub(super) struct RotatedTokensSplit<'a> {
     pub keys: &'a RotatedPlanes,
     pub values: &'a RotatedPlanes,
+    /// STP refinements: the dispatch then writes its logits, for the softmax and refinement
+    /// passes that follow it.
+    pub refinement: Option<&'a RefinementPlanes>,
 }
 
 /// The widest codes the rotated per-token decoder reads (a select tree over eight levels).
@@ -296,13 +300,17 @@ impl<'a> RotatedTokensSplit<'a> {
             SegmentData::Packed(PackedPlanes {
                 keys: PackedKeyPlanes::Rotated(keys),
                 values: PackedValuePlanes::Rotated(values),
-                refinement: None,
+                refinement,
                 ..
             }) if keys.tokens == values.tokens
                 && keys.states.bits <= ROTATED_TOKENS_MAX_BITS
                 && values.states.bits <= ROTATED_TOKENS_MAX_BITS =>
             {
-                Some(RotatedTokensSplit { keys, values })
+                Some(RotatedTokensSplit {
+                    keys,
+                    values,
+                    refinement: refinement.as_ref(),
+                })
             }
             _ => None,
         }
@@ -326,6 +334,7 @@ impl<'a> RotatedTokensSplit<'a> {
             rows: keys.tokens as u32,
             groups: values.groups as u32,
             centre_rows: u32::from(values.means.is_some()),
+            stp: self.refinement.map_or(0, |_| scratch.scores_after_stats()),
             ..seg
         };
         let unused = &*scratch.unused;
@@ -359,8 +368,8 @@ fn rider_bindings<'b>(riders: &FusedExact<'b>) -> [Bound<'b>; 3] {
 }
 
 /// One dispatch of the skeleton composed with a decoder: the skeleton's bindings (query,
-/// visible ranges, the split outputs' (m, l) pairs and sums), then the decoder's from
-/// binding 5 on.
+/// visible ranges, the split outputs' (m, l) pairs with the scores after them, and sums),
+/// then the decoder's from binding 5 on.
 fn record_split<const N: usize>(
     batch: &mut Batch<'_>,
     kernel: &Kernel,
@@ -372,7 +381,7 @@ fn record_split<const N: usize>(
     let mut bound = vec![
         inputs.queries.into(),
         inputs.visible.into(),
-        scratch.stats(),
+        scratch.stats_and_scores(),
         scratch.partial_sums(),
     ];
     bound.extend(planes);
