@@ -91,8 +91,8 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             .map(|s| s.len.next_multiple_of(4))
             .max()
             .unwrap_or(4);
-        // A row's split outputs: its partial sums and its (m, l) pairs (one buffer, the
-        // pairs from an aligned offset after the sums).
+        // A row's split outputs and scores: its partial sums, its (m, l) pairs and the
+        // separate passes' scores (one buffer, each region from an aligned offset).
         let per_row = ((longest + total_splits * (d + 2)) * 4) as u64;
         let tile_rows = ((ctx.max_data_bytes().saturating_sub(2 * STATS_ALIGN) / per_row) as usize)
             .clamp(1, total_rows)
