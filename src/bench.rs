@@ -152,6 +152,27 @@ pub struct AttentionBench {
     pub protected_share: f32,
 }
 
+/// The protected positions of a preset's cache of `tokens` tokens ([`spaced_positions`]
+/// where its values take protection, else none) and the name of its rows (`name+STP` where
+/// some are protected).
+fn protected_case(
+    (name, config): &(String, QuantConfig),
+    tokens: usize,
+    share: f32,
+) -> (String, Vec<u32>) {
+    let protected = if takes_protection(&config.values) {
+        spaced_positions(tokens, share)
+    } else {
+        Vec::new()
+    };
+    let name = if protected.is_empty() {
+        name.clone()
+    } else {
+        format!("{name}+STP")
+    };
+    (name, protected)
+}
+
 /// Evenly spaced positions, `share` of `tokens` (none for a share of 0).
 pub fn spaced_positions(tokens: usize, share: f32) -> Vec<u32> {
     if share <= 0.0 {
@@ -212,18 +233,10 @@ pub fn attention_latency(
         // the adapter has a fast path for it (subgroups for the quantized presets,
         // shader-f16 for every preset's exact rows).
         let (mut cases, mut baseline_cases) = (Vec::new(), 0);
-        for (name, config) in presets {
-            let protected = if takes_protection(&config.values) {
-                spaced_positions(context, protected_share)
-            } else {
-                Vec::new()
-            };
-            let cache = PackedCache::quantize(&k, &v, config, &protected)?;
-            let name = &if protected.is_empty() {
-                name.clone()
-            } else {
-                format!("{name}+STP")
-            };
+        for preset in presets {
+            let config = &preset.1;
+            let (name, protected) = &protected_case(preset, context, protected_share);
+            let cache = PackedCache::quantize(&k, &v, config, protected)?;
             let layer = GpuLayer::upload(ctx, &cache, 0)?;
             if (ctx.uses_subgroups() && !config.is_fp16()) || ctx.uses_f16_loads() {
                 cases.push((name.clone(), Kernels::Fastest, layer));
@@ -377,19 +390,10 @@ pub fn cache_decode_step(
     .map(|x| 0.3 * x)
     .collect::<Vec<f32>>();
     let mut results = Vec::new();
-    for (name, config) in presets {
-        let mut cache = KvCache::new(shape, config.clone(), ctx)?;
-        let protected = if takes_protection(&config.values) {
-            spaced_positions(context, protected_share)
-        } else {
-            Vec::new()
-        };
-        cache.protect(&protected)?;
-        let name = &if protected.is_empty() {
-            name.clone()
-        } else {
-            format!("{name}+STP")
-        };
+    for preset in presets {
+        let mut cache = KvCache::new(shape, preset.1.clone(), ctx)?;
+        let (name, protected) = &protected_case(preset, context, protected_share);
+        cache.protect(protected)?;
         for layer in 0..shape.layers {
             let k = synthetic_tensor(layer_shape, 100 + layer as u64)?;
             let v = synthetic_tensor(layer_shape, 200 + layer as u64)?;

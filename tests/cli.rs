@@ -165,6 +165,16 @@ fn report_and_bench_write_svg_charts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The kernels a `bench attention --kernels --json` result timed.
+fn kernel_names(result: &Value) -> Vec<&str> {
+    result["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect()
+}
+
 /// A small model shape and one timed run, for the decode benchmarks.
 const SMALL_SHAPE: [&str; 8] = [
     "--kv-heads",
@@ -260,12 +270,7 @@ fn benchmarks_time_protected_caches() {
         .iter()
         .find(|r| r["preset"] == "vidkv+STP")
         .unwrap();
-    let names: Vec<&str> = fused["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kernel"].as_str().unwrap())
-        .collect();
+    let names = kernel_names(fused);
     assert!(
         names.contains(&"attention_rotated+tokens::refinement_sums")
             && names
@@ -319,10 +324,7 @@ fn bench_attention_reports_time_per_kernel() {
     );
     for result in doc["results"].as_array().unwrap() {
         let kernels = result["kernels"].as_array().unwrap();
-        let names: Vec<&str> = kernels
-            .iter()
-            .map(|k| k["kernel"].as_str().unwrap())
-            .collect();
+        let names = kernel_names(result);
         assert!(names.contains(&"attention_combine::main"), "{names:?}");
         let preset = result["preset"].as_str().unwrap();
         // vidkv-tuned's quantized groups: the signs-and-trits split kernel, or the ternary

@@ -132,6 +132,12 @@ pub(super) struct BenchQuantizeArgs {
     json: bool,
 }
 
+/// The width of a table's name column: the longest row name (`rotated-groups+STP
+/// (three-pass)`), at least `least`.
+fn name_column<'a>(names: impl Iterator<Item = &'a str>, least: usize) -> usize {
+    names.map(str::len).max().unwrap_or(0).max(least)
+}
+
 /// The share of `--protect` (0 without it), checked: in (0, 1].
 fn protected_share(protect: Option<f32>) -> Result<f32> {
     match protect {
@@ -217,12 +223,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         fast_paths_line(&gpu),
         gpu.split_tokens()
     );
-    let name = results
-        .iter()
-        .map(|r| r.preset.len())
-        .max()
-        .unwrap_or(0)
-        .max(14);
+    let name = name_column(results.iter().map(|r| r.preset.as_str()), 14);
     println!(
         "  {:<name$} {:>12} {:>12} {:>9} {:>16} {:>9} {:>14} {:>14}",
         "cache", "wall ms", "gpu ms", "vs fp16", "buffer API ms", "vs fp16", "bytes", "GPU bytes"
@@ -337,13 +338,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
         fast_paths_line(&gpu),
         gpu.split_tokens()
     );
-    // The name column fits the longest row name (`rotated-groups+STP (three-pass)`).
-    let name = results
-        .iter()
-        .map(|r| r.preset.len())
-        .max()
-        .unwrap_or(0)
-        .max(24);
+    let name = name_column(results.iter().map(|r| r.preset.as_str()), 24);
     println!(
         "  {:<name$} {:>8} {:>11} {:>9} {:>9} {:>13} {:>8}",
         "preset", "context", "median ms", "wall ms", "vs fp16", "bytes read", "GB/s"

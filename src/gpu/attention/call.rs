@@ -296,8 +296,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                 };
                 split.record(batch, (seg, grid), &inputs, states, scratch);
                 if let Some(refinement) = split.refinement {
-                    self.record_softmax(batch, (seg, rows), splits);
-                    rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+                    self.record_refinements(batch, refinement, (seg, rows), splits);
                 }
             }
             Route::TwoBit(two_bit) => {
@@ -313,7 +312,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                 let (exact, riders) = self.riders_of(i);
                 let d = self.call.layer.head_dim;
                 // With refinements, the logits go to the separate passes' scores.
-                let logits_at = refinement.map_or(0, |_| (scratch.scores.0 / 4) as u32);
+                let logits_at = refinement.map_or(0, |_| scratch.scores_index());
                 rotated_groups::record_fused(
                     batch,
                     rotated_groups::fused_kernel(self.ctx, self.subgroups, d, planes.0.group_size),
@@ -332,8 +331,7 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
                     scratch,
                 );
                 if let Some(refinement) = refinement {
-                    self.record_softmax(batch, (seg, rows), splits);
-                    rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+                    self.record_refinements(batch, refinement, (seg, rows), splits);
                 }
             }
             Route::Passes => self.record_three_passes(batch, i, (seg, rows)),
@@ -373,6 +371,19 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         {
             rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
         }
+    }
+
+    /// After a fused or split dispatch that wrote the segment `seg`'s logits into the scores:
+    /// the softmax that turns them into weights, then the STP refinements' Σ p·r̂.
+    fn record_refinements(
+        &self,
+        batch: &mut Batch<'_>,
+        refinement: &RefinementPlanes,
+        (seg, rows): (Params, usize),
+        splits: usize,
+    ) {
+        self.record_softmax(batch, (seg, rows), splits);
+        rotated::record_refinement(batch, refinement, seg, splits, rows, &self.scratch);
     }
 
     /// The split softmax of the segment `seg` (its `splits`) for the tile's `rows` rows: the

@@ -328,6 +328,12 @@ impl Scratch {
         Bound::range(&self.partial, self.stats.0, end - self.stats.0)
     }
 
+    /// Where the scores start in the split outputs, as an f32 index (the fused kernel's
+    /// `params.stp`).
+    fn scores_index(&self) -> u32 {
+        (self.scores.0 / 4) as u32
+    }
+
     /// Where the scores start in [`Scratch::stats_and_scores`], as a vec2 index (the split
     /// skeleton's `params.stp`).
     fn scores_after_stats(&self) -> u32 {

@@ -109,6 +109,16 @@ impl RotatedPlanes {
             + self.means.as_ref().map_or(0, |(c, s)| c.size() + s.size())
     }
 
+    /// The group means' codes and steps, or `unused` for both where the planes have none.
+    pub fn means_or<'a>(
+        &'a self,
+        unused: &'a wgpu::Buffer,
+    ) -> (&'a wgpu::Buffer, &'a wgpu::Buffer) {
+        self.means
+            .as_ref()
+            .map_or((unused, unused), |(c, s)| (c, s))
+    }
+
     fn params(&self, seg: Params) -> Params {
         Params {
             rows: self.tokens as u32,
@@ -176,9 +186,7 @@ pub(super) fn bindings<'a>(
 ) -> [Bound<'a>; 12] {
     let unused = &*scratch.unused;
     let (codes, scales) = planes.map_or((unused, unused), |p| (&p.codes, &p.scales));
-    let (mean_codes, mean_steps) = planes
-        .and_then(|p| p.means.as_ref())
-        .map_or((unused, unused), |(c, s)| (c, s));
+    let (mean_codes, mean_steps) = planes.map_or((unused, unused), |p| p.means_or(unused));
     [
         q.into(),
         (&states.table).into(),

@@ -337,11 +337,7 @@ impl<'a> RotatedTokensSplit<'a> {
             stp: self.refinement.map_or(0, |_| scratch.scores_after_stats()),
             ..seg
         };
-        let unused = &*scratch.unused;
-        let (mean_codes, mean_steps) = values
-            .means
-            .as_ref()
-            .map_or((unused, unused), |(c, s)| (c, s));
+        let (mean_codes, mean_steps) = values.means_or(&scratch.unused);
         let planes = [
             (&keys.states.table).into(),
             (&values.states.table).into(),
