@@ -140,26 +140,14 @@ fn report_and_bench_write_svg_charts() {
             "{name}"
         );
     }
-    vidkv(&[
-        "bench",
-        "attention",
-        "--context",
-        "256",
-        "--context",
-        "512",
-        "--runs",
-        "1",
-        "--kv-heads",
-        "1",
-        "--q-heads",
-        "2",
-        "--head-dim",
-        "64",
-        "--preset",
-        "vidkv-tuned",
-        "--plot",
-        dir.to_str().unwrap(),
-    ]);
+    vidkv(
+        &[
+            &["bench", "attention", "--context", "256", "--context", "512"][..],
+            &SMALL_SHAPE[..],
+            &["--preset", "vidkv-tuned", "--plot", dir.to_str().unwrap()][..],
+        ]
+        .concat(),
+    );
     let svg = std::fs::read_to_string(dir.join("attention.svg")).unwrap();
     assert!(svg.contains("fp16") && svg.contains("vidkv-tuned"));
     std::fs::remove_dir_all(&dir).unwrap();
