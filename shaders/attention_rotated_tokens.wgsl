@@ -17,11 +17,21 @@
 //                    refinement rows (src/packed/stp.rs) of the split's protected tokens,
 //                    summed as value_sums sums a split's tokens (rows = refinement rows per
 //                    KV head, centred on the refinement state's mean), rotated back and
-//                    added to the split's value sums (binds 2–5, 11, 12, 13).
+//                    added to the split's value sums (binds 2–5, 11, 12, 13). After the
+//                    separate passes (params.stp = 0) binding 11 holds the softmax
+//                    weights; after a fused or split dispatch that wrote its masked logits
+//                    (params.stp ≠ 0), binding 11 reaches from the split outputs' (m, l)
+//                    pairs [tile rows][total_splits] over the logits, which start at f32
+//                    index params.stp, and a protected token's weight is e^(s − m) against
+//                    its split's m: no softmax pass runs.
 // Binding 13 (refinement_sums only): u32 [splits][2] each split's first and end refinement
 // row, then [refinement rows] each row's token position relative to the segment's start.
 
 @group(0) @binding(13) var<storage, read> refinement_positions: array<u32>;
+
+// The masked logit of a position a row does not see (attention_split.wgsl's and
+// attention_split_groups.wgsl's).
+const LOWEST: f32 = -0x1.fffffep+127f;
 
 // The first four levels (all of them for codes of 1 or 2 bits), read once per invocation.
 fn small_levels() -> vec4<f32> {
@@ -157,7 +167,9 @@ fn value_sums(
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
     let base = state_base(kv_head);
-    let row_bases = quad.rows * score_stride();
+    let logits = params.stp != 0u;
+    let row_bases = vec4<u32>(params.stp) + quad.rows * score_stride();
+    let split_max = refinement_maxima(quad, split, logits);
     load_levels(lane, 0u, 16u);
     workgroupBarrier();
     let small = small_levels();
@@ -215,7 +227,9 @@ fn refinement_sums(
     let first = refinement_positions[2u * split];
     let end = refinement_positions[2u * split + 1u];
     let base = state_base(kv_head);
-    let row_bases = quad.rows * score_stride();
+    let logits = params.stp != 0u;
+    let row_bases = vec4<u32>(params.stp) + quad.rows * score_stride();
+    let split_max = refinement_maxima(quad, split, logits);
     load_levels(lane, 0u, 16u);
     workgroupBarrier();
     let small = small_levels();
@@ -225,8 +239,9 @@ fn refinement_sums(
     if (block < d / BLOCK) {
         for (var i = first; i < end; i = i + 1u) {
             let t = refinement_positions[2u * splits + i];
-            let p = vec4<f32>(weights[row_bases.x + t], weights[row_bases.y + t],
-                              weights[row_bases.z + t], weights[row_bases.w + t]) * quad.live;
+            let w = vec4<f32>(weights[row_bases.x + t], weights[row_bases.y + t],
+                              weights[row_bases.z + t], weights[row_bases.w + t]);
+            let p = select(w, select(vec4<f32>(0.0), exp(w - split_max), w > vec4<f32>(LOWEST)), logits) * quad.live;
             let byte = scale_byte(kv_head, i);
             add_block(&sums, p * token_scale(byte, base), block_bits(code_record(kv_head, i), block), small);
             flagged = flagged + select(vec4<f32>(0.0), p, (byte & FLAG_BIT) != 0u);
@@ -239,4 +254,18 @@ fn refinement_sums(
     }
     rotate_shared_quad(lane);
     store_quad_sums(quad, split, lane, true);
+}
+
+// The quad's rows' maxima m of split `split` from the (m, l) pairs at the start of binding
+// 11, where the refinements weigh logits (zeros otherwise). A row outside the tile reads
+// row 0's, against row 0's logits, so that its masked-out weights stay finite.
+fn refinement_maxima(quad: Quad, split: u32, logits: bool) -> vec4<f32> {
+    var m = vec4<f32>(0.0);
+    if (logits) {
+        let slot = params.split_offset + split;
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            m[j] = weights[2u * (quad.rows[j] * params.total_splits + slot)];
+        }
+    }
+    return m;
 }

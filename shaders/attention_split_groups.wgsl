@@ -37,9 +37,9 @@
 //             [tile rows][total_splits][d] from 0, (m, l) [tile rows][total_splits] from
 //             params.stats_offset (what attention_combine.wgsl reads, as two bindings); for
 //             a segment with STP refinements (params.stp ≠ 0), the masked logits
-//             [tile rows][score_stride()] from params.stp, where attention_softmax.wgsl
-//             turns them into weights for the refinement pass
-//             (attention_rotated_tokens.wgsl's refinement_sums)
+//             [tile rows][score_stride()] from params.stp, which the refinement pass
+//             (attention_rotated_tokens.wgsl's refinement_sums) weighs against the
+//             (m, l) pairs
 //           12…14 the exact splits' segments and rows (_riders.wgsl)
 // Storage buffers: 10 with the exact rows, what Chrome allows per shader stage.
 // Dispatch: grid (splits of the segment, then the exact splits of up to two
@@ -488,8 +488,8 @@ fn stage_rows(local: u32, count: u32, first_group: u32, kv_head: u32, bases: vec
 }
 
 // The tile's logits (tile_weights after the logits phase) into the outputs from f32 index
-// params.stp, [tile rows][score_stride()] by the segment's tokens, for the softmax and STP
-// refinement passes that follow a segment with refinements (see the header).
+// params.stp, [tile rows][score_stride()] by the segment's tokens, for the STP refinement
+// pass that follows a segment with refinements (see the header).
 fn store_logits(local: u32, tile: u32, count: u32) {
     for (var e = local; e < 2u * count; e = e + LANES) {
         let r = e >> 1u;

@@ -181,7 +181,6 @@ fn score_stride() -> u32 {
     return (params.segment_len + 3u) & ~3u;
 }
 
-// The value of f16 number i (0…7) of a vec4<u32> of packed pairs.
 // Codes 4i…4i+3 of a 2-bit code word (16 codes, the first in the low bits) as floats.
 fn two_bit_codes4(word: u32, i: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(word >> (8u * i)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u));

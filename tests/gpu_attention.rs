@@ -503,7 +503,7 @@ fn paper_layers_decode_in_one_split_dispatch() {
 /// The rotated per-token presets decode a layer in the query rotation pass, one rotated
 /// split dispatch for the quantized groups, one exact split dispatch for the sinks and the
 /// window (the first carrying the second), and the combine (with STP refinements, also the
-/// softmax and refinement passes); [`Kernels::ThreePass`] keeps the separate passes.
+/// refinement pass); [`Kernels::ThreePass`] keeps the separate passes.
 #[test]
 fn rotated_token_layers_decode_in_one_split_dispatch() {
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
@@ -521,8 +521,8 @@ fn rotated_token_layers_decode_in_one_split_dispatch() {
                 "{preset} {kernels:?}"
             );
         }
-        // With STP refinements, the split dispatch also writes its logits for the softmax
-        // and refinement passes.
+        // With STP refinements, the split dispatch also writes its logits, which the
+        // refinement pass weighs against each split's maximum (no softmax pass).
         let protected: Vec<u32> = (40..600).step_by(7).collect();
         let passes = decode_passes_protected(&ctx, preset, Kernels::Fastest, &protected);
         assert_eq!(
@@ -531,7 +531,6 @@ fn rotated_token_layers_decode_in_one_split_dispatch() {
                 "attention_combine::main ×1".to_string(),
                 "attention_rotated+tokens::refinement_sums ×1".to_string(),
                 "attention_rotated+tokens::rotate_queries ×1".to_string(),
-                "attention_softmax::main ×1".to_string(),
                 "attention_split+exact+words+exact_only::main ×1".to_string(),
                 "attention_split+rotated_tokens::main ×1".to_string(),
             ],
@@ -550,25 +549,24 @@ fn rotated_token_layers_decode_in_one_split_dispatch() {
 }
 
 /// A default-preset layer with STP-protected tokens keeps its fused dispatch, which then
-/// writes its logits; the softmax pass turns them into the weights of the refinement pass,
-/// which adds Σ p·r̂ of the protected tokens: four dispatches, where the separate passes
-/// were six (the query rotation, key scores, softmax, value sums, refinements, the exact
-/// segments' dispatch) and the combine.
+/// writes its logits; the refinement pass weighs them against each split's maximum and adds
+/// Σ p·r̂ of the protected tokens: three dispatches, where the separate passes were six (the
+/// query rotation, key scores, softmax, value sums, refinements, the exact segments'
+/// dispatch) and the combine.
 #[test]
 fn protected_default_layers_keep_the_fused_dispatch() {
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
     let protected: Vec<u32> = (40..600).step_by(7).collect();
     for kernels in [Kernels::Fastest, Kernels::Portable] {
         let passes = decode_passes_protected(&ctx, "vidkv", kernels, &protected);
-        assert_eq!(passes.len(), 4, "{kernels:?}: {passes:?}");
+        assert_eq!(passes.len(), 3, "{kernels:?}: {passes:?}");
         assert_eq!(passes[0], "attention_combine::main ×1", "{passes:?}");
         assert_eq!(
             passes[1], "attention_rotated+tokens::refinement_sums ×1",
             "{passes:?}"
         );
-        assert_eq!(passes[2], "attention_softmax::main ×1", "{passes:?}");
         assert!(
-            passes[3].starts_with("attention_split_groups+") && passes[3].ends_with("::main ×1"),
+            passes[2].starts_with("attention_split_groups+") && passes[2].ends_with("::main ×1"),
             "{passes:?}"
         );
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::planes::{LayerGeometry, PackedPlanes, SegmentData, SegmentRef};
-use super::rotated::RefinementPlanes;
+use super::rotated::{RefinementPlanes, RefinementWeights};
 use super::rotated_groups::{self, FusedBuffers, FusedExact, GroupPlanes, RiderPlan, SharedStates};
 use super::split::{ExactSplit, RotatedTokensSplit, SignsTritsSplit, SplitInputs, TwoBitSplit};
 use super::{
@@ -369,12 +369,19 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
             ..
         }) = &segment.data
         {
-            rotated::record_refinement(batch, refinement, seg, splits, rows, scratch);
+            rotated::record_refinement(
+                batch,
+                refinement,
+                (seg, RefinementWeights::Softmax),
+                splits,
+                rows,
+                scratch,
+            );
         }
     }
 
-    /// After a fused or split dispatch that wrote the segment `seg`'s logits into the scores:
-    /// the softmax that turns them into weights, then the STP refinements' Σ p·r̂.
+    /// After a fused or split dispatch that wrote the segment `seg`'s logits into the scores
+    /// (and its splits' (m, l)): the STP refinements' Σ p·r̂, weighing the logits itself.
     fn record_refinements(
         &self,
         batch: &mut Batch<'_>,
@@ -382,8 +389,14 @@ impl<'c, 'a, 'b> CallPlan<'c, 'a, 'b> {
         (seg, rows): (Params, usize),
         splits: usize,
     ) {
-        self.record_softmax(batch, (seg, rows), splits);
-        rotated::record_refinement(batch, refinement, seg, splits, rows, &self.scratch);
+        rotated::record_refinement(
+            batch,
+            refinement,
+            (seg, RefinementWeights::Logits),
+            splits,
+            rows,
+            &self.scratch,
+        );
     }
 
     /// The split softmax of the segment `seg` (its `splits`) for the tile's `rows` rows: the
@@ -416,14 +429,14 @@ enum Route<'a> {
     SignsTrits(SignsTritsSplit<'a>),
     /// One split dispatch over rotated per-token codes, after the query pass (its rotation),
     /// with the call's states uniform; with STP refinements, it also writes its logits,
-    /// which the softmax pass turns into the refinement pass's weights.
+    /// which the refinement pass weighs.
     RotatedTokens {
         split: RotatedTokensSplit<'a>,
         states: Arc<wgpu::Buffer>,
     },
     /// One fused codes-across-tokens dispatch (keys' and values' planes, the call's states
     /// uniform), with the exact segments riding in it; with STP refinements, it also writes
-    /// its logits, which the softmax pass turns into the refinement pass's weights.
+    /// its logits, which the refinement pass weighs.
     Fused {
         planes: (&'a GroupPlanes, &'a GroupPlanes),
         states: Arc<wgpu::Buffer>,

@@ -27,9 +27,9 @@
 //!    each binds at most 10 storage buffers (Chrome's limit; the partial sums and (m, l)
 //!    pairs, one buffer for every kernel of the call, are one binding of the fused kernel).
 //!    A segment with STP refinements (rotated values) keeps its fused or split dispatch,
-//!    which then also writes its masked logits into the scores, and `attention_softmax`
-//!    (each split into weights with a split-local maximum and sum) and `refinement_sums`
-//!    (Σ p·r̂ of the split's protected tokens) follow it. A paper-format segment with STP
+//!    which then also writes its masked logits into the scores, and `refinement_sums`
+//!    follows it (Σ p·r̂ of the split's protected tokens, each weight e^(s − m) against
+//!    the (m, l) the dispatch left for its split: no softmax pass). A paper-format segment with STP
 //!    positions, or every segment for [`Kernels::ThreePass`], takes the separate passes:
 //!    `attention_scores_*` or `attention_rotated*` (q·k for the segment's tokens),
 //!    `attention_softmax` and `attention_values_*` (Σ p·v per split; with STP refinements,
@@ -38,8 +38,8 @@
 //!    e^{mₛ − max m}), which keeps long contexts (128k tokens and more) stable.
 //!
 //! So a default-preset, fp16, `kivi2` or `k2v2-channel` layer is two dispatches on every
-//! device, a paper-format or rotated per-token layer four; STP refinements add the softmax
-//! and refinement passes.
+//! device, a paper-format or rotated per-token layer four; STP refinements add the
+//! refinement pass.
 //!
 //! Bytes per token read (d = 128, one KV head): f16 K+V 512; `kivi2` 192; `vidkv` ~70.
 

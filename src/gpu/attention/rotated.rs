@@ -268,11 +268,14 @@ pub(super) fn record_values(
 }
 
 /// Records the addition of Σ p·r̂ over each split's protected tokens to the split's value
-/// sums (after [`record_values`] or the group kernel wrote them).
+/// sums (after [`record_values`] or the group kernel wrote them). `weights` says what the
+/// scores hold: [`RefinementWeights::Softmax`] after the separate passes, or
+/// [`RefinementWeights::Logits`] after a fused or split dispatch that wrote its masked
+/// logits, which the pass weighs against each split's m itself (no softmax pass).
 pub(super) fn record_refinement(
     batch: &mut Batch<'_>,
     refinement: &RefinementPlanes,
-    seg: Params,
+    (seg, weights): (Params, RefinementWeights),
     splits: usize,
     rows: usize,
     scratch: &Scratch,
@@ -285,12 +288,31 @@ pub(super) fn record_refinement(
         (scratch, rows),
     )
     .to_vec();
+    let stp = match weights {
+        RefinementWeights::Softmax => 0,
+        RefinementWeights::Logits => {
+            list[10] = scratch.stats_and_scores();
+            2 * scratch.scores_after_stats()
+        }
+    };
     list.push((&refinement.positions).into());
     batch.dispatch_grid_bound(
         &ATTENTION_ROTATED,
         "refinement_sums",
-        planes.params(seg),
+        Params {
+            stp,
+            ..planes.params(seg)
+        },
         &list,
         (splits as u32, row_quads(seg, rows)),
     );
+}
+
+/// What the scores hold when the STP refinement pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RefinementWeights {
+    /// The split softmax's weights (the separate passes).
+    Softmax,
+    /// A fused or split dispatch's masked logits, with each split's (m, l) before them.
+    Logits,
 }

@@ -2,8 +2,7 @@
 //! the dispatches of a call. Where keys and values are both codes across tokens (the
 //! default preset), one fused split-K dispatch per segment
 //! (`shaders/attention_split_groups.wgsl`, [`record_fused`]; with STP refinements it also
-//! writes its logits, from which the softmax and refinement passes add Σ p·r̂); otherwise,
-//! or for
+//! writes its logits, from which the refinement pass adds Σ p·r̂); otherwise, or for
 //! [`super::Kernels::ThreePass`], two passes of `shaders/attention_rotated_groups.wgsl`
 //! (appended to `attention_rotated.wgsl`) around the softmax: key scores (one G-point
 //! transform of a group's row dots) and value sums (the weights transformed per group, one
@@ -169,7 +168,7 @@ pub(super) const VISIBLE_UNIFORM_BYTES: usize = 65536;
 
 /// The key and value planes of a segment that the fused kernel takes: both codes across
 /// tokens, with the same groups (with STP refinements, the fused dispatch also writes its
-/// logits, for the softmax and refinement passes that follow it).
+/// logits, for the refinement pass that follows it).
 pub(super) fn fused_planes<'a>(
     segment: &SegmentRef<'a>,
 ) -> Option<(&'a GroupPlanes, &'a GroupPlanes)> {

@@ -275,15 +275,15 @@ impl<'a> SignsTritsSplit<'a> {
 /// A quantized segment of rotated per-token keys and values (`rotated`, `rotated-flat`,
 /// `rotated-k3v1`): codes of 1 to 3 bits, groups of a multiple of 32 tokens; the planes
 /// `attention_split_rotated_tokens.wgsl` decodes (with STP refinements, the dispatch also
-/// writes its logits, and the softmax and refinement passes follow it). It reads the
+/// writes its logits, and the refinement pass follows it). It reads the
 /// rotated query and centre terms of the queries pass (bound where the other decoders bind
 /// the call's query) and the key and value states from the call's states uniform, so no
 /// exact segment rides in its dispatch.
 pub(super) struct RotatedTokensSplit<'a> {
     pub keys: &'a RotatedPlanes,
     pub values: &'a RotatedPlanes,
-    /// STP refinements: the dispatch then writes its logits, for the softmax and refinement
-    /// passes that follow it.
+    /// STP refinements: the dispatch then writes its logits, for the refinement pass that
+    /// follows it.
     pub refinement: Option<&'a RefinementPlanes>,
 }
 
