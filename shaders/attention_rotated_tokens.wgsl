@@ -13,11 +13,14 @@
 //                    the split's tokens together, lane ℓ summing elements 8ℓ…8ℓ+7; the
 //                    sums are rotated back once in workgroup memory and the group centres
 //                    added (binds 2–7, 11, 12);
-//   refinement_sums — grid (splits of the segment, row quads) of VALUE_LANES: the STP
-//                    refinement rows (src/packed/stp.rs) of the split's protected tokens,
+//   refinement_sums — grid (splits of the segment, row blocks: ⌈rows_per_head / 8⌉ per KV
+//                    head, `row_blocks` on the host) of VALUE_LANES: the STP refinement rows
+//                    (src/packed/stp.rs) of the split's protected tokens for two quads of a
+//                    KV head's query rows (quad_pair), each code decoded once for both,
 //                    summed as value_sums sums a split's tokens (rows = refinement rows per
-//                    KV head, centred on the refinement state's mean), rotated back and
-//                    added to the split's value sums (binds 2–5, 11, 12, 13). After the
+//                    KV head, centred on the refinement state's mean), rotated back one
+//                    quad after the other and added to the split's value sums (binds 2–5,
+//                    11, 12, 13). After the
 //                    separate passes (params.stp = 0) binding 11 holds the softmax
 //                    weights; after a fused or split dispatch that wrote its masked logits
 //                    (params.stp ≠ 0), binding 11 reaches from the split outputs' (m, l)
@@ -167,9 +170,7 @@ fn value_sums(
     let first = split * params.split_size;
     let end = min(first + params.split_size, params.segment_len);
     let base = state_base(kv_head);
-    let logits = params.stp != 0u;
-    let row_bases = vec4<u32>(params.stp) + quad.rows * score_stride();
-    let split_max = refinement_maxima(quad, split, logits);
+    let row_bases = quad.rows * score_stride();
     load_levels(lane, 0u, 16u);
     workgroupBarrier();
     let small = small_levels();
@@ -219,8 +220,8 @@ fn refinement_sums(
     @builtin(local_invocation_index) lane: u32,
 ) {
     let split = workgroup.x;
-    let quad = quad_rows(workgroup.y);
-    let kv_head = quad.kv_head;
+    let quads = quad_pair(workgroup.y);
+    let kv_head = quads[0].kv_head;
     let d = params.width;
     let block = lane;
     let splits = (params.segment_len + params.split_size - 1u) / params.split_size;
@@ -228,32 +229,100 @@ fn refinement_sums(
     let end = refinement_positions[2u * split + 1u];
     let base = state_base(kv_head);
     let logits = params.stp != 0u;
-    let row_bases = vec4<u32>(params.stp) + quad.rows * score_stride();
-    let split_max = refinement_maxima(quad, split, logits);
+    let bases_a = vec4<u32>(params.stp) + quads[0].rows * score_stride();
+    let bases_b = vec4<u32>(params.stp) + quads[1].rows * score_stride();
+    let max_a = refinement_maxima(quads[0], split, logits);
+    let max_b = refinement_maxima(quads[1], split, logits);
     load_levels(lane, 0u, 16u);
     workgroupBarrier();
     let small = small_levels();
-    var sums = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
-                         vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    var flagged = vec4<f32>(0.0);
+    var sums_a = BlockSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
+                           vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var sums_b = sums_a;
+    var flagged_a = vec4<f32>(0.0);
+    var flagged_b = vec4<f32>(0.0);
     if (block < d / BLOCK) {
         for (var i = first; i < end; i = i + 1u) {
             let t = refinement_positions[2u * splits + i];
-            let w = vec4<f32>(weights[row_bases.x + t], weights[row_bases.y + t],
-                              weights[row_bases.z + t], weights[row_bases.w + t]);
-            let p = select(w, select(vec4<f32>(0.0), exp(w - split_max), w > vec4<f32>(LOWEST)), logits) * quad.live;
+            let p_a = refinement_weights(bases_a + vec4<u32>(t), max_a, logits) * quads[0].live;
+            let p_b = refinement_weights(bases_b + vec4<u32>(t), max_b, logits) * quads[1].live;
             let byte = scale_byte(kv_head, i);
-            add_block(&sums, p * token_scale(byte, base), block_bits(code_record(kv_head, i), block), small);
-            flagged = flagged + select(vec4<f32>(0.0), p, (byte & FLAG_BIT) != 0u);
+            let s = token_scale(byte, base);
+            add_block_pair(&sums_a, &sums_b, p_a * s, p_b * s, block_bits(code_record(kv_head, i), block), small);
+            let flag = (byte & FLAG_BIT) != 0u;
+            flagged_a = flagged_a + select(vec4<f32>(0.0), p_a, flag);
+            flagged_b = flagged_b + select(vec4<f32>(0.0), p_b, flag);
         }
+    }
+    store_block_sums(sums_a, flagged_a, kv_head, block);
+    rotate_shared_quad(lane);
+    store_quad_sums(quads[0], split, lane, true);
+    workgroupBarrier();
+    store_block_sums(sums_b, flagged_b, kv_head, block);
+    rotate_shared_quad(lane);
+    store_quad_sums(quads[1], split, lane, true);
+}
+
+// Quads 2k and 2k + 1 of a KV head (k = index mod the head's pairs): the refinement pass
+// serves both in one workgroup, so that each refinement code is decoded once for up to 8
+// query rows. A second quad past the head's rows has no live row.
+fn quad_pair(index: u32) -> array<Quad, 2> {
+    let per_head = (params.rows_per_head + 3u) / 4u;
+    let pairs = (per_head + 1u) / 2u;
+    let k = 2u * (index % pairs);
+    let first = (index / pairs) * per_head + k;
+    let a = quad_rows(first);
+    var b = quad_rows(first + 1u);
+    if (k + 1u >= per_head) {
+        b = Quad(a.kv_head, vec4<u32>(0u), vec4<f32>(0.0));
+    }
+    return array<Quad, 2>(a, b);
+}
+
+// Four rows' weights of one protected token, from the scores at `at`: the softmax weights,
+// or with `logits` e^(s − m) against the rows' split maxima (0 where a row does not see it).
+fn refinement_weights(at: vec4<u32>, split_max: vec4<f32>, logits: bool) -> vec4<f32> {
+    let w = vec4<f32>(weights[at.x], weights[at.y], weights[at.z], weights[at.w]);
+    return select(w, select(vec4<f32>(0.0), exp(w - split_max), w > vec4<f32>(LOWEST)), logits);
+}
+
+// Adds ws_a·L[c] to `a` and ws_b·L[c] to `b` for the 8 codes of `raw`, each level found
+// once for both by select (refinement codes have 1 bit, stp::REFINEMENT_BITS, which
+// gpu::attention::rotated checks is at most 2).
+fn add_block_pair(a: ptr<function, BlockSums>, b: ptr<function, BlockSums>, ws_a: vec4<f32>, ws_b: vec4<f32>, raw: u32, small: vec4<f32>) {
+    let bits = params.code_bits;
+    let l = array<f32, 8>(small_level(raw, small), small_level(raw >> bits, small),
+                          small_level(raw >> (2u * bits), small), small_level(raw >> (3u * bits), small),
+                          small_level(raw >> (4u * bits), small), small_level(raw >> (5u * bits), small),
+                          small_level(raw >> (6u * bits), small), small_level(raw >> (7u * bits), small));
+    (*a).e0 = (*a).e0 + ws_a * l[0];
+    (*a).e1 = (*a).e1 + ws_a * l[1];
+    (*a).e2 = (*a).e2 + ws_a * l[2];
+    (*a).e3 = (*a).e3 + ws_a * l[3];
+    (*a).e4 = (*a).e4 + ws_a * l[4];
+    (*a).e5 = (*a).e5 + ws_a * l[5];
+    (*a).e6 = (*a).e6 + ws_a * l[6];
+    (*a).e7 = (*a).e7 + ws_a * l[7];
+    (*b).e0 = (*b).e0 + ws_b * l[0];
+    (*b).e1 = (*b).e1 + ws_b * l[1];
+    (*b).e2 = (*b).e2 + ws_b * l[2];
+    (*b).e3 = (*b).e3 + ws_b * l[3];
+    (*b).e4 = (*b).e4 + ws_b * l[4];
+    (*b).e5 = (*b).e5 + ws_b * l[5];
+    (*b).e6 = (*b).e6 + ws_b * l[6];
+    (*b).e7 = (*b).e7 + ws_b * l[7];
+}
+
+// A lane's block sums and the flagged weights times the head's mean into shared_quad and
+// shared_centre (lanes past the d/BLOCK blocks write nothing).
+fn store_block_sums(sums: BlockSums, flagged: vec4<f32>, kv_head: u32, block: u32) {
+    if (block < params.width / BLOCK) {
         for (var k = 0u; k < BLOCK; k = k + 1u) {
             let e = block * BLOCK + k;
             shared_quad[e] = block_element(sums, k);
             shared_centre[e] = flagged * state_mean(kv_head, e);
         }
     }
-    rotate_shared_quad(lane);
-    store_quad_sums(quad, split, lane, true);
 }
 
 // The quad's rows' maxima m of split `split` from the (m, l) pairs at the start of binding

@@ -5,7 +5,7 @@
 //! tokens ([`RefinementPlanes`]). The CPU mirror is
 //! [`crate::packed::attend`].
 
-use super::{row_quads, Scratch};
+use super::{row_blocks, row_quads, Scratch};
 use crate::error::Result;
 use crate::gpu::batch::Batch;
 use crate::gpu::binding::Bound;
@@ -271,7 +271,9 @@ pub(super) fn record_values(
 /// sums (after [`record_values`] or the group kernel wrote them). `weights` says what the
 /// scores hold: [`RefinementWeights::Softmax`] after the separate passes, or
 /// [`RefinementWeights::Logits`] after a fused or split dispatch that wrote its masked
-/// logits, which the pass weighs against each split's m itself (no softmax pass).
+/// logits, which the pass weighs against each split's m itself (no softmax pass). A
+/// workgroup serves two quads of query rows of a KV head (up to 8 rows), each refinement
+/// code decoded once for them.
 pub(super) fn record_refinement(
     batch: &mut Batch<'_>,
     refinement: &RefinementPlanes,
@@ -304,9 +306,12 @@ pub(super) fn record_refinement(
             ..planes.params(seg)
         },
         &list,
-        (splits as u32, row_quads(seg, rows)),
+        (splits as u32, row_blocks(seg, rows)),
     );
 }
+
+// `refinement_sums` finds the refinement codes' levels by select, for codes of 1 or 2 bits.
+const _: () = assert!(crate::packed::stp::REFINEMENT_BITS <= 2);
 
 /// What the scores hold when the STP refinement pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
