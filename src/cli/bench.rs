@@ -63,7 +63,7 @@ pub(super) struct BenchCacheArgs {
     /// the caches of the presets whose values take protection (named `preset+STP`), to time
     /// the refinement passes.
     #[arg(long, value_name = "SHARE")]
-    protect: Option<f32>,
+    protect: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -107,7 +107,7 @@ pub(super) struct BenchAttentionArgs {
     /// the caches of the presets whose values take protection (named `preset+STP`), to time
     /// the refinement passes.
     #[arg(long, value_name = "SHARE")]
-    protect: Option<f32>,
+    protect: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -138,11 +138,13 @@ fn name_column<'a>(names: impl Iterator<Item = &'a str>, least: usize) -> usize 
     names.map(str::len).max().unwrap_or(0).max(least)
 }
 
-/// The share of `--protect` (0 without it), checked: in (0, 1].
-fn protected_share(protect: Option<f32>) -> Result<f32> {
+/// The share of `--protect` (0 without it), checked: in (0, 1] (and above 0 as the f32 the
+/// benchmarks take). An f64, so that the JSON reports the share as given (0.2, not the
+/// f32's 0.20000000298023224).
+fn protected_share(protect: Option<f64>) -> Result<f64> {
     match protect {
         None => Ok(0.0),
-        Some(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        Some(share) if share as f32 > 0.0 && share <= 1.0 => Ok(share),
         Some(share) => Err(VidkvError::InvalidConfig(format!(
             "--protect takes a share of the tokens in (0, 1], not {share}"
         ))),
@@ -182,7 +184,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
         results.extend(crate::bench::cache_decode_step(
             &gpu,
             shape,
-            (args.context, protected_share),
+            (args.context, protected_share as f32),
             std::slice::from_ref(preset),
             args.runs,
         )?);
@@ -291,7 +293,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
                 head_dim: args.head_dim,
                 runs: args.runs,
                 per_kernel: args.kernels,
-                protected_share,
+                protected_share: protected_share as f32,
             },
         )?;
         results.extend(some);
