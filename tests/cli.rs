@@ -100,6 +100,23 @@ fn benchmarks_refuse_sizes_beyond_the_machine() {
     }
 }
 
+/// A run count of 0 (which would time nothing) or past 10,000 is refused by the parser,
+/// before any work.
+#[test]
+fn benchmarks_refuse_run_counts_out_of_range() {
+    for bench in ["attention", "quantize", "cache"] {
+        for runs in ["0", "10001"] {
+            let out = cli_runner::vidkv(&["bench", bench, "--runs", runs]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bench} {runs}: {stderr}");
+            assert!(
+                stderr.contains("--runs") && stderr.contains("1..=10000"),
+                "{bench} {runs}: {stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sizes_reports_vidkv_within_the_bit_budget() {
     let doc = json(&["sizes", "--tokens", "16384", "--json"]);

@@ -38,7 +38,7 @@ pub(super) struct BenchCacheArgs {
     #[arg(long, default_value_t = 16384)]
     context: usize,
     /// Timed steps per preset (after one warm-up step); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = run_count())]
     runs: usize,
     /// A preset besides the fp16 baseline (repeatable). Default: vidkv.
     #[arg(long = "preset", value_name = "NAME")]
@@ -78,7 +78,7 @@ pub(super) struct BenchAttentionArgs {
     #[arg(long, default_value_t = 128)]
     head_dim: usize,
     /// Timed runs per case (after two warm-ups); the median is reported.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 9, value_parser = run_count())]
     runs: usize,
     /// A preset besides the fp16 baseline (repeatable). Default: kivi2, vidkv-paper,
     /// vidkv-tuned, vidkv.
@@ -119,7 +119,7 @@ pub(super) struct BenchQuantizeArgs {
     #[arg(long, default_value_t = 128)]
     head_dim: usize,
     /// Timed runs per case (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = run_count())]
     runs: usize,
     /// A preset (repeatable). Default: all of them.
     #[arg(long = "preset", value_name = "NAME")]
@@ -136,6 +136,12 @@ pub(super) struct BenchQuantizeArgs {
 /// (three-pass)`), at least `least`.
 fn name_column<'a>(names: impl Iterator<Item = &'a str>, least: usize) -> usize {
     names.map(str::len).max().unwrap_or(0).max(least)
+}
+
+/// The parser of `--runs`: 1 to 10,000 timed runs (clap refuses 0, which would time
+/// nothing, and counts that would run for days, with its own message).
+fn run_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=10_000)
 }
 
 /// The share of `--protect` (0 without it), checked: in (0, 1] (and above 0 as the f32 the
