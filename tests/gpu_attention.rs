@@ -329,9 +329,9 @@ fn split_lengths_agree() {
     assert!(matches!(refused, Err(vidkv::VidkvError::InvalidConfig(_))));
 }
 
-/// A context with uniform parameter buffers and the portable kernels (what browsers get)
-/// gives the same outputs as the shared one (immediates and reused bind groups where the
-/// adapter has them), call after call.
+/// A context with uniform parameters (slots of a uniform buffer at dynamic offsets) and the
+/// portable kernels (what browsers get) gives the same outputs as the shared one
+/// (immediates where the adapter has them), call after call, its bind groups reused.
 #[test]
 fn uniform_parameters_agree_with_immediates() {
     let uniform = GpuContext::new(&GpuOptions {

@@ -721,10 +721,15 @@ impl BufferDecode {
     /// Two default-preset caches holding the first `prefill` of `tokens` tokens: one on the
     /// shared context (the host API's twin), one on a context of its own.
     fn new(prefill: usize, tokens: usize) -> Self {
+        Self::on(prefill, tokens, &Default::default())
+    }
+
+    /// [`BufferDecode::new`] with the device cache's context opened with `options`.
+    fn on(prefill: usize, tokens: usize, options: &vidkv::GpuOptions) -> Self {
         let (k, v) = tensors(tokens);
         let q = queries(1);
         let config = QuantConfig::default();
-        let own = vidkv::GpuContext::new(&Default::default()).unwrap();
+        let own = vidkv::GpuContext::new(options).unwrap();
         let mut host = KvCache::new(SHAPE, config.clone(), gpu()).unwrap();
         let mut device = KvCache::new(SHAPE, config.clone(), &own).unwrap();
         for l in 0..SHAPE.layers {
@@ -887,6 +892,30 @@ fn a_whole_model_step_is_one_submission() {
     ));
     drop(step);
     assert!(other.begin_step().is_ok());
+}
+
+/// The same steps on a context without immediates (what a browser gives): every dispatch's
+/// parameters go to a slot of a uniform buffer at a dynamic offset, a fresh buffer for each
+/// batch of a step (their host writes all land before the step's one submission), so no
+/// batch overwrites another's.
+#[test]
+fn a_whole_model_step_on_uniform_parameters() {
+    let options = vidkv::GpuOptions {
+        portable_only: true,
+        ..Default::default()
+    };
+    let mut f = BufferDecode::on(300, 400, &options);
+    assert!(!f.own.uses_immediates());
+    for t in 300..330 {
+        let inputs = f.inputs(t);
+        let before = f.own.counts();
+        f.record_step(&inputs).submit().unwrap();
+        assert_eq!(f.own.counts().submissions - before.submissions, 1);
+        f.append_to_host(t);
+        if t % 10 == 9 || t == 320 {
+            f.check_outputs(t);
+        }
+    }
 }
 
 /// A decode step whose flush finds the history's planes full grows them inside the step

@@ -46,9 +46,9 @@ pub(super) struct BenchCacheArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
-    /// Run on a context with the portable kernels and a uniform parameter buffer per
-    /// dispatch (no subgroups, no immediates, no reused bind groups), to measure what they
-    /// save.
+    /// Run on a context with the portable kernels and uniform parameters (no subgroups, no
+    /// immediates: each dispatch's parameters in a slot of a uniform buffer at a dynamic
+    /// offset, as in a browser), to measure what they save.
     #[arg(long)]
     portable: bool,
     /// Tokens per split of decode attention (a multiple of 256 from 256 to 65,536) instead

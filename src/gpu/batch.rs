@@ -2,12 +2,13 @@
 //! per-dimension limit, bindings filtered to what each entry point uses, timestamps when
 //! profiling. A batch's dispatches share one compute pass (a copy, or a kernel timed with
 //! pass timestamps on a device without timestamps inside passes, ends it). Where the device
-//! has immediates, each dispatch's `Params` is set in the command buffer and its bind group
-//! (buffers only) is reused from the context's cache, so a repeated dispatch creates neither
-//! a buffer nor a bind group; otherwise each dispatch makes a uniform buffer and a bind
-//! group.
-
-use wgpu::util::DeviceExt;
+//! has immediates, each dispatch's `Params` is set in the command buffer; otherwise (WebGPU
+//! in browsers, `GpuOptions::portable_only`) the batch's `Params` go into one uniform buffer,
+//! a 256-byte-aligned slot per dispatch, written once at submission and bound with a dynamic
+//! offset (the context's parameter buffer, or a fresh one while a decode step records: its
+//! batches' host writes all land before the one submission). Either way a dispatch's bind
+//! group is reused from the context's cache, so a repeated dispatch creates neither a buffer
+//! nor a bind group.
 
 use super::binding::Bound;
 use super::context::GpuContext;
@@ -15,6 +16,10 @@ use super::params::Params;
 use super::profiling::KERNEL_QUERIES;
 use super::shaders::Kernel;
 use crate::error::{Result, VidkvError};
+
+/// Parameter slots of the context's parameter buffer (256 bytes each at most): a batch that
+/// records more dispatches puts the rest in a buffer of its own.
+pub(crate) const PARAMS_SLOTS: u64 = 256;
 
 /// Bind groups the context keeps at most; the cache is emptied when full, and whenever the
 /// buffer pool replaces a buffer, so that it never holds more than this many dispatches'
@@ -71,8 +76,24 @@ impl GpuContext {
             pass: None,
             error: None,
             profiled,
+            params: Vec::new(),
         }
     }
+
+    /// Bytes between parameter slots: `Params` rounded up to the device's uniform offset
+    /// alignment.
+    fn params_stride(&self) -> u64 {
+        (std::mem::size_of::<Params>() as u64).next_multiple_of(self.uniform_offset_alignment)
+    }
+}
+
+/// A uniform buffer of `Params` slots and what the batch has put in them.
+struct ParamsBlock {
+    buffer: wgpu::Buffer,
+    bytes: Vec<u8>,
+    /// Whether dispatches bound to it may reuse cached bind groups (the context's own
+    /// buffer, outside a decode step).
+    shared: bool,
 }
 
 /// Dispatches recorded into one command buffer, submitted together.
@@ -84,6 +105,8 @@ pub struct Batch<'a> {
     error: Option<VidkvError>,
     /// Whether the batch opened with a timestamp (profiling was on).
     profiled: bool,
+    /// Without immediates: the parameter buffers of the batch's dispatches.
+    params: Vec<ParamsBlock>,
 }
 
 impl Batch<'_> {
@@ -187,46 +210,62 @@ impl Batch<'_> {
             .filter(|(binding, _)| pipeline.bindings.contains(binding))
             .collect();
         let immediates = self.context.immediates;
-        let uniform = (!immediates).then(|| {
-            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
-        });
+        // Without immediates: the params' slot (buffer, offset), bound at binding 0.
+        let slot = match (&pipeline.layout, pipeline.bindings.first()) {
+            (Some(_), Some(0)) => Some(self.params_slot(&params)),
+            _ => None,
+        };
+        let params_size = std::mem::size_of::<Params>() as u64;
+        let mut buffers: Vec<BoundBuffer> = bound
+            .iter()
+            .map(|(binding, b)| (*binding, b.buffer.clone(), b.range))
+            .collect();
+        if let Some((buffer, _, _)) = &slot {
+            buffers.insert(0, (0, buffer.clone(), Some((0, params_size))));
+        }
         let create = || {
-            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = uniform
+            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = slot
                 .iter()
-                .map(|u| wgpu::BindGroupEntry {
+                .map(|(buffer, _, _)| wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: u.as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(params_size),
+                    }),
                 })
                 .collect();
             entries.extend(bound.iter().map(|(binding, b)| wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: b.resource(),
             }));
+            let automatic;
+            let layout = match &pipeline.layout {
+                Some(layout) => layout,
+                None => {
+                    automatic = pipeline.pipeline.get_bind_group_layout(0);
+                    &automatic
+                }
+            };
             self.context.validated(
                 || format!("binding {}::{entry}", kernel.name),
                 || {
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some(kernel.name),
-                        layout: &pipeline.pipeline.get_bind_group_layout(0),
+                        layout,
                         entries: &entries,
                     })
                 },
             )
         };
         // A decode step's buffers are fresh for each step: caching them would only hold
-        // them alive.
-        let bind_group = if immediates && !self.context.is_deferring() {
+        // them alive (and its parameters go to a buffer of the batch's own).
+        let shared_params = slot.as_ref().is_none_or(|(_, _, shared)| *shared);
+        let bind_group = if shared_params && !self.context.is_deferring() {
             let key = BindKey {
                 kernel: kernel.name,
                 entry,
-                buffers: bound
-                    .iter()
-                    .map(|(binding, b)| (*binding, b.buffer.clone(), b.range))
-                    .collect(),
+                buffers,
             };
             self.context.cached_bind_group(key, create)?
         } else {
@@ -272,7 +311,8 @@ impl Batch<'_> {
             pass.write_timestamp(queries, index);
         }
         pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        let offsets: Vec<u32> = slot.iter().map(|(_, offset, _)| *offset).collect();
+        pass.set_bind_group(0, &bind_group, &offsets);
         if immediates {
             pass.set_immediates(0, bytemuck::bytes_of(&params));
         }
@@ -285,6 +325,43 @@ impl Batch<'_> {
         }
         drop(kernel_profile);
         Ok(())
+    }
+
+    /// A slot for `params` in the batch's parameter buffers: (buffer, byte offset, whether
+    /// the buffer is the context's own). The bytes are written at submission.
+    fn params_slot(&mut self, params: &Params) -> (wgpu::Buffer, u32, bool) {
+        let stride = self.context.params_stride();
+        let full = self
+            .params
+            .last()
+            .is_none_or(|block| block.bytes.len() as u64 + stride > block.buffer.size());
+        if full {
+            let first = self.params.is_empty() && !self.context.is_deferring();
+            let block = if first {
+                ParamsBlock {
+                    buffer: self.context.params_buffer.clone(),
+                    bytes: Vec::new(),
+                    shared: true,
+                }
+            } else {
+                ParamsBlock {
+                    buffer: self.context.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("params"),
+                        size: PARAMS_SLOTS * stride,
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }),
+                    bytes: Vec::new(),
+                    shared: false,
+                }
+            };
+            self.params.push(block);
+        }
+        let block = self.params.last_mut().expect("a parameter block");
+        let offset = block.bytes.len();
+        block.bytes.extend_from_slice(bytemuck::bytes_of(params));
+        block.bytes.resize(offset + stride as usize, 0);
+        (block.buffer.clone(), offset as u32, block.shared)
     }
 
     /// Records a copy of `size` bytes between buffers (offsets and size multiples of 4).
@@ -325,6 +402,11 @@ impl Batch<'_> {
                     .resolve_query_set(&p.queries, 0..2 * passes, &p.resolve, 0);
             }
         }
+        for block in &self.params {
+            self.context
+                .queue
+                .write_buffer(&block.buffer, 0, &block.bytes);
+        }
         self.context.submit(self.encoder)?;
         if self.profiled {
             self.context.record_gpu_time()?;
@@ -341,6 +423,48 @@ mod tests {
     use super::*;
     use crate::gpu::shaders::PACK_EXACT;
     use crate::gpu::GpuOptions;
+
+    /// Without immediates a batch's parameters share uniform buffers at dynamic offsets:
+    /// 600 dispatches (past the context buffer's 256 slots, so two more buffers of the
+    /// batch's own), each packing one row of its own, all land where their parameters say,
+    /// in one batch and again in a second (the cached bind groups, the context's buffer
+    /// rewritten).
+    #[test]
+    fn a_batch_of_many_dispatches_keeps_each_ones_parameters() {
+        let ctx = GpuContext::new(&GpuOptions {
+            portable_only: true,
+            ..GpuOptions::default()
+        })
+        .unwrap();
+        assert!(!ctx.uses_immediates());
+        let rows = 600usize;
+        let values: Vec<f32> = (0..2 * rows).map(|i| i as f32).collect();
+        let input = ctx.create_storage("input", &values).unwrap();
+        let output = ctx.buffer("output", 4 * rows as u64).unwrap();
+        for round in 0..2 {
+            let mut batch = ctx.batch();
+            for row in 0..rows as u32 {
+                let params = Params {
+                    width: 2,
+                    rows: 1,
+                    kv_heads: 1,
+                    len: rows as u32,
+                    rows_per_head: rows as u32,
+                    row_offset: row,
+                    invocations: 1,
+                    ..Default::default()
+                };
+                batch.dispatch(&PACK_EXACT, "heads", params, &[&input, &output]);
+            }
+            batch.submit().unwrap();
+            let words = ctx.read_words(&output, rows).unwrap();
+            for (row, &word) in words.iter().enumerate() {
+                let expected = half::f16::from_f32(2.0 * row as f32).to_bits() as u32
+                    | (half::f16::from_f32(2.0 * row as f32 + 1.0).to_bits() as u32) << 16;
+                assert_eq!(word, expected, "round {round} row {row}");
+            }
+        }
+    }
 
     /// `pack_exact::main` reads binding 1 and writes binding 2: a wrapper that passes a third
     /// buffer, or leaves the output out, is refused with the kernel and the counts named.

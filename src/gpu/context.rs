@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::batch::BindKey;
+use super::batch::{BindKey, PARAMS_SLOTS};
 use super::buffers::GUARD_WORDS;
 use super::params::{Params, WORKGROUP_SIZE};
 use super::pipeline::Pipeline;
@@ -130,10 +130,16 @@ pub struct ContextState {
     pub(super) subgroups: bool,
     /// Whether the exact-row decoders load f16 natively (the device has `SHADER_F16`).
     pub(super) f16_loads: bool,
-    /// Whether kernels read `Params` as immediates (no uniform buffer per dispatch), which
-    /// also lets bind groups be reused (`bind_groups`, at most 256; see `gpu::batch`).
+    /// Whether kernels read `Params` as immediates; otherwise from slots of a uniform
+    /// buffer at dynamic offsets (`params_buffer`). Either way bind groups are reused
+    /// (`bind_groups`, at most 256; see `gpu::batch`).
     pub(super) immediates: bool,
     pub(super) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    /// Without immediates: the uniform buffer of a batch's `Params` slots (see
+    /// `gpu::batch`), [`PARAMS_SLOTS`] of `uniform_offset_alignment`-rounded size.
+    pub(super) params_buffer: wgpu::Buffer,
+    /// The device's alignment of uniform binding offsets.
+    pub(super) uniform_offset_alignment: u64,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pub(super) buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
     pub(super) lost: ErrorSlot,
@@ -243,7 +249,7 @@ impl GpuContext {
                 label: Some("vidkv"),
                 // Optional features, requested where offered: timestamp queries (for
                 // benchmarks, inside passes too), subgroups and shader-f16 (for the fast
-                // paths) and immediates (parameters without a uniform buffer per dispatch).
+                // paths) and immediates (parameters set in the command buffer).
                 required_features: features
                     & (wgpu::Features::TIMESTAMP_QUERY
                         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
@@ -351,6 +357,15 @@ impl GpuContext {
         let max_binding = options
             .max_binding_bytes
             .map_or(device_binding, |cap| cap.min(device_binding));
+        let uniform_offset_alignment = u64::from(limits.min_uniform_buffer_offset_alignment);
+        let params_stride =
+            (std::mem::size_of::<Params>() as u64).next_multiple_of(uniform_offset_alignment);
+        let params_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: PARAMS_SLOTS * params_stride,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(GpuContext {
             state: Arc::new(ContextState {
                 device,
@@ -367,6 +382,8 @@ impl GpuContext {
                     && features.contains(wgpu::Features::IMMEDIATES)
                     && limits.max_immediate_size as usize >= std::mem::size_of::<Params>(),
                 bind_groups: Mutex::new(HashMap::new()),
+                params_buffer,
+                uniform_offset_alignment,
                 pipelines: Mutex::new(HashMap::new()),
                 buffers: Mutex::new(HashMap::new()),
                 lost,
@@ -431,7 +448,7 @@ impl GpuContext {
     }
 
     /// Whether kernels take their parameters as immediates (set per dispatch in the
-    /// command buffer) rather than from a uniform buffer made per dispatch.
+    /// command buffer) rather than from slots of a uniform buffer at dynamic offsets.
     pub fn uses_immediates(&self) -> bool {
         self.immediates
     }
