@@ -18,8 +18,13 @@ use super::shaders::Kernel;
 use crate::error::{Result, VidkvError};
 
 /// Parameter slots of the context's parameter buffer (256 bytes each at most): a batch that
-/// records more dispatches puts the rest in a buffer of its own.
+/// records more dispatches puts the rest in buffers of its own.
 pub(crate) const PARAMS_SLOTS: u64 = 256;
+
+/// Parameter slots of a buffer a batch makes for itself (while a decode step records, or
+/// past the context buffer's slots): small, since a decode step's batches hold a few
+/// dispatches each.
+const BATCH_PARAMS_SLOTS: u64 = 16;
 
 /// Bind groups the context keeps at most; the cache is emptied when full, and whenever the
 /// buffer pool replaces a buffer, so that it never holds more than this many dispatches'
@@ -347,7 +352,7 @@ impl Batch<'_> {
                 ParamsBlock {
                     buffer: self.context.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("params"),
-                        size: PARAMS_SLOTS * stride,
+                        size: BATCH_PARAMS_SLOTS * stride,
                         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                         mapped_at_creation: false,
                     }),
@@ -425,7 +430,7 @@ mod tests {
     use crate::gpu::GpuOptions;
 
     /// Without immediates a batch's parameters share uniform buffers at dynamic offsets:
-    /// 600 dispatches (past the context buffer's 256 slots, so two more buffers of the
+    /// 600 dispatches (past the context buffer's 256 slots, so 22 more buffers of the
     /// batch's own), each packing one row of its own, all land where their parameters say,
     /// in one batch and again in a second (the cached bind groups, the context's buffer
     /// rewritten).
