@@ -12,9 +12,9 @@
 # (`bench attention` at 16k, 64k and 128k tokens with `--kernels --json`, the default
 # presets and `rotated`; its `(portable)` rows time the subgroup and shader-f16 fast paths'
 # portable counterparts), OUT/protected.json (`vidkv` with every fifth token protected:
-# its fused dispatch, then the softmax and STP refinement passes), OUT/cache.txt
-# (`bench cache`, 28 layers at 16k), OUT/cache-portable.txt (the same on a context
-# without subgroups or immediates: parameters in uniform slots, as in a browser) and OUT/split-N.json (`vidkv` and
+# its fused dispatch, then the STP refinement pass), OUT/cache.txt (`bench cache`, 28
+# layers at 16k), OUT/cache-portable.txt (the same on a context without subgroups or
+# immediates: parameters in uniform slots, as in a browser) and OUT/split-N.json (`vidkv` and
 # fp16 at 16k and 128k with splits of N = 256, 1024 and 2048 tokens, against the default
 # 512: the GPU split size is a guess until such a run). On a machine without .gl/ (lavapipe
 # here) `run` uses target/release/vidkv and the installed loader, as a dry run.

@@ -20,13 +20,12 @@
 //                    summed as value_sums sums a split's tokens (rows = refinement rows per
 //                    KV head, centred on the refinement state's mean), rotated back one
 //                    quad after the other and added to the split's value sums (binds 2–5,
-//                    11, 12, 13). After the
-//                    separate passes (params.stp = 0) binding 11 holds the softmax
-//                    weights; after a fused or split dispatch that wrote its masked logits
-//                    (params.stp ≠ 0), binding 11 reaches from the split outputs' (m, l)
-//                    pairs [tile rows][total_splits] over the logits, which start at f32
-//                    index params.stp, and a protected token's weight is e^(s − m) against
-//                    its split's m: no softmax pass runs.
+//                    11, 12, 13). After the separate passes (params.stp = 0) binding 11
+//                    holds the softmax weights; after a fused or split dispatch that wrote
+//                    its masked logits (params.stp ≠ 0), binding 11 reaches from the split
+//                    outputs' (m, l) pairs [tile rows][total_splits] over the logits, which
+//                    start at f32 index params.stp, and a protected token's weight is
+//                    e^(s − m) against its split's m: no softmax pass runs.
 // Binding 13 (refinement_sums only): u32 [splits][2] each split's first and end refinement
 // row, then [refinement rows] each row's token position relative to the segment's start.
 

@@ -256,8 +256,7 @@ fn main(
 // Four tokens' masked logits (from token t of the segment) of tile row `tile_row` into the
 // scores after the (m, l) pairs in binding 3, for the STP refinement pass that follows a
 // segment with refinements (it weighs them against the pairs): [tile rows][score_stride()]
-// f32 from vec2 index
-// params.stp (score_stride() and t are multiples of 4).
+// f32 from vec2 index params.stp (score_stride() and t are multiples of 4).
 fn store_logits(tile_row: u32, t: u32, logits: vec4<f32>) {
     let at = params.stp + (tile_row * score_stride() + t) / 2u;
     stats[at] = logits.xy;

@@ -786,6 +786,16 @@ impl BufferDecode {
         step
     }
 
+    /// Step `t` of both caches: the device cache's recorded and submitted in one submission
+    /// (checked), token `t` appended to the host-API twin.
+    fn submitted_step(&mut self, t: usize) {
+        let inputs = self.inputs(t);
+        let before = self.own.counts();
+        self.record_step(&inputs).submit().unwrap();
+        assert_eq!(self.own.counts().submissions - before.submissions, 1);
+        self.append_to_host(t);
+    }
+
     /// Every layer's output of step `t` equals the host-API twin's attention to 1e-6.
     fn check_outputs(&self, t: usize) {
         for (l, out) in self.outs.iter().enumerate() {
@@ -907,11 +917,7 @@ fn a_whole_model_step_on_uniform_parameters() {
     let mut f = BufferDecode::on(300, 400, &options);
     assert!(!f.own.uses_immediates());
     for t in 300..330 {
-        let inputs = f.inputs(t);
-        let before = f.own.counts();
-        f.record_step(&inputs).submit().unwrap();
-        assert_eq!(f.own.counts().submissions - before.submissions, 1);
-        f.append_to_host(t);
+        f.submitted_step(t);
         if t % 10 == 9 || t == 320 {
             f.check_outputs(t);
         }
@@ -926,11 +932,7 @@ fn a_step_grows_the_history_in_its_submission() {
     // window; the next token flushes a group, which first grows the planes.
     let mut f = BufferDecode::new(8288, 8292);
     for t in 8288..8292 {
-        let inputs = f.inputs(t);
-        let before = f.own.counts();
-        f.record_step(&inputs).submit().unwrap();
-        assert_eq!(f.own.counts().submissions - before.submissions, 1);
-        f.append_to_host(t);
+        f.submitted_step(t);
         f.check_outputs(t);
     }
     assert_eq!(f.device.len(0), 8292);

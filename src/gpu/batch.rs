@@ -84,12 +84,6 @@ impl GpuContext {
             params: Vec::new(),
         }
     }
-
-    /// Bytes between parameter slots: `Params` rounded up to the device's uniform offset
-    /// alignment.
-    fn params_stride(&self) -> u64 {
-        (std::mem::size_of::<Params>() as u64).next_multiple_of(self.uniform_offset_alignment)
-    }
 }
 
 /// A uniform buffer of `Params` slots and what the batch has put in them.
@@ -335,7 +329,7 @@ impl Batch<'_> {
     /// A slot for `params` in the batch's parameter buffers: (buffer, byte offset, whether
     /// the buffer is the context's own). The bytes are written at submission.
     fn params_slot(&mut self, params: &Params) -> (wgpu::Buffer, u32, bool) {
-        let stride = self.context.params_stride();
+        let stride = self.context.params_stride;
         let full = self
             .params
             .last()

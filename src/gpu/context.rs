@@ -136,10 +136,11 @@ pub struct ContextState {
     pub(super) immediates: bool,
     pub(super) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     /// Without immediates: the uniform buffer of a batch's `Params` slots (see
-    /// `gpu::batch`), [`PARAMS_SLOTS`] of `uniform_offset_alignment`-rounded size.
+    /// `gpu::batch`), [`PARAMS_SLOTS`] of `params_stride` bytes.
     pub(super) params_buffer: wgpu::Buffer,
-    /// The device's alignment of uniform binding offsets.
-    pub(super) uniform_offset_alignment: u64,
+    /// Bytes between parameter slots: `Params` rounded up to the device's uniform offset
+    /// alignment.
+    pub(super) params_stride: u64,
     pub(super) pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pub(super) buffers: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
     pub(super) lost: ErrorSlot,
@@ -357,9 +358,8 @@ impl GpuContext {
         let max_binding = options
             .max_binding_bytes
             .map_or(device_binding, |cap| cap.min(device_binding));
-        let uniform_offset_alignment = u64::from(limits.min_uniform_buffer_offset_alignment);
-        let params_stride =
-            (std::mem::size_of::<Params>() as u64).next_multiple_of(uniform_offset_alignment);
+        let params_stride = (std::mem::size_of::<Params>() as u64)
+            .next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let params_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: PARAMS_SLOTS * params_stride,
@@ -383,7 +383,7 @@ impl GpuContext {
                     && limits.max_immediate_size as usize >= std::mem::size_of::<Params>(),
                 bind_groups: Mutex::new(HashMap::new()),
                 params_buffer,
-                uniform_offset_alignment,
+                params_stride,
                 pipelines: Mutex::new(HashMap::new()),
                 buffers: Mutex::new(HashMap::new()),
                 lost,

@@ -52,16 +52,16 @@ impl GpuContext {
         // naga validates the composed source first (and reflects its bindings).
         let (used, declared) = shader_bindings(kernel, entry)?;
         let bindings: Vec<u32> = used.iter().map(|entry| entry.binding).collect();
-        let layout = (!self.immediates).then(|| {
-            self.device
-                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(kernel.name),
-                    entries: &used,
-                })
-        });
-        let pipeline = self.validated(
+        let (layout, pipeline) = self.validated(
             || format!("pipeline {}::{entry}", kernel.name),
             || {
+                let layout = (!self.immediates).then(|| {
+                    self.device
+                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                            label: Some(kernel.name),
+                            entries: &used,
+                        })
+                });
                 let pipeline_layout = layout.as_ref().map(|layout| {
                     self.device
                         .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -83,15 +83,17 @@ impl GpuContext {
                             .into(),
                         ),
                     });
-                self.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(kernel.name),
-                        layout: pipeline_layout.as_ref(),
-                        module: &module,
-                        entry_point: Some(entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
+                let pipeline =
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(kernel.name),
+                            layout: pipeline_layout.as_ref(),
+                            module: &module,
+                            entry_point: Some(entry),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        });
+                (layout, pipeline)
             },
         )?;
         let pipeline = Arc::new(Pipeline {

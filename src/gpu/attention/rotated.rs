@@ -293,6 +293,7 @@ pub(super) fn record_refinement(
     let stp = match weights {
         RefinementWeights::Softmax => 0,
         RefinementWeights::Logits => {
+            // Binding 11 (the scores) reaches back over the (m, l) pairs.
             list[10] = scratch.stats_and_scores();
             2 * scratch.scores_after_stats()
         }
