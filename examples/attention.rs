@@ -63,12 +63,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layer.cache_bytes(),
         cache.size().all_bits()
     );
-    // The fast paths the context chose for this adapter (GpuOptions can ask for portable
-    // kernels only, or for f16 row loads on a CPU adapter too).
+    // What the adapter offers and what the context chose for it: the fast paths (GpuOptions
+    // can ask for portable kernels only, or for f16 row loads on a CPU adapter too) and the
+    // split size (`vidkv adapter` prints the whole report).
+    let capabilities = gpu.capabilities();
     println!(
-        "fast paths: subgroups {}, shader-f16 row loads {}",
-        gpu.uses_subgroups(),
-        gpu.uses_f16_loads()
+        "fast paths: {:?}; {}-token splits; cooperative matrices offered: {}",
+        capabilities.fast_paths, capabilities.split_tokens, capabilities.cooperative_matrix
     );
     Ok(())
 }

@@ -117,6 +117,51 @@ fn benchmarks_refuse_run_counts_out_of_range() {
     }
 }
 
+/// `vidkv adapter` reports the adapter's offer and the context's picks: the fast paths it
+/// uses are features the adapter offers (none with `--portable`), the same as a benchmark
+/// reports, and the lines name the adapter.
+#[test]
+fn adapter_reports_what_the_gpu_offers_and_what_vidkv_picks() {
+    let doc = json(&["adapter", "--json"]);
+    assert!(doc["offer_known"].as_bool().unwrap(), "{doc}");
+    let offered = |key: &str| doc["features"][key].as_bool().unwrap();
+    let paths: Vec<&str> = doc["fast_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for (path, feature) in [
+        ("subgroups", "subgroups"),
+        ("shader-f16 loads", "shader_f16"),
+        ("immediates", "immediates"),
+    ] {
+        assert!(!paths.contains(&path) || offered(feature), "{doc}");
+    }
+    let configs = doc["cooperative_matrix_configs"].as_array().unwrap();
+    assert!(configs.is_empty() || offered("cooperative_matrix"), "{doc}");
+    assert_eq!(doc["split_tokens"].as_u64().unwrap() % 256, 0, "{doc}");
+    let bench = json(&[
+        "bench",
+        "attention",
+        "--context",
+        "1024",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(bench["fast_paths"], doc["fast_paths"]);
+    let portable = json(&["adapter", "--json", "--portable"]);
+    assert_eq!(portable["fast_paths"], serde_json::json!([]));
+    assert_eq!(portable["features"], doc["features"]);
+    let lines = String::from_utf8(vidkv(&["adapter"]).stdout).unwrap();
+    let name = doc["name"].as_str().unwrap();
+    assert!(
+        lines.contains(name) && lines.contains("vidkv uses"),
+        "{lines}"
+    );
+}
+
 #[test]
 fn sizes_reports_vidkv_within_the_bit_budget() {
     let doc = json(&["sizes", "--tokens", "16384", "--json"]);

@@ -682,6 +682,12 @@ fn a_host_device_runs_the_cache() {
     let host_gpu =
         vidkv::gpu::GpuContext::from_device(adapter.get_info(), device, queue, &Default::default())
             .unwrap();
+    // What it reports is the host's device: created without features, it has no fast path.
+    let seen = host_gpu.capabilities();
+    assert!(
+        !seen.offer_known && !seen.subgroups && seen.fast_paths.is_empty(),
+        "{seen:?}"
+    );
     let (k, v) = tensors(300);
     let config = QuantConfig::default();
     let mut host = Host {

@@ -201,7 +201,7 @@ pub(super) fn run_bench_cache(args: &BenchCacheArgs) -> Result<()> {
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
-            "fast_paths": fast_paths(&gpu),
+            "fast_paths": gpu.fast_paths(),
             "split_tokens": gpu.split_tokens(),
             "protected_share": protected_share,
             "shape": {"layers": args.layers, "q_heads": args.q_heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
@@ -318,7 +318,7 @@ pub(super) fn run_bench_attention(args: &BenchAttentionArgs) -> Result<()> {
     if args.json {
         let doc = serde_json::json!({
             "adapter": gpu.adapter_name(),
-            "fast_paths": fast_paths(&gpu),
+            "fast_paths": gpu.fast_paths(),
             "timing": timing,
             "split_tokens": gpu.split_tokens(),
             "protected_share": protected_share,
@@ -457,22 +457,9 @@ pub(super) fn run_bench_quantize(args: &BenchQuantizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The fast paths `gpu` uses (what a benchmark's fastest rows ran with): subgroups,
-/// shader-f16 row loads, parameters as immediates.
-fn fast_paths(gpu: &GpuContext) -> Vec<&'static str> {
-    [
-        (gpu.uses_subgroups(), "subgroups"),
-        (gpu.uses_f16_loads(), "shader-f16 loads"),
-        (gpu.uses_immediates(), "immediates"),
-    ]
-    .into_iter()
-    .filter_map(|(used, name)| used.then_some(name))
-    .collect()
-}
-
-/// [`fast_paths`] for a table's header line ("none" where there are none).
+/// [`GpuContext::fast_paths`] for a table's header line ("none" where there are none).
 fn fast_paths_line(gpu: &GpuContext) -> String {
-    let paths = fast_paths(gpu);
+    let paths = gpu.fast_paths();
     if paths.is_empty() {
         "none".to_string()
     } else {

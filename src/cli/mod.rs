@@ -3,6 +3,7 @@
 //!
 //! Library modules never call into this module; it is compiled only with the `cli` feature.
 
+mod adapter;
 mod bench;
 #[cfg(feature = "lm")]
 mod eval_lm;
@@ -21,6 +22,7 @@ use crate::config::{QuantConfig, PRESET_NAMES};
 use crate::error::{Result, VidkvError};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::io::KvSample;
+use adapter::AdapterArgs;
 use bench::BenchCommand;
 #[cfg(feature = "lm")]
 use eval_lm::EvalLmArgs;
@@ -61,6 +63,9 @@ enum Command {
     /// Stored bytes and effective bits per element of each preset for a cache shape,
     /// without data (default: one Qwen2-7B-shaped model at 16k tokens).
     Sizes(SizesArgs),
+    /// The GPU adapter vidkv opens (`VIDKV_ADAPTER`, `WGPU_BACKEND`): its features, limits
+    /// and cooperative-matrix configurations, and the fast paths and split size vidkv picks.
+    Adapter(AdapterArgs),
     /// Benchmarks (`vidkv bench quantize`, `vidkv bench attention`).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -111,6 +116,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Report(args)) => report::run_report(&args),
         Some(Command::Sizes(args)) => report::run_sizes(&args),
+        Some(Command::Adapter(args)) => adapter::run_adapter(&args),
         Some(Command::Bench(BenchCommand::Quantize(args))) => bench::run_bench_quantize(&args),
         Some(Command::Bench(BenchCommand::Attention(args))) => bench::run_bench_attention(&args),
         Some(Command::Bench(BenchCommand::Cache(args))) => bench::run_bench_cache(&args),

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::batch::{BindKey, PARAMS_SLOTS};
 use super::buffers::GUARD_WORDS;
+use super::capabilities::AdapterOffer;
 use super::params::{Params, WORKGROUP_SIZE};
 use super::pipeline::Pipeline;
 use super::profiling::{KernelProfile, Profile};
@@ -123,6 +124,8 @@ pub struct ContextState {
     pub(super) queue: wgpu::Queue,
     pub(super) info: wgpu::AdapterInfo,
     pub(super) features: wgpu::Features,
+    /// What the adapter offers (`None` on a host's device: see `super::capabilities`).
+    pub(super) offer: Option<AdapterOffer>,
     pub(super) max_binding: u64,
     pub(super) max_uniform_binding: u64,
     pub(super) max_workgroups: u32,
@@ -245,6 +248,10 @@ impl GpuContext {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
+        let offer = AdapterOffer {
+            features,
+            cooperative_matrix: adapter.cooperative_matrix_properties(),
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vidkv"),
@@ -284,7 +291,14 @@ impl GpuContext {
                 slot.get_or_insert_with(|| error.to_string());
             }
         }));
-        Self::on_device(info, device, queue, options, (lost, uncaptured))
+        Self::on_device(
+            info,
+            device,
+            queue,
+            options,
+            (lost, uncaptured),
+            Some(offer),
+        )
     }
 
     /// A context on a host's own device, so that a host whose model already runs on wgpu
@@ -312,7 +326,14 @@ impl GpuContext {
             )));
         }
         let empty = || Arc::new(Mutex::new(None));
-        Self::on_device(adapter_info, device, queue, options, (empty(), empty()))
+        Self::on_device(
+            adapter_info,
+            device,
+            queue,
+            options,
+            (empty(), empty()),
+            None,
+        )
     }
 
     /// The limits every kernel needs, on top of WebGPU's defaults: [`STORAGE_BUFFERS_PER_STAGE`]
@@ -332,6 +353,7 @@ impl GpuContext {
         queue: wgpu::Queue,
         options: &GpuOptions,
         (lost, uncaptured): (ErrorSlot, ErrorSlot),
+        offer: Option<AdapterOffer>,
     ) -> Result<Self> {
         let split_tokens = match options.split_tokens {
             Some(n) if n % 256 == 0 && (256..=65536).contains(&n) => n,
@@ -372,6 +394,7 @@ impl GpuContext {
                 queue,
                 info,
                 features,
+                offer,
                 max_binding,
                 max_uniform_binding: limits.max_uniform_buffer_binding_size,
                 max_workgroups: limits.max_compute_workgroups_per_dimension,

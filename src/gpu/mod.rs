@@ -3,7 +3,8 @@
 //! The runtime, one job per module (leaves first):
 //! - `params`: the uniform parameter block every kernel reads; `binding`: a buffer bound
 //!   whole or by range; `shaders`: the WGSL sources and their composition rule.
-//! - `context`: adapter/device selection, errors, submission; `buffers`: storage
+//! - `context`: adapter/device selection, errors, submission; [`capabilities`]: what the
+//!   adapter offers and what a context picked from it; `buffers`: storage
 //!   buffers, the pool, guarded outputs, read-back; `pipeline`: the pipeline cache;
 //!   `profiling`: timestamp queries; `batch`: dispatches recorded into one submission.
 //!
@@ -24,6 +25,7 @@ pub mod attention;
 pub(crate) mod batch;
 pub(crate) mod binding;
 pub(crate) mod buffers;
+pub mod capabilities;
 pub mod context;
 pub mod dequantize;
 pub(crate) mod grouped;
@@ -38,4 +40,5 @@ pub(crate) mod shaders;
 pub(crate) mod split;
 pub(crate) mod stp;
 
+pub use capabilities::{Capabilities, MatrixConfig};
 pub use context::{GpuContext, GpuCounts, GpuOptions};
