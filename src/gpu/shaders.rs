@@ -303,4 +303,6 @@ impl Kernel {
 }
 
 #[cfg(test)]
+mod barriers;
+#[cfg(test)]
 mod tests;
