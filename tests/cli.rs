@@ -11,6 +11,16 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_slice(&vidkv(args).stdout).expect("one JSON document on stdout")
 }
 
+/// The `fast_paths` list of a JSON report (`adapter`, `bench`).
+fn fast_paths(doc: &Value) -> Vec<&str> {
+    doc["fast_paths"]
+        .as_array()
+        .expect("a fast_paths list")
+        .iter()
+        .map(|p| p.as_str().expect("a fast path's name"))
+        .collect()
+}
+
 #[test]
 fn the_main_job_prints_every_preset_for_both_bundled_samples() {
     let out = String::from_utf8(vidkv(&[]).stdout).unwrap();
@@ -125,12 +135,7 @@ fn adapter_reports_what_the_gpu_offers_and_what_vidkv_picks() {
     let doc = json(&["adapter", "--json"]);
     assert!(doc["offer_known"].as_bool().unwrap(), "{doc}");
     let offered = |key: &str| doc["features"][key].as_bool().unwrap();
-    let paths: Vec<&str> = doc["fast_paths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let paths = fast_paths(&doc);
     for (path, feature) in [
         ("subgroups", "subgroups"),
         ("shader-f16 loads", "shader_f16"),
@@ -362,12 +367,7 @@ fn bench_attention_reports_time_per_kernel() {
         "--f16-loads-on-cpu",
         "--json",
     ]);
-    let paths: Vec<&str> = doc["fast_paths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let paths = fast_paths(&doc);
     assert!(
         paths.contains(&"subgroups") && paths.contains(&"shader-f16 loads"),
         "lavapipe has both: {paths:?}"
