@@ -303,6 +303,6 @@ impl Kernel {
 }
 
 #[cfg(test)]
-mod barriers;
+mod hazards;
 #[cfg(test)]
 mod tests;

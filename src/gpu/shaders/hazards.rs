@@ -1,35 +1,42 @@
-//! Workgroup-memory races that lavapipe cannot show, found in naga's IR of every kernel.
+//! GPU hazards that lavapipe cannot show, found in naga's IR of every kernel: workgroup-
+//! memory races and subgroup operations in divergent control flow.
 //!
 //! llvmpipe runs a workgroup as SIMD chunks of invocations, each chunk up to the next
 //! barrier before the next starts, so a read of what a lower invocation wrote with no
 //! barrier between sees the written value there, and a race on a GPU. (Removing the
 //! barrier at the end of `attention_split_groups.wgsl`'s split loop passes every lavapipe
-//! test; this check names the five compositions it breaks.)
+//! test; this check names the five compositions it breaks.) And its shuffles read the
+//! whole SIMD vector, active lanes or not, where a GPU leaves a shuffle from an inactive
+//! lane undefined.
 //!
-//! The check walks each entry point (calls inlined, both branches of every `if`, loops
-//! twice so that an iteration meets what the previous one left) and keeps, per workgroup
-//! variable, the stores and loads since the last `workgroupBarrier` or
-//! `workgroupUniformLoad`. Indices are rendered as expressions with the terms that depend
-//! on the invocation (its local index or id, or its subgroup lane, and locals given such
-//! values) marked; an index's *region* is its invocation terms alone (`2 * (32 * slot +
-//! 12) + h` is in `2 * 32 * slot + h`). In one interval:
-//! - a store and another access of the same variable race unless both are in the same
-//!   invocation-dependent region (each invocation then touches its own elements);
-//! - a store outside any invocation-dependent region races with itself, unless an
-//!   enclosing `if` admits one invocation (`local == c`).
+//! The walk covers each entry point (calls inlined, both branches of every `if`, loops
+//! twice so that an iteration meets what the previous one left). Indices and conditions
+//! are rendered as expressions with the terms that depend on the invocation marked: its
+//! local index or id, its subgroup lane, locals given such values, and lane-varying
+//! subgroup results (shuffles, scans). An index's *region* is its invocation terms alone
+//! (`2 * (32 * slot + 12) + h` is in `2 * 32 * slot + h`).
 //!
-//! It assumes that distinct invocations have disjoint regions (an index such as
-//! `local / 4` shared by four invocations, or a butterfly's `i` and `i + half` of
-//! another pair, would pass unchecked) and that workgroup memory is not reached through
-//! pointer arguments (it stops if it is).
+//! Races: per workgroup variable, the stores and loads since the last `workgroupBarrier`
+//! or `workgroupUniformLoad`. In one interval, a store and another access of the same
+//! variable race unless both are in the same invocation-dependent region (each invocation
+//! then touches its own elements); a store outside any such region races with itself
+//! unless an enclosing `if` admits one invocation (`local == c`). This assumes distinct
+//! invocations have disjoint regions (an index such as `local / 4` shared by four
+//! invocations, or a butterfly's `i` and `i + half` of another pair, would pass
+//! unchecked) and that workgroup memory is not reached through pointer arguments (the walk
+//! stops if it is).
+//!
+//! Divergence: a subgroup operation is divergent under an `if` on an invocation-dependent
+//! condition, after a `return` under one (until the function ends), after a `break` (until
+//! the loop ends, later iterations included) or a `continue` (until the iteration ends).
+//! Whether the lanes a divergent shuffle reads share its condition needs the host's
+//! constraints, so the tests list each such place with its review.
 
 use std::collections::{BTreeSet, HashMap};
 
 use naga::{
     AddressSpace, Binding, Block, BuiltIn, Expression, Function, Handle, Module, Statement,
 };
-
-use super::ALL;
 
 /// The mark in a rendered index of a term that depends on the invocation.
 const INVOCATION: &str = "@inv";
@@ -91,22 +98,46 @@ struct Access {
 /// A store and an access of the same workgroup variable with no barrier between them,
 /// by (possibly) different invocations: lines of the composed source and the regions.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Race {
-    variable: String,
-    store_line: u32,
-    access_line: u32,
-    store_region: String,
-    access_region: String,
+pub(super) struct Race {
+    pub variable: String,
+    pub store_line: u32,
+    pub access_line: u32,
+    pub store_region: String,
+    pub access_region: String,
 }
 
-/// What the walk of one entry point found: pairs of a store and a conflicting access.
+/// Why the invocations of a subgroup may not all be running a statement: an enclosing
+/// `if` on an invocation-dependent condition, or an earlier `return`, `break` or
+/// `continue` under one (which holds until the function's end, the loop's end, or the
+/// iteration's end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Divergence {
+    Branch,
+    Return,
+    Break,
+    Continue,
+}
+
+/// A subgroup operation where the subgroup's invocations may not all be active: the line
+/// of the composed source, and the line of the condition that divided them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct DivergentSubgroupOp {
+    pub line: u32,
+    pub condition_line: u32,
+}
+
+/// What the walk of one entry point found: pairs of a store and a conflicting access, and
+/// subgroup operations in divergent control flow.
 #[derive(Default)]
 struct Walk {
     races: BTreeSet<Race>,
+    divergent_ops: BTreeSet<DivergentSubgroupOp>,
     /// Workgroup accesses walked (so that a test sees the walk reach them).
     accesses: usize,
     /// How many enclosing `if`s admit one invocation only (`local == c`).
     single: u32,
+    /// The divergences in force, with the line of the condition behind each.
+    divergences: Vec<(Divergence, u32)>,
 }
 
 /// One function being walked: how its arguments render (the caller's expressions, or the
@@ -115,6 +146,8 @@ struct Frame<'a> {
     function: &'a Function,
     arguments: Vec<Sym>,
     invocation_locals: BTreeSet<Handle<naga::LocalVariable>>,
+    /// Results of subgroup operations that differ between lanes (shuffles, scans).
+    lane_results: BTreeSet<Handle<Expression>>,
     rendered: HashMap<Handle<Expression>, Sym>,
 }
 
@@ -216,6 +249,9 @@ impl<'a> Checker<'a> {
                 format!("compose({})", parts.join(", "))
             }
             // Results of calls and subgroup operations: values nothing else is equal to.
+            _ if frame.lane_results.contains(&expression) => {
+                format!("value{}{INVOCATION}", expression.index())
+            }
             _ => format!("value{}", expression.index()),
         };
         let sym = Sym::Term(text);
@@ -386,10 +422,23 @@ impl<'a> Checker<'a> {
                 reject,
             } => {
                 let single = u32::from(self.one_invocation(frame, *condition));
+                let divides = self.render(frame, *condition).invocation();
+                let line = self.line(frame, *condition);
+                if divides {
+                    walk.divergences.push((Divergence::Branch, line));
+                }
                 walk.single += single;
                 let a = self.block(frame, accept, state.clone(), walk);
                 walk.single -= single;
                 let r = self.block(frame, reject, state, walk);
+                if divides {
+                    walk.divergences.pop();
+                    for kind in [Divergence::Return, Divergence::Break, Divergence::Continue] {
+                        if escapes(accept, kind) || escapes(reject, kind) {
+                            walk.divergences.push((kind, line));
+                        }
+                    }
+                }
                 state = a.union(&r).cloned().collect();
             }
             Statement::Switch { cases, .. } => {
@@ -400,15 +449,32 @@ impl<'a> Checker<'a> {
                 state = out;
             }
             Statement::Loop {
-                body, continuing, ..
+                body,
+                continuing,
+                break_if,
             } => {
-                // Twice: the second pass starts from what an iteration leaves behind.
+                // Twice: the second pass starts from what an iteration leaves behind (and
+                // with the divergence of invocations that left the loop in the first).
                 let mut head = state.clone();
+                let depth = walk.divergences.len();
                 for _ in 0..2 {
                     let end = self.block(frame, body, head.clone(), walk);
+                    // Invocations that skipped the rest of the body join again here.
+                    let mut position = 0;
+                    walk.divergences.retain(|(kind, _)| {
+                        position += 1;
+                        position <= depth || *kind != Divergence::Continue
+                    });
                     let end = self.block(frame, continuing, end, walk);
+                    if let Some(condition) = break_if {
+                        if self.render(frame, *condition).invocation() {
+                            let line = self.line(frame, *condition);
+                            walk.divergences.push((Divergence::Break, line));
+                        }
+                    }
                     head = state.union(&end).cloned().collect();
                 }
+                walk.divergences.truncate(depth);
                 state = head;
             }
             Statement::ControlBarrier(barrier) | Statement::MemoryBarrier(barrier)
@@ -417,6 +483,16 @@ impl<'a> Checker<'a> {
                 state.clear();
             }
             Statement::WorkGroupUniformLoad { .. } => state.clear(),
+            Statement::SubgroupGather { result, .. }
+            | Statement::SubgroupCollectiveOperation { result, .. }
+            | Statement::SubgroupBallot { result, .. } => {
+                if let Some(&(_, condition_line)) = walk.divergences.last() {
+                    walk.divergent_ops.insert(DivergentSubgroupOp {
+                        line: self.line(frame, *result),
+                        condition_line,
+                    });
+                }
+            }
             Statement::Store { pointer, .. } => {
                 self.record(frame, &mut state, walk, *pointer, true);
             }
@@ -428,13 +504,14 @@ impl<'a> Checker<'a> {
                 let arguments = arguments.iter().map(|a| self.render(frame, *a)).collect();
                 let callee = &self.module.functions[*function];
                 let mut inner = self.frame(callee, arguments);
+                // A callee's early returns end with it.
+                let depth = walk.divergences.len();
                 state = self.block(&mut inner, &callee.body, state, walk);
+                walk.divergences.truncate(depth);
                 if let Some(result) = result {
                     // The call's value renders as what the callee returns, where it
                     // returns one expression.
-                    let mut returned = Vec::new();
-                    collect_returns(&callee.body, &mut returned);
-                    let texts: BTreeSet<Sym> = returned
+                    let texts: BTreeSet<Sym> = returned_values(&callee.body)
                         .iter()
                         .map(|r| self.render(&mut inner, *r))
                         .collect();
@@ -453,17 +530,17 @@ impl<'a> Checker<'a> {
     /// A frame for `function` whose arguments render as `arguments`; its locals that are
     /// ever given an invocation-dependent value are marked (to a fixed point).
     fn frame(&self, function: &'a Function, arguments: Vec<Sym>) -> Frame<'a> {
+        let lane_results = lane_results(&function.body);
         let mut frame = Frame {
             function,
             arguments,
             invocation_locals: BTreeSet::new(),
+            lane_results,
             rendered: HashMap::new(),
         };
         loop {
             let before = frame.invocation_locals.len();
-            let mut stores = Vec::new();
-            collect_local_stores(&function.body, function, &mut stores);
-            for (local, value) in stores {
+            for (local, value) in local_stores(function) {
                 frame.rendered.clear();
                 if self.render(&mut frame, value).invocation() {
                     frame.invocation_locals.insert(local);
@@ -485,69 +562,108 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// The values of every `return` in `block`, nested blocks included.
-fn collect_returns(block: &Block, out: &mut Vec<Handle<Expression>>) {
-    for statement in block.iter() {
-        match statement {
-            Statement::Return { value: Some(v) } => out.push(*v),
-            Statement::Block(b) => collect_returns(b, out),
-            Statement::If { accept, reject, .. } => {
-                collect_returns(accept, out);
-                collect_returns(reject, out);
-            }
-            Statement::Switch { cases, .. } => {
-                for case in cases {
-                    collect_returns(&case.body, out);
-                }
-            }
-            Statement::Loop { body, .. } => collect_returns(body, out),
-            _ => {}
-        }
-    }
+/// Whether `block` holds a `kind` escape (`return` anywhere; `break` and `continue` only
+/// where they leave the enclosing loop, not an inner loop or a `switch`).
+fn escapes(block: &Block, kind: Divergence) -> bool {
+    block.iter().any(|statement| match statement {
+        Statement::Return { .. } => kind == Divergence::Return,
+        Statement::Break => kind == Divergence::Break,
+        Statement::Continue => kind == Divergence::Continue,
+        Statement::Block(b) => escapes(b, kind),
+        Statement::If { accept, reject, .. } => escapes(accept, kind) || escapes(reject, kind),
+        Statement::Switch { cases, .. } => cases
+            .iter()
+            .any(|case| kind != Divergence::Break && escapes(&case.body, kind)),
+        Statement::Loop {
+            body, continuing, ..
+        } => kind == Divergence::Return && (escapes(body, kind) || escapes(continuing, kind)),
+        _ => false,
+    })
 }
 
-/// Every `local = value` store in `block`, nested blocks included.
-fn collect_local_stores(
-    block: &Block,
-    function: &Function,
-    out: &mut Vec<(Handle<naga::LocalVariable>, Handle<Expression>)>,
-) {
+/// Calls `visit` on every statement of `block`, nested blocks included.
+fn for_each_statement<'b>(block: &'b Block, visit: &mut impl FnMut(&'b Statement)) {
     for statement in block.iter() {
+        visit(statement);
         match statement {
-            Statement::Store { pointer, value } => {
-                let mut current = *pointer;
-                loop {
-                    match function.expressions[current] {
-                        Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => {
-                            current = base
-                        }
-                        Expression::LocalVariable(local) => {
-                            out.push((local, *value));
-                            break;
-                        }
-                        _ => break,
-                    }
-                }
-            }
-            Statement::Block(b) => collect_local_stores(b, function, out),
+            Statement::Block(b) => for_each_statement(b, visit),
             Statement::If { accept, reject, .. } => {
-                collect_local_stores(accept, function, out);
-                collect_local_stores(reject, function, out);
+                for_each_statement(accept, visit);
+                for_each_statement(reject, visit);
             }
             Statement::Switch { cases, .. } => {
                 for case in cases {
-                    collect_local_stores(&case.body, function, out);
+                    for_each_statement(&case.body, visit);
                 }
             }
             Statement::Loop {
                 body, continuing, ..
             } => {
-                collect_local_stores(body, function, out);
-                collect_local_stores(continuing, function, out);
+                for_each_statement(body, visit);
+                for_each_statement(continuing, visit);
             }
             _ => {}
         }
     }
+}
+
+/// The results in `block` of subgroup operations whose value differs between lanes:
+/// shuffles and scans (a reduction, a broadcast or a ballot is the same in every lane).
+fn lane_results(block: &Block) -> BTreeSet<Handle<Expression>> {
+    let mut out = BTreeSet::new();
+    for_each_statement(block, &mut |statement| match statement {
+        Statement::SubgroupGather { mode, result, .. }
+            if !matches!(
+                mode,
+                naga::GatherMode::BroadcastFirst | naga::GatherMode::Broadcast(_)
+            ) =>
+        {
+            out.insert(*result);
+        }
+        Statement::SubgroupCollectiveOperation {
+            collective_op,
+            result,
+            ..
+        } if *collective_op != naga::CollectiveOperation::Reduce => {
+            out.insert(*result);
+        }
+        _ => {}
+    });
+    out
+}
+
+/// The values of every `return` in `block`.
+fn returned_values(block: &Block) -> Vec<Handle<Expression>> {
+    let mut out = Vec::new();
+    for_each_statement(block, &mut |statement| {
+        if let Statement::Return { value: Some(v) } = statement {
+            out.push(*v);
+        }
+    });
+    out
+}
+
+/// Every `local = value` store in `function` (to the local or an element of it).
+fn local_stores(function: &Function) -> Vec<(Handle<naga::LocalVariable>, Handle<Expression>)> {
+    let mut out = Vec::new();
+    for_each_statement(&function.body, &mut |statement| {
+        if let Statement::Store { pointer, value } = statement {
+            let mut current = *pointer;
+            loop {
+                match function.expressions[current] {
+                    Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => {
+                        current = base
+                    }
+                    Expression::LocalVariable(local) => {
+                        out.push((local, *value));
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    });
+    out
 }
 
 /// How an entry point's argument renders: invocation-dependent built-ins are marked.
@@ -580,28 +696,23 @@ fn entry_argument(argument: &naga::FunctionArgument, module: &Module, i: usize) 
     )
 }
 
-/// The file and line of line `line` of `kernel`'s composed source.
-fn file_line(kernel: &super::Kernel, line: u32) -> String {
-    let mut first = 1 + u32::from(kernel.needs_f16);
-    for (name, text) in kernel.files() {
-        let lines = text.lines().count() as u32 + u32::from(text.ends_with('\n'));
-        if line < first + lines {
-            return format!("{name}:{}", line - first + 1);
-        }
-        first += lines;
-    }
-    format!("?:{line}")
+/// What [`Checker`] found in one module: the races and the divergent subgroup operations
+/// of its entry points (by name), and how many workgroup accesses it walked.
+#[derive(Default)]
+pub(super) struct Findings {
+    pub races: Vec<(String, Race)>,
+    pub divergent_ops: Vec<(String, DivergentSubgroupOp)>,
+    pub accesses: usize,
 }
 
-/// The races [`Checker`] finds in `source`, with their entry points, and how many
-/// workgroup accesses it walked.
-fn races(source: &str) -> (Vec<(String, Race)>, usize) {
+/// Walks every entry point of the WGSL module `source`.
+pub(super) fn check(source: &str) -> Findings {
     let module = naga::front::wgsl::parse_str(source).expect("validated elsewhere");
     let checker = Checker {
         module: &module,
         source,
     };
-    let (mut found, mut accesses) = (Vec::new(), 0);
+    let mut findings = Findings::default();
     for entry in &module.entry_points {
         let arguments = entry
             .function
@@ -613,87 +724,16 @@ fn races(source: &str) -> (Vec<(String, Race)>, usize) {
         let mut frame = checker.frame(&entry.function, arguments);
         let mut walk = Walk::default();
         checker.block(&mut frame, &entry.function.body, BTreeSet::new(), &mut walk);
-        found.extend(walk.races.into_iter().map(|r| (entry.name.clone(), r)));
-        accesses += walk.accesses;
+        let name = || entry.name.clone();
+        findings
+            .races
+            .extend(walk.races.into_iter().map(|r| (name(), r)));
+        findings
+            .divergent_ops
+            .extend(walk.divergent_ops.into_iter().map(|o| (name(), o)));
+        findings.accesses += walk.accesses;
     }
-    (found, accesses)
+    findings
 }
 
-#[test]
-fn the_checker_finds_races_and_passes_ordered_accesses() {
-    let shader = |body: &str| {
-        format!(
-            "var<workgroup> a: array<f32, 64>;\nvar<workgroup> s: f32;\n\
-             @group(0) @binding(0) var<storage, read_write> out: array<f32>;\n\
-             @compute @workgroup_size(64)\n\
-             fn main(@builtin(local_invocation_index) lid: u32) {{\n{body}\n}}\n"
-        )
-    };
-    let racy = [
-        // A broadcast without a barrier: lane 0 writes, the others read.
-        "if (lid == 0u) { s = 1.0; }\nout[lid] = s;",
-        // A neighbour's element.
-        "a[lid] = 1.0;\nout[lid] = a[lid ^ 1u];",
-        // Across loop iterations: the next iteration reads before the barrier.
-        "for (var i = 0u; i < 4u; i++) {\nlet y = a[(lid + 1u) % 64u];\nworkgroupBarrier();\n\
-         a[lid] = y;\n}",
-        // Through a helper function.
-        "put(lid);\nout[lid] = a[63u - lid];",
-        // Every invocation writes the same element.
-        "s = 1.0;",
-    ];
-    let valid = |source: &str| {
-        let module = naga::front::wgsl::parse_str(source).expect("parses");
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{source}: {e}"));
-    };
-    for body in racy {
-        let source = shader(body) + "fn put(i: u32) { a[i] = 2.0; }\n";
-        valid(&source);
-        assert!(!races(&source).0.is_empty(), "not found: {body}");
-    }
-    let ordered = [
-        "if (lid == 0u) { s = 1.0; }\nworkgroupBarrier();\nout[lid] = s;",
-        "a[lid] = 1.0;\nworkgroupBarrier();\nout[lid] = a[lid ^ 1u];",
-        "for (var i = 0u; i < 4u; i++) {\nlet y = a[(lid + 1u) % 64u];\nworkgroupBarrier();\n\
-         a[lid] = y;\nworkgroupBarrier();\n}",
-        "a[lid] = 1.0;\na[lid] = a[lid] + 1.0;\nout[lid] = a[lid];",
-        "a[2u * lid + 1u] = 1.0;\nout[lid] = a[2u * lid];",
-        "let t = workgroupUniformLoad(&s);\nif (lid == 0u) { s = t + 1.0; }",
-    ];
-    for body in ordered {
-        let source = shader(body);
-        valid(&source);
-        assert_eq!(races(&source).0, Vec::new(), "{body}");
-    }
-}
-
-#[test]
-fn workgroup_memory_is_ordered_by_barriers() {
-    let (mut report, mut walked) = (Vec::new(), 0);
-    for kernel in ALL {
-        let source = kernel.composed_source();
-        let (found, accesses) = races(&source);
-        walked += accesses;
-        for (entry, race) in found {
-            report.push(format!(
-                "{}::{entry} `{}`: store at {} [{}], access at {} [{}]",
-                kernel.name,
-                race.variable,
-                file_line(&kernel, race.store_line),
-                race.store_region,
-                file_line(&kernel, race.access_line),
-                race.access_region,
-            ));
-        }
-    }
-    assert!(
-        walked > 1000,
-        "the walk reached {walked} workgroup accesses"
-    );
-    assert!(report.is_empty(), "{}", report.join("\n"));
-}
+mod tests;
