@@ -17,6 +17,31 @@ fn file_line(kernel: &Kernel, line: u32) -> String {
     format!("?:{line}")
 }
 
+/// Checks that [`check`] finds a hazard (`found`) in every shader of `hazards` and none in
+/// `safe`, each made by `shader` and valid WGSL (subgroups allowed).
+fn sorts(
+    shader: impl Fn(&str) -> String,
+    hazards: &[&str],
+    safe: &[&str],
+    found: impl Fn(&super::Findings) -> bool,
+) {
+    for (bodies, expected) in [(hazards, true), (safe, false)] {
+        for body in bodies {
+            let source = shader(body);
+            let module = naga::front::wgsl::parse_str(&source).expect("parses");
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::SUBGROUP,
+            )
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(found(&check(&source)), expected, "{body}");
+        }
+    }
+}
+
 #[test]
 fn the_checker_finds_races_and_passes_ordered_accesses() {
     let shader = |body: &str| {
@@ -40,20 +65,6 @@ fn the_checker_finds_races_and_passes_ordered_accesses() {
         // Every invocation writes the same element.
         "s = 1.0;",
     ];
-    let valid = |source: &str| {
-        let module = naga::front::wgsl::parse_str(source).expect("parses");
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{source}: {e}"));
-    };
-    for body in racy {
-        let source = shader(body) + "fn put(i: u32) { a[i] = 2.0; }\n";
-        valid(&source);
-        assert!(!check(&source).races.is_empty(), "not found: {body}");
-    }
     let ordered = [
         "if (lid == 0u) { s = 1.0; }\nworkgroupBarrier();\nout[lid] = s;",
         "a[lid] = 1.0;\nworkgroupBarrier();\nout[lid] = a[lid ^ 1u];",
@@ -63,11 +74,8 @@ fn the_checker_finds_races_and_passes_ordered_accesses() {
         "a[2u * lid + 1u] = 1.0;\nout[lid] = a[2u * lid];",
         "let t = workgroupUniformLoad(&s);\nif (lid == 0u) { s = t + 1.0; }",
     ];
-    for body in ordered {
-        let source = shader(body);
-        valid(&source);
-        assert_eq!(check(&source).races, Vec::new(), "{body}");
-    }
+    let with_helper = |body: &str| shader(body) + "fn put(i: u32) { a[i] = 2.0; }\n";
+    sorts(with_helper, &racy, &ordered, |f| !f.races.is_empty());
 }
 
 #[test]
@@ -106,31 +114,12 @@ fn the_checker_finds_divergent_subgroup_operations() {
              fn main(@builtin(local_invocation_index) lid: u32) {{\nlet x = f32(lid);\n{body}\n}}\n"
         )
     };
-    let valid = |source: &str| {
-        let module = naga::front::wgsl::parse_str(source).expect("parses");
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::SUBGROUP,
-        )
-        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{source}: {e}"));
-    };
     let divergent = [
         "if (lid < 5u) { out[lid] = subgroupShuffleXor(x, 1u); }",
         "if (lid >= 40u) { return; }\nout[lid] = subgroupAdd(x);",
         "for (var i = lid; i < 64u; i += 16u) { out[i] = subgroupShuffleXor(x, 1u); }",
         "let y = subgroupShuffleXor(x, 1u);\nif (y > 0.0) { out[lid] = subgroupAdd(y); }",
     ];
-    for body in divergent {
-        let source = shader(body);
-        valid(&source);
-        assert!(
-            !check(&source).divergent_ops.is_empty(),
-            "not found: {body}"
-        );
-    }
     let uniform = [
         "let y = subgroupShuffleXor(x, 1u);\nif (lid < 5u) { out[lid] = y; }",
         "for (var i = 0u; i < 4u; i++) {\nout[lid] = subgroupAdd(x);\n\
@@ -138,11 +127,9 @@ fn the_checker_finds_divergent_subgroup_operations() {
         "let s = subgroupAdd(x);\nif (s > 0.0) { out[lid] = subgroupMax(x); }",
         "out[lid] = pick(x);\nout[lid] = subgroupAdd(x);",
     ];
-    for body in uniform {
-        let source = shader(body);
-        valid(&source);
-        assert_eq!(check(&source).divergent_ops, Vec::new(), "{body}");
-    }
+    sorts(shader, &divergent, &uniform, |f| {
+        !f.divergent_ops.is_empty()
+    });
 }
 
 /// Subgroup operations run where every invocation of the subgroup does, or where the lanes
