@@ -5,7 +5,7 @@
 //! immediates; see [`GpuOptions`](super::GpuOptions)). Cooperative-matrix configurations
 //! are listed for the record: no kernel uses them yet.
 
-use super::context::GpuContext;
+use super::context::{storage_binding_limit, GpuContext};
 
 /// One cooperative-matrix configuration an adapter offers: C (M×N) += A (M×K) · B (K×N).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,9 +134,7 @@ impl GpuContext {
             cooperative_matrix: has(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             matrix_configs: configs.iter().map(MatrixConfig::from_wgpu).collect(),
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
-            max_storage_binding_bytes: limits
-                .max_storage_buffer_binding_size
-                .min(limits.max_buffer_size),
+            max_storage_binding_bytes: storage_binding_limit(&limits),
             storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             workgroup_memory_bytes: limits.max_compute_workgroup_storage_size,
             fast_paths: self.fast_paths(),

@@ -64,6 +64,14 @@ fn missing_limits(limits: &wgpu::Limits) -> Vec<String> {
     missing
 }
 
+/// The largest storage binding a device with `limits` takes, in bytes (its binding limit,
+/// within its buffer-size limit).
+pub(super) fn storage_binding_limit(limits: &wgpu::Limits) -> u64 {
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+}
+
 /// How to pick the adapter and which limits to honour.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
@@ -374,9 +382,7 @@ impl GpuContext {
         let f16_loads = !options.portable_only
             && features.contains(wgpu::Features::SHADER_F16)
             && (options.f16_loads_on_cpu || info.device_type != wgpu::DeviceType::Cpu);
-        let device_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let device_binding = storage_binding_limit(&limits);
         let max_binding = options
             .max_binding_bytes
             .map_or(device_binding, |cap| cap.min(device_binding));

@@ -511,14 +511,13 @@ impl<'a> Checker<'a> {
                 if let Some(result) = result {
                     // The call's value renders as what the callee returns, where it
                     // returns one expression.
-                    let texts: BTreeSet<Sym> = returned_values(&callee.body)
+                    let mut texts: BTreeSet<Sym> = returned_values(&callee.body)
                         .iter()
                         .map(|r| self.render(&mut inner, *r))
                         .collect();
                     if texts.len() == 1 {
-                        if let Some(sym) = texts.into_iter().next() {
-                            frame.rendered.insert(*result, sym);
-                        }
+                        let sym = texts.pop_first().expect("one rendering");
+                        frame.rendered.insert(*result, sym);
                     }
                 }
             }
@@ -538,20 +537,13 @@ impl<'a> Checker<'a> {
             lane_results,
             rendered: HashMap::new(),
         };
+        let assignments = local_assignments(function);
         loop {
             let before = frame.invocation_locals.len();
-            for (local, value) in local_stores(function) {
+            for &(local, value) in &assignments {
                 frame.rendered.clear();
                 if self.render(&mut frame, value).invocation() {
                     frame.invocation_locals.insert(local);
-                }
-            }
-            for (handle, local) in function.local_variables.iter() {
-                if let Some(init) = local.init {
-                    frame.rendered.clear();
-                    if self.render(&mut frame, init).invocation() {
-                        frame.invocation_locals.insert(handle);
-                    }
                 }
             }
             frame.rendered.clear();
@@ -643,9 +635,16 @@ fn returned_values(block: &Block) -> Vec<Handle<Expression>> {
     out
 }
 
-/// Every `local = value` store in `function` (to the local or an element of it).
-fn local_stores(function: &Function) -> Vec<(Handle<naga::LocalVariable>, Handle<Expression>)> {
-    let mut out = Vec::new();
+/// Every value `function` gives a local: its initializers, and every `local = value` store
+/// (to the local or an element of it).
+fn local_assignments(
+    function: &Function,
+) -> Vec<(Handle<naga::LocalVariable>, Handle<Expression>)> {
+    let mut out: Vec<_> = function
+        .local_variables
+        .iter()
+        .filter_map(|(handle, local)| local.init.map(|init| (handle, init)))
+        .collect();
     for_each_statement(&function.body, &mut |statement| {
         if let Statement::Store { pointer, value } = statement {
             let mut current = *pointer;
